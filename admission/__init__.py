@@ -1,0 +1,1 @@
+"""The validating admission webhook (FastAPI over TLS); filled by the admission issue."""

@@ -1,0 +1,58 @@
+"""`agentfactory store`: what the artifact store holds."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..fsutil import atomic_write
+from ..store import open_store
+from .common import handle_errors, json_option, out, print_json, store_option
+
+
+@click.group()
+def store() -> None:
+    """List and fetch agents in the artifact store."""
+
+
+@store.command("ls")
+@store_option
+@json_option
+@handle_errors
+def ls(store_url: str | None, as_json: bool) -> None:
+    """List agents: name, version, digest, size."""
+    s = open_store(store_url)
+    agents = s.list_agents()
+    if as_json:
+        print_json({"store": s.url, "agents": [
+            {"name": a.name, "version": a.version, "digest": a.digest, "manifest": a.manifest_digest,
+             "size": a.size, "tag": a.tag} for a in agents]})
+        return
+    table = Table(title=f"{s.url}", title_justify="left")
+    for col in ("name", "version", "digest", "size"):
+        table.add_column(col, justify="right" if col == "size" else "left", no_wrap=col == "digest")
+    for a in agents:
+        version = a.version if a.tag else f"{a.version} (untagged)"
+        table.add_row(a.name, version, a.digest, f"{a.size:,}")
+    out.print(table)
+    if not agents:
+        out.print("The store is empty: run `agentfactory pipeline run` to build and publish the templates.")
+
+
+@store.command("get")
+@click.argument("ref")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the module ('-' for stdout).")
+@store_option
+@handle_errors
+def get(ref: str, output: Path, store_url: str | None) -> None:
+    """Write the wasm module of REF (name, name:version or sha256:…), verified against its digest."""
+    agent, wasm = open_store(store_url).fetch_wasm(ref)
+    if str(output) == "-":
+        sys.stdout.buffer.write(wasm)
+        return
+    atomic_write(output, wasm)
+    click.echo(f"{agent.ref} → {output} ({len(wasm):,} bytes)", err=True)

@@ -1,0 +1,54 @@
+"""`agentfactory template`: check templates and hash vendored sources, without building."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..digest import tree_sha256
+from ..errors import AgentFactoryError, ValidationFailed
+from ..template import load_template
+from .common import EXIT_PROBLEMS, err, handle_errors, json_option, out, print_json
+
+
+@click.group()
+def template() -> None:
+    """Validate templates and compute vendored-source hashes."""
+
+
+@template.command("validate")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@json_option
+@handle_errors
+def validate(folders: tuple[Path, ...], as_json: bool) -> None:
+    """Check each template FOLDER against the schema and the source rules."""
+    report = []
+    for folder in folders:
+        try:
+            t = load_template(folder, f"{folder}/agent.yaml")
+            report.append({"path": str(folder), "name": t.name, "version": t.version, "errors": []})
+        except ValidationFailed as exc:
+            report.append({"path": str(folder), "errors": [str(p) for p in exc.problems]})
+        except AgentFactoryError as exc:
+            report.append({"path": str(folder), "errors": [str(exc)]})
+    if as_json:
+        print_json({"templates": report})
+    else:
+        for r in report:
+            if r["errors"]:
+                for e in r["errors"]:
+                    err.print(f"[red]✗[/red] {e}", highlight=False)
+            else:
+                out.print(f"[green]✓[/green] {r['path']}: {r['name']} {r['version']}")
+    if any(r["errors"] for r in report):
+        sys.exit(EXIT_PROBLEMS)
+
+
+@template.command("hash")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@handle_errors
+def hash_(path: Path) -> None:
+    """Print the source hash of a vendored file or folder (the `sha256` of a dependency)."""
+    out.print(tree_sha256(path))

@@ -1,0 +1,1 @@
+"""The supply-chain pipeline: discover → validate → build → test → publish."""

@@ -1,0 +1,81 @@
+"""Content-addressed build cache: unchanged templates are not rebuilt.
+
+The key hashes everything that decides the output: the template manifest, its sources,
+its test cases, the toolchain identity, SOURCE_DATE_EPOCH and the builder version. The
+entry also records every other file the compiler read (headers found through includes) with
+its hash, and is only a hit while all of them are unchanged and the store still holds the
+artifact. Entries are written atomically; a corrupt entry is a miss, never an error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agentfactory import __version__
+from agentfactory.artifact import canonical_json
+from agentfactory.digest import DIGEST_RE, sha256_bytes, sha256_file
+from agentfactory.fsutil import atomic_write
+from agentfactory.template import Template
+
+MAX_ENTRY_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    digest: str
+    manifest_digest: str
+    size: int
+    inputs: dict[str, str]
+    build: dict[str, Any]
+    tests: dict[str, int]
+
+
+def cache_key(template: Template, toolchain: dict[str, Any], epoch: int, tests_sha: str | None) -> str:
+    return sha256_bytes(canonical_json({
+        "builder": __version__,
+        "manifest": template.manifest_sha256,
+        "sources": {s.path: s.sha256 for s in template.sources},
+        "tests": tests_sha,
+        "toolchain": toolchain,
+        "epoch": epoch,
+    }))
+
+
+class BuildCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        return self.root / f"{key}.json"
+
+    def get(self, key: str, folder: Path) -> CacheEntry | None:
+        """The entry for `key` if every file it recorded is unchanged in `folder`."""
+        path = self._path(key)
+        try:
+            if path.stat().st_size > MAX_ENTRY_BYTES:
+                return None
+            doc = json.loads(path.read_bytes())
+            entry = CacheEntry(digest=doc["digest"], manifest_digest=doc["manifest_digest"],
+                               size=int(doc["size"]), inputs=dict(doc["inputs"]), build=dict(doc["build"]),
+                               tests=dict(doc.get("tests", {})))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not (DIGEST_RE.match(entry.digest) and DIGEST_RE.match(entry.manifest_digest)):
+            return None
+        for rel, sha in entry.inputs.items():
+            f = folder / rel
+            try:
+                if f.is_symlink() or sha256_file(f) != sha:
+                    return None
+            except OSError:
+                return None
+        return entry
+
+    def put(self, key: str, entry: CacheEntry) -> None:
+        atomic_write(self._path(key), json.dumps({
+            "digest": entry.digest, "manifest_digest": entry.manifest_digest, "size": entry.size,
+            "inputs": entry.inputs, "build": entry.build, "tests": entry.tests,
+        }, indent=2, sort_keys=True).encode())

@@ -1,0 +1,168 @@
+"""Template test cases: `templates/<name>/tests/cases.yaml`, run against the built module.
+
+A template whose cases fail is not published. Each case runs in a fresh wasmtime store
+with the template's memory limit, a wall-clock deadline (epoch interruption driven by a
+timer, since signals cannot interrupt wasm) and capped output, so a broken or hostile
+template cannot hang or flood the pipeline.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from agentfactory.digest import sha256_file
+from agentfactory.errors import InputError
+from agentfactory.template import Template
+from agentfactory.yamlsafe import load_yaml
+
+CASES_FILE = "tests/cases.yaml"
+MAX_CASES_BYTES = 1024 * 1024
+CASES_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["cases"],
+    "properties": {"cases": {"type": "array", "maxItems": 500, "items": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name"],
+        "properties": {
+            "name": {"type": "string", "minLength": 1},
+            "stdin": {"type": "string"},
+            "args": {"type": "array", "items": {"type": "string"}},
+            "stdout": {"type": "string"},
+            "stdoutContains": {"type": "array", "items": {"type": "string"}},
+            "stderrContains": {"type": "array", "items": {"type": "string"}},
+            "exitCode": {"type": "integer", "minimum": 0, "maximum": 255},
+        },
+    }}},
+}
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    name: str
+    ok: bool
+    reason: str = ""
+
+
+def cases_sha(template: Template) -> str | None:
+    path = template.folder / CASES_FILE
+    return sha256_file(path) if path.is_file() else None
+
+
+def load_cases(template: Template, display: str) -> list[dict[str, Any]]:
+    path = template.folder / CASES_FILE
+    if not path.exists():
+        return []
+    where = f"{display}/{CASES_FILE}"
+    if path.is_symlink() or not path.is_file():
+        raise InputError(where, "must be a regular file")
+    if path.stat().st_size > MAX_CASES_BYTES:
+        raise InputError(where, f"larger than {MAX_CASES_BYTES} bytes")
+    doc = load_yaml(path.read_bytes(), where)
+    for err in jsonschema.Draft202012Validator(CASES_SCHEMA).iter_errors(doc.data):
+        line = doc.line_of(tuple(err.absolute_path))
+        raise InputError(f"{where}:{line}", err.message)
+    names = [c["name"] for c in doc.data["cases"]]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise InputError(where, f"duplicate case names: {', '.join(sorted(dupes))}")
+    cases: list[dict[str, Any]] = doc.data["cases"]
+    return cases
+
+
+class _Deadline:
+    """Interrupts running wasm after `seconds` by bumping the engine's epoch."""
+
+    def __init__(self, engine: Any, seconds: float) -> None:
+        self._timer = threading.Timer(seconds, engine.increment_epoch)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def run_cases(template: Template, wasm: bytes, cases: list[dict[str, Any]]) -> list[CaseResult]:
+    """Run every case; a failure says what differed."""
+    import wasmtime
+
+    config = wasmtime.Config()
+    config.epoch_interruption = True
+    engine = wasmtime.Engine(config)
+    module = wasmtime.Module(engine, wasm)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    cap = template.limits.max_output_kib * 1024
+    results = []
+    for case in cases:
+        with tempfile.TemporaryDirectory(prefix="agentfactory-case-") as tmp:
+            d = Path(tmp)
+            (d / "stdin").write_bytes(case.get("stdin", "").encode())
+            wasi = wasmtime.WasiConfig()
+            wasi.argv = [template.name, *case.get("args", [])]
+            wasi.stdin_file = str(d / "stdin")
+            wasi.stdout_file = str(d / "stdout")
+            wasi.stderr_file = str(d / "stderr")
+            store = wasmtime.Store(engine)
+            store.set_limits(memory_size=template.limits.memory_mib * 1024 * 1024)
+            store.set_epoch_deadline(1)
+            store.set_wasi(wasi)
+            code, trap = 0, ""
+            with _Deadline(engine, template.limits.timeout_ms / 1000):
+                try:
+                    instance = linker.instantiate(store, module)
+                    start = instance.exports(store).get(template.entrypoint)
+                    if not isinstance(start, wasmtime.Func):
+                        raise InputError(template.name, f"module does not export {template.entrypoint!r}")
+                    start(store)
+                except wasmtime.ExitTrap as exc:
+                    code = exc.code
+                except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                    trap = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            out = _read_capped(d / "stdout", cap)
+            err = _read_capped(d / "stderr", cap)
+        results.append(_judge(case, code, trap, out, err, cap))
+    return results
+
+
+def _read_capped(path: Path, cap: int) -> bytes | None:
+    """The file's bytes, or None when the agent wrote more than the cap."""
+    with path.open("rb") as f:
+        data = f.read(cap + 1)
+    return None if len(data) > cap else data
+
+
+def _judge(case: dict[str, Any], code: int, trap: str, out: bytes | None, err: bytes | None,
+           cap: int) -> CaseResult:
+    name = case["name"]
+    if trap:
+        return CaseResult(name, False, f"trapped: {trap}")
+    if out is None or err is None:
+        return CaseResult(name, False, f"wrote more than the {cap}-byte output limit")
+    stdout, stderr = out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+    want_code = case.get("exitCode", 0)
+    if code != want_code:
+        return CaseResult(name, False, f"exit code {code}, expected {want_code}; stderr: {stderr[:200]!r}")
+    if "stdout" in case and stdout != case["stdout"]:
+        return CaseResult(name, False, f"stdout {_clip(stdout)}, expected {_clip(case['stdout'])}")
+    for needle in case.get("stdoutContains", []):
+        if needle not in stdout:
+            return CaseResult(name, False, f"stdout {_clip(stdout)} does not contain {needle!r}")
+    for needle in case.get("stderrContains", []):
+        if needle not in stderr:
+            return CaseResult(name, False, f"stderr {_clip(stderr)} does not contain {needle!r}")
+    return CaseResult(name, True)
+
+
+def _clip(text: str, n: int = 120) -> str:
+    return repr(text if len(text) <= n else text[:n] + "…")

@@ -1,0 +1,115 @@
+"""`agentfactory pipeline run`: the supply-chain pipeline from the command line."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import click
+from rich.live import Live
+from rich.table import Table
+
+from agentfactory.cli.common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    err,
+    handle_errors,
+    json_option,
+    out,
+    print_json,
+    store_option,
+)
+from agentfactory.store import open_store
+
+from .run import PipelineReport, run_pipeline
+
+_STYLE = {"built": "green", "unchanged": "cyan", "failed": "red"}
+
+
+@click.group()
+def pipeline() -> None:
+    """Build, test and publish agent templates."""
+
+
+class _LiveBoard:
+    """A live table on stderr: one row per template and the stage it is in."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.live = Live(self._render(), console=err, transient=True, refresh_per_second=8)
+
+    def _render(self) -> Table:
+        table = Table(show_header=False, box=None, padding=(0, 1))
+        for path, stage in self.rows.items():
+            style = _STYLE.get(stage, "yellow")
+            table.add_row(path, f"[{style}]{stage}…[/{style}]" if stage not in _STYLE else f"[{style}]{stage}")
+        return table
+
+    def update(self, path: str, stage: str) -> None:
+        with self.lock:
+            self.rows[path] = stage
+            self.live.update(self._render())
+
+
+def summary_table(report: PipelineReport) -> Table:
+    table = Table(title="pipeline summary", title_justify="left")
+    for col in ("template", "version", "digest", "size", "tests", "result"):
+        table.add_column(col, justify="right" if col in ("size", "tests") else "left", no_wrap=col == "digest")
+    for t in report.templates:
+        style = _STYLE[t.status]
+        tests = f"{t.tests['passed']}/{t.tests['total']}" if t.tests else "-"
+        table.add_row(t.name, t.version or "-", t.digest or "-", f"{t.size:,}" if t.size else "-", tests,
+                      f"[{style}]{t.status}[/{style}]")
+    return table
+
+
+@pipeline.command("run")
+@click.option("--templates", "templates_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("templates"), show_default=True, help="Folder holding one folder per template.")
+@click.option("--changed-since", metavar="GIT_REF", help="Only templates changed since this Git ref.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=None, help="Parallel builds (default: CPUs).")
+@click.option("--no-tests", is_flag=True, help="Skip the templates' tests/cases.yaml.")
+@store_option
+@json_option
+@handle_errors
+def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tests: bool,
+        store_url: str | None, as_json: bool) -> None:
+    """Discover → validate → build → test → publish every template.
+
+    Exit code 0 when every template built or was unchanged, 1 when any failed.
+    """
+    store = open_store(store_url)
+    board = _LiveBoard() if not as_json and err.is_terminal else None
+    if board:
+        with board.live:
+            report = run_pipeline(templates_dir, store, changed_since=changed_since, jobs=jobs,
+                                  progress=board.update, run_tests=not no_tests)
+    else:
+        def plain(path: str, stage: str) -> None:
+            if not as_json:
+                err.print(f"{path}: {stage}", markup=False, highlight=False)
+
+        report = run_pipeline(templates_dir, store, changed_since=changed_since, jobs=jobs,
+                              progress=plain, run_tests=not no_tests)
+    if as_json:
+        print_json(report.to_json())
+    else:
+        _print_report(report)
+    sys.exit(EXIT_OK if report.ok else EXIT_PROBLEMS)
+
+
+def _print_report(report: PipelineReport) -> None:
+    out.print(summary_table(report))
+    for t in report.templates:
+        for e in t.errors:
+            err.print(f"[red]✗[/red] {e}", highlight=False)
+    if report.skipped:
+        out.print(f"{len(report.skipped)} template(s) unchanged since the given ref, not run: "
+                  + ", ".join(report.skipped))
+    if not report.templates:
+        out.print("No templates to run.")
+    counts = report.to_json()["summary"]
+    out.print(f"store: {report.store} — built {counts['built']}, unchanged {counts['unchanged']}, "
+              f"failed {counts['failed']}")

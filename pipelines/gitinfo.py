@@ -1,0 +1,87 @@
+"""What Git knows about a template: the commit, its time, and what changed since a ref.
+
+Through gitpython. A templates folder outside any Git repository still builds: it gets
+SOURCE_DATE_EPOCH from the environment (or 0) and no commit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentfactory.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a template came from, for the build record and provenance."""
+
+    repository: str | None
+    commit: str | None  # HEAD: what the pipeline ran at
+    template_commit: str | None  # the last commit that touched the template folder
+    path: str  # the template folder, relative to the repository root when there is one
+    dirty: bool
+    epoch: int
+
+
+class GitView:
+    """One repository, opened once per pipeline run."""
+
+    def __init__(self, start: Path) -> None:
+        import git
+
+        self._git = git
+        try:
+            self.repo: git.Repo | None = git.Repo(start, search_parent_directories=True)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            self.repo = None
+        self.root = Path(self.repo.working_tree_dir).resolve() if self.repo and self.repo.working_tree_dir \
+            else None
+        self._head: str | None = None
+        if self.repo is not None:
+            try:
+                self._head = self.repo.head.commit.hexsha
+            except ValueError:  # no commits yet
+                self._head = None
+
+    def _rel(self, path: Path) -> str:
+        assert self.root is not None
+        return path.resolve().relative_to(self.root).as_posix()
+
+    def origin(self, folder: Path) -> Origin:
+        """Commit, epoch and cleanliness of one template folder."""
+        env_epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
+        if self.repo is None or self.root is None or not folder.resolve().is_relative_to(self.root):
+            return Origin(None, None, None, folder.name, dirty=True, epoch=env_epoch)
+        rel = self._rel(folder)
+        epoch, last = env_epoch, None
+        if self._head:
+            out = self.repo.git.log("-1", "--format=%H %ct", "--", rel).split()
+            if len(out) == 2:
+                last, epoch = out[0], int(out[1])
+        dirty = bool(self.repo.git.status("--porcelain", "--", rel).strip())
+        remote = None
+        if self.repo.remotes:
+            try:
+                remote = next(iter(self.repo.remotes[0].urls), None)
+            except self._git.GitCommandError:
+                remote = None
+        return Origin(remote or self.root.as_uri(), self._head, last, rel, dirty, epoch)
+
+    def changed_since(self, ref: str, folders: list[Path]) -> set[Path]:
+        """The template folders with any change (committed, staged, unstaged or untracked) since `ref`."""
+        if self.repo is None or self.root is None:
+            raise ConfigError("--changed-since needs the templates folder to be inside a Git repository")
+        try:
+            self.repo.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}")
+        except self._git.GitCommandError:
+            raise ConfigError(f"--changed-since {ref}: not a commit in {self.root}") from None
+        changed = set(self.repo.git.diff("--name-only", ref, "--").splitlines())
+        changed |= set(self.repo.untracked_files)
+        out = set()
+        for folder in folders:
+            rel = self._rel(folder) + "/"
+            if any(c.startswith(rel) for c in changed):
+                out.add(folder)
+        return out

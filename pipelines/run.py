@@ -1,0 +1,248 @@
+"""The pipeline: discover → validate → build → test → publish, one template at a time.
+
+A template that fails at any stage is reported with every reason and the others go on.
+Validation of all templates happens first (it is cheap and finds duplicate names); builds
+then run in parallel, each publishing its own artifact atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentfactory import __version__
+from agentfactory.artifact import ANN_DESCRIPTION, ANN_REVISION, build_agent_artifact
+from agentfactory.config import cache_dir, toolchain_cache
+from agentfactory.errors import AgentFactoryError, BuildError, InputError, NotFoundError, ValidationFailed
+from agentfactory.store import ArtifactStore, StoredAgent
+from agentfactory.template import MANIFEST, Template, discover, load_template
+from agentfactory.wasm import inspect
+
+from . import casetests, toolchain
+from .cache import BuildCache, CacheEntry, cache_key
+from .gitinfo import GitView, Origin
+
+STAGES = ("validate", "build", "test", "publish")
+Progress = Callable[[str, str], None]  # (template display path, stage or final status)
+
+
+@dataclass
+class TemplateResult:
+    """One row of the summary, and one entry of the `--json` report."""
+
+    path: str
+    name: str
+    version: str | None = None
+    digest: str | None = None
+    ref: str | None = None
+    status: str = "failed"  # built | unchanged | failed
+    errors: list[str] = field(default_factory=list)
+    size: int | None = None
+    tests: dict[str, int] = field(default_factory=dict)
+    build: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "digest": self.digest, "ref": self.ref,
+                "status": self.status, "errors": self.errors, "path": self.path, "size": self.size,
+                "tests": self.tests, "build": self.build, "seconds": round(self.seconds, 4)}
+
+
+@dataclass
+class PipelineReport:
+    templates: list[TemplateResult]
+    store: str
+    skipped: list[str] = field(default_factory=list)  # not changed since --changed-since
+
+    @property
+    def ok(self) -> bool:
+        return all(t.status != "failed" for t in self.templates)
+
+    def to_json(self) -> dict[str, Any]:
+        counts = {s: sum(t.status == s for t in self.templates) for s in ("built", "unchanged", "failed")}
+        return {"templates": [t.to_json() for t in self.templates], "store": self.store,
+                "skipped": self.skipped, "summary": counts}
+
+
+def _display(path: Path) -> str:
+    try:
+        return os.path.relpath(path, Path.cwd()) if path.is_absolute() else str(path)
+    except ValueError:
+        return str(path)
+
+
+@dataclass
+class _Job:
+    folder: Path
+    display: str
+    result: TemplateResult
+    template: Template | None = None
+
+
+def run_pipeline(templates_dir: Path, store: ArtifactStore, *, changed_since: str | None = None,
+                 jobs: int | None = None, progress: Progress | None = None,
+                 run_tests: bool = True) -> PipelineReport:
+    """Run every template under `templates_dir` (or only those changed since a Git ref)."""
+    notify: Progress = progress or (lambda _path, _stage: None)
+    folders = discover(templates_dir)
+    git = GitView(templates_dir)
+    skipped: list[str] = []
+    if changed_since:
+        changed = git.changed_since(changed_since, folders)
+        skipped = [_display(f) for f in folders if f not in changed]
+        folders = [f for f in folders if f in changed]
+    work = [_Job(f, _display(f), TemplateResult(path=_display(f), name=f.name)) for f in folders]
+
+    for job in work:
+        notify(job.display, "validate")
+        _validate(job)
+    _refuse_duplicate_names(work)
+
+    cache = BuildCache(cache_dir("builds"))
+    build_root = toolchain_cache()
+    build_root.mkdir(parents=True, exist_ok=True)
+
+    def process(job: _Job) -> TemplateResult:
+        started = time.perf_counter()
+        if job.template is not None and not job.result.errors:
+            try:
+                _build_test_publish(job, job.template, git.origin(job.folder), store, cache, build_root,
+                                    notify, run_tests)
+            except AgentFactoryError as exc:
+                job.result.errors.extend(_messages(exc))
+            except Exception as exc:  # fail closed, but say what happened
+                job.result.errors.append(f"{job.display}: internal error: {type(exc).__name__}: {exc}")
+        if job.result.errors:
+            job.result.status = "failed"
+        job.result.seconds = time.perf_counter() - started
+        notify(job.display, job.result.status)
+        return job.result
+
+    workers = max(1, min(jobs or os.cpu_count() or 1, len(work) or 1))
+    if workers == 1:
+        results = [process(j) for j in work]
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="build") as pool:
+            results = list(pool.map(process, work))
+    return PipelineReport(templates=results, store=store.url, skipped=skipped)
+
+
+def _messages(exc: AgentFactoryError) -> list[str]:
+    if isinstance(exc, ValidationFailed):
+        return [str(p) for p in exc.problems]
+    return [str(exc)]
+
+
+def _validate(job: _Job) -> None:
+    manifest = f"{job.display}/{MANIFEST}"
+    try:
+        job.template = load_template(job.folder, manifest)
+    except AgentFactoryError as exc:
+        job.result.errors.extend(_messages(exc))
+        return
+    job.result.name, job.result.version = job.template.name, job.template.version
+    if job.template.name != job.folder.name:
+        job.result.errors.append(f"{manifest}: metadata.name: {job.template.name!r} differs from the folder name "
+                                 f"{job.folder.name!r}; rename one so they match")
+
+
+def _refuse_duplicate_names(work: list[_Job]) -> None:
+    by_name: dict[str, list[_Job]] = {}
+    for job in work:
+        if job.template is not None:
+            by_name.setdefault(job.template.name, []).append(job)
+    for name, jobs in by_name.items():
+        if len(jobs) < 2:
+            continue
+        for job in jobs:
+            others = ", ".join(f"{o.display}/{MANIFEST}" for o in jobs if o is not job)
+            job.result.errors.append(f"{job.display}/{MANIFEST}: metadata.name: {name!r} is also declared "
+                                     f"by {others}; template names must be unique")
+
+
+def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactStore, cache: BuildCache,
+                        build_root: Path, notify: Progress, run_tests: bool) -> None:
+    r = job.result
+    tool_id = toolchain.identity(t.language)
+    cases = casetests.load_cases(t, job.display) if run_tests else []
+    key = cache_key(t, tool_id, origin.epoch, casetests.cases_sha(t) if run_tests else None)
+    hit = cache.get(key, t.folder)
+    if hit and store.has_agent(hit.digest):
+        r.status, r.digest, r.size, r.tests, r.build = "unchanged", hit.digest, hit.size, hit.tests, hit.build
+        r.ref = f"{t.name}:{t.version}@{hit.digest}"
+        # The tag may have been moved by another build: make sure it names this artifact again.
+        try:
+            tagged = store.resolve(f"{t.name}:{t.version}").digest
+        except NotFoundError:
+            tagged = None
+        if tagged != hit.digest:
+            _publish(t, store, store.fetch_wasm(hit.digest)[1], origin)
+        return
+
+    notify(job.display, "build")
+    started = time.time()
+    built = toolchain.build(t, origin.epoch, build_root)
+    info = inspect(built.wasm, f"{job.display} (built module)")
+    if not info.exported(t.entrypoint):
+        raise BuildError(job.display, f"the module does not export the entrypoint {t.entrypoint!r} "
+                                      "(spec.entrypoint)")
+    limit = t.limits.memory_mib * 1024 * 1024
+    if info.initial_memory_bytes > limit:
+        raise BuildError(job.display, f"the module needs {info.initial_memory_bytes / 2**20:.2f} MiB of "
+                                      f"linear memory at start, more than spec.limits.memoryMiB "
+                                      f"({t.limits.memory_mib}); raise the limit or use less static data")
+    finished = time.time()
+
+    if cases:
+        notify(job.display, "test")
+        outcomes = casetests.run_cases(t, built.wasm, cases)
+        failed = [c for c in outcomes if not c.ok]
+        r.tests = {"passed": len(outcomes) - len(failed), "total": len(outcomes)}
+        if failed:
+            r.errors.extend(f"{job.display}/{casetests.CASES_FILE}: case {c.name!r}: {c.reason}" for c in failed)
+            return
+
+    notify(job.display, "publish")
+    r.build = {
+        "builder": {"id": "agentfactory-pipeline", "version": __version__},
+        "toolchain": built.toolchain,
+        "sourceDateEpoch": built.source_date_epoch,
+        "inputs": built.inputs,
+        "dependencies": [{"name": d.name, "version": d.version, "purl": d.purl, "sha256": d.sha256}
+                         for d in t.dependencies],
+        "repository": origin.repository, "commit": origin.commit, "templateCommit": origin.template_commit,
+        "templatePath": origin.path,
+        "dirty": origin.dirty,
+        "startedOn": _iso(started), "finishedOn": _iso(finished),
+    }
+    stored = _publish(t, store, built.wasm, origin)
+    r.status, r.digest, r.size, r.ref = "built", stored.digest, stored.size, stored.ref
+    inputs = dict(built.inputs)
+    inputs.setdefault(MANIFEST, t.manifest_sha256)
+    cache.put(key, CacheEntry(digest=stored.digest, manifest_digest=stored.manifest_digest, size=stored.size,
+                              inputs=inputs, build=r.build, tests=r.tests))
+
+
+def _publish(t: Template, store: ArtifactStore, wasm: bytes, origin: Origin) -> StoredAgent:
+    # Only what is the same in every clone goes into the manifest: the remote URL and HEAD
+    # belong to provenance, the template's own last commit identifies its sources.
+    annotations = {ANN_DESCRIPTION: t.description}
+    if origin.template_commit:
+        annotations[ANN_REVISION] = origin.template_commit
+    artifact = build_agent_artifact(wasm, name=t.name, version=t.version, created_epoch=origin.epoch,
+                                    annotations=annotations)
+    return store.push_agent(artifact, name=t.name, version=t.version)
+
+
+def _iso(ts: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+__all__ = ["STAGES", "InputError", "PipelineReport", "TemplateResult", "run_pipeline"]

@@ -1,0 +1,179 @@
+"""The pinned WASI toolchain: `zig cc` (C → wasm32-wasi) and wasmtime's `wat2wasm` (WAT).
+
+Builds are hermetic and reproducible: a scrubbed environment, fixed flags, paths mapped
+to `.` so the checkout location never reaches the binary, debug info stripped, and
+SOURCE_DATE_EPOCH taken from the commit. The compiler's dependency files name every file
+it read; a build that read anything outside the template folder or the toolchain's own
+headers fails, and the files it read inside the template become part of the cache key.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentfactory.errors import BuildError
+from agentfactory.template import Template
+
+# zig's default wasm stack is 16 MiB, which every agent would have to allow as memory: 1 MiB.
+C_FLAGS = ("-target", "wasm32-wasi", "-std=c11", "-O2", "-s", "-Wall", "-Wextra", "-Werror",
+           "-Wl,-z,stack-size=1048576")
+COMPILE_TIMEOUT_S = 300
+MAX_WASM_BYTES = 64 * 1024 * 1024
+MAX_DIAGNOSTICS = 16 * 1024
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """Module bytes plus what provenance needs to describe how they were made."""
+
+    wasm: bytes
+    toolchain: dict[str, Any]
+    inputs: dict[str, str]  # posix path in the template → sha256 of every file the compiler read
+    source_date_epoch: int
+    flags: tuple[str, ...] = field(default=())
+
+
+@functools.cache
+def zig_dir() -> Path:
+    import ziglang
+
+    return Path(ziglang.__file__).parent
+
+
+@functools.cache
+def zig_version() -> str:
+    out = subprocess.run([str(zig_dir() / "zig"), "version"], capture_output=True, text=True,
+                         timeout=60, check=True, env=_clean_env({}))
+    return out.stdout.strip()
+
+
+@functools.cache
+def wasmtime_version() -> str:
+    from importlib.metadata import version
+
+    return version("wasmtime")
+
+
+def identity(language: str) -> dict[str, Any]:
+    """What the cache key and the provenance record of the toolchain for `language`."""
+    if language == "c":
+        return {"name": "zig cc", "version": zig_version(), "package": f"ziglang=={zig_version()}",
+                "target": "wasm32-wasi", "libc": "wasi-libc (bundled with zig)", "flags": list(C_FLAGS)}
+    return {"name": "wat2wasm", "version": wasmtime_version(),
+            "package": f"wasmtime=={wasmtime_version()}", "target": "wasm32"}
+
+
+def _clean_env(extra: dict[str, str]) -> dict[str, str]:
+    """No CFLAGS, no user config: only what the build needs."""
+    return {"PATH": "/usr/bin:/bin", "LC_ALL": "C", "TZ": "UTC", **extra}
+
+
+def _truncate(text: str) -> str:
+    return text if len(text) <= MAX_DIAGNOSTICS else text[:MAX_DIAGNOSTICS] + "\n… (diagnostics truncated)"
+
+
+def _parse_depfile(text: str) -> list[str]:
+    """Prerequisites of a Make-style depfile (`target: a b \\` continuation lines)."""
+    _, _, rest = text.replace("\\\n", " ").partition(": ")
+    parts: list[str] = []
+    current = ""
+    tokens = rest.split(" ")
+    for tok in tokens:
+        if tok.endswith("\\") and not tok.endswith("\\\\"):  # escaped space inside a path
+            current += tok[:-1] + " "
+            continue
+        current += tok
+        if current.strip():
+            parts.append(current.strip())
+        current = ""
+    return parts
+
+
+def build_c(template: Template, epoch: int, cache_root: Path) -> BuildResult:
+    """Compile a C template to a WASI command module with zig cc."""
+    folder = template.folder.resolve()
+    where = f"{template.folder.name}"
+    flags = [*C_FLAGS, f"-ffile-prefix-map={folder}=."]
+    for inc in template.include_dirs:
+        flags.append(f"-I{inc}")
+    global_cache = cache_root / "zig-global"
+    global_cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="zig-local-", dir=cache_root) as local:
+        out = Path(local) / "agent.wasm"
+        cmd = [str(zig_dir() / "zig"), "cc", *flags, "-MD", *(s.path for s in template.sources), "-o", str(out)]
+        env = _clean_env({"ZIG_GLOBAL_CACHE_DIR": str(global_cache), "ZIG_LOCAL_CACHE_DIR": local,
+                          "SOURCE_DATE_EPOCH": str(epoch), "HOME": local})
+        try:
+            proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, env=env,
+                                  timeout=COMPILE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            raise BuildError(where, f"zig cc did not finish within {COMPILE_TIMEOUT_S} s") from None
+        if proc.returncode != 0:
+            raise BuildError(where, f"compile failed (zig cc exit {proc.returncode}):",
+                             _truncate(proc.stderr or proc.stdout))
+        inputs = _confined_inputs(Path(local), folder, where)
+        wasm = _read_output(out, where)
+    return BuildResult(wasm=wasm, toolchain=identity("c"), inputs=inputs, source_date_epoch=epoch,
+                       flags=tuple(f for f in flags if not f.startswith("-ffile-prefix-map")))
+
+
+def _confined_inputs(local: Path, folder: Path, where: str) -> dict[str, str]:
+    """Every file the compiler read, from its depfiles; refuse reads outside the template."""
+    from agentfactory.digest import sha256_file
+
+    depfiles = list(local.rglob("*.d"))
+    if not depfiles:
+        raise BuildError(where, "the compiler wrote no dependency file; cannot tell which files it read")
+    toolchain = zig_dir().resolve()
+    inputs: dict[str, str] = {}
+    for dep in depfiles:
+        for name in _parse_depfile(dep.read_text("utf-8", "replace")):
+            path = (folder / name).resolve() if not os.path.isabs(name) else Path(name).resolve()
+            if path.is_relative_to(toolchain):
+                continue
+            if not path.is_relative_to(folder):
+                raise BuildError(where, f"the build read {name}, which is outside the template folder; "
+                                        "templates may only use their own files and vendored sources")
+            inputs[path.relative_to(folder).as_posix()] = sha256_file(path)
+    return dict(sorted(inputs.items()))
+
+
+def _read_output(out: Path, where: str) -> bytes:
+    size = out.stat().st_size
+    if size > MAX_WASM_BYTES:
+        raise BuildError(where, f"the module is {size} bytes; the limit is {MAX_WASM_BYTES}")
+    return out.read_bytes()
+
+
+def build_wat(template: Template, epoch: int) -> BuildResult:
+    """Assemble a WAT template with wasmtime's wat2wasm."""
+    import wasmtime
+
+    source = template.sources[0]
+    where = f"{template.folder.name}/{source.path}"
+    try:
+        text = (template.folder / source.path).read_text("utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise BuildError(where, f"not UTF-8 text (byte {exc.start})") from None
+    try:
+        wasm = bytes(wasmtime.wat2wasm(text))
+    except wasmtime.WasmtimeError as exc:
+        raise BuildError(where, "wat2wasm failed:", _truncate(str(exc))) from None
+    return BuildResult(wasm=wasm, toolchain=identity("wat"), inputs={source.path: source.sha256},
+                       source_date_epoch=epoch)
+
+
+def build(template: Template, epoch: int, cache_root: Path) -> BuildResult:
+    """Build `template` with the toolchain for its language."""
+    if template.language == "c":
+        return build_c(template, epoch, cache_root)
+    if template.language == "wat":
+        return build_wat(template, epoch)
+    raise BuildError(template.folder.name, f"no toolchain for language {template.language!r}")
+
