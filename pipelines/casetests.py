@@ -8,6 +8,8 @@ template cannot hang or flood the pipeline.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ CASES_SCHEMA: dict[str, Any] = {
         "properties": {
             "name": {"type": "string", "minLength": 1},
             "stdin": {"type": "string"},
+            "stdinBase64": {"type": "string", "contentEncoding": "base64"},
             "args": {"type": "array", "items": {"type": "string"}},
             "stdout": {"type": "string"},
             "stdoutContains": {"type": "array", "items": {"type": "string"}},
@@ -69,6 +72,14 @@ def load_cases(template: Template, display: str) -> list[dict[str, Any]]:
     for err in jsonschema.Draft202012Validator(CASES_SCHEMA).iter_errors(doc.data):
         line = doc.line_of(tuple(err.absolute_path))
         raise InputError(f"{where}:{line}", err.message)
+    for i, case in enumerate(doc.data["cases"]):
+        if "stdin" in case and "stdinBase64" in case:
+            raise InputError(f"{where}:{doc.line_of(('cases', i))}", "give stdin or stdinBase64, not both")
+        try:
+            _stdin(case)
+        except (binascii.Error, ValueError):
+            raise InputError(f"{where}:{doc.line_of(('cases', i, 'stdinBase64'))}",
+                             "stdinBase64 is not valid base64") from None
     names = [c["name"] for c in doc.data["cases"]]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
@@ -107,7 +118,7 @@ def run_cases(template: Template, wasm: bytes, cases: list[dict[str, Any]]) -> l
     for case in cases:
         with tempfile.TemporaryDirectory(prefix="agentfactory-case-") as tmp:
             d = Path(tmp)
-            (d / "stdin").write_bytes(case.get("stdin", "").encode())
+            (d / "stdin").write_bytes(_stdin(case))
             wasi = wasmtime.WasiConfig()
             wasi.argv = [template.name, *case.get("args", [])]
             wasi.stdin_file = str(d / "stdin")
@@ -128,11 +139,33 @@ def run_cases(template: Template, wasm: bytes, cases: list[dict[str, Any]]) -> l
                 except wasmtime.ExitTrap as exc:
                     code = exc.code
                 except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                    trap = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    trap = _trap_reason(exc, template)
             out = _read_capped(d / "stdout", cap)
             err = _read_capped(d / "stderr", cap)
         results.append(_judge(case, code, trap, out, err, cap))
     return results
+
+
+def _stdin(case: dict[str, Any]) -> bytes:
+    """`stdin` as UTF-8 text, or `stdinBase64` for bytes YAML cannot carry (invalid UTF-8)."""
+    if "stdinBase64" in case:
+        return base64.b64decode(case["stdinBase64"], validate=True)
+    return str(case.get("stdin", "")).encode()
+
+
+def _trap_reason(exc: Exception, template: Template) -> str:
+    """Say why the guest stopped, in the template's terms where we can."""
+    import wasmtime
+
+    code = getattr(exc, "trap_code", None)
+    if code == wasmtime.TrapCode.INTERRUPT:
+        return f"deadline exceeded (spec.limits.timeoutMs = {template.limits.timeout_ms})"
+    if code == wasmtime.TrapCode.OUT_OF_FUEL:
+        return f"out of fuel (spec.limits.fuel = {template.limits.fuel})"
+    if code is not None:
+        return f"wasm trap {code.name.lower()}"
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(exc).__name__
 
 
 def _read_capped(path: Path, cap: int) -> bytes | None:

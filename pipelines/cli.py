@@ -56,7 +56,8 @@ class _LiveBoard:
 def summary_table(report: PipelineReport) -> Table:
     table = Table(title="pipeline summary", title_justify="left")
     for col in ("template", "version", "digest", "size", "tests", "result"):
-        table.add_column(col, justify="right" if col in ("size", "tests") else "left", no_wrap=col == "digest")
+        table.add_column(col, justify="right" if col in ("size", "tests") else "left",
+                         overflow="fold", min_width=None if col == "digest" else len(col))
     for t in report.templates:
         style = _STYLE[t.status]
         tests = f"{t.tests['passed']}/{t.tests['total']}" if t.tests else "-"

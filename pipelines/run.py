@@ -70,10 +70,9 @@ class PipelineReport:
 
 
 def _display(path: Path) -> str:
-    try:
-        return os.path.relpath(path, Path.cwd()) if path.is_absolute() else str(path)
-    except ValueError:
-        return str(path)
+    """Paths as the user typed them: relative to the working directory when inside it."""
+    absolute = path.absolute()
+    return str(absolute.relative_to(Path.cwd())) if absolute.is_relative_to(Path.cwd()) else str(absolute)
 
 
 @dataclass

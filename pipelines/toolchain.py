@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -26,6 +28,9 @@ C_FLAGS = ("-target", "wasm32-wasi", "-std=c11", "-O2", "-s", "-Wall", "-Wextra"
 COMPILE_TIMEOUT_S = 300
 MAX_WASM_BYTES = 64 * 1024 * 1024
 MAX_DIAGNOSTICS = 16 * 1024
+MAX_STAGED_BYTES = 64 * 1024 * 1024
+# A diagnostic's location: "path:line:col: error", "In file included from path:line:".
+_LOCATION = re.compile(r"^(?:In file included from |\s*from )?(?P<file>[^:\n]+):\d+(?::\d+)?[:,]", re.M)
 
 
 @dataclass(frozen=True)
@@ -48,9 +53,10 @@ def zig_dir() -> Path:
 
 @functools.cache
 def zig_version() -> str:
-    out = subprocess.run([str(zig_dir() / "zig"), "version"], capture_output=True, text=True,
-                         timeout=60, check=True, env=_clean_env({}))
-    return out.stdout.strip()
+    """The pinned wheel's version, which is zig's own (no subprocess on the unchanged path)."""
+    from importlib.metadata import version
+
+    return version("ziglang")
 
 
 @functools.cache
@@ -95,32 +101,80 @@ def _parse_depfile(text: str) -> list[str]:
     return parts
 
 
+def stage(folder: Path, dest: Path) -> None:
+    """Copy the template's regular files into a private build folder.
+
+    The compiler then sees nothing but the template: `../` leads into an empty parent, and a
+    symbolic link that leaves the template is refused here rather than followed.
+    """
+    real = folder.resolve()
+    total = 0
+    for path in sorted(real.rglob("*")):
+        rel = path.relative_to(real)
+        if rel.parts[0] in (".git",):
+            continue
+        target = path.resolve()
+        if not target.is_relative_to(real):
+            raise BuildError(folder.name, f"{rel.as_posix()} is a symbolic link to {target}, outside the "
+                                          "template folder")
+        if target.is_file():
+            total += target.stat().st_size
+            if total > MAX_STAGED_BYTES:
+                raise BuildError(folder.name, f"the template folder holds more than {MAX_STAGED_BYTES} bytes")
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(target, dest / rel)
+
+
+def _withhold_outside(diagnostics: str, root: Path) -> str | None:
+    """The first file outside `root` and the toolchain that the diagnostics quote, if any.
+
+    A compiler error inside a host file prints that file's text; a pull request must not be
+    able to read the build machine through its own CI output.
+    """
+    toolchain = zig_dir().resolve()
+    for m in _LOCATION.finditer(diagnostics):
+        name = m["file"].strip()
+        path = Path(name) if os.path.isabs(name) else root / name
+        resolved = path.resolve()
+        if not (resolved.is_relative_to(root) or resolved.is_relative_to(toolchain)):
+            return name
+    return None
+
+
 def build_c(template: Template, epoch: int, cache_root: Path) -> BuildResult:
-    """Compile a C template to a WASI command module with zig cc."""
-    folder = template.folder.resolve()
+    """Compile a C template to a WASI command module with zig cc, from a staged copy."""
     where = f"{template.folder.name}"
-    flags = [*C_FLAGS, f"-ffile-prefix-map={folder}=."]
-    for inc in template.include_dirs:
-        flags.append(f"-I{inc}")
     global_cache = cache_root / "zig-global"
     global_cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="zig-local-", dir=cache_root) as local:
-        out = Path(local) / "agent.wasm"
+    with tempfile.TemporaryDirectory(prefix="build-", dir=cache_root) as scratch:
+        src = (Path(scratch) / "src").resolve()
+        local = Path(scratch) / "zig-local"
+        src.mkdir()
+        local.mkdir()
+        stage(template.folder, src)
+        includes = tuple(f"-I{inc}" for inc in template.include_dirs)
+        flags = [*C_FLAGS, f"-ffile-prefix-map={src}=.", *includes]
+        out = local / "agent.wasm"
         cmd = [str(zig_dir() / "zig"), "cc", *flags, "-MD", *(s.path for s in template.sources), "-o", str(out)]
-        env = _clean_env({"ZIG_GLOBAL_CACHE_DIR": str(global_cache), "ZIG_LOCAL_CACHE_DIR": local,
-                          "SOURCE_DATE_EPOCH": str(epoch), "HOME": local})
+        env = _clean_env({"ZIG_GLOBAL_CACHE_DIR": str(global_cache), "ZIG_LOCAL_CACHE_DIR": str(local),
+                          "SOURCE_DATE_EPOCH": str(epoch), "HOME": str(local)})
         try:
-            proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, env=env,
+            proc = subprocess.run(cmd, cwd=src, capture_output=True, text=True, env=env,
                                   timeout=COMPILE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise BuildError(where, f"zig cc did not finish within {COMPILE_TIMEOUT_S} s") from None
         if proc.returncode != 0:
-            raise BuildError(where, f"compile failed (zig cc exit {proc.returncode}):",
-                             _truncate(proc.stderr or proc.stdout))
-        inputs = _confined_inputs(Path(local), folder, where)
+            diagnostics = proc.stderr or proc.stdout
+            outside = _withhold_outside(diagnostics, src)
+            if outside:
+                raise BuildError(where, f"compile failed: the build read {outside}, which is outside the "
+                                        "template folder (diagnostics withheld so that host files are not "
+                                        "disclosed)")
+            raise BuildError(where, f"compile failed (zig cc exit {proc.returncode}):", _truncate(diagnostics))
+        inputs = _confined_inputs(local, src, where)
         wasm = _read_output(out, where)
     return BuildResult(wasm=wasm, toolchain=identity("c"), inputs=inputs, source_date_epoch=epoch,
-                       flags=tuple(f for f in flags if not f.startswith("-ffile-prefix-map")))
+                       flags=(*C_FLAGS, *includes))
 
 
 def _confined_inputs(local: Path, folder: Path, where: str) -> dict[str, str]:

@@ -33,7 +33,8 @@ def ls(store_url: str | None, as_json: bool) -> None:
         return
     table = Table(title=f"{s.url}", title_justify="left")
     for col in ("name", "version", "digest", "size"):
-        table.add_column(col, justify="right" if col == "size" else "left", no_wrap=col == "digest")
+        table.add_column(col, justify="right" if col == "size" else "left", overflow="fold",
+                         min_width=None if col == "digest" else len(col))
     for a in agents:
         version = a.version if a.tag else f"{a.version} (untagged)"
         table.add_row(a.name, version, a.digest, f"{a.size:,}")
