@@ -233,6 +233,25 @@ static int parse_literal(struct parser *p, const char *word)
     return 0;
 }
 
+/* After a member of an array or object: 1 when a ',' announces another member,
+ * 0 when `close` ends the container, -1 (error reported) otherwise. */
+static int next_member(struct parser *p, int close, const char *expected)
+{
+    skip_ws(p);
+    if (peek(p) == ',') {
+        p->pos++;
+        out(p, ",", 1);
+        skip_ws(p);
+        return 1;
+    }
+    if (peek(p) == close) {
+        p->pos++;
+        return 0;
+    }
+    unexpected(p, expected);
+    return -1;
+}
+
 /* Called with p->pos on '['; depth counts the containers already open. */
 static int parse_array(struct parser *p, int depth)
 {
@@ -250,17 +269,11 @@ static int parse_array(struct parser *p, int depth)
         newline_indent(p, depth + 1);
         if (parse_value(p, depth + 1) != 0)
             return -1;
-        skip_ws(p);
-        if (peek(p) == ',') {
-            p->pos++;
-            out(p, ",", 1);
-            skip_ws(p);
-        } else if (peek(p) == ']') {
-            p->pos++;
+        int more = next_member(p, ']', "',' or ']'");
+        if (more < 0)
+            return -1;
+        if (!more)
             break;
-        } else {
-            return unexpected(p, "',' or ']'");
-        }
     }
     newline_indent(p, depth);
     out(p, "]", 1);
@@ -297,17 +310,11 @@ static int parse_object(struct parser *p, int depth)
         skip_ws(p);
         if (parse_value(p, depth + 1) != 0)
             return -1;
-        skip_ws(p);
-        if (peek(p) == ',') {
-            p->pos++;
-            out(p, ",", 1);
-            skip_ws(p);
-        } else if (peek(p) == '}') {
-            p->pos++;
+        int more = next_member(p, '}', "',' or '}'");
+        if (more < 0)
+            return -1;
+        if (!more)
             break;
-        } else {
-            return unexpected(p, "',' or '}'");
-        }
     }
     newline_indent(p, depth);
     out(p, "}", 1);
