@@ -60,3 +60,7 @@ class ValidationFailed(AgentFactoryError):
     def __init__(self, problems: list[InputError]) -> None:
         self.problems = problems
         super().__init__("\n".join(str(p) for p in problems))
+
+
+class KeyProviderError(AgentFactoryError):
+    """A signing-key provider (keyring folder, Vault/OpenBao Transit) refused or is unusable."""

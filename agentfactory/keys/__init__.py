@@ -1,0 +1,1 @@
+"""Signing-key providers: local keyring (embedded default) and Vault/OpenBao Transit."""
