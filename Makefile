@@ -14,10 +14,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-## demo: build, test and publish every example template on the embedded defaults, then list the store
+DEMO := .agentfactory/demo
+## demo: build, test, sign and publish every example template on the embedded defaults, verify each,
+## then show a tampered copy (one flipped byte in a copy of the store) refused with its reason
 demo: $(STAMP)
 	$(BIN)/agentfactory pipeline run
 	$(BIN)/agentfactory store ls
+	@for ref in $$($(BIN)/agentfactory store ls --json | $(BIN)/python -c \
+	    'import json,sys; print(" ".join(a["name"]+"@"+a["digest"] for a in json.load(sys.stdin)["agents"] if a["tag"]))'); do \
+	  $(BIN)/agentfactory verify $$ref || exit 1; done
+	@rm -rf $(DEMO) && mkdir -p $(DEMO) && cp -r .agentfactory/store $(DEMO)/tampered-store
+	@$(BIN)/python -c 'import json,pathlib,sys; s=pathlib.Path(sys.argv[1]); \
+	  d=json.loads(s.joinpath("index.json").read_text()); \
+	  m=[x for x in d["manifests"] if x.get("annotations",{}).get("org.opencontainers.image.ref.name","").startswith("wordstats:")][0]; \
+	  b=s/"blobs/sha256"/m["annotations"]["dev.agentfactory.artifact.digest"][7:]; x=bytearray(b.read_bytes()); \
+	  x[len(x)//2]^=1; b.write_bytes(bytes(x))' $(DEMO)/tampered-store
+	@echo "One byte of wordstats flipped in a copy of the store; the verifier must refuse it:"
+	@! $(BIN)/agentfactory verify --store oci-layout:$(DEMO)/tampered-store wordstats:1.0.0
 
 ## system-deps: what the tests need from the OS (git); installed with apt-get when run as root
 system-deps:
@@ -36,6 +49,9 @@ lint: $(STAMP)
 ## bench: run the benchmarks and write benchmarks/results/
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_sbom.py
+	$(BIN)/python benchmarks/bench_signing.py
+	$(BIN)/python benchmarks/bench_verify.py
 
 clean:
 	rm -rf .agentfactory .pytest_cache .mypy_cache .ruff_cache

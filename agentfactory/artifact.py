@@ -15,6 +15,7 @@ from typing import Any
 
 from .digest import digest_of, parse_digest
 from .errors import InputError
+from .jsonsafe import load_json_object
 
 MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
 INDEX_MEDIA_TYPE = "application/vnd.oci.image.index.v1+json"
@@ -115,14 +116,7 @@ class AgentManifest:
 
 def parse_agent_manifest(data: bytes, digest: str, where: str) -> AgentManifest:
     """Check that `data` is a wasm agent manifest; raise naming `where` and the field if not."""
-    if len(data) > MAX_MANIFEST_BYTES:
-        raise InputError(where, f"manifest is {len(data)} bytes; the limit is {MAX_MANIFEST_BYTES}")
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(where, f"manifest is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise InputError(where, "manifest is not a JSON object")
+    doc = load_json_object(data, where, max_bytes=MAX_MANIFEST_BYTES, what="manifest")
     if doc.get("schemaVersion") != 2 or doc.get("mediaType") != MANIFEST_MEDIA_TYPE:
         raise InputError(where, f"mediaType {doc.get('mediaType')!r}: not an OCI image manifest")
     config = doc.get("config")

@@ -20,9 +20,11 @@ from agentfactory.cli.common import (
     print_json,
     store_option,
 )
+from agentfactory.keys import open_provider
+from agentfactory.provenance import DEFAULT_BUILDER_ID
 from agentfactory.store import open_store
 
-from .run import PipelineReport, run_pipeline
+from .run import PipelineReport, Signing, run_pipeline
 
 _STYLE = {"built": "green", "unchanged": "cyan", "failed": "red"}
 
@@ -55,13 +57,14 @@ class _LiveBoard:
 
 def summary_table(report: PipelineReport) -> Table:
     table = Table(title="pipeline summary", title_justify="left")
-    for col in ("template", "version", "digest", "size", "tests", "result"):
-        table.add_column(col, justify="right" if col in ("size", "tests") else "left",
+    for col in ("template", "version", "digest", "size", "tests", "signed", "result"):
+        table.add_column(col, justify="right" if col in ("size", "tests", "signed") else "left",
                          overflow="fold", min_width=None if col == "digest" else len(col))
     for t in report.templates:
         style = _STYLE[t.status]
         tests = f"{t.tests['passed']}/{t.tests['total']}" if t.tests else "-"
-        table.add_row(t.name, t.version or "-", t.digest or "-", f"{t.size:,}" if t.size else "-", tests,
+        signed = "✓" if t.evidence.get("signed") else "-"
+        table.add_row(t.name, t.version or "-", t.digest or "-", f"{t.size:,}" if t.size else "-", tests, signed,
                       f"[{style}]{t.status}[/{style}]")
     return table
 
@@ -72,28 +75,36 @@ def summary_table(report: PipelineReport) -> Table:
 @click.option("--changed-since", metavar="GIT_REF", help="Only templates changed since this Git ref.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=None, help="Parallel builds (default: CPUs).")
 @click.option("--no-tests", is_flag=True, help="Skip the templates' tests/cases.yaml.")
+@click.option("--key-provider", "provider", type=click.Choice(["local", "vault"]), default=None,
+              envvar="AGENTFACTORY_KEY_PROVIDER", help="Who signs: the local keyring (default) or Vault Transit.")
+@click.option("--builder-id", envvar="AGENTFACTORY_BUILDER_ID", default=DEFAULT_BUILDER_ID, show_default=True,
+              help="The builder id written into provenance (trust policies name it).")
+@click.option("--sbom-root", "sbom_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also write each SBOM to ROOT/sbom/<agent>/<version>.cdx.json (releases: --sbom-root .).")
+@click.option("--no-sign", is_flag=True, help="Publish without SBOM, provenance or signatures (verify will refuse).")
 @store_option
 @json_option
 @handle_errors
-def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tests: bool,
-        store_url: str | None, as_json: bool) -> None:
-    """Discover → validate → build → test → publish every template.
+def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tests: bool, provider: str | None,
+        builder_id: str, sbom_dir: Path | None, no_sign: bool, store_url: str | None, as_json: bool) -> None:
+    """Discover → validate → build → test → publish → sbom → sign every template.
 
     Exit code 0 when every template built or was unchanged, 1 when any failed.
     """
     store = open_store(store_url)
+    signing = None if no_sign else Signing(open_provider(provider), builder_id, sbom_dir)
     board = _LiveBoard() if not as_json and err.is_terminal else None
     if board:
         with board.live:
             report = run_pipeline(templates_dir, store, changed_since=changed_since, jobs=jobs,
-                                  progress=board.update, run_tests=not no_tests)
+                                  progress=board.update, run_tests=not no_tests, signing=signing)
     else:
         def plain(path: str, stage: str) -> None:
             if not as_json:
                 err.print(f"{path}: {stage}", markup=False, highlight=False)
 
         report = run_pipeline(templates_dir, store, changed_since=changed_since, jobs=jobs,
-                              progress=plain, run_tests=not no_tests)
+                              progress=plain, run_tests=not no_tests, signing=signing)
     if as_json:
         print_json(report.to_json())
     else:

@@ -7,6 +7,7 @@ then run in parallel, each publishing its own artifact atomically.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -15,10 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentfactory import __version__
+from agentfactory import __version__, evidence
 from agentfactory.artifact import ANN_DESCRIPTION, ANN_REVISION, build_agent_artifact
 from agentfactory.config import cache_dir, toolchain_cache
+from agentfactory.dsse import INTOTO_PAYLOAD_TYPE, sign_envelope
 from agentfactory.errors import AgentFactoryError, BuildError, InputError, NotFoundError, ValidationFailed
+from agentfactory.fsutil import atomic_write
+from agentfactory.intoto import CYCLONEDX_BOM, SLSA_PROVENANCE_V1, make_statement
+from agentfactory.keys.base import KeyProvider
+from agentfactory.metrics import SIGNATURES
+from agentfactory.provenance import DEFAULT_BUILDER_ID
+from agentfactory.provenance import predicate as provenance_predicate
 from agentfactory.store import ArtifactStore, StoredAgent
 from agentfactory.template import MANIFEST, Template, discover, load_template
 from agentfactory.wasm import inspect
@@ -26,8 +34,9 @@ from agentfactory.wasm import inspect
 from . import casetests, toolchain
 from .cache import BuildCache, CacheEntry, cache_key
 from .gitinfo import GitView, Origin
+from .sbom import build_sbom, release_path, validate_sbom
 
-STAGES = ("validate", "build", "test", "publish")
+STAGES = ("validate", "build", "test", "publish", "sbom", "sign")
 Progress = Callable[[str, str], None]  # (template display path, stage or final status)
 
 
@@ -45,12 +54,14 @@ class TemplateResult:
     size: int | None = None
     tests: dict[str, int] = field(default_factory=dict)
     build: dict[str, Any] = field(default_factory=dict)
+    evidence: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "digest": self.digest, "ref": self.ref,
                 "status": self.status, "errors": self.errors, "path": self.path, "size": self.size,
-                "tests": self.tests, "build": self.build, "seconds": round(self.seconds, 4)}
+                "tests": self.tests, "build": self.build, "evidence": self.evidence,
+                "seconds": round(self.seconds, 4)}
 
 
 @dataclass
@@ -83,10 +94,22 @@ class _Job:
     template: Template | None = None
 
 
+@dataclass(frozen=True)
+class Signing:
+    """How the sign stage signs: the key provider, the builder id it claims, where SBOMs go."""
+
+    provider: KeyProvider
+    builder_id: str = DEFAULT_BUILDER_ID
+    sbom_dir: Path | None = None
+
+
 def run_pipeline(templates_dir: Path, store: ArtifactStore, *, changed_since: str | None = None,
                  jobs: int | None = None, progress: Progress | None = None,
-                 run_tests: bool = True) -> PipelineReport:
-    """Run every template under `templates_dir` (or only those changed since a Git ref)."""
+                 run_tests: bool = True, signing: Signing | None = None) -> PipelineReport:
+    """Run every template under `templates_dir` (or only those changed since a Git ref).
+
+    Without `signing`, artifacts are published unsigned (the verifier will refuse them).
+    """
     notify: Progress = progress or (lambda _path, _stage: None)
     folders = discover(templates_dir)
     git = GitView(templates_dir)
@@ -105,13 +128,15 @@ def run_pipeline(templates_dir: Path, store: ArtifactStore, *, changed_since: st
     cache = BuildCache(cache_dir("builds"))
     build_root = toolchain_cache()
     build_root.mkdir(parents=True, exist_ok=True)
+    if signing is not None and not signing.provider.public_keys():
+        signing.provider.create()  # before the builds run in parallel: one first key, not one per thread
 
     def process(job: _Job) -> TemplateResult:
         started = time.perf_counter()
         if job.template is not None and not job.result.errors:
             try:
                 _build_test_publish(job, job.template, git.origin(job.folder), store, cache, build_root,
-                                    notify, run_tests)
+                                    notify, run_tests, signing)
             except AgentFactoryError as exc:
                 job.result.errors.extend(_messages(exc))
             except Exception as exc:  # fail closed, but say what happened
@@ -165,7 +190,7 @@ def _refuse_duplicate_names(work: list[_Job]) -> None:
 
 
 def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactStore, cache: BuildCache,
-                        build_root: Path, notify: Progress, run_tests: bool) -> None:
+                        build_root: Path, notify: Progress, run_tests: bool, signing: Signing | None) -> None:
     r = job.result
     tool_id = toolchain.identity(t.language)
     cases = casetests.load_cases(t, job.display) if run_tests else []
@@ -179,8 +204,14 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
             tagged = store.resolve(f"{t.name}:{t.version}").digest
         except NotFoundError:
             tagged = None
+        stored = store.resolve(hit.digest)
         if tagged != hit.digest:
-            _publish(t, store, store.fetch_wasm(hit.digest)[1], origin)
+            stored = _publish(t, store, store.fetch_wasm(hit.digest)[1], origin)
+        if signing is not None:
+            if evidence.has_signature(store, stored):
+                r.evidence = {"signed": True, "reused": True}
+            else:  # published but never signed (a crash, an unsigned run): sign it now
+                _attest(job, t, stored, hit.build, store, signing, notify)
         return
 
     notify(job.display, "build")
@@ -208,7 +239,7 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
 
     notify(job.display, "publish")
     r.build = {
-        "builder": {"id": "agentfactory-pipeline", "version": __version__},
+        "builder": {"id": signing.builder_id if signing else DEFAULT_BUILDER_ID, "version": __version__},
         "toolchain": built.toolchain,
         "sourceDateEpoch": built.source_date_epoch,
         "inputs": built.inputs,
@@ -221,10 +252,36 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
     }
     stored = _publish(t, store, built.wasm, origin)
     r.status, r.digest, r.size, r.ref = "built", stored.digest, stored.size, stored.ref
+    if signing is not None:
+        _attest(job, t, stored, r.build, store, signing, notify)
     inputs = dict(built.inputs)
     inputs.setdefault(MANIFEST, t.manifest_sha256)
     cache.put(key, CacheEntry(digest=stored.digest, manifest_digest=stored.manifest_digest, size=stored.size,
                               inputs=inputs, build=r.build, tests=r.tests))
+
+
+def _attest(job: _Job, t: Template, stored: StoredAgent, build: dict[str, Any], store: ArtifactStore,
+            signing: Signing, notify: Progress) -> None:
+    """The sbom and sign stages: SBOM, provenance, signatures, all attached to the agent."""
+    notify(job.display, "sbom")
+    sbom = build_sbom(t, digest=stored.digest, toolchain=build["toolchain"], epoch=build["sourceDateEpoch"],
+                      commit=build.get("templateCommit"))
+    validate_sbom(sbom, f"{job.display} (generated SBOM)")
+    notify(job.display, "sign")
+    provider = signing.provider
+    signature = provider.sign_digest(bytes.fromhex(stored.digest.split(":", 1)[1]))
+    SIGNATURES.labels(provider=provider.name, kind="artifact").inc()
+    attestations = []
+    for predicate_type, predicate in ((CYCLONEDX_BOM, json.loads(sbom)),
+                                      (SLSA_PROVENANCE_V1, provenance_predicate(build, builder_id=signing.builder_id))):
+        statement = make_statement(t.name, stored.digest, predicate_type, predicate)
+        attestations.append((predicate_type, sign_envelope(INTOTO_PAYLOAD_TYPE, statement, provider)))
+        SIGNATURES.labels(provider=provider.name, kind="attestation").inc()
+    evidence.attach(store, stored, evidence.ArtifactSignature.from_signature(stored.digest, signature), attestations)
+    job.result.evidence = {"signed": True, "keyId": signature.key_id, "provider": provider.name,
+                           "attestations": [p for p, _ in attestations]}
+    if signing.sbom_dir is not None:
+        atomic_write(release_path(signing.sbom_dir, t.name, t.version), sbom)
 
 
 def _publish(t: Template, store: ArtifactStore, wasm: bytes, origin: Origin) -> StoredAgent:

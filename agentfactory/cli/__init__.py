@@ -1,6 +1,6 @@
 """`agentfactory`: one command, with subcommands contributed by each plane.
 
-The trust core owns `store` and `template`; `pipelines`, `admission` and `sandbox_runtime`
+The trust core owns `store`, `template`, `keys`, `trust` and `verify`; `pipelines`, `admission` and `sandbox_runtime`
 register theirs through the `agentfactory.cli` entry-point group, so that this package never
 imports them (dependencies point inwards).
 """
@@ -14,8 +14,10 @@ import click
 
 from .. import __version__
 from .common import EXIT_INTERNAL, err
+from .keys_cmd import keys
 from .store_cmd import store
 from .template_cmd import template
+from .verify_cmd import trust, verify_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -29,6 +31,9 @@ def cli() -> None:
 
 cli.add_command(store)
 cli.add_command(template)
+cli.add_command(keys)
+cli.add_command(verify_cmd)
+cli.add_command(trust)
 
 
 def _load_plugins() -> None:

@@ -1,1 +1,49 @@
-"""Signing-key providers: local keyring (embedded default) and Vault/OpenBao Transit."""
+"""Signing-key providers: local keyring (embedded default) and Vault/OpenBao Transit.
+
+`open_provider()` picks one by name or `$AGENTFACTORY_KEY_PROVIDER`. The Transit provider is
+imported only when asked for: hvac (and requests) cost ~0.1 s of start-up that the local
+keyring, the webhook and the runtime do not need.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+from .base import KeyProvider, KeyStatus, PublicKey, Signature, key_id
+from .local import LocalKeyring
+
+if TYPE_CHECKING:
+    from .vault import TransitKeyProvider
+
+__all__ = ["PROVIDERS", "PROVIDER_ENV", "KeyProvider", "KeyStatus", "LocalKeyring", "PublicKey", "Signature",
+           "TransitKeyProvider", "key_id", "open_provider"]
+
+PROVIDER_ENV = "AGENTFACTORY_KEY_PROVIDER"
+PROVIDERS = ("local", "vault")
+
+
+def open_provider(name: str | None = None) -> KeyProvider:
+    """The provider named `name`, else `$AGENTFACTORY_KEY_PROVIDER`, else the local keyring.
+
+    `vault` reads its settings (VAULT_ADDR, credentials, Transit mount and key) from the
+    environment; see docs/keys.md.
+    """
+    chosen = (name or os.environ.get(PROVIDER_ENV) or "local").strip().lower()
+    if chosen == "local":
+        return LocalKeyring()
+    if chosen == "vault":
+        from .vault import TransitKeyProvider
+
+        return TransitKeyProvider()
+    source = "--provider" if name else PROVIDER_ENV
+    raise ConfigError(f"{source}={chosen!r}: unknown key provider; use one of {', '.join(PROVIDERS)}")
+
+
+def __getattr__(attr: str) -> Any:
+    if attr == "TransitKeyProvider":
+        from .vault import TransitKeyProvider
+
+        return TransitKeyProvider
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

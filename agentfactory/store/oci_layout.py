@@ -8,8 +8,10 @@ an unreferenced blob behind, never a half-written file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,12 +101,11 @@ class OCILayoutStore(ArtifactStore):
                                       "the blob was tampered with or corrupted")
         return data
 
-    def put_manifest(self, data: bytes, digest: str, *, media_type: str, artifact_type: str,
-                     tag: str | None, annotations: dict[str, str]) -> None:
+    def put_manifest(self, data: bytes, digest: str, *, media_type: str, tag: str | None,
+                     annotations: dict[str, str]) -> None:
         self.put_blob(data, digest)
-        doc = json.loads(data)
-        ann = doc.get("annotations", {})
-        entry_ann = {ANN_AGENT: ann.get(ANN_AGENT, ""), ANN_VERSION: ann.get(ANN_VERSION, ""), **annotations}
+        artifact_type = json.loads(data).get("artifactType")
+        entry_ann = dict(annotations)
         with file_lock(self.root / ".lock"):
             index = self._read_index()
             manifests = index["manifests"]
@@ -115,8 +116,12 @@ class OCILayoutStore(ArtifactStore):
                 entry_ann[ANN_REF_NAME] = tag
             existing = next((m for m in manifests if m.get("digest") == digest), None)
             if existing is None:
-                manifests.append({"mediaType": media_type, "artifactType": artifact_type, "digest": digest,
-                                  "size": len(data), "annotations": entry_ann})
+                entry: dict[str, Any] = {"mediaType": media_type, "digest": digest, "size": len(data)}
+                if artifact_type:
+                    entry["artifactType"] = artifact_type
+                if entry_ann:
+                    entry["annotations"] = entry_ann
+                manifests.append(entry)
             elif existing.get("annotations") == entry_ann:
                 return
             else:
@@ -124,6 +129,18 @@ class OCILayoutStore(ArtifactStore):
             manifests.sort(key=lambda m: (m.get("annotations", {}).get(ANN_AGENT, ""), m["digest"]))
             self._write_index(index)
         self._index_cache = None
+
+    def resolve_tag(self, tag: str) -> str | None:
+        for m in self._read_index()["manifests"]:
+            if isinstance(m, dict) and (m.get("annotations") or {}).get(ANN_REF_NAME) == tag:
+                return str(m.get("digest"))
+        return None
+
+    @contextlib.contextmanager
+    def _referrers_lock(self) -> Iterator[None]:
+        # A lock file of its own: put_manifest takes `.lock` inside this critical section.
+        with file_lock(self.root / ".referrers.lock"):
+            yield
 
     def entries(self) -> list[IndexEntry]:
         path = self.root / "index.json"

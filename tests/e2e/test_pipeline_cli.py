@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, git, hello_manifest, write_template
+from helpers import EXAMPLES, git, hello_manifest, write_template
 
 pytestmark = pytest.mark.toolchain
 

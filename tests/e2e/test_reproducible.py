@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, git
+from helpers import EXAMPLES, git
 
 pytestmark = pytest.mark.toolchain
 

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, TEMPLATES, hello_manifest, write_template
+from helpers import EXAMPLES, TEMPLATES, hello_manifest, write_template
 
 from agentfactory.store import OCILayoutStore
 from agentfactory.wasm import inspect

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import write_template
+from helpers import write_template
 
 from agentfactory.errors import InputError
 from agentfactory.template import load_template

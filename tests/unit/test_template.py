@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, TEMPLATES, hello_manifest, write_template
+from helpers import EXAMPLES, TEMPLATES, hello_manifest, write_template
 
 from agentfactory.digest import tree_sha256
 from agentfactory.errors import TemplateError, ValidationFailed

@@ -1,0 +1,128 @@
+"""`agentfactory verify` and `agentfactory trust`: the verifier from the command line."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from ..errors import AgentFactoryError, DigestMismatchError, NotFoundError, ValidationFailed
+from ..evidence import Evidence, collect
+from ..fsutil import atomic_write
+from ..store import ArtifactStore, open_store
+from ..store.base import MAX_WASM_BYTES
+from ..trust import TrustPolicy, from_public_keys, load_trust_policy, to_yaml
+from ..verifier import Verdict, refuse, verify
+from .common import EXIT_OK, EXIT_PROBLEMS, err, handle_errors, json_option, out, print_json, store_option
+
+policy_option = click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
+                             envvar="AGENTFACTORY_TRUST_POLICY",
+                             help="TrustPolicy file (default: trust the key provider's keys).")
+provider_option = click.option("--key-provider", "provider", type=click.Choice(["local", "vault"]), default=None,
+                               envvar="AGENTFACTORY_KEY_PROVIDER", help="Where the keys live (default: local).")
+
+
+def default_policy(provider: str | None) -> TrustPolicy:
+    from ..keys import open_provider
+
+    p = open_provider(provider)
+    return from_public_keys(p.public_keys(), source=f"embedded default ({p.name} keys)")
+
+
+def verify_ref(ref: str, store: ArtifactStore, policy: TrustPolicy) -> Verdict:
+    """Verify a store reference, or a .wasm file by its digest, against `policy`."""
+    path = Path(ref)
+    if path.is_file():
+        local = path.read_bytes()[: MAX_WASM_BYTES + 1]
+        digest = "sha256:" + hashlib.sha256(local).hexdigest()
+        try:
+            agent = store.resolve(digest)
+        except NotFoundError:
+            return verify(digest, local, Evidence(problems=[
+                f"{digest} is not in {store.url}: nothing was ever signed with these bytes "
+                "(a modified copy, or never built by the pipeline)"]), policy)
+        return verify(digest, local, collect(store, agent), policy)
+    agent = store.resolve(ref)
+    data: bytes | None = None
+    problem: str | None = None
+    try:
+        data = store.get_blob(agent.digest, MAX_WASM_BYTES)
+    except DigestMismatchError as exc:
+        problem = str(exc)
+    return verify(agent.digest, data, collect(store, agent), policy, artifact_problem=problem)
+
+
+def print_verdict(ref: str, verdict: Verdict, policy_source: str) -> None:
+    table = Table(title=f"{ref}  {verdict.digest}", title_justify="left")
+    table.add_column("check")
+    table.add_column("ok")
+    table.add_column("reason", overflow="fold")
+    for c in verdict.checks:
+        table.add_row(c.name, "[green]✓[/green]" if c.ok else "[red]✗[/red]", c.reason)
+    out.print(table)
+    word = "[green]ALLOWED[/green]" if verdict.allowed else "[red]DENIED[/red]"
+    out.print(f"{word}  score {verdict.score}/100  (trust policy: {policy_source})")
+
+
+@click.command("verify")
+@click.argument("ref")
+@policy_option
+@provider_option
+@store_option
+@json_option
+@handle_errors
+def verify_cmd(ref: str, policy_path: Path | None, provider: str | None, store_url: str | None,
+               as_json: bool) -> None:
+    """May REF run? REF: name@sha256:…, name:version, name, or a path to a .wasm file.
+
+    Exit code 0 when allowed, 1 when denied (every failed check says why).
+    """
+    store = open_store(store_url)
+    try:
+        policy = load_trust_policy(policy_path) if policy_path else default_policy(provider)
+        verdict = verify_ref(ref, store, policy)
+        source = policy.source
+    except ValidationFailed as exc:  # a policy that does not load refuses everything
+        verdict = refuse(ref, "trust-policy", f"the trust policy does not load, so nothing is trusted: {exc}")
+        source = str(policy_path)
+    except NotFoundError as exc:
+        verdict = refuse(ref, "artifact", str(exc))
+        source = str(policy_path or "n/a")
+    except AgentFactoryError as exc:
+        verdict = refuse(ref, "verifier", str(exc))
+        source = str(policy_path or "n/a")
+    if as_json:
+        print_json(verdict.to_json())
+    else:
+        print_verdict(ref, verdict, source)
+    sys.exit(EXIT_OK if verdict.allowed else EXIT_PROBLEMS)
+
+
+@click.group("trust")
+def trust() -> None:
+    """Trust policies: which keys, builders and repositories the verifier trusts."""
+
+
+@trust.command("init")
+@provider_option
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the policy here (default: stdout).")
+@click.option("--builder", "builders", multiple=True, help="Trusted builder id (repeatable).")
+@click.option("--repository", "repositories", multiple=True, help="Trusted source repository glob (repeatable).")
+@handle_errors
+def trust_init(provider: str | None, output: Path | None, builders: tuple[str, ...],
+               repositories: tuple[str, ...]) -> None:
+    """Write a TrustPolicy that trusts the key provider's current keys."""
+    from ..keys import open_provider
+    from ..provenance import DEFAULT_BUILDER_ID
+
+    keys = open_provider(provider).public_keys()
+    text = to_yaml(keys, builders or (DEFAULT_BUILDER_ID,), repositories or ("*",))
+    if output:
+        atomic_write(output, text.encode())
+        err.print(f"wrote {output} ({len(keys)} keys)", markup=False)
+    else:
+        sys.stdout.write(text)

@@ -1,0 +1,155 @@
+"""Trust policies: which keys, builders and source repositories the verifier trusts.
+
+A policy file is YAML (bounded, validated); a policy that does not load refuses everything
+(the verifier reports why). Without a file, the embedded default trusts the configured key
+provider's keys, the local pipeline builder and any repository — fine on a laptop, and what
+`agentfactory trust init` writes down as a starting point for production.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from .errors import InputError, ValidationFailed
+from .keys.base import PublicKey, key_id
+from .provenance import DEFAULT_BUILDER_ID
+from .yamlsafe import load_yaml
+
+MAX_POLICY_BYTES = 1024 * 1024
+POLICY_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["apiVersion", "kind", "spec"],
+    "properties": {
+        "apiVersion": {"const": "agentfactory.dev/v1alpha1"},
+        "kind": {"const": "TrustPolicy"},
+        "metadata": {"type": "object"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["keys"],
+            "properties": {
+                "keys": {"type": "array", "maxItems": 256, "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "keyId": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        "name": {"type": "string"},
+                        "publicKey": {"type": "string", "maxLength": 16384},
+                        "publicKeyFile": {"type": "string"},
+                        "revoked": {"type": "boolean"},
+                    },
+                    "oneOf": [{"required": ["publicKey"]}, {"required": ["publicKeyFile"]}],
+                }},
+                "builders": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                "repositories": {"type": "array", "items": {"type": "string", "minLength": 1}},
+            },
+        },
+    },
+}
+
+
+@dataclass(frozen=True)
+class TrustedKey:
+    key_id: str
+    public_key: rsa.RSAPublicKey
+    revoked: bool = False
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class TrustPolicy:
+    keys: dict[str, TrustedKey]
+    builders: tuple[str, ...] = (DEFAULT_BUILDER_ID,)
+    repositories: tuple[str, ...] = ("*",)
+    source: str = "embedded default"
+    fingerprint: str = field(default="", compare=False)
+
+    def trusts_builder(self, builder: str) -> bool:
+        return builder in self.builders
+
+    def trusts_repository(self, repository: str | None) -> bool:
+        return any(fnmatch.fnmatchcase(repository or "", pattern) for pattern in self.repositories)
+
+
+def load_public_key(pem: bytes, where: str) -> rsa.RSAPublicKey:
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, TypeError):
+        raise InputError(where, "not a PEM SubjectPublicKeyInfo public key") from None
+    if not isinstance(key, rsa.RSAPublicKey) or key.key_size < 2048:
+        raise InputError(where, "only RSA keys of at least 2048 bits are accepted")
+    return key
+
+
+def from_public_keys(keys: list[PublicKey], *, builders: tuple[str, ...] = (DEFAULT_BUILDER_ID,),
+                     repositories: tuple[str, ...] = ("*",), source: str = "embedded default") -> TrustPolicy:
+    trusted = {}
+    for k in keys:
+        trusted[k.key_id] = TrustedKey(k.key_id, load_public_key(k.pem, f"{k.provider} key {k.key_id}"),
+                                       revoked=k.status == "revoked", name=k.name)
+    return TrustPolicy(trusted, builders, repositories, source)
+
+
+def load_trust_policy(path: Path) -> TrustPolicy:
+    """Read a TrustPolicy file; raise ValidationFailed naming the file, line and field."""
+    where = str(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise ValidationFailed([InputError(where, f"cannot read the trust policy ({exc.strerror})")]) from None
+    if size > MAX_POLICY_BYTES:
+        raise ValidationFailed([InputError(where, f"trust policy is {size} bytes; the limit is {MAX_POLICY_BYTES}")])
+    try:
+        doc = load_yaml(path.read_bytes(), where)
+    except InputError as exc:
+        raise ValidationFailed([exc]) from None
+    problems = [InputError(f"{where}:{doc.line_of(tuple(e.absolute_path))}",
+                           f"{'.'.join(map(str, e.absolute_path)) or '(document)'}: {e.message}")
+                for e in jsonschema.Draft202012Validator(POLICY_SCHEMA).iter_errors(doc.data)]
+    if problems:
+        raise ValidationFailed(problems)
+    spec = doc.data["spec"]
+    keys: dict[str, TrustedKey] = {}
+    for i, k in enumerate(spec["keys"]):
+        loc = f"{where}:{doc.line_of(('spec', 'keys', i))}"
+        try:
+            if "publicKeyFile" in k:
+                pem_path = (path.parent / k["publicKeyFile"])
+                pem = pem_path.read_bytes()[:16384]
+            else:
+                pem = k["publicKey"].encode()
+            public = load_public_key(pem, loc)
+        except OSError as exc:
+            problems.append(InputError(loc, f"publicKeyFile: {exc.strerror}"))
+            continue
+        except InputError as exc:
+            problems.append(exc)
+            continue
+        kid = key_id(public)
+        if k.get("keyId") and k["keyId"] != kid:
+            problems.append(InputError(loc, f"keyId {k['keyId']} does not match the public key (its id is {kid})"))
+            continue
+        keys[kid] = TrustedKey(kid, public, revoked=bool(k.get("revoked", False)), name=str(k.get("name", "")))
+    if problems:
+        raise ValidationFailed(problems)
+    return TrustPolicy(keys, tuple(spec.get("builders", [DEFAULT_BUILDER_ID])),
+                       tuple(spec.get("repositories", ["*"])), source=where)
+
+
+def to_yaml(keys: list[PublicKey], builders: tuple[str, ...] = (DEFAULT_BUILDER_ID,),
+            repositories: tuple[str, ...] = ("*",)) -> str:
+    """A policy file trusting `keys` (revoked ones listed as revoked)."""
+    entries = [{"keyId": k.key_id, "name": f"{k.provider}:{k.name}" + (f"@v{k.version}" if k.version else ""),
+                "revoked": k.status == "revoked", "publicKey": k.pem.decode()} for k in keys]
+    doc = {"apiVersion": "agentfactory.dev/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": "default"},
+           "spec": {"keys": entries, "builders": list(builders), "repositories": list(repositories)}}
+    return yaml.safe_dump(doc, sort_keys=False, width=1000)

@@ -1,0 +1,235 @@
+"""The one verifier: may artifact D run here?
+
+The promotion gate, the admission webhook, the node runtime and the audit all call `verify`.
+It never raises on bad evidence: every property is a check with a reason, a check that cannot
+be decided fails (fail closed), and the artifact is allowed only when every check passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, utils
+
+from .dsse import Envelope, parse_envelope
+from .errors import AgentFactoryError, InputError
+from .evidence import Evidence, parse_artifact_signature
+from .intoto import CYCLONEDX_BOM, SLSA_PROVENANCE_V1, Statement, parse_statement
+from .metrics import VALIDATIONS
+from .provenance import builder_and_source
+from .sbom import sbom_subject
+from .trust import TrustedKey, TrustPolicy
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "ok": self.ok, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    allowed: bool
+    digest: str
+    score: int
+    checks: tuple[Check, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"allowed": self.allowed, "digest": self.digest, "score": self.score,
+                "checks": [c.to_json() for c in self.checks]}
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{c.name}: {c.reason}" for c in self.checks if not c.ok]
+
+
+def _rsa_ok(key: TrustedKey, signature: bytes, digest32: bytes) -> bool:
+    try:
+        key.public_key.verify(signature, digest32, padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def _short(key_id: str) -> str:
+    return key_id[:16]
+
+
+class _Judge:
+    def __init__(self, digest: str, policy: TrustPolicy) -> None:
+        self.digest = digest
+        self.policy = policy
+        self.checks: list[Check] = []
+        self.signer: TrustedKey | None = None
+
+    def add(self, name: str, ok: bool, reason: str) -> bool:
+        self.checks.append(Check(name, ok, reason))
+        return ok
+
+    # -- artifact bytes -----------------------------------------------------------------------
+    def check_digest(self, artifact: bytes | None, problem: str | None) -> None:
+        if artifact is None:
+            self.add("digest", False, problem or "the artifact bytes were not available to hash")
+            return
+        actual = "sha256:" + hashlib.sha256(artifact).hexdigest()
+        self.add("digest", actual == self.digest,
+                 f"bytes hash to {self.digest}" if actual == self.digest
+                 else f"bytes hash to {actual}, not {self.digest}: the artifact was modified")
+
+    # -- the signature over the digest ----------------------------------------------------------
+    def check_signature(self, evidence: Evidence) -> None:
+        if not evidence.signatures:
+            why = "; ".join(evidence.problems) or f"no signature for {self.digest} (unsigned, or a modified copy)"
+            self.add("signature", False, why)
+            self.add("key-status", False, "no signing key to check")
+            return
+        failures: list[str] = []
+        valid: list[TrustedKey] = []
+        digest32 = bytes.fromhex(self.digest.split(":", 1)[1])
+        for where, doc in evidence.signatures:
+            try:
+                sig = parse_artifact_signature(doc, where)
+            except InputError as exc:
+                failures.append(str(exc))
+                continue
+            if sig.digest != self.digest:
+                failures.append(f"a signature is for {sig.digest}, not this artifact")
+                continue
+            key = self.policy.keys.get(sig.keyid)
+            if key is None:
+                failures.append(f"signed by key {_short(sig.keyid)}…, which the trust policy does not list")
+            elif not _rsa_ok(key, sig.sig, digest32):
+                failures.append(f"the signature by key {_short(sig.keyid)}… does not verify")
+            else:
+                valid.append(key)
+        if not valid:
+            self.add("signature", False, "; ".join(failures))
+            self.add("key-status", False, "no valid signature by a trusted key")
+            return
+        live = [k for k in valid if not k.revoked]
+        self.signer = (live or valid)[0]
+        self.add("signature", True, f"signed by trusted key {_short(self.signer.key_id)}…"
+                 + (f" ({self.signer.name})" if self.signer.name else ""))
+        if live:
+            self.add("key-status", True, f"key {_short(live[0].key_id)}… is not revoked")
+        else:
+            self.add("key-status", False, "every key that signed it is revoked: "
+                     + ", ".join(f"{_short(k.key_id)}…" + (f" ({k.name})" if k.name else "") for k in valid))
+
+    # -- attestations ---------------------------------------------------------------------------
+    def attestation(self, evidence: Evidence, name: str, predicate_type: str,
+                    inspect: Callable[[Statement], str | None]) -> Statement | None:
+        """Check the attestation of `predicate_type`; return its statement when it holds."""
+        failures: list[str] = []
+        seen_types: list[str] = []
+        for where, doc in evidence.attestations:
+            try:
+                envelope = parse_envelope(doc, where)
+                statement = parse_statement(envelope.payload, where)
+            except InputError as exc:
+                failures.append(str(exc))
+                continue
+            seen_types.append(statement.predicate_type)
+            if statement.predicate_type != predicate_type:
+                continue
+            problem = self._envelope_problem(envelope)
+            if problem is None and not statement.is_about(self.digest):
+                problem = (f"the attestation is about {', '.join(d for _, d in statement.subjects)}, "
+                           f"not {self.digest}")
+            if problem is None:
+                problem = inspect(statement)
+            if problem is None:
+                self.add(name, True, f"{predicate_type} attestation signed by a trusted key, about this digest")
+                return statement
+            failures.append(problem)
+        if not failures:
+            found = f" (found: {', '.join(sorted(set(seen_types)))})" if seen_types else ""
+            failures.append(f"no {predicate_type} attestation{found}")
+        failures.extend(evidence.problems)
+        self.add(name, False, "; ".join(failures))
+        return None
+
+    def _envelope_problem(self, envelope: Envelope) -> str | None:
+        reasons = []
+        for s in envelope.signatures:
+            key = self.policy.keys.get(s.keyid)
+            if key is None:
+                reasons.append(f"envelope signed by key {_short(s.keyid)}…, which the trust policy does not list")
+            elif key.revoked:
+                reasons.append(f"envelope signed by revoked key {_short(s.keyid)}…")
+            elif _rsa_ok(key, s.sig, hashlib.sha256(envelope.signed_bytes).digest()):
+                return None
+            else:
+                reasons.append(f"the envelope signature by key {_short(s.keyid)}… does not verify "
+                               "(the attestation was modified)")
+        return "; ".join(reasons) or "the envelope has no signatures"
+
+    def sbom_matches(self, statement: Statement) -> str | None:
+        bom = statement.predicate
+        if not isinstance(bom, dict) or bom.get("bomFormat") != "CycloneDX":
+            return "the SBOM is not a CycloneDX document"
+        try:
+            _, _, described = sbom_subject(json.dumps(bom).encode(), "SBOM")
+        except InputError as exc:
+            return exc.message
+        if described != self.digest:
+            return f"the SBOM describes {described}, not this artifact"
+        return None
+
+    def provenance_holds(self, statement: Statement) -> str | None:
+        try:
+            builder_and_source(statement.predicate, "provenance")
+        except InputError as exc:
+            return exc.message
+        return None
+
+    def check_builder_and_source(self, statement: Statement | None) -> None:
+        if statement is None:
+            self.add("builder", False, "no verified provenance to read the builder from")
+            self.add("source", False, "no verified provenance to read the source repository from")
+            return
+        builder, repo = builder_and_source(statement.predicate, "provenance")
+        self.add("builder", self.policy.trusts_builder(builder),
+                 f"built by {builder}" if self.policy.trusts_builder(builder)
+                 else f"built by {builder}, which the trust policy does not list ({', '.join(self.policy.builders)})")
+        self.add("source", self.policy.trusts_repository(repo),
+                 f"from {repo}" if self.policy.trusts_repository(repo)
+                 else f"from {repo}, which matches none of the trusted repositories "
+                      f"({', '.join(self.policy.repositories)})")
+
+
+def verify(digest: str, artifact: bytes | None, evidence: Evidence, policy: TrustPolicy,
+           *, artifact_problem: str | None = None) -> Verdict:
+    """Judge `artifact` (named by `digest`) and its evidence against `policy`."""
+    judge = _Judge(digest, policy)
+    try:
+        judge.check_digest(artifact, artifact_problem)
+        judge.check_signature(evidence)
+        judge.attestation(evidence, "sbom", CYCLONEDX_BOM, judge.sbom_matches)
+        provenance = judge.attestation(evidence, "provenance", SLSA_PROVENANCE_V1, judge.provenance_holds)
+        judge.check_builder_and_source(provenance)
+    except (AgentFactoryError, ValueError, TypeError) as exc:  # fail closed on the unforeseen
+        judge.add("verifier", False, f"verification failed: {type(exc).__name__}: {exc}")
+    return _verdict(judge.digest, judge.checks)
+
+
+def refuse(digest: str, name: str, reason: str) -> Verdict:
+    """A verdict that denies before any evidence is read (e.g. the trust policy does not load)."""
+    return _verdict(digest, [Check(name, False, reason)])
+
+
+def _verdict(digest: str, checks: list[Check]) -> Verdict:
+    passed = sum(c.ok for c in checks)
+    allowed = bool(checks) and passed == len(checks)
+    VALIDATIONS.labels(result="allowed" if allowed else "denied").inc()
+    return Verdict(allowed, digest, round(100 * passed / len(checks)) if checks else 0, tuple(checks))
