@@ -113,7 +113,7 @@ def one_off_costs() -> dict[str, float]:
     no_grammar = "import sys; sys.modules['rfc3987_syntax'] = None; "
     first_use = ("from pipelines import sbom; import time; data = open({path!r}, 'rb').read(); "
                  "t = time.perf_counter(); sbom.validate_sbom(data, 'x'); print(time.perf_counter() - t)")
-    sample = ROOT.parent / "shared" / "testdata" / "cyclonedx" / "valid-minimal-viable-1.6.json"
+    sample = ROOT / "tests" / "fixtures" / "cyclonedx" / "valid-minimal-viable-1.6.json"
     out = subprocess.run([sys.executable, "-c", first_use.format(path=str(sample))], cwd=ROOT, check=True,
                          capture_output=True, text=True).stdout
     return {

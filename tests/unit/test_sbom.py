@@ -31,7 +31,7 @@ from pipelines.sbom import (
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "templates"
 EXAMPLES = sorted(p.name for p in TEMPLATES.iterdir() if (p / "agent.yaml").is_file())
-CONFORMANCE = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "cyclonedx"
+CONFORMANCE = Path(__file__).resolve().parents[1] / "fixtures" / "cyclonedx"  # see tests/fixtures/SOURCES.md
 DIGEST = "sha256:" + "ab" * 32
 OTHER_DIGEST = "sha256:" + "cd" * 32
 EPOCH = 1_700_000_000
