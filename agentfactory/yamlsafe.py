@@ -16,6 +16,8 @@ import yaml
 from .errors import InputError
 
 MAX_BYTES = 256 * 1024
+# libyaml's parser when the wheel has it (10x faster); composing only, so no constructor of its runs.
+_COMPOSER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 MAX_NODES = 20_000
 MAX_DEPTH = 64
 
@@ -97,7 +99,7 @@ def load_yaml(text: bytes, where: str) -> Located:
     except UnicodeDecodeError as exc:
         raise InputError(where, f"not UTF-8 text (byte {exc.start})") from None
     try:
-        nodes = list(yaml.compose_all(decoded, Loader=yaml.SafeLoader))
+        nodes = list(yaml.compose_all(decoded, Loader=_COMPOSER))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         loc = f"{where}:{mark.line + 1}:{mark.column + 1}" if mark else where

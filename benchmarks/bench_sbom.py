@@ -164,9 +164,10 @@ def main() -> None:
         f"validates in {ms(hostile['at_limit_validate_s'])}; twice as many are refused in "
         f"{ms(hostile['over_limit_refuse_s'])} (unbounded, 4000 took 11 s and 16 MiB would take days).",
         f"- One-off, per process: the validator's first use (schema load + compile) "
-        f"{ms(once['validator_first_use_s'])}; `import jsonschema` {ms(once['import_jsonschema_s'])}, of which "
-        f"all but {ms(once['import_jsonschema_without_rfc3987_syntax_s'])} is `rfc3987_syntax` building its "
-        "grammar (jsonschema[format-nongpl], required by cyclonedx-python-lib[json-validation]); "
+        f"{ms(once['validator_first_use_s'])}; `import jsonschema` {ms(once['import_jsonschema_s'])} "
+        f"({ms(once['import_jsonschema_without_rfc3987_syntax_s'])} with `rfc3987_syntax` blocked: when that "
+        "package is installed, by cyclonedx-python-lib's [json-validation] extra, it builds a grammar at import "
+        "and costs about 1 s, which is why the project depends on the library without that extra); "
         f"`import pipelines.sbom` {ms(once['import_pipelines_sbom_s'])} (it imports agentfactory.template, "
         "hence jsonschema).",
         "",

@@ -7,6 +7,7 @@ imports them (dependencies point inwards).
 
 from __future__ import annotations
 
+import importlib
 import sys
 from importlib.metadata import entry_points
 
@@ -14,13 +15,55 @@ import click
 
 from .. import __version__
 from .common import EXIT_INTERNAL, err
-from .keys_cmd import keys
-from .store_cmd import store
-from .template_cmd import template
-from .verify_cmd import trust, verify_cmd
+
+# Subcommands are imported only when invoked: each brings heavy libraries (cryptography,
+# cyclonedx, prometheus) that the others do not need, and start-up time is user-visible.
+CORE_COMMANDS = {
+    "store": "agentfactory.cli.store_cmd:store",
+    "template": "agentfactory.cli.template_cmd:template",
+    "keys": "agentfactory.cli.keys_cmd:keys",
+    "verify": "agentfactory.cli.verify_cmd:verify_cmd",
+    "trust": "agentfactory.cli.verify_cmd:trust",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class LazyGroup(click.Group):
+    """A group whose subcommands are "module:attribute" strings, loaded on first use."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lazy: dict[str, str] = dict(CORE_COMMANDS)
+        self._plugins_found = False
+
+    def _find_plugins(self) -> None:
+        if not self._plugins_found:
+            self._plugins_found = True
+            for ep in entry_points(group="agentfactory.cli"):
+                self.lazy.setdefault(ep.name, ep.value)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._find_plugins()
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands:
+            return self.commands[name]
+        if name not in self.lazy:
+            self._find_plugins()
+        target = self.lazy.get(name)
+        if target is None:
+            return None
+        module, _, attr = target.partition(":")
+        try:
+            command = getattr(importlib.import_module(module), attr)
+        except Exception as exc:  # a broken plane must not take the others down
+            err.print(f"warning: subcommand {name!r} unavailable: {type(exc).__name__}: {exc}", markup=False)
+            return None
+        self.add_command(command, name)
+        return command  # type: ignore[no-any-return]
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="agentfactory")
 def cli() -> None:
     """Agent Factory: a supply chain for WebAssembly (WASI) agents.
@@ -29,26 +72,7 @@ def cli() -> None:
     """
 
 
-cli.add_command(store)
-cli.add_command(template)
-cli.add_command(keys)
-cli.add_command(verify_cmd)
-cli.add_command(trust)
-
-
-def _load_plugins() -> None:
-    for ep in entry_points(group="agentfactory.cli"):
-        if ep.name in cli.commands:
-            continue
-        try:
-            cli.add_command(ep.load(), ep.name)
-        except Exception as exc:  # a broken plane must not take the others down
-            err.print(f"warning: subcommand {ep.name!r} unavailable: {type(exc).__name__}: {exc}",
-                      markup=False)
-
-
 def main() -> None:
-    _load_plugins()
     try:
         cli(standalone_mode=True)
     except Exception as exc:  # pragma: no cover - handle_errors catches ours
