@@ -32,11 +32,15 @@ demo: $(STAMP)
 	@echo "One byte of wordstats flipped in a copy of the store; the verifier must refuse it:"
 	@! $(BIN)/agentfactory verify --store oci-layout:$(DEMO)/tampered-store wordstats:1.0.0
 
-## system-deps: what the tests need from the OS (git); installed with apt-get when run as root
+## system-deps: what the tests need from the OS (git; the OCI registry `docker-registry`), installed
+## with apt-get when run as root
 system-deps:
-	@command -v git >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq git; \
-	  else echo "git is required: install it (apt-get install git)"; exit 1; fi; }
+	@missing=""; \
+	command -v git >/dev/null 2>&1 || missing="$$missing git"; \
+	command -v docker-registry >/dev/null 2>&1 || missing="$$missing docker-registry"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	  else echo "missing:$$missing; install with: sudo apt-get install$$missing"; exit 1; fi; fi
 
 ## test: install everything the tests need, lint, and run the whole suite
 test: $(STAMP) system-deps lint

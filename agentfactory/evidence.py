@@ -68,10 +68,10 @@ class Evidence:
 def attach(store: ArtifactStore, agent: StoredAgent, signature: ArtifactSignature,
            attestations: list[tuple[str, Envelope]]) -> None:
     """Store a signature and DSSE attestations as referrers of the agent's manifest."""
-    store.attach(agent.manifest_digest, artifact_type=SIGNATURE_ARTIFACT_TYPE,
+    store.attach(agent, artifact_type=SIGNATURE_ARTIFACT_TYPE,
                  layer=Blob(SIGNATURE_ARTIFACT_TYPE, signature.to_json()))
     for predicate_type, envelope in attestations:
-        store.attach(agent.manifest_digest, artifact_type=ENVELOPE_MEDIA_TYPE,
+        store.attach(agent, artifact_type=ENVELOPE_MEDIA_TYPE,
                      layer=Blob(ENVELOPE_MEDIA_TYPE, envelope.to_json()),
                      annotations={ANN_PREDICATE_TYPE: predicate_type})
 
@@ -80,14 +80,14 @@ def collect(store: ArtifactStore, agent: StoredAgent) -> Evidence:
     """Every signature and attestation attached to `agent` in `store`."""
     evidence = Evidence()
     try:
-        referrers = store.referrers(agent.manifest_digest)
+        referrers = store.referrers(agent)
     except AgentFactoryError as exc:
         evidence.problems.append(str(exc))
         return evidence
     for ref in referrers:
         where = f"{store.url}@{ref.digest}"
         try:
-            payload = store.referrer_payload(agent.manifest_digest, ref)
+            payload = store.referrer_payload(agent, ref)
         except AgentFactoryError as exc:
             evidence.problems.append(str(exc))
             continue
@@ -100,6 +100,6 @@ def collect(store: ArtifactStore, agent: StoredAgent) -> Evidence:
 
 def has_signature(store: ArtifactStore, agent: StoredAgent) -> bool:
     try:
-        return bool(store.referrers(agent.manifest_digest, SIGNATURE_ARTIFACT_TYPE))
+        return bool(store.referrers(agent, SIGNATURE_ARTIFACT_TYPE))
     except AgentFactoryError:
         return False

@@ -193,7 +193,7 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
     tool_id = toolchain.identity(t.language)
     key = cache_key(t, tool_id, origin.epoch, casetests.cases_sha(t) if run_tests else None)
     hit = cache.get(key, t.folder)
-    if hit and store.has_agent(hit.digest):
+    if hit and store.has_agent(t.name, hit.digest):
         r.status, r.digest, r.size, r.tests, r.build = "unchanged", hit.digest, hit.size, hit.tests, hit.build
         r.ref = f"{t.name}:{t.version}@{hit.digest}"
         # The tag may have been moved by another build: make sure it names this artifact again.
@@ -201,7 +201,7 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
             tagged = store.resolve(f"{t.name}:{t.version}").digest
         except NotFoundError:
             tagged = None
-        stored = store.resolve(hit.digest)
+        stored = store.resolve(f"{t.name}@{hit.digest}")
         if tagged != hit.digest:
             stored = _publish(t, store, store.fetch_wasm(hit.digest)[1], origin)
         if signing is not None:

@@ -12,7 +12,7 @@ from rich.table import Table
 from ..errors import AgentFactoryError, DigestMismatchError, NotFoundError, ValidationFailed
 from ..evidence import Evidence, collect
 from ..fsutil import atomic_write
-from ..store import ArtifactStore, open_store
+from ..store import ArtifactStore, open_store, split_reference
 from ..store.base import MAX_WASM_BYTES
 from ..trust import TrustPolicy, from_public_keys, load_trust_policy, to_yaml
 from ..verifier import Verdict, refuse, verify
@@ -49,7 +49,7 @@ def verify_ref(ref: str, store: ArtifactStore, policy: TrustPolicy) -> Verdict:
     data: bytes | None = None
     problem: str | None = None
     try:
-        data = store.get_blob(agent.digest, MAX_WASM_BYTES)
+        data = store.get_blob(agent.digest, MAX_WASM_BYTES, name=agent.name)
     except DigestMismatchError as exc:
         problem = str(exc)
     return verify(agent.digest, data, collect(store, agent), policy, artifact_problem=problem)
@@ -76,11 +76,13 @@ def print_verdict(ref: str, verdict: Verdict, policy_source: str) -> None:
 @handle_errors
 def verify_cmd(ref: str, policy_path: Path | None, provider: str | None, store_url: str | None,
                as_json: bool) -> None:
-    """May REF run? REF: name@sha256:…, name:version, name, or a path to a .wasm file.
+    """May REF run? REF: name@sha256:…, name:version, name, a path to a .wasm file, or a full
+    registry reference oci://HOST/PREFIX/NAME@sha256:….
 
     Exit code 0 when allowed, 1 when denied (every failed check says why).
     """
-    store = open_store(store_url)
+    ref_store, ref = split_reference(ref)
+    store = open_store(ref_store or store_url)
     try:
         policy = load_trust_policy(policy_path) if policy_path else default_policy(provider)
         verdict = verify_ref(ref, store, policy)

@@ -1,8 +1,10 @@
-"""The artifact-store port: content-addressed blobs, manifests, and human tags.
+"""The artifact-store port: content-addressed blobs and manifests, human tags, and referrers.
 
-Backends implement a handful of primitives; resolving references and pushing or fetching
-agents is written once here, on top of them, so every backend behaves the same. Everything
-that decides uses digests; tags (`name:version`) are for humans.
+Backends implement a handful of primitives; pushing agents, resolving references, fetching
+verified bytes and attaching evidence are written once here, so every backend behaves the same.
+Every primitive takes the agent's name: a registry keeps each agent in a repository of its own
+(`<prefix>/<name>`), while an OCI layout folder holds them all and ignores it. Everything that
+decides uses digests; tags are for humans.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from ..artifact import (
     ANN_VERSION,
     INDEX_MEDIA_TYPE,
     MANIFEST_MEDIA_TYPE,
-    MAX_MANIFEST_BYTES,
     AgentArtifact,
     AgentManifest,
     Blob,
@@ -85,28 +86,32 @@ class ArtifactStore(abc.ABC):
 
     # -- primitives each backend provides -------------------------------------------------
     @abc.abstractmethod
-    def put_blob(self, data: bytes, digest: str) -> None:
-        """Store `data` under `digest` (verified) atomically; a no-op when present."""
+    def tag_for(self, name: str, version: str) -> str:
+        """The human tag of an agent version in this backend."""
 
     @abc.abstractmethod
-    def get_blob(self, digest: str, max_bytes: int) -> bytes:
+    def put_blob(self, data: bytes, digest: str, *, name: str) -> None:
+        """Store `data` under `digest` (verified); a no-op when present."""
+
+    @abc.abstractmethod
+    def get_blob(self, digest: str, max_bytes: int, *, name: str) -> bytes:
         """Bytes of `digest`, verified against it, refused past `max_bytes`."""
 
     @abc.abstractmethod
-    def has_blob(self, digest: str) -> bool: ...
+    def has_blob(self, digest: str, *, name: str) -> bool: ...
 
     @abc.abstractmethod
-    def put_manifest(self, data: bytes, digest: str, *, media_type: str, tag: str | None,
+    def put_manifest(self, data: bytes, digest: str, *, name: str, media_type: str, tag: str | None,
                      annotations: dict[str, str]) -> None:
-        """Store a manifest (or index) and record it, moving `tag` to it when given."""
+        """Store a manifest (or index), moving `tag` to it when given."""
 
     @abc.abstractmethod
-    def resolve_tag(self, tag: str) -> str | None:
-        """The manifest digest a tag names, or None."""
+    def get_manifest(self, reference: str, *, name: str) -> tuple[str, bytes] | None:
+        """(digest, bytes) of the manifest a tag or digest names, verified and bounded; None if absent."""
 
     @abc.abstractmethod
-    def entries(self) -> list[IndexEntry]:
-        """Every agent manifest in the store."""
+    def entries(self, name: str | None = None) -> list[IndexEntry]:
+        """Every agent manifest in the store, or those of one agent."""
 
     @contextlib.contextmanager
     def _referrers_lock(self) -> Iterator[None]:
@@ -115,27 +120,36 @@ class ArtifactStore(abc.ABC):
 
     # -- agent operations, shared by every backend ------------------------------------------
     def push_agent(self, artifact: AgentArtifact, *, name: str, version: str) -> StoredAgent:
-        """Publish an agent (config, layer, manifest) and tag it `name:version`. Idempotent."""
+        """Publish an agent (config, layer, manifest) and tag it. Idempotent."""
         for blob in (artifact.layer, artifact.config):
-            self.put_blob(blob.data, blob.digest)
-        self.put_manifest(artifact.manifest.data, artifact.manifest.digest,
-                          media_type=artifact.manifest.media_type, tag=f"{name}:{version}",
+            self.put_blob(blob.data, blob.digest, name=name)
+        tag = self.tag_for(name, version)
+        self.put_manifest(artifact.manifest.data, artifact.manifest.digest, name=name,
+                          media_type=artifact.manifest.media_type, tag=tag,
                           annotations={ANN_AGENT: name, ANN_VERSION: version, ANN_ARTIFACT_DIGEST: artifact.digest})
         return StoredAgent(name=name, version=version, digest=artifact.digest,
-                           manifest_digest=artifact.manifest.digest, size=len(artifact.layer.data),
-                           tag=f"{name}:{version}")
+                           manifest_digest=artifact.manifest.digest, size=len(artifact.layer.data), tag=tag)
 
-    def manifest(self, manifest_digest: str) -> AgentManifest:
-        data = self.get_blob(manifest_digest, 4 * 1024 * 1024)
-        return parse_agent_manifest(data, manifest_digest, f"{self.url}@{manifest_digest}")
+    def manifest(self, manifest_digest: str, *, name: str) -> AgentManifest:
+        found = self.get_manifest(manifest_digest, name=name)
+        if found is None:
+            raise NotFoundError(f"{self.url}: manifest {manifest_digest} of {name!r} not found")
+        return parse_agent_manifest(found[1], manifest_digest, f"{self.url}@{manifest_digest}")
+
+    def _agent(self, e: IndexEntry) -> StoredAgent:
+        m = self.manifest(e.manifest_digest, name=e.name)
+        if m.layer_digest != e.artifact_digest:
+            raise StoreError(f"{self.url}: {e.manifest_digest} is listed as {e.artifact_digest} but its manifest "
+                             f"names {m.layer_digest}: the store is corrupt")
+        if m.name != e.name:
+            raise StoreError(f"{self.url}: {e.manifest_digest} is listed as {e.name!r} but its manifest says "
+                             f"{m.name!r}: the store is corrupt")
+        return StoredAgent(name=m.name, version=m.version, digest=m.layer_digest,
+                           manifest_digest=e.manifest_digest, size=m.layer_size, tag=e.tag)
 
     def list_agents(self) -> list[StoredAgent]:
         """Every agent, sorted by name then version (newest last)."""
-        agents = []
-        for e in self.entries():
-            m = self.manifest(e.manifest_digest)
-            agents.append(StoredAgent(name=m.name, version=m.version, digest=m.layer_digest,
-                                      manifest_digest=e.manifest_digest, size=m.layer_size, tag=e.tag))
+        agents = [self._agent(e) for e in self.entries()]
         agents.sort(key=lambda a: (a.name, sort_key(a.version), a.digest))
         return agents
 
@@ -147,107 +161,126 @@ class ArtifactStore(abc.ABC):
             name, pinned = "", name
         if pinned and not DIGEST_RE.match(pinned):
             raise InputError(ref, "digest must be sha256:<64 lower-case hex>")
-        entries = self.entries()
+        agent_name, _, version = name.partition(":")
+        entries = self.entries(agent_name or None)
         if pinned:
             matches = [e for e in entries if pinned in (e.artifact_digest, e.manifest_digest)
-                       and (not name or e.name == name.split(":")[0])]
-        elif ":" in name:
-            matches = [e for e in entries if e.tag == name]
+                       and (not agent_name or e.name == agent_name)]
+        elif version:
+            matches = [e for e in entries if e.name == agent_name and e.version == version and e.tag]
         else:
-            matches = [e for e in entries if e.name == name and e.tag]
-            matches.sort(key=lambda e: sort_key(e.version))
+            matches = sorted((e for e in entries if e.name == agent_name and e.tag), key=lambda e: sort_key(e.version))
             matches = matches[-1:]
         if not matches:
             raise NotFoundError(f"{ref}: no such agent in {self.url} (try `agentfactory store ls`)")
-        e = matches[-1]
-        m = self.manifest(e.manifest_digest)
-        if m.layer_digest != e.artifact_digest:
-            raise StoreError(f"{self.url}: index says {e.manifest_digest} holds {e.artifact_digest} "
-                             f"but its manifest names {m.layer_digest}: the store is corrupt")
-        return StoredAgent(name=m.name, version=m.version, digest=m.layer_digest,
-                           manifest_digest=e.manifest_digest, size=m.layer_size, tag=e.tag)
+        return self._agent(matches[-1])
 
     def fetch_wasm(self, ref: str) -> tuple[StoredAgent, bytes]:
         """Resolve `ref` and return the module bytes, verified against their digest."""
         agent = self.resolve(ref)
         if agent.size > MAX_WASM_BYTES:
             raise StoreError(f"{agent.ref}: module is {agent.size} bytes; the limit is {MAX_WASM_BYTES}")
-        return agent, self.get_blob(agent.digest, MAX_WASM_BYTES)
+        return agent, self.get_blob(agent.digest, MAX_WASM_BYTES, name=agent.name)
 
-    def has_agent(self, artifact_digest: str) -> bool:
-        """True when a manifest for this wasm digest is indexed and its bytes are present."""
-        return any(e.artifact_digest == artifact_digest for e in self.entries()) \
-            and self.has_blob(artifact_digest)
+    def has_agent(self, name: str, artifact_digest: str) -> bool:
+        """True when a manifest for this wasm digest is listed and its bytes are present."""
+        return any(e.artifact_digest == artifact_digest for e in self.entries(name)) \
+            and self.has_blob(artifact_digest, name=name)
 
     # -- evidence: artifacts whose subject is an agent manifest ----------------------------------
-    def attach(self, subject_digest: str, *, artifact_type: str, layer: Blob,
+    def attach(self, agent: StoredAgent, *, artifact_type: str, layer: Blob,
                annotations: dict[str, str] | None = None) -> str:
-        """Store `layer` as an OCI artifact referring to `subject_digest`; returns its manifest digest."""
-        subject = self.get_blob(subject_digest, MAX_MANIFEST_BYTES)
-        subject_media = json.loads(subject).get("mediaType", MANIFEST_MEDIA_TYPE)
-        self.put_blob(layer.data, layer.digest)
-        self.put_blob(EMPTY_CONFIG.data, EMPTY_CONFIG.digest)
+        """Store `layer` as an OCI artifact referring to the agent's manifest; returns its manifest digest."""
+        name, subject_digest = agent.name, agent.manifest_digest
+        found = self.get_manifest(subject_digest, name=name)
+        if found is None:
+            raise NotFoundError(f"{self.url}: cannot attach to {subject_digest}: no such manifest")
+        subject = found[1]
+        self.put_blob(layer.data, layer.digest, name=name)
+        self.put_blob(EMPTY_CONFIG.data, EMPTY_CONFIG.digest, name=name)
         manifest: dict[str, Any] = {
             "schemaVersion": 2, "mediaType": MANIFEST_MEDIA_TYPE, "artifactType": artifact_type,
             "config": EMPTY_CONFIG.descriptor(), "layers": [layer.descriptor()],
-            "subject": {"mediaType": subject_media, "digest": subject_digest, "size": len(subject)},
+            "subject": {"mediaType": MANIFEST_MEDIA_TYPE, "digest": subject_digest, "size": len(subject)},
         }
         if annotations:
             manifest["annotations"] = annotations
-        data = canonical_json(manifest)
-        digest = digest_of(data)
-        self.put_manifest(data, digest, media_type=MANIFEST_MEDIA_TYPE, tag=None, annotations={})
-        descriptor = {"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest, "size": len(data),
+        return self.add_referrer(agent, canonical_json(manifest))
+
+    def add_referrer(self, agent: StoredAgent, manifest: bytes) -> str:
+        """Store a referrer manifest as it is (its blobs already pushed) and list it in the referrers index."""
+        digest = digest_of(manifest)
+        try:
+            doc = json.loads(manifest)
+            subject, artifact_type = doc["subject"]["digest"], str(doc.get("artifactType", ""))
+        except (ValueError, KeyError, TypeError):
+            raise StoreError(f"{self.url}: {digest} is not an artifact manifest with a subject") from None
+        if subject != agent.manifest_digest:
+            raise StoreError(f"{self.url}: {digest} refers to {subject}, not to {agent.ref}")
+        self.put_manifest(manifest, digest, name=agent.name, media_type=MANIFEST_MEDIA_TYPE, tag=None,
+                          annotations={})
+        annotations = doc.get("annotations") if isinstance(doc.get("annotations"), dict) else None
+        descriptor = {"mediaType": MANIFEST_MEDIA_TYPE, "digest": digest, "size": len(manifest),
                       "artifactType": artifact_type, **({"annotations": annotations} if annotations else {})}
         with self._referrers_lock():
-            index = self._referrers_index(subject_digest)
+            index = self._referrers_index(agent)
             if not any(m.get("digest") == digest for m in index["manifests"]):
                 index["manifests"].append(descriptor)
                 index_data = canonical_json(index)
-                self.put_manifest(index_data, digest_of(index_data), media_type=INDEX_MEDIA_TYPE,
-                                  tag=referrers_tag(subject_digest), annotations={})
+                self.put_manifest(index_data, digest_of(index_data), name=agent.name, media_type=INDEX_MEDIA_TYPE,
+                                  tag=referrers_tag(agent.manifest_digest), annotations={})
         return digest
 
-    def _referrers_index(self, subject_digest: str) -> dict[str, Any]:
-        tagged = self.resolve_tag(referrers_tag(subject_digest))
-        if tagged is None:
+    def _referrers_index(self, agent: StoredAgent) -> dict[str, Any]:
+        """The referrers tag schema's index for `agent` (empty when there is none)."""
+        found = self.get_manifest(referrers_tag(agent.manifest_digest), name=agent.name)
+        if found is None:
             return {"schemaVersion": 2, "mediaType": INDEX_MEDIA_TYPE, "manifests": []}
-        where = f"{self.url}: referrers of {subject_digest}"
+        return self._check_index(found[1], f"{self.url}: referrers of {agent.manifest_digest}")
+
+    def _check_index(self, data: bytes, where: str) -> dict[str, Any]:
         try:
-            index = json.loads(self.get_blob(tagged, MAX_MANIFEST_BYTES))
+            index = json.loads(data)
         except ValueError:
             raise StoreError(f"{where}: the referrers index is not JSON") from None
-        if not isinstance(index, dict) or index.get("mediaType") != INDEX_MEDIA_TYPE \
+        if not isinstance(index, dict) or index.get("mediaType", INDEX_MEDIA_TYPE) != INDEX_MEDIA_TYPE \
                 or not isinstance(index.get("manifests"), list):
-            raise StoreError(f"{where}: the referrers tag does not name an OCI image index")
+            raise StoreError(f"{where}: not an OCI image index")
         if len(index["manifests"]) > MAX_REFERRERS:
             raise StoreError(f"{where}: more than {MAX_REFERRERS} referrers")
         return index
 
-    def referrers(self, subject_digest: str, artifact_type: str | None = None) -> list[Referrer]:
-        """Artifacts attached to `subject_digest`, optionally of one type."""
+    def referrers_index(self, agent: StoredAgent) -> dict[str, Any]:
+        """The index listing the agent's referrers; registries with the referrers API override this."""
+        return self._referrers_index(agent)
+
+    def referrers(self, agent: StoredAgent, artifact_type: str | None = None) -> list[Referrer]:
+        """Artifacts attached to the agent's manifest, optionally of one type."""
         out = []
-        for m in self._referrers_index(subject_digest)["manifests"]:
+        for m in self.referrers_index(agent)["manifests"]:
             if not isinstance(m, dict) or not DIGEST_RE.match(str(m.get("digest"))):
-                raise StoreError(f"{self.url}: malformed entry in the referrers of {subject_digest}")
+                raise StoreError(f"{self.url}: malformed entry in the referrers of {agent.manifest_digest}")
             if artifact_type is None or m.get("artifactType") == artifact_type:
                 raw = m.get("annotations")
                 ann: dict[str, str] = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
                 out.append(Referrer(m["digest"], str(m.get("artifactType", "")), ann))
         return out
 
-    def referrer_payload(self, subject_digest: str, referrer: Referrer) -> bytes:
-        """The single layer of a referrer, after checking that it really refers to `subject_digest`."""
+    def referrer_payload(self, agent: StoredAgent, referrer: Referrer) -> bytes:
+        """The single layer of a referrer, after checking that it really refers to the agent."""
         where = f"{self.url}@{referrer.digest}"
+        found = self.get_manifest(referrer.digest, name=agent.name)
+        if found is None:
+            raise StoreError(f"{where}: listed as a referrer of {agent.manifest_digest} but not in the store")
         try:
-            doc = json.loads(self.get_blob(referrer.digest, MAX_MANIFEST_BYTES))
+            doc = json.loads(found[1])
             subject = doc["subject"]["digest"]
             (layer,) = doc["layers"]
             layer_digest, size = layer["digest"], layer["size"]
         except (ValueError, KeyError, TypeError):
             raise StoreError(f"{where}: not an artifact manifest with a subject and one layer") from None
-        if subject != subject_digest:
-            raise StoreError(f"{where}: listed as a referrer of {subject_digest} but its subject is {subject}")
+        if subject != agent.manifest_digest:
+            raise StoreError(f"{where}: listed as a referrer of {agent.manifest_digest} but its subject is {subject}")
         if not isinstance(size, int) or size > MAX_EVIDENCE_BYTES:
             raise StoreError(f"{where}: evidence layer larger than {MAX_EVIDENCE_BYTES} bytes")
-        return self.get_blob(str(layer_digest), MAX_EVIDENCE_BYTES)
+        return self.get_blob(str(layer_digest), MAX_EVIDENCE_BYTES, name=agent.name)

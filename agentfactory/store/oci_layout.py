@@ -21,9 +21,10 @@ from ..artifact import (
     ANN_REF_NAME,
     ANN_VERSION,
     INDEX_MEDIA_TYPE,
+    MAX_MANIFEST_BYTES,
     canonical_json,
 )
-from ..digest import digest_of, parse_digest
+from ..digest import DIGEST_RE, digest_of, parse_digest
 from ..errors import DigestMismatchError, NotFoundError, StoreError
 from ..fsutil import atomic_write, file_lock
 from .base import ArtifactStore, IndexEntry
@@ -74,7 +75,10 @@ class OCILayoutStore(ArtifactStore):
         atomic_write(self.root / "index.json", json.dumps(doc, indent=2, sort_keys=True).encode() + b"\n")
 
     # -- primitives ------------------------------------------------------------------------
-    def put_blob(self, data: bytes, digest: str) -> None:
+    def tag_for(self, name: str, version: str) -> str:
+        return f"{name}:{version}"  # one layout holds every agent: the tag carries the name
+
+    def put_blob(self, data: bytes, digest: str, *, name: str = "") -> None:
         if digest_of(data) != digest:
             raise DigestMismatchError(f"{self.url}: refusing to store bytes that do not hash to {digest}")
         path = self._blob_path(digest)
@@ -83,10 +87,10 @@ class OCILayoutStore(ArtifactStore):
         self._ensure()
         atomic_write(path, data)
 
-    def has_blob(self, digest: str) -> bool:
+    def has_blob(self, digest: str, *, name: str = "") -> bool:
         return self._blob_path(digest).is_file()
 
-    def get_blob(self, digest: str, max_bytes: int) -> bytes:
+    def get_blob(self, digest: str, max_bytes: int, *, name: str = "") -> bytes:
         path = self._blob_path(digest)
         try:
             with path.open("rb") as f:
@@ -101,7 +105,7 @@ class OCILayoutStore(ArtifactStore):
                                       "the blob was tampered with or corrupted")
         return data
 
-    def put_manifest(self, data: bytes, digest: str, *, media_type: str, tag: str | None,
+    def put_manifest(self, data: bytes, digest: str, *, name: str = "", media_type: str, tag: str | None,
                      annotations: dict[str, str]) -> None:
         self.put_blob(data, digest)
         artifact_type = json.loads(data).get("artifactType")
@@ -136,13 +140,23 @@ class OCILayoutStore(ArtifactStore):
                 return str(m.get("digest"))
         return None
 
+    def get_manifest(self, reference: str, *, name: str = "") -> tuple[str, bytes] | None:
+        digest = reference if DIGEST_RE.match(reference) else self.resolve_tag(reference)
+        if digest is None or not self.has_blob(digest):
+            return None
+        return digest, self.get_blob(digest, MAX_MANIFEST_BYTES)
+
     @contextlib.contextmanager
     def _referrers_lock(self) -> Iterator[None]:
         # A lock file of its own: put_manifest takes `.lock` inside this critical section.
         with file_lock(self.root / ".referrers.lock"):
             yield
 
-    def entries(self) -> list[IndexEntry]:
+    def entries(self, name: str | None = None) -> list[IndexEntry]:
+        every = self._entries()
+        return every if name is None else [e for e in every if e.name == name]
+
+    def _entries(self) -> list[IndexEntry]:
         path = self.root / "index.json"
         try:
             st = path.stat()

@@ -132,7 +132,7 @@ def test_manifest_of_wrong_media_type_is_refused(store: OCILayoutStore) -> None:
     evil = json.dumps(doc).encode()
     store.put_blob(evil, digest_of(evil))
     with pytest.raises(InputError, match=r"layers\[0\].mediaType"):
-        store.manifest(digest_of(evil))
+        store.manifest(digest_of(evil), name="echo")
 
 
 def test_concurrent_pushes_lose_nothing(store: OCILayoutStore) -> None:
@@ -152,8 +152,15 @@ def test_open_store_urls(tmp_path: Path) -> None:
         open_store("s3://bucket")
     with pytest.raises(ConfigError, match="give a folder"):
         open_store("oci-layout:")
-    with pytest.raises(ConfigError, match="registry backend"):
-        open_store("oci://localhost:5000/agents")
+    from agentfactory.store.registry import RegistryStore
+
+    assert isinstance(open_store("oci://localhost:5000/agents?plain-http=true"), RegistryStore)
+    for url, message in (("oci://localhost:5000/Agents", "not a valid repository path"),
+                         ("oci://user:pw@localhost/agents", "no credentials in URLs"),
+                         ("oci://localhost/agents?insecure=1", "unknown option"),
+                         ("oci://localhost/agents?ca=/nonexistent.pem", "CA file")):
+        with pytest.raises(ConfigError, match=message):
+            open_store(url)
 
 
 def test_empty_store_lists_nothing(store: OCILayoutStore) -> None:

@@ -207,7 +207,7 @@ def test_missing_evidence(world: World, tmp_path: Path) -> None:
 def test_referrer_pointing_at_another_subject(world: World) -> None:
     alpha, beta = world.agents["alpha"], world.agents["beta"]
     # A signature artifact made for beta, listed among alpha's referrers: the store lies.
-    lie = world.store.attach(beta.manifest_digest, artifact_type=SIGNATURE_ARTIFACT_TYPE,
+    lie = world.store.attach(beta, artifact_type=SIGNATURE_ARTIFACT_TYPE,
                              layer=Blob(SIGNATURE_ARTIFACT_TYPE, b"{}"))
     index_digest = world.store.resolve_tag(alpha.manifest_digest.replace(":", "-"))
     assert index_digest
@@ -217,7 +217,7 @@ def test_referrer_pointing_at_another_subject(world: World) -> None:
     data = json.dumps(index).encode()
     from agentfactory.digest import digest_of
 
-    world.store.put_manifest(data, digest_of(data), media_type="application/vnd.oci.image.index.v1+json",
+    world.store.put_manifest(data, digest_of(data), name="alpha", media_type="application/vnd.oci.image.index.v1+json",
                              tag=alpha.manifest_digest.replace(":", "-"), annotations={})
     ev = collect(world.store, alpha)
     assert any(f"listed as a referrer of {alpha.manifest_digest} but its subject is" in p for p in ev.problems)
@@ -237,7 +237,7 @@ def test_envelope_media_type_annotations_do_not_decide(world: World) -> None:
     # The annotation on a referrer is a hint for humans; the verifier reads the signed statement.
     agent = world.agents["alpha"]
     statement = make_statement("alpha", agent.digest, "https://example.com/x", {})
-    world.store.attach(agent.manifest_digest, artifact_type=ENVELOPE_MEDIA_TYPE,
+    world.store.attach(agent, artifact_type=ENVELOPE_MEDIA_TYPE,
                        layer=Blob(ENVELOPE_MEDIA_TYPE, sign_envelope(INTOTO_PAYLOAD_TYPE, statement,
                                                                      world.keyring).to_json()),
                        annotations={ANN_PREDICATE_TYPE: CYCLONEDX_BOM})
