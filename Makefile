@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_sbom.py
 	$(BIN)/python benchmarks/bench_signing.py
 	$(BIN)/python benchmarks/bench_verify.py
+	$(BIN)/python benchmarks/bench_registry.py
 
 clean:
 	rm -rf .agentfactory .pytest_cache .mypy_cache .ruff_cache
