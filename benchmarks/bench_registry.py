@@ -21,6 +21,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))  # registry_server: the same launcher the tests use
 
+from registry_server import running_registry  # noqa: E402
+
 from agentfactory.evidence import collect  # noqa: E402
 from agentfactory.keys.local import LocalKeyring  # noqa: E402
 from agentfactory.store import OCILayoutStore, open_store  # noqa: E402
@@ -28,7 +30,6 @@ from agentfactory.store.copy import copy_agent  # noqa: E402
 from agentfactory.trust import from_public_keys  # noqa: E402
 from agentfactory.verifier import verify  # noqa: E402
 from pipelines.run import Signing, run_pipeline  # noqa: E402
-from registry_server import running_registry  # noqa: E402
 
 RUNS = 100
 
