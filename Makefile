@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_signing.py
 	$(BIN)/python benchmarks/bench_verify.py
 	$(BIN)/python benchmarks/bench_registry.py
+	$(BIN)/python benchmarks/bench_policy.py
 
 clean:
 	rm -rf .agentfactory .pytest_cache .mypy_cache .ruff_cache

@@ -21,7 +21,8 @@ from .dsse import Envelope, parse_envelope
 from .errors import AgentFactoryError, InputError
 from .evidence import Evidence, parse_artifact_signature
 from .intoto import CYCLONEDX_BOM, SLSA_PROVENANCE_V1, Statement, parse_statement
-from .metrics import VALIDATIONS
+from .metrics import OPA_BLOCKS, SCORE, VALIDATIONS, VIOLATIONS
+from .policy import Decision, PolicyEngine
 from .provenance import builder_and_source
 from .sbom import sbom_subject
 from .trust import TrustedKey, TrustPolicy
@@ -37,11 +38,18 @@ class Check:
         return {"name": self.name, "ok": self.ok, "reason": self.reason}
 
 
+# The security score out of 10 (docs/evidence.md): what each verified property is worth. Checks not
+# listed here (the policy decision itself, a trust policy that does not load) do not score; they
+# only allow or deny.
+SCORE_WEIGHTS = {"digest": 2.0, "signature": 2.0, "key-status": 1.0, "sbom": 1.5, "provenance": 1.5,
+                 "builder": 1.0, "source": 1.0}
+
+
 @dataclass(frozen=True)
 class Verdict:
     allowed: bool
     digest: str
-    score: int
+    score: float  # out of 10
     checks: tuple[Check, ...]
 
     def to_json(self) -> dict[str, Any]:
@@ -209,18 +217,66 @@ class _Judge:
 
 
 def verify(digest: str, artifact: bytes | None, evidence: Evidence, policy: TrustPolicy,
-           *, artifact_problem: str | None = None) -> Verdict:
-    """Judge `artifact` (named by `digest`) and its evidence against `policy`."""
+           *, artifact_problem: str | None = None, engine: PolicyEngine | None = None, stage: str = "dev",
+           name: str = "", version: str = "") -> Verdict:
+    """Judge `artifact` (named by `digest`) and its evidence against `policy`.
+
+    With a policy `engine`, the artifact policy for `stage` is one more check ("policy"), fed with
+    the checks, the score and the verified SBOM: the same decision in every plane.
+    """
     judge = _Judge(digest, policy)
+    sbom: Statement | None = None
     try:
         judge.check_digest(artifact, artifact_problem)
         judge.check_signature(evidence)
-        judge.attestation(evidence, "sbom", CYCLONEDX_BOM, judge.sbom_matches)
+        sbom = judge.attestation(evidence, "sbom", CYCLONEDX_BOM, judge.sbom_matches)
         provenance = judge.attestation(evidence, "provenance", SLSA_PROVENANCE_V1, judge.provenance_holds)
         judge.check_builder_and_source(provenance)
     except (AgentFactoryError, ValueError, TypeError) as exc:  # fail closed on the unforeseen
         judge.add("verifier", False, f"verification failed: {type(exc).__name__}: {exc}")
-    return _verdict(judge.digest, judge.checks)
+    if engine is not None:
+        score = _score(judge.checks)
+        decision = engine.decide("artifact", artifact_input(name, version, digest, stage, judge.checks, score,
+                                                            sbom.predicate if sbom else None))
+        judge.add("policy", decision.allow, f"artifact policy ({stage}) allows it" if decision.allow
+                  else "artifact policy: " + "; ".join(decision.deny))
+        record_decision(decision)
+    return _verdict(judge.digest, judge.checks, name)
+
+
+def sbom_components(bom: Any) -> list[dict[str, Any]]:
+    """Components of a CycloneDX document with their licences as SPDX ids or expressions."""
+    out = []
+    for c in bom.get("components", []) if isinstance(bom, dict) else []:
+        if not isinstance(c, dict):
+            continue
+        licenses = []
+        for entry in c.get("licenses", []) or []:
+            if not isinstance(entry, dict):
+                continue
+            if entry.get("expression"):
+                licenses.append(str(entry["expression"]))
+            elif isinstance(entry.get("license"), dict):
+                lic = entry["license"]
+                licenses.append(str(lic.get("id") or lic.get("name") or ""))
+        out.append({"name": c.get("name"), "version": c.get("version"), "purl": c.get("purl"),
+                    "licenses": licenses})
+    return out
+
+
+def artifact_input(name: str, version: str, digest: str, stage: str, checks: list[Check], score: float,
+                   bom: Any) -> dict[str, Any]:
+    """The artifact policy's input (docs/policy-inputs.md)."""
+    return {"artifact": {"name": name, "version": version, "digest": digest}, "stage": stage,
+            "verdict": {"score": score, "checks": [c.to_json() for c in checks]},
+            "sbom": {"components": sbom_components(bom)} if bom is not None else None,
+            "scan": None}
+
+
+def record_decision(decision: Decision) -> None:
+    if not decision.allow:
+        OPA_BLOCKS.labels(policy=decision.policy).inc()
+        VIOLATIONS.labels(policy=decision.policy).inc(len(decision.deny))
 
 
 def refuse(digest: str, name: str, reason: str) -> Verdict:
@@ -228,8 +284,14 @@ def refuse(digest: str, name: str, reason: str) -> Verdict:
     return _verdict(digest, [Check(name, False, reason)])
 
 
-def _verdict(digest: str, checks: list[Check]) -> Verdict:
-    passed = sum(c.ok for c in checks)
-    allowed = bool(checks) and passed == len(checks)
+def _score(checks: list[Check]) -> float:
+    return round(sum(SCORE_WEIGHTS.get(c.name, 0.0) for c in checks if c.ok), 1)
+
+
+def _verdict(digest: str, checks: list[Check], name: str = "") -> Verdict:
+    allowed = bool(checks) and all(c.ok for c in checks)
     VALIDATIONS.labels(result="allowed" if allowed else "denied").inc()
-    return Verdict(allowed, digest, round(100 * passed / len(checks)) if checks else 0, tuple(checks))
+    score = _score(checks)
+    if name:
+        SCORE.labels(agent=name).set(score)
+    return Verdict(allowed, digest, score, tuple(checks))

@@ -21,6 +21,7 @@ from agentfactory.cli.common import (
     store_option,
 )
 from agentfactory.keys import open_provider
+from agentfactory.policy import RegoEngine
 from agentfactory.provenance import DEFAULT_BUILDER_ID
 from agentfactory.store import open_store
 
@@ -82,29 +83,34 @@ def summary_table(report: PipelineReport) -> Table:
 @click.option("--sbom-root", "sbom_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write each SBOM to ROOT/sbom/<agent>/<version>.cdx.json (releases: --sbom-root .).")
 @click.option("--no-sign", is_flag=True, help="Publish without SBOM, provenance or signatures (verify will refuse).")
+@click.option("--policies", "policies_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="AGENTFACTORY_POLICIES", help="Rego policies folder (default: ./policies).")
 @store_option
 @json_option
 @handle_errors
 def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tests: bool, provider: str | None,
-        builder_id: str, sbom_dir: Path | None, no_sign: bool, store_url: str | None, as_json: bool) -> None:
+        builder_id: str, sbom_dir: Path | None, no_sign: bool, policies_dir: Path | None, store_url: str | None,
+        as_json: bool) -> None:
     """Discover → validate → build → test → publish → sbom → sign every template.
 
     Exit code 0 when every template built or was unchanged, 1 when any failed.
     """
     store = open_store(store_url)
     signing = None if no_sign else Signing(open_provider(provider), builder_id, sbom_dir)
+    engine = RegoEngine(policies_dir)  # a policy that does not compile refuses every template, saying why
     board = _LiveBoard() if not as_json and err.is_terminal else None
     if board:
         with board.live:
             report = run_pipeline(templates_dir, store, changed_since=changed_since, jobs=jobs,
-                                  progress=board.update, run_tests=not no_tests, signing=signing)
+                                  progress=board.update, run_tests=not no_tests, signing=signing,
+                                  engine=engine)
     else:
         def plain(path: str, stage: str) -> None:
             if not as_json:
                 err.print(f"{path}: {stage}", markup=False, highlight=False)
 
         report = run_pipeline(templates_dir, store, changed_since=changed_since, jobs=jobs,
-                              progress=plain, run_tests=not no_tests, signing=signing)
+                              progress=plain, run_tests=not no_tests, signing=signing, engine=engine)
     if as_json:
         print_json(report.to_json())
     else:

@@ -85,3 +85,20 @@ class GitView:
             if any(c.startswith(rel) for c in changed):
                 out.add(folder)
         return out
+
+    def version_at(self, ref: str, folder: Path) -> str | None:
+        """`metadata.version` of the template's agent.yaml at `ref`, or None when it did not exist."""
+        if self.repo is None or self.root is None or not folder.resolve().is_relative_to(self.root):
+            return None
+        try:
+            text = self.repo.git.show(f"{ref}:{self._rel(folder)}/agent.yaml")
+        except self._git.GitCommandError:
+            return None
+        import yaml
+
+        try:
+            doc = yaml.safe_load(text[:65536])
+            version = doc["metadata"]["version"]
+        except (yaml.YAMLError, KeyError, TypeError):
+            return None
+        return str(version)

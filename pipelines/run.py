@@ -19,16 +19,21 @@ from typing import Any
 from agentfactory import __version__, evidence
 from agentfactory.artifact import ANN_DESCRIPTION, ANN_REVISION, build_agent_artifact
 from agentfactory.config import cache_dir, toolchain_cache
-from agentfactory.dsse import INTOTO_PAYLOAD_TYPE, sign_envelope
+from agentfactory.digest import digest_of
+from agentfactory.dsse import INTOTO_PAYLOAD_TYPE, Envelope, sign_envelope
 from agentfactory.errors import AgentFactoryError, BuildError, InputError, NotFoundError, ValidationFailed
+from agentfactory.evidence import ArtifactSignature, Evidence
 from agentfactory.fsutil import atomic_write
 from agentfactory.intoto import CYCLONEDX_BOM, SLSA_PROVENANCE_V1, make_statement
 from agentfactory.keys.base import KeyProvider
+from agentfactory.policy import PolicyEngine, template_input
 from agentfactory.provenance import DEFAULT_BUILDER_ID
 from agentfactory.provenance import predicate as provenance_predicate
 from agentfactory.store import ArtifactStore, StoredAgent
 from agentfactory.template import MANIFEST, Template, discover, load_template
-from agentfactory.wasm import inspect
+from agentfactory.trust import from_public_keys
+from agentfactory.verifier import record_decision, verify
+from agentfactory.wasm import ModuleInfo, inspect
 
 from . import casetests, toolchain
 from .cache import BuildCache, CacheEntry, cache_key
@@ -90,6 +95,8 @@ class _Job:
     display: str
     result: TemplateResult
     template: Template | None = None
+    findings: list[dict[str, Any]] = field(default_factory=list)
+    base: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -103,10 +110,14 @@ class Signing:
 
 def run_pipeline(templates_dir: Path, store: ArtifactStore, *, changed_since: str | None = None,
                  jobs: int | None = None, progress: Progress | None = None,
-                 run_tests: bool = True, signing: Signing | None = None) -> PipelineReport:
+                 run_tests: bool = True, signing: Signing | None = None,
+                 engine: PolicyEngine | None = None) -> PipelineReport:
     """Run every template under `templates_dir` (or only those changed since a Git ref).
 
-    Without `signing`, artifacts are published unsigned (the verifier will refuse them).
+    Without `signing`, artifacts are published unsigned (the verifier will refuse them). With a
+    policy `engine`, the template policy judges each template in validate (with the static
+    findings) and after the build (with the module's imports), and the artifact policy judges
+    the signed artifact, through the verifier, before anything is published.
     """
     notify: Progress = progress or (lambda _path, _stage: None)
     folders = discover(templates_dir)
@@ -121,6 +132,8 @@ def run_pipeline(templates_dir: Path, store: ArtifactStore, *, changed_since: st
     for job in work:
         notify(job.display, "validate")
         _validate(job)
+        if engine is not None and job.template is not None and not job.result.errors:
+            _template_policy(job, engine, git, changed_since)
     _refuse_duplicate_names(work)
 
     cache = BuildCache(cache_dir("builds"))
@@ -134,7 +147,7 @@ def run_pipeline(templates_dir: Path, store: ArtifactStore, *, changed_since: st
         if job.template is not None and not job.result.errors:
             try:
                 _build_test_publish(job, job.template, git.origin(job.folder), store, cache, build_root,
-                                    notify, run_tests, signing)
+                                    notify, run_tests, signing, engine)
             except AgentFactoryError as exc:
                 job.result.errors.extend(_messages(exc))
             except Exception as exc:  # fail closed, but say what happened
@@ -173,6 +186,23 @@ def _validate(job: _Job) -> None:
                                  f"{job.folder.name!r}; rename one so they match")
 
 
+def _template_policy(job: _Job, engine: PolicyEngine, git: GitView, changed_since: str | None,
+                     module: ModuleInfo | None = None) -> bool:
+    """Judge the template (and, after the build, its module's imports) with the template policy."""
+    t = job.template
+    assert t is not None
+    if module is None:
+        from agentfactory.sourcescan import scan_template  # the static validator: findings feed the policy
+
+        job.findings = [f.to_json() for f in scan_template(t)]
+        base_version = git.version_at(changed_since, job.folder) if changed_since else None
+        job.base = {"version": base_version, "changed": True} if base_version else None
+    decision = engine.decide("template", template_input(t, job.findings, module, job.base, path=job.display))
+    record_decision(decision)
+    job.result.errors.extend(f"{job.display}/{MANIFEST}: policy: {m}" for m in decision.deny)
+    return decision.allow
+
+
 def _refuse_duplicate_names(work: list[_Job]) -> None:
     by_name: dict[str, list[_Job]] = {}
     for job in work:
@@ -188,7 +218,8 @@ def _refuse_duplicate_names(work: list[_Job]) -> None:
 
 
 def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactStore, cache: BuildCache,
-                        build_root: Path, notify: Progress, run_tests: bool, signing: Signing | None) -> None:
+                        build_root: Path, notify: Progress, run_tests: bool, signing: Signing | None,
+                        engine: PolicyEngine | None) -> None:
     r = job.result
     tool_id = toolchain.identity(t.language)
     key = cache_key(t, tool_id, origin.epoch, casetests.cases_sha(t) if run_tests else None)
@@ -208,7 +239,10 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
             if evidence.has_signature(store, stored):
                 r.evidence = {"signed": True, "reused": True}
             else:  # published but never signed (a crash, an unsigned run): sign it now
-                _attest(job, t, stored, hit.build, store, signing, notify)
+                wasm = store.fetch_wasm(f"{t.name}@{hit.digest}")[1]
+                signature, attestations, sbom = _make_evidence(job, t, hit.digest, hit.build, signing, notify)
+                if engine is None or _artifact_gate(job, t, hit.digest, wasm, signature, attestations, signing, engine):
+                    _attach(job, t, stored, store, signature, attestations, sbom, signing)
         return
 
     cases = casetests.load_cases(t, job.display) if run_tests else []  # parsed only when building
@@ -225,6 +259,8 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
                                       f"linear memory at start, more than spec.limits.memoryMiB "
                                       f"({t.limits.memory_mib}); raise the limit or use less static data")
     finished = time.time()
+    if engine is not None and not _template_policy(job, engine, GitView(t.folder), None, module=info):
+        return
 
     if cases:
         notify(job.display, "test")
@@ -235,7 +271,6 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
             r.errors.extend(f"{job.display}/{casetests.CASES_FILE}: case {c.name!r}: {c.reason}" for c in failed)
             return
 
-    notify(job.display, "publish")
     r.build = {
         "builder": {"id": signing.builder_id if signing else DEFAULT_BUILDER_ID, "version": __version__},
         "toolchain": built.toolchain,
@@ -248,41 +283,67 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
         "dirty": origin.dirty,
         "startedOn": _iso(started), "finishedOn": _iso(finished),
     }
+    digest = digest_of(built.wasm)
+    made: tuple[ArtifactSignature, list[tuple[str, Envelope]], bytes] | None = None
+    if signing is not None:
+        made = _make_evidence(job, t, digest, r.build, signing, notify)
+        if engine is not None and not _artifact_gate(job, t, digest, built.wasm, *made[:2], signing, engine):
+            return  # refused before publication: nothing reaches the store
+    notify(job.display, "publish")
     stored = _publish(t, store, built.wasm, origin)
     r.status, r.digest, r.size, r.ref = "built", stored.digest, stored.size, stored.ref
-    if signing is not None:
-        _attest(job, t, stored, r.build, store, signing, notify)
+    if signing is not None and made is not None:
+        _attach(job, t, stored, store, *made, signing)
     inputs = dict(built.inputs)
     inputs.setdefault(MANIFEST, t.manifest_sha256)
     cache.put(key, CacheEntry(digest=stored.digest, manifest_digest=stored.manifest_digest, size=stored.size,
                               inputs=inputs, build=r.build, tests=r.tests))
 
 
-def _attest(job: _Job, t: Template, stored: StoredAgent, build: dict[str, Any], store: ArtifactStore,
-            signing: Signing, notify: Progress) -> None:
-    """The sbom and sign stages: SBOM, provenance, signatures, all attached to the agent."""
+def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], signing: Signing,
+                   notify: Progress) -> tuple[ArtifactSignature, list[tuple[str, Envelope]], bytes]:
+    """The sbom and sign stages, in memory: SBOM, provenance, and the signatures over them."""
     # Imported here: cyclonedx and prometheus cost ~90 ms at start-up, and unchanged runs never sign.
     from agentfactory.metrics import SIGNATURES
 
-    from .sbom import build_sbom, release_path, validate_sbom
+    from .sbom import build_sbom, validate_sbom
 
     notify(job.display, "sbom")
-    sbom = build_sbom(t, digest=stored.digest, toolchain=build["toolchain"], epoch=build["sourceDateEpoch"],
+    sbom = build_sbom(t, digest=digest, toolchain=build["toolchain"], epoch=build["sourceDateEpoch"],
                       commit=build.get("templateCommit"))
     validate_sbom(sbom, f"{job.display} (generated SBOM)")
     notify(job.display, "sign")
     provider = signing.provider
-    signature = provider.sign_digest(bytes.fromhex(stored.digest.split(":", 1)[1]))
+    signature = provider.sign_digest(bytes.fromhex(digest.split(":", 1)[1]))
     SIGNATURES.labels(provider=provider.name, kind="artifact").inc()
     attestations = []
     for predicate_type, predicate in ((CYCLONEDX_BOM, json.loads(sbom)),
                                       (SLSA_PROVENANCE_V1, provenance_predicate(build, builder_id=signing.builder_id))):
-        statement = make_statement(t.name, stored.digest, predicate_type, predicate)
+        statement = make_statement(t.name, digest, predicate_type, predicate)
         attestations.append((predicate_type, sign_envelope(INTOTO_PAYLOAD_TYPE, statement, provider)))
         SIGNATURES.labels(provider=provider.name, kind="attestation").inc()
-    evidence.attach(store, stored, evidence.ArtifactSignature.from_signature(stored.digest, signature), attestations)
     job.result.evidence = {"signed": True, "keyId": signature.key_id, "provider": provider.name,
                            "attestations": [p for p, _ in attestations]}
+    return ArtifactSignature.from_signature(digest, signature), attestations, sbom
+
+
+def _artifact_gate(job: _Job, t: Template, digest: str, wasm: bytes, signature: ArtifactSignature,
+                   attestations: list[tuple[str, Envelope]], signing: Signing, engine: PolicyEngine) -> bool:
+    """The artifact policy before publish, asked through the one verifier on the evidence just made."""
+    found = Evidence(signatures=[("pipeline", signature.to_json())],
+                     attestations=[(f"pipeline ({p})", e.to_json()) for p, e in attestations])
+    trust = from_public_keys(signing.provider.public_keys(), builders=(signing.builder_id,))
+    verdict = verify(digest, wasm, found, trust, engine=engine, stage="dev", name=t.name, version=t.version)
+    job.result.evidence["score"] = verdict.score
+    job.result.errors.extend(f"{job.display}: {reason}" for reason in verdict.reasons)
+    return verdict.allowed
+
+
+def _attach(job: _Job, t: Template, stored: StoredAgent, store: ArtifactStore, signature: ArtifactSignature,
+            attestations: list[tuple[str, Envelope]], sbom: bytes, signing: Signing) -> None:
+    from .sbom import release_path
+
+    evidence.attach(store, stored, signature, attestations)
     if signing.sbom_dir is not None:
         atomic_write(release_path(signing.sbom_dir, t.name, t.version), sbom)
 

@@ -24,6 +24,7 @@ CORE_COMMANDS = {
     "keys": "agentfactory.cli.keys_cmd:keys",
     "verify": "agentfactory.cli.verify_cmd:verify_cmd",
     "trust": "agentfactory.cli.verify_cmd:trust",
+    "policy": "agentfactory.cli.policy_cmd:policy",
 }
 
 

@@ -20,15 +20,25 @@ def template() -> None:
 
 @template.command("validate")
 @click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--policies", "policies_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="AGENTFACTORY_POLICIES", help="Rego policies folder (default: ./policies).")
 @json_option
 @handle_errors
-def validate(folders: tuple[Path, ...], as_json: bool) -> None:
-    """Check each template FOLDER against the schema and the source rules."""
+def validate(folders: tuple[Path, ...], policies_dir: Path | None, as_json: bool) -> None:
+    """Check each template FOLDER without building it: the schema, the source rules, the static
+    security checks and the template policy."""
+    from ..policy import RegoEngine, template_input
+    from ..sourcescan import scan_template
+
+    engine = RegoEngine(policies_dir)
     report = []
     for folder in folders:
         try:
             t = load_template(folder, f"{folder}/agent.yaml")
-            report.append({"path": str(folder), "name": t.name, "version": t.version, "errors": []})
+            findings = [f.to_json() for f in scan_template(t)]
+            decision = engine.decide("template", template_input(t, findings, None, None, path=str(folder)))
+            report.append({"path": str(folder), "name": t.name, "version": t.version, "findings": findings,
+                           "errors": [f"{folder}/agent.yaml: policy: {m}" for m in decision.deny]})
         except ValidationFailed as exc:
             report.append({"path": str(folder), "errors": [str(p) for p in exc.problems]})
         except AgentFactoryError as exc:

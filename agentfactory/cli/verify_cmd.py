@@ -12,6 +12,7 @@ from rich.table import Table
 from ..errors import AgentFactoryError, DigestMismatchError, NotFoundError, ValidationFailed
 from ..evidence import Evidence, collect
 from ..fsutil import atomic_write
+from ..policy import PolicyEngine, RegoEngine
 from ..store import ArtifactStore, open_store, split_reference
 from ..store.base import MAX_WASM_BYTES
 from ..trust import TrustPolicy, from_public_keys, load_trust_policy, to_yaml
@@ -32,8 +33,9 @@ def default_policy(provider: str | None) -> TrustPolicy:
     return from_public_keys(p.public_keys(), source=f"embedded default ({p.name} keys)")
 
 
-def verify_ref(ref: str, store: ArtifactStore, policy: TrustPolicy) -> Verdict:
-    """Verify a store reference, or a .wasm file by its digest, against `policy`."""
+def verify_ref(ref: str, store: ArtifactStore, policy: TrustPolicy, engine: PolicyEngine | None = None,
+               stage: str = "dev") -> Verdict:
+    """Verify a store reference, or a .wasm file by its digest, against `policy` (and the artifact policy)."""
     path = Path(ref)
     if path.is_file():
         local = path.read_bytes()[: MAX_WASM_BYTES + 1]
@@ -43,8 +45,9 @@ def verify_ref(ref: str, store: ArtifactStore, policy: TrustPolicy) -> Verdict:
         except NotFoundError:
             return verify(digest, local, Evidence(problems=[
                 f"{digest} is not in {store.url}: nothing was ever signed with these bytes "
-                "(a modified copy, or never built by the pipeline)"]), policy)
-        return verify(digest, local, collect(store, agent), policy)
+                "(a modified copy, or never built by the pipeline)"]), policy, engine=engine, stage=stage)
+        return verify(digest, local, collect(store, agent), policy, engine=engine, stage=stage, name=agent.name,
+                      version=agent.version)
     agent = store.resolve(ref)
     data: bytes | None = None
     problem: str | None = None
@@ -52,7 +55,8 @@ def verify_ref(ref: str, store: ArtifactStore, policy: TrustPolicy) -> Verdict:
         data = store.get_blob(agent.digest, MAX_WASM_BYTES, name=agent.name)
     except DigestMismatchError as exc:
         problem = str(exc)
-    return verify(agent.digest, data, collect(store, agent), policy, artifact_problem=problem)
+    return verify(agent.digest, data, collect(store, agent), policy, artifact_problem=problem, engine=engine,
+                  stage=stage, name=agent.name, version=agent.version)
 
 
 def print_verdict(ref: str, verdict: Verdict, policy_source: str) -> None:
@@ -64,18 +68,21 @@ def print_verdict(ref: str, verdict: Verdict, policy_source: str) -> None:
         table.add_row(c.name, "[green]✓[/green]" if c.ok else "[red]✗[/red]", c.reason)
     out.print(table)
     word = "[green]ALLOWED[/green]" if verdict.allowed else "[red]DENIED[/red]"
-    out.print(f"{word}  score {verdict.score}/100  (trust policy: {policy_source})")
+    out.print(f"{word}  score {verdict.score:.1f}/10  (trust policy: {policy_source})")
 
 
 @click.command("verify")
 @click.argument("ref")
 @policy_option
 @provider_option
+@click.option("--stage", default="dev", show_default=True, help="Judge the artifact policy for this stage.")
+@click.option("--policies", "policies_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              envvar="AGENTFACTORY_POLICIES", help="Rego policies folder (default: ./policies).")
 @store_option
 @json_option
 @handle_errors
-def verify_cmd(ref: str, policy_path: Path | None, provider: str | None, store_url: str | None,
-               as_json: bool) -> None:
+def verify_cmd(ref: str, policy_path: Path | None, provider: str | None, stage: str, policies_dir: Path | None,
+               store_url: str | None, as_json: bool) -> None:
     """May REF run? REF: name@sha256:…, name:version, name, a path to a .wasm file, or a full
     registry reference oci://HOST/PREFIX/NAME@sha256:….
 
@@ -85,7 +92,7 @@ def verify_cmd(ref: str, policy_path: Path | None, provider: str | None, store_u
     store = open_store(ref_store or store_url)
     try:
         policy = load_trust_policy(policy_path) if policy_path else default_policy(provider)
-        verdict = verify_ref(ref, store, policy)
+        verdict = verify_ref(ref, store, policy, RegoEngine(policies_dir), stage)
         source = policy.source
     except ValidationFailed as exc:  # a policy that does not load refuses everything
         verdict = refuse(ref, "trust-policy", f"the trust policy does not load, so nothing is trusted: {exc}")

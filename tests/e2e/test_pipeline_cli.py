@@ -103,9 +103,15 @@ def test_changed_since(repo: Path) -> None:
     target = repo / "templates" / EXAMPLES[0] / "README.md"
     target.write_text(target.read_text() + "\nMore words.\n")
     code, report = run_json(repo, "--changed-since", "HEAD")
-    assert code == 0
+    assert code == 1, "a changed template must bump its version (template policy T10)"
     assert [t["name"] for t in report["templates"]] == [EXAMPLES[0]]
+    assert any("version" in e and "1.0.0" in e for e in report["templates"][0]["errors"])
     assert len(report["skipped"]) == len(EXAMPLES) - 1
+    manifest = repo / "templates" / EXAMPLES[0] / "agent.yaml"
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", "version: 1.0.1"))
+    code, report = run_json(repo, "--changed-since", "HEAD")
+    assert code == 0, report
+    assert report["templates"][0]["version"] == "1.0.1"
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "docs")
     code, report = run_json(repo, "--changed-since", "HEAD~1")

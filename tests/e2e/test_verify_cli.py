@@ -40,13 +40,13 @@ def test_every_example_verifies(repo: Path, built: dict) -> None:  # type: ignor
         row = built[name]
         assert row["evidence"]["signed"] and len(row["evidence"]["attestations"]) == 2
         code, v = verdict(repo, f"{name}@{row['digest']}")
-        assert code == 0 and v["allowed"] and v["score"] == 100, v
+        assert code == 0 and v["allowed"] and v["score"] == 10.0, v
         assert {c["name"] for c in v["checks"]} == {"digest", "signature", "key-status", "sbom", "provenance",
-                                                    "builder", "source"}
+                                                    "builder", "source", "policy"}
         sbom = json.loads((repo / "sbom" / name / f"{row['version']}.cdx.json").read_text())
         assert sbom["metadata"]["component"]["hashes"][0]["content"] == row["digest"][7:]
     human = af(repo, "verify", f"{EXAMPLES[0]}:1.0.0")
-    assert human.returncode == 0 and "ALLOWED" in human.stdout and "score 100/100" in human.stdout
+    assert human.returncode == 0 and "ALLOWED" in human.stdout and "score 10.0/10" in human.stdout
 
 
 def test_a_modified_copy_is_refused(repo: Path, built: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
@@ -84,6 +84,20 @@ def test_a_policy_that_does_not_load_refuses_everything(repo: Path, built: dict,
     assert code == 1 and not v["allowed"]
     (c,) = v["checks"]
     assert c["name"] == "trust-policy" and "nothing is trusted" in c["reason"] and str(bad) in c["reason"]
+
+
+def test_artifact_policy_is_part_of_the_verdict(repo: Path, built: dict, tmp_path: Path) -> None:  # type: ignore[type-arg]
+    # prod asks for a score of 9.0: without trusted provenance the score drops and the policy refuses
+    policy = tmp_path / "trust.yaml"
+    assert af(repo, "trust", "init", "-o", str(policy), "--builder", "https://ci.example.com/other",
+              "--repository", "https://github.com/example/*").returncode == 0
+    code, v = verdict(repo, f"{EXAMPLES[0]}:1.0.0", "--policy", str(policy), "--stage", "prod")
+    (check,) = [c for c in v["checks"] if c["name"] == "policy"]
+    assert code == 1 and v["score"] == 8.0
+    assert not check["ok"] and "artifact policy" in check["reason"] and "9" in check["reason"]
+    code, v = verdict(repo, f"{EXAMPLES[0]}:1.0.0", "--policy", str(policy), "--stage", "dev")
+    (check,) = [c for c in v["checks"] if c["name"] == "policy"]
+    assert check["ok"], "dev asks for 8.0: the policy allows, the untrusted builder still denies the verdict"
 
 
 def test_unknown_reference_is_denied(repo: Path, built: dict) -> None:  # type: ignore[type-arg]

@@ -62,7 +62,7 @@ def world(tmp_path: Path) -> World:
 
 def test_pipeline_evidence_verifies(world: World) -> None:
     verdict = world.verify("alpha")
-    assert verdict.allowed and verdict.score == 100, verdict.reasons
+    assert verdict.allowed and verdict.score == 10.0, verdict.reasons
     assert [c.name for c in verdict.checks] == ["digest", "signature", "key-status", "sbom", "provenance",
                                                 "builder", "source"]
 
@@ -201,7 +201,7 @@ def test_missing_evidence(world: World, tmp_path: Path) -> None:
     verdict = world.verify("gamma")
     assert "no signature for" in check(verdict, "signature")
     assert "no https://cyclonedx.org/bom attestation" in check(verdict, "sbom")
-    assert verdict.score < 50
+    assert verdict.score < 5
 
 
 def test_referrer_pointing_at_another_subject(world: World) -> None:

@@ -1,0 +1,414 @@
+# Template policy: may this agent template be built and published?
+#
+# Input (docs/policy-inputs.md): {"template": <agent.yaml as written>, "path": "templates/<name>",
+# "findings": [<static validator findings>], "module": null | {"imports", "exports",
+# "initialMemoryBytes"}, "base": null | {"version", "changed"}}.
+# Tunables: data.agentfactory.config (policies/data.json).
+#
+# Every deny message names the field it is about and says what to change. Rule ids (T1..T11) are
+# the ones used by the fixtures in tests/fixtures/policy-templates/.
+#
+# Fail closed: values that should be there but are not (a missing limit, a non-semver version, a
+# config pattern the engine cannot compile) produce a deny of their own rather than silently
+# skipping a rule.
+#
+# rego-cpp (regopy) compatibility notes, kept so that the same file runs under OPA 1.x:
+# - no sprintf %q (quotes are written by hand around %s);
+# - its regular expressions have no inline flags such as (?i): env names are upper-cased and
+#   matched against upper-case patterns instead (see T8);
+# - its semver builtins are lax and order pre-releases wrongly: T10 validates and compares
+#   versions itself;
+# - a string bound to a variable reaches sprintf/json.patch with its JSON quotes: txt() below;
+# - a runtime error makes a rule undefined, so builtins are only called on values whose type has
+#   been checked first (valid_semver before comparing, regex.is_valid before regex.match).
+package agentfactory.template
+
+import rego.v1
+
+default allow := false
+
+allow if count(deny) == 0
+
+cfg := data.agentfactory.config
+
+# --- shape helpers: a wrong type becomes an empty value, never an evaluation error ---------------
+
+obj(x) := x if {
+	is_object(x)
+} else := {}
+
+arr(x) := x if {
+	is_array(x)
+} else := []
+
+# txt(x): x as message text. Always used for the string arguments of sprintf: rego-cpp 1.5 renders
+# a string bound from a literal or returned by lower/upper/concat/replace/object.get with its JSON
+# quotes (and unescaped, which breaks the JSON of the decision); substring(x, 0, -1) yields a
+# plain string in both engines.
+txt(x) := substring(x, 0, -1) if {
+	is_string(x)
+} else := sprintf("%v", [x])
+
+template := obj(object.get(input, "template", null))
+
+metadata := obj(object.get(template, "metadata", null))
+
+spec := obj(object.get(template, "spec", null))
+
+limits := obj(object.get(spec, "limits", null))
+
+wasi := obj(object.get(obj(object.get(spec, "capabilities", null)), "wasi", null))
+
+tools := arr(object.get(spec, "tools", null))
+
+preopens := arr(object.get(wasi, "preopens", null))
+
+env_names := arr(object.get(wasi, "env", null))
+
+findings := arr(object.get(input, "findings", null))
+
+# The built module, when there is one (null before the build).
+module := input.module if is_object(input.module)
+
+imports := arr(object.get(module, "imports", null))
+
+base := input.base if is_object(input.base)
+
+deny contains msg if {
+	not is_object(object.get(input, "template", null))
+	msg := "input.template: the template document is missing or not an object; the engine must pass the parsed agent.yaml"
+}
+
+deny contains msg if {
+	m := object.get(input, "module", null)
+	m != null
+	not is_object(m)
+	msg := "input.module: must be null (before the build) or the module's imports and exports"
+}
+
+# --- T1: dangerous tools ----------------------------------------------------------------------
+
+deny contains msg if {
+	some i, tool in tools
+	tool in cfg.dangerous_tools
+	msg := sprintf(`spec.tools[%d]: "%s" is a dangerous tool (config dangerous_tools) and is never granted to an agent; remove it from spec.tools and do the work inside the agent`, [i, txt(tool)])
+}
+
+# --- T2: blocked import modules (non-standard host APIs: WASIX, WasmEdge, pre-preview1 WASI) ----
+
+deny contains msg if {
+	some i, imp in imports
+	imp.module in cfg.blocked_import_modules
+	msg := sprintf(`module.imports[%d]: the module imports %s.%s; module "%s" is a blocked host API (config blocked_import_modules); build for plain wasm32-wasi (%s) and remove the code that needs it`, [i, txt(imp.module), txt(imp.name), txt(imp.module), txt(cfg.wasi_module)])
+}
+
+# --- T3: imports must be allowed WASI functions or declared tools ---------------------------
+#
+# config allowed_wasi_functions is what a stdin/stdout agent with read-only preopens needs:
+# arguments, environment (already an allowlist, T8), clocks, randomness, poll/yield, exit, reading
+# and seeking open files and stdio, writing to stdout/stderr (fd_write), opening, listing and
+# stat-ing paths under the preopens (the runtime opens preopens read-only, T6). fd_pread is a
+# positional read and is allowed. Not allowed: sockets (sock_*), anything that changes the
+# file system (fd_pwrite, fd_allocate, fd_filestat_set_*, fd_sync, fd_datasync,
+# path_create_directory, path_remove_directory, path_rename, path_symlink, path_unlink_file,
+# path_link, path_filestat_set_times), fd table juggling that agents do not need (fd_renumber,
+# fd_fdstat_set_rights) and signals (proc_raise).
+
+deny contains msg if {
+	some i, imp in imports
+	imp.module == cfg.wasi_module
+	not imp.name in cfg.allowed_wasi_functions
+	msg := sprintf(`module.imports[%d]: %s.%s is not an allowed WASI function (config allowed_wasi_functions: stdio, clocks, randomness and read-only files; no sockets, file changes or signals); remove the code that calls it`, [i, txt(imp.module), txt(imp.name)])
+}
+
+deny contains msg if {
+	some i, imp in imports
+	imp.module == cfg.tool_module
+	not imp.name in tools
+	msg := sprintf(`module.imports[%d]: the module imports host tool "%s" from "%s" but spec.tools does not declare it; add "%s" to spec.tools (the policy decides whether it is allowed) or remove the call`, [i, txt(imp.name), txt(imp.module), txt(imp.name)])
+}
+
+deny contains msg if {
+	some i, entry in imports
+	imp := obj(entry)
+	mod := object.get(imp, "module", "?")
+	not known_module(mod)
+	msg := sprintf(`module.imports[%d]: the module imports %s.%s from unknown module "%s"; agents may import only %s functions and declared tools from "%s"; remove the import`, [i, txt(mod), txt(object.get(imp, "name", "?")), txt(mod), txt(cfg.wasi_module), txt(cfg.tool_module)])
+}
+
+known_module(m) if m == cfg.wasi_module
+
+known_module(m) if m == cfg.tool_module
+
+known_module(m) if m in cfg.blocked_import_modules # reported by T2
+
+# --- T4: memory ceiling -----------------------------------------------------------------------
+
+deny contains msg if {
+	not is_number(limits.memoryMiB)
+	msg := sprintf("spec.limits.memoryMiB is missing or not a number: set the agent's memory ceiling in MiB (at most %v)", [cfg.max_memory_mib])
+}
+
+deny contains msg if {
+	limits.memoryMiB > cfg.max_memory_mib
+	msg := sprintf("spec.limits.memoryMiB is %v, above the ceiling of %v MiB (config max_memory_mib); lower spec.limits.memoryMiB to at most %v", [limits.memoryMiB, cfg.max_memory_mib, cfg.max_memory_mib])
+}
+
+deny contains msg if {
+	is_number(limits.memoryMiB)
+	wanted := module.initialMemoryBytes
+	wanted > limits.memoryMiB * 1048576
+	msg := sprintf("module.initialMemoryBytes: the module asks for %v bytes of memory at start, more than spec.limits.memoryMiB (%v MiB); raise spec.limits.memoryMiB or make the module smaller (static data, stack)", [wanted, limits.memoryMiB])
+}
+
+# --- T5: time ceiling -------------------------------------------------------------------------
+
+deny contains msg if {
+	not is_number(limits.timeoutMs)
+	msg := sprintf("spec.limits.timeoutMs is missing or not a number: set the wall-clock deadline in milliseconds (at most %v)", [cfg.max_timeout_ms])
+}
+
+deny contains msg if {
+	limits.timeoutMs > cfg.max_timeout_ms
+	msg := sprintf("spec.limits.timeoutMs is %v, above the ceiling of %v ms (config max_timeout_ms); lower spec.limits.timeoutMs to at most %v", [limits.timeoutMs, cfg.max_timeout_ms, cfg.max_timeout_ms])
+}
+
+# --- T6: preopens are read-only (readOnly absent = true, the schema default) --------------------
+
+deny contains msg if {
+	some i, p in preopens
+	ro := object.get(obj(p), "readOnly", true)
+	ro != true
+	msg := sprintf("spec.capabilities.wasi.preopens[%d].readOnly is %v: agents get read-only folders only; set readOnly: true (or leave it out, it defaults to true)", [i, ro])
+}
+
+# --- T7: no root or sensitive host folder -----------------------------------------------------
+#
+# A hostPath is refused when it is "/", when it is one of config sensitive_host_paths or below one
+# ("/etc", "/etc/ssl"; not "/etcetera"), and also when it contains one ("/var" exposes
+# "/var/run"). It must be a plain absolute path: no "." or ".." segments, no "//".
+
+deny contains msg if {
+	some i, p in preopens
+	hp := object.get(obj(p), "hostPath", null)
+	not is_string(hp)
+	msg := sprintf("spec.capabilities.wasi.preopens[%d].hostPath is missing or not a string: set the absolute host folder to map", [i])
+}
+
+deny contains msg if {
+	some i, p in preopens
+	hp := host_path(p)
+	not plain_absolute(hp)
+	msg := sprintf(`spec.capabilities.wasi.preopens[%d].hostPath "%s" is not a plain absolute path; write it without ".", ".." or empty segments (e.g. /srv/data)`, [i, txt(hp)])
+}
+
+deny contains msg if {
+	some i, p in preopens
+	hp := host_path(p)
+	normalised(hp) == "/"
+	msg := sprintf(`spec.capabilities.wasi.preopens[%d].hostPath "%s" maps the host's root folder; map only the data folder the agent needs (e.g. /srv/data)`, [i, txt(hp)])
+}
+
+deny contains msg if {
+	some i, p in preopens
+	hp := host_path(p)
+	some s in cfg.sensitive_host_paths
+	under(normalised(hp), s)
+	msg := sprintf(`spec.capabilities.wasi.preopens[%d].hostPath "%s" is the sensitive host path %s or below it (config sensitive_host_paths); map a dedicated data folder instead`, [i, txt(hp), txt(s)])
+}
+
+deny contains msg if {
+	some i, p in preopens
+	hp := host_path(p)
+	n := normalised(hp)
+	n != "/"
+	some s in cfg.sensitive_host_paths
+	startswith(s, concat("", [n, "/"]))
+	msg := sprintf(`spec.capabilities.wasi.preopens[%d].hostPath "%s" contains the sensitive host path %s (config sensitive_host_paths); map a narrower, dedicated data folder instead`, [i, txt(hp), txt(s)])
+}
+
+host_path(p) := hp if {
+	hp := object.get(obj(p), "hostPath", null)
+	is_string(hp)
+}
+
+normalised(hp) := "/" if {
+	trim_right(hp, "/") == ""
+} else := trim_right(hp, "/")
+
+under(path, s) if path == s
+
+under(path, s) if startswith(path, concat("", [s, "/"]))
+
+plain_absolute(hp) if {
+	startswith(hp, "/")
+	normalised(hp) == "/"
+}
+
+plain_absolute(hp) if {
+	startswith(hp, "/")
+	n := normalised(hp)
+	n != "/"
+	parts := split(n, "/")
+	every seg in array.slice(parts, 1, count(parts)) {
+		seg != ""
+		seg != "."
+		seg != ".."
+	}
+}
+
+# --- T8: env is an allowlist of names, never a wildcard, never a secret -----------------------
+#
+# rego-cpp has no (?i): config secret_env_patterns are written in upper case and matched against
+# the upper-cased name (the schema only allows upper-case names anyway).
+
+deny contains msg if {
+	some i, name in env_names
+	is_string(name)
+	contains(name, "*")
+	msg := sprintf(`spec.capabilities.wasi.env[%d] is "%s": the environment is an allowlist; name each variable the agent needs instead of a wildcard`, [i, txt(name)])
+}
+
+deny contains msg if {
+	some i, name in env_names
+	is_string(name)
+	hits := [pat |
+		some pat in cfg.secret_env_patterns
+		regex.is_valid(pat)
+		regex.match(pat, upper(name))
+	]
+	count(hits) > 0
+	msg := sprintf(`spec.capabilities.wasi.env[%d] is "%s", which looks like a secret (matches %s in config secret_env_patterns); remove it from spec.capabilities.wasi.env: secrets are never passed to agents`, [i, txt(name), txt(concat(", ", hits))])
+}
+
+deny contains msg if {
+	some i, pat in cfg.secret_env_patterns
+	not regex.is_valid(pat)
+	msg := sprintf(`config secret_env_patterns[%d] "%s" is not a regular expression this policy engine accepts (no inline flags such as (?i)); fix policies/data.json`, [i, txt(pat)])
+}
+
+# --- T9: owners ---------------------------------------------------------------------------
+
+deny contains msg if {
+	not has_owner
+	msg := "metadata.owners is missing or empty: list at least one owner who answers for this agent (a GitHub @user or @org/team handle, or an e-mail address)"
+}
+
+has_owner if {
+	some o in arr(object.get(metadata, "owners", null))
+	is_string(o)
+	trim_space(o) != ""
+}
+
+# --- T10: the version increases whenever the template changes --------------------------------
+#
+# Versions are validated and compared here rather than with semver.is_valid / semver.compare:
+# rego-cpp 1.5's semver builtins accept "01.0.0" and "1.0.0-01" and order pre-releases wrongly
+# ("1.0.0-rc.1" > "1.0.0", "2.0.0-beta.1" < "1.9.9"). This is SemVer 2.0.0 section 11, and the
+# same pattern as the template schema.
+
+semver_pattern := `^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(\.(0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*)?(\+[0-9a-zA-Z-]+(\.[0-9a-zA-Z-]+)*)?$`
+
+valid_semver(v) if {
+	is_string(v)
+	regex.match(semver_pattern, v)
+}
+
+# semver_cmp(a, b): -1, 0 or 1 as a is lower than, equal to (build metadata ignored) or higher
+# than b. Both must be valid.
+semver_cmp(a, b) := c if {
+	pa := semver_parse(a)
+	pb := semver_parse(b)
+	diffs := [d | some k in [0, 1, 2]; d := sign(pa.core[k] - pb.core[k]); d != 0]
+	count(diffs) > 0
+	c := diffs[0]
+} else := cmp_prerelease(semver_parse(a).pre, semver_parse(b).pre)
+
+semver_parse(v) := {"core": numbers_of(release), "pre": []} if {
+	release := split(v, "+")[0]
+	indexof(release, "-") == -1
+}
+
+semver_parse(v) := {"core": numbers_of(substring(release, 0, i)), "pre": split(substring(release, i + 1, -1), ".")} if {
+	release := split(v, "+")[0]
+	i := indexof(release, "-")
+	i >= 0
+}
+
+numbers_of(core) := [to_number(x) | some x in split(core, ".")]
+
+sign(x) := 1 if {
+	x > 0
+} else := -1 if {
+	x < 0
+} else := 0
+
+# A version without pre-release is higher than the same version with one; otherwise the first
+# differing identifier decides, then the longer list.
+cmp_prerelease(a, b) := 0 if {
+	count(a) == 0
+	count(b) == 0
+} else := 1 if {
+	count(a) == 0
+} else := -1 if {
+	count(b) == 0
+} else := c if {
+	diffs := [d | some k in numbers.range(0, min([count(a), count(b)]) - 1); d := cmp_identifier(a[k], b[k]); d != 0]
+	count(diffs) > 0
+	c := diffs[0]
+} else := sign(count(a) - count(b))
+
+# Numeric identifiers compare as numbers and are lower than alphanumeric ones, which compare in
+# ASCII order.
+cmp_identifier(x, y) := sign(to_number(x) - to_number(y)) if {
+	numeric(x)
+	numeric(y)
+} else := -1 if {
+	numeric(x)
+} else := 1 if {
+	numeric(y)
+} else := -1 if {
+	x < y
+} else := 1 if {
+	x > y
+} else := 0
+
+numeric(s) if regex.match(`^[0-9]+$`, s)
+
+deny contains msg if {
+	v := object.get(metadata, "version", null)
+	not valid_semver(v)
+	msg := sprintf(`metadata.version "%s" is not a semantic version (MAJOR.MINOR.PATCH, no leading "v"); write e.g. 1.0.0`, [txt(v)])
+}
+
+deny contains msg if {
+	base.changed == true
+	bv := object.get(base, "version", null)
+	not valid_semver(bv)
+	msg := sprintf(`metadata.version: the base branch's version "%s" is not a semantic version, so the bump cannot be checked; fix the version on the base branch first`, [txt(bv)])
+}
+
+deny contains msg if {
+	base.changed == true
+	v := metadata.version
+	valid_semver(v)
+	valid_semver(base.version)
+	semver_cmp(v, base.version) <= 0
+	msg := sprintf("metadata.version %s does not increase the base branch's version %s, but the template changed; bump metadata.version above %s", [txt(v), txt(base.version), txt(base.version)])
+}
+
+# --- T11: static source findings of a blocking severity ------------------------------------
+
+deny contains msg if {
+	some f in findings
+	sev := lower(txt(object.get(obj(f), "severity", "")))
+	sev in cfg.blocking_severities
+	msg := sprintf("%s:%s: %s: %s (severity %s; remove or rewrite this code)", [txt(object.get(f, "file", "?")), txt(object.get(f, "line", 0)), txt(object.get(f, "class", "?")), txt(object.get(f, "message", "")), txt(sev)])
+}
+
+deny contains msg if {
+	some f in findings
+	sev := lower(txt(object.get(obj(f), "severity", "")))
+	not sev in cfg.finding_severities
+	msg := sprintf(`%s:%s: %s: finding with unknown severity "%s" (expected one of %s); the static validator and the policy disagree, fix one of them`, [txt(object.get(obj(f), "file", "?")), txt(object.get(obj(f), "line", 0)), txt(object.get(obj(f), "class", "?")), txt(sev), txt(concat(", ", cfg.finding_severities))])
+}
