@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 
 DEMO := .agentfactory/demo
 ## demo: build, test, sign and publish every example template on the embedded defaults, verify each,
-## then show a tampered copy (one flipped byte in a copy of the store) refused with its reason
+## show a tampered copy (one flipped byte in a copy of the store) and a template that breaks the
+## policy refused with their reasons, and run the Rego unit tests
 demo: $(STAMP)
 	$(BIN)/agentfactory pipeline run
 	$(BIN)/agentfactory store ls
@@ -31,6 +32,9 @@ demo: $(STAMP)
 	  x[len(x)//2]^=1; b.write_bytes(bytes(x))' $(DEMO)/tampered-store
 	@echo "One byte of wordstats flipped in a copy of the store; the verifier must refuse it:"
 	@! $(BIN)/agentfactory verify --store oci-layout:$(DEMO)/tampered-store wordstats:1.0.0
+	@echo "A template asking for a dangerous tool (shell.exec) must be refused by the template policy:"
+	@! $(BIN)/agentfactory template validate tests/fixtures/policy-templates/t1-dangerous-tool
+	$(BIN)/agentfactory policy test
 
 ## system-deps: what the tests need from the OS (git; the OCI registry `docker-registry`), installed
 ## with apt-get when run as root

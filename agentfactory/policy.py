@@ -263,6 +263,14 @@ class RegoEngine(PolicyEngine):
         return report
 
 
+def plain_text(text: Any) -> str:
+    """Free text made safe for rego-cpp: it does not escape `"` or `\\` in input strings that a rule
+    echoes into a message, and its own JSON output then breaks (the decision would deny with an
+    unreadable reason). Quotes become `'`, backslashes `/`, control characters spaces."""
+    out = str(text).replace('"', "'").replace("\\", "/")
+    return "".join(" " if ord(c) < 0x20 else c for c in out)
+
+
 def template_input(template: Any, findings: list[dict[str, Any]], module: Any | None,
                    base: dict[str, Any] | None, path: str = "") -> dict[str, Any]:
     """The template policy's input (docs/policy-inputs.md) from a loaded Template and a ModuleInfo."""
@@ -271,5 +279,6 @@ def template_input(template: Any, findings: list[dict[str, Any]], module: Any | 
         module_doc = {"imports": [{"module": i.module, "name": i.name, "kind": i.kind} for i in module.imports],
                       "exports": [{"name": e.name, "kind": e.kind} for e in module.exports],
                       "initialMemoryBytes": module.initial_memory_bytes}
-    return {"template": template.raw, "path": path or str(template.folder), "findings": findings,
+    safe = [{**f, "message": plain_text(f.get("message", ""))} for f in findings]
+    return {"template": template.raw, "path": path or str(template.folder), "findings": safe,
             "module": module_doc, "base": base}

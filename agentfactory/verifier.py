@@ -22,7 +22,7 @@ from .errors import AgentFactoryError, InputError
 from .evidence import Evidence, parse_artifact_signature
 from .intoto import CYCLONEDX_BOM, SLSA_PROVENANCE_V1, Statement, parse_statement
 from .metrics import OPA_BLOCKS, SCORE, VALIDATIONS, VIOLATIONS
-from .policy import Decision, PolicyEngine
+from .policy import Decision, PolicyEngine, plain_text
 from .provenance import builder_and_source
 from .sbom import sbom_subject
 from .trust import TrustedKey, TrustPolicy
@@ -268,7 +268,7 @@ def artifact_input(name: str, version: str, digest: str, stage: str, checks: lis
                    bom: Any) -> dict[str, Any]:
     """The artifact policy's input (docs/policy-inputs.md)."""
     return {"artifact": {"name": name, "version": version, "digest": digest}, "stage": stage,
-            "verdict": {"score": score, "checks": [c.to_json() for c in checks]},
+            "verdict": {"score": score, "checks": [{**c.to_json(), "reason": plain_text(c.reason)} for c in checks]},
             "sbom": {"components": sbom_components(bom)} if bom is not None else None,
             "scan": None}
 

@@ -169,6 +169,10 @@ test_a3_missing_licence_denied if {
 	contains(msg, "no licence is declared")
 }
 
+test_a3_non_string_licence_denied if {
+	decide("dev", good_verdict, sbom_of(["MIT", {"id": "MIT"}]), null) == {"sbom.components[0].licenses[1] (dep 2.1.0) is not a string: licences must be SPDX ids or expressions"}
+}
+
 test_a3_no_sbom_no_licence_check if {
 	decide("dev", good_verdict, null, null) == set()
 }

@@ -145,6 +145,10 @@ test_missing_template_denied if {
 	not data.agentfactory.template.allow with input.findings as []
 }
 
+test_malformed_module_denied if {
+	deny_for(good, "a wasm file", null, []) == {"input.module: must be null (before the build) or the module's imports and exports"}
+}
+
 test_any_deny_means_not_allowed if {
 	allow_for(patched("/spec/tools", ["shell.exec"]), null, null, []) == false
 }
@@ -319,6 +323,11 @@ test_t7_similar_names_allowed if {
 	every host in ["/etcetera", "/srv/etc", "/devices", "/running", "/var/runtime", "/srv/data/"] {
 		denies(preopen_at(host)) == set()
 	}
+}
+
+test_t7_missing_host_path_denied if {
+	tpl := patched("/spec/capabilities/wasi/preopens", [{"guestPath": "/data"}])
+	denies(tpl) == {"spec.capabilities.wasi.preopens[0].hostPath is missing or not a string: set the absolute host folder to map"}
 }
 
 test_t7_dot_segments_denied if {
