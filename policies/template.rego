@@ -19,8 +19,9 @@
 # - its semver builtins are lax and order pre-releases wrongly: T10 validates and compares
 #   versions itself;
 # - a string bound to a variable reaches sprintf/json.patch with its JSON quotes: txt() below;
-# - a runtime error makes a rule undefined, so builtins are only called on values whose type has
-#   been checked first (valid_semver before comparing, regex.is_valid before regex.match).
+# - a builtin error makes the rule undefined (or, with strict builtin errors as the engine runs it,
+#   the whole decision an error), so builtins are only called on values whose type has been
+#   checked first (valid_semver before comparing, regex.is_valid before regex.match).
 package agentfactory.template
 
 import rego.v1
