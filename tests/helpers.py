@@ -51,3 +51,16 @@ spec:
     memoryMiB: 8
     timeoutMs: 2000
 {extra_spec}"""
+
+
+def dependency_yaml(sha: str, path: str = "vendor/lib", *, include_dirs: bool = False) -> str:
+    """A `spec.dependencies` block (and optionally `includeDirs`) for one vendored library."""
+    head = "  includeDirs: [vendor/lib]\n" if include_dirs else ""
+    return head + f"""  dependencies:
+    - name: lib
+      version: 1.0.0
+      purl: pkg:generic/example/lib@1.0.0
+      license: MIT
+      path: {path}
+      sha256: {sha}
+"""

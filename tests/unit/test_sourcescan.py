@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import EXAMPLES, TEMPLATES, hello_manifest, write_template
+from helpers import EXAMPLES, TEMPLATES, dependency_yaml, hello_manifest, write_template
 
 from agentfactory.digest import tree_sha256
 from agentfactory.sourcescan import CLASSES, SEVERITIES, Finding, scan_template, scan_text
@@ -333,18 +333,6 @@ def test_a_1_mib_source_is_scanned_to_the_end() -> None:
 
 # --- scan_template: which files ------------------------------------------------------------
 
-def _dep(path: str, sha: str) -> str:
-    return f"""  includeDirs: [vendor/lib]
-  dependencies:
-    - name: lib
-      version: 1.0.0
-      purl: pkg:generic/example/lib@1.0.0
-      license: MIT
-      path: {path}
-      sha256: {sha}
-"""
-
-
 def test_scan_template_covers_sources_headers_vendored_and_included_files(tmp_path: Path) -> None:
     files: dict[str, str | bytes] = {
         "src/main.c": src('#include "lib.h"', '#include "../data/blob.txt"', "int main(void) { return lib(); }"),
@@ -357,9 +345,10 @@ def test_scan_template_covers_sources_headers_vendored_and_included_files(tmp_pa
         "data/blob.txt": src("int d = popen(0, 0) != 0;"),
     }
     folder = write_template(tmp_path, files=files, manifest=hello_manifest(
-        sources="[src/main.c, vendor/lib/lib.c]", extra_spec=_dep("vendor/lib", "0" * 64)))
+        sources="[src/main.c, vendor/lib/lib.c]", extra_spec=dependency_yaml("0" * 64, include_dirs=True)))
     (folder / "agent.yaml").write_text(hello_manifest(
-        sources="[src/main.c, vendor/lib/lib.c]", extra_spec=_dep("vendor/lib", tree_sha256(folder / "vendor/lib"))))
+        sources="[src/main.c, vendor/lib/lib.c]",
+        extra_spec=dependency_yaml(tree_sha256(folder / "vendor/lib"), include_dirs=True)))
     found = {(f.file, f.line, f.cls) for f in scan_template(load_template(folder))}
     assert found == {("src/extra.h", 1, "process-exec"), ("vendor/lib/table.inc", 2, "dynamic-loading"),
                      ("vendor/lib/notes.cpp", 1, "socket"), ("data/blob.txt", 1, "process-exec")}

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import EXAMPLES, TEMPLATES, hello_manifest, write_template
+from helpers import EXAMPLES, TEMPLATES, dependency_yaml, hello_manifest, write_template
 
 from agentfactory.digest import tree_sha256
 from agentfactory.errors import TemplateError, ValidationFailed
@@ -136,22 +136,11 @@ def test_language_rules(tmp_path: Path) -> None:
     assert "a c template takes .c, .h files" in problems(folder)
 
 
-def _dep(sha: str, path: str = "vendor/lib") -> str:
-    return f"""  dependencies:
-    - name: lib
-      version: 1.0.0
-      purl: pkg:generic/example/lib@1.0.0
-      license: MIT
-      path: {path}
-      sha256: {sha}
-"""
-
-
 def test_dependency_hash_checked(tmp_path: Path) -> None:
     folder = write_template(tmp_path, files={"src/main.c": "int main(void){return 0;}\n",
                                              "vendor/lib/lib.c": "int lib;\n"})
     good = tree_sha256(folder / "vendor/lib")
-    (folder / "agent.yaml").write_text(hello_manifest(extra_spec=_dep(good)))
+    (folder / "agent.yaml").write_text(hello_manifest(extra_spec=dependency_yaml(good)))
     assert load_template(folder).dependencies[0].sha256 == good
     (folder / "vendor/lib/lib.c").write_text("int lib = 666; /* tampered */\n")
     msg = problems(folder)
@@ -160,7 +149,7 @@ def test_dependency_hash_checked(tmp_path: Path) -> None:
 
 
 def test_dependency_outside_folder(tmp_path: Path) -> None:
-    folder = write_template(tmp_path, manifest=hello_manifest(extra_spec=_dep("ab" * 32, "vendor/none")))
+    folder = write_template(tmp_path, manifest=hello_manifest(extra_spec=dependency_yaml("ab" * 32, "vendor/none")))
     assert "dependency 'lib' path 'vendor/none' does not exist" in problems(folder)
 
 
