@@ -7,7 +7,6 @@ Writes benchmarks/results/pipeline.json and pipeline.md.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -19,8 +18,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import write_results  # noqa: E402
 
 from agentfactory.keys.local import LocalKeyring  # noqa: E402
 from agentfactory.policy import RegoEngine  # noqa: E402
@@ -102,7 +103,6 @@ def bench_cli(repo: Path, base: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="af-bench-") as tmp:
         base = Path(tmp)
         os.environ["AGENTFACTORY_TOOLCHAIN_CACHE"] = str(base / "toolchain")
@@ -122,7 +122,6 @@ def main() -> None:
         "twenty_templates_jobs_cpus": many_parallel,
         "target_unchanged_s": 0.2,
     }
-    (RESULTS / "pipeline.json").write_text(json.dumps(result, indent=2) + "\n")
     ms = lambda s: f"{float(s) * 1000:.0f} ms"  # noqa: E731
     rows = [
         ("1 template", single["cold_s"], single["unchanged_s"], single["ratio_cold_over_unchanged"]),
@@ -148,8 +147,7 @@ def main() -> None:
         f"- Target: one unchanged template ≤ 200 ms — measured {ms(single['unchanged_s'])} in-process.",
         "",
     ]
-    (RESULTS / "pipeline.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results("pipeline", result, lines)
 
 
 if __name__ == "__main__":

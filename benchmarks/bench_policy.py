@@ -5,7 +5,6 @@ Writes benchmarks/results/policy.{json,md}.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -13,8 +12,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import write_results  # noqa: E402
 
 from agentfactory.policy import RegoEngine, template_input  # noqa: E402
 from agentfactory.template import load_template  # noqa: E402
@@ -59,7 +60,6 @@ def main() -> None:
     assert engine.decide("artifact", artifact_doc).allow
     result = {"load_and_compile_s": load_s, "template": measure(engine, "template", template_doc),
               "artifact": measure(engine, "artifact", artifact_doc), "target_ms": 1.0, "cpus": os.cpu_count()}
-    (RESULTS / "policy.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Policy decision benchmark",
         "",
@@ -74,8 +74,7 @@ def main() -> None:
         f"{result['artifact']['p99_ms']:.3f} ms | ≤ 1 ms |",
         "",
     ]
-    (RESULTS / "policy.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results("policy", result, lines)
 
 
 if __name__ == "__main__":

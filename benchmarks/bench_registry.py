@@ -8,7 +8,6 @@ evidence into a fresh repository. Writes benchmarks/results/registry.{json,md}.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -17,10 +16,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))  # registry_server: the same launcher the tests use
 
+from common import percentile, write_results  # noqa: E402
 from registry_server import running_registry  # noqa: E402
 
 from agentfactory.evidence import collect  # noqa: E402
@@ -33,9 +33,6 @@ from pipelines.run import Signing, run_pipeline  # noqa: E402
 
 RUNS = 100
 
-
-def p(values: list[float], q: float) -> float:
-    return sorted(values)[min(len(values) - 1, int(q * len(values)))] * 1e3
 
 
 def main() -> None:
@@ -73,12 +70,11 @@ def main() -> None:
                 copy_agent(layout, target, layout.resolve("wordstats"))
                 copies.append(time.perf_counter() - t)
     result = {
-        "verify_new_client_ms": {"p50": statistics.median(cold) * 1e3, "p99": p(cold, 0.99)},
-        "verify_reused_client_ms": {"p50": statistics.median(warm) * 1e3, "p99": p(warm, 0.99)},
+        "verify_new_client_ms": {"p50": statistics.median(cold) * 1e3, "p99": percentile(cold, 0.99) * 1e3},
+        "verify_reused_client_ms": {"p50": statistics.median(warm) * 1e3, "p99": percentile(warm, 0.99) * 1e3},
         "copy_one_agent_with_evidence_ms": {"p50": statistics.median(copies) * 1e3},
         "copy_four_examples_s": copy_all_s,
     }
-    (RESULTS / "registry.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Registry benchmark",
         "",
@@ -99,8 +95,7 @@ def main() -> None:
         f"Copying the four examples with all evidence from the layout: {copy_all_s * 1e3:.0f} ms.",
         "",
     ]
-    (RESULTS / "registry.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results("registry", result, lines)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import write_results  # noqa: E402
 
 from agentfactory.errors import InputError  # noqa: E402
 from agentfactory.template import Dependency, Template, load_template  # noqa: E402
@@ -125,7 +127,6 @@ def one_off_costs() -> dict[str, float]:
 
 
 def main() -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     examples = sorted(p for p in (ROOT / "templates").iterdir() if (p / "agent.yaml").is_file())
     rows = [bench_template(p.name, load_template(p)) for p in examples]
     wordstats = load_template(ROOT / "templates" / "wordstats")
@@ -141,7 +142,6 @@ def main() -> None:
         "hostile": hostile,
         "one_off": once,
     }
-    (RESULTS / "sbom.json").write_text(json.dumps(result, indent=2) + "\n")
     large = rows[-1]
     lines = [
         "# SBOM benchmark",
@@ -172,8 +172,7 @@ def main() -> None:
         "hence jsonschema).",
         "",
     ]
-    (RESULTS / "sbom.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results("sbom", result, lines)
 
 
 def ms(seconds: float) -> str:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import platform
 import statistics
@@ -24,11 +23,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))  # bao_server: the same OpenBao launcher the tests use
 
 from bao_server import running_openbao  # noqa: E402
+from common import percentile, write_results  # noqa: E402
 from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils  # noqa: E402
 
@@ -47,13 +47,9 @@ def openbao(home: Path) -> Iterator[tuple[str, str]]:
         yield server.addr, server.root_token
 
 
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
-
 
 def summary(samples: list[float]) -> dict[str, float]:
-    return {"n": len(samples), "p50_ms": percentile(samples, 50) * 1e3, "p99_ms": percentile(samples, 99) * 1e3,
+    return {"n": len(samples), "p50_ms": percentile(samples, 0.50) * 1e3, "p99_ms": percentile(samples, 0.99) * 1e3,
             "mean_ms": statistics.fmean(samples) * 1e3, "max_ms": max(samples) * 1e3,
             "per_second": len(samples) / sum(samples)}
 
@@ -66,7 +62,6 @@ def timed(sign: Callable[[bytes], object], digests: list[bytes], out: list[float
 
 
 def main() -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
     digests = [hashlib.sha256(f"artifact {i}".encode()).digest() for i in range(N)]
     with tempfile.TemporaryDirectory(prefix="af-bench-sign-") as tmp:
         base = Path(tmp)
@@ -109,7 +104,6 @@ def main() -> None:
         "ratio_vault_over_local_p50": vault["p50_ms"] / local["p50_ms"],
         "ratio_vault_over_local_p99": vault["p99_ms"] / local["p99_ms"],
     }
-    (RESULTS / "signing.json").write_text(json.dumps(result, indent=2) + "\n")
     row = "| {} | {:.2f} ms | {:.2f} ms | {:.2f} ms | {:,.0f} |"
     lines = [
         "# Signing benchmark",
@@ -135,8 +129,7 @@ def main() -> None:
         "milliseconds per template.",
         "",
     ]
-    (RESULTS / "signing.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results("signing", result, lines)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ Both sides are measured in the same run; writes benchmarks/results/verify.{json,
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -15,8 +14,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from common import percentile, write_results  # noqa: E402
 
 from agentfactory.evidence import collect  # noqa: E402
 from agentfactory.keys.local import LocalKeyring  # noqa: E402
@@ -27,10 +28,6 @@ from pipelines.run import Signing, run_pipeline  # noqa: E402
 
 RUNS = 300
 
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:
@@ -65,7 +62,6 @@ def main() -> None:
         "keys_cached": {"p50_ms": statistics.median(warm) * 1e3, "p99_ms": percentile(warm, 0.99) * 1e3},
     }
     result["ratio_cold_over_cached_p50"] = result["cold"]["p50_ms"] / result["keys_cached"]["p50_ms"]
-    (RESULTS / "verify.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Verification benchmark",
         "",
@@ -82,8 +78,7 @@ def main() -> None:
         f"Cold / cached at p50: {result['ratio_cold_over_cached_p50']:.1f}x.",
         "",
     ]
-    (RESULTS / "verify.md").write_text("\n".join(lines))
-    print("\n".join(lines))
+    write_results("verify", result, lines)
 
 
 if __name__ == "__main__":
