@@ -17,6 +17,7 @@ from agentfactory.cli.common import (
     handle_errors,
     json_option,
     out,
+    policies_option,
     print_json,
     store_option,
 )
@@ -83,8 +84,7 @@ def summary_table(report: PipelineReport) -> Table:
 @click.option("--sbom-root", "sbom_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write each SBOM to ROOT/sbom/<agent>/<version>.cdx.json (releases: --sbom-root .).")
 @click.option("--no-sign", is_flag=True, help="Publish without SBOM, provenance or signatures (verify will refuse).")
-@click.option("--policies", "policies_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              envvar="AGENTFACTORY_POLICIES", help="Rego policies folder (default: ./policies).")
+@policies_option
 @store_option
 @json_option
 @handle_errors

@@ -13,6 +13,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -56,3 +57,6 @@ store_option = click.option(
     "--store", "store_url", metavar="URL", envvar="AGENTFACTORY_STORE", default=None,
     help="Artifact store: oci-layout:PATH (default: $AGENTFACTORY_HOME/store) or oci://HOST/REPO.")
 json_option = click.option("--json", "as_json", is_flag=True, help="Print one JSON document for machines.")
+policies_option = click.option(
+    "--policies", "policies_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    envvar="AGENTFACTORY_POLICIES", help="Rego policies folder (default: ./policies).")

@@ -11,13 +11,9 @@ from ..errors import InputError
 from ..jsonsafe import load_json_object
 from ..policy import POLICY_NAMES, RegoEngine
 from ..yamlsafe import load_yaml
-from .common import EXIT_OK, EXIT_PROBLEMS, err, handle_errors, json_option, out, print_json
+from .common import EXIT_OK, EXIT_PROBLEMS, err, handle_errors, json_option, out, policies_option, print_json
 
 MAX_INPUT_FILE_BYTES = 4 * 1024 * 1024
-
-policies_option = click.option("--policies", "policies_dir", type=click.Path(file_okay=False, path_type=Path),
-                               default=None, envvar="AGENTFACTORY_POLICIES",
-                               help="Rego policies folder (default: ./policies).")
 
 
 @click.group()

@@ -10,7 +10,7 @@ import click
 from ..digest import tree_sha256
 from ..errors import AgentFactoryError, ValidationFailed
 from ..template import load_template
-from .common import EXIT_PROBLEMS, err, handle_errors, json_option, out, print_json
+from .common import EXIT_PROBLEMS, err, handle_errors, json_option, out, policies_option, print_json
 
 
 @click.group()
@@ -20,8 +20,7 @@ def template() -> None:
 
 @template.command("validate")
 @click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--policies", "policies_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              envvar="AGENTFACTORY_POLICIES", help="Rego policies folder (default: ./policies).")
+@policies_option
 @json_option
 @handle_errors
 def validate(folders: tuple[Path, ...], policies_dir: Path | None, as_json: bool) -> None:

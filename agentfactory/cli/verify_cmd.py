@@ -17,7 +17,17 @@ from ..store import ArtifactStore, open_store, split_reference
 from ..store.base import MAX_WASM_BYTES
 from ..trust import TrustPolicy, from_public_keys, load_trust_policy, to_yaml
 from ..verifier import Verdict, refuse, verify
-from .common import EXIT_OK, EXIT_PROBLEMS, err, handle_errors, json_option, out, print_json, store_option
+from .common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    err,
+    handle_errors,
+    json_option,
+    out,
+    policies_option,
+    print_json,
+    store_option,
+)
 
 policy_option = click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
                              envvar="AGENTFACTORY_TRUST_POLICY",
@@ -76,8 +86,7 @@ def print_verdict(ref: str, verdict: Verdict, policy_source: str) -> None:
 @policy_option
 @provider_option
 @click.option("--stage", default="dev", show_default=True, help="Judge the artifact policy for this stage.")
-@click.option("--policies", "policies_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              envvar="AGENTFACTORY_POLICIES", help="Rego policies folder (default: ./policies).")
+@policies_option
 @store_option
 @json_option
 @handle_errors
