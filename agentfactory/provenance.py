@@ -33,7 +33,8 @@ def predicate(build: dict[str, Any], *, builder_id: str) -> dict[str, Any]:
     return {
         "buildDefinition": {
             "buildType": BUILD_TYPE,
-            "externalParameters": {"repository": repo, "commit": commit, "templatePath": build.get("templatePath")},
+            "externalParameters": {"repository": repo, "commit": commit, "templatePath": build.get("templatePath"),
+                                   "agent": build.get("agent")},
             "internalParameters": {"toolchain": toolchain, "sourceDateEpoch": build.get("sourceDateEpoch"),
                                    "dirty": build.get("dirty", False)},
             "resolvedDependencies": resolved,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -24,6 +24,7 @@ from .intoto import CYCLONEDX_BOM, SLSA_PROVENANCE_V1, Statement, parse_statemen
 from .metrics import OPA_BLOCKS, SCORE, VALIDATIONS, VIOLATIONS
 from .policy import Decision, PolicyEngine, plain_text
 from .provenance import builder_and_source
+from .runspec import RunSpec, from_provenance
 from .sbom import sbom_subject
 from .trust import TrustedKey, TrustPolicy
 
@@ -51,6 +52,10 @@ class Verdict:
     digest: str
     score: float  # out of 10
     checks: tuple[Check, ...]
+    # The run contract from verified provenance (None, with the reason, when there is none): what
+    # the node runtime may grant the agent. Never read from unverified evidence.
+    runspec: RunSpec | None = field(default=None, compare=False)
+    runspec_problem: str = field(default="no verified provenance", compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"allowed": self.allowed, "digest": self.digest, "score": self.score,
@@ -226,22 +231,30 @@ def verify(digest: str, artifact: bytes | None, evidence: Evidence, policy: Trus
     """
     judge = _Judge(digest, policy)
     sbom: Statement | None = None
+    runspec: RunSpec | None = None
+    runspec_problem = "no verified provenance"
     try:
         judge.check_digest(artifact, artifact_problem)
         judge.check_signature(evidence)
         sbom = judge.attestation(evidence, "sbom", CYCLONEDX_BOM, judge.sbom_matches)
         provenance = judge.attestation(evidence, "provenance", SLSA_PROVENANCE_V1, judge.provenance_holds)
         judge.check_builder_and_source(provenance)
+        if provenance is not None:
+            try:
+                runspec = from_provenance(provenance.predicate)
+            except InputError as exc:
+                runspec_problem = str(exc)
     except (AgentFactoryError, ValueError, TypeError) as exc:  # fail closed on the unforeseen
         judge.add("verifier", False, f"verification failed: {type(exc).__name__}: {exc}")
     if engine is not None:
         score = _score(judge.checks)
         decision = engine.decide("artifact", artifact_input(name, version, digest, stage, judge.checks, score,
-                                                            sbom.predicate if sbom else None))
+                                                            sbom.predicate if sbom else None, runspec))
         judge.add("policy", decision.allow, f"artifact policy ({stage}) allows it" if decision.allow
                   else "artifact policy: " + "; ".join(decision.deny))
         record_decision(decision)
-    return _verdict(judge.digest, judge.checks, name)
+    verdict = _verdict(judge.digest, judge.checks, name)
+    return Verdict(verdict.allowed, verdict.digest, verdict.score, verdict.checks, runspec, runspec_problem)
 
 
 def sbom_components(bom: Any) -> list[dict[str, Any]]:
@@ -265,11 +278,12 @@ def sbom_components(bom: Any) -> list[dict[str, Any]]:
 
 
 def artifact_input(name: str, version: str, digest: str, stage: str, checks: list[Check], score: float,
-                   bom: Any) -> dict[str, Any]:
+                   bom: Any, runspec: RunSpec | None = None) -> dict[str, Any]:
     """The artifact policy's input (docs/policy-inputs.md)."""
     return {"artifact": {"name": name, "version": version, "digest": digest}, "stage": stage,
             "verdict": {"score": score, "checks": [{**c.to_json(), "reason": plain_text(c.reason)} for c in checks]},
             "sbom": {"components": sbom_components(bom)} if bom is not None else None,
+            "agent": runspec.to_json() if runspec is not None else None,
             "scan": None}
 
 

@@ -21,6 +21,7 @@ from agentfactory.fsutil import atomic_write
 from agentfactory.template import Template
 
 MAX_ENTRY_BYTES = 1024 * 1024
+FORMAT = 2  # bumped when the build record changes shape (2: the run contract, "agent")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class CacheEntry:
 
 def cache_key(template: Template, toolchain: dict[str, Any], epoch: int, tests_sha: str | None) -> str:
     return sha256_bytes(canonical_json({
+        "format": FORMAT,
         "builder": __version__,
         "manifest": template.manifest_sha256,
         "sources": {s.path: s.sha256 for s in template.sources},

@@ -29,6 +29,7 @@ from agentfactory.keys.base import KeyProvider
 from agentfactory.policy import PolicyEngine, template_input
 from agentfactory.provenance import DEFAULT_BUILDER_ID
 from agentfactory.provenance import predicate as provenance_predicate
+from agentfactory.runspec import from_template
 from agentfactory.store import ArtifactStore, StoredAgent
 from agentfactory.template import MANIFEST, Template, discover, load_template
 from agentfactory.trust import from_public_keys
@@ -281,6 +282,7 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
         "repository": origin.repository, "commit": origin.commit, "templateCommit": origin.template_commit,
         "templatePath": origin.path,
         "dirty": origin.dirty,
+        "agent": from_template(t).to_json(),
         "startedOn": _iso(started), "finishedOn": _iso(finished),
     }
     digest = digest_of(built.wasm)

@@ -6,7 +6,7 @@
 # "scan": null | {"findings": [{"id", "severity", "fixed", "suppressed"}]}}.
 # Tunables: data.agentfactory.config (policies/data.json).
 #
-# Every deny message names the field it is about and says what to change. Rule ids: A1..A4.
+# Every deny message names the field it is about and says what to change. Rule ids: A1..A5.
 # rego-cpp compatibility: see the notes at the top of template.rego (no %q; txt() around every
 # string argument of sprintf).
 package agentfactory.artifact
@@ -187,4 +187,72 @@ deny contains msg if {
 	s != null
 	not is_object(s)
 	msg := "scan: must be null (not scanned) or an object with findings"
+}
+
+# --- A5: the run contract (input.agent), judged again where the agent is promoted, admitted or run
+#
+# input.agent is what the template declared, read back from the verified provenance: tools,
+# WASI capabilities and limits. The template policy judged the template at build time; the node
+# judges the signed contract again with its own configuration, so a build that skipped the
+# template policy, or a tighter config since, still stops a dangerous grant. agent null: no
+# contract was attested (the runtime refuses to run such an artifact; promotion may still verify it).
+
+agent := obj(object.get(input, "agent", null))
+
+agent_preopens := arr(object.get(obj(object.get(obj(object.get(agent, "capabilities", null)), "wasi", null)), "preopens", null))
+
+agent_limits := obj(object.get(agent, "limits", null))
+
+deny contains msg if {
+	some i, tool in arr(object.get(agent, "tools", null))
+	tool in cfg.dangerous_tools
+	msg := sprintf(`agent.tools[%d]: "%s" is a dangerous tool (config dangerous_tools) and is never granted; rebuild the agent without it`, [i, txt(tool)])
+}
+
+deny contains msg if {
+	some i, p in agent_preopens
+	object.get(obj(p), "readOnly", true) != true
+	msg := sprintf("agent.capabilities.wasi.preopens[%d].readOnly is not true: agents get read-only folders only; rebuild with readOnly: true", [i])
+}
+
+deny contains msg if {
+	some i, p in agent_preopens
+	hp := object.get(obj(p), "hostPath", "")
+	is_string(hp)
+	some s in array.concat(["/"], cfg.sensitive_host_paths)
+	host_under(hp, s)
+	msg := sprintf(`agent.capabilities.wasi.preopens[%d].hostPath "%s" is the host root or the sensitive host path %s or below it (config sensitive_host_paths); map a dedicated data folder instead`, [i, txt(hp), txt(s)])
+}
+
+host_under(hp, "/") if trim_right(hp, "/") == ""
+
+host_under(hp, s) if {
+	s != "/"
+	trim_right(hp, "/") == s
+}
+
+host_under(hp, s) if {
+	s != "/"
+	startswith(hp, concat("", [s, "/"]))
+}
+
+deny contains msg if {
+	m := object.get(agent_limits, "memoryMiB", 0)
+	is_number(m)
+	m > cfg.max_memory_mib
+	msg := sprintf("agent.limits.memoryMiB is %v, above the ceiling of %v MiB (config max_memory_mib); rebuild with a lower spec.limits.memoryMiB", [m, cfg.max_memory_mib])
+}
+
+deny contains msg if {
+	t := object.get(agent_limits, "timeoutMs", 0)
+	is_number(t)
+	t > cfg.max_timeout_ms
+	msg := sprintf("agent.limits.timeoutMs is %v, above the ceiling of %v ms (config max_timeout_ms); rebuild with a lower spec.limits.timeoutMs", [t, cfg.max_timeout_ms])
+}
+
+deny contains msg if {
+	a := object.get(input, "agent", null)
+	a != null
+	not is_object(a)
+	msg := "agent: must be null (no attested run contract) or an object with tools, capabilities and limits"
 }

@@ -220,3 +220,47 @@ test_malformed_sbom_and_scan_denied if {
 	"sbom: must be null (no verified SBOM) or an object with components" in d
 	"scan: must be null (not scanned) or an object with findings" in d
 }
+
+# --- A5 the run contract --------------------------------------------------------------------
+
+good_agent := {"entrypoint": "_start", "tools": ["clock.now_ms"],
+	"capabilities": {"wasi": {"preopens": [{"guestPath": "/data", "hostPath": "/srv/agent-data", "readOnly": true}], "env": ["LANG"]}},
+	"limits": {"memoryMiB": 16, "timeoutMs": 2000, "maxOutputKiB": 64}}
+
+decide_agent(agent) := d if {
+	d := decide("dev", good_verdict, good_sbom, null) with input.agent as agent
+}
+
+test_a5_good_contract_allowed if {
+	decide_agent(good_agent) == set()
+	decide_agent(null) == set()
+}
+
+test_a5_dangerous_tool_denied if {
+	d := decide_agent(object.union(good_agent, {"tools": ["clock.now_ms", "shell.exec"]}))
+	d == {`agent.tools[1]: "shell.exec" is a dangerous tool (config dangerous_tools) and is never granted; rebuild the agent without it`}
+}
+
+test_a5_writable_preopen_denied if {
+	caps := {"wasi": {"preopens": [{"guestPath": "/data", "hostPath": "/srv/x", "readOnly": false}], "env": []}}
+	d := decide_agent(object.union(good_agent, {"capabilities": caps}))
+	d == {"agent.capabilities.wasi.preopens[0].readOnly is not true: agents get read-only folders only; rebuild with readOnly: true"}
+}
+
+test_a5_sensitive_or_root_host_path_denied if {
+	every hp in ["/", "/etc", "/etc/ssl", "/proc/self", "/run/"] {
+		caps := {"wasi": {"preopens": [{"guestPath": "/data", "hostPath": hp}], "env": []}}
+		count(decide_agent(object.union(good_agent, {"capabilities": caps}))) > 0
+	}
+	caps := {"wasi": {"preopens": [{"guestPath": "/data", "hostPath": "/etcetera"}], "env": []}}
+	decide_agent(object.union(good_agent, {"capabilities": caps})) == set()
+}
+
+test_a5_limits_over_ceiling_denied if {
+	d := decide_agent(object.union(good_agent, {"limits": {"memoryMiB": 4096, "timeoutMs": 600000}}))
+	count(d) == 2
+}
+
+test_a5_malformed_agent_denied if {
+	"agent: must be null (no attested run contract) or an object with tools, capabilities and limits" in decide_agent("x")
+}

@@ -1,0 +1,93 @@
+"""The run contract of an agent: what its template declared for the sandbox, carried in signed provenance.
+
+A node holds only the artifact and its evidence, not the template. The pipeline therefore records
+the template's entrypoint, tools, WASI capabilities and limits in the SLSA provenance
+(`buildDefinition.externalParameters.agent`), which is signed with the rest of the evidence; the
+runtime reads them back only from provenance the verifier accepted. The attested document is
+checked against the same JSON Schema fragments as the template, so it cannot ask for more than a
+template could.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+
+from .errors import InputError
+from .template import Limits, Preopen, Template, schema
+
+DEFAULT_OUTPUT_KIB = 1024
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Entrypoint, tools, WASI capabilities and limits, exactly as the template declared them."""
+
+    entrypoint: str
+    tools: tuple[str, ...]
+    preopens: tuple[Preopen, ...]
+    env: tuple[str, ...]
+    limits: Limits
+
+    def to_json(self) -> dict[str, Any]:
+        limits: dict[str, Any] = {"memoryMiB": self.limits.memory_mib, "timeoutMs": self.limits.timeout_ms,
+                                  "maxOutputKiB": self.limits.max_output_kib}
+        if self.limits.fuel is not None:
+            limits["fuel"] = self.limits.fuel
+        return {
+            "entrypoint": self.entrypoint,
+            "tools": list(self.tools),
+            "capabilities": {"wasi": {
+                "preopens": [{"guestPath": p.guest_path, "hostPath": p.host_path, "readOnly": p.read_only}
+                             for p in self.preopens],
+                "env": list(self.env)}},
+            "limits": limits,
+        }
+
+
+def from_template(t: Template) -> RunSpec:
+    return RunSpec(entrypoint=t.entrypoint, tools=t.tools, preopens=t.preopens, env=t.env, limits=t.limits)
+
+
+@functools.cache
+def _validator() -> jsonschema.Draft202012Validator:
+    spec = schema()["properties"]["spec"]["properties"]
+    return jsonschema.Draft202012Validator({
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["entrypoint", "tools", "capabilities", "limits"],
+        "properties": {k: spec[k] for k in ("entrypoint", "tools", "capabilities", "limits")},
+        "$defs": schema().get("$defs", {}),
+    })
+
+
+def parse_runspec(doc: Any, where: str) -> RunSpec:
+    """A RunSpec from its JSON form; InputError naming the field when it is malformed."""
+    for err in _validator().iter_errors(doc):
+        field = ".".join(str(p) for p in err.absolute_path) or "(document)"
+        raise InputError(where, f"{field}: {err.message}")
+    wasi = doc["capabilities"].get("wasi", {})
+    lim = doc["limits"]
+    return RunSpec(
+        entrypoint=doc["entrypoint"],
+        tools=tuple(doc["tools"]),
+        preopens=tuple(Preopen(p["guestPath"], p["hostPath"], p.get("readOnly", True))
+                       for p in wasi.get("preopens", [])),
+        env=tuple(wasi.get("env", [])),
+        limits=Limits(memory_mib=lim["memoryMiB"], timeout_ms=lim["timeoutMs"], fuel=lim.get("fuel"),
+                      max_output_kib=lim.get("maxOutputKiB", DEFAULT_OUTPUT_KIB)),
+    )
+
+
+def from_provenance(predicate: Any, where: str = "provenance") -> RunSpec:
+    """The run contract recorded in a SLSA v1 predicate (`externalParameters.agent`)."""
+    try:
+        doc = predicate["buildDefinition"]["externalParameters"]["agent"]
+    except (KeyError, TypeError):
+        raise InputError(where, "buildDefinition.externalParameters.agent is missing: the provenance does not "
+                                "record the agent's tools, capabilities and limits (built before they were "
+                                "attested?); rebuild and sign the agent") from None
+    return parse_runspec(doc, f"{where}: buildDefinition.externalParameters.agent")
