@@ -52,6 +52,7 @@ test: $(STAMP) system-deps lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	mkdir -p .agentfactory/mypy && ln -sfn ../../sandbox-runtime .agentfactory/mypy/sandbox_runtime
 	$(BIN)/mypy
 
 ## bench: run the benchmarks and write benchmarks/results/

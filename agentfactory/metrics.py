@@ -6,7 +6,7 @@ nothing when nobody scrapes it.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+from prometheus_client import Counter, Gauge, Histogram
 
 SIGNATURES = Counter(
     "agent_factory_security_signatures_total",
@@ -37,4 +37,40 @@ SCORE = Gauge(
     "agent_factory_security_score",
     "The last security score (out of 10) computed for an agent.",
     ["agent"],
+)
+
+# -- the node runtime ------------------------------------------------------------------------------
+_FAST = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+WASI_EXECUTIONS = Counter(
+    "agent_factory_wasi_executions_total",
+    "Agent invocations by result: ok, error (non-zero exit), timeout, memory, stack, output, fuel, trap, refused.",
+    ["result"],
+)
+WASI_VIOLATIONS = Counter(
+    "agent_factory_wasi_security_violations_total",
+    "What the runtime stopped or refused, by reason (unverified, bad-module, undeclared-tool, host-path, "
+    "timeout, memory, stack, output, fuel, cache-tampered).",
+    ["reason"],
+)
+WASI_OVERHEAD = Histogram(
+    "agent_factory_wasi_sandbox_overhead",
+    "Seconds spent outside the guest per invocation (resolve, verify, sandbox set-up, output).",
+    buckets=_FAST,
+)
+WASI_DURATION = Histogram(
+    "agent_factory_wasi_execution_duration_seconds",
+    "Wall-clock seconds per invocation, guest and sandbox together.",
+    ["agent"],
+    buckets=_FAST,
+)
+RUNTIME_REQUESTS = Counter(
+    "agent_factory_runtime_requests_total",
+    "Data-plane HTTP requests to the node runtime, by endpoint and status code.",
+    ["endpoint", "code"],
+)
+MODULE_CACHE = Counter(
+    "agent_factory_wasi_module_cache_total",
+    "Compiled-module lookups by where the module came from: memory, disk or compiled (a miss).",
+    ["source"],
 )

@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from ..errors import AgentFactoryError, DigestMismatchError, NotFoundError, ValidationFailed
+from ..errors import AgentFactoryError, NotFoundError, ValidationFailed
 from ..evidence import Evidence, collect
+from ..fetchverify import verify_stored
 from ..fsutil import atomic_write
 from ..policy import PolicyEngine, RegoEngine
 from ..store import ArtifactStore, open_store, split_reference
@@ -58,15 +59,7 @@ def verify_ref(ref: str, store: ArtifactStore, policy: TrustPolicy, engine: Poli
                 "(a modified copy, or never built by the pipeline)"]), policy, engine=engine, stage=stage)
         return verify(digest, local, collect(store, agent), policy, engine=engine, stage=stage, name=agent.name,
                       version=agent.version)
-    agent = store.resolve(ref)
-    data: bytes | None = None
-    problem: str | None = None
-    try:
-        data = store.get_blob(agent.digest, MAX_WASM_BYTES, name=agent.name)
-    except DigestMismatchError as exc:
-        problem = str(exc)
-    return verify(agent.digest, data, collect(store, agent), policy, artifact_problem=problem, engine=engine,
-                  stage=stage, name=agent.name, version=agent.version)
+    return verify_stored(store, store.resolve(ref), policy, engine=engine, stage=stage)[0]
 
 
 def print_verdict(ref: str, verdict: Verdict, policy_source: str) -> None:

@@ -1,0 +1,211 @@
+"""`agentfactory run` and `agentfactory runtime serve|audit`: the node runtime from the command line.
+
+`run` exit codes: the agent's own exit code when it ran to completion; 124 when the sandbox
+stopped it (deadline, memory, stack, output, fuel, trap); 125 when it was refused before running
+(verification, policy, run contract, unknown agent); 2 usage or input error; 70 internal error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agentfactory.cli.common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    err,
+    handle_errors,
+    json_option,
+    out,
+    policies_option,
+    print_json,
+    store_option,
+)
+from agentfactory.cli.verify_cmd import default_policy, policy_option, provider_option
+from agentfactory.errors import InputError
+from agentfactory.policy import RegoEngine
+from agentfactory.store import open_store, split_reference
+from agentfactory.trust import TrustPolicy, load_trust_policy
+
+EXIT_STOPPED, EXIT_REFUSED = 124, 125
+
+
+def _runtime_options(func: Any) -> Any:
+    for option in reversed([
+        policy_option, provider_option, policies_option, store_option,
+        click.option("--stage", default="dev", show_default=True, envvar="AGENTFACTORY_STAGE",
+                     help="Stage whose artifact policy this node enforces."),
+        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     envvar="AGENTFACTORY_RUNTIME_CACHE", help="On-disk compiled-module cache (HMAC-authenticated)."),
+        click.option("--node-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     envvar="AGENTFACTORY_NODE_KEY", help="HMAC key for the cache (default: CACHE_DIR/node.key)."),
+        click.option("--audit-log", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     envvar="AGENTFACTORY_AUDIT_LOG", help="Append-only JSON Lines audit trail."),
+        click.option("--allow-host-path", "host_roots", multiple=True,
+                     type=click.Path(file_okay=False, path_type=Path),
+                     help="Host folder agents may preopen read-only (repeatable; default: none)."),
+    ]):
+        func = option(func)
+    return func
+
+
+def _trust(policy_path: Path | None, provider: str | None) -> TrustPolicy:
+    return load_trust_policy(policy_path) if policy_path else default_policy(provider)
+
+
+def _open_runtime(store_url: str | None, policy_path: Path | None, provider: str | None, policies_dir: Path | None,
+                  stage: str, cache_dir: Path | None, node_key: Path | None, audit_log: Path | None,
+                  host_roots: tuple[Path, ...]) -> Any:
+    from .runtime import Runtime, RuntimeConfig
+
+    roots = tuple(p.resolve() for p in host_roots)
+    config = RuntimeConfig(stage=stage, cache_dir=cache_dir, node_key=node_key, host_roots=roots,
+                           audit_log=audit_log)
+    return Runtime(open_store(store_url), _trust(policy_path, provider), RegoEngine(policies_dir), config)
+
+
+@click.command("run")
+@click.argument("ref")
+@click.option("--stdin", "stdin_path", type=click.Path(dir_okay=False, allow_dash=True), default=None,
+              help="File to give the agent as stdin ('-' for this process's stdin; default: empty).")
+@click.option("--arg", "args", multiple=True, help="An argument for the agent (repeatable, in order).")
+@click.option("--env", "env_pairs", multiple=True, metavar="NAME=VALUE",
+              help="An environment variable for the agent; NAME must be on its allowlist (repeatable).")
+@_runtime_options
+@json_option
+@handle_errors
+def run(ref: str, stdin_path: str | None, args: tuple[str, ...], env_pairs: tuple[str, ...], as_json: bool,
+        store_url: str | None, policy_path: Path | None, provider: str | None, policies_dir: Path | None,
+        stage: str, cache_dir: Path | None, node_key: Path | None, audit_log: Path | None,
+        host_roots: tuple[Path, ...]) -> None:
+    """Verify REF, then run it once in the sandbox: REF's stdout and stderr are this command's.
+
+    REF: name, name:version, name@sha256:…, or oci://HOST/PREFIX/NAME@sha256:…. Exit code: the
+    agent's own; 124 when the sandbox stopped it, 125 when it was refused before running.
+    """
+    from .runtime import MAX_STDIN, Refused
+    from .sandbox import Invocation
+
+    ref_store, ref = split_reference(ref)
+    stdin = _read_stdin(stdin_path, MAX_STDIN)
+    env = {}
+    for pair in env_pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise InputError("--env", f"{pair!r}: write NAME=VALUE")
+        env[name] = value
+    runtime = _open_runtime(ref_store or store_url, policy_path, provider, policies_dir, stage, cache_dir, node_key,
+                            audit_log, host_roots)
+    try:
+        result = runtime.invoke(ref, Invocation(stdin=stdin, args=args, env=env))
+    except Refused as exc:
+        if as_json:
+            print_json({"ref": ref, "refused": True, "reason": exc.reason, "error": str(exc),
+                        "verdict": exc.verdict.to_json() if exc.verdict else None})
+        else:
+            err.print(f"[red]refused:[/red] {click.style(str(exc), fg=None)}")
+        sys.exit(EXIT_REFUSED)
+    finally:
+        runtime.close()
+    ex = result.execution
+    if as_json:
+        from .server import _streams
+
+        print_json({**result.to_json(), **_streams(ex.stdout, ex.stderr)})
+    else:
+        sys.stdout.buffer.write(ex.stdout)
+        sys.stdout.flush()
+        sys.stderr.buffer.write(ex.stderr)
+        if ex.outcome not in ("ok", "error"):
+            err.print(f"[red]stopped:[/red] {ex.reason}", markup=True)
+    if ex.outcome not in ("ok", "error"):
+        sys.exit(EXIT_STOPPED)
+    sys.exit(ex.exit_code or EXIT_OK)
+
+
+def _read_stdin(path: str | None, limit: int) -> bytes:
+    if path is None:
+        return b""
+    if path == "-":
+        data = sys.stdin.buffer.read(limit + 1)
+    else:
+        try:
+            with open(path, "rb") as f:
+                data = f.read(limit + 1)
+        except OSError as exc:
+            raise InputError(path, f"cannot read: {exc.strerror}") from None
+    if len(data) > limit:
+        raise InputError(path, f"larger than the {limit}-byte stdin limit")
+    return data
+
+
+@click.group("runtime")
+def runtime() -> None:
+    """The node runtime service and its audit trail."""
+
+
+@runtime.command("serve")
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, metavar="HOST:PORT",
+              envvar="AGENTFACTORY_RUNTIME_LISTEN", help="Address to serve on (port 0: any free port).")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None,
+              help="Invocations at once (default: twice the CPUs).")
+@_runtime_options
+@handle_errors
+def serve(listen: str, workers: int | None, store_url: str | None, policy_path: Path | None, provider: str | None,
+          policies_dir: Path | None, stage: str, cache_dir: Path | None, node_key: Path | None,
+          audit_log: Path | None, host_roots: tuple[Path, ...]) -> None:
+    """Serve POST /v1/agents/NAME/invoke, GET /healthz, /readyz and /metrics until SIGTERM."""
+    from .server import RuntimeServer
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError("--listen", f"{listen!r}: write HOST:PORT (e.g. 127.0.0.1:8080)")
+    rt = _open_runtime(store_url, policy_path, provider, policies_dir, stage, cache_dir, node_key, audit_log,
+                       host_roots)
+    server = RuntimeServer((host.strip("[]"), int(port)), rt, workers=workers or 2 * (os.cpu_count() or 1))
+    stop = threading.Event()
+
+    def _terminate(_signum: int, _frame: Any) -> None:
+        stop.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _terminate)
+    bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
+    err.print(json.dumps({"listening": f"http://{bound_host}:{bound_port}", "stage": stage,
+                          "store": rt.store.url, "trust": rt.trust.source}), markup=False)
+    server.ready.set()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+        rt.close()
+
+
+@runtime.command("audit")
+@click.argument("path", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@json_option
+@handle_errors
+def audit(path: Path, as_json: bool) -> None:
+    """Check that an audit trail is intact: every record links to the one before it."""
+    from agentfactory.audit import verify_chain
+
+    try:
+        count = verify_chain(path)
+    except InputError as exc:
+        if as_json:
+            print_json({"path": str(path), "intact": False, "error": str(exc)})
+        else:
+            err.print(f"[red]broken:[/red] {click.style(str(exc), fg=None)}")
+        sys.exit(EXIT_PROBLEMS)
+    if as_json:
+        print_json({"path": str(path), "records": count, "intact": True})
+    else:
+        out.print(f"{path}: {count} records, chain intact", markup=False)

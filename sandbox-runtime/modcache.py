@@ -1,0 +1,165 @@
+"""Compiled modules: in memory by (digest, engine settings), and on disk authenticated by HMAC.
+
+A serialized module is native code: deserializing one an attacker wrote is running the attacker's
+code. So only modules compiled here from verified bytes are written, each entry is bound by an
+HMAC-SHA256 under a node-local key to its digest and engine settings, and the HMAC is checked
+before `Module.deserialize` ever sees the bytes. An entry that fails the check is a security
+violation: it is deleted, counted and the module is compiled again from the verified bytes.
+An entry made under another node key (the key is regenerated with the pod) is simply stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import wasmtime
+
+from agentfactory.errors import ConfigError
+from agentfactory.fsutil import atomic_write
+from agentfactory.metrics import MODULE_CACHE, WASI_VIOLATIONS
+
+from .engine import Engines, settings_key
+from .sandbox import compile_module
+
+MAGIC = b"AFCWASM1"
+KEY_BYTES = 32
+MAX_ENTRY_BYTES = 512 * 1024 * 1024
+HEADER = len(MAGIC) + 32 + 32  # magic, key id, mac
+
+
+@dataclass(frozen=True)
+class CacheEvent:
+    """Something the caller should audit: a rejected entry."""
+
+    path: Path
+    reason: str
+
+
+def load_node_key(path: Path) -> bytes:
+    """The node's cache key: read it, or create it (0600, atomically) on first start."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(KEY_BYTES)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return load_node_key(path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the node key: {exc.strerror}") from None
+    if len(data) != KEY_BYTES:
+        raise ConfigError(f"{path}: the node key must be exactly {KEY_BYTES} bytes, not {len(data)}")
+    if path.stat().st_mode & 0o077:
+        raise ConfigError(f"{path}: the node key is readable by other users; chmod 600 it")
+    return data
+
+
+class ModuleCache:
+    """Compiled modules for verified bytes; `disk` None keeps them only in memory."""
+
+    def __init__(self, engines: Engines, disk: Path | None = None, key: bytes | None = None,
+                 max_in_memory: int = 256, on_event: Callable[[CacheEvent], None] | None = None) -> None:
+        if disk is not None and key is None:
+            raise ConfigError("an on-disk module cache needs a node key")
+        self.engines = engines
+        self.disk = disk
+        self._key = key or b""
+        self._key_id = hashlib.sha256(b"agentfactory-node-key:" + self._key).digest()
+        self._memory: OrderedDict[tuple[str, str], wasmtime.Module] = OrderedDict()
+        self._max = max_in_memory
+        self._lock = threading.Lock()
+        self._on_event = on_event or (lambda _e: None)
+        if disk is not None:
+            disk.mkdir(parents=True, exist_ok=True)
+
+    def module(self, digest: str, verified_wasm: bytes, fuel: bool) -> tuple[wasmtime.Module, str]:
+        """The compiled module of `digest` and where it came from: memory, disk or compiled.
+
+        The caller passes bytes the verifier accepted for `digest`; nothing else is compiled.
+        """
+        settings = settings_key(fuel)
+        key = (digest, settings)
+        with self._lock:
+            cached = self._memory.get(key)
+            if cached is not None:
+                self._memory.move_to_end(key)
+                MODULE_CACHE.labels(source="memory").inc()
+                return cached, "memory"
+        module, source = None, "compiled"
+        if self.disk is not None:
+            module = self._load(digest, settings, fuel)
+            source = "disk" if module is not None else source
+        if module is None:
+            module = compile_module(self.engines, verified_wasm, fuel)
+            if self.disk is not None:
+                self._store(digest, settings, module)
+        MODULE_CACHE.labels(source=source).inc()
+        with self._lock:
+            self._memory[key] = module
+            while len(self._memory) > self._max:
+                self._memory.popitem(last=False)
+        return module, source
+
+    def forget(self, digest: str) -> None:
+        with self._lock:
+            for k in [k for k in self._memory if k[0] == digest]:
+                del self._memory[k]
+
+    # -- disk ------------------------------------------------------------------------------------
+    def path(self, digest: str, settings: str) -> Path:
+        assert self.disk is not None
+        return self.disk / f"{digest.split(':', 1)[1]}-{settings}.cwasm"
+
+    def _mac(self, digest: str, settings: str, payload: bytes) -> bytes:
+        return hmac.new(self._key, MAGIC + digest.encode() + b"\0" + settings.encode() + b"\0" + payload,
+                        hashlib.sha256).digest()
+
+    def _load(self, digest: str, settings: str, fuel: bool) -> wasmtime.Module | None:
+        path = self.path(digest, settings)
+        try:
+            if path.is_symlink() or path.stat().st_size > MAX_ENTRY_BYTES:
+                return self._reject(path, "not a regular file of a sane size")
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return self._reject(path, f"unreadable: {exc.strerror}")
+        if len(data) < HEADER or not data.startswith(MAGIC):
+            return self._reject(path, "not a cache entry (bad header)")
+        key_id, mac, payload = data[len(MAGIC):len(MAGIC) + 32], data[len(MAGIC) + 32:HEADER], data[HEADER:]
+        if not hmac.compare_digest(key_id, self._key_id):
+            return None  # made under another node key: stale, recompile and overwrite
+        if not hmac.compare_digest(mac, self._mac(digest, settings, payload)):
+            return self._reject(path, "the HMAC does not match: the entry was modified or swapped in")
+        try:
+            return wasmtime.Module.deserialize(self.engines.get(fuel), payload)
+        except wasmtime.WasmtimeError:
+            return None  # authentic but from another wasmtime build: recompile
+
+    def _reject(self, path: Path, why: str) -> wasmtime.Module | None:
+        """Count, delete and report a bad entry; None, so the caller compiles again."""
+        WASI_VIOLATIONS.labels(reason="cache-tampered").inc()
+        with contextlib.suppress(OSError):
+            path.unlink()
+        self._on_event(CacheEvent(path, f"compiled-module cache entry {path.name} rejected: {why}; "
+                                        "it was deleted and the module compiled again from verified bytes"))
+        return None
+
+    def _store(self, digest: str, settings: str, module: wasmtime.Module) -> None:
+        payload = bytes(module.serialize())
+        with contextlib.suppress(OSError):  # a full or read-only disk costs a recompile next start, nothing else
+            atomic_write(self.path(digest, settings),
+                         MAGIC + self._key_id + self._mac(digest, settings, payload) + payload, mode=0o600)

@@ -1,0 +1,216 @@
+"""The node runtime: resolve, fetch, verify, then compile, link and run — in that order, always.
+
+`prepare` turns a reference into a linked, verified module. Nothing is compiled or deserialized
+before the verifier (and the artifact policy for this node's stage) allowed the exact bytes, and
+the run contract comes only from the verified provenance. Verdicts are kept for `verdict_ttl`
+seconds, then the evidence is read and judged again (a revoked key stops an agent within the TTL).
+Every decision and every execution is audited and counted.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentfactory.audit import AuditLog
+from agentfactory.errors import AgentFactoryError, InputError, NotFoundError
+from agentfactory.fetchverify import verify_stored
+from agentfactory.metrics import WASI_DURATION, WASI_EXECUTIONS, WASI_OVERHEAD, WASI_VIOLATIONS
+from agentfactory.policy import PolicyEngine
+from agentfactory.store import ArtifactStore, StoredAgent
+from agentfactory.trust import TrustPolicy
+from agentfactory.verifier import Verdict, refuse
+from agentfactory.wasm import inspect
+
+from . import sandbox
+from .engine import Engines
+from .modcache import CacheEvent, ModuleCache, load_node_key
+from .sandbox import Execution, Invocation, Linked, SandboxRefusal
+
+MAX_STDIN = 16 * 1024 * 1024
+MAX_ARGS = 256
+MAX_ARG_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    stage: str = "dev"
+    cache_dir: Path | None = None  # on-disk compiled-module cache; None: memory only
+    node_key: Path | None = None  # default <cache_dir>/node.key
+    host_roots: tuple[Path, ...] = ()  # host folders agents may preopen (read-only)
+    verdict_ttl: float = 30.0
+    audit_log: Path | None = None
+
+
+class Refused(AgentFactoryError):
+    """The runtime will not run this agent; `reason` is the metric label, `verdict` the verifier's."""
+
+    def __init__(self, reason: str, message: str, verdict: Verdict | None = None, agent: StoredAgent | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.verdict = verdict
+        self.agent = agent
+
+
+@dataclass
+class Prepared:
+    agent: StoredAgent
+    verdict: Verdict
+    linked: Linked
+    module_source: str  # memory | disk | compiled
+    verified_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class Result:
+    prepared: Prepared
+    execution: Execution
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        a = self.prepared.agent
+        return {"agent": a.name, "version": a.version, "digest": a.digest, **self.execution.to_json(),
+                "durationMs": round(self.seconds * 1000, 3), "score": self.prepared.verdict.score}
+
+
+class Runtime:
+    """Verified execution of agents from one store, under one trust policy and one stage."""
+
+    def __init__(self, store: ArtifactStore, trust: TrustPolicy, engine: PolicyEngine,
+                 config: RuntimeConfig | None = None) -> None:
+        self.store = store
+        self.trust = trust
+        self.policy = engine
+        self.config = config or RuntimeConfig()
+        self.engines = Engines()
+        self.audit = AuditLog(self.config.audit_log) if self.config.audit_log else None
+        key = None
+        if self.config.cache_dir is not None:
+            key = load_node_key(self.config.node_key or self.config.cache_dir / "node.key")
+        self.modules = ModuleCache(self.engines, self.config.cache_dir, key, on_event=self._cache_event)
+        self._prepared: dict[str, Prepared] = {}  # by digest
+        self._names: dict[str, tuple[StoredAgent, float]] = {}  # ref -> (agent, resolved at)
+        self._lock = threading.Lock()
+        self._prepare_lock = threading.Lock()
+
+    # -- decisions -------------------------------------------------------------------------------
+    def prepare(self, ref: str) -> Prepared:
+        """A verified, linked agent for `ref`; Refused (audited, counted) when it may not run."""
+        agent = self._resolve(ref)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._prepared.get(agent.digest)
+        if hit is not None and now - hit.verified_at < self.config.verdict_ttl:
+            return hit
+        with self._prepare_lock:  # one verification per digest at a time, not a stampede
+            with self._lock:
+                hit = self._prepared.get(agent.digest)
+            if hit is not None and time.monotonic() - hit.verified_at < self.config.verdict_ttl:
+                return hit
+            prepared = self._verify_and_link(agent)
+            with self._lock:
+                self._prepared[agent.digest] = prepared
+            return prepared
+
+    def _resolve(self, ref: str) -> StoredAgent:
+        now = time.monotonic()
+        with self._lock:
+            cached = self._names.get(ref)
+        if cached is not None and now - cached[1] < self.config.verdict_ttl:
+            return cached[0]
+        try:
+            agent = self.store.resolve(ref)
+        except NotFoundError as exc:
+            self._refused("not-found", ref, None, str(exc), None)
+            raise Refused("not-found", str(exc)) from None
+        with self._lock:
+            self._names[ref] = (agent, now)
+        return agent
+
+    def _verify_and_link(self, agent: StoredAgent) -> Prepared:
+        try:
+            verdict, data = verify_stored(self.store, agent, self.trust, engine=self.policy, stage=self.config.stage)
+        except AgentFactoryError as exc:
+            verdict, data = refuse(agent.digest, "verifier", str(exc)), None
+        if not verdict.allowed or data is None:
+            reason = "tampered" if any(c.name == "digest" and not c.ok for c in verdict.checks) else "unverified"
+            message = f"{agent.name}@{agent.digest} refused by the verifier: " + "; ".join(verdict.reasons)
+            self._refused(reason, agent.name, agent, message, verdict)
+            raise Refused(reason, message, verdict, agent)
+        if verdict.runspec is None:
+            message = (f"{agent.name}@{agent.digest} has no attested run contract, so nothing can be granted to it: "
+                       f"{verdict.runspec_problem}")
+            self._refused("unverified", agent.name, agent, message, verdict)
+            raise Refused("unverified", message, verdict, agent)
+        try:
+            inspect(data, f"{agent.name}@{agent.digest}")  # bounded parse: a clear error before the compiler
+            module, source = self.modules.module(agent.digest, data, verdict.runspec.limits.fuel is not None)
+            linked = sandbox.link(self.engines, module, verdict.runspec, self.config.host_roots)
+        except InputError as exc:
+            self._refused("bad-module", agent.name, agent, f"not a valid WebAssembly module: {exc}", verdict)
+            raise Refused("bad-module", f"not a valid WebAssembly module: {exc}", verdict, agent) from None
+        except SandboxRefusal as exc:
+            message = f"{agent.name}@{agent.digest}: {exc}"
+            self._refused(exc.reason, agent.name, agent, message, verdict)
+            raise Refused(exc.reason, message, verdict, agent) from None
+        self._audit("decision", agent=agent.name, version=agent.version, digest=agent.digest, allowed=True,
+                    score=verdict.score, stage=self.config.stage, module=source)
+        return Prepared(agent=agent, verdict=verdict, linked=linked, module_source=source)
+
+    def _refused(self, reason: str, name: str, agent: StoredAgent | None, message: str,
+                 verdict: Verdict | None) -> None:
+        WASI_VIOLATIONS.labels(reason=reason).inc()
+        WASI_EXECUTIONS.labels(result="refused").inc()
+        self._audit("decision", agent=name, version=agent.version if agent else None,
+                    digest=agent.digest if agent else None, allowed=False, reason=reason, message=message,
+                    stage=self.config.stage, score=verdict.score if verdict else None,
+                    checks=[c.to_json() for c in verdict.checks if not c.ok] if verdict else [])
+
+    def _cache_event(self, event: CacheEvent) -> None:
+        self._audit("cache", path=str(event.path), message=event.reason, violation="cache-tampered")
+
+    def _audit(self, event: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit.record(event, plane="runtime", **fields)
+
+    # -- executions ------------------------------------------------------------------------------
+    def invoke(self, ref: str, invocation: Invocation) -> Result:
+        """Verify (or reuse a fresh verdict), then run once; Refused when it may not run."""
+        _check_invocation(invocation)
+        started = time.perf_counter()
+        prepared = self.prepare(ref)
+        extra = sorted(set(invocation.env) - set(prepared.linked.runspec.env))
+        if extra:
+            allowed = ", ".join(prepared.linked.runspec.env) or "empty"
+            raise InputError("env", f"{', '.join(extra)}: not in the agent's environment allowlist "
+                                    f"({allowed}; spec.capabilities.wasi.env)")
+        execution = sandbox.run(self.engines, prepared.linked, prepared.agent.name, invocation)
+        seconds = time.perf_counter() - started
+        WASI_EXECUTIONS.labels(result=execution.outcome).inc()
+        if execution.outcome in ("timeout", "fuel", "memory", "stack", "output"):
+            WASI_VIOLATIONS.labels(reason=execution.outcome).inc()
+        WASI_OVERHEAD.observe(max(0.0, seconds - execution.guest_seconds))
+        WASI_DURATION.labels(agent=prepared.agent.name).observe(seconds)
+        a = prepared.agent
+        self._audit("execution", agent=a.name, version=a.version, digest=a.digest, outcome=execution.outcome,
+                    exitCode=execution.exit_code, durationMs=round(seconds * 1000, 3),
+                    limitsHit=list(execution.limits_hit), reason=execution.reason)
+        return Result(prepared, execution, seconds)
+
+    def close(self) -> None:
+        self.engines.close()
+        if self.audit is not None:
+            self.audit.close()
+
+
+def _check_invocation(inv: Invocation) -> None:
+    if len(inv.stdin) > MAX_STDIN:
+        raise InputError("stdin", f"{len(inv.stdin)} bytes, more than the {MAX_STDIN}-byte limit")
+    if len(inv.args) > MAX_ARGS or any(len(a) > MAX_ARG_CHARS or "\0" in a for a in inv.args):
+        raise InputError("args", f"at most {MAX_ARGS} arguments of at most {MAX_ARG_CHARS} characters, without NUL")
+    for k, v in inv.env.items():
+        if "\0" in k or "\0" in v or "=" in k:
+            raise InputError("env", f"{k!r}: names may not contain '=' or NUL, values may not contain NUL")

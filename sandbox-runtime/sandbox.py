@@ -1,0 +1,281 @@
+"""The sandbox: one fresh wasmtime store per invocation, with every limit of the run contract.
+
+- wall-clock deadline: epoch interruption (the engine's ticker thread), plus fuel when declared;
+- memory: store limits (memory.grow fails past `memoryMiB`); native stack: the engine's limit;
+- output: stdout and stderr captured in memory, each capped at `maxOutputKiB`; writes past the cap
+  fail in the guest and the limit is reported;
+- WASI: argv, only the environment variables the contract allows, read-only preopens exactly as
+  declared (and only under host folders the node allows), no sockets;
+- tools: only those declared and provided (tools.py); any other import refuses to link.
+
+Linking is done once per verified module (`link` → InstancePre); each invocation then only
+creates a store and instantiates, which is what the sandbox-creation benchmark measures.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+from agentfactory.errors import AgentFactoryError
+from agentfactory.runspec import RunSpec
+
+from . import tools
+from .engine import Engines
+
+WASI_MODULE = "wasi_snapshot_preview1"
+PAGE = 65536
+# Outcomes, most specific first: what stopped the guest.
+OUTCOMES = ("ok", "error", "timeout", "fuel", "memory", "stack", "output", "trap")
+
+
+class SandboxRefusal(AgentFactoryError):
+    """The module cannot be run under its contract here; `reason` is the metric label."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Invocation:
+    stdin: bytes = b""
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Execution:
+    """What happened inside the sandbox."""
+
+    outcome: str  # one of OUTCOMES
+    exit_code: int | None  # None when the guest did not exit (trap, deadline)
+    reason: str
+    stdout: bytes
+    stderr: bytes
+    limits_hit: tuple[str, ...]
+    guest_seconds: float
+    setup_seconds: float
+    tool_log: bytes = b""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "exitCode": self.exit_code, "reason": self.reason,
+                "limitsHit": list(self.limits_hit), "guestMs": round(self.guest_seconds * 1000, 3),
+                "setupMs": round(self.setup_seconds * 1000, 3)}
+
+
+@dataclass(frozen=True)
+class Linked:
+    """A verified module linked against its contract: ready to instantiate many times."""
+
+    pre: wasmtime.InstancePre
+    engine: wasmtime.Engine
+    runspec: RunSpec
+    preopens: tuple[tuple[str, str], ...]  # (host path, guest path)
+
+
+def check_imports(module: wasmtime.Module, runspec: RunSpec) -> list[str]:
+    """The tools to link; SandboxRefusal naming the first import the contract does not allow."""
+    linked: list[str] = []
+    for imp in module.imports:
+        mod, name = imp.module, imp.name or ""
+        if mod == WASI_MODULE:
+            continue
+        if mod == tools.TOOL_MODULE:
+            if name not in runspec.tools:
+                raise SandboxRefusal("undeclared-tool", f"the module imports tool {name!r} from {mod!r}, which its "
+                                     "signed run contract does not declare (spec.tools); refusing to instantiate")
+            if name not in tools.TOOLS:
+                raise SandboxRefusal("undeclared-tool", f"the agent declares tool {name!r}, which this node does not "
+                                     f"provide (tools: {', '.join(sorted(tools.TOOLS))})")
+            linked.append(name)
+            continue
+        raise SandboxRefusal("undeclared-tool", f"the module imports {mod}.{name} from unknown module {mod!r}; agents "
+                             f"may import only {WASI_MODULE} functions and declared tools from {tools.TOOL_MODULE!r}")
+    return linked
+
+
+def check_preopens(runspec: RunSpec, host_roots: tuple[Path, ...]) -> tuple[tuple[str, str], ...]:
+    """Each declared preopen as (real host path, guest path); refused unless under an allowed root."""
+    out = []
+    for p in runspec.preopens:
+        try:
+            real = Path(p.host_path).resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise SandboxRefusal("host-path", f"preopen {p.guest_path} → {p.host_path}: the host folder does not "
+                                 "exist on this node") from None
+        if not real.is_dir():
+            raise SandboxRefusal("host-path", f"preopen {p.guest_path} → {p.host_path}: not a folder")
+        if not any(real == root or real.is_relative_to(root) for root in host_roots):
+            allowed = ", ".join(str(r) for r in host_roots) or "none (runtime --allow-host-path)"
+            raise SandboxRefusal("host-path", f"preopen {p.guest_path} → {p.host_path}: this node does not let agents "
+                                 f"see {real} (allowed host folders: {allowed})")
+        out.append((str(real), p.guest_path))
+    return tuple(out)
+
+
+def link(engines: Engines, module: wasmtime.Module, runspec: RunSpec, host_roots: tuple[Path, ...]) -> Linked:
+    """Check the module against its contract and pre-link it: WASI plus exactly the declared tools."""
+    names = check_imports(module, runspec)
+    if not any(e.name == runspec.entrypoint and isinstance(e.type, wasmtime.FuncType) for e in module.exports):
+        raise SandboxRefusal("bad-module", f"the module does not export the entrypoint {runspec.entrypoint!r} "
+                             "(spec.entrypoint) as a function")
+    preopens = check_preopens(runspec, host_roots)
+    engine = engines.get(runspec.limits.fuel is not None)
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    tools.define(linker, names)
+    try:
+        pre = linker.instantiate_pre(module)
+    except wasmtime.WasmtimeError as exc:
+        raise SandboxRefusal("undeclared-tool", f"the module's imports do not match what the node provides: "
+                             f"{_last_line(exc)}") from None
+    return Linked(pre=pre, engine=engine, runspec=runspec, preopens=preopens)
+
+
+class _Capped:
+    """A WASI output stream kept in memory up to `cap` bytes; writes beyond fail with EFBIG."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.overflow = False
+
+    def __call__(self, data: bytes) -> int:
+        room = self.cap - self.size
+        if len(data) > room:
+            self.overflow = True
+            if room > 0:
+                self.parts.append(data[:room])
+                self.size = self.cap
+            return -errno.EFBIG
+        self.parts.append(data)
+        self.size += len(data)
+        return len(data)
+
+    def value(self) -> bytes:
+        return b"".join(self.parts)
+
+
+def _stdin_bytes(wasi: wasmtime.WasiConfig, data: bytes) -> None:
+    """Give the guest `data` as stdin without a temporary file (the C API copies it)."""
+    vec = ffi.wasm_byte_vec_t()
+    buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data) if data else (ctypes.c_uint8 * 1)()
+    ffi.wasm_byte_vec_new(ctypes.byref(vec), len(data), buf)
+    ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))
+
+
+def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> Execution:
+    """Run the agent once in a fresh store. Never raises for what the guest does."""
+    started = time.perf_counter()
+    spec = linked.runspec
+    cap = spec.limits.max_output_kib * 1024
+    out, err = _Capped(cap), _Capped(cap)
+    wasi = wasmtime.WasiConfig()
+    wasi.argv = [name, *invocation.args]
+    wasi.env = [(k, invocation.env[k]) for k in spec.env if k in invocation.env]
+    _stdin_bytes(wasi, invocation.stdin)
+    wasi.stdout_custom = out
+    wasi.stderr_custom = err
+    for host, guest in linked.preopens:
+        wasi.preopen_dir(host, guest, fs_mutable=False)
+    store = wasmtime.Store(linked.engine)
+    memory_limit = spec.limits.memory_mib * 1024 * 1024
+    store.set_limits(memory_size=memory_limit, instances=1, tables=4, memories=1, table_elements=100_000)
+    if spec.limits.fuel is not None:
+        store.set_fuel(spec.limits.fuel)
+    store.set_wasi(wasi)
+    ctx = tools.ToolContext()
+    tools.bind(ctx)
+    store.set_epoch_deadline(engines.deadline_ticks(spec.limits.timeout_ms))
+    code: int | None = 0
+    trap: BaseException | None = None
+    instance: wasmtime.Instance | None = None
+    guest_started = time.perf_counter()
+    try:
+        instance = linked.pre.instantiate(store)  # a start function runs here, under the same limits
+        entry = instance.exports(store).get(spec.entrypoint)
+        if isinstance(entry, wasmtime.Func):
+            entry(store)
+    except wasmtime.ExitTrap as exc:
+        code = exc.code
+    except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+        code, trap = None, exc
+    finally:
+        guest_seconds = time.perf_counter() - guest_started
+        tools.bind(None)
+    memory_hit = _memory_hit(store, instance, memory_limit)
+    outcome, reason = _judge(code, trap, spec, out.overflow or err.overflow, memory_hit)
+    limits = tuple(n for n, hit in (("timeout", outcome == "timeout"), ("fuel", outcome == "fuel"),
+                                    ("memory", memory_hit), ("stack", outcome == "stack"),
+                                    ("output", out.overflow or err.overflow)) if hit)
+    total = time.perf_counter() - started
+    return Execution(outcome=outcome, exit_code=code, reason=reason, stdout=out.value(), stderr=err.value(),
+                     limits_hit=limits, guest_seconds=guest_seconds, setup_seconds=total - guest_seconds,
+                     tool_log=bytes(ctx.log))
+
+
+def _memory_hit(store: wasmtime.Store, instance: wasmtime.Instance | None, limit: int) -> bool:
+    """Whether the guest's memory reached the limit (memory.grow fails there without trapping)."""
+    if instance is None:
+        return False
+    try:
+        memory = instance.exports(store).get("memory")
+        return isinstance(memory, wasmtime.Memory) and memory.data_len(store) + PAGE > limit
+    except wasmtime.WasmtimeError:
+        return False
+
+
+def _judge(code: int | None, trap: BaseException | None, spec: RunSpec, output_overflow: bool,
+           memory_hit: bool) -> tuple[str, str]:
+    limits = spec.limits
+    if trap is not None:
+        tc = getattr(trap, "trap_code", None)
+        if tc == wasmtime.TrapCode.INTERRUPT:
+            return "timeout", f"deadline exceeded: stopped after {limits.timeout_ms} ms (spec.limits.timeoutMs)"
+        if tc == wasmtime.TrapCode.OUT_OF_FUEL:
+            return "fuel", f"out of fuel: used its {limits.fuel} units (spec.limits.fuel)"
+        if tc == wasmtime.TrapCode.STACK_OVERFLOW:
+            return "stack", "call stack exhausted (deep recursion); the native stack limit is per agent, not tunable"
+        if memory_hit:
+            return "memory", (f"memory limit reached ({limits.memory_mib} MiB, spec.limits.memoryMiB) and the guest "
+                              f"trapped: {_trap_text(trap)}")
+        return "trap", f"the guest trapped: {_trap_text(trap)}"
+    if output_overflow:
+        return "output", (f"wrote more than {limits.max_output_kib} KiB to stdout or stderr "
+                          "(spec.limits.maxOutputKiB); the output was cut there")
+    if code == 0:
+        return "ok", "exited 0"
+    return "error", f"exited {code}"
+
+
+def _trap_text(trap: BaseException) -> str:
+    tc = getattr(trap, "trap_code", None)
+    return f"wasm trap {tc.name.lower()}" if tc is not None else _last_line(trap)
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    # wasmtime puts the cause last; its backtrace lines start with digits
+    causes = [ln for ln in lines if not ln[:1].isdigit() and not ln.startswith("wasm backtrace")]
+    return (causes or lines or [type(exc).__name__])[-1]
+
+
+def compile_module(engines: Engines, wasm: bytes, fuel: bool) -> wasmtime.Module:
+    """Compile verified bytes; SandboxRefusal when they are not a valid module."""
+    try:
+        return wasmtime.Module(engines.get(fuel), wasm)
+    except wasmtime.WasmtimeError as exc:
+        raise SandboxRefusal("bad-module", f"not a valid WebAssembly module: {_last_line(exc)}") from None
+
+
+__all__ = ["Execution", "Invocation", "Linked", "SandboxRefusal", "compile_module", "link", "run"]
