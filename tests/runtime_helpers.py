@@ -1,0 +1,121 @@
+"""Agents for the runtime tests: signed by a real local keyring into a real OCI layout store.
+
+`publish` runs the real pipeline on small templates written on the fly, without the template
+policy (the runtime must hold even when the build-time checks were bypassed); `sign_raw` signs
+arbitrary bytes as an insider with the key would, to prove the runtime does not trust signed
+garbage either.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentfactory import evidence
+from agentfactory.artifact import build_agent_artifact
+from agentfactory.digest import digest_of
+from agentfactory.dsse import INTOTO_PAYLOAD_TYPE, sign_envelope
+from agentfactory.evidence import ArtifactSignature
+from agentfactory.intoto import CYCLONEDX_BOM, SLSA_PROVENANCE_V1, make_statement
+from agentfactory.keys.local import LocalKeyring
+from agentfactory.policy import RegoEngine
+from agentfactory.provenance import DEFAULT_BUILDER_ID, predicate
+from agentfactory.runspec import from_template
+from agentfactory.store import ArtifactStore, open_store
+from agentfactory.template import load_template
+from agentfactory.trust import TrustPolicy, from_public_keys
+from helpers import ROOT, write_template
+from pipelines.run import Signing, run_pipeline
+from pipelines.sbom import build_sbom
+
+
+def wat_manifest(name: str, *, memory_mib: int = 1, timeout_ms: int = 1000, output_kib: int = 64,
+                 tools: str = "[]", fuel: int | None = None, preopens: str = "[]", env: str = "[]",
+                 language: str = "wat", sources: str = "[src/main.wat]") -> str:
+    fuel_line = f"\n    fuel: {fuel}" if fuel is not None else ""
+    return f"""apiVersion: agentfactory.dev/v1alpha1
+kind: AgentTemplate
+metadata:
+  name: {name}
+  version: 1.0.0
+  description: A runtime test agent.
+  owners: ["@example/team"]
+spec:
+  language: {language}
+  sources: {sources}
+  tools: {tools}
+  capabilities:
+    wasi:
+      preopens: {preopens}
+      env: {env}
+  limits:
+    memoryMiB: {memory_mib}
+    timeoutMs: {timeout_ms}
+    maxOutputKiB: {output_kib}{fuel_line}
+"""
+
+
+# A WAT prelude: fd_write and a helper that writes `len` bytes at `ptr` to stdout.
+WASI_WRITE = """
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (func $print (param $ptr i32) (param $len i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))))
+"""
+
+OK_WAT = f"""(module {WASI_WRITE}
+  (memory (export "memory") 1)
+  (data (i32.const 64) "ok\\n")
+  (func (export "_start") (call $print (i32.const 64) (i32.const 3))))
+"""
+
+
+@dataclass
+class Signed:
+    """A store, the keyring that signed into it, the trust policy and the artifact policy."""
+
+    store: ArtifactStore
+    keyring: LocalKeyring
+    engine: RegoEngine
+
+    @property
+    def trust(self) -> TrustPolicy:
+        return from_public_keys(self.keyring.public_keys())
+
+
+def signed_store(home: Path) -> Signed:
+    """A store and a keyring with its first key already made (so a trust policy can be taken now)."""
+    keyring = LocalKeyring(home / "keys")
+    if not keyring.public_keys():
+        keyring.create()
+    return Signed(open_store(f"oci-layout:{home}/store"), keyring, RegoEngine(ROOT / "policies"))
+
+
+def publish(signed: Signed, root: Path, agents: dict[str, tuple[str, dict[str, str]]], *, sign: bool = True) -> None:
+    """Build and publish {name: (agent.yaml, {path: source})} with the real pipeline."""
+    for name, (manifest, files) in agents.items():
+        write_template(root, name, manifest=manifest, files=files)
+    report = run_pipeline(root, signed.store, run_tests=False, signing=Signing(signed.keyring) if sign else None)
+    problems = [e for t in report.templates for e in t.errors]
+    assert not problems, problems
+
+
+def sign_raw(signed: Signed, root: Path, name: str, data: bytes, manifest: str) -> str:
+    """Publish `data` as agent `name` with complete, validly signed evidence (an insider's forgery)."""
+    folder = write_template(root, name, manifest=manifest, files={"src/main.wat": "(module)"})
+    t = load_template(folder, f"{name}/agent.yaml")
+    digest = digest_of(data)
+    stored = signed.store.push_agent(build_agent_artifact(data, name=name, version=t.version, created_epoch=0),
+                                     name=name, version=t.version)
+    toolchain = {"name": "wat2wasm", "version": "1", "package": "wasmtime==50.0.1", "target": "wasm32"}
+    sbom = build_sbom(t, digest=digest, toolchain=toolchain, epoch=0, commit=None)
+    build = {"toolchain": toolchain, "sourceDateEpoch": 0, "agent": from_template(t).to_json()}
+    kr = signed.keyring
+    statements = [(CYCLONEDX_BOM, json.loads(sbom)), (SLSA_PROVENANCE_V1, predicate(build, builder_id=DEFAULT_BUILDER_ID))]
+    attestations = [(p, sign_envelope(INTOTO_PAYLOAD_TYPE, make_statement(name, digest, p, pred), kr))
+                    for p, pred in statements]
+    signature = ArtifactSignature.from_signature(digest, kr.sign_digest(bytes.fromhex(digest.split(":", 1)[1])))
+    evidence.attach(signed.store, stored, signature, attestations)
+    return digest
