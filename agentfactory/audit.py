@@ -43,11 +43,19 @@ def _clip(value: Any) -> Any:
 
 
 class AuditLog:
-    """An append-only JSON Lines file shared by the threads of one process."""
+    """An append-only JSON Lines file shared by the threads of one process.
+
+    The path `-` is standard output (in a container: the log the node's shipper collects); its
+    chain starts from `GENESIS`, as nothing before it can be read back.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
+        if str(path) == "-":
+            self._fd = os.dup(1)
+            self._prev = GENESIS
+            return
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)

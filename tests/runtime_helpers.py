@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers import ROOT, write_template
+
 from agentfactory import evidence
 from agentfactory.artifact import build_agent_artifact
 from agentfactory.digest import digest_of
@@ -25,7 +27,6 @@ from agentfactory.runspec import from_template
 from agentfactory.store import ArtifactStore, open_store
 from agentfactory.template import load_template
 from agentfactory.trust import TrustPolicy, from_public_keys
-from helpers import ROOT, write_template
 from pipelines.run import Signing, run_pipeline
 from pipelines.sbom import build_sbom
 
@@ -113,7 +114,8 @@ def sign_raw(signed: Signed, root: Path, name: str, data: bytes, manifest: str) 
     sbom = build_sbom(t, digest=digest, toolchain=toolchain, epoch=0, commit=None)
     build = {"toolchain": toolchain, "sourceDateEpoch": 0, "agent": from_template(t).to_json()}
     kr = signed.keyring
-    statements = [(CYCLONEDX_BOM, json.loads(sbom)), (SLSA_PROVENANCE_V1, predicate(build, builder_id=DEFAULT_BUILDER_ID))]
+    statements = [(CYCLONEDX_BOM, json.loads(sbom)),
+                  (SLSA_PROVENANCE_V1, predicate(build, builder_id=DEFAULT_BUILDER_ID))]
     attestations = [(p, sign_envelope(INTOTO_PAYLOAD_TYPE, make_statement(name, digest, p, pred), kr))
                     for p, pred in statements]
     signature = ArtifactSignature.from_signature(digest, kr.sign_digest(bytes.fromhex(digest.split(":", 1)[1])))

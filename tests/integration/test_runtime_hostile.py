@@ -12,10 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from runtime_helpers import OK_WAT, WASI_WRITE, Signed, publish, sign_raw, signed_store, wat_manifest
+
 from agentfactory.audit import verify_chain
 from agentfactory.errors import InputError
 from agentfactory.metrics import WASI_VIOLATIONS
-from runtime_helpers import OK_WAT, WASI_WRITE, Signed, publish, sign_raw, signed_store, wat_manifest
 from sandbox_runtime.runtime import Refused, Runtime, RuntimeConfig
 from sandbox_runtime.sandbox import Invocation
 
@@ -216,7 +217,7 @@ def test_preopens_are_read_only_and_cannot_be_escaped(signed: Signed, tmp_path: 
 
     refusing = Runtime(signed.store, signed.trust, signed.engine, RuntimeConfig())
     try:
-        with pytest.raises(Refused, match=r"this node does not let agents see .*agent-data.*allowed host folders: none"):
+        with pytest.raises(Refused, match=r"does not let agents see .*agent-data.*allowed host folders: none"):
             refusing.invoke("escaper", Invocation())
     finally:
         refusing.close()
