@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from rich.markup import escape
 
 from agentfactory.cli.common import (
     EXIT_OK,
@@ -111,7 +112,7 @@ def run(ref: str, stdin_path: str | None, args: tuple[str, ...], env_pairs: tupl
             print_json({"ref": ref, "refused": True, "reason": exc.reason, "error": str(exc),
                         "verdict": exc.verdict.to_json() if exc.verdict else None})
         else:
-            err.print(f"[red]refused:[/red] {click.style(str(exc), fg=None)}")
+            _print_refusal(exc)
         sys.exit(EXIT_REFUSED)
     finally:
         runtime.close()
@@ -129,6 +130,18 @@ def run(ref: str, stdin_path: str | None, args: tuple[str, ...], env_pairs: tupl
     if ex.outcome not in ("ok", "error"):
         sys.exit(EXIT_STOPPED)
     sys.exit(ex.exit_code or EXIT_OK)
+
+
+def _print_refusal(exc: Any) -> None:
+    """One line for the refusal, then one per failed check: what an operator reads first."""
+    verdict = exc.verdict
+    if verdict is None or verdict.allowed:
+        err.print(f"[red]refused:[/red] {escape(str(exc))}")
+        return
+    agent = f"{exc.agent.name}@{exc.agent.digest}" if exc.agent else verdict.digest
+    err.print(f"[red]refused:[/red] {escape(agent)} (score {verdict.score:.1f}/10)")
+    for reason in verdict.reasons:
+        err.print(f"  ✗ {escape(reason)}")
 
 
 def _read_stdin(path: str | None, limit: int) -> bytes:
@@ -204,7 +217,7 @@ def audit(path: Path, as_json: bool) -> None:
         if as_json:
             print_json({"path": str(path), "intact": False, "error": str(exc)})
         else:
-            err.print(f"[red]broken:[/red] {click.style(str(exc), fg=None)}")
+            err.print(f"[red]broken:[/red] {escape(str(exc))}")
         sys.exit(EXIT_PROBLEMS)
     if as_json:
         print_json({"path": str(path), "records": count, "intact": True})

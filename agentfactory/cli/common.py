@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import AgentFactoryError
 
@@ -38,7 +39,7 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except AgentFactoryError as exc:
-            err.print(f"[red]error:[/red] {click.style(str(exc), fg=None)}", markup=True, highlight=False)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, highlight=False)
             sys.exit(EXIT_USAGE)
         except (click.exceptions.Exit, click.ClickException, KeyboardInterrupt, SystemExit):
             raise
