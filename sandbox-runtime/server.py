@@ -28,6 +28,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from agentfactory.audit import AuditError
 from agentfactory.errors import AgentFactoryError, InputError
 from agentfactory.metrics import RUNTIME_REQUESTS
 
@@ -115,6 +116,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         except InputError as exc:
             self._error("invoke", 400, str(exc))
+            return
+        except AuditError as exc:  # nothing runs, or is answered, unrecorded
+            self._error("invoke", 503, f"the audit trail cannot be written: {exc}")
             return
         except AgentFactoryError as exc:
             self._error("invoke", 502, f"the store could not be read: {exc}")
