@@ -86,6 +86,8 @@ def from_provenance(predicate: Any, where: str = "provenance") -> RunSpec:
     """The run contract recorded in a SLSA v1 predicate (`externalParameters.agent`)."""
     try:
         doc = predicate["buildDefinition"]["externalParameters"]["agent"]
+        if doc is None:
+            raise KeyError("agent")
     except (KeyError, TypeError):
         raise InputError(where, "buildDefinition.externalParameters.agent is missing: the provenance does not "
                                 "record the agent's tools, capabilities and limits (built before they were "

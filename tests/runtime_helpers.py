@@ -103,7 +103,7 @@ def publish(signed: Signed, root: Path, agents: dict[str, tuple[str, dict[str, s
     assert not problems, problems
 
 
-def sign_raw(signed: Signed, root: Path, name: str, data: bytes, manifest: str) -> str:
+def sign_raw(signed: Signed, root: Path, name: str, data: bytes, manifest: str, *, contract: bool = True) -> str:
     """Publish `data` as agent `name` with complete, validly signed evidence (an insider's forgery)."""
     folder = write_template(root, name, manifest=manifest, files={"src/main.wat": "(module)"})
     t = load_template(folder, f"{name}/agent.yaml")
@@ -112,7 +112,8 @@ def sign_raw(signed: Signed, root: Path, name: str, data: bytes, manifest: str) 
                                      name=name, version=t.version)
     toolchain = {"name": "wat2wasm", "version": "1", "package": "wasmtime==50.0.1", "target": "wasm32"}
     sbom = build_sbom(t, digest=digest, toolchain=toolchain, epoch=0, commit=None)
-    build = {"toolchain": toolchain, "sourceDateEpoch": 0, "agent": from_template(t).to_json()}
+    build = {"toolchain": toolchain, "sourceDateEpoch": 0,
+             "agent": from_template(t).to_json() if contract else None}
     kr = signed.keyring
     statements = [(CYCLONEDX_BOM, json.loads(sbom)),
                   (SLSA_PROVENANCE_V1, predicate(build, builder_id=DEFAULT_BUILDER_ID))]

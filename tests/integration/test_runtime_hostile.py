@@ -249,6 +249,17 @@ def test_garbage_signed_as_wasm_is_refused_before_the_compiler(signed: Signed, r
     assert refused.value.verdict is not None and refused.value.verdict.allowed  # the evidence itself was fine
 
 
+def test_no_attested_run_contract_is_refused(signed: Signed, runtime: Runtime, tmp_path: Path) -> None:
+    import wasmtime
+
+    sign_raw(signed, tmp_path / "old", "old", wasmtime.wat2wasm(OK_WAT), wat_manifest("old"), contract=False)
+    with pytest.raises(Refused) as refused:
+        runtime.invoke("old", Invocation())
+    assert refused.value.reason == "unverified"
+    assert "has no attested run contract" in str(refused.value)
+    assert "externalParameters.agent is missing" in str(refused.value)
+
+
 def test_unsigned_and_tampered_modules_are_refused(signed: Signed, runtime: Runtime, tmp_path: Path) -> None:
     publish(signed, tmp_path / "unsigned", {"plain": (wat_manifest("plain"), {"src/main.wat": OK_WAT})}, sign=False)
     with pytest.raises(Refused) as refused:
