@@ -94,7 +94,7 @@ class Runtime:
         self._prepared: dict[str, Prepared] = {}  # by digest
         self._names: dict[str, tuple[StoredAgent, float]] = {}  # ref -> (agent, resolved at)
         self._lock = threading.Lock()
-        self._prepare_lock = threading.Lock()
+        self._digest_locks: dict[str, threading.Lock] = {}
 
     # -- decisions -------------------------------------------------------------------------------
     def prepare(self, ref: str) -> Prepared:
@@ -105,7 +105,9 @@ class Runtime:
             hit = self._prepared.get(agent.digest)
         if hit is not None and now - hit.verified_at < self.config.verdict_ttl:
             return hit
-        with self._prepare_lock:  # one verification per digest at a time, not a stampede
+        with self._lock:
+            digest_lock = self._digest_locks.setdefault(agent.digest, threading.Lock())
+        with digest_lock:  # one verification per digest at a time, not a stampede; other agents go on
             with self._lock:
                 hit = self._prepared.get(agent.digest)
             if hit is not None and time.monotonic() - hit.verified_at < self.config.verdict_ttl:

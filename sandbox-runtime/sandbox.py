@@ -62,8 +62,8 @@ class Execution:
     stdout: bytes
     stderr: bytes
     limits_hit: tuple[str, ...]
-    guest_seconds: float
-    setup_seconds: float
+    guest_seconds: float  # the entrypoint call (and a start function, which runs while instantiating)
+    setup_seconds: float  # sandbox creation outside the guest: WASI config, store, limits, instantiation
     tool_log: bytes = b""
 
     def to_json(self) -> dict[str, Any]:
@@ -205,6 +205,7 @@ def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> 
         instance = linked.pre.instantiate(store)  # a start function runs here, under the same limits
         entry = instance.exports(store).get(spec.entrypoint)
         if isinstance(entry, wasmtime.Func):
+            guest_started = time.perf_counter()
             entry(store)
     except wasmtime.ExitTrap as exc:
         code = exc.code
@@ -218,6 +219,7 @@ def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> 
     limits = tuple(n for n, hit in (("timeout", outcome == "timeout"), ("fuel", outcome == "fuel"),
                                     ("memory", memory_hit), ("stack", outcome == "stack"),
                                     ("output", out.overflow or err.overflow)) if hit)
+    del instance, store  # freeing the store is part of the sandbox's cost: count it
     total = time.perf_counter() - started
     return Execution(outcome=outcome, exit_code=code, reason=reason, stdout=out.value(), stderr=err.value(),
                      limits_hit=limits, guest_seconds=guest_seconds, setup_seconds=total - guest_seconds,
