@@ -74,3 +74,22 @@ MODULE_CACHE = Counter(
     "Compiled-module lookups by where the module came from: memory, disk or compiled (a miss).",
     ["source"],
 )
+
+# -- the admission webhook -------------------------------------------------------------------------
+CONTROL_PLANE_REQUESTS = Counter(
+    "agent_factory_control_plane_requests_total",
+    "Admission reviews answered, by decision: allowed, denied, warned (allowed with warnings), skipped "
+    "(not an agent, exempt namespace, DELETE), error (a malformed review).",
+    ["decision"],
+)
+CONTROL_PLANE_LATENCY = Histogram(
+    "agent_factory_control_plane_request_duration_seconds",
+    "Seconds to answer one admission review, from the body read to the response.",
+    buckets=_FAST,
+)
+ADMISSION_CACHE = Counter(
+    "agent_factory_control_plane_verdict_cache_total",
+    "Verdict lookups by the webhook: hit, negative-hit (a cached refusal), miss, coalesced (waited for an "
+    "identical verification already running).",
+    ["result"],
+)

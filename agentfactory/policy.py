@@ -27,7 +27,8 @@ from typing import Any
 from .errors import AgentFactoryError
 
 POLICIES_ENV = "AGENTFACTORY_POLICIES"
-POLICY_NAMES = ("template", "artifact")
+POLICY_NAMES = ("template", "artifact", "admission")
+WARN_POLICIES = ("admission",)  # policies that also answer `warn`: messages that allow but tell
 MAX_INPUT_BYTES = 4 * 1024 * 1024
 MAX_INPUT_DEPTH = 64
 MAX_POLICY_BYTES = 1024 * 1024
@@ -44,9 +45,13 @@ class Decision:
     policy: str
     allow: bool
     deny: tuple[str, ...]
+    warn: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"policy": self.policy, "allow": self.allow, "deny": list(self.deny)}
+        doc: dict[str, Any] = {"policy": self.policy, "allow": self.allow, "deny": list(self.deny)}
+        if self.policy in WARN_POLICIES:
+            doc["warn"] = list(self.warn)
+        return doc
 
 
 @dataclass
@@ -224,14 +229,21 @@ class RegoEngine(PolicyEngine):
             [f"data.agentfactory.{policy}.deny is not a set of messages"]
         if allow is not True and not messages:
             messages.append(f"data.agentfactory.{policy}.allow is {allow!r}")
-        return Decision(policy, allow is True and not messages, tuple(messages))
+        warn = bindings.get("warn", [])
+        warnings = sorted(str(m) for m in warn) if isinstance(warn, list) else []
+        if policy in WARN_POLICIES and not isinstance(warn, list):
+            messages.append(f"data.agentfactory.{policy}.warn is not a set of messages")
+        return Decision(policy, allow is True and not messages, tuple(messages), tuple(warnings))
 
     def _bundle(self, policy: str) -> Any:
         """The policy compiled to a plan once (rego-cpp's bundles), reused for every decision."""
         if policy not in self._bundles:
             query = f"deny = data.agentfactory.{policy}.deny; allow = data.agentfactory.{policy}.allow"
-            self._bundles[policy] = self._interpreter.build(query, [f"agentfactory/{policy}/deny",
-                                                                    f"agentfactory/{policy}/allow"])
+            entrypoints = [f"agentfactory/{policy}/deny", f"agentfactory/{policy}/allow"]
+            if policy in WARN_POLICIES:
+                query += f"; warn = data.agentfactory.{policy}.warn"
+                entrypoints.append(f"agentfactory/{policy}/warn")
+            self._bundles[policy] = self._interpreter.build(query, entrypoints)
         return self._bundles[policy]
 
     def run_tests(self) -> TestReport:

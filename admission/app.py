@@ -1,0 +1,114 @@
+"""The HTTPS service: `POST /validate` (enforce), `POST /validate/warn`, `/healthz`, `/readyz`, `/metrics`.
+
+Fail closed without ever answering 500: a body that is too large, slow, malformed or not a review, an
+internal error and the internal deadline (below the webhook's timeoutSeconds) each answer an
+AdmissionReview with `allowed: false` and the reason, so the API server shows the user why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from agentfactory.audit import AuditError
+from agentfactory.errors import InputError
+from agentfactory.metrics import CONTROL_PLANE_LATENCY, CONTROL_PLANE_REQUESTS
+
+from .decide import Admitter, Answer
+from .review import parse_review, response, uid_of
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(declared)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(str(size))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(doc: dict[str, Any]) -> Response:
+    return Response(json.dumps(doc, separators=(",", ":")).encode(), media_type="application/json")
+
+
+def create_app(admitter: Admitter) -> FastAPI:
+    app = FastAPI(title="agentfactory admission", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ready = True
+    config = admitter.config
+    deadline = config.deadline_ms / 1000
+
+    async def validate(request: Request, mode: str) -> Response:
+        started = time.perf_counter()
+        body = b""
+        try:
+            body = await asyncio.wait_for(_read_body(request, config.max_request_bytes), timeout=deadline)
+            review = parse_review(body)
+        except _TooLarge:
+            return _deny("error", started, "", 413, f"the review is larger than {config.max_request_bytes} bytes "
+                         "(config maxRequestBytes); denied")
+        except TimeoutError:
+            return _deny("error", started, "", 408, f"the review body did not arrive within {config.deadline_ms} ms; "
+                         "denied")
+        except InputError as exc:
+            return _deny("error", started, uid_of(body), 400, f"not a valid AdmissionReview: {exc}; denied")
+        try:
+            answer: Answer = await asyncio.wait_for(run_in_threadpool(admitter.review, review, mode),
+                                                    timeout=deadline)
+        except TimeoutError:
+            return _deny("denied", started, review.uid, 504,
+                         f"verification did not finish within the webhook's internal deadline of {config.deadline_ms} "
+                         "ms (config deadlineMs); denied (fail closed) — retry: the verdict is being cached")
+        except AuditError as exc:
+            return _deny("denied", started, review.uid, 503, f"the audit trail cannot be written, so nothing is "
+                         f"admitted: {exc}")
+        except Exception as exc:  # fail closed on the unforeseen, with the reason
+            return _deny("denied", started, review.uid, 500, f"internal error while judging: {type(exc).__name__}: "
+                         f"{exc}; denied (fail closed)")
+        CONTROL_PLANE_REQUESTS.labels(decision=answer.decision).inc()
+        CONTROL_PLANE_LATENCY.observe(time.perf_counter() - started)
+        return _json(response(review.uid, answer.allowed, code=answer.code if not answer.allowed else None,
+                              message=answer.message if not answer.allowed else "", warnings=answer.warnings))
+
+    def _deny(decision: str, started: float, uid: str, code: int, message: str) -> Response:
+        CONTROL_PLANE_REQUESTS.labels(decision=decision).inc()
+        CONTROL_PLANE_LATENCY.observe(time.perf_counter() - started)
+        return _json(response(uid, False, code=code, message=message))
+
+    @app.post("/validate")
+    async def validate_enforce(request: Request) -> Response:
+        return await validate(request, "enforce")
+
+    @app.post("/validate/warn")
+    async def validate_warn(request: Request) -> Response:
+        return await validate(request, "warn")
+
+    @app.get("/healthz")
+    async def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok\n")
+
+    @app.get("/readyz")
+    async def readyz() -> PlainTextResponse:
+        ok = bool(app.state.ready) and not admitter.engine_broken()
+        return PlainTextResponse("ready\n" if ok else "policies do not load\n", status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,128 @@
+"""`agentfactory admission serve|certs|review`: the validating webhook from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from agentfactory.cli.common import EXIT_OK, EXIT_PROBLEMS, err, handle_errors, print_json
+from agentfactory.errors import ConfigError, InputError
+
+from .config import AdmissionConfig, load_config
+
+
+def _config(path: Path | None, store_url: str | None) -> AdmissionConfig:
+    config = load_config(path) if path else AdmissionConfig()
+    if store_url:
+        config = dataclasses.replace(config, store=store_url)
+    return config
+
+
+def build_admitter(config: AdmissionConfig) -> Any:
+    """The Admitter for a config: store, trust policy, policies and audit trail opened once."""
+    from agentfactory.audit import AuditLog
+    from agentfactory.cli.verify_cmd import default_policy
+    from agentfactory.policy import RegoEngine
+    from agentfactory.store import open_store
+    from agentfactory.trust import load_trust_policy
+
+    from .decide import Admitter
+
+    trust = load_trust_policy(config.trust_policy) if config.trust_policy else default_policy(config.key_provider)
+    audit = AuditLog(config.audit_log) if config.audit_log else None
+    return Admitter(config, open_store(config.store), trust, RegoEngine(config.policies), audit)
+
+
+config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
+                             envvar="AGENTFACTORY_ADMISSION_CONFIG", default=None,
+                             help="Webhook configuration (YAML; see docs/admission.md).")
+store_override = click.option("--store", "store_url", metavar="URL", default=None,
+                              help="Artifact store (overrides the config's `store`).")
+
+
+@click.group("admission")
+def admission() -> None:
+    """The Kubernetes validating admission webhook."""
+
+
+@admission.command("serve")
+@click.option("--listen", default="0.0.0.0:8443", show_default=True, metavar="HOST:PORT",
+              help="Address to serve HTTPS on (port 0: any free port).")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
+              help="Serving certificate (PEM); HTTPS only.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), required=True,
+              help="Its private key (PEM).")
+@config_option
+@store_override
+@handle_errors
+def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, store_url: str | None) -> None:
+    """Serve POST /validate and /validate/warn, GET /healthz, /readyz and /metrics over TLS."""
+    import socket
+
+    import uvicorn
+
+    from .app import create_app
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError("--listen", f"{listen!r}: write HOST:PORT (e.g. 0.0.0.0:8443)")
+    admitter = build_admitter(_config(config_path, store_url))
+    sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), int(port)))
+    except OSError as exc:
+        raise ConfigError(f"--listen {listen}: {exc.strerror}") from None
+    bound = sock.getsockname()
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(admitter), ssl_certfile=str(tls_cert), ssl_keyfile=str(tls_key), log_level="warning",
+        access_log=False, timeout_keep_alive=30, limit_concurrency=1000, server_header=False))
+    err.print(json.dumps({"listening": f"https://{bound[0]}:{bound[1]}", "config": admitter.config.source,
+                          "store": admitter.store.url, "trust": admitter.trust.source}), markup=False)
+    server.run(sockets=[sock])
+
+
+@admission.command("certs")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for ca.crt, tls.crt and tls.key.")
+@click.option("--service", default="agentfactory-admission", show_default=True)
+@click.option("--namespace", default="agentfactory-system", show_default=True)
+@click.option("--days", type=click.IntRange(1, 3650), default=365, show_default=True)
+@handle_errors
+def certs(out: Path, service: str, namespace: str, days: int) -> None:
+    """A development CA and serving certificate; prints the caBundle for the webhook configuration."""
+    from .certs import make_certs
+
+    bundle = make_certs(out, service=service, namespace=namespace, days=days)
+    err.print(f"wrote {out}/ca.crt, tls.crt, tls.key (for {service}.{namespace}.svc, localhost, 127.0.0.1)",
+              markup=False)
+    sys.stdout.write(bundle + "\n")
+
+
+@admission.command("review")
+@click.argument("file", type=click.File("rb"))
+@click.option("--warn", "warn_mode", is_flag=True, help="Judge as in a namespace in warn mode.")
+@config_option
+@store_override
+@handle_errors
+def review_cmd(file: Any, warn_mode: bool, config_path: Path | None, store_url: str | None) -> None:
+    """Answer one AdmissionReview from FILE ('-': stdin) as the webhook would, without a server.
+
+    Prints the response AdmissionReview; exit 0 when allowed, 1 when denied.
+    """
+    from .review import parse_review, response
+
+    config = _config(config_path, store_url)
+    data = file.read(config.max_request_bytes + 1)
+    if len(data) > config.max_request_bytes:
+        raise InputError(file.name, f"larger than {config.max_request_bytes} bytes (config maxRequestBytes)")
+    review = parse_review(data)
+    answer = build_admitter(config).review(review, "warn" if warn_mode else "enforce")
+    print_json(response(review.uid, answer.allowed, code=None if answer.allowed else answer.code,
+                        message="" if answer.allowed else answer.message, warnings=answer.warnings))
+    sys.exit(EXIT_OK if answer.allowed else EXIT_PROBLEMS)

@@ -1,0 +1,186 @@
+"""One admission decision: find the agents in the object, verify each, ask admission.rego, answer.
+
+The order of the early answers is what operators expect from Kyverno and Gatekeeper: DELETE and
+CONNECT pass, exempt namespaces pass, objects that carry no agent pass untouched; everything else is
+judged on the new object (UPDATE included). In warn mode (namespaces labelled for it, through the
+webhook configuration's namespaceSelector) a refusal becomes an admission with warnings. This module
+is synchronous; the HTTP layer runs it in a worker thread under the configured deadline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentfactory.audit import AuditLog
+from agentfactory.errors import AgentFactoryError, InputError, NotFoundError
+from agentfactory.fetchverify import verify_stored
+from agentfactory.policy import Decision, PolicyEngine, plain_text
+from agentfactory.store import ArtifactStore
+from agentfactory.trust import TrustPolicy
+from agentfactory.verifier import Verdict, refuse
+
+from .config import AdmissionConfig
+from .refs import Parsed, Reference, find_references, parse_reference
+from .review import Review
+from .verdicts import VerdictCache
+
+MAX_POLICY_DECISIONS = 10_000
+
+
+@dataclass
+class Answer:
+    """What to send back, and what happened (for metrics and the audit trail)."""
+
+    allowed: bool
+    code: int
+    message: str = ""
+    warnings: list[str] = field(default_factory=list)
+    decision: str = "skipped"  # allowed | denied | warned | skipped | error
+    agents: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Admitter:
+    def __init__(self, config: AdmissionConfig, store: ArtifactStore, trust: TrustPolicy, engine: PolicyEngine,
+                 audit: AuditLog | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.trust = trust
+        self.engine = engine
+        self.audit = audit
+        self.trust_id = trust.fingerprint or hashlib.sha256(repr(sorted(trust.keys)).encode()).hexdigest()[:16]
+        self.verdicts: VerdictCache[Verdict] = VerdictCache(config.cache_ttl, config.negative_cache_ttl,
+                                                            config.cache_max_entries, positive=lambda v: v.allowed)
+        self._decisions: OrderedDict[str, Decision] = OrderedDict()  # admission.rego answers, by input
+        self._decisions_lock = threading.Lock()
+        self._store_prefix = _store_prefix(store.url)
+
+    def engine_broken(self) -> bool:
+        """Whether the policies failed to load (then every review is denied; /readyz says so)."""
+        return bool(getattr(self.engine, "broken", None))
+
+    # -- the decision ----------------------------------------------------------------------------
+    def review(self, review: Review, mode: str = "enforce") -> Answer:
+        answer = self._review(review, mode)
+        if self.audit is not None:
+            self.audit.record("admission", plane="admission", uid=review.uid, operation=review.operation,
+                              namespace=review.namespace, kind=f"{review.group}/{review.kind}".lstrip("/"),
+                              name=review.name, dryRun=review.dry_run, mode=mode, allowed=answer.allowed,
+                              decision=answer.decision, message=answer.message, agents=answer.agents)
+        return answer
+
+    def _review(self, review: Review, mode: str) -> Answer:
+        if review.operation in ("DELETE", "CONNECT"):
+            return Answer(True, 200, f"{review.operation} is not judged")
+        if review.namespace in self.config.exempt_namespaces:
+            return Answer(True, 200, f"namespace {review.namespace} is exempt (config exemptNamespaces)")
+        if review.object is None:
+            return Answer(False, 400, "request.object is missing: nothing to judge", decision="denied")
+        try:
+            refs = find_references(review.group, review.kind, review.object,
+                                   runtime_classes=self.config.runtime_classes,
+                                   default_stage=self.config.default_stage,
+                                   max_references=self.config.max_references)
+        except InputError as exc:
+            return self._finish(mode, [f"{exc.where}: {exc.message}"], [], [])
+        if refs is None:
+            return Answer(True, 200, "not an agent workload")
+        denies: list[str] = []
+        warnings: list[str] = []
+        agents: list[dict[str, Any]] = []
+        for ref in refs:
+            d, w, record = self._judge(review, ref, mode)
+            denies.extend(d)
+            warnings.extend(w)
+            agents.append(record)
+        return self._finish(mode, denies, warnings, agents)
+
+    def _finish(self, mode: str, denies: list[str], warnings: list[str], agents: list[dict[str, Any]]) -> Answer:
+        if not denies:
+            return Answer(True, 200, "", warnings, "allowed", agents)
+        if mode == "warn":
+            return Answer(True, 200, "", [f"would be denied: {m}" for m in denies] + warnings, "warned", agents)
+        summary = f"{len(denies)} problem(s): " + " | ".join(denies)
+        return Answer(False, 403, summary, warnings, "denied", agents)
+
+    def _judge(self, review: Review, ref: Reference, mode: str) -> tuple[list[str], list[str], dict[str, Any]]:
+        record: dict[str, Any] = {"ref": ref.ref, "field": ref.field, "stage": ref.stage}
+        try:
+            parsed = parse_reference(ref.ref, ref.field)
+        except InputError as exc:
+            record["allowed"] = False
+            return [f"{exc.where}: {exc.message}"], [], record
+        verdict: Verdict | None = None
+        denies: list[str] = []
+        if parsed.pinned:
+            foreign = self._foreign(parsed)
+            if foreign:
+                denies.append(f"{ref.field}: {ref.ref!r} {foreign}")
+            else:
+                verdict = self._verdict(parsed, ref.stage)
+                record["digest"], record["score"] = parsed.digest, verdict.score
+        decision = self._policy(review, ref, parsed, verdict, mode)
+        denies.extend(decision.deny)
+        record["allowed"] = not denies
+        return denies, list(decision.warn), record
+
+    def _foreign(self, parsed: Parsed) -> str:
+        """Why a reference names another registry than this webhook's store ("" when it does not)."""
+        if not parsed.prefix or self._store_prefix is None or parsed.prefix == self._store_prefix:
+            return ""
+        return (f"names the registry {parsed.prefix}; agents are admitted from {self._store_prefix} only "
+                "(config store): copy it there with its evidence (agentfactory store copy)")
+
+    def _verdict(self, parsed: Parsed, stage: str) -> Verdict:
+        assert parsed.digest is not None
+        key = f"{parsed.digest}|{parsed.name}|{stage}|{self.trust_id}"
+
+        def compute() -> Verdict:
+            try:
+                agent = self.store.resolve(f"{parsed.name}@{parsed.digest}")
+            except NotFoundError:
+                return refuse(parsed.digest or "", "artifact",
+                              f"{parsed.name}@{parsed.digest} is not in {self.store.url}: it was never "
+                              "published there (or under another name)")
+            try:
+                return verify_stored(self.store, agent, self.trust, engine=self.engine, stage=stage)[0]
+            except AgentFactoryError as exc:  # a store that cannot be read denies, with the reason
+                return refuse(parsed.digest or "", "verifier", str(exc))
+
+        return self.verdicts.get(key, compute, timeout=self.config.deadline_ms / 1000)
+
+    def _policy(self, review: Review, ref: Reference, parsed: Parsed, verdict: Verdict | None,
+                mode: str) -> Decision:
+        document = {
+            "request": {"operation": review.operation, "namespace": review.namespace, "kind": review.kind,
+                        "name": review.name, "dryRun": review.dry_run, "mode": mode},
+            "agent": {"ref": plain_text(ref.ref), "field": plain_text(ref.field), "pinned": parsed.pinned,
+                      "name": parsed.name,
+                      "digest": parsed.digest, "stage": ref.stage},
+            "verdict": None if verdict is None else {
+                "allowed": verdict.allowed, "score": verdict.score,
+                "checks": [{**c.to_json(), "reason": plain_text(c.reason)} for c in verdict.checks]},
+        }
+        key = json.dumps(document, sort_keys=True)
+        with self._decisions_lock:
+            cached = self._decisions.get(key)
+            if cached is not None:
+                self._decisions.move_to_end(key)
+                return cached
+        decision = self.engine.decide("admission", document)
+        with self._decisions_lock:
+            self._decisions[key] = decision
+            while len(self._decisions) > MAX_POLICY_DECISIONS:
+                self._decisions.popitem(last=False)
+        return decision
+
+
+def _store_prefix(url: str) -> str | None:
+    """`oci://host:5000/agents?plain-http=true` → `host:5000/agents`; a local layout accepts any prefix."""
+    if not url.startswith("oci://"):
+        return None
+    return url.removeprefix("oci://").partition("?")[0].rstrip("/")

@@ -1,0 +1,288 @@
+# Admission policy: may this agent reference, found in a Kubernetes object, be admitted?
+#
+# The admission webhook calls it once per agent reference it finds in a WasmAgent, a Pod with a
+# wasm runtime class, an annotated object or a workload's pod template, after the trust core's
+# verifier has judged the artifact (the verdict includes the artifact policy for the agent's stage).
+#
+# Input (docs/policy-inputs.md): {"request": {"operation", "namespace", "kind", "name", "dryRun",
+# "mode"}, "agent": {"ref", "field", "pinned", "name", "digest", "stage"}, "verdict": null |
+# {"allowed", "score", "checks": [{"name", "ok", "reason"}]}}.
+# Tunables: data.agentfactory.config.admission (policies/data.json): stages, namespace_stages.
+#
+# Decision: `deny` (refuse), `warn` (admitted, with a warning shown to the client) and `allow`.
+# `warn` is always defined (a partial set: empty when no rule matches). request.mode ("enforce" or
+# "warn") is not treated specially: in warn mode the webhook turns the denies into warnings itself.
+# DELETE is allowed whatever the agent (the webhook does not even ask; if it does, nothing denies),
+# so that a bad object can always be removed.
+#
+# Every message names the field it is about and says what to change. Rule ids: AD1..AD5.
+# rego-cpp compatibility: see the notes at the top of template.rego (no %q; txt() around every
+# string argument of sprintf; no (?i) in regular expressions).
+package agentfactory.admission
+
+import rego.v1
+
+default allow := false
+
+allow if count(deny) == 0
+
+cfg := obj(object.get(obj(data.agentfactory.config), "admission", null))
+
+obj(x) := x if {
+	is_object(x)
+} else := {}
+
+arr(x) := x if {
+	is_array(x)
+} else := []
+
+# txt(x): x as message text (a plain string in rego-cpp as well as OPA; see template.rego).
+txt(x) := substring(x, 0, -1) if {
+	is_string(x)
+} else := sprintf("%v", [x])
+
+request := obj(object.get(input, "request", null))
+
+agent := obj(object.get(input, "agent", null))
+
+raw_verdict := object.get(input, "verdict", null)
+
+verdict := obj(raw_verdict)
+
+operation := object.get(request, "operation", null)
+
+# Nothing is denied on DELETE (see the header).
+judged if operation != "DELETE"
+
+# Where the reference was found (spec.agent, spec.containers[0].image, …), for the messages.
+field := f if {
+	f := agent.field
+	is_string(f)
+	f != ""
+} else := "agent.ref"
+
+ref := txt(object.get(agent, "ref", ""))
+
+namespace := ns if {
+	ns := request.namespace
+	is_string(ns)
+} else := ""
+
+# --- malformed input -----------------------------------------------------------------------------
+
+deny contains msg if {
+	not is_object(object.get(input, "request", null))
+	msg := "request: missing or not an object; the webhook must pass the admission request (operation, namespace, kind, name, dryRun, mode)"
+}
+
+deny contains msg if {
+	judged
+	not is_object(object.get(input, "agent", null))
+	msg := "agent: missing or not an object; the webhook must pass the agent reference it found (ref, field, pinned, name, digest, stage)"
+}
+
+deny contains msg if {
+	judged
+	is_object(object.get(input, "agent", null))
+	r := object.get(agent, "ref", null)
+	not non_empty_string(r)
+	msg := sprintf("agent.ref is %s, not a non-empty string; the webhook must pass the agent reference as written in %s", [txt(r), txt(field)])
+}
+
+deny contains msg if {
+	judged
+	raw_verdict != null
+	not is_object(raw_verdict)
+	msg := "verdict: must be null (the artifact was not verified) or an object with allowed, score and checks"
+}
+
+deny contains msg if {
+	ns := object.get(request, "namespace", null)
+	ns != null
+	not is_string(ns)
+	msg := sprintf("request.namespace is %s, not a string; the webhook must pass the namespace of the object (empty for a cluster-scoped one)", [txt(ns)])
+}
+
+deny contains msg if {
+	m := object.get(request, "mode", null)
+	m != null
+	not m in {"enforce", "warn"}
+	msg := sprintf(`request.mode "%s" is unknown; the webhook must pass "enforce" or "warn"`, [txt(m)])
+}
+
+non_empty_string(x) if {
+	is_string(x)
+	x != ""
+}
+
+# --- AD1: digest pinning -------------------------------------------------------------------------
+#
+# Agents are admitted by digest only: a tag or version can be moved to other bytes after the
+# verification, a digest cannot.
+
+deny contains msg if {
+	judged
+	is_object(object.get(input, "agent", null))
+	object.get(agent, "pinned", false) != true
+	msg := sprintf(`%s: "%s" is not pinned by digest; agents are admitted by digest only: write it as %s@sha256:<digest> (agentfactory store ls shows the digests)`, [txt(field), ref, txt(agent_name)])
+}
+
+agent_name := n if {
+	n := agent.name
+	non_empty_string(n)
+} else := "<name>"
+
+deny contains msg if {
+	judged
+	agent.pinned == true
+	d := object.get(agent, "digest", null)
+	not valid_digest(d)
+	msg := sprintf(`%s: "%s" is marked pinned but agent.digest is %s, not sha256:<64 lowercase hex digits>; the webhook must pass the digest named in the reference`, [txt(field), ref, txt(d)])
+}
+
+valid_digest(d) if {
+	is_string(d)
+	regex.match(`^sha256:[0-9a-f]{64}$`, d)
+}
+
+# --- AD2: verified -------------------------------------------------------------------------------
+#
+# The verifier's verdict (signature, evidence, artifact policy for the stage) must allow the
+# digest. No verdict for a pinned reference: fail closed.
+
+failed_checks := [c |
+	some entry in arr(object.get(verdict, "checks", null))
+	c := obj(entry)
+	object.get(c, "ok", false) != true
+]
+
+check_name(c) := txt(object.get(c, "name", "unnamed check"))
+
+deny contains msg if {
+	judged
+	is_object(raw_verdict)
+	object.get(verdict, "allowed", false) != true
+	some c in failed_checks
+	msg := sprintf(`%s: "%s" does not verify: %s: %s`, [txt(field), ref, check_name(c), txt(object.get(c, "reason", "no reason given"))])
+}
+
+deny contains msg if {
+	judged
+	is_object(raw_verdict)
+	object.get(verdict, "allowed", false) != true
+	count(failed_checks) == 0
+	msg := sprintf(`%s: "%s" does not verify: the verifier refused it without naming a failed check (verdict.allowed is %s); run agentfactory verify on the reference to see why, and fix the evidence it reports`, [txt(field), ref, txt(object.get(verdict, "allowed", null))])
+}
+
+deny contains msg if {
+	judged
+	agent.pinned == true
+	raw_verdict == null
+	msg := sprintf(`%s: "%s" was not verified (no verdict); it is refused until the verifier judges it: make sure the digest is published in the store the webhook verifies against`, [txt(field), ref])
+}
+
+# --- AD3: known stage ----------------------------------------------------------------------------
+
+known_stages := arr(object.get(cfg, "stages", null))
+
+agent_stage := object.get(agent, "stage", null)
+
+deny contains msg if {
+	judged
+	is_object(object.get(input, "agent", null))
+	not agent_stage in known_stages
+	msg := sprintf(`agent.stage "%s" is not a known stage (config admission.stages: %s); set spec.stage of the WasmAgent, or the agentfactory.dev/stage annotation, to one of them`, [txt(agent_stage), txt(concat(", ", [txt(s) | some s in known_stages]))])
+}
+
+# --- AD4: namespace stage rules ------------------------------------------------------------------
+#
+# config admission.namespace_stages maps a namespace name, or a glob with a single trailing `*`
+# ("prod-*"), to the stage required there. An exact name wins over a glob; among the globs that
+# match, the longest prefix wins. A namespace matching no entry accepts any known stage.
+
+namespace_stages := obj(object.get(cfg, "namespace_stages", null))
+
+# glob_prefix(k): the prefix of a glob key ("prod-*" -> "prod-"); undefined for an exact name.
+glob_prefix(k) := p if {
+	endswith(k, "*")
+	p := trim_suffix(k, "*")
+	not contains(p, "*")
+}
+
+matching_prefixes := {p |
+	some k
+	namespace_stages[k]
+	p := glob_prefix(k)
+	startswith(namespace, p)
+}
+
+required_stage := s if {
+	s := namespace_stages[namespace]
+} else := s if {
+	count(matching_prefixes) > 0
+	longest := max({count(p) | some p in matching_prefixes})
+	some p in matching_prefixes
+	count(p) == longest
+	s := namespace_stages[concat("", [p, "*"])]
+}
+
+deny contains msg if {
+	judged
+	required := required_stage
+	is_string(agent_stage)
+	agent_stage != required
+	msg := sprintf(`request.namespace "%s" runs stage "%s" agents only (config admission.namespace_stages); agent.stage is "%s": promote the agent to %s and set its stage`, [txt(namespace), txt(required), txt(agent_stage), txt(required)])
+}
+
+# A key with a `*` elsewhere than at its end would silently match nothing: refuse (fail closed).
+deny contains msg if {
+	some k
+	namespace_stages[k]
+	contains(k, "*")
+	not glob_prefix(k)
+	msg := sprintf(`config admission.namespace_stages: the key "%s" has a * elsewhere than at its end; only a namespace name or a prefix glob with a single trailing * (e.g. prod-*) is supported: fix policies/data.json`, [txt(k)])
+}
+
+# --- AD5: operations -----------------------------------------------------------------------------
+#
+# The webhook is registered for CREATE and UPDATE; it allows DELETE itself (allowed here as well).
+
+deny contains msg if {
+	is_string(operation)
+	not operation in {"CREATE", "UPDATE", "DELETE"}
+	msg := sprintf(`request.operation "%s" is unexpected: agents are admitted on CREATE and UPDATE only; register the webhook for CREATE and UPDATE`, [txt(operation)])
+}
+
+deny contains msg if {
+	is_object(object.get(input, "request", null))
+	not is_string(operation)
+	msg := sprintf("request.operation is %s, not a string: unexpected operation; the webhook must pass CREATE or UPDATE", [txt(operation)])
+}
+
+# --- warnings (admitted, with a message to the client) ---------------------------------------------
+
+warn contains msg if {
+	judged
+	verdict.allowed == true
+	score := verdict.score
+	is_number(score)
+	score < 10
+	count(failed_checks) > 0
+	names := concat(", ", [check_name(c) | some c in failed_checks])
+	msg := sprintf(`%s: "%s" is admitted with security score %v/10: %s did not pass; complete that evidence and verify again to raise the score`, [txt(field), ref, score, txt(names)])
+}
+
+warn contains msg if {
+	judged
+	verdict.allowed == true
+	score := verdict.score
+	is_number(score)
+	score < 10
+	count(failed_checks) == 0
+	msg := sprintf(`%s: "%s" is admitted with security score %v/10; add the missing optional evidence (trusted builder, source) and verify again to raise the score`, [txt(field), ref, score])
+}
+
+warn contains msg if {
+	request.dryRun == true
+	msg := "request.dryRun: dry run: nothing is admitted for real"
+}

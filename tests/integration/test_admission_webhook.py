@@ -1,0 +1,218 @@
+"""The admission webhook over real TLS: signed examples admitted, every bad case refused with its reason."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from admission_helpers import in_template, review, wasm_agent, wasm_pod, webhook
+from helpers import EXAMPLES, ROOT, TEMPLATES
+from runtime_helpers import OK_WAT, Signed, publish, signed_store, wat_manifest
+
+from admission.config import AdmissionConfig
+from admission.decide import Admitter
+from agentfactory.audit import AuditLog
+from pipelines.run import Signing, run_pipeline
+
+pytestmark = pytest.mark.toolchain
+SAMPLES = ROOT.parent / "shared" / "testdata" / "admission"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Signed, dict[str, str], Path]]:
+    """The signed examples, an unsigned agent and a tampered one, in one store."""
+    home = tmp_path_factory.mktemp("home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AGENTFACTORY_HOME", str(home))
+        s = signed_store(home)
+        report = run_pipeline(TEMPLATES, s.store, signing=Signing(s.keyring), engine=s.engine)
+        assert report.ok, [t.errors for t in report.templates]
+        publish(s, home / "extra", {"victim": (wat_manifest("victim"), {"src/main.wat": OK_WAT})})
+        publish(s, home / "unsigned", {"plain": (wat_manifest("plain"), {"src/main.wat": OK_WAT.replace("ok", "no")})},
+                sign=False)
+        refs = {a.name: f"{a.name}@{a.digest}" for a in (s.store.resolve(n) for n in [*EXAMPLES, "victim", "plain"])}
+        victim = Path(s.store.url.removeprefix("oci-layout:")) / "blobs" / "sha256" / refs["victim"].split(":")[-1]
+        victim.chmod(0o644)
+        victim.write_bytes(victim.read_bytes().replace(b"ok\n", b"pwn"))
+        yield s, refs, home
+
+
+@pytest.fixture
+def server(world: tuple[Signed, dict[str, str], Path], tmp_path: Path) -> Iterator[tuple[str, httpx.Client]]:
+    s, _, _ = world
+    config = AdmissionConfig(audit_log=tmp_path / "audit.jsonl", max_request_bytes=256 * 1024, max_references=64,
+                             deadline_ms=2000)
+    admitter = Admitter(config, s.store, s.trust, s.engine, AuditLog(tmp_path / "audit.jsonl"))
+    with webhook(admitter, tmp_path / "tls") as served:
+        yield served
+
+
+def ask(client: httpx.Client, body: dict[str, Any] | bytes, path: str = "/validate") -> dict[str, Any]:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = client.post(path, content=content, headers={"Content-Type": "application/json"})
+    assert r.status_code == 200, r.text  # every answer is an AdmissionReview, never an HTTP error
+    doc = r.json()
+    assert doc["apiVersion"] == "admission.k8s.io/v1" and doc["kind"] == "AdmissionReview"
+    if not isinstance(body, bytes):
+        assert doc["response"]["uid"] == body["request"]["uid"]
+    return doc["response"]
+
+
+def test_signed_examples_are_admitted_in_every_form(server: tuple[str, httpx.Client],
+                                                    world: tuple[Signed, dict[str, str], Path]) -> None:
+    _, client = server
+    _, refs, _ = world
+    for name in EXAMPLES:
+        resp = ask(client, review(wasm_agent(refs[name], name), group="agentfactory.dev", version="v1alpha1",
+                                  kind="WasmAgent"))
+        assert resp["allowed"] is True, resp
+        assert "warnings" not in resp
+    pod = wasm_pod(*(refs[n] for n in EXAMPLES))
+    assert ask(client, review(pod))["allowed"] is True
+    annotated = wasm_pod("nginx:1.25", runtime_class="runc",
+                         annotations={"agentfactory.dev/agent": f"{refs['wordstats']}, {refs['base64']}"})
+    for kind, group in (("Deployment", "apps"), ("StatefulSet", "apps"), ("DaemonSet", "apps"),
+                        ("ReplicaSet", "apps"), ("Job", "batch"), ("CronJob", "batch")):
+        assert ask(client, review(in_template(annotated, kind), group=group, kind=kind))["allowed"] is True
+        assert ask(client, review(in_template(wasm_pod(refs["jsonfmt"]), kind), group=group, kind=kind))["allowed"]
+
+
+def test_each_bad_agent_is_refused_with_its_reason(server: tuple[str, httpx.Client],
+                                                   world: tuple[Signed, dict[str, str], Path],
+                                                   tmp_path: Path) -> None:
+    _, client = server
+    _, refs, _ = world
+    cases = {
+        refs["plain"]: "signature: no signature for",
+        refs["victim"]: "digest: ",
+        "wordstats:1.0.0": 'is not pinned by digest',
+        "wordstats": 'is not pinned by digest',
+        "wordstats@sha256:" + "0" * 64: "is not in oci-layout:",
+        "wordstats@sha256:abc": "the digest must be sha256: and 64 lower-case hex digits",
+        "Not A Name@sha256:" + "0" * 64: "is not an agent name",
+    }
+    for ref, reason in cases.items():
+        resp = ask(client, review(wasm_agent(ref), group="agentfactory.dev", version="v1alpha1", kind="WasmAgent"))
+        assert resp["allowed"] is False, ref
+        assert resp["status"]["code"] == 403 and reason in resp["status"]["message"], (ref, resp)
+    resp = ask(client, review(wasm_pod("busybox:latest")))
+    assert not resp["allowed"] and "spec.containers[0].image" in resp["status"]["message"]
+    assert "is not pinned by digest" in resp["status"]["message"]
+    mixed = ask(client, review(in_template(wasm_pod(refs["wordstats"], refs["plain"]), "Deployment"), group="apps",
+                                kind="Deployment"))
+    assert not mixed["allowed"] and "spec.template.spec.containers[1].image" in mixed["status"]["message"]
+    foreign = ask(client, review(wasm_pod("evil.example.com/agents/" + refs["wordstats"])))
+    assert foreign["allowed"] is True  # a local store accepts any prefix: the digest is what is judged
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert sum(1 for r in records if r["event"] == "admission" and not r["allowed"]) >= len(cases) + 2
+
+
+def test_operator_behaviour(server: tuple[str, httpx.Client], world: tuple[Signed, dict[str, str], Path]) -> None:
+    _, client = server
+    _, refs, _ = world
+    bad = wasm_agent(refs["plain"])
+    crd = {"group": "agentfactory.dev", "version": "v1alpha1", "kind": "WasmAgent"}
+    assert ask(client, review(bad, **crd, operation="DELETE"))["allowed"] is True
+    assert ask(client, review(bad, **crd, namespace="kube-system"))["allowed"] is True
+    assert ask(client, review(bad, **crd, namespace="agentfactory-system"))["allowed"] is True
+    # UPDATE is judged on the new object, not the old one
+    assert not ask(client, review(bad, **crd, operation="UPDATE", old=wasm_agent(refs["wordstats"])))["allowed"]
+    assert ask(client, review(wasm_agent(refs["wordstats"]), **crd, operation="UPDATE", old=bad))["allowed"]
+    dry = ask(client, review(wasm_agent(refs["wordstats"]), **crd, dry_run=True))
+    assert dry["allowed"] and any("dry run" in w for w in dry["warnings"])
+    assert not ask(client, review(bad, **crd, dry_run=True))["allowed"]  # a dry run is judged like the real one
+    warned = ask(client, review(bad, **crd), path="/validate/warn")
+    assert warned["allowed"] is True and any(w.startswith("would be denied: ") and "signature" in w
+                                             for w in warned["warnings"])
+    # objects that carry no agent pass untouched
+    config_map = {"kind": "ConfigMap", "metadata": {"name": "c"}, "data": {}}
+    assert ask(client, review(config_map, kind="ConfigMap"))["allowed"]
+    assert ask(client, review(wasm_pod("nginx:1.25", runtime_class="runc")))["allowed"]
+    # stage rules from admission.rego: prod namespaces run prod agents only
+    resp = ask(client, review(wasm_agent(refs["wordstats"], stage="dev"), **crd, namespace="prod"))
+    assert not resp["allowed"] and 'runs stage "prod" agents only' in resp["status"]["message"]
+    assert ask(client, review(wasm_agent(refs["wordstats"], stage="prod"), **crd, namespace="prod"))["allowed"]
+    unknown = ask(client, review(wasm_agent(refs["wordstats"], stage="qa"), **crd))
+    assert not unknown["allowed"] and '"qa"' in unknown["status"]["message"]
+
+
+def test_the_shared_sample_reviews(server: tuple[str, httpx.Client]) -> None:
+    _, client = server
+    for name in ("datree-applyAllowedRequest.json", "datree-applyNotAllowedRequest.json"):
+        body = json.loads((SAMPLES / name).read_text())
+        # UPDATEs of the scale subresource (request.kind autoscaling/v1 Scale) carrying plain Pods (nginx,
+        # busybox): not agent workloads, admitted untouched. The kind that counts is request.kind.
+        resp = ask(client, body)
+        assert resp["allowed"] is True and resp["uid"] == body["request"]["uid"]
+        body["request"]["kind"] = {"group": "", "version": "v1", "kind": "Pod"}
+        resp = ask(client, body)  # the same Pod as a Pod: still runc, still not an agent
+        assert resp["allowed"] is True
+        body["request"]["object"]["spec"]["runtimeClassName"] = "wasmtime"  # the same Pod as a wasm workload
+        resp = ask(client, body)
+        assert resp["allowed"] is False and "is not pinned by digest" in resp["status"]["message"]
+
+
+def test_bad_input_is_refused_clearly(server: tuple[str, httpx.Client],
+                                      world: tuple[Signed, dict[str, str], Path]) -> None:
+    _, client = server
+    _, refs, _ = world
+    for body, needle in ((b"{not json", "not JSON"), (b"[]", "not a JSON object"),
+                         (json.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}).encode(),
+                          "request: missing"),
+                         (json.dumps({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview",
+                                      "request": {"uid": "u"}}).encode(), "expected admission.k8s.io/v1"),
+                         (json.dumps({"apiVersion": "v1", "kind": "Pod"}).encode(), "expected admission.k8s.io/v1"),
+                         (b"[" * 100_000, "nested too deeply")):
+        resp = ask(client, body)
+        assert resp["allowed"] is False and resp["status"]["code"] == 400 and needle in resp["status"]["message"]
+    huge = ask(client, b" " * (256 * 1024 + 1))
+    assert huge["status"]["code"] == 413 and "maxRequestBytes" in huge["status"]["message"]
+    many = ask(client, review(wasm_pod(*[refs["wordstats"]] * 65)))
+    assert not many["allowed"] and "more than 64 agent references" in many["status"]["message"]
+    lots = ask(client, review(wasm_pod(*[refs["wordstats"]] * 60)))
+    assert lots["allowed"] is True  # sixty references to one digest: one verification, cached
+    no_image = ask(client, review({"kind": "Pod", "metadata": {}, "spec": {"runtimeClassName": "wasmtime",
+                                                                          "containers": [{"name": "x"}]}}))
+    assert not no_image["allowed"] and "spec.containers[0].image: missing" in no_image["status"]["message"]
+    assert client.get("/healthz").text == "ok\n" and client.get("/readyz").status_code == 200
+
+
+def test_a_slow_client_is_cut_off_and_others_are_served(server: tuple[str, httpx.Client], tmp_path: Path,
+                                                       world: tuple[Signed, dict[str, str], Path]) -> None:
+    url, client = server
+    _, refs, _ = world
+    host, port = url.removeprefix("https://").split(":")
+    context = ssl.create_default_context(cafile=str(tmp_path / "tls" / "ca.crt"))
+    with socket.create_connection((host, int(port))) as raw, context.wrap_socket(raw, server_hostname=host) as tls:
+        tls.sendall(b"POST /validate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 5000\r\n\r\n{\"apiVersion\"")
+        started = time.monotonic()
+        good = ask(client, review(wasm_agent(refs["wordstats"]), group="agentfactory.dev", version="v1alpha1",
+                                  kind="WasmAgent"))
+        assert good["allowed"] and time.monotonic() - started < 2  # not held up by the slow one
+        tls.settimeout(10)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = tls.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    body = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    assert body["response"]["allowed"] is False and body["response"]["status"]["code"] == 408
+
+
+def test_metrics_count_decisions(server: tuple[str, httpx.Client], world: tuple[Signed, dict[str, str], Path]) -> None:
+    _, client = server
+    _, refs, _ = world
+    ask(client, review(wasm_agent(refs["plain"]), group="agentfactory.dev", version="v1alpha1", kind="WasmAgent"))
+    text = client.get("/metrics").text
+    assert 'agent_factory_control_plane_requests_total{decision="denied"}' in text
+    assert "agent_factory_control_plane_request_duration_seconds_bucket" in text
+    assert "agent_factory_security_validations_total" in text
