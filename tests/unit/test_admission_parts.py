@@ -41,9 +41,8 @@ def test_where_agents_are_found() -> None:
     refs = find_references("", "Pod", pod, **FIND)
     assert [r.field for r in refs] == ["spec.initContainers[0].image", "spec.containers[0].image",
                                        "spec.containers[1].image"]
-    job = in_template(wasm_pod("nginx", runtime_class="runc",
-                               annotations={"agentfactory.dev/agent": f"a@{D},b@{D}", "agentfactory.dev/stage": "prod"}),
-                      "CronJob")
+    annotations = {"agentfactory.dev/agent": f"a@{D},b@{D}", "agentfactory.dev/stage": "prod"}
+    job = in_template(wasm_pod("nginx", runtime_class="runc", annotations=annotations), "CronJob")
     refs = find_references("batch", "CronJob", job, **FIND)
     assert [(r.ref, r.stage) for r in refs] == [(f"a@{D}", "prod"), (f"b@{D}", "prod")]
     assert refs[0].field == "spec.jobTemplate.spec.template.metadata.annotations['agentfactory.dev/agent']"
