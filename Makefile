@@ -48,6 +48,17 @@ demo: $(STAMP)
 	  --store oci-layout:$(DEMO)/unsigned-store >/dev/null
 	@$(BIN)/agentfactory run --store oci-layout:$(DEMO)/unsigned-store hello-unsigned; test $$? -eq 125
 	$(BIN)/agentfactory runtime audit $(DEMO)/audit.jsonl
+	@echo "The admission webhook over TLS on loopback: the examples' WasmAgents, an unsigned, a tampered and an unpinned one:"
+	@rm -rf $(DEMO)/admission-store && cp -r .agentfactory/store $(DEMO)/admission-store
+	@$(BIN)/agentfactory pipeline run --templates tests/fixtures/runtime-templates --no-sign \
+	  --store oci-layout:$(DEMO)/admission-store >/dev/null 2>&1
+	@$(BIN)/agentfactory pipeline run --templates tests/fixtures/admission-templates \
+	  --store oci-layout:$(DEMO)/admission-store >/dev/null 2>&1
+	@$(BIN)/agentfactory admission certs --out $(DEMO)/tls >/dev/null 2>&1
+	@$(BIN)/agentfactory admission serve --listen 127.0.0.1:0 --tls-cert $(DEMO)/tls/tls.crt \
+	  --tls-key $(DEMO)/tls/tls.key --store oci-layout:$(DEMO)/admission-store 2>$(DEMO)/admission.log & \
+	  pid=$$!; $(BIN)/python -c "$$DEMO_ADMISSION" $(DEMO)/admission.log $(DEMO)/admission-store $(DEMO)/tls/ca.crt; \
+	  rc=$$?; kill $$pid; wait $$pid 2>/dev/null; exit $$rc
 
 # make demo: wait for the service's "listening" line, invoke every example over HTTP, show the headers.
 define DEMO_HTTP
@@ -67,6 +78,39 @@ for name, body in inputs.items():
 print("healthz:", httpx.get(f"{url}/healthz").text.strip())
 endef
 export DEMO_HTTP
+
+# make demo: tamper with the victim in the demo store, then send the webhook one WasmAgent per agent.
+define DEMO_ADMISSION
+import json, pathlib, ssl, sys, time, uuid, httpx
+log, store, ca = sys.argv[1], pathlib.Path(sys.argv[2]), sys.argv[3]
+index = json.loads((store / "index.json").read_text())["manifests"]
+digests = {m["annotations"]["org.opencontainers.image.ref.name"].split(":")[0]: m["annotations"]["dev.agentfactory.artifact.digest"] for m in index if ":" in m.get("annotations", {}).get("org.opencontainers.image.ref.name", "")}
+blob = store / "blobs" / "sha256" / digests["victim"][7:]
+blob.chmod(0o644)
+blob.write_bytes(blob.read_bytes().replace(b"victim", b"attack"))
+for _ in range(400):
+    text = open(log).read()
+    if "listening" in text:
+        break
+    time.sleep(0.05)
+url = json.loads(text.splitlines()[0])["listening"]
+client = httpx.Client(base_url=url, verify=ssl.create_default_context(cafile=ca), timeout=30)
+for _ in range(200):
+    try:
+        client.get("/healthz"); break
+    except httpx.TransportError:
+        time.sleep(0.05)
+def ask(ref):
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": str(uuid.uuid4()), "kind": {"group": "agentfactory.dev", "version": "v1alpha1", "kind": "WasmAgent"}, "resource": {"group": "agentfactory.dev", "version": "v1alpha1", "resource": "wasmagents"}, "namespace": "team-a", "operation": "CREATE", "name": ref.split("@")[0].split(":")[0], "object": {"apiVersion": "agentfactory.dev/v1alpha1", "kind": "WasmAgent", "metadata": {"name": "a"}, "spec": {"agent": ref}}}}
+    return client.post("/validate", json=review).json()["response"]
+cases = [(n, f"{n}@{digests[n]}", True) for n in ("wordstats", "jsonfmt", "sha256sum", "base64")]
+cases += [("unsigned", f"hello-unsigned@{digests['hello-unsigned']}", False), ("tampered", f"victim@{digests['victim']}", False), ("unpinned", "wordstats:1.0.0", False)]
+for label, ref, expected in cases:
+    r = ask(ref)
+    print(("ADMITTED " if r["allowed"] else "DENIED   ") + label.ljust(10), "" if r["allowed"] else r["status"]["message"][:200] + "…")
+    assert r["allowed"] == expected, r
+endef
+export DEMO_ADMISSION
 
 ## system-deps: what the tests need from the OS (git; the OCI registry `docker-registry`), installed
 ## with apt-get when run as root

@@ -113,7 +113,7 @@ def run(ref: str, stdin_path: str | None, args: tuple[str, ...], env_pairs: tupl
                         "verdict": exc.verdict.to_json() if exc.verdict else None})
         else:
             _print_refusal(exc)
-        sys.exit(EXIT_REFUSED)
+        _exit(EXIT_REFUSED)
     finally:
         runtime.close()
     ex = result.execution
@@ -128,8 +128,17 @@ def run(ref: str, stdin_path: str | None, args: tuple[str, ...], env_pairs: tupl
         if ex.outcome not in ("ok", "error"):
             err.print(f"[red]stopped:[/red] {ex.reason}", markup=True)
     if ex.outcome not in ("ok", "error"):
-        sys.exit(EXIT_STOPPED)
-    sys.exit(ex.exit_code or EXIT_OK)
+        _exit(EXIT_STOPPED)
+    _exit(ex.exit_code or EXIT_OK)
+
+
+def _exit(code: int) -> None:
+    """Exit at once, output flushed: wasmtime's WASI worker threads can abort a normal interpreter
+    shutdown (a Rust panic in a thread that starts while the process tears down: exit 134), after all
+    the work is done. Nothing is left to finalize: the audit trail is written with unbuffered writes."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _print_refusal(exc: Any) -> None:
@@ -201,6 +210,7 @@ def serve(listen: str, workers: int | None, store_url: str | None, policy_path: 
     finally:
         server.server_close()
         rt.close()
+    _exit(EXIT_OK)
 
 
 @runtime.command("audit")
