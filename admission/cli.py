@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import ssl
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,12 +82,46 @@ def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, 
     except OSError as exc:
         raise ConfigError(f"--listen {listen}: {exc.strerror}") from None
     bound = sock.getsockname()
+    contexts: list[ssl.SSLContext] = []
+
+    def tls_context(_config: Any, default: Any) -> ssl.SSLContext:
+        context: ssl.SSLContext = default()
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        contexts.append(context)
+        return context
+
     server = uvicorn.Server(uvicorn.Config(
         create_app(admitter), ssl_certfile=str(tls_cert), ssl_keyfile=str(tls_key), log_level="warning",
-        access_log=False, timeout_keep_alive=30, limit_concurrency=1000, server_header=False))
+        access_log=False, timeout_keep_alive=30, limit_concurrency=1000, server_header=False,
+        ssl_context_factory=tls_context))
+    threading.Thread(target=_reload_certificate, args=(contexts, tls_cert, tls_key), daemon=True,
+                     name="tls-reload").start()
     err.print(json.dumps({"listening": f"https://{bound[0]}:{bound[1]}", "config": admitter.config.source,
                           "store": admitter.store.url, "trust": admitter.trust.source}), markup=False)
     server.run(sockets=[sock])
+
+
+def _reload_certificate(contexts: list[ssl.SSLContext], cert: Path, key: Path, every: float = 30.0) -> None:
+    """Load a renewed certificate (cert-manager rewrites the Secret's files) into the live TLS context:
+    new handshakes use it, open connections go on, and no restart is needed before the old one expires."""
+    def stamp() -> tuple[float, float]:
+        return cert.stat().st_mtime, key.stat().st_mtime
+
+    try:
+        seen = stamp()
+    except OSError:
+        return
+    while True:
+        time.sleep(every)
+        try:
+            now = stamp()
+            if now != seen and contexts:
+                contexts[0].load_cert_chain(cert, key)
+                seen = now
+                err.print(json.dumps({"tls": "reloaded", "cert": str(cert)}), markup=False)
+        except (OSError, ssl.SSLError) as exc:  # a half-written pair: keep serving the old one, try again
+            err.print(json.dumps({"tls": "reload failed, keeping the current certificate", "error": str(exc)}),
+                      markup=False)
 
 
 @admission.command("certs")

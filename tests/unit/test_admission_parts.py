@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
 import threading
@@ -120,3 +121,50 @@ def test_dev_certificates_verify_for_the_service_names(tmp_path: Path) -> None:
     assert "agentfactory-admission.agentfactory-system.svc" in names and "localhost" in names
     ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
     ctx.load_cert_chain(tmp_path / "tls.crt", tmp_path / "tls.key")  # the key matches the certificate
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path) -> None:
+    import shutil
+    import socket
+
+    from admission.cli import _reload_certificate
+
+    make_certs(tmp_path / "old", service="s", namespace="n")
+    make_certs(tmp_path / "new", service="s", namespace="n")  # another CA: only the new pair verifies under it
+    live = tmp_path / "live"
+    shutil.copytree(tmp_path / "old", live)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(live / "tls.crt", live / "tls.key")
+    threading.Thread(target=_reload_certificate, args=([context], live / "tls.crt", live / "tls.key", 0.05),
+                     daemon=True).start()
+
+    def handshake(ca: Path) -> bool:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+
+            def serve() -> None:
+                conn, _ = listener.accept()
+                with contextlib.suppress(ssl.SSLError, OSError), context.wrap_socket(conn, server_side=True):
+                    pass
+
+            thread = threading.Thread(target=serve)
+            thread.start()
+            client = ssl.create_default_context(cafile=str(ca))
+            try:
+                with socket.create_connection(listener.getsockname()) as raw, \
+                        client.wrap_socket(raw, server_hostname="localhost"):
+                    return True
+            except ssl.SSLError:
+                return False
+            finally:
+                thread.join()
+
+    assert handshake(tmp_path / "old" / "ca.crt") and not handshake(tmp_path / "new" / "ca.crt")
+    time.sleep(0.1)
+    for name in ("tls.crt", "tls.key"):
+        shutil.copy(tmp_path / "new" / name, live / name)
+    deadline = time.monotonic() + 5
+    while not handshake(tmp_path / "new" / "ca.crt"):
+        assert time.monotonic() < deadline, "the renewed certificate was never loaded"
+        time.sleep(0.05)
