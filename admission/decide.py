@@ -156,8 +156,10 @@ class Admitter:
     def _policy(self, review: Review, ref: Reference, parsed: Parsed, verdict: Verdict | None,
                 mode: str) -> Decision:
         document = {
+            # no object name: the decision is about the agent in its namespace, and is memoised by its
+            # input, so the Pods a ReplicaSet creates under new names reuse it (docs/policy-inputs.md)
             "request": {"operation": review.operation, "namespace": review.namespace, "kind": review.kind,
-                        "name": review.name, "dryRun": review.dry_run, "mode": mode},
+                        "dryRun": review.dry_run, "mode": mode},
             "agent": {"ref": plain_text(ref.ref), "field": plain_text(ref.field), "pinned": parsed.pinned,
                       "name": parsed.name,
                       "digest": parsed.digest, "stage": ref.stage},

@@ -4,7 +4,7 @@
 # wasm runtime class, an annotated object or a workload's pod template, after the trust core's
 # verifier has judged the artifact (the verdict includes the artifact policy for the agent's stage).
 #
-# Input (docs/policy-inputs.md): {"request": {"operation", "namespace", "kind", "name", "dryRun",
+# Input (docs/policy-inputs.md): {"request": {"operation", "namespace", "kind", "dryRun",
 # "mode"}, "agent": {"ref", "field", "pinned", "name", "digest", "stage"}, "verdict": null |
 # {"allowed", "score", "checks": [{"name", "ok", "reason"}]}}.
 # Tunables: data.agentfactory.config.admission (policies/data.json): stages, namespace_stages.
@@ -72,7 +72,7 @@ namespace := ns if {
 
 deny contains msg if {
 	not is_object(object.get(input, "request", null))
-	msg := "request: missing or not an object; the webhook must pass the admission request (operation, namespace, kind, name, dryRun, mode)"
+	msg := "request: missing or not an object; the webhook must pass the admission request (operation, namespace, kind, dryRun, mode)"
 }
 
 deny contains msg if {

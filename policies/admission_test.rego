@@ -16,7 +16,7 @@ digest := "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcd
 
 pinned_ref := "wordstats@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 
-good_request := {"operation": "CREATE", "namespace": "team-a", "kind": "WasmAgent", "name": "wordstats", "dryRun": false, "mode": "enforce"}
+good_request := {"operation": "CREATE", "namespace": "team-a", "kind": "WasmAgent", "dryRun": false, "mode": "enforce"}
 
 good_agent := {"ref": pinned_ref, "field": "spec.agent", "pinned": true, "name": "wordstats", "digest": digest, "stage": "prod"}
 
@@ -91,13 +91,13 @@ test_missing_request_denied if {
 	a := good_agent
 	v := good_verdict
 	d := data.agentfactory.admission.deny with input.agent as a with input.verdict as v
-	d == {"request: missing or not an object; the webhook must pass the admission request (operation, namespace, kind, name, dryRun, mode)"}
+	d == {"request: missing or not an object; the webhook must pass the admission request (operation, namespace, kind, dryRun, mode)"}
 	data.agentfactory.admission.warn == set() with input.agent as a with input.verdict as v
 }
 
 test_non_object_request_and_agent_denied if {
 	d := admission_deny("CREATE", ["wordstats"], good_verdict)
-	"request: missing or not an object; the webhook must pass the admission request (operation, namespace, kind, name, dryRun, mode)" in d
+	"request: missing or not an object; the webhook must pass the admission request (operation, namespace, kind, dryRun, mode)" in d
 	"agent: missing or not an object; the webhook must pass the agent reference it found (ref, field, pinned, name, digest, stage)" in d
 }
 
