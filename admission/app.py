@@ -21,7 +21,7 @@ from agentfactory.audit import AuditError
 from agentfactory.errors import InputError
 from agentfactory.metrics import CONTROL_PLANE_LATENCY, CONTROL_PLANE_REQUESTS
 
-from .decide import Admitter, Answer
+from .decide import Admitter, Answer, NotCached
 from .review import parse_review, response, uid_of
 
 
@@ -68,8 +68,10 @@ def create_app(admitter: Admitter) -> FastAPI:
         except InputError as exc:
             return _deny("error", started, uid_of(body), 400, f"not a valid AdmissionReview: {exc}; denied")
         try:
-            answer: Answer = await asyncio.wait_for(run_in_threadpool(admitter.review, review, mode),
-                                                    timeout=deadline)
+            try:  # cache hits are answered here, on the event loop: no thread hand-off (~0.1 ms, and jitter)
+                answer: Answer = admitter.review(review, mode, cached_only=True)
+            except NotCached:
+                answer = await asyncio.wait_for(run_in_threadpool(admitter.review, review, mode), timeout=deadline)
         except TimeoutError:
             return _deny("denied", started, review.uid, 504,
                          f"verification did not finish within the webhook's internal deadline of {config.deadline_ms} "

@@ -32,6 +32,10 @@ from .verdicts import VerdictCache
 MAX_POLICY_DECISIONS = 10_000
 
 
+class NotCached(Exception):
+    """The fast path met something it would have to compute: take the slow path."""
+
+
 @dataclass
 class Answer:
     """What to send back, and what happened (for metrics and the audit trail)."""
@@ -58,14 +62,17 @@ class Admitter:
         self._decisions: OrderedDict[str, Decision] = OrderedDict()  # admission.rego answers, by input
         self._decisions_lock = threading.Lock()
         self._store_prefix = _store_prefix(store.url)
+        engine.warm_up("artifact", "admission")  # compile now: the first review must not pay for it
 
     def engine_broken(self) -> bool:
         """Whether the policies failed to load (then every review is denied; /readyz says so)."""
         return bool(getattr(self.engine, "broken", None))
 
     # -- the decision ----------------------------------------------------------------------------
-    def review(self, review: Review, mode: str = "enforce") -> Answer:
-        answer = self._review(review, mode)
+    def review(self, review: Review, mode: str = "enforce", *, cached_only: bool = False) -> Answer:
+        """Judge `review`. With `cached_only`, raise NotCached rather than verify or evaluate anything:
+        the HTTP layer answers cache hits on its event loop and sends only misses to a worker thread."""
+        answer = self._review(review, mode, cached_only)
         if self.audit is not None:
             self.audit.record("admission", plane="admission", uid=review.uid, operation=review.operation,
                               namespace=review.namespace, kind=f"{review.group}/{review.kind}".lstrip("/"),
@@ -73,7 +80,7 @@ class Admitter:
                               decision=answer.decision, message=answer.message, agents=answer.agents)
         return answer
 
-    def _review(self, review: Review, mode: str) -> Answer:
+    def _review(self, review: Review, mode: str, cached_only: bool) -> Answer:
         if review.operation in ("DELETE", "CONNECT"):
             return Answer(True, 200, f"{review.operation} is not judged")
         if review.namespace in self.config.exempt_namespaces:
@@ -93,7 +100,7 @@ class Admitter:
         warnings: list[str] = []
         agents: list[dict[str, Any]] = []
         for ref in refs:
-            d, w, record = self._judge(review, ref, mode)
+            d, w, record = self._judge(review, ref, mode, cached_only)
             denies.extend(d)
             warnings.extend(w)
             agents.append(record)
@@ -107,7 +114,8 @@ class Admitter:
         summary = f"{len(denies)} problem(s): " + " | ".join(denies)
         return Answer(False, 403, summary, warnings, "denied", agents)
 
-    def _judge(self, review: Review, ref: Reference, mode: str) -> tuple[list[str], list[str], dict[str, Any]]:
+    def _judge(self, review: Review, ref: Reference, mode: str,
+               cached_only: bool) -> tuple[list[str], list[str], dict[str, Any]]:
         record: dict[str, Any] = {"ref": ref.ref, "field": ref.field, "stage": ref.stage}
         try:
             parsed = parse_reference(ref.ref, ref.field)
@@ -121,9 +129,9 @@ class Admitter:
             if foreign:
                 denies.append(f"{ref.field}: {ref.ref!r} {foreign}")
             else:
-                verdict = self._verdict(parsed, ref.stage)
+                verdict = self._verdict(parsed, ref.stage, cached_only)
                 record["digest"], record["score"] = parsed.digest, verdict.score
-        decision = self._policy(review, ref, parsed, verdict, mode)
+        decision = self._policy(review, ref, parsed, verdict, mode, cached_only)
         denies.extend(decision.deny)
         record["allowed"] = not denies
         return denies, list(decision.warn), record
@@ -135,9 +143,14 @@ class Admitter:
         return (f"names the registry {parsed.prefix}; agents are admitted from {self._store_prefix} only "
                 "(config store): copy it there with its evidence (agentfactory store copy)")
 
-    def _verdict(self, parsed: Parsed, stage: str) -> Verdict:
+    def _verdict(self, parsed: Parsed, stage: str, cached_only: bool) -> Verdict:
         assert parsed.digest is not None
         key = f"{parsed.digest}|{parsed.name}|{stage}|{self.trust_id}"
+        if cached_only:
+            hit = self.verdicts.peek(key)
+            if hit is None:
+                raise NotCached(key)
+            return hit
 
         def compute() -> Verdict:
             try:
@@ -154,7 +167,7 @@ class Admitter:
         return self.verdicts.get(key, compute, timeout=self.config.deadline_ms / 1000)
 
     def _policy(self, review: Review, ref: Reference, parsed: Parsed, verdict: Verdict | None,
-                mode: str) -> Decision:
+                mode: str, cached_only: bool) -> Decision:
         document = {
             # no object name: the decision is about the agent in its namespace, and is memoised by its
             # input, so the Pods a ReplicaSet creates under new names reuse it (docs/policy-inputs.md)
@@ -173,6 +186,8 @@ class Admitter:
             if cached is not None:
                 self._decisions.move_to_end(key)
                 return cached
+        if cached_only:
+            raise NotCached("admission decision")
         decision = self.engine.decide("admission", document)
         with self._decisions_lock:
             self._decisions[key] = decision

@@ -30,6 +30,16 @@ class VerdictCache(Generic[T]):
         self._running: dict[str, Future[T]] = {}
         self._lock = threading.Lock()
 
+    def peek(self, key: str) -> T | None:
+        """The fresh cached value for `key`, or None; never computes (the event loop's fast path)."""
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is None or hit[0] <= time.monotonic():
+                return None
+            self._entries.move_to_end(key)
+        ADMISSION_CACHE.labels(result="hit" if self._positive(hit[1]) else "negative-hit").inc()
+        return hit[1]
+
     def get(self, key: str, compute: Callable[[], T], timeout: float | None = None) -> T:
         """The cached value for `key`, or `compute()` once however many callers ask at the same time."""
         now = time.monotonic()

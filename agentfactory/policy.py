@@ -73,10 +73,13 @@ class TestReport:
 
 
 class PolicyEngine(abc.ABC):
-    """Judges inputs against named policies (`template`, `artifact`)."""
+    """Judges inputs against named policies (`template`, `artifact`, `admission`)."""
 
     @abc.abstractmethod
     def decide(self, policy: str, document: dict[str, Any]) -> Decision: ...
+
+    def warm_up(self, *policies: str) -> None:  # noqa: B027 - optional: engines without set-up need nothing
+        """Do the one-time work (compiling) now, so that a service's first decision is not slow."""
 
     @abc.abstractmethod
     def run_tests(self) -> TestReport: ...
@@ -234,6 +237,13 @@ class RegoEngine(PolicyEngine):
         if policy in WARN_POLICIES and not isinstance(warn, list):
             messages.append(f"data.agentfactory.{policy}.warn is not a set of messages")
         return Decision(policy, allow is True and not messages, tuple(messages), tuple(warnings))
+
+    def warm_up(self, *policies: str) -> None:
+        if self.broken:
+            return
+        with self._lock:
+            for policy in policies or POLICY_NAMES:
+                self._bundle(policy)
 
     def _bundle(self, policy: str) -> Any:
         """The policy compiled to a plan once (rego-cpp's bundles), reused for every decision."""

@@ -212,7 +212,9 @@ def test_metrics_count_decisions(server: tuple[str, httpx.Client], world: tuple[
     _, client = server
     _, refs, _ = world
     ask(client, review(wasm_agent(refs["plain"]), group="agentfactory.dev", version="v1alpha1", kind="WasmAgent"))
+    ask(client, review(wasm_agent(refs["plain"]), group="agentfactory.dev", version="v1alpha1", kind="WasmAgent"))
     text = client.get("/metrics").text
     assert 'agent_factory_control_plane_requests_total{decision="denied"}' in text
+    assert 'agent_factory_control_plane_verdict_cache_total{result="negative-hit"}' in text  # the second one
     assert "agent_factory_control_plane_request_duration_seconds_bucket" in text
     assert "agent_factory_security_validations_total" in text
