@@ -140,6 +140,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_registry.py
 	$(BIN)/python benchmarks/bench_policy.py
 	$(BIN)/python benchmarks/bench_runtime.py
+	$(BIN)/python benchmarks/bench_admission.py
 
 clean:
 	rm -rf .agentfactory .pytest_cache .mypy_cache .ruff_cache
