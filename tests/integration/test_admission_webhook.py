@@ -22,7 +22,7 @@ from agentfactory.audit import AuditLog
 from pipelines.run import Signing, run_pipeline
 
 pytestmark = pytest.mark.toolchain
-SAMPLES = ROOT.parent / "shared" / "testdata" / "admission"
+SAMPLES = ROOT / "tests" / "fixtures" / "admission"  # AdmissionReviews from datreeio (tests/fixtures/SOURCES.md)
 
 
 @pytest.fixture(scope="module")
