@@ -132,7 +132,7 @@ class Admitter:
                 verdict = self._verdict(parsed, ref.stage, cached_only)
                 record["digest"], record["score"] = parsed.digest, verdict.score
         decision = self._policy(review, ref, parsed, verdict, mode, cached_only)
-        denies.extend(decision.deny)
+        denies.extend(_in_check_order(decision.deny, verdict))
         record["allowed"] = not denies
         return denies, list(decision.warn), record
 
@@ -194,6 +194,22 @@ class Admitter:
             while len(self._decisions) > MAX_POLICY_DECISIONS:
                 self._decisions.popitem(last=False)
         return decision
+
+
+def _in_check_order(messages: tuple[str, ...], verdict: Verdict | None) -> list[str]:
+    """The policy's messages (a set, so sorted by text) in the verifier's order: digest and signature
+    first, as a reader needs them, not `builder` first because it sorts first."""
+    if verdict is None:
+        return list(messages)
+    rank = {c.name: i for i, c in enumerate(verdict.checks)}
+
+    def key(message: str) -> int:
+        for name, i in rank.items():
+            if f"does not verify: {name}: " in message:
+                return i
+        return len(rank)
+
+    return sorted(messages, key=key)
 
 
 def _store_prefix(url: str) -> str | None:
