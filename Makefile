@@ -141,6 +141,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_policy.py
 	$(BIN)/python benchmarks/bench_runtime.py
 	$(BIN)/python benchmarks/bench_admission.py
+	$(BIN)/python benchmarks/bench_tlog_storage.py
 
 clean:
 	rm -rf .agentfactory .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,364 @@
+"""Rekor v1 entry kinds, their canonical bodies, and signed entry timestamps (SETs).
+
+What a client POSTs to /api/v1/log/entries is a *proposed* entry; what the log stores (and hashes
+into its Merkle tree) is the *canonical body* Rekor derives from it, serialised as RFC 8785 JSON.
+Both shapes follow Rekor's `pkg/types/hashedrekord/v0.0.1` and `pkg/types/dsse/v0.0.1` so that
+sigstore clients (cosign, sigstore-python) can read our entries. Deliberate narrowings:
+
+* hashedrekord: SHA-256 digests only (Rekor also takes sha384/sha512);
+* public keys only, as SubjectPublicKeyInfo PEM: RSA >= 2048 or ECDSA P-256/P-384; no X.509
+  certificates (Fulcio) and no Ed25519. Rekor stores the key re-encoded as PEM, and so do we;
+* dsse: exactly one verifier per proposed entry, and every envelope signature must verify with it
+  (Rekor accepts several verifiers and maps each signature to the one that verifies it).
+
+The SET is Rekor's inclusion promise: the log's ECDSA signature over the canonical JSON of
+``{body, integratedTime, logID, logIndex}`` (pkg/api/entries.go `signEntry`; sigstore-python
+`TransparencyLogEntry._encode_canonical`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+from ..dsse import MAX_ENVELOPE_BYTES, Envelope, b64decode_strict, pae, parse_envelope
+from ..errors import InputError
+from ..jsonsafe import load_json_object
+from .note import MAX_NOTE_BYTES, MAX_TREE_SIZE, LogKey
+
+API_VERSION = "0.0.1"
+KINDS = ("hashedrekord", "dsse")
+MAX_ENTRY_BYTES = MAX_ENVELOPE_BYTES + 64 * 1024  # a dsse entry carries the whole envelope
+MAX_BODY_BYTES = 64 * 1024  # canonical bodies hold hashes, signatures and keys, never payloads
+MAX_PUBLIC_KEY_BYTES = 16 * 1024
+MAX_SIGNATURE_BYTES = 2048  # RSA-16384 would be 2 KiB; ECDSA P-384 DER is ~104 bytes
+MAX_PROOF_HASHES = 64  # a tree of 2**63 leaves needs 63
+MIN_RSA_BITS = 2048
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+Kind = Literal["hashedrekord", "dsse"]
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+
+def canonical(body: Any) -> bytes:
+    """RFC 8785 (JCS) for the JSON our bodies hold: objects, arrays, strings, integers.
+
+    Keys sort by UTF-16 code units and strings escape only what JCS escapes, as Rekor's
+    `jsoncanonicalizer` does. Floats are refused rather than risk a different number format.
+    """
+    return _jcs(body).encode("utf-8")
+
+
+def _jcs(value: Any) -> str:
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise ValueError("JSON object keys must be strings")
+        keys = sorted(value, key=lambda k: k.encode("utf-16-be"))
+        return "{" + ",".join(f"{_jcs(k)}:{_jcs(value[k])}" for k in keys) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_jcs(v) for v in value) + "]"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, int):
+        if abs(value) > 2**53 - 1:
+            raise ValueError("integer outside the I-JSON range")
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    raise ValueError(f"cannot canonicalise {type(value).__name__}")
+
+
+def entry_uuid(body_bytes: bytes) -> str:
+    """Rekor's entry UUID: the RFC 6962 leaf hash of the canonical body, in hex."""
+    return hashlib.sha256(b"\x00" + body_bytes).hexdigest()
+
+
+def load_public_key(pem: bytes, where: str) -> PublicKey:
+    """An entry's verification key: SPKI PEM, RSA >= 2048 or ECDSA P-256/P-384."""
+    if len(pem) > MAX_PUBLIC_KEY_BYTES:
+        raise InputError(where, f"public key is {len(pem)} bytes; the limit is {MAX_PUBLIC_KEY_BYTES}")
+    try:
+        key = serialization.load_pem_public_key(pem)
+    except (ValueError, UnsupportedAlgorithm):
+        raise InputError(where, "public key is not a PEM public key") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            raise InputError(where, f"RSA public key has {key.key_size} bits; at least {MIN_RSA_BITS} are required")
+        return key
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1 | ec.SECP384R1):
+        return key
+    raise InputError(where, "public key must be RSA (>= 2048 bits) or ECDSA P-256/P-384")
+
+
+def canonical_pem(key: PublicKey) -> bytes:
+    """The PEM Rekor stores: its `CanonicalValue()` re-encodes the key as SPKI PEM."""
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def hashedrekord_body(digest_hex: str, signature: bytes, public_key_pem: bytes) -> dict[str, Any]:
+    """The body Rekor stores for a hashedrekord v0.0.1 (`Canonicalize`: no data URL, no key URL)."""
+    pem = canonical_pem(load_public_key(public_key_pem, "hashedrekord publicKey"))
+    return {"apiVersion": API_VERSION, "kind": "hashedrekord", "spec": {
+        "data": {"hash": {"algorithm": "sha256", "value": digest_hex}},
+        "signature": {"content": _b64e(signature), "publicKey": {"content": _b64e(pem)}}}}
+
+
+def dsse_body(envelope_json: bytes, public_key_pem: bytes) -> dict[str, Any]:
+    """The body Rekor stores for a dsse v0.0.1 entry: hashes of the envelope and payload, and the
+    signatures (as the envelope spells them, sorted) each with its verifier; never the payload."""
+    where = "dsse envelope"
+    pem = canonical_pem(load_public_key(public_key_pem, "dsse verifier"))
+    envelope = parse_envelope(envelope_json, where)
+    doc = json.loads(envelope_json)  # parse_envelope vouched for its shape; keep the sig strings verbatim
+    sigs = sorted(s["sig"] for s in doc["signatures"])
+    return {"apiVersion": API_VERSION, "kind": "dsse", "spec": {
+        "envelopeHash": {"algorithm": "sha256", "value": hashlib.sha256(envelope_json).hexdigest()},
+        "payloadHash": {"algorithm": "sha256", "value": hashlib.sha256(envelope.payload).hexdigest()},
+        "signatures": [{"signature": s, "verifier": _b64e(pem)} for s in sigs]}}
+
+
+@dataclass(frozen=True)
+class ProposedEntry:
+    """A parsed POST /api/v1/log/entries request; `public_key_pem` is already canonical."""
+
+    kind: Kind
+    public_key_pem: bytes
+    digest_hex: str = ""  # hashedrekord
+    signature: bytes = b""  # hashedrekord
+    envelope_json: bytes = b""  # dsse, exactly as sent (its hash is envelopeHash)
+    envelope: Envelope | None = None  # dsse
+
+    def body(self) -> dict[str, Any]:
+        if self.kind == "hashedrekord":
+            return hashedrekord_body(self.digest_hex, self.signature, self.public_key_pem)
+        return dsse_body(self.envelope_json, self.public_key_pem)
+
+
+def _obj(doc: Any, where: str, field: str) -> dict[str, Any]:
+    value = doc.get(field) if isinstance(doc, dict) else None
+    if not isinstance(value, dict):
+        raise InputError(where, f"missing object {field}")
+    return value
+
+
+def _str(doc: dict[str, Any], where: str, field: str) -> str:
+    value = doc.get(field)
+    if not isinstance(value, str) or not value:
+        raise InputError(where, f"missing string {field}")
+    return value
+
+
+def _key_from_b64(value: Any, where: str) -> bytes:
+    pem = b64decode_strict(value, where)
+    return canonical_pem(load_public_key(pem, where))
+
+
+def load_proposed_entry(data: bytes, where: str) -> ProposedEntry:
+    """Parse request bytes: bounded before JSON decoding, then `parse_proposed_entry`."""
+    return parse_proposed_entry(load_json_object(data, where, max_bytes=MAX_ENTRY_BYTES, what="proposed entry"),
+                                where)
+
+
+def parse_proposed_entry(doc: Any, where: str) -> ProposedEntry:
+    """A hashedrekord or dsse v0.0.1 proposal, strictly; the signature is not checked here."""
+    if not isinstance(doc, dict):
+        raise InputError(where, "proposed entry is not a JSON object")
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        raise InputError(where, f"unknown kind {kind!r}; this log accepts {', '.join(KINDS)}")
+    if doc.get("apiVersion") != API_VERSION:
+        raise InputError(where, f"unsupported apiVersion {doc.get('apiVersion')!r} for {kind}; use {API_VERSION}")
+    spec = _obj(doc, where, "spec")
+    if kind == "hashedrekord":
+        return _parse_hashedrekord(spec, f"{where}: spec")
+    return _parse_dsse(spec, f"{where}: spec")
+
+
+def _parse_hashedrekord(spec: dict[str, Any], where: str) -> ProposedEntry:
+    sig = _obj(spec, where, "signature")
+    hsh = _obj(_obj(spec, where, "data"), f"{where}.data", "hash")
+    if hsh.get("algorithm") != "sha256":
+        raise InputError(f"{where}.data.hash", "algorithm must be sha256")
+    value = hsh.get("value")
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise InputError(f"{where}.data.hash", "value must be 64 lowercase hex digits (a SHA-256 digest)")
+    signature = b64decode_strict(sig.get("content"), f"{where}.signature.content")
+    if not signature or len(signature) > MAX_SIGNATURE_BYTES:
+        raise InputError(f"{where}.signature.content", f"signature must be 1-{MAX_SIGNATURE_BYTES} bytes")
+    pk = _obj(sig, f"{where}.signature", "publicKey")
+    pem = _key_from_b64(pk.get("content"), f"{where}.signature.publicKey.content")
+    return ProposedEntry("hashedrekord", pem, digest_hex=value, signature=signature)
+
+
+def _parse_dsse(spec: dict[str, Any], where: str) -> ProposedEntry:
+    if any(spec.get(f) is not None for f in ("signatures", "envelopeHash", "payloadHash")):
+        raise InputError(where, "signatures, envelopeHash and payloadHash are computed by the log; "
+                                "propose only proposedContent")
+    content = _obj(spec, where, "proposedContent")
+    envelope_text = _str(content, f"{where}.proposedContent", "envelope")
+    envelope_json = envelope_text.encode("utf-8")
+    envelope = parse_envelope(envelope_json, f"{where}.proposedContent.envelope")
+    verifiers = content.get("verifiers")
+    if not isinstance(verifiers, list) or len(verifiers) != 1:
+        raise InputError(f"{where}.proposedContent", "verifiers must list exactly one public key")
+    pem = _key_from_b64(verifiers[0], f"{where}.proposedContent.verifiers[0]")
+    return ProposedEntry("dsse", pem, envelope_json=envelope_json, envelope=envelope)
+
+
+def _verifies(key: PublicKey, signature: bytes, digest: bytes) -> bool:
+    """RSA PKCS#1 v1.5 or ECDSA over a SHA-256 digest (prehashed), as Rekor's verifiers do."""
+    prehashed = utils.Prehashed(hashes.SHA256())
+    try:
+        if isinstance(key, rsa.RSAPublicKey):
+            key.verify(signature, digest, padding.PKCS1v15(), prehashed)
+        else:
+            key.verify(signature, digest, ec.ECDSA(prehashed))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def verify_entry_signature(entry: ProposedEntry, where: str = "entry") -> None:
+    """Refuse an entry whose signature does not verify: over the digest, or over DSSE PAE.
+
+    For dsse every signature in the envelope must verify, as Rekor's `verifyEnvelope` requires.
+    """
+    key = load_public_key(entry.public_key_pem, where)
+    if entry.kind == "hashedrekord":
+        ok = _verifies(key, entry.signature, bytes.fromhex(entry.digest_hex))
+    else:
+        env = entry.envelope
+        if env is None:
+            raise InputError(where, "dsse entry has no envelope")
+        digest = hashlib.sha256(pae(env.payload_type, env.payload)).digest()
+        ok = all(_verifies(key, s.sig, digest) for s in env.signatures)
+    if not ok:
+        raise InputError(where, "signature does not verify")
+
+
+def set_payload(body_b64: str, integrated_time: int, log_id: str, log_index: int) -> bytes:
+    """What a SET signs: canonical JSON of Rekor's LogEntryAnon minus verification/attestation."""
+    return canonical({"body": body_b64, "integratedTime": integrated_time, "logID": log_id, "logIndex": log_index})
+
+
+def sign_set(key: LogKey, body_b64: str, integrated_time: int, log_id: str, log_index: int) -> bytes:
+    return key.sign(set_payload(body_b64, integrated_time, log_id, log_index))
+
+
+def verify_set(public_key: ec.EllipticCurvePublicKey, signature: bytes, body_b64: str, integrated_time: int,
+               log_id: str, log_index: int, where: str = "signedEntryTimestamp") -> None:
+    try:
+        public_key.verify(signature, set_payload(body_b64, integrated_time, log_id, log_index),
+                          ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise InputError(where, "signed entry timestamp does not verify") from None
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    log_index: int
+    root_hash: str  # hex
+    tree_size: int
+    hashes: tuple[str, ...]  # hex, leaf to root
+    checkpoint: str  # signed note
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One entry as GET /api/v1/log/entries/{uuid} returns it."""
+
+    body: bytes  # canonical body bytes (the Merkle leaf data)
+    integrated_time: int
+    log_id: str
+    log_index: int
+    signed_entry_timestamp: bytes
+    inclusion_proof: InclusionProof | None = None
+
+    @property
+    def uuid(self) -> str:
+        return entry_uuid(self.body)
+
+    @property
+    def body_b64(self) -> str:
+        return _b64e(self.body)
+
+    def to_dict(self) -> dict[str, Any]:
+        verification: dict[str, Any] = {"signedEntryTimestamp": _b64e(self.signed_entry_timestamp)}
+        if self.inclusion_proof is not None:
+            p = self.inclusion_proof
+            verification["inclusionProof"] = {"checkpoint": p.checkpoint, "hashes": list(p.hashes),
+                                              "logIndex": p.log_index, "rootHash": p.root_hash,
+                                              "treeSize": p.tree_size}
+        return {self.uuid: {"body": self.body_b64, "integratedTime": self.integrated_time, "logID": self.log_id,
+                            "logIndex": self.log_index, "verification": verification}}
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+
+def _int(doc: dict[str, Any], where: str, field: str, upper: int = MAX_TREE_SIZE) -> int:
+    value = doc.get(field)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= upper:
+        raise InputError(where, f"{field} must be an integer from 0 to {upper}")
+    return value
+
+
+def _hex64(doc: dict[str, Any], where: str, field: str) -> str:
+    value = doc.get(field)
+    if not isinstance(value, str) or not _HEX64.fullmatch(value):
+        raise InputError(where, f"{field} must be 64 lowercase hex digits")
+    return value
+
+
+def _parse_proof(doc: dict[str, Any], where: str) -> InclusionProof:
+    hashes_ = doc.get("hashes")
+    if not isinstance(hashes_, list) or len(hashes_) > MAX_PROOF_HASHES:
+        raise InputError(where, f"hashes must be a list of at most {MAX_PROOF_HASHES} hex digests")
+    if not all(isinstance(h, str) and _HEX64.fullmatch(h) for h in hashes_):
+        raise InputError(where, "hashes must be 64 lowercase hex digits each")
+    checkpoint = doc.get("checkpoint")
+    if not isinstance(checkpoint, str) or not checkpoint or len(checkpoint.encode()) > MAX_NOTE_BYTES:
+        raise InputError(where, f"checkpoint must be a signed note of at most {MAX_NOTE_BYTES} bytes")
+    proof = InclusionProof(_int(doc, where, "logIndex"), _hex64(doc, where, "rootHash"),
+                           _int(doc, where, "treeSize"), tuple(hashes_), checkpoint)
+    if proof.log_index >= proof.tree_size:
+        raise InputError(where, "logIndex must be below treeSize")
+    return proof
+
+
+def parse_log_entry(doc: Any, where: str) -> LogEntry:
+    """A `{uuid: entry}` response, strictly; the uuid must be the leaf hash of the body."""
+    if not isinstance(doc, dict) or len(doc) != 1:
+        raise InputError(where, "log entry response must be an object with exactly one entry")
+    ((uuid, entry),) = doc.items()
+    if not isinstance(entry, dict):
+        raise InputError(where, "log entry is not a JSON object")
+    body = b64decode_strict(entry.get("body"), f"{where}: body")
+    if not body or len(body) > MAX_BODY_BYTES:
+        raise InputError(where, f"body must be 1-{MAX_BODY_BYTES} bytes")
+    if uuid != entry_uuid(body):
+        raise InputError(where, "uuid is not the leaf hash of the body")
+    verification = _obj(entry, where, "verification")
+    set_bytes = b64decode_strict(verification.get("signedEntryTimestamp"), f"{where}: signedEntryTimestamp")
+    if not set_bytes or len(set_bytes) > MAX_SIGNATURE_BYTES:
+        raise InputError(where, f"signedEntryTimestamp must be 1-{MAX_SIGNATURE_BYTES} bytes")
+    proof = None
+    if verification.get("inclusionProof") is not None:
+        proof = _parse_proof(_obj(verification, where, "inclusionProof"), f"{where}: inclusionProof")
+    parsed = LogEntry(body, _int(entry, where, "integratedTime", 2**53 - 1), _hex64(entry, where, "logID"),
+                      _int(entry, where, "logIndex"), set_bytes, proof)
+    # No check that inclusionProof.logIndex equals logIndex: a sharded Rekor answers with the global
+    # index at the top and the index within the shard in the proof.
+    return parsed
