@@ -25,6 +25,7 @@ CORE_COMMANDS = {
     "verify": "agentfactory.cli.verify_cmd:verify_cmd",
     "trust": "agentfactory.cli.verify_cmd:trust",
     "policy": "agentfactory.cli.policy_cmd:policy",
+    "tlog": "agentfactory.cli.tlog_cmd:tlog",
 }
 
 

@@ -1,0 +1,89 @@
+"""`agentfactory tlog serve|info`: the embedded transparency log, served as a Rekor v1 API or inspected."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import ConfigError, InputError
+from .common import EXIT_PROBLEMS, handle_errors, print_json
+
+PUBLIC_KEY_FILE = "log-public-key.pem"
+
+dir_option = click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path), default=None,
+                          help="The log's folder (tree.db, log-key.pem; default: $AGENTFACTORY_HOME/tlog).")
+
+
+@click.group("tlog")
+def tlog() -> None:
+    """The embedded transparency log (Rekor v1 compatible)."""
+
+
+@tlog.command("serve")
+@click.option("--listen", default="127.0.0.1:3000", show_default=True, metavar="HOST:PORT",
+              help="Address to serve on (port 0: any free port).")
+@dir_option
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Serve HTTPS with this certificate (PEM); plain HTTP without it.")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="The certificate's private key (PEM).")
+@handle_errors
+def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
+    """Serve the Rekor v1 API (entries, index, log info, proofs, public key) and GET /healthz."""
+    import socket
+
+    import uvicorn
+
+    from ..fsutil import atomic_write
+    from ..tlog.log import EmbeddedLog
+    from ..tlog.server import create_app
+
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError("--listen", f"{listen!r}: write HOST:PORT (e.g. 127.0.0.1:3000)")
+    log = EmbeddedLog(folder)
+    public_pem = log.folder / PUBLIC_KEY_FILE  # what clients pin; log-key.pem is the private key
+    if not public_pem.exists() or public_pem.read_bytes() != log.public_key_pem():
+        atomic_write(public_pem, log.public_key_pem(), mode=0o644)
+    sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), int(port)))
+    except OSError as exc:
+        raise ConfigError(f"--listen {listen}: {exc.strerror}") from None
+    bound = sock.getsockname()
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(log), log_level="warning", access_log=False, timeout_keep_alive=30, limit_concurrency=1000,
+        server_header=False, ssl_certfile=str(tls_cert) if tls_cert else None,
+        ssl_keyfile=str(tls_key) if tls_key else None))
+    scheme = "https" if tls_cert else "http"
+    host_part = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    sys.stderr.write(json.dumps({"listening": f"{scheme}://{host_part}:{bound[1]}", "logID": log.log_id,
+                                 "publicKey": str(public_pem)}) + "\n")
+    sys.stderr.flush()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        log.close()
+
+
+@tlog.command("info")
+@dir_option
+@click.option("--check", "full_check", is_flag=True, help="Also recompute every stored hash (slow on big logs).")
+@handle_errors
+def info(folder: Path | None, full_check: bool) -> None:
+    """Print the log's size, root hash, log id and a storage check."""
+    from ..tlog.log import EmbeddedLog
+
+    with EmbeddedLog(folder) as log:
+        state = log.info()
+        problems = log.check(full=full_check)
+        print_json({"dir": str(log.folder), "treeSize": state.tree_size, "rootHash": state.root_hash,
+                    "logID": log.log_id, "treeID": state.tree_id, "problems": problems})
+    if problems:
+        sys.exit(EXIT_PROBLEMS)

@@ -1,0 +1,246 @@
+"""The Rekor v1 HTTP API over an `EmbeddedLog`, so cosign, sigstore clients and our own client can use it.
+
+Shapes and status codes follow Rekor's openapi.yaml. Every error is JSON `{"code", "message"}` as Rekor's
+are (FastAPI's own 404/405/422 bodies included), and a 500 never carries a traceback. Bodies are read with a
+cap before any parsing, so an oversized request costs at most the cap.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..dsse import b64decode_strict
+from ..errors import InputError, NotFoundError
+from ..jsonsafe import load_json_object
+from .base import EntryRejected, LogError
+from .entries import MAX_ENTRY_BYTES, MAX_PUBLIC_KEY_BYTES, LogEntry, canonical, parse_proposed_entry
+from .log import EmbeddedLog
+from .merkle import leaf_hash
+
+ENTRIES = "/api/v1/log/entries"
+MAX_QUERY_BYTES = 64 * 1024  # retrieve and index queries: uuids, indices, one public key
+MAX_RETRIEVE = 10  # Rekor's maxItems for each of entryUUIDs, logIndexes and entries
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class _BadRequest(Exception):
+    def __init__(self, message: str, code: int = 400) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused past `limit` bytes (declared or streamed) before it is all in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _TooLarge(declared)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _TooLarge(str(size))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(doc, separators=(",", ":")).encode(), status_code=status, headers=headers,
+                    media_type="application/json")
+
+
+def _error(code: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    return _json({"code": code, "message": message}, code, headers)
+
+
+def _entry_response(entry: LogEntry, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(entry.to_json(), status_code=status, headers=headers, media_type="application/json")
+
+
+def _int_param(request: Request, name: str, default: int | None = None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        if default is None:
+            raise _BadRequest(f"query parameter {name} is required")
+        return default
+    if not raw.isascii() or not raw.lstrip("-").isdigit() or len(raw) > 20:
+        raise _BadRequest(f"{name} must be an integer, got {raw!r}")
+    return int(raw)
+
+
+async def _query(request: Request) -> dict[str, Any]:
+    try:
+        body = await _read_body(request, MAX_QUERY_BYTES)
+    except _TooLarge:
+        raise _BadRequest(f"the query is larger than {MAX_QUERY_BYTES} bytes", 413) from None
+    try:
+        return load_json_object(body, "query", max_bytes=MAX_QUERY_BYTES, what="query")
+    except InputError as e:
+        raise _BadRequest(str(e)) from None
+
+
+def _list(doc: dict[str, Any], field: str) -> list[Any]:
+    value = doc.get(field)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise _BadRequest(f"{field} must be a list")
+    if len(value) > MAX_RETRIEVE:
+        raise _BadRequest(f"{field} lists {len(value)} items; the limit is {MAX_RETRIEVE}")
+    return value
+
+
+def create_app(log: EmbeddedLog) -> FastAPI:
+    app = FastAPI(title="agentfactory tlog", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.exception_handler(_BadRequest)
+    async def bad_request(_request: Request, exc: _BadRequest) -> Response:
+        return _error(exc.code, exc.message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def internal(_request: Request, exc: Exception) -> Response:
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    @app.post(ENTRIES)
+    async def create_entry(request: Request) -> Response:
+        try:
+            body = await _read_body(request, MAX_ENTRY_BYTES)
+        except _TooLarge:
+            return _error(413, f"the proposed entry is larger than {MAX_ENTRY_BYTES} bytes")
+        try:
+            doc = load_json_object(body, "proposed entry", max_bytes=MAX_ENTRY_BYTES, what="proposed entry")
+            added = await run_in_threadpool(log.add, doc)
+        except (InputError, EntryRejected) as e:
+            return _error(400, str(e))
+        uuid = added.entry.uuid
+        location = f"{ENTRIES}/{uuid}"
+        if added.existed:
+            return _error(409, f"an equivalent entry already exists in the transparency log with UUID {uuid}",
+                          {"Location": location})
+        return _entry_response(added.entry, 201, {"Location": location, "ETag": uuid})
+
+    @app.get(ENTRIES)
+    def entry_by_index(request: Request) -> Response:
+        index = _int_param(request, "logIndex")
+        if index < 0:
+            return _error(400, f"logIndex must be 0 or more, got {index}")
+        try:
+            return _entry_response(log.entry_at(index))
+        except NotFoundError:
+            return _error(404, f"no entry at logIndex {index}")
+
+    @app.get(ENTRIES + "/{uuid}")
+    def entry_by_uuid(uuid: str) -> Response:
+        if len(uuid) not in (64, 80) or any(c not in "0123456789abcdefABCDEF" for c in uuid):
+            return _error(400, "entryUUID must be 64 hex digits (or 80 with a tree id prefix)")
+        try:
+            return _entry_response(log.entry(uuid.lower()))
+        except NotFoundError:
+            return _error(404, f"no entry with UUID {uuid}")
+
+    def _retrieve(doc: dict[str, Any]) -> list[dict[str, Any]]:
+        found: list[LogEntry] = []
+        for uuid in _list(doc, "entryUUIDs"):
+            if not isinstance(uuid, str):
+                raise _BadRequest("entryUUIDs must be strings")
+            try:
+                found.append(log.entry(uuid.lower()))
+            except NotFoundError:
+                continue  # as Rekor: unknown entries are left out, not an error
+        for index in _list(doc, "logIndexes"):
+            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+                raise _BadRequest("logIndexes must be integers of 0 or more")
+            try:
+                found.append(log.entry_at(index))
+            except NotFoundError:
+                continue
+        for i, proposed in enumerate(_list(doc, "entries")):
+            try:
+                body = canonical(parse_proposed_entry(proposed, f"entries[{i}]").body())
+            except (InputError, ValueError) as e:
+                raise _BadRequest(str(e)) from None
+            try:
+                found.append(log.entry(leaf_hash(body).hex()))
+            except NotFoundError:
+                continue
+        return [e.to_dict() for e in found]
+
+    @app.post(ENTRIES + "/retrieve")
+    async def retrieve(request: Request) -> Response:
+        doc = await _query(request)
+        return _json(await run_in_threadpool(_retrieve, doc))
+
+    def _search(doc: dict[str, Any]) -> list[str]:
+        unsupported = sorted(k for k in ("email", "operator") if doc.get(k) not in (None, "", "and"))
+        if unsupported:
+            raise _BadRequest(f"this log searches by hash and publicKey only (operator 'and'); not {unsupported}")
+        sha = doc.get("hash")
+        if sha is not None and not isinstance(sha, str):
+            raise _BadRequest("hash must be a string sha256:<hex>")
+        pem: bytes | None = None
+        key = doc.get("publicKey")
+        if key is not None:
+            if not isinstance(key, dict) or key.get("format") != "x509" or key.get("url"):
+                raise _BadRequest("publicKey must be {\"format\": \"x509\", \"content\": <base64 PEM>}")
+            try:
+                pem = b64decode_strict(key.get("content"), "publicKey.content")
+            except InputError as e:
+                raise _BadRequest(str(e)) from None
+            if len(pem) > MAX_PUBLIC_KEY_BYTES:
+                raise _BadRequest(f"publicKey is larger than {MAX_PUBLIC_KEY_BYTES} bytes")
+        if sha is None and pem is None:
+            raise _BadRequest("give a hash, a publicKey or both")
+        try:
+            return log.search(sha256=sha, public_key_pem=pem)
+        except LogError as e:
+            raise _BadRequest(str(e)) from None
+
+    @app.post("/api/v1/index/retrieve")
+    async def index_retrieve(request: Request) -> Response:
+        doc = await _query(request)
+        return _json(await run_in_threadpool(_search, doc))
+
+    @app.get("/api/v1/log")
+    def log_info() -> Response:
+        info = log.info()
+        return _json({"rootHash": info.root_hash, "signedTreeHead": info.signed_tree_head,
+                      "treeSize": info.tree_size, "treeID": info.tree_id})
+
+    @app.get("/api/v1/log/proof")
+    def consistency(request: Request) -> Response:
+        first = _int_param(request, "firstSize", 1)
+        last = _int_param(request, "lastSize")
+        size = log.info().tree_size
+        if first < 1:
+            return _error(400, f"firstSize must be 1 or more, got {first}")
+        if first > last:
+            return _error(400, f"firstSize ({first}) must not be larger than lastSize ({last})")
+        if last > size:
+            return _error(400, f"lastSize ({last}) is larger than the tree ({size} entries)")
+        hashes = log.consistency(first, last)
+        return _json({"rootHash": log.root_at(last).hex(), "hashes": hashes})
+
+    @app.get("/api/v1/log/publicKey")
+    def public_key() -> Response:
+        return Response(log.public_key_pem(), media_type="application/x-pem-file")
+
+    @app.get("/healthz")
+    def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok\n")
+
+    return app
+
