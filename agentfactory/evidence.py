@@ -1,4 +1,5 @@
-"""Evidence of an agent: its artifact signatures and attestations, stored as OCI referrers.
+"""Evidence of an agent: its artifact signatures, attestations and their transparency-log entries,
+stored as OCI referrers.
 
 Reading never raises on bad evidence: what cannot be read is recorded as a problem, and the
 verifier turns problems into failed checks, so a broken store denies with a reason.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 from .artifact import Blob
 from .dsse import ENVELOPE_MEDIA_TYPE, Envelope, b64decode_strict
@@ -16,6 +18,8 @@ from .errors import AgentFactoryError, InputError
 from .jsonsafe import load_json_object
 from .keys.base import Signature
 from .store import ArtifactStore, StoredAgent
+from .tlog.bundle import TLOG_ENTRY_ARTIFACT_TYPE
+from .tlog.entries import API_VERSION, hashedrekord_body, parse_proposed_entry
 
 SIGNATURE_ARTIFACT_TYPE = "application/vnd.dev.agentfactory.signature.v1+json"
 SIGNATURE_ALGORITHM = "rsassa-pkcs1v15-sha256"
@@ -62,22 +66,26 @@ class Evidence:
 
     signatures: list[tuple[str, bytes]] = field(default_factory=list)  # (where, document)
     attestations: list[tuple[str, bytes]] = field(default_factory=list)  # (where, DSSE envelope JSON)
+    tlog: list[tuple[str, bytes]] = field(default_factory=list)  # (where, TlogRecord JSON)
     problems: list[str] = field(default_factory=list)
 
 
 def attach(store: ArtifactStore, agent: StoredAgent, signature: ArtifactSignature,
-           attestations: list[tuple[str, Envelope]]) -> None:
-    """Store a signature and DSSE attestations as referrers of the agent's manifest."""
+           attestations: list[tuple[str, Envelope]], tlog_records: list[bytes] | None = None) -> None:
+    """Store a signature, DSSE attestations and their log entries (TlogRecord JSON) as referrers of the
+    agent's manifest."""
     store.attach(agent, artifact_type=SIGNATURE_ARTIFACT_TYPE,
                  layer=Blob(SIGNATURE_ARTIFACT_TYPE, signature.to_json()))
     for predicate_type, envelope in attestations:
         store.attach(agent, artifact_type=ENVELOPE_MEDIA_TYPE,
                      layer=Blob(ENVELOPE_MEDIA_TYPE, envelope.to_json()),
                      annotations={ANN_PREDICATE_TYPE: predicate_type})
+    for record in tlog_records or []:
+        store.attach(agent, artifact_type=TLOG_ENTRY_ARTIFACT_TYPE, layer=Blob(TLOG_ENTRY_ARTIFACT_TYPE, record))
 
 
 def collect(store: ArtifactStore, agent: StoredAgent) -> Evidence:
-    """Every signature and attestation attached to `agent` in `store`."""
+    """Every signature, attestation and transparency-log record attached to `agent` in `store`."""
     evidence = Evidence()
     try:
         referrers = store.referrers(agent)
@@ -95,6 +103,8 @@ def collect(store: ArtifactStore, agent: StoredAgent) -> Evidence:
             evidence.signatures.append((where, payload))
         elif ref.artifact_type == ENVELOPE_MEDIA_TYPE:
             evidence.attestations.append((where, payload))
+        elif ref.artifact_type == TLOG_ENTRY_ARTIFACT_TYPE:
+            evidence.tlog.append((where, payload))
     return evidence
 
 
@@ -103,3 +113,29 @@ def has_signature(store: ArtifactStore, agent: StoredAgent) -> bool:
         return bool(store.referrers(agent, SIGNATURE_ARTIFACT_TYPE))
     except AgentFactoryError:
         return False
+
+
+def proposed_for_signature(signature: ArtifactSignature, public_key_pem: bytes) -> dict[str, Any]:
+    """The hashedrekord entry to log for an artifact signature (its digest, signature and signer's key).
+
+    The canonical body has the proposal's shape, so the builder serves both; parsing it back checks it.
+    """
+    algorithm, _, hex_digest = signature.digest.partition(":")
+    if algorithm != "sha256":
+        raise InputError("artifact signature", f"only sha256 digests can be logged, not {signature.digest}")
+    proposed = hashedrekord_body(hex_digest, signature.sig, public_key_pem)
+    parse_proposed_entry(proposed, "hashedrekord proposal")
+    return proposed
+
+
+def proposed_for_envelope(envelope_json: bytes, public_key_pem: bytes) -> dict[str, Any]:
+    """The dsse entry to log for an attestation: `envelope_json` must be the exact bytes stored as
+    evidence, because the log records their hash and the verifier matches it."""
+    try:
+        text = envelope_json.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("dsse proposal", "the envelope is not UTF-8 JSON") from None
+    proposed = {"apiVersion": API_VERSION, "kind": "dsse", "spec": {"proposedContent": {
+        "envelope": text, "verifiers": [base64.b64encode(public_key_pem).decode()]}}}
+    parse_proposed_entry(proposed, "dsse proposal")
+    return proposed

@@ -1,4 +1,4 @@
-"""Trust policies: which keys, builders and source repositories the verifier trusts.
+"""Trust policies: which keys, builders, source repositories and transparency logs the verifier trusts.
 
 A policy file is YAML (bounded, validated); a policy that does not load refuses everything
 (the verifier reports why). Without a file, the embedded default trusts the configured key
@@ -16,12 +16,13 @@ from typing import Any
 import jsonschema
 import yaml
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .errors import InputError, ValidationFailed
 from .keys.base import PublicKey, key_id
 from .provenance import DEFAULT_BUILDER_ID
-from .yamlsafe import load_yaml
+from .tlog.note import load_log_public_key, log_id_of
+from .yamlsafe import Located, load_yaml
 
 MAX_POLICY_BYTES = 1024 * 1024
 POLICY_SCHEMA: dict[str, Any] = {
@@ -51,6 +52,17 @@ POLICY_SCHEMA: dict[str, Any] = {
                 }},
                 "builders": {"type": "array", "items": {"type": "string", "minLength": 1}},
                 "repositories": {"type": "array", "items": {"type": "string", "minLength": 1}},
+                "transparencyLogs": {"type": "array", "maxItems": 16, "items": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "logId": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                        "name": {"type": "string"},
+                        "publicKey": {"type": "string", "maxLength": 16384},
+                        "publicKeyFile": {"type": "string"},
+                    },
+                    "oneOf": [{"required": ["publicKey"]}, {"required": ["publicKeyFile"]}],
+                }},
             },
         },
     },
@@ -72,6 +84,9 @@ class TrustPolicy:
     repositories: tuple[str, ...] = ("*",)
     source: str = "embedded default"
     fingerprint: str = field(default="", compare=False)
+    # Transparency logs (log id -> ECDSA P-256 key): when any is listed, the verifier requires every
+    # signature and attestation to be in one of them (the `tlog` check); none listed, no such check.
+    logs: dict[str, ec.EllipticCurvePublicKey] = field(default_factory=dict)
 
     def trusts_builder(self, builder: str) -> bool:
         return builder in self.builders
@@ -91,12 +106,23 @@ def load_public_key(pem: bytes, where: str) -> rsa.RSAPublicKey:
 
 
 def from_public_keys(keys: list[PublicKey], *, builders: tuple[str, ...] = (DEFAULT_BUILDER_ID,),
-                     repositories: tuple[str, ...] = ("*",), source: str = "embedded default") -> TrustPolicy:
+                     repositories: tuple[str, ...] = ("*",), source: str = "embedded default",
+                     log_keys: list[bytes] | None = None) -> TrustPolicy:
+    """A policy trusting `keys` (and the transparency logs whose PEM public keys are `log_keys`)."""
     trusted = {}
     for k in keys:
         trusted[k.key_id] = TrustedKey(k.key_id, load_public_key(k.pem, f"{k.provider} key {k.key_id}"),
                                        revoked=k.status == "revoked", name=k.name)
-    return TrustPolicy(trusted, builders, repositories, source)
+    return TrustPolicy(trusted, builders, repositories, source, logs=trusted_logs(log_keys or []))
+
+
+def trusted_logs(pems: list[bytes], where: str = "transparency log key") -> dict[str, ec.EllipticCurvePublicKey]:
+    """Log public keys by their Rekor log id."""
+    logs = {}
+    for pem in pems:
+        key = load_log_public_key(pem, where)
+        logs[log_id_of(key)] = key
+    return logs
 
 
 def load_trust_policy(path: Path) -> TrustPolicy:
@@ -139,17 +165,50 @@ def load_trust_policy(path: Path) -> TrustPolicy:
             problems.append(InputError(loc, f"keyId {k['keyId']} does not match the public key (its id is {kid})"))
             continue
         keys[kid] = TrustedKey(kid, public, revoked=bool(k.get("revoked", False)), name=str(k.get("name", "")))
+    logs = _load_logs(path, doc, spec.get("transparencyLogs", []), problems)
     if problems:
         raise ValidationFailed(problems)
     return TrustPolicy(keys, tuple(spec.get("builders", [DEFAULT_BUILDER_ID])),
-                       tuple(spec.get("repositories", ["*"])), source=where)
+                       tuple(spec.get("repositories", ["*"])), source=where, logs=logs)
+
+
+def _load_logs(path: Path, doc: Located, entries: list[dict[str, Any]],
+               problems: list[InputError]) -> dict[str, ec.EllipticCurvePublicKey]:
+    logs: dict[str, ec.EllipticCurvePublicKey] = {}
+    for i, entry in enumerate(entries):
+        loc = f"{path}:{doc.line_of(('spec', 'transparencyLogs', i))}"
+        try:
+            pem = ((path.parent / entry["publicKeyFile"]).read_bytes()[:16384] if "publicKeyFile" in entry
+                   else entry["publicKey"].encode())
+            key = load_log_public_key(pem, loc)
+        except OSError as exc:
+            problems.append(InputError(loc, f"publicKeyFile: {exc.strerror}"))
+            continue
+        except InputError as exc:
+            problems.append(exc)
+            continue
+        log_id = log_id_of(key)
+        if entry.get("logId") and entry["logId"] != log_id:
+            problems.append(InputError(loc, f"logId {entry['logId']} does not match the public key "
+                                            f"(its id is {log_id})"))
+            continue
+        logs[log_id] = key
+    return logs
 
 
 def to_yaml(keys: list[PublicKey], builders: tuple[str, ...] = (DEFAULT_BUILDER_ID,),
-            repositories: tuple[str, ...] = ("*",)) -> str:
-    """A policy file trusting `keys` (revoked ones listed as revoked)."""
+            repositories: tuple[str, ...] = ("*",), log_keys: list[bytes] | None = None) -> str:
+    """A policy file trusting `keys` (revoked ones listed as revoked) and the logs of `log_keys` (PEM)."""
     entries = [{"keyId": k.key_id, "name": f"{k.provider}:{k.name}" + (f"@v{k.version}" if k.version else ""),
                 "revoked": k.status == "revoked", "publicKey": k.pem.decode()} for k in keys]
+    spec: dict[str, Any] = {"keys": entries, "builders": list(builders), "repositories": list(repositories)}
+    if log_keys:
+        spec["transparencyLogs"] = [{"logId": log_id, "publicKey": _pem(key)}
+                                    for log_id, key in trusted_logs(log_keys).items()]
     doc = {"apiVersion": "agentfactory.dev/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": "default"},
-           "spec": {"keys": entries, "builders": list(builders), "repositories": list(repositories)}}
+           "spec": spec}
     return yaml.safe_dump(doc, sort_keys=False, width=1000)
+
+
+def _pem(key: ec.EllipticCurvePublicKey) -> str:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, utils
 
 from .dsse import Envelope, parse_envelope
@@ -26,6 +26,7 @@ from .policy import Decision, PolicyEngine, plain_text
 from .provenance import builder_and_source
 from .runspec import RunSpec, from_provenance
 from .sbom import sbom_subject
+from .tlog.bundle import BodyCheck, check_record, describe, dsse_check, hashedrekord_check
 from .trust import TrustedKey, TrustPolicy
 
 
@@ -40,8 +41,8 @@ class Check:
 
 
 # The security score out of 10 (docs/evidence.md): what each verified property is worth. Checks not
-# listed here (the policy decision itself, a trust policy that does not load) do not score; they
-# only allow or deny.
+# listed here (the policy decision itself, a trust policy that does not load, the transparency log)
+# do not score; they only allow or deny.
 SCORE_WEIGHTS = {"digest": 2.0, "signature": 2.0, "key-status": 1.0, "sbom": 1.5, "provenance": 1.5,
                  "builder": 1.0, "source": 1.0}
 
@@ -78,12 +79,25 @@ def _short(key_id: str) -> str:
     return key_id[:16]
 
 
+def _pem(key: TrustedKey) -> bytes:
+    return key.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@dataclass(frozen=True)
+class _Logged:
+    """A verified signature or attestation that must be in a trusted transparency log."""
+
+    what: str
+    matches: BodyCheck
+
+
 class _Judge:
     def __init__(self, digest: str, policy: TrustPolicy) -> None:
         self.digest = digest
         self.policy = policy
         self.checks: list[Check] = []
         self.signer: TrustedKey | None = None
+        self.to_log: list[_Logged] = []  # what the tlog check looks for
 
     def add(self, name: str, ok: bool, reason: str) -> bool:
         self.checks.append(Check(name, ok, reason))
@@ -125,6 +139,8 @@ class _Judge:
                 failures.append(f"the signature by key {_short(sig.keyid)}… does not verify")
             else:
                 valid.append(key)
+                self.to_log.append(_Logged(f"the artifact signature by key {_short(key.key_id)}…",
+                                           hashedrekord_check(digest32.hex(), sig.sig, _pem(key))))
         if not valid:
             self.add("signature", False, "; ".join(failures))
             self.add("key-status", False, "no valid signature by a trusted key")
@@ -155,16 +171,17 @@ class _Judge:
             seen_types.append(statement.predicate_type)
             if statement.predicate_type != predicate_type:
                 continue
-            problem = self._envelope_problem(envelope)
+            problem, signer = self._envelope_problem(envelope)
             if problem is None and not statement.is_about(self.digest):
                 problem = (f"the attestation is about {', '.join(d for _, d in statement.subjects)}, "
                            f"not {self.digest}")
             if problem is None:
                 problem = inspect(statement)
-            if problem is None:
+            if problem is None and signer is not None:
                 self.add(name, True, f"{predicate_type} attestation signed by a trusted key, about this digest")
+                self.to_log.append(_Logged(f"the {name} attestation", dsse_check(doc, _pem(signer))))
                 return statement
-            failures.append(problem)
+            failures.append(problem or "the envelope has no verifying signature")
         if not failures:
             found = f" (found: {', '.join(sorted(set(seen_types)))})" if seen_types else ""
             failures.append(f"no {predicate_type} attestation{found}")
@@ -172,7 +189,8 @@ class _Judge:
         self.add(name, False, "; ".join(failures))
         return None
 
-    def _envelope_problem(self, envelope: Envelope) -> str | None:
+    def _envelope_problem(self, envelope: Envelope) -> tuple[str | None, TrustedKey | None]:
+        """(None, the key) when a trusted, non-revoked key's signature verifies; else (why not, None)."""
         reasons = []
         for s in envelope.signatures:
             key = self.policy.keys.get(s.keyid)
@@ -181,11 +199,11 @@ class _Judge:
             elif key.revoked:
                 reasons.append(f"envelope signed by revoked key {_short(s.keyid)}…")
             elif _rsa_ok(key, s.sig, hashlib.sha256(envelope.signed_bytes).digest()):
-                return None
+                return None, key
             else:
                 reasons.append(f"the envelope signature by key {_short(s.keyid)}… does not verify "
                                "(the attestation was modified)")
-        return "; ".join(reasons) or "the envelope has no signatures"
+        return "; ".join(reasons) or "the envelope has no signatures", None
 
     def sbom_matches(self, statement: Statement) -> str | None:
         bom = statement.predicate
@@ -205,6 +223,43 @@ class _Judge:
         except InputError as exc:
             return exc.message
         return None
+
+    # -- the transparency log -------------------------------------------------------------------
+    def check_tlog(self, evidence: Evidence) -> None:
+        """Only when the trust policy lists logs: every verified signature and attestation is in one,
+        proven offline by its stored record (SET, inclusion proof, checkpoint) and matching it exactly."""
+        if not self.policy.logs:
+            return
+        if not self.to_log:
+            self.add("tlog", False, "no verified signature or attestation to look for in a transparency log")
+            return
+        problems: list[str] = []
+        verified: list[tuple[str, int, dict[str, Any]]] = []  # (where, log index, canonical body)
+        for where, doc in evidence.tlog:
+            try:
+                entry, body = check_record(doc, self.policy.logs, where)
+            except InputError as exc:
+                problems.append(str(exc))
+                continue
+            verified.append((where, entry.log_index, body))
+        missing: list[str] = []
+        used: dict[int, int] = {}  # position in `verified` -> log index
+        for item in self.to_log:
+            hit = next((i for i, (_, _, body) in enumerate(verified) if item.matches(body) is None), None)
+            if hit is None:
+                missing.append(item.what)
+            else:
+                used[hit] = verified[hit][1]
+        if not missing:
+            self.add("tlog", True, f"{len(self.to_log)} signatures and attestations are in a trusted transparency "
+                     f"log (log indices {', '.join(str(i) for i in sorted(set(used.values())))})")
+            return
+        problems.extend(f"{where}: it logs {describe(body)}, which is none of them"
+                        for i, (where, _, body) in enumerate(verified) if i not in used)
+        if not evidence.tlog:
+            problems.append("the evidence holds no transparency-log records")
+        self.add("tlog", False, f"not in a trusted transparency log: {', '.join(missing)}"
+                 + "".join(f"; {p}" for p in problems))
 
     def check_builder_and_source(self, statement: Statement | None) -> None:
         if statement is None:
@@ -239,6 +294,7 @@ def verify(digest: str, artifact: bytes | None, evidence: Evidence, policy: Trus
         sbom = judge.attestation(evidence, "sbom", CYCLONEDX_BOM, judge.sbom_matches)
         provenance = judge.attestation(evidence, "provenance", SLSA_PROVENANCE_V1, judge.provenance_holds)
         judge.check_builder_and_source(provenance)
+        judge.check_tlog(evidence)
         if provenance is not None:
             try:
                 runspec = from_provenance(provenance.predicate)

@@ -123,15 +123,22 @@ def trust() -> None:
               help="Write the policy here (default: stdout).")
 @click.option("--builder", "builders", multiple=True, help="Trusted builder id (repeatable).")
 @click.option("--repository", "repositories", multiple=True, help="Trusted source repository glob (repeatable).")
+@click.option("--tlog-key", "tlog_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="A transparency log's public key (PEM; repeatable): every signature must then be in it.")
 @handle_errors
 def trust_init(provider: str | None, output: Path | None, builders: tuple[str, ...],
-               repositories: tuple[str, ...]) -> None:
-    """Write a TrustPolicy that trusts the key provider's current keys."""
+               repositories: tuple[str, ...], tlog_keys: tuple[Path, ...]) -> None:
+    """Write a TrustPolicy that trusts the key provider's current keys (and the given transparency logs)."""
     from ..keys import open_provider
     from ..provenance import DEFAULT_BUILDER_ID
 
     keys = open_provider(provider).public_keys()
-    text = to_yaml(keys, builders or (DEFAULT_BUILDER_ID,), repositories or ("*",))
+    from ..tlog.note import load_log_public_key
+
+    log_pems = [p.read_bytes()[:16384] for p in tlog_keys]
+    for path, pem in zip(tlog_keys, log_pems, strict=True):
+        load_log_public_key(pem, str(path))  # name the file that is not a log key
+    text = to_yaml(keys, builders or (DEFAULT_BUILDER_ID,), repositories or ("*",), log_pems)
     if output:
         atomic_write(output, text.encode())
         err.print(f"wrote {output} ({len(keys)} keys)", markup=False)
