@@ -21,10 +21,12 @@ from agentfactory.cli.common import (
     print_json,
     store_option,
 )
+from agentfactory.errors import ConfigError
 from agentfactory.keys import open_provider
 from agentfactory.policy import RegoEngine
 from agentfactory.provenance import DEFAULT_BUILDER_ID
 from agentfactory.store import open_store
+from agentfactory.tlog.base import TransparencyLog
 
 from .run import PipelineReport, Signing, run_pipeline
 
@@ -84,19 +86,28 @@ def summary_table(report: PipelineReport) -> Table:
 @click.option("--sbom-root", "sbom_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write each SBOM to ROOT/sbom/<agent>/<version>.cdx.json (releases: --sbom-root .).")
 @click.option("--no-sign", is_flag=True, help="Publish without SBOM, provenance or signatures (verify will refuse).")
+@click.option("--tlog", "tlog_url", envvar="AGENTFACTORY_TLOG", default="embedded", show_default=True,
+              metavar="embedded|none|URL",
+              help="Transparency log every signature is recorded in: the embedded log ($AGENTFACTORY_HOME/tlog), "
+                   "none, or a Rekor v1 URL (then --tlog-key).")
+@click.option("--tlog-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              envvar="AGENTFACTORY_TLOG_KEY", help="The Rekor log's public key (PEM), pinned: required with a URL.")
 @policies_option
 @store_option
 @json_option
 @handle_errors
 def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tests: bool, provider: str | None,
-        builder_id: str, sbom_dir: Path | None, no_sign: bool, policies_dir: Path | None, store_url: str | None,
-        as_json: bool) -> None:
+        builder_id: str, sbom_dir: Path | None, no_sign: bool, tlog_url: str, tlog_key: Path | None,
+        policies_dir: Path | None, store_url: str | None, as_json: bool) -> None:
     """Discover → validate → build → test → publish → sbom → sign every template.
 
     Exit code 0 when every template built or was unchanged, 1 when any failed.
     """
     store = open_store(store_url)
-    signing = None if no_sign else Signing(open_provider(provider), builder_id, sbom_dir)
+    signing = None
+    if not no_sign:
+        tlog, tlog_pem = open_tlog(tlog_url, tlog_key)
+        signing = Signing(open_provider(provider), builder_id, sbom_dir, tlog, tlog_pem)
     engine = RegoEngine(policies_dir)  # a policy that does not compile refuses every template, saying why
     board = _LiveBoard() if not as_json and err.is_terminal else None
     if board:
@@ -116,6 +127,23 @@ def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tes
     else:
         _print_report(report)
     sys.exit(EXIT_OK if report.ok else EXIT_PROBLEMS)
+
+
+def open_tlog(url: str, key: Path | None) -> tuple[TransparencyLog | None, bytes | None]:
+    """The log named by --tlog, and its public key as the pipeline pins it."""
+    if url == "none":
+        return None, None
+    if url == "embedded":
+        from agentfactory.tlog.log import EmbeddedLog
+
+        log = EmbeddedLog()
+        return log, log.public_key_pem()
+    if key is None:
+        raise ConfigError(f"--tlog {url}: give the log's public key with --tlog-key (pinned, never fetched from the "
+                          "log itself)")
+    from agentfactory.tlog.client import RekorClient
+
+    return RekorClient(url), key.read_bytes()[:16384]
 
 
 def _print_report(report: PipelineReport) -> None:

@@ -32,6 +32,7 @@ from agentfactory.provenance import predicate as provenance_predicate
 from agentfactory.runspec import from_template
 from agentfactory.store import ArtifactStore, StoredAgent
 from agentfactory.template import MANIFEST, Template, discover, load_template
+from agentfactory.tlog.base import LogError, TransparencyLog
 from agentfactory.trust import from_public_keys
 from agentfactory.verifier import record_decision, verify
 from agentfactory.wasm import ModuleInfo, inspect
@@ -40,7 +41,7 @@ from . import casetests, toolchain
 from .cache import BuildCache, CacheEntry, cache_key
 from .gitinfo import GitView, Origin
 
-STAGES = ("validate", "build", "test", "publish", "sbom", "sign")
+STAGES = ("validate", "build", "test", "publish", "sbom", "sign", "log")
 Progress = Callable[[str, str], None]  # (template display path, stage or final status)
 
 
@@ -102,11 +103,14 @@ class _Job:
 
 @dataclass(frozen=True)
 class Signing:
-    """How the sign stage signs: the key provider, the builder id it claims, where SBOMs go."""
+    """How the sign stage signs: the key provider, the builder id it claims, where SBOMs go, and the
+    transparency log every signature is recorded in (with its public key, pinned, not fetched)."""
 
     provider: KeyProvider
     builder_id: str = DEFAULT_BUILDER_ID
     sbom_dir: Path | None = None
+    tlog: TransparencyLog | None = None
+    tlog_key_pem: bytes | None = None
 
 
 def run_pipeline(templates_dir: Path, store: ArtifactStore, *, changed_since: str | None = None,
@@ -241,9 +245,10 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
                 r.evidence = {"signed": True, "reused": True}
             else:  # published but never signed (a crash, an unsigned run): sign it now
                 wasm = store.fetch_wasm(f"{t.name}@{hit.digest}")[1]
-                signature, attestations, sbom = _make_evidence(job, t, hit.digest, hit.build, signing, notify)
-                if engine is None or _artifact_gate(job, t, hit.digest, wasm, signature, attestations, signing, engine):
-                    _attach(job, t, stored, store, signature, attestations, sbom, signing)
+                signature, attestations, sbom, records = _make_evidence(job, t, hit.digest, hit.build, signing, notify)
+                if engine is None or _artifact_gate(job, t, hit.digest, wasm, signature, attestations, records,
+                                                    signing, engine):
+                    _attach(job, t, stored, store, signature, attestations, sbom, records, signing)
         return
 
     cases = casetests.load_cases(t, job.display) if run_tests else []  # parsed only when building
@@ -286,10 +291,11 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
         "startedOn": _iso(started), "finishedOn": _iso(finished),
     }
     digest = digest_of(built.wasm)
-    made: tuple[ArtifactSignature, list[tuple[str, Envelope]], bytes] | None = None
+    made: tuple[ArtifactSignature, list[tuple[str, Envelope]], bytes, list[bytes]] | None = None
     if signing is not None:
         made = _make_evidence(job, t, digest, r.build, signing, notify)
-        if engine is not None and not _artifact_gate(job, t, digest, built.wasm, *made[:2], signing, engine):
+        if engine is not None and not _artifact_gate(job, t, digest, built.wasm, made[0], made[1], made[3], signing,
+                                                     engine):
             return  # refused before publication: nothing reaches the store
     notify(job.display, "publish")
     stored = _publish(t, store, built.wasm, origin)
@@ -303,8 +309,9 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
 
 
 def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], signing: Signing,
-                   notify: Progress) -> tuple[ArtifactSignature, list[tuple[str, Envelope]], bytes]:
-    """The sbom and sign stages, in memory: SBOM, provenance, and the signatures over them."""
+                   notify: Progress) -> tuple[ArtifactSignature, list[tuple[str, Envelope]], bytes, list[bytes]]:
+    """The sbom and sign stages, in memory: SBOM, provenance, the signatures over them, and (with a
+    transparency log) the log's record of each signature, taken before anything is published."""
     # Imported here: cyclonedx and prometheus cost ~90 ms at start-up, and unchanged runs never sign.
     from agentfactory.metrics import SIGNATURES
 
@@ -326,15 +333,32 @@ def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], s
         SIGNATURES.labels(provider=provider.name, kind="attestation").inc()
     job.result.evidence = {"signed": True, "keyId": signature.key_id, "provider": provider.name,
                            "attestations": [p for p, _ in attestations]}
-    return ArtifactSignature.from_signature(digest, signature), attestations, sbom
+    art = ArtifactSignature.from_signature(digest, signature)
+    records: list[bytes] = []
+    if signing.tlog is not None:
+        notify(job.display, "log")
+        pem_of = {k.key_id: k.pem for k in provider.public_keys()}
+        proposals = [evidence.proposed_for_signature(art, pem_of[signature.key_id])]
+        proposals += [evidence.proposed_for_envelope(env.to_json(), pem_of[env.signatures[0].keyid])
+                      for _, env in attestations]
+        try:
+            added = [signing.tlog.add(p) for p in proposals]
+        except LogError as exc:  # nothing is published unlogged when a log is configured
+            raise BuildError(job.display, f"the transparency log {signing.tlog.url} refused or failed: {exc}") from None
+        records = [a.entry.to_json() for a in added]
+        job.result.evidence["tlog"] = {"log": signing.tlog.url, "indexes": [a.entry.log_index for a in added]}
+    return art, attestations, sbom, records
 
 
 def _artifact_gate(job: _Job, t: Template, digest: str, wasm: bytes, signature: ArtifactSignature,
-                   attestations: list[tuple[str, Envelope]], signing: Signing, engine: PolicyEngine) -> bool:
+                   attestations: list[tuple[str, Envelope]], records: list[bytes], signing: Signing,
+                   engine: PolicyEngine) -> bool:
     """The artifact policy before publish, asked through the one verifier on the evidence just made."""
     found = Evidence(signatures=[("pipeline", signature.to_json())],
-                     attestations=[(f"pipeline ({p})", e.to_json()) for p, e in attestations])
-    trust = from_public_keys(signing.provider.public_keys(), builders=(signing.builder_id,))
+                     attestations=[(f"pipeline ({p})", e.to_json()) for p, e in attestations],
+                     tlog=[("pipeline (tlog)", r) for r in records])
+    trust = from_public_keys(signing.provider.public_keys(), builders=(signing.builder_id,),
+                             log_keys=[signing.tlog_key_pem] if signing.tlog_key_pem else None)
     verdict = verify(digest, wasm, found, trust, engine=engine, stage="dev", name=t.name, version=t.version)
     job.result.evidence["score"] = verdict.score
     job.result.errors.extend(f"{job.display}: {reason}" for reason in verdict.reasons)
@@ -342,10 +366,10 @@ def _artifact_gate(job: _Job, t: Template, digest: str, wasm: bytes, signature: 
 
 
 def _attach(job: _Job, t: Template, stored: StoredAgent, store: ArtifactStore, signature: ArtifactSignature,
-            attestations: list[tuple[str, Envelope]], sbom: bytes, signing: Signing) -> None:
+            attestations: list[tuple[str, Envelope]], sbom: bytes, records: list[bytes], signing: Signing) -> None:
     from .sbom import release_path
 
-    evidence.attach(store, stored, signature, attestations)
+    evidence.attach(store, stored, signature, attestations, tlog_records=records)
     if signing.sbom_dir is not None:
         atomic_write(release_path(signing.sbom_dir, t.name, t.version), sbom)
 

@@ -37,7 +37,6 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
 
     import uvicorn
 
-    from ..fsutil import atomic_write
     from ..tlog.log import EmbeddedLog
     from ..tlog.server import create_app
 
@@ -47,9 +46,7 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
     if not host or not port.isdigit():
         raise InputError("--listen", f"{listen!r}: write HOST:PORT (e.g. 127.0.0.1:3000)")
     log = EmbeddedLog(folder)
-    public_pem = log.folder / PUBLIC_KEY_FILE  # what clients pin; log-key.pem is the private key
-    if not public_pem.exists() or public_pem.read_bytes() != log.public_key_pem():
-        atomic_write(public_pem, log.public_key_pem(), mode=0o644)
+    public_pem = log.folder / PUBLIC_KEY_FILE  # what clients pin (written by EmbeddedLog); log-key.pem is private
     sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

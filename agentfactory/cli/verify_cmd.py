@@ -38,10 +38,15 @@ provider_option = click.option("--key-provider", "provider", type=click.Choice([
 
 
 def default_policy(provider: str | None) -> TrustPolicy:
+    """The key provider's keys, and the embedded transparency log's key when that log exists here."""
     from ..keys import open_provider
+    from ..tlog.log import PUBLIC_KEY_FILE, default_tlog_dir
 
     p = open_provider(provider)
-    return from_public_keys(p.public_keys(), source=f"embedded default ({p.name} keys)")
+    pem_path = default_tlog_dir() / PUBLIC_KEY_FILE
+    logs = [pem_path.read_bytes()[:16384]] if pem_path.is_file() else None
+    source = f"embedded default ({p.name} keys" + (", embedded transparency log)" if logs else ")")
+    return from_public_keys(p.public_keys(), source=source, log_keys=logs)
 
 
 def verify_ref(ref: str, store: ArtifactStore, policy: TrustPolicy, engine: PolicyEngine | None = None,

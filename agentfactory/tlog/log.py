@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ..config import home
 from ..errors import InputError, NotFoundError, StoreError
+from ..fsutil import atomic_write
 from ..intoto import parse_statement
 from . import merkle
 from .base import Added, EntryRejected, LogError, LogInfo, TransparencyLog
@@ -50,6 +51,7 @@ from .storage import BUSY_TIMEOUT_S, DuplicateEntry, StoredLeaf, TreeStorage
 
 TREE_FILE = "tree.db"
 KEY_FILE = "log-key.pem"
+PUBLIC_KEY_FILE = "log-public-key.pem"
 MAX_SEARCH_RESULTS = 10_000  # a bound on one index answer; Rekor sets none, but a server must
 
 _INDEX_SQL = (
@@ -164,6 +166,9 @@ class EmbeddedLog(TransparencyLog):
             raise StoreError(f"{self.folder}: cannot create the transparency log folder ({e.strerror})") from e
         self.url = f"file://{self.folder}"
         self.key = LogKey.load_or_create(self.folder / KEY_FILE, name)
+        public = self.folder / PUBLIC_KEY_FILE  # what verifiers pin; KEY_FILE is the private key
+        if not public.is_file() or public.read_bytes() != self.key.public_pem():
+            atomic_write(public, self.key.public_pem(), mode=0o644)
         self._writer = TreeStorage(self.folder / TREE_FILE)
         self._reader = TreeStorage(self.folder / TREE_FILE)
         self._index = _Index(self.folder / TREE_FILE)

@@ -42,7 +42,9 @@ def test_every_example_verifies(repo: Path, built: dict) -> None:  # type: ignor
         code, v = verdict(repo, f"{name}@{row['digest']}")
         assert code == 0 and v["allowed"] and v["score"] == 10.0, v
         assert {c["name"] for c in v["checks"]} == {"digest", "signature", "key-status", "sbom", "provenance",
-                                                    "builder", "source", "policy"}
+                                                    "builder", "source", "tlog", "policy"}
+        assert row["evidence"]["tlog"]["log"].startswith("file://")  # the embedded log, by default
+        assert len(row["evidence"]["tlog"]["indexes"]) == 3  # the signature and both attestations
         sbom = json.loads((repo / "sbom" / name / f"{row['version']}.cdx.json").read_text())
         assert sbom["metadata"]["component"]["hashes"][0]["content"] == row["digest"][7:]
     human = af(repo, "verify", f"{EXAMPLES[0]}:1.0.0")
