@@ -32,6 +32,8 @@ demo: $(STAMP)
 	  x[len(x)//2]^=1; b.write_bytes(bytes(x))' $(DEMO)/tampered-store
 	@echo "One byte of wordstats flipped in a copy of the store; the verifier must refuse it:"
 	@! $(BIN)/agentfactory verify --store oci-layout:$(DEMO)/tampered-store wordstats:1.0.0
+	@echo "Every signature above is in the embedded transparency log (verify checked each record offline):"
+	$(BIN)/agentfactory tlog info --check
 	@echo "A template asking for a dangerous tool (shell.exec) must be refused by the template policy:"
 	@! $(BIN)/agentfactory template validate tests/fixtures/policy-templates/t1-dangerous-tool
 	$(BIN)/agentfactory policy test
