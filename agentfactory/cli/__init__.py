@@ -26,6 +26,7 @@ CORE_COMMANDS = {
     "trust": "agentfactory.cli.verify_cmd:trust",
     "policy": "agentfactory.cli.policy_cmd:policy",
     "tlog": "agentfactory.cli.tlog_cmd:tlog",
+    "audit": "agentfactory.cli.audit_cmd:audit",
 }
 
 
