@@ -1,0 +1,1 @@
+"""Vulnerability scanning: the finding model, the embedded OSV matcher, Grype and Trivy adapters, VEX."""
