@@ -19,28 +19,11 @@ from starlette.concurrency import run_in_threadpool
 
 from agentfactory.audit import AuditError
 from agentfactory.errors import InputError
+from agentfactory.httpserve import BodyTooLarge, read_body
 from agentfactory.metrics import CONTROL_PLANE_LATENCY, CONTROL_PLANE_REQUESTS
 
 from .decide import Admitter, Answer, NotCached
 from .review import parse_review, response, uid_of
-
-
-class _TooLarge(Exception):
-    pass
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge(declared)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge(str(size))
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _json(doc: dict[str, Any]) -> Response:
@@ -57,9 +40,9 @@ def create_app(admitter: Admitter) -> FastAPI:
         started = time.perf_counter()
         body = b""
         try:
-            body = await asyncio.wait_for(_read_body(request, config.max_request_bytes), timeout=deadline)
+            body = await asyncio.wait_for(read_body(request, config.max_request_bytes), timeout=deadline)
             review = parse_review(body)
-        except _TooLarge:
+        except BodyTooLarge:
             return _deny("error", started, "", 413, f"the review is larger than {config.max_request_bytes} bytes "
                          "(config maxRequestBytes); denied")
         except TimeoutError:

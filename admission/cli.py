@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from agentfactory.cli.common import EXIT_OK, EXIT_PROBLEMS, err, handle_errors, print_json
-from agentfactory.errors import ConfigError, InputError
+from agentfactory.errors import InputError
 
 from .config import AdmissionConfig, load_config
 
@@ -65,23 +65,14 @@ def admission() -> None:
 @handle_errors
 def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, store_url: str | None) -> None:
     """Serve POST /validate and /validate/warn, GET /healthz, /readyz and /metrics over TLS."""
-    import socket
-
     import uvicorn
+
+    from agentfactory.httpserve import bind, url_of
 
     from .app import create_app
 
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError("--listen", f"{listen!r}: write HOST:PORT (e.g. 0.0.0.0:8443)")
+    sock = bind(listen, "0.0.0.0:8443")
     admitter = build_admitter(_config(config_path, store_url))
-    sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), int(port)))
-    except OSError as exc:
-        raise ConfigError(f"--listen {listen}: {exc.strerror}") from None
-    bound = sock.getsockname()
     contexts: list[ssl.SSLContext] = []
 
     def tls_context(_config: Any, default: Any) -> ssl.SSLContext:
@@ -96,7 +87,7 @@ def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, 
         ssl_context_factory=tls_context))
     threading.Thread(target=_reload_certificate, args=(contexts, tls_cert, tls_key), daemon=True,
                      name="tls-reload").start()
-    err.print(json.dumps({"listening": f"https://{bound[0]}:{bound[1]}", "config": admitter.config.source,
+    err.print(json.dumps({"listening": url_of(sock, "https"), "config": admitter.config.source,
                           "store": admitter.store.url, "trust": admitter.trust.source}), markup=False)
     server.run(sockets=[sock])
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError
+from ..httpserve import bind, url_of
 from .common import EXIT_PROBLEMS, handle_errors, print_json
 
 PUBLIC_KEY_FILE = "log-public-key.pem"
@@ -33,7 +34,6 @@ def tlog() -> None:
 @handle_errors
 def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
     """Serve the Rekor v1 API (entries, index, log info, proofs, public key) and GET /healthz."""
-    import socket
 
     import uvicorn
 
@@ -42,25 +42,14 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
 
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise InputError("--listen", f"{listen!r}: write HOST:PORT (e.g. 127.0.0.1:3000)")
+    sock = bind(listen, "127.0.0.1:3000")
     log = EmbeddedLog(folder)
     public_pem = log.folder / PUBLIC_KEY_FILE  # what clients pin (written by EmbeddedLog); log-key.pem is private
-    sock = socket.socket(socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host.strip("[]"), int(port)))
-    except OSError as exc:
-        raise ConfigError(f"--listen {listen}: {exc.strerror}") from None
-    bound = sock.getsockname()
     server = uvicorn.Server(uvicorn.Config(
         create_app(log), log_level="warning", access_log=False, timeout_keep_alive=30, limit_concurrency=1000,
         server_header=False, ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None))
-    scheme = "https" if tls_cert else "http"
-    host_part = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    sys.stderr.write(json.dumps({"listening": f"{scheme}://{host_part}:{bound[1]}", "logID": log.log_id,
+    sys.stderr.write(json.dumps({"listening": url_of(sock, "https" if tls_cert else "http"), "logID": log.log_id,
                                  "publicKey": str(public_pem)}) + "\n")
     sys.stderr.flush()
     try:

@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..dsse import b64decode_strict
 from ..errors import InputError, NotFoundError
+from ..httpserve import BodyTooLarge, read_body
 from ..jsonsafe import load_json_object
 from .base import EntryRejected, LogError
 from .entries import MAX_ENTRY_BYTES, MAX_PUBLIC_KEY_BYTES, LogEntry, canonical, parse_proposed_entry
@@ -28,10 +29,6 @@ MAX_QUERY_BYTES = 64 * 1024  # retrieve and index queries: uuids, indices, one p
 MAX_RETRIEVE = 10  # Rekor's maxItems for each of entryUUIDs, logIndexes and entries
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class _BadRequest(Exception):
     def __init__(self, message: str, code: int = 400) -> None:
         super().__init__(message)
@@ -39,19 +36,6 @@ class _BadRequest(Exception):
         self.message = message
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused past `limit` bytes (declared or streamed) before it is all in memory."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _TooLarge(declared)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _TooLarge(str(size))
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -80,8 +64,8 @@ def _int_param(request: Request, name: str, default: int | None = None) -> int:
 
 async def _query(request: Request) -> dict[str, Any]:
     try:
-        body = await _read_body(request, MAX_QUERY_BYTES)
-    except _TooLarge:
+        body = await read_body(request, MAX_QUERY_BYTES)
+    except BodyTooLarge:
         raise _BadRequest(f"the query is larger than {MAX_QUERY_BYTES} bytes", 413) from None
     try:
         return load_json_object(body, "query", max_bytes=MAX_QUERY_BYTES, what="query")
@@ -118,8 +102,8 @@ def create_app(log: EmbeddedLog) -> FastAPI:
     @app.post(ENTRIES)
     async def create_entry(request: Request) -> Response:
         try:
-            body = await _read_body(request, MAX_ENTRY_BYTES)
-        except _TooLarge:
+            body = await read_body(request, MAX_ENTRY_BYTES)
+        except BodyTooLarge:
             return _error(413, f"the proposed entry is larger than {MAX_ENTRY_BYTES} bytes")
         try:
             doc = load_json_object(body, "proposed entry", max_bytes=MAX_ENTRY_BYTES, what="proposed entry")

@@ -1,0 +1,52 @@
+"""What the HTTP services (the webhook, the transparency log) share: a bound socket and a capped body.
+
+The socket is bound before uvicorn starts, so `--listen HOST:0` can report the port it got and a
+port in use is a clear configuration error rather than a log line from inside the server.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from .errors import ConfigError, InputError
+
+
+class BodyTooLarge(Exception):
+    """The request body is over the limit (declared or streamed); nothing past the limit was read."""
+
+
+def bind(listen: str, example: str) -> socket.socket:
+    """A socket bound to `listen` (HOST:PORT; [v6] addresses allowed), ready for uvicorn's `sockets=`."""
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise InputError("--listen", f"{listen!r}: write HOST:PORT (e.g. {example})")
+    host = host.strip("[]")
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"--listen {listen}: {exc.strerror}") from None
+    return sock
+
+
+def url_of(sock: socket.socket, scheme: str) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+async def read_body(request: Any, limit: int) -> bytes:
+    """A Starlette request's body, refused past `limit` bytes before it is all in memory."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(declared)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(str(size))
+        chunks.append(chunk)
+    return b"".join(chunks)
