@@ -145,6 +145,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_admission.py
 	$(BIN)/python benchmarks/bench_tlog_storage.py
 	$(BIN)/python benchmarks/bench_tlog.py
+	$(BIN)/python benchmarks/bench_scan.py
 
 clean:
 	rm -rf .agentfactory .pytest_cache .mypy_cache .ruff_cache
