@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..jsonsafe import load_json_object
-from .grype import (
+from .common import (
     MAX_REPORT_BYTES,
     SCANNER_TIMEOUT_S,
     field_list,

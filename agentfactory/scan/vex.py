@@ -19,7 +19,7 @@ from urllib.parse import unquote
 
 from ..errors import InputError
 from ..jsonsafe import load_json_object
-from .grype import field_list, field_obj, field_str, item_obj, normalize_purl
+from .common import field_list, field_obj, field_str, item_obj, normalize_purl
 from .model import Finding, Suppression
 
 MAX_VEX_BYTES = 16 * 1024 * 1024
