@@ -148,12 +148,7 @@ def load_trust_policy(path: Path) -> TrustPolicy:
     for i, k in enumerate(spec["keys"]):
         loc = f"{where}:{doc.line_of(('spec', 'keys', i))}"
         try:
-            if "publicKeyFile" in k:
-                pem_path = (path.parent / k["publicKeyFile"])
-                pem = pem_path.read_bytes()[:16384]
-            else:
-                pem = k["publicKey"].encode()
-            public = load_public_key(pem, loc)
+            public = load_public_key(_pem_of(path, k), loc)
         except OSError as exc:
             problems.append(InputError(loc, f"publicKeyFile: {exc.strerror}"))
             continue
@@ -172,15 +167,20 @@ def load_trust_policy(path: Path) -> TrustPolicy:
                        tuple(spec.get("repositories", ["*"])), source=where, logs=logs)
 
 
+def _pem_of(policy_path: Path, entry: dict[str, Any]) -> bytes:
+    """An entry's PEM: `publicKey` inline, or `publicKeyFile` relative to the policy file (OSError if unreadable)."""
+    if "publicKeyFile" in entry:
+        return (policy_path.parent / str(entry["publicKeyFile"])).read_bytes()[:16384]
+    return str(entry["publicKey"]).encode()
+
+
 def _load_logs(path: Path, doc: Located, entries: list[dict[str, Any]],
                problems: list[InputError]) -> dict[str, ec.EllipticCurvePublicKey]:
     logs: dict[str, ec.EllipticCurvePublicKey] = {}
     for i, entry in enumerate(entries):
         loc = f"{path}:{doc.line_of(('spec', 'transparencyLogs', i))}"
         try:
-            pem = ((path.parent / entry["publicKeyFile"]).read_bytes()[:16384] if "publicKeyFile" in entry
-                   else entry["publicKey"].encode())
-            key = load_log_public_key(pem, loc)
+            key = load_log_public_key(_pem_of(path, entry), loc)
         except OSError as exc:
             problems.append(InputError(loc, f"publicKeyFile: {exc.strerror}"))
             continue

@@ -21,7 +21,6 @@ import gc
 import json
 import os
 import platform
-import signal
 import ssl
 import statistics
 import subprocess
@@ -40,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import percentile, write_results  # noqa: E402
+from common import TRIVIAL_WAT, ms, percentile, stop, summary_ms, write_results  # noqa: E402
 
 from admission.cli import build_admitter  # noqa: E402
 from admission.config import load_config  # noqa: E402
@@ -68,17 +67,6 @@ MISS_RATES = (400.0, 1000.0)  # open loop, every review in a new namespace (admi
 OPEN_GRACE_S = 5.0  # a request not sent within this long after the window is counted as not sent
 TLS_FIRST_RESTARTS = 3
 TARGET_P99_MS, TARGET_RATE, TARGET_FIRST_MS = 5.0, 1000.0, 20.0
-TRIVIAL_WAT = """\
-(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "ok\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 3))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
-"""
-
 # The load generator, run as separate processes so that the client does not share the server's GIL.
 # argv[1]: a JSON spec; prints one JSON line. One keep-alive connection per thread. Closed loop: each thread
 # sends as soon as its previous answer arrived. Open loop: request i (of all processes) is due at
@@ -196,15 +184,6 @@ print(json.dumps({"listening": "http://127.0.0.1:%d" % sock.getsockname()[1]}), 
 uvicorn.Server(uvicorn.Config(create_app(admitter), log_level="warning", access_log=False, timeout_keep_alive=30,
                               limit_concurrency=1000, server_header=False)).run(sockets=[sock])
 """
-
-
-def ms(seconds: float) -> float:
-    return seconds * 1e3
-
-
-def summary_ms(values: list[float]) -> dict[str, float]:
-    return {"p50_ms": ms(statistics.median(values)), "p99_ms": ms(percentile(values, 0.99)),
-            "max_ms": ms(max(values)), "mean_ms": ms(statistics.fmean(values)), "n": len(values)}
 
 
 # -- the world -----------------------------------------------------------------------------------------
@@ -442,12 +421,7 @@ def serving(config_file: Path, tls_dir: Path | None) -> Iterator[Server]:
             time.sleep(0.05)
         yield server
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
 
 
 def connection(server: Server, ctx: ssl.SSLContext | None) -> Any:

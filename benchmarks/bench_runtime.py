@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import percentile, write_results  # noqa: E402
+from common import TRIVIAL_WAT, ms, percentile, stop, summary_ms, write_results  # noqa: E402
 
 from agentfactory.keys.local import LocalKeyring  # noqa: E402
 from agentfactory.policy import RegoEngine  # noqa: E402
@@ -49,7 +48,7 @@ from agentfactory.trust import TrustPolicy, from_public_keys, to_yaml  # noqa: E
 from benchmarks.kernels.build import KERNEL_DIR, KERNELS, build, parse_output  # noqa: E402
 from pipelines.run import Signing, run_pipeline  # noqa: E402
 from sandbox_runtime import sandbox  # noqa: E402
-from sandbox_runtime.engine import MAX_WASM_STACK  # noqa: E402
+from sandbox_runtime.engine import make_config  # noqa: E402
 from sandbox_runtime.runtime import Runtime, RuntimeConfig  # noqa: E402
 from sandbox_runtime.sandbox import Invocation  # noqa: E402
 
@@ -63,18 +62,6 @@ HTTP_JUDGED_CONNECTIONS = 4
 TARGET_OVERHEAD_PCT, TARGET_SANDBOX_P50_MS, TARGET_RPS = 20.0, 1.0, 1000.0
 
 TRIVIAL = "trivial"
-TRIVIAL_WAT = """\
-;; Writes "ok\\n" to stdout and returns: the smallest useful WASI command.
-(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 16) "ok\\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 3))
-    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
-"""
-
 # The load generator, run as separate processes so that the client does not share the server's GIL.
 # argv: host port path threads warmup_until measure_until (wall-clock seconds); prints one JSON line.
 CLIENT = r"""
@@ -118,15 +105,6 @@ for t in ts:
     t.join()
 print(json.dumps({"latencies": latencies, "errors": errors[0], "samples": samples}))
 """
-
-
-def ms(seconds: float) -> float:
-    return seconds * 1e3
-
-
-def summary_ms(values: list[float]) -> dict[str, float]:
-    return {"p50_ms": ms(statistics.median(values)), "p99_ms": ms(percentile(values, 0.99)),
-            "mean_ms": ms(statistics.fmean(values)), "n": len(values)}
 
 
 # -- the agents ------------------------------------------------------------------------------------
@@ -180,16 +158,8 @@ def write_templates(folder: Path) -> None:
 
 # -- 1. WASI compute overhead ---------------------------------------------------------------------------
 def no_epoch_engine() -> wasmtime.Engine:
-    """The runtime's engine settings (sandbox_runtime.engine.SETTINGS) without epoch interruption."""
-    config = wasmtime.Config()
-    config.epoch_interruption = False
-    config.max_wasm_stack = MAX_WASM_STACK
-    config.wasm_threads = False
-    config.wasm_gc = False
-    config.wasm_component_model = False
-    config.wasm_memory64 = False
-    config.cranelift_opt_level = "speed"
-    return wasmtime.Engine(config)
+    """The runtime's engine settings (sandbox_runtime.engine.make_config) without epoch interruption."""
+    return wasmtime.Engine(make_config(False, epoch=False))
 
 
 def run_no_epoch(engine: wasmtime.Engine, module: wasmtime.Module, kernel: str) -> tuple[str, int]:
@@ -410,12 +380,7 @@ def bench_http(store_path: Path, trust_file: Path) -> dict[str, Any]:
     try:
         levels = [load(host, port, p, t) for p, t in HTTP_LEVELS]
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
     judged = [level for level in levels if level["judged"]]
     return {"server_workers": workers, "warmup_s": HTTP_WARMUP_S, "measure_s": HTTP_MEASURE_S, "levels": levels,
             "best_rps": max(level["rps"] for level in levels), "judged_connections": HTTP_JUDGED_CONNECTIONS,

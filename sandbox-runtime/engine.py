@@ -34,9 +34,10 @@ SETTINGS: dict[str, Any] = {
 }
 
 
-def _config(fuel: bool) -> wasmtime.Config:
+def make_config(fuel: bool, *, epoch: bool = True) -> wasmtime.Config:
+    """The engine configuration (SETTINGS); `epoch=False` exists only for the benchmark that prices it."""
     config = wasmtime.Config()
-    config.epoch_interruption = True
+    config.epoch_interruption = epoch
     config.max_wasm_stack = MAX_WASM_STACK
     config.wasm_threads = False
     config.wasm_gc = False
@@ -52,7 +53,7 @@ class Engines:
 
     def __init__(self, tick_seconds: float = TICK_SECONDS) -> None:
         self.tick_seconds = tick_seconds
-        self._engines = {False: wasmtime.Engine(_config(False)), True: wasmtime.Engine(_config(True))}
+        self._engines = {False: wasmtime.Engine(make_config(False)), True: wasmtime.Engine(make_config(True))}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, name="epoch-ticker", daemon=True)
         self._thread.start()

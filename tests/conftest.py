@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from helpers import TEMPLATES, git
 
+from agentfactory.keys.local import LocalKeyring
+
 
 @pytest.fixture(scope="session")
 def toolchain_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -38,3 +40,16 @@ def repo(tmp_path: Path) -> Iterator[Path]:
     git(root, "commit", "-q", "-m", "templates")
     yield root
 
+
+@pytest.fixture(scope="module")
+def ring(tmp_path_factory: pytest.TempPathFactory) -> LocalKeyring:
+    """A local keyring with one key, shared by a test module (signing material for log entries)."""
+    r = LocalKeyring(tmp_path_factory.mktemp("keys"))
+    r.create()
+    return r
+
+
+@pytest.fixture(scope="module")
+def pem(ring: LocalKeyring) -> bytes:
+    """The public key (PEM) of `ring`'s key."""
+    return ring.public_keys()[0].pem

@@ -77,18 +77,6 @@ def serving(log: EmbeddedLog) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def ring(tmp_path_factory: pytest.TempPathFactory) -> LocalKeyring:
-    r = LocalKeyring(tmp_path_factory.mktemp("keys"))
-    r.create()
-    return r
-
-
-@pytest.fixture(scope="module")
-def pem(ring: LocalKeyring) -> bytes:
-    return ring.public_keys()[0].pem
-
-
-@pytest.fixture(scope="module")
 def log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedLog]:
     with EmbeddedLog(tmp_path_factory.mktemp("tlog")) as embedded:
         yield embedded

@@ -32,13 +32,6 @@ from agentfactory.tlog.server import create_app
 
 
 @pytest.fixture(scope="module")
-def ring(tmp_path_factory: pytest.TempPathFactory) -> LocalKeyring:
-    r = LocalKeyring(tmp_path_factory.mktemp("keys"))
-    r.create()
-    return r
-
-
-@pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, EmbeddedLog]]:
     log = EmbeddedLog(tmp_path_factory.mktemp("tlog"))
     sock = socket.socket()

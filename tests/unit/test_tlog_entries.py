@@ -44,18 +44,6 @@ def b64(data: bytes) -> str:
 
 
 @pytest.fixture(scope="module")
-def ring(tmp_path_factory: pytest.TempPathFactory) -> LocalKeyring:
-    r = LocalKeyring(tmp_path_factory.mktemp("keys"))
-    r.create()
-    return r
-
-
-@pytest.fixture(scope="module")
-def pem(ring: LocalKeyring) -> bytes:
-    return ring.public_keys()[0].pem
-
-
-@pytest.fixture(scope="module")
 def log_key() -> LogKey:
     return LogKey.generate()
 
