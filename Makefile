@@ -19,6 +19,7 @@ DEMO := .agentfactory/demo
 ## show a tampered copy (one flipped byte in a copy of the store) and a template that breaks the
 ## policy refused with their reasons, and run the Rego unit tests
 demo: $(STAMP)
+	$(BIN)/agentfactory osv import examples/scanning/osv
 	$(BIN)/agentfactory pipeline run
 	$(BIN)/agentfactory store ls
 	@for ref in $$($(BIN)/agentfactory store ls --json | $(BIN)/python -c \
@@ -37,6 +38,13 @@ demo: $(STAMP)
 	@echo "A template asking for a dangerous tool (shell.exec) must be refused by the template policy:"
 	@! $(BIN)/agentfactory template validate tests/fixtures/policy-templates/t1-dangerous-tool
 	$(BIN)/agentfactory policy test
+	@echo "Scanning: htmlpage vendors lodash 4.17.20 (GHSA-35jh-r3h4-6jhm, High); the pipeline must refuse it:"
+	@! $(BIN)/agentfactory pipeline run --templates examples/scanning/templates --store oci-layout:$(DEMO)/scan-store
+	@echo "With a signed VEX statement saying why it does not apply, it passes and the report shows why:"
+	$(BIN)/agentfactory vex sign examples/scanning/vex/htmlpage.openvex.json -o $(DEMO)/vex/htmlpage.dsse.json
+	$(BIN)/agentfactory pipeline run --templates examples/scanning/templates --store oci-layout:$(DEMO)/scan-store \
+	  --vex $(DEMO)/vex
+	$(BIN)/agentfactory verify --store oci-layout:$(DEMO)/scan-store htmlpage
 	@echo "Each example agent through the node runtime: fetched by digest, verified, then run in the sandbox:"
 	printf 'hello agent factory\nsecond line\n' | $(BIN)/agentfactory run wordstats --stdin -
 	printf '{"b":[1,2],"a":true}' | $(BIN)/agentfactory run jsonfmt --stdin -

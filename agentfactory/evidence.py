@@ -76,6 +76,12 @@ def attach(store: ArtifactStore, agent: StoredAgent, signature: ArtifactSignatur
     agent's manifest."""
     store.attach(agent, artifact_type=SIGNATURE_ARTIFACT_TYPE,
                  layer=Blob(SIGNATURE_ARTIFACT_TYPE, signature.to_json()))
+    attach_attestations(store, agent, attestations, tlog_records)
+
+
+def attach_attestations(store: ArtifactStore, agent: StoredAgent, attestations: list[tuple[str, Envelope]],
+                        tlog_records: list[bytes] | None = None) -> None:
+    """Add attestations (and their log entries) to an agent already signed: a re-scan, for instance."""
     for predicate_type, envelope in attestations:
         store.attach(agent, artifact_type=ENVELOPE_MEDIA_TYPE,
                      layer=Blob(ENVELOPE_MEDIA_TYPE, envelope.to_json()),

@@ -13,6 +13,7 @@ from .jsonsafe import load_json_object
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
 CYCLONEDX_BOM = "https://cyclonedx.org/bom"
+SCAN_V1 = "https://agentfactory.dev/attestation/scan/v1"  # docs/scanning.md
 MAX_STATEMENT_BYTES = 32 * 1024 * 1024
 
 

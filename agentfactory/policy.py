@@ -143,8 +143,11 @@ def _locate(exc: Exception, sources: dict[str, str]) -> str:
 class RegoEngine(PolicyEngine):
     """regopy (rego-cpp) in-process: policies and data loaded once, one interpreter reused."""
 
-    def __init__(self, folder: Path | None = None) -> None:
+    def __init__(self, folder: Path | None = None, *, config: dict[str, Any] | None = None) -> None:
+        """`config` overrides keys of data.agentfactory.config (e.g. the gate's blocking_severities
+        from `--fail-on`), so a command-line threshold is the policy's, not a second gate beside it."""
         self.folder = folder or default_policy_dir()
+        self.overrides = dict(config or {})
         self._lock = threading.Lock()  # one interpreter: inputs and queries must not interleave
         self.sources: dict[str, str] = {}
         self.tests: dict[str, str] = {}
@@ -177,6 +180,12 @@ class RegoEngine(PolicyEngine):
                 self.data = json.loads(data_path.read_text("utf-8"))
             except ValueError as exc:
                 raise PolicyError(f"{data_path}: not valid JSON ({exc})") from None
+        if self.overrides:
+            root = self.data.setdefault("agentfactory", {}) if isinstance(self.data, dict) else None
+            config = root.setdefault("config", {}) if isinstance(root, dict) else None
+            if not isinstance(config, dict):
+                raise PolicyError(f"{data_path}: agentfactory.config is not an object")
+            config.update(self.overrides)
 
     def _interpreter_with(self, modules: dict[str, str]) -> Any:
         import regopy

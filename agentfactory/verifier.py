@@ -20,12 +20,13 @@ from cryptography.hazmat.primitives.asymmetric import padding, utils
 from .dsse import Envelope, parse_envelope
 from .errors import AgentFactoryError, InputError
 from .evidence import Evidence, parse_artifact_signature
-from .intoto import CYCLONEDX_BOM, SLSA_PROVENANCE_V1, Statement, parse_statement
+from .intoto import CYCLONEDX_BOM, SCAN_V1, SLSA_PROVENANCE_V1, Statement, parse_statement
 from .metrics import OPA_BLOCKS, SCORE, VALIDATIONS, VIOLATIONS
 from .policy import Decision, PolicyEngine, plain_text
 from .provenance import builder_and_source
 from .runspec import RunSpec, from_provenance
 from .sbom import sbom_subject
+from .scan.attestation import finished_on, sbom_digest, sbom_digest_of, scan_input
 from .tlog.bundle import BodyCheck, check_record, describe, dsse_check, hashedrekord_check
 from .trust import TrustedKey, TrustPolicy
 
@@ -57,6 +58,7 @@ class Verdict:
     # the node runtime may grant the agent. Never read from unverified evidence.
     runspec: RunSpec | None = field(default=None, compare=False)
     runspec_problem: str = field(default="no verified provenance", compare=False)
+    sbom: Any = field(default=None, compare=False)  # the verified CycloneDX document, for re-scanning
 
     def to_json(self) -> dict[str, Any]:
         return {"allowed": self.allowed, "digest": self.digest, "score": self.score,
@@ -73,6 +75,23 @@ def _rsa_ok(key: TrustedKey, signature: bytes, digest32: bytes) -> bool:
     except InvalidSignature:
         return False
     return True
+
+
+def envelope_signer(envelope: Envelope, policy: TrustPolicy) -> tuple[str | None, TrustedKey | None]:
+    """(None, the key) when a trusted, non-revoked key's signature verifies; else (why not, None)."""
+    reasons = []
+    for s in envelope.signatures:
+        key = policy.keys.get(s.keyid)
+        if key is None:
+            reasons.append(f"envelope signed by key {_short(s.keyid)}…, which the trust policy does not list")
+        elif key.revoked:
+            reasons.append(f"envelope signed by revoked key {_short(s.keyid)}…")
+        elif _rsa_ok(key, s.sig, hashlib.sha256(envelope.signed_bytes).digest()):
+            return None, key
+        else:
+            reasons.append(f"the envelope signature by key {_short(s.keyid)}… does not verify "
+                           "(the document was modified)")
+    return "; ".join(reasons) or "the envelope has no signatures", None
 
 
 def _short(key_id: str) -> str:
@@ -157,10 +176,16 @@ class _Judge:
 
     # -- attestations ---------------------------------------------------------------------------
     def attestation(self, evidence: Evidence, name: str, predicate_type: str,
-                    inspect: Callable[[Statement], str | None]) -> Statement | None:
-        """Check the attestation of `predicate_type`; return its statement when it holds."""
+                    inspect: Callable[[Statement], str | None],
+                    newest: Callable[[Statement], str] | None = None) -> Statement | None:
+        """Check the attestation of `predicate_type`; return its statement when it holds.
+
+        With `newest`, every valid one is considered and the greatest by that key wins (a re-scan
+        supersedes the build's scan); otherwise the first valid one.
+        """
         failures: list[str] = []
         seen_types: list[str] = []
+        valid: list[tuple[Statement, bytes, TrustedKey]] = []
         for where, doc in evidence.attestations:
             try:
                 envelope = parse_envelope(doc, where)
@@ -178,10 +203,16 @@ class _Judge:
             if problem is None:
                 problem = inspect(statement)
             if problem is None and signer is not None:
-                self.add(name, True, f"{predicate_type} attestation signed by a trusted key, about this digest")
-                self.to_log.append(_Logged(f"the {name} attestation", dsse_check(doc, _pem(signer))))
-                return statement
+                valid.append((statement, doc, signer))
+                if newest is None:
+                    break
+                continue
             failures.append(problem or "the envelope has no verifying signature")
+        if valid:
+            statement, doc, signer = max(valid, key=lambda v: newest(v[0])) if newest else valid[0]
+            self.add(name, True, f"{predicate_type} attestation signed by a trusted key, about this digest")
+            self.to_log.append(_Logged(f"the {name} attestation", dsse_check(doc, _pem(signer))))
+            return statement
         if not failures:
             found = f" (found: {', '.join(sorted(set(seen_types)))})" if seen_types else ""
             failures.append(f"no {predicate_type} attestation{found}")
@@ -190,20 +221,7 @@ class _Judge:
         return None
 
     def _envelope_problem(self, envelope: Envelope) -> tuple[str | None, TrustedKey | None]:
-        """(None, the key) when a trusted, non-revoked key's signature verifies; else (why not, None)."""
-        reasons = []
-        for s in envelope.signatures:
-            key = self.policy.keys.get(s.keyid)
-            if key is None:
-                reasons.append(f"envelope signed by key {_short(s.keyid)}…, which the trust policy does not list")
-            elif key.revoked:
-                reasons.append(f"envelope signed by revoked key {_short(s.keyid)}…")
-            elif _rsa_ok(key, s.sig, hashlib.sha256(envelope.signed_bytes).digest()):
-                return None, key
-            else:
-                reasons.append(f"the envelope signature by key {_short(s.keyid)}… does not verify "
-                               "(the attestation was modified)")
-        return "; ".join(reasons) or "the envelope has no signatures", None
+        return envelope_signer(envelope, self.policy)
 
     def sbom_matches(self, statement: Statement) -> str | None:
         bom = statement.predicate
@@ -216,6 +234,21 @@ class _Judge:
         if described != self.digest:
             return f"the SBOM describes {described}, not this artifact"
         return None
+
+    def scan_of(self, sbom: Statement | None) -> Callable[[Statement], str | None]:
+        """A scan attestation holds when it is about the verified SBOM, byte for byte, and well formed."""
+        def holds(statement: Statement) -> str | None:
+            if sbom is None:
+                return "no verified SBOM to bind the scan to"
+            scanned = sbom_digest_of(statement.predicate)
+            if scanned != sbom_digest(sbom.predicate):
+                return f"the scan is of SBOM {scanned or '(none named)'}, not of this artifact's signed SBOM"
+            try:
+                scan_input(statement.predicate, "scan")
+            except InputError as exc:
+                return str(exc)
+            return None
+        return holds
 
     def provenance_holds(self, statement: Statement) -> str | None:
         try:
@@ -286,6 +319,7 @@ def verify(digest: str, artifact: bytes | None, evidence: Evidence, policy: Trus
     """
     judge = _Judge(digest, policy)
     sbom: Statement | None = None
+    scan: Statement | None = None
     runspec: RunSpec | None = None
     runspec_problem = "no verified provenance"
     try:
@@ -293,6 +327,8 @@ def verify(digest: str, artifact: bytes | None, evidence: Evidence, policy: Trus
         judge.check_signature(evidence)
         sbom = judge.attestation(evidence, "sbom", CYCLONEDX_BOM, judge.sbom_matches)
         provenance = judge.attestation(evidence, "provenance", SLSA_PROVENANCE_V1, judge.provenance_holds)
+        scan = judge.attestation(evidence, "scan", SCAN_V1, judge.scan_of(sbom),
+                                 newest=lambda st: finished_on(st.predicate))
         judge.check_builder_and_source(provenance)
         judge.check_tlog(evidence)
         if provenance is not None:
@@ -305,12 +341,14 @@ def verify(digest: str, artifact: bytes | None, evidence: Evidence, policy: Trus
     if engine is not None:
         score = _score(judge.checks)
         decision = engine.decide("artifact", artifact_input(name, version, digest, stage, judge.checks, score,
-                                                            sbom.predicate if sbom else None, runspec))
+                                                            sbom.predicate if sbom else None, runspec,
+                                                            scan_input(scan.predicate, "scan") if scan else None))
         judge.add("policy", decision.allow, f"artifact policy ({stage}) allows it" if decision.allow
                   else "artifact policy: " + "; ".join(decision.deny))
         record_decision(decision)
     verdict = _verdict(judge.digest, judge.checks, name)
-    return Verdict(verdict.allowed, verdict.digest, verdict.score, verdict.checks, runspec, runspec_problem)
+    return Verdict(verdict.allowed, verdict.digest, verdict.score, verdict.checks, runspec, runspec_problem,
+                   sbom.predicate if sbom is not None else None)
 
 
 def sbom_components(bom: Any) -> list[dict[str, Any]]:
@@ -334,13 +372,14 @@ def sbom_components(bom: Any) -> list[dict[str, Any]]:
 
 
 def artifact_input(name: str, version: str, digest: str, stage: str, checks: list[Check], score: float,
-                   bom: Any, runspec: RunSpec | None = None) -> dict[str, Any]:
+                   bom: Any, runspec: RunSpec | None = None,
+                   scan: dict[str, Any] | None = None) -> dict[str, Any]:
     """The artifact policy's input (docs/policy-inputs.md)."""
     return {"artifact": {"name": name, "version": version, "digest": digest}, "stage": stage,
             "verdict": {"score": score, "checks": [{**c.to_json(), "reason": plain_text(c.reason)} for c in checks]},
             "sbom": {"components": sbom_components(bom)} if bom is not None else None,
             "agent": runspec.to_json() if runspec is not None else None,
-            "scan": None}
+            "scan": scan}
 
 
 def record_decision(decision: Decision) -> None:

@@ -21,14 +21,15 @@ from agentfactory.cli.common import (
     print_json,
     store_option,
 )
-from agentfactory.errors import ConfigError
 from agentfactory.keys import open_provider
 from agentfactory.policy import RegoEngine
 from agentfactory.provenance import DEFAULT_BUILDER_ID
+from agentfactory.scan.base import OSV_DB_ENV, SCANNER_NAMES
+from agentfactory.scan.report import FAIL_ON, Gate
 from agentfactory.store import open_store
-from agentfactory.tlog.base import TransparencyLog
+from agentfactory.tlog.connect import open_tlog
 
-from .run import PipelineReport, Signing, run_pipeline
+from .run import PipelineReport, Scanning, Signing, run_pipeline
 
 _STYLE = {"built": "green", "unchanged": "cyan", "failed": "red"}
 
@@ -92,23 +93,43 @@ def summary_table(report: PipelineReport) -> Table:
                    "none, or a Rekor v1 URL (then --tlog-key).")
 @click.option("--tlog-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               envvar="AGENTFACTORY_TLOG_KEY", help="The Rekor log's public key (PEM), pinned: required with a URL.")
+@click.option("--scanner", "scanners", multiple=True, type=click.Choice(SCANNER_NAMES),
+              help="Scanner to run (repeatable). Default: the embedded OSV matcher, plus grype and trivy when on PATH.")
+@click.option("--osv-db", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help=f"OSV database folder (default: ${OSV_DB_ENV}, else $AGENTFACTORY_HOME/osv).")
+@click.option("--vex", "vex", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="Signed VEX document, or a folder of them (repeatable); signer must be a pipeline key.")
+@click.option("--allow-unsigned-vex", is_flag=True, help="Also believe plain (unsigned) VEX documents.")
+@click.option("--fail-on", type=click.Choice(FAIL_ON), default=None,
+              help="Lowest severity that blocks (default: the artifact policy's blocking_severities: high).")
+@click.option("--ignore-unfixed", is_flag=True, default=None,
+              help="Let findings with no published fix through (the artifact policy's ignore_unfixed).")
 @policies_option
 @store_option
 @json_option
 @handle_errors
 def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tests: bool, provider: str | None,
         builder_id: str, sbom_dir: Path | None, no_sign: bool, tlog_url: str, tlog_key: Path | None,
-        policies_dir: Path | None, store_url: str | None, as_json: bool) -> None:
-    """Discover → validate → build → test → publish → sbom → sign every template.
+        scanners: tuple[str, ...], osv_db: Path | None, vex: tuple[Path, ...], allow_unsigned_vex: bool,
+        fail_on: str | None, ignore_unfixed: bool | None, policies_dir: Path | None, store_url: str | None,
+        as_json: bool) -> None:
+    """Discover → validate → build → test → sbom → scan → sign → log → publish every template.
 
     Exit code 0 when every template built or was unchanged, 1 when any failed.
     """
     store = open_store(store_url)
     signing = None
+    overrides: dict[str, object] = {}
+    if fail_on is not None:
+        overrides["blocking_severities"] = Gate(fail_on).severities
+    if ignore_unfixed:
+        overrides["ignore_unfixed"] = True
     if not no_sign:
         tlog, tlog_pem = open_tlog(tlog_url, tlog_key)
-        signing = Signing(open_provider(provider), builder_id, sbom_dir, tlog, tlog_pem)
-    engine = RegoEngine(policies_dir)  # a policy that does not compile refuses every template, saying why
+        scanning = Scanning(scanners, osv_db, vex, not allow_unsigned_vex, fail_on or "high")
+        signing = Signing(open_provider(provider), builder_id, sbom_dir, tlog, tlog_pem, scanning)
+    # A policy that does not compile refuses every template, saying why.
+    engine = RegoEngine(policies_dir, config=overrides)
     board = _LiveBoard() if not as_json and err.is_terminal else None
     if board:
         with board.live:
@@ -129,26 +150,13 @@ def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tes
     sys.exit(EXIT_OK if report.ok else EXIT_PROBLEMS)
 
 
-def open_tlog(url: str, key: Path | None) -> tuple[TransparencyLog | None, bytes | None]:
-    """The log named by --tlog, and its public key as the pipeline pins it."""
-    if url == "none":
-        return None, None
-    if url == "embedded":
-        from agentfactory.tlog.log import EmbeddedLog
-
-        log = EmbeddedLog()
-        return log, log.public_key_pem()
-    if key is None:
-        raise ConfigError(f"--tlog {url}: give the log's public key with --tlog-key (pinned, never fetched from the "
-                          "log itself)")
-    from agentfactory.tlog.client import RekorClient
-
-    return RekorClient(url), key.read_bytes()[:16384]
-
-
 def _print_report(report: PipelineReport) -> None:
     out.print(summary_table(report))
     for t in report.templates:
+        if t.scan_lines and (t.status == "failed" or (t.scan and (t.scan["findings"] or t.scan["unscanned"]))):
+            out.print(f"{t.path}: vulnerability scan", markup=False)
+            for line in t.scan_lines:
+                out.print(f"  {line}", markup=False)
         for e in t.errors:
             err.print(f"[red]✗[/red] {e}", highlight=False)
     if report.skipped:

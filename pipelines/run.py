@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from agentfactory.dsse import INTOTO_PAYLOAD_TYPE, Envelope, sign_envelope
 from agentfactory.errors import AgentFactoryError, BuildError, InputError, NotFoundError, ValidationFailed
 from agentfactory.evidence import ArtifactSignature, Evidence
 from agentfactory.fsutil import atomic_write
-from agentfactory.intoto import CYCLONEDX_BOM, SLSA_PROVENANCE_V1, make_statement
+from agentfactory.intoto import CYCLONEDX_BOM, SCAN_V1, SLSA_PROVENANCE_V1, make_statement
 from agentfactory.keys.base import KeyProvider
 from agentfactory.policy import PolicyEngine, template_input
 from agentfactory.provenance import DEFAULT_BUILDER_ID
@@ -41,7 +42,7 @@ from . import casetests, toolchain
 from .cache import BuildCache, CacheEntry, cache_key
 from .gitinfo import GitView, Origin
 
-STAGES = ("validate", "build", "test", "publish", "sbom", "sign", "log")
+STAGES = ("validate", "build", "test", "sbom", "scan", "sign", "log", "publish")
 Progress = Callable[[str, str], None]  # (template display path, stage or final status)
 
 
@@ -60,12 +61,14 @@ class TemplateResult:
     tests: dict[str, int] = field(default_factory=dict)
     build: dict[str, Any] = field(default_factory=dict)
     evidence: dict[str, Any] = field(default_factory=dict)
+    scan: dict[str, Any] | None = None  # the scan report (findings, VEX, gate), when the template was scanned
+    scan_lines: list[str] = field(default_factory=list)  # the same, for people
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "digest": self.digest, "ref": self.ref,
                 "status": self.status, "errors": self.errors, "path": self.path, "size": self.size,
-                "tests": self.tests, "build": self.build, "evidence": self.evidence,
+                "tests": self.tests, "build": self.build, "evidence": self.evidence, "scan": self.scan,
                 "seconds": round(self.seconds, 4)}
 
 
@@ -102,15 +105,48 @@ class _Job:
 
 
 @dataclass(frozen=True)
+class Scanning:
+    """How the scan stage scans: which scanners (none named: the embedded OSV matcher, plus Grype and
+    Trivy when on PATH), the OSV folder, the VEX documents, and whether unsigned VEX is refused.
+    The gate's threshold is the artifact policy's (blocking_severities), not set here."""
+
+    scanners: tuple[str, ...] = ()
+    osv_db: Path | None = None
+    vex: tuple[Path, ...] = ()
+    require_signed_vex: bool = True
+    fail_on: str = "high"  # only for the human report; the artifact policy decides
+
+
+class _Scanners:
+    """The scanners, opened on first use and then shared by the build threads: an unchanged run
+    never reads the OSV index, a changed one reads it once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._opened: list[Any] | None = None
+
+    def get(self, cfg: Scanning) -> list[Any]:
+        from agentfactory.scan.base import open_scanners
+
+        with self._lock:
+            if self._opened is None:
+                self._opened = list(open_scanners(cfg.scanners, osv_db=cfg.osv_db))
+            return self._opened
+
+
+@dataclass(frozen=True)
 class Signing:
-    """How the sign stage signs: the key provider, the builder id it claims, where SBOMs go, and the
-    transparency log every signature is recorded in (with its public key, pinned, not fetched)."""
+    """How the sign stage signs: the key provider, the builder id it claims, where SBOMs go, the
+    transparency log every signature is recorded in (with its public key, pinned, not fetched), and
+    how the SBOM is scanned before anything is signed."""
 
     provider: KeyProvider
     builder_id: str = DEFAULT_BUILDER_ID
     sbom_dir: Path | None = None
     tlog: TransparencyLog | None = None
     tlog_key_pem: bytes | None = None
+    scanning: Scanning = Scanning()
+    scanners: _Scanners = field(default_factory=lambda: _Scanners(), compare=False)
 
 
 def run_pipeline(templates_dir: Path, store: ArtifactStore, *, changed_since: str | None = None,
@@ -321,13 +357,17 @@ def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], s
     sbom = build_sbom(t, digest=digest, toolchain=build["toolchain"], epoch=build["sourceDateEpoch"],
                       commit=build.get("templateCommit"))
     validate_sbom(sbom, f"{job.display} (generated SBOM)")
+    bom = json.loads(sbom)
+    notify(job.display, "scan")
+    scanned = _scan(job, bom, signing)
     notify(job.display, "sign")
     provider = signing.provider
     signature = provider.sign_digest(bytes.fromhex(digest.split(":", 1)[1]))
     SIGNATURES.labels(provider=provider.name, kind="artifact").inc()
     attestations = []
-    for predicate_type, predicate in ((CYCLONEDX_BOM, json.loads(sbom)),
-                                      (SLSA_PROVENANCE_V1, provenance_predicate(build, builder_id=signing.builder_id))):
+    for predicate_type, predicate in ((CYCLONEDX_BOM, bom),
+                                      (SLSA_PROVENANCE_V1, provenance_predicate(build, builder_id=signing.builder_id)),
+                                      (SCAN_V1, scanned)):
         statement = make_statement(t.name, digest, predicate_type, predicate)
         attestations.append((predicate_type, sign_envelope(INTOTO_PAYLOAD_TYPE, statement, provider)))
         SIGNATURES.labels(provider=provider.name, kind="attestation").inc()
@@ -348,6 +388,25 @@ def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], s
         records = [a.entry.to_json() for a in added]
         job.result.evidence["tlog"] = {"log": signing.tlog.url, "indexes": [a.entry.log_index for a in added]}
     return art, attestations, sbom, records
+
+
+def _scan(job: _Job, bom: dict[str, Any], signing: Signing) -> dict[str, Any]:
+    """The scan stage: every scanner over the SBOM, the signed VEX applied; the predicate to attest.
+
+    The report goes into the template's result whatever the gate decides, so a refusal is explained
+    finding by finding; the decision itself is the artifact policy's, on the signed attestation.
+    """
+    from agentfactory.scan.report import Gate, render_text, scan, subject_of
+    from agentfactory.scan.vexdocs import load_vex
+
+    cfg = signing.scanning
+    trust = from_public_keys(signing.provider.public_keys(), builders=(signing.builder_id,))
+    vex = load_vex(list(cfg.vex), trust=trust, require_signed=cfg.require_signed_vex) if cfg.vex else []
+    report = scan(bom, signing.scanners.get(cfg), subject=subject_of(bom, f"{job.display} (generated SBOM)"), vex=vex)
+    gate = Gate(cfg.fail_on)
+    job.result.scan = report.to_json(gate)
+    job.result.scan_lines = render_text(report, gate)
+    return report.to_predicate()
 
 
 def _artifact_gate(job: _Job, t: Template, digest: str, wasm: bytes, signature: ArtifactSignature,
@@ -391,4 +450,4 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-__all__ = ["STAGES", "InputError", "PipelineReport", "TemplateResult", "run_pipeline"]
+__all__ = ["STAGES", "InputError", "PipelineReport", "Scanning", "Signing", "TemplateResult", "run_pipeline"]

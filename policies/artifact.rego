@@ -3,7 +3,7 @@
 # Input (docs/policy-inputs.md): {"artifact": {"name", "version", "digest"}, "stage": "dev" |
 # "canary" | "prod" | <any stage named in config>, "verdict": {"score", "checks": [{"name", "ok",
 # "reason"}]}, "sbom": null | {"components": [{"name", "version", "purl", "licenses": [...]}]},
-# "scan": null | {"findings": [{"id", "severity", "fixed", "suppressed"}]}}.
+# "scan": null | {"findings": [{"id", "severity", "package", "fixAvailable", "fixedVersions", "suppressed", …}]}}.
 # Tunables: data.agentfactory.config (policies/data.json).
 #
 # Every deny message names the field it is about and says what to change. Rule ids: A1..A5.
@@ -162,20 +162,34 @@ deny contains msg if {
 
 # --- A4: vulnerability gate --------------------------------------------------------------------
 #
-# A finding blocks when its severity is in config blocking_severities and it is neither fixed nor
-# suppressed (missing flags count as false). scan null: scanning has not run; nothing to check.
+# input.scan is the verified scan attestation (docs/scanning.md). A finding blocks when its
+# severity is in config blocking_severities and no VEX statement suppressed it. With config
+# ignore_unfixed true, a finding no fixed version exists for does not block (Trivy's
+# --ignore-unfixed); the default false blocks it, because unfixable is not harmless.
+# scan null: no verified scan; A1 reports the missing "scan" check.
 
 scan_findings := arr(object.get(obj(input.scan), "findings", null))
+
+ignore_unfixed := object.get(cfg, "ignore_unfixed", false) == true
 
 deny contains msg if {
 	some i, entry in scan_findings
 	f := obj(entry)
 	sev := lower(txt(object.get(f, "severity", "")))
 	sev in cfg.blocking_severities
-	object.get(f, "fixed", false) != true
 	object.get(f, "suppressed", false) != true
-	msg := sprintf(`scan.findings[%d]: %s (severity %s%s) is neither fixed nor suppressed; upgrade the affected dependency to a fixed version, or record a reviewed suppression`, [i, txt(object.get(f, "id", "?")), txt(sev), txt(affected(f))])
+	not unfixed_ignored(f)
+	msg := sprintf(`scan.findings[%d]: %s (severity %s%s) is not suppressed by any VEX statement; %s, or publish a signed VEX statement saying why it does not apply`, [i, txt(object.get(f, "id", "?")), txt(sev), txt(affected(f)), txt(remedy(f))])
 }
+
+unfixed_ignored(f) if {
+	ignore_unfixed
+	object.get(f, "fixAvailable", false) != true
+}
+
+remedy(f) := sprintf("upgrade it to %s", [txt(concat(" or ", [txt(v) | some v in arr(object.get(f, "fixedVersions", null))]))]) if {
+	count(arr(object.get(f, "fixedVersions", null))) > 0
+} else := "no fixed version is published: remove the dependency"
 
 affected(f) := sprintf(", in %s", [txt(p)]) if {
 	p := object.get(f, "package", object.get(f, "component", null))

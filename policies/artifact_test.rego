@@ -10,7 +10,7 @@ check(name) := {"name": name, "ok": true, "reason": "verified"}
 
 good_checks := [
 	check("digest"), check("signature"), check("key-status"), check("sbom"),
-	check("provenance"), check("builder"), check("source"),
+	check("provenance"), check("scan"), check("builder"), check("source"),
 ]
 
 good_verdict := {"score": 10.0, "checks": good_checks}
@@ -88,7 +88,7 @@ test_a1_check_without_ok_denied if {
 }
 
 test_a1_every_required_check_needed if {
-	count(data.agentfactory.config.required_checks) == 5
+	count(data.agentfactory.config.required_checks) == 6
 	every name in data.agentfactory.config.required_checks {
 		some msg in decide("dev", {"score": 10.0, "checks": checks_with(name, null)}, good_sbom, null)
 		contains(msg, "is missing (config required_checks)")
@@ -97,7 +97,7 @@ test_a1_every_required_check_needed if {
 
 test_a1_no_checks_at_all_denied if {
 	d := decide("dev", {"score": 10.0, "checks": []}, good_sbom, null)
-	count([m | some m in d; contains(m, "is missing (config required_checks)")]) == 5
+	count([m | some m in d; contains(m, "is missing (config required_checks)")]) == 6
 }
 
 test_a1_optional_check_may_be_absent if {
@@ -185,27 +185,41 @@ test_a3_follows_config if {
 # --- A4 vulnerability gate --------------------------------------------------------------------
 
 test_a4_blocking_finding_denied if {
-	scan := {"findings": [{"id": "CVE-2024-0001", "severity": "high", "fixed": false, "suppressed": false, "package": "utf8"}]}
-	decide("dev", good_verdict, good_sbom, scan) == {"scan.findings[0]: CVE-2024-0001 (severity high, in utf8) is neither fixed nor suppressed; upgrade the affected dependency to a fixed version, or record a reviewed suppression"}
+	scan := {"findings": [{"id": "CVE-2024-0001", "severity": "high", "fixAvailable": true, "fixedVersions": ["1.2.0", "2.0.1"], "suppressed": false, "package": "utf8"}]}
+	decide("dev", good_verdict, good_sbom, scan) == {"scan.findings[0]: CVE-2024-0001 (severity high, in utf8) is not suppressed by any VEX statement; upgrade it to 1.2.0 or 2.0.1, or publish a signed VEX statement saying why it does not apply"}
 }
 
 test_a4_critical_without_flags_denied if {
 	scan := {"findings": [{"id": "GHSA-xxxx", "severity": "CRITICAL"}]}
-	decide("dev", good_verdict, good_sbom, scan) == {"scan.findings[0]: GHSA-xxxx (severity critical) is neither fixed nor suppressed; upgrade the affected dependency to a fixed version, or record a reviewed suppression"}
+	decide("dev", good_verdict, good_sbom, scan) == {"scan.findings[0]: GHSA-xxxx (severity critical) is not suppressed by any VEX statement; no fixed version is published: remove the dependency, or publish a signed VEX statement saying why it does not apply"}
 }
 
-test_a4_fixed_suppressed_or_minor_allowed if {
+test_a4_a_published_fix_does_not_make_it_harmless if {
+	scan := {"findings": [{"id": "CVE-1", "severity": "critical", "fixAvailable": true, "fixedVersions": ["9"], "suppressed": false}]}
+	count(decide("dev", good_verdict, good_sbom, scan)) == 1
+}
+
+test_a4_suppressed_or_minor_allowed if {
 	scan := {"findings": [
-		{"id": "CVE-1", "severity": "critical", "fixed": true, "suppressed": false},
-		{"id": "CVE-2", "severity": "high", "fixed": false, "suppressed": true},
-		{"id": "CVE-3", "severity": "medium", "fixed": false, "suppressed": false},
+		{"id": "CVE-2", "severity": "high", "suppressed": true, "suppressedBy": {"status": "not_affected"}},
+		{"id": "CVE-3", "severity": "medium", "suppressed": false},
 		{"id": "CVE-4", "severity": "low"},
+		{"id": "CVE-5", "severity": "unknown"},
 	]}
 	decide("dev", good_verdict, good_sbom, scan) == set()
 }
 
-test_a4_no_scan_allowed if {
-	decide("prod", good_verdict, good_sbom, null) == set()
+test_a4_ignore_unfixed if {
+	scan := {"findings": [
+		{"id": "CVE-6", "severity": "high", "fixAvailable": false, "suppressed": false},
+		{"id": "CVE-7", "severity": "high", "fixAvailable": true, "fixedVersions": ["2"], "suppressed": false},
+	]}
+	d := decide("dev", good_verdict, good_sbom, scan) with data.agentfactory.config.ignore_unfixed as true
+	d == {"scan.findings[1]: CVE-7 (severity high) is not suppressed by any VEX statement; upgrade it to 2, or publish a signed VEX statement saying why it does not apply"}
+	count(decide("dev", good_verdict, good_sbom, scan)) == 2
+}
+
+test_a4_no_findings_allowed if {
 	decide("prod", good_verdict, good_sbom, {"findings": []}) == set()
 }
 

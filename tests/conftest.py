@@ -8,9 +8,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import TEMPLATES, git
+from helpers import EXAMPLE_OSV, TEMPLATES, git
 
 from agentfactory.keys.local import LocalKeyring
+
+# The pipeline scans every SBOM: the committed example database (real OSV records) stands in for an
+# imported one, for module-scoped fixtures and CLI subprocesses too. Tests of the database point elsewhere.
+os.environ["AGENTFACTORY_OSV_DB"] = str(EXAMPLE_OSV)
 
 
 @pytest.fixture(scope="session")

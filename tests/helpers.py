@@ -8,6 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
+EXAMPLE_OSV = ROOT / "examples" / "scanning" / "osv"
+EXAMPLES_SCANNING = ROOT / "examples" / "scanning"
 EXAMPLES = sorted(p.name for p in TEMPLATES.iterdir() if (p / "agent.yaml").is_file())
 
 

@@ -19,11 +19,13 @@ from agentfactory.artifact import build_agent_artifact
 from agentfactory.digest import digest_of
 from agentfactory.dsse import INTOTO_PAYLOAD_TYPE, sign_envelope
 from agentfactory.evidence import ArtifactSignature
-from agentfactory.intoto import CYCLONEDX_BOM, SLSA_PROVENANCE_V1, make_statement
+from agentfactory.intoto import CYCLONEDX_BOM, SCAN_V1, SLSA_PROVENANCE_V1, make_statement
 from agentfactory.keys.local import LocalKeyring
 from agentfactory.policy import RegoEngine
 from agentfactory.provenance import DEFAULT_BUILDER_ID, predicate
 from agentfactory.runspec import from_template
+from agentfactory.scan.base import OsvScanner
+from agentfactory.scan.report import scan, subject_of
 from agentfactory.store import ArtifactStore, open_store
 from agentfactory.template import load_template
 from agentfactory.trust import TrustPolicy, from_public_keys
@@ -115,8 +117,10 @@ def sign_raw(signed: Signed, root: Path, name: str, data: bytes, manifest: str, 
     build = {"toolchain": toolchain, "sourceDateEpoch": 0,
              "agent": from_template(t).to_json() if contract else None}
     kr = signed.keyring
-    statements = [(CYCLONEDX_BOM, json.loads(sbom)),
-                  (SLSA_PROVENANCE_V1, predicate(build, builder_id=DEFAULT_BUILDER_ID))]
+    bom = json.loads(sbom)
+    statements = [(CYCLONEDX_BOM, bom),
+                  (SLSA_PROVENANCE_V1, predicate(build, builder_id=DEFAULT_BUILDER_ID)),
+                  (SCAN_V1, scan(bom, [OsvScanner()], subject=subject_of(bom, name)).to_predicate())]
     attestations = [(p, sign_envelope(INTOTO_PAYLOAD_TYPE, make_statement(name, digest, p, pred), kr))
                     for p, pred in statements]
     signature = ArtifactSignature.from_signature(digest, kr.sign_digest(bytes.fromhex(digest.split(":", 1)[1])))

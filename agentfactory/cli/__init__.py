@@ -27,6 +27,9 @@ CORE_COMMANDS = {
     "policy": "agentfactory.cli.policy_cmd:policy",
     "tlog": "agentfactory.cli.tlog_cmd:tlog",
     "audit": "agentfactory.cli.audit_cmd:audit",
+    "scan": "agentfactory.cli.scan_cmd:scan_cmd",
+    "osv": "agentfactory.cli.scan_cmd:osv",
+    "vex": "agentfactory.cli.scan_cmd:vex",
 }
 
 

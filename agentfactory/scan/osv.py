@@ -339,6 +339,13 @@ class OsvDatabase:
     def __len__(self) -> int:
         return len({e["id"] for entries in self.index.values() for e in entries})
 
+    def listing_digest(self) -> str:
+        """A digest of the folder's file names and sizes: which database a scan was matched against."""
+        h = hashlib.sha256()
+        for rel, size, _mtime in _listing(self.folder):
+            h.update(f"{rel}\0{size}\n".encode())
+        return "sha256:" + h.hexdigest()
+
     # --- matching -----------------------------------------------------------------------------
 
     def match(self, purl: str, version: str | None = None) -> list[Finding]:

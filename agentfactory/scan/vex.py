@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from packageurl import PackageURL
+
 from ..errors import InputError
 from ..jsonsafe import load_json_object
 from .common import field_list, field_obj, field_str, item_obj, normalize_purl
@@ -89,6 +91,13 @@ def _product_id(value: str) -> str:
     if value.startswith("pkg:"):
         return normalize_purl(value, value)
     return value
+
+
+def _versionless(product: str) -> str:
+    if not product.startswith("pkg:"):
+        return product
+    parsed = PackageURL.from_string(product)
+    return str(PackageURL(type=parsed.type, namespace=parsed.namespace, name=parsed.name).to_string())
 
 
 def _strings(doc: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
@@ -250,10 +259,14 @@ def parse_vex(data: bytes, where: str | Path) -> list[VexStatement]:
 # -- applying --------------------------------------------------------------------------------------
 
 def _applies(statement: VexStatement, finding: Finding, product: str) -> bool:
-    """Names the finding's advisory and is about this product (and, if it lists any, this component)."""
+    """Names the finding's advisory and is about this product (and, if it lists any, this component).
+
+    A product purl without a version in the statement covers every version of the product (an
+    agent's version is its digest, unknown when the statement is written); with one, only that one.
+    """
     if not set(statement.names) & set(finding.names):
         return False
-    if product not in statement.products:
+    if product not in statement.products and _versionless(product) not in statement.products:
         return False
     return not statement.subcomponents or finding.package in statement.subcomponents
 

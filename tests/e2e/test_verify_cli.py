@@ -38,13 +38,13 @@ def verdict(repo: Path, *args: str) -> tuple[int, dict]:  # type: ignore[type-ar
 def test_every_example_verifies(repo: Path, built: dict) -> None:  # type: ignore[type-arg]
     for name in EXAMPLES:
         row = built[name]
-        assert row["evidence"]["signed"] and len(row["evidence"]["attestations"]) == 2
+        assert row["evidence"]["signed"] and len(row["evidence"]["attestations"]) == 3
         code, v = verdict(repo, f"{name}@{row['digest']}")
         assert code == 0 and v["allowed"] and v["score"] == 10.0, v
         assert {c["name"] for c in v["checks"]} == {"digest", "signature", "key-status", "sbom", "provenance",
-                                                    "builder", "source", "tlog", "policy"}
+                                                    "scan", "builder", "source", "tlog", "policy"}
         assert row["evidence"]["tlog"]["log"].startswith("file://")  # the embedded log, by default
-        assert len(row["evidence"]["tlog"]["indexes"]) == 3  # the signature and both attestations
+        assert len(row["evidence"]["tlog"]["indexes"]) == 4  # the signature and the three attestations
         sbom = json.loads((repo / "sbom" / name / f"{row['version']}.cdx.json").read_text())
         assert sbom["metadata"]["component"]["hashes"][0]["content"] == row["digest"][7:]
     human = af(repo, "verify", f"{EXAMPLES[0]}:1.0.0")

@@ -51,18 +51,18 @@ def test_search_by_digest_key_agent_and_range(af_home: Path, tmp_path: Path) -> 
     doc = json.loads(by_digest.output)
     assert doc["failed"] == 0
     kinds = sorted(e["kind"] for e in doc["entries"])
-    assert kinds == ["dsse", "dsse", "hashedrekord"]  # the signature and both attestations (by subject)
+    assert kinds == ["dsse", "dsse", "dsse", "hashedrekord"]  # the signature and the three attestations
     assert all(e["verified"] and not e["reason"] for e in doc["entries"])  # dsse envelopes found in the store
 
     key = s.keyring.public_keys()[0]
     by_key = json.loads(audit("search", "--key", key.key_id[:12], "--json").output)
-    assert len(by_key["entries"]) == 6 and all(e["keyId"] == key.key_id for e in by_key["entries"])
+    assert len(by_key["entries"]) == 8 and all(e["keyId"] == key.key_id for e in by_key["entries"])
     key_file = tmp_path / "key.pem"
     key_file.write_bytes(key.pem)
-    assert len(json.loads(audit("search", "--key-file", str(key_file), "--json").output)["entries"]) == 6
+    assert len(json.loads(audit("search", "--key-file", str(key_file), "--json").output)["entries"]) == 8
 
     by_agent = json.loads(audit("search", "--agent", "two", "--json").output)
-    assert len(by_agent["entries"]) == 3 and by_agent["failed"] == 0
+    assert len(by_agent["entries"]) == 4 and by_agent["failed"] == 0
     assert any(e["subject"] == two for e in by_agent["entries"])
 
     table = audit("search", "--from", "1", "--to", "3")
@@ -83,11 +83,11 @@ def test_monitor_proves_consistency_and_alarms_on_a_rewritten_history(af_home: P
     state = af_home / "tlog-monitor.json"
     first = audit("monitor")
     assert first.exit_code == 0 and "first use" in first.output
-    assert json.loads(state.read_text())["size"] == 3
+    assert json.loads(state.read_text())["size"] == 4
     publish(s, tmp_path / "t2", ["beta"])
     second = audit("monitor", "--json")
     assert second.exit_code == 0, second.output
-    assert json.loads(second.output)["added"] == 3
+    assert json.loads(second.output)["added"] == 4
     kept = state.read_bytes()
 
     # Another history of a larger size, signed by the same log key: the checkpoint verifies, the proof cannot.
@@ -96,7 +96,7 @@ def test_monitor_proves_consistency_and_alarms_on_a_rewritten_history(af_home: P
     forged.mkdir()
     shutil.copy(tlog / "log-key.pem", forged / "log-key.pem")
     with EmbeddedLog(forged) as log:
-        for i in range(8):
+        for i in range(10):
             digest = hashlib.sha256(b"x%d" % i).digest()
             sig = s.keyring.sign_digest(digest)
             art = ArtifactSignature.from_signature("sha256:" + digest.hex(), sig)
@@ -112,7 +112,7 @@ def test_monitor_proves_consistency_and_alarms_on_a_rewritten_history(af_home: P
     same.mkdir()
     shutil.copy(forged / "log-key.pem", same / "log-key.pem")
     with EmbeddedLog(same) as log:
-        for i in range(6):
+        for i in range(8):
             digest = hashlib.sha256(b"y%d" % i).digest()
             art = ArtifactSignature.from_signature("sha256:" + digest.hex(), s.keyring.sign_digest(digest))
             log.add(proposed_for_signature(art, s.keyring.public_keys()[0].pem))
@@ -120,7 +120,7 @@ def test_monitor_proves_consistency_and_alarms_on_a_rewritten_history(af_home: P
     shutil.copytree(same, tlog)
     fork = audit("monitor", "--json")
     assert fork.exit_code == 1
-    assert "two different roots for size 6" in json.loads(fork.output)["message"]
+    assert "two different roots for size 8" in json.loads(fork.output)["message"]
     assert state.read_bytes() == kept
 
     # A whole new log, with its own key: the recorded checkpoint no longer verifies.
@@ -159,7 +159,7 @@ def test_keys_flags_unaccounted_and_unlogged_signatures(af_home: Path, tmp_path:
     unlogged = audit("keys")
     assert unlogged.exit_code == 1
     assert "UNLOGGED: the signature of delta:1.0.0" in unlogged.output
-    assert unlogged.output.count("UNLOGGED: an attestation of delta") == 2
+    assert unlogged.output.count("UNLOGGED: an attestation of delta") == 3
 
 
 def test_verify_names_a_tampered_row(af_home: Path, tmp_path: Path) -> None:

@@ -37,7 +37,7 @@ from agentfactory.verifier import Verdict, verify
 from pipelines.run import Signing, run_pipeline
 
 WAT = '(module (memory (export "memory") 1) (func (export "_start")) (global i32 (i32.const 7)))'
-CHECKS = ["digest", "signature", "key-status", "sbom", "provenance", "builder", "source"]
+CHECKS = ["digest", "signature", "key-status", "sbom", "provenance", "scan", "builder", "source"]
 
 
 @dataclass
@@ -90,7 +90,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     for where, doc in ev.attestations:
         envelope = parse_envelope(doc, where)
         predicate = parse_statement(envelope.payload, where).predicate_type
-        name = "sbom" if "cyclonedx" in predicate else "provenance"
+        name = "sbom" if "cyclonedx" in predicate else "scan" if "attestation/scan" in predicate else "provenance"
         added = log.add(proposed_for_envelope(doc, world.pem(envelope.signatures[0].keyid)))
         world.records[name] = added.entry.to_json()
         attestations.append((predicate, envelope))
@@ -124,11 +124,11 @@ def test_logged_evidence_verifies_offline(world: World) -> None:
     assert [c.name for c in verdict.checks] == [*CHECKS, "tlog"]
     assert verdict.score == 10.0  # the tlog check does not score: policies' min_score stay meaningful
     (tlog,) = [c for c in verdict.checks if c.name == "tlog"]
-    assert "3 signatures and attestations" in tlog.reason and "0, 1, 2" in tlog.reason
+    assert "4 signatures and attestations" in tlog.reason and "0, 1, 2, 3" in tlog.reason
 
 
 def test_a_policy_without_logs_has_no_tlog_check(world: World) -> None:
-    for ev in (world.evidence(), world.evidence(signature=None, sbom=None, provenance=None)):
+    for ev in (world.evidence(), world.evidence(signature=None, sbom=None, provenance=None, scan=None)):
         verdict = world.verify(ev, from_public_keys(world.keyring.public_keys()))
         assert verdict.allowed and [c.name for c in verdict.checks] == CHECKS
 
@@ -138,7 +138,7 @@ def test_a_missing_record_names_what_is_not_logged(world: World) -> None:
     assert "not in a trusted transparency log: the artifact signature by key" in reason
     reason = failed(world.verify(world.evidence(provenance=None)))
     assert reason.startswith("not in a trusted transparency log: the provenance attestation")
-    reason = failed(world.verify(world.evidence(signature=None, sbom=None, provenance=None)))
+    reason = failed(world.verify(world.evidence(signature=None, sbom=None, provenance=None, scan=None)))
     assert "the artifact signature" in reason and "the sbom attestation" in reason
     assert "the evidence holds no transparency-log records" in reason
 

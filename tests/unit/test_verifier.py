@@ -64,7 +64,7 @@ def test_pipeline_evidence_verifies(world: World) -> None:
     verdict = world.verify("alpha")
     assert verdict.allowed and verdict.score == 10.0, verdict.reasons
     assert [c.name for c in verdict.checks] == ["digest", "signature", "key-status", "sbom", "provenance",
-                                                "builder", "source"]
+                                                "scan", "builder", "source"]
 
 
 def test_flipped_byte_in_the_wasm(world: World) -> None:
@@ -90,7 +90,7 @@ def test_flipped_byte_in_the_sbom(world: World) -> None:
         return json.dumps(env).encode()
 
     reason = check(world.verify("alpha", _replace_attestation(world, "alpha", flip)), "sbom")
-    assert "does not verify (the attestation was modified)" in reason
+    assert "does not verify (the document was modified)" in reason
 
 
 def test_flipped_byte_in_an_envelope_signature(world: World) -> None:

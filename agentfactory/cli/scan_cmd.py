@@ -1,0 +1,213 @@
+"""`agentfactory scan`, `agentfactory osv` and `agentfactory vex`: vulnerability scanning by hand.
+
+`scan` judges an SBOM file, or a stored agent's verified SBOM, with the same scanners, VEX handling
+and gate as the pipeline; `--attest` signs the result and attaches it to the agent, which is how a
+published agent is re-judged against a newer database (the verifier takes the newest scan).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..errors import InputError
+from ..fsutil import atomic_write
+from ..jsonsafe import load_json_object
+from ..scan.base import OSV_DB_ENV, SCANNER_NAMES, osv_db_dir
+from ..scan.report import FAIL_ON, Gate, ScanReport
+from .common import EXIT_OK, EXIT_PROBLEMS, err, handle_errors, json_option, out, print_json, store_option
+from .verify_cmd import default_policy, policy_option, provider_option
+
+osv_db_option = click.option("--osv-db", type=click.Path(file_okay=False, path_type=Path), default=None,
+                             help=f"OSV database folder (default: ${OSV_DB_ENV}, else $AGENTFACTORY_HOME/osv).")
+
+
+@click.command("scan")
+@click.argument("target")
+@click.option("--vex", "vex", multiple=True, type=click.Path(exists=True, path_type=Path),
+              help="VEX document (OpenVEX or CycloneDX, plain or signed), or a folder of them; repeatable.")
+@click.option("--require-signed-vex", is_flag=True, help="Refuse plain VEX documents, as the pipeline does.")
+@click.option("--fail-on", type=click.Choice(FAIL_ON), default="high", show_default=True,
+              help="Lowest severity that fails the gate (none: report only).")
+@click.option("--ignore-unfixed", is_flag=True, help="Findings without a published fix do not fail the gate.")
+@click.option("--scanner", "scanners", multiple=True, type=click.Choice(SCANNER_NAMES),
+              help="Scanner to run (repeatable). Default: the embedded OSV matcher, plus grype and trivy when on PATH.")
+@osv_db_option
+@click.option("--product", default=None, metavar="PURL",
+              help="The product VEX statements must name, for an SBOM without metadata.component.purl.")
+@click.option("--attest", is_flag=True, help="TARGET is a stored agent: sign this scan and attach it as evidence.")
+@click.option("--tlog", "tlog_url", envvar="AGENTFACTORY_TLOG", default="embedded", show_default=True,
+              metavar="embedded|none|URL", help="With --attest: the transparency log the new attestation goes to.")
+@click.option("--tlog-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              envvar="AGENTFACTORY_TLOG_KEY", help="With --attest and a Rekor URL: the log's public key (PEM).")
+@policy_option
+@provider_option
+@store_option
+@json_option
+@handle_errors
+def scan_cmd(target: str, vex: tuple[Path, ...], require_signed_vex: bool, fail_on: str, ignore_unfixed: bool,
+             scanners: tuple[str, ...], osv_db: Path | None, product: str | None, attest: bool, tlog_url: str,
+             tlog_key: Path | None, policy_path: Path | None, provider: str | None, store_url: str | None,
+             as_json: bool) -> None:
+    """Scan TARGET for known vulnerabilities: a CycloneDX SBOM file, or a stored agent (name@sha256:…,
+    name:version, name), whose signed SBOM is verified first.
+
+    Exit code 0 when the gate passes, 1 when a finding blocks, 2 for bad input or a missing database.
+    """
+    from ..scan.base import open_scanners
+    from ..scan.report import scan, subject_of
+    from ..scan.vexdocs import load_vex
+    from ..trust import load_trust_policy
+
+    gate = Gate(fail_on, ignore_unfixed)
+    policy = load_trust_policy(policy_path) if policy_path else default_policy(provider)
+    path = Path(target)
+    agent = store = None
+    sbom_path: Path | None = None
+    if path.is_file():
+        sbom_path = path
+        if attest:
+            raise InputError(target, "--attest needs a stored agent, not an SBOM file")
+        from ..sbom import MAX_SBOM_BYTES
+
+        bom = load_json_object(path.read_bytes()[: MAX_SBOM_BYTES + 1], target, max_bytes=MAX_SBOM_BYTES,
+                               what="the SBOM")
+        if bom.get("bomFormat") != "CycloneDX":
+            raise InputError(target, "not a CycloneDX SBOM (bomFormat is not CycloneDX)")
+        subject = product or (subject_of(bom, target) if _has_subject(bom) else "")
+    else:
+        agent, bom, store = _verified_sbom(target, store_url, policy)
+        subject = subject_of(bom, f"{target} (signed SBOM)")
+    vex_docs = load_vex(list(vex), trust=policy, require_signed=require_signed_vex) if vex else []
+    if vex_docs and not subject:
+        raise InputError(target, "the SBOM names no product (metadata.component.purl): give --product PURL so "
+                                 "VEX statements can be matched")
+    report = scan(bom, open_scanners(scanners, osv_db=osv_db), subject=subject, vex=vex_docs,
+                  sbom_path=sbom_path)
+    attested = _attest(store, agent, report, provider, tlog_url, tlog_key) if attest and agent is not None else None
+    blocking = gate.blocking(report.findings)
+    if as_json:
+        doc = report.to_json(gate)
+        if attested:
+            doc["attestation"] = attested
+        print_json(doc)
+    else:
+        from ..scan.report import render_text
+
+        for line in render_text(report, gate):
+            out.print(line, markup=False)
+        if attested:
+            out.print(f"attached a signed scan attestation to {attested['agent']}"
+                      + (f" (log index {attested['logIndex']})" if attested.get("logIndex") is not None else ""),
+                      markup=False)
+    sys.exit(EXIT_PROBLEMS if blocking else EXIT_OK)
+
+
+def _has_subject(bom: dict[str, Any]) -> bool:
+    meta = bom.get("metadata")
+    comp = meta.get("component") if isinstance(meta, dict) else None
+    return isinstance(comp, dict) and isinstance(comp.get("purl"), str) and bool(comp.get("purl"))
+
+
+def _verified_sbom(ref: str, store_url: str | None, policy: Any) -> tuple[Any, dict[str, Any], Any]:
+    """The agent and its SBOM, only when the signature and the SBOM attestation verify."""
+    from ..fetchverify import verify_stored
+    from ..store import open_store, split_reference
+
+    ref_store, ref = split_reference(ref)
+    store = open_store(ref_store or store_url)
+    agent = store.resolve(ref)
+    verdict, _ = verify_stored(store, agent, policy)
+    failed = [c for c in verdict.checks if not c.ok and c.name in ("digest", "signature", "key-status", "sbom")]
+    if failed or not isinstance(verdict.sbom, dict):
+        reasons = "; ".join(f"{c.name}: {c.reason}" for c in failed) or "no verified SBOM"
+        raise InputError(f"{agent.name}@{agent.digest}", f"cannot scan: its SBOM does not verify ({reasons})")
+    return agent, verdict.sbom, store
+
+
+def _attest(store: Any, agent: Any, report: ScanReport, provider: str | None, tlog_url: str,
+            tlog_key: Path | None) -> dict[str, Any]:
+    """Sign the scan as an in-toto attestation about the agent, log it, attach it."""
+    from ..dsse import INTOTO_PAYLOAD_TYPE, sign_envelope
+    from ..evidence import attach_attestations, proposed_for_envelope
+    from ..intoto import SCAN_V1, make_statement
+    from ..keys import open_provider
+    from ..tlog.connect import open_tlog
+
+    keys = open_provider(provider)
+    statement = make_statement(agent.name, agent.digest, SCAN_V1, report.to_predicate())
+    envelope = sign_envelope(INTOTO_PAYLOAD_TYPE, statement, keys)
+    key_id = envelope.signatures[0].keyid
+    log, _ = open_tlog(tlog_url, tlog_key)
+    records: list[bytes] = []
+    index = None
+    if log is not None:
+        pem = {k.key_id: k.pem for k in keys.public_keys()}[key_id]
+        added = log.add(proposed_for_envelope(envelope.to_json(), pem))  # LogError: nothing is attached
+        records, index = [added.entry.to_json()], added.entry.log_index
+    attach_attestations(store, agent, [(SCAN_V1, envelope)], records)
+    return {"agent": f"{agent.name}@{agent.digest}", "keyId": key_id, "logIndex": index}
+
+
+@click.group("osv")
+def osv() -> None:
+    """The embedded matcher's offline OSV database."""
+
+
+@osv.command("import")
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@osv_db_option
+@json_option
+@handle_errors
+def osv_import(source: Path, osv_db: Path | None, as_json: bool) -> None:
+    """Load an OSV export into the database: a folder of OSV records (JSON or YAML, e.g. a clone of
+    the PyPA or GitHub advisory database) or the per-ecosystem all.zip OSV publishes. Replaces the
+    database atomically; records that do not parse are skipped, each named."""
+    from ..config import cache_dir
+    from ..scan.osv import OsvDatabase, import_osv
+
+    dest = (osv_db or osv_db_dir()).resolve()
+    count, warnings = import_osv(source, dest)
+    db = OsvDatabase(dest, cache_dir=cache_dir("osv"))  # index now, so the first scan is fast
+    if as_json:
+        print_json({"database": str(dest), "records": count, "advisories": len(db), "skipped": warnings})
+    else:
+        for w in warnings:
+            err.print(f"skipped: {w}", markup=False)
+        out.print(f"imported {count} OSV record(s) into {dest} ({len(db)} indexed, {len(warnings)} skipped)",
+                  markup=False)
+
+
+@click.group("vex")
+def vex() -> None:
+    """VEX documents: say, and sign, why a vulnerability does not affect an agent."""
+
+
+@vex.command("sign")
+@click.argument("document", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the signed envelope here (default: DOCUMENT with .dsse.json).")
+@provider_option
+@handle_errors
+def vex_sign(document: Path, output: Path | None, provider: str | None) -> None:
+    """Sign an OpenVEX or CycloneDX VEX document (checked first) as a DSSE-enveloped in-toto statement,
+    the form `pipeline run --vex` believes when the signer's key is trusted."""
+    from ..keys import open_provider
+    from ..scan.vex import MAX_VEX_BYTES
+    from ..scan.vexdocs import sign_vex
+
+    data = document.read_bytes()[: MAX_VEX_BYTES + 1]
+    keys = open_provider(provider)
+    if not keys.public_keys():
+        keys.create()
+    signed = sign_vex(data, str(document), keys)
+    target = output or document.with_name(document.name.removesuffix(".json") + ".dsse.json")
+    atomic_write(target, signed)
+    digest = hashlib.sha256(data).hexdigest()
+    err.print(f"signed {document} (sha256:{digest[:16]}…) with {keys.name} key "
+              f"{json.loads(signed)['signatures'][0]['keyid'][:16]}… → {target}", markup=False)
