@@ -47,6 +47,11 @@ WASI_EXECUTIONS = Counter(
     "Agent invocations by result: ok, error (non-zero exit), timeout, memory, stack, output, fuel, trap, refused.",
     ["result"],
 )
+WASI_AGENT_EXECUTIONS = Counter(
+    "agent_factory_wasi_agent_executions_total",
+    "Agent invocations by agent, digest and result (what canary analysis reads).",
+    ["agent", "digest", "result"],
+)
 WASI_VIOLATIONS = Counter(
     "agent_factory_wasi_security_violations_total",
     "What the runtime stopped or refused, by reason (unverified, bad-module, undeclared-tool, host-path, "

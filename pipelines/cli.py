@@ -126,7 +126,7 @@ def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tes
         overrides["ignore_unfixed"] = True
     if not no_sign:
         tlog, tlog_pem = open_tlog(tlog_url, tlog_key)
-        scanning = Scanning(scanners, osv_db, vex, not allow_unsigned_vex, fail_on or "high")
+        scanning = Scanning(scanners, osv_db, vex, not allow_unsigned_vex, fail_on or "high", bool(ignore_unfixed))
         signing = Signing(open_provider(provider), builder_id, sbom_dir, tlog, tlog_pem, scanning)
     # A policy that does not compile refuses every template, saying why.
     engine = RegoEngine(policies_dir, config=overrides)

@@ -115,6 +115,7 @@ class Scanning:
     vex: tuple[Path, ...] = ()
     require_signed_vex: bool = True
     fail_on: str = "high"  # only for the human report; the artifact policy decides
+    ignore_unfixed: bool = False  # likewise
 
 
 class _Scanners:
@@ -403,7 +404,7 @@ def _scan(job: _Job, bom: dict[str, Any], signing: Signing) -> dict[str, Any]:
     trust = from_public_keys(signing.provider.public_keys(), builders=(signing.builder_id,))
     vex = load_vex(list(cfg.vex), trust=trust, require_signed=cfg.require_signed_vex) if cfg.vex else []
     report = scan(bom, signing.scanners.get(cfg), subject=subject_of(bom, f"{job.display} (generated SBOM)"), vex=vex)
-    gate = Gate(cfg.fail_on)
+    gate = Gate(cfg.fail_on, cfg.ignore_unfixed)
     job.result.scan = report.to_json(gate)
     job.result.scan_lines = render_text(report, gate)
     return report.to_predicate()

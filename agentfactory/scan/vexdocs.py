@@ -78,6 +78,9 @@ def load_vex(paths: list[Path], *, trust: TrustPolicy | None,
             if envelope.payload_type != INTOTO_PAYLOAD_TYPE:
                 raise InputError(where, f"payloadType {envelope.payload_type!r} is not an in-toto statement")
             statement = parse_statement(envelope.payload, where)
+            if not statement.predicate_type.startswith(("https://openvex.dev/ns", "https://cyclonedx.org/vex")):
+                raise InputError(where, f"the signed statement's predicateType {statement.predicate_type!r} is not "
+                                        "OpenVEX or CycloneDX VEX")
             if trust is None:
                 raise InputError(where, "a signed VEX document needs a trust policy to check its signer")
             problem, key = envelope_signer(envelope, trust)
