@@ -58,6 +58,16 @@ demo: $(STAMP)
 	  --store oci-layout:$(DEMO)/unsigned-store >/dev/null
 	@$(BIN)/agentfactory run --store oci-layout:$(DEMO)/unsigned-store hello-unsigned; test $$? -eq 125
 	$(BIN)/agentfactory runtime audit $(DEMO)/audit.jsonl
+	@echo "GitOps promotion (docs/promotion.md) into a demo environment repository, $(DEMO)/env:"
+	@rm -rf $(DEMO)/env $(DEMO)/promo-store && mkdir -p $(DEMO)/env && git -C $(DEMO)/env init -q -b main && \
+	  git -C $(DEMO)/env -c user.name=demo -c user.email=demo@example.com commit -q --allow-empty -m "environments"
+	@$(BIN)/agentfactory pipeline run --templates examples/promotion/v1 --store oci-layout:$(DEMO)/promo-store >/dev/null 2>&1
+	@$(BIN)/agentfactory pipeline run --templates examples/promotion/v2 --store oci-layout:$(DEMO)/promo-store >/dev/null 2>&1
+	@$(BIN)/agentfactory runtime serve --listen 127.0.0.1:0 --stage canary --store oci-layout:$(DEMO)/promo-store \
+	  2>$(DEMO)/canary-runtime.log & pid=$$!; \
+	  GIT_AUTHOR_NAME=demo GIT_AUTHOR_EMAIL=demo@example.com GIT_COMMITTER_NAME=demo GIT_COMMITTER_EMAIL=demo@example.com \
+	  $(BIN)/python -c "$$DEMO_PROMOTION" $(DEMO)/canary-runtime.log $(DEMO)/env oci-layout:$(DEMO)/promo-store; \
+	  rc=$$?; kill $$pid; wait $$pid; exit $$rc
 	@echo "The admission webhook over TLS on loopback: the examples' WasmAgents, an unsigned, a tampered and an unpinned one:"
 	@rm -rf $(DEMO)/admission-store && cp -r .agentfactory/store $(DEMO)/admission-store
 	@$(BIN)/agentfactory pipeline run --templates tests/fixtures/runtime-templates --no-sign \
@@ -88,6 +98,51 @@ for name, body in inputs.items():
 print("healthz:", httpx.get(f"{url}/healthz").text.strip())
 endef
 export DEMO_HTTP
+
+# make demo: promote greeter 1.0.0 dev -> canary -> prod with canary analysis under traffic, then a
+# broken 1.1.0 dev -> canary whose analysis fails: the canary is rolled back by a new commit.
+define DEMO_PROMOTION
+import json, subprocess, sys, threading, time, httpx
+log, env, store = sys.argv[1:4]
+for _ in range(200):
+    text = open(log).read()
+    if "listening" in text:
+        break
+    time.sleep(0.05)
+url = json.loads(text.splitlines()[0])["listening"]
+def af(*args, check=True):
+    where = ["--store", store] if args[0] != "history" else []
+    cmd = [".venv/bin/agentfactory", *args, "--env-repo", env, *where, "--stages", "examples/promotion/stages.yaml"]
+    print("$ agentfactory " + " ".join(args), flush=True)
+    done = subprocess.run(cmd)
+    if check and done.returncode != 0:
+        sys.exit(f"unexpected exit {done.returncode}")
+    return done.returncode
+def traffic(digest, stop):
+    with httpx.Client(base_url=url) as c:
+        while not stop.is_set():
+            c.post("/v1/agents/greeter/invoke", params={"digest": digest})
+def canary_digest():
+    out = subprocess.run([".venv/bin/agentfactory", "status", "--json", "--no-verify", "--env-repo", env, "--store", store, "--stages", "examples/promotion/stages.yaml"], capture_output=True, text=True).stdout
+    return next(p["digest"] for p in json.loads(out)["placements"] if p["stage"] == "canary")
+def analyse(expect):
+    stop = threading.Event()
+    t = threading.Thread(target=traffic, args=(canary_digest(), stop)); t.start()
+    try:
+        code = af("promote", "greeter", "--to", "prod", "--analyze", "3s", "--runtime-metrics", url + "/metrics", check=False)
+    finally:
+        stop.set(); t.join()
+    assert code == expect, f"promote to prod exited {code}, expected {expect}"
+af("promote", "greeter:1.0.0", "--to", "dev")
+af("promote", "greeter", "--to", "canary")
+analyse(0)
+af("promote", "greeter:1.1.0", "--to", "dev")
+af("promote", "greeter", "--to", "canary")
+analyse(1)
+af("status")
+af("history", "greeter")
+endef
+export DEMO_PROMOTION
 
 # make demo: tamper with the victim in the demo store, then send the webhook one WasmAgent per agent.
 define DEMO_ADMISSION
@@ -122,12 +177,14 @@ for label, ref, expected in cases:
 endef
 export DEMO_ADMISSION
 
-## system-deps: what the tests need from the OS (git; the OCI registry `docker-registry`), installed
-## with apt-get when run as root
+## system-deps: what the tests need from the OS (git; the OCI registry `docker-registry`; `prometheus`
+## for the canary-analysis test; `lua5.4` for the Argo CD health checks), installed with apt-get when run as root
 system-deps:
 	@missing=""; \
 	command -v git >/dev/null 2>&1 || missing="$$missing git"; \
 	command -v docker-registry >/dev/null 2>&1 || missing="$$missing docker-registry"; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v lua5.4 >/dev/null 2>&1 || missing="$$missing lua5.4"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "missing:$$missing; install with: sudo apt-get install$$missing"; exit 1; fi; fi

@@ -18,7 +18,13 @@ from typing import Any
 from agentfactory.audit import AuditLog
 from agentfactory.errors import AgentFactoryError, InputError, NotFoundError
 from agentfactory.fetchverify import verify_stored
-from agentfactory.metrics import WASI_DURATION, WASI_EXECUTIONS, WASI_OVERHEAD, WASI_VIOLATIONS
+from agentfactory.metrics import (
+    WASI_AGENT_EXECUTIONS,
+    WASI_DURATION,
+    WASI_EXECUTIONS,
+    WASI_OVERHEAD,
+    WASI_VIOLATIONS,
+)
 from agentfactory.policy import PolicyEngine
 from agentfactory.store import ArtifactStore, StoredAgent
 from agentfactory.trust import TrustPolicy
@@ -166,6 +172,8 @@ class Runtime:
                  verdict: Verdict | None) -> None:
         WASI_VIOLATIONS.labels(reason=reason).inc()
         WASI_EXECUTIONS.labels(result="refused").inc()
+        if agent is not None:  # a known agent: its canary analysis counts the refusal as an error
+            WASI_AGENT_EXECUTIONS.labels(agent=agent.name, digest=agent.digest, result="refused").inc()
         self._audit("decision", agent=name, version=agent.version if agent else None,
                     digest=agent.digest if agent else None, allowed=False, reason=reason, message=message,
                     stage=self.config.stage, score=verdict.score if verdict else None,
@@ -192,6 +200,8 @@ class Runtime:
         execution = sandbox.run(self.engines, prepared.linked, prepared.agent.name, invocation)
         seconds = time.perf_counter() - started
         WASI_EXECUTIONS.labels(result=execution.outcome).inc()
+        WASI_AGENT_EXECUTIONS.labels(agent=prepared.agent.name, digest=prepared.agent.digest,
+                                     result=execution.outcome).inc()
         if execution.outcome in ("timeout", "fuel", "memory", "stack", "output"):
             WASI_VIOLATIONS.labels(reason=execution.outcome).inc()
         WASI_OVERHEAD.observe(max(0.0, seconds - execution.guest_seconds))

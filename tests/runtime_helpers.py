@@ -8,7 +8,10 @@ garbage either.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,3 +129,22 @@ def sign_raw(signed: Signed, root: Path, name: str, data: bytes, manifest: str, 
     signature = ArtifactSignature.from_signature(digest, kr.sign_digest(bytes.fromhex(digest.split(":", 1)[1])))
     evidence.attach(signed.store, stored, signature, attestations)
     return digest
+
+
+@contextlib.contextmanager
+def serving(signed: Signed, audit: Path, *, stage: str = "dev", workers: int = 4) -> Iterator[str]:
+    """The node service over HTTP on loopback (a thread), for as long as the block runs: its base URL."""
+    from sandbox_runtime.runtime import Runtime, RuntimeConfig
+    from sandbox_runtime.server import RuntimeServer
+
+    rt = Runtime(signed.store, signed.trust, signed.engine, RuntimeConfig(audit_log=audit, stage=stage))
+    srv = RuntimeServer(("127.0.0.1", 0), rt, workers=workers)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    srv.ready.set()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        rt.close()

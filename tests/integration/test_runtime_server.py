@@ -11,11 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import TEMPLATES
-from runtime_helpers import OK_WAT, Signed, publish, signed_store, wat_manifest
+from runtime_helpers import OK_WAT, Signed, publish, serving, signed_store, wat_manifest
 
 from pipelines.run import Signing, run_pipeline
-from sandbox_runtime.runtime import MAX_STDIN, Runtime, RuntimeConfig
-from sandbox_runtime.server import RuntimeServer
+from sandbox_runtime.runtime import MAX_STDIN
 
 pytestmark = pytest.mark.toolchain
 
@@ -36,15 +35,8 @@ def signed(af_home: Path, tmp_path: Path) -> Signed:
 
 @pytest.fixture
 def server(signed: Signed, tmp_path: Path) -> Iterator[str]:
-    rt = Runtime(signed.store, signed.trust, signed.engine, RuntimeConfig(audit_log=tmp_path / "audit.jsonl"))
-    srv = RuntimeServer(("127.0.0.1", 0), rt, workers=4)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    srv.ready.set()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
-    rt.close()
+    with serving(signed, tmp_path / "audit.jsonl") as url:
+        yield url
 
 
 def test_example_agents_run_through_the_service(server: str) -> None:

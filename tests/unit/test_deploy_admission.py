@@ -15,6 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from helpers import EXAMPLES, ROOT
+from manifest_helpers import kustomization, load, manifest_files
 
 DEPLOY = ROOT / "deploy"
 ADMISSION = DEPLOY / "admission"
@@ -67,19 +68,6 @@ HOME = "/var/lib/agentfactory"
 
 
 # --- loading -------------------------------------------------------------------------------------------------------
-
-def load(path: Path) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
-
-
-def manifest_files(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.glob("*.yaml") if p.name != "kustomization.yaml")
-
-
-def kustomization(folder: Path) -> dict[str, Any]:
-    k: dict[str, Any] = yaml.safe_load((folder / "kustomization.yaml").read_text())
-    return k
-
 
 def documents() -> list[dict[str, Any]]:
     """What `kubectl apply -k deploy/admission` applies, as written (before kustomize)."""

@@ -1,0 +1,1 @@
+"""GitOps promotion of agent digests through stages, gated by canary analysis."""

@@ -1,0 +1,342 @@
+"""The environment repository: one kustomize folder of digest-pinned WasmAgents per stage, in Git.
+
+Every change is a commit (gitpython) with a structured message whose trailers (Agent, Digest,
+Stage, From-Stage, Verdict, Action) are the promotion record: `history` and `status` read them back
+from `git log`, so the record is the repository Argo CD syncs, not a side database. History is never
+rewritten: a rollback is a new commit.
+
+Writes are serialised by a lock file in the Git directory and checked against the HEAD the caller
+read (compare-and-swap), so two promotions racing cannot both decide on the same state: the second
+one waits for the lock, then sees the first one's commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agentfactory.errors import AgentFactoryError, ConfigError, InputError
+
+from .stages import StageGraph
+
+TRAILER_KEYS = ("Agent", "Version", "Digest", "Stage", "From-Stage", "Action", "Verdict", "Approved-By",
+                "Analysis", "Reason")
+LOCK_NAME = "agentfactory-promote.lock"
+LOCK_WAIT_S = 30.0
+MARK = "# Written by `agentfactory promote`: do not edit by hand; promote or roll back instead (docs/promotion.md)."
+
+
+class PromotionConflict(AgentFactoryError):
+    """Another promotion changed the environment repository first, or holds its lock."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    """An agent in a stage, as the stage's folder says at HEAD."""
+
+    agent: str
+    stage: str
+    ref: str  # spec.agent: NAME@sha256:… (or a registry reference)
+    digest: str
+    version: str
+    since: str = ""  # when the commit that placed this digest was made (ISO 8601)
+    commit: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One promotion-record commit."""
+
+    commit: str
+    time: str
+    epoch: int
+    author: str
+    subject: str
+    trailers: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"commit": self.commit, "time": self.time, "author": self.author, "subject": self.subject,
+                **{k.lower().replace("-", "_"): v for k, v in self.trailers.items()}}
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_trailers(message: str) -> dict[str, str]:
+    """The `Key: value` lines of the message's last paragraph, for the keys we write."""
+    paragraphs = [p for p in message.strip().split("\n\n") if p.strip()]
+    if len(paragraphs) < 2:
+        return {}
+    out: dict[str, str] = {}
+    for line in paragraphs[-1].splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key in TRAILER_KEYS:
+            out[key] = value.strip()
+    return out
+
+
+class EnvRepo:
+    """A working copy of the environment repository, and the stage folders in it."""
+
+    def __init__(self, root: Path, graph: StageGraph) -> None:
+        import git
+
+        self._git = git
+        try:
+            self.repo = git.Repo(root, search_parent_directories=True)
+        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+            raise ConfigError(f"{root}: not inside a Git repository; the environment repository must be a Git "
+                              "working copy (clone it, or `git init`), given with --env-repo") from None
+        if self.repo.bare or not self.repo.working_tree_dir:
+            raise ConfigError(f"{root}: a bare repository; give a working copy with --env-repo")
+        self.root = Path(self.repo.working_tree_dir).resolve()
+        self.graph = graph
+
+    # -- reading -----------------------------------------------------------------------------------
+    def folder(self, stage: str) -> Path:
+        return self.root / self.graph.folder(stage)
+
+    def agent_file(self, stage: str, agent: str) -> Path:
+        return self.folder(stage) / "agents" / f"{agent}.yaml"
+
+    def head(self) -> str | None:
+        try:
+            return self.repo.head.commit.hexsha
+        except ValueError:  # no commit yet
+            return None
+
+    def placements(self, stage: str) -> list[Placement]:
+        folder = self.folder(stage) / "agents"
+        if not folder.is_dir():
+            return []
+        out = []
+        for path in sorted(folder.glob("*.yaml")):
+            out.append(self._read(stage, path))
+        return out
+
+    def placement(self, stage: str, agent: str) -> Placement | None:
+        path = self.agent_file(stage, agent)
+        return self._read(stage, path) if path.is_file() else None
+
+    def _read(self, stage: str, path: Path) -> Placement:
+        from agentfactory.digest import DIGEST_RE
+        from agentfactory.yamlsafe import load_yaml
+
+        where = str(path.relative_to(self.root))
+        doc = load_yaml(path.read_bytes(), where).data
+        spec = doc.get("spec") if isinstance(doc, dict) else None
+        meta = doc.get("metadata") if isinstance(doc, dict) else None
+        ref = spec.get("agent") if isinstance(spec, dict) else None
+        if not isinstance(ref, str) or "@" not in ref or not isinstance(meta, dict):
+            raise InputError(where, "not a WasmAgent pinned by digest (spec.agent: NAME@sha256:…)")
+        digest = ref.rsplit("@", 1)[1]
+        if not DIGEST_RE.match(digest):
+            raise InputError(where, f"spec.agent {ref!r} is not pinned by a sha256 digest")
+        found = meta.get("annotations")
+        annotations = found if isinstance(found, dict) else {}
+        placed = self._placed(stage, path.stem, digest)
+        return Placement(str(meta.get("name", path.stem)), stage, ref, digest,
+                         str(annotations.get("agentfactory.dev/version", "")),
+                         placed.time if placed else "", placed.commit if placed else "")
+
+    def _placed(self, stage: str, agent: str, digest: str) -> Event | None:
+        """The commit that put `digest` in the stage (the latest such record)."""
+        for e in self.history(agent=agent, stage=stage):
+            if e.trailers.get("Digest") == digest:
+                return e
+        return None
+
+    def history(self, agent: str | None = None, stage: str | None = None, limit: int = 1000) -> list[Event]:
+        """Promotion-record commits, newest first, optionally for one agent and/or stage."""
+        if self.head() is None:
+            return []
+        paths = [self.graph.folder(s.name) for s in self.graph.stages] if stage is None else [self.graph.folder(stage)]
+        events = []
+        for c in self.repo.iter_commits(paths=paths, max_count=limit):
+            message = c.message if isinstance(c.message, str) else c.message.decode("utf-8", "replace")
+            trailers = parse_trailers(message)
+            if not trailers.get("Agent") or not trailers.get("Stage"):
+                continue
+            if agent is not None and trailers["Agent"] != agent:
+                continue
+            if stage is not None and trailers["Stage"] != stage:
+                continue
+            events.append(Event(c.hexsha, _iso(c.committed_date), c.committed_date, str(c.author),
+                                message.splitlines()[0] if message else "", trailers))
+        return events
+
+    # -- preconditions -----------------------------------------------------------------------------
+    def check_clean(self) -> None:
+        """Refuse to commit over someone's work: staged changes, or edits in a stage folder."""
+        if self.head() is not None and self.repo.index.diff("HEAD"):
+            raise ConfigError(f"{self.root}: the index has staged changes; commit or unstage them before "
+                              "promoting (a promotion commits only its own files)")
+        folders = [self.graph.folder(s.name) for s in self.graph.stages]
+        dirty = self.repo.git.status("--porcelain", "--", *folders).strip()
+        if dirty:
+            first = dirty.splitlines()[0]
+            raise ConfigError(f"{self.root}: uncommitted changes in the stage folders ({first.strip()}…); the "
+                              "environment is what Git says, so commit or discard them first")
+
+    def check_not_diverged(self) -> None:
+        """Refuse when the branch's upstream has commits this clone lacks (as of the last fetch)."""
+        try:
+            branch = self.repo.active_branch
+        except TypeError:
+            raise ConfigError(f"{self.root}: HEAD is detached; check out the environment branch first") from None
+        upstream = branch.tracking_branch()
+        if upstream is None or not upstream.is_valid():
+            return
+        behind = sum(1 for _ in self.repo.iter_commits(f"{branch.name}..{upstream.name}"))
+        ahead = sum(1 for _ in self.repo.iter_commits(f"{upstream.name}..{branch.name}"))
+        if behind:
+            state = f"diverged from {upstream.name} ({ahead} ahead, {behind} behind)" if ahead else \
+                f"{behind} commit(s) behind {upstream.name}"
+            raise ConfigError(f"{self.root}: the environment branch {branch.name} is {state}; pull (rebase) "
+                              "first, so the promotion is decided on what the cluster will sync")
+
+    def fetch(self) -> None:
+        try:
+            upstream = self.repo.active_branch.tracking_branch()
+        except TypeError:
+            return
+        if upstream is not None:
+            try:
+                self.repo.remote(upstream.remote_name).fetch()
+            except self._git.GitCommandError as exc:
+                raise ConfigError(f"cannot fetch {upstream.remote_name}: {exc.stderr.strip() or exc}") from None
+
+    @contextlib.contextmanager
+    def locked(self, wait: float = LOCK_WAIT_S) -> Iterator[None]:
+        """One promotion at a time in this clone: a lock file in the Git directory (stale locks of dead
+        processes are taken over). Waits up to `wait` seconds, then gives up naming the holder."""
+        path = Path(self.repo.git_dir) / LOCK_NAME
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                os.write(fd, f"{os.getpid()}\n".encode())
+                os.close(fd)
+                break
+            except FileExistsError:
+                holder = _holder(path)
+                if holder is not None and not _alive(holder):
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+                    continue
+                if time.monotonic() >= deadline:
+                    raise PromotionConflict(f"another promotion (pid {holder}) holds {path}; try again when it "
+                                            "has finished") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    # -- writing -----------------------------------------------------------------------------------
+    def commit_placement(self, stage: str, agent: str, placement: dict[str, Any] | None, *, subject: str,
+                         trailers: dict[str, str], expected_head: str | None, branch: str | None = None) -> str:
+        """Write (or, with None, remove) the agent's WasmAgent in the stage and commit; return the commit.
+
+        `expected_head` is the HEAD the decision was made on: if it moved, nothing is written.
+        With `branch`, the commit goes on that new branch (for a pull request) and HEAD stays put.
+        """
+        if self.head() != expected_head:
+            raise PromotionConflict(f"the environment repository moved from {(expected_head or 'nothing')[:12]} to "
+                                    f"{(self.head() or 'nothing')[:12]} while this promotion was being decided; "
+                                    "run it again")
+        previous = None
+        if branch is not None:
+            previous = self.repo.active_branch
+            if branch in self.repo.heads:
+                raise ConfigError(f"branch {branch!r} already exists in the environment repository")
+            self.repo.create_head(branch).checkout()
+        try:
+            files = self._write(stage, agent, placement)
+            rels = [str(f.relative_to(self.root)) for f in files]
+            existing = [r for r in rels if (self.root / r).exists()]
+            removed = [r for r in rels if not (self.root / r).exists()]
+            if existing:
+                self.repo.index.add(existing)
+            if removed:
+                self.repo.index.remove(removed, working_tree=False)
+            body = "\n".join(f"{k}: {v}" for k, v in trailers.items() if v)
+            commit = self.repo.index.commit(f"{subject}\n\n{body}\n")
+            return commit.hexsha
+        finally:
+            if previous is not None:
+                previous.checkout()
+
+    def _write(self, stage: str, agent: str, placement: dict[str, Any] | None) -> list[Path]:
+        import yaml
+
+        from agentfactory.fsutil import atomic_write
+
+        path = self.agent_file(stage, agent)
+        touched = [path]
+        if placement is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, (MARK + "\n" + yaml.safe_dump(placement, sort_keys=False)).encode())
+        kustomization = self.folder(stage) / "kustomization.yaml"
+        agents = sorted(p.name for p in (self.folder(stage) / "agents").glob("*.yaml")) \
+            if (self.folder(stage) / "agents").is_dir() else []
+        doc = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+               "namespace": self.graph.stage(stage).namespace, "resources": [f"agents/{a}" for a in agents]}
+        atomic_write(kustomization, (MARK + f"\n# Stage {stage}: Argo CD syncs this folder (deploy/argocd).\n"
+                                     + yaml.safe_dump(doc, sort_keys=False)).encode())
+        touched.append(kustomization)
+        return touched
+
+    def push(self, branch: str | None = None) -> None:
+        """Push the branch to its remote; a rejection (someone pushed first) is a conflict, not a crash."""
+        try:
+            name = branch or self.repo.active_branch.name
+            tracking = self.repo.heads[name].tracking_branch()
+            remote = self.repo.remote(tracking.remote_name if tracking else "origin")
+            results = remote.push(f"{name}:{name}")
+        except (self._git.GitCommandError, ValueError) as exc:
+            raise PromotionConflict(f"push failed: {exc}") from None
+        for r in results:
+            if r.flags & r.ERROR or r.flags & r.REJECTED or r.flags & r.REMOTE_REJECTED:
+                raise PromotionConflict(f"the remote refused the push of {name} ({r.summary.strip()}): someone "
+                                        "promoted first; pull and run again")
+
+
+def _holder(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip() or "0") or None
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wasm_agent(name: str, ref: str, stage: str, version: str, from_stage: str | None) -> dict[str, Any]:
+    """The WasmAgent object a promotion writes (deploy/crds/wasmagents.yaml)."""
+    annotations = {"agentfactory.dev/version": version}
+    if from_stage:
+        annotations["agentfactory.dev/promoted-from"] = from_stage
+    return {"apiVersion": "agentfactory.dev/v1alpha1", "kind": "WasmAgent",
+            "metadata": {"name": name, "labels": {"app.kubernetes.io/name": name,
+                                                  "app.kubernetes.io/part-of": "agentfactory",
+                                                  "agentfactory.dev/stage": stage},
+                         "annotations": annotations},
+            "spec": {"agent": ref, "stage": stage}}
