@@ -1,5 +1,5 @@
-"""Evidence of an agent: its artifact signatures, attestations and their transparency-log entries,
-stored as OCI referrers.
+"""Evidence of an agent: its artifact signatures, attestations and their transparency-log entries, and
+keyless Sigstore bundles, stored as OCI referrers.
 
 Reading never raises on bad evidence: what cannot be read is recorded as a problem, and the
 verifier turns problems into failed checks, so a broken store denies with a reason.
@@ -17,6 +17,7 @@ from .dsse import ENVELOPE_MEDIA_TYPE, Envelope, b64decode_strict
 from .errors import AgentFactoryError, InputError
 from .jsonsafe import load_json_object
 from .keys.base import Signature
+from .sigstore_bundles import BUNDLE_ARTIFACT_TYPE, BUNDLE_ARTIFACT_TYPES
 from .store import ArtifactStore, StoredAgent
 from .tlog.bundle import TLOG_ENTRY_ARTIFACT_TYPE
 from .tlog.entries import API_VERSION, hashedrekord_body, parse_proposed_entry
@@ -67,6 +68,9 @@ class Evidence:
     signatures: list[tuple[str, bytes]] = field(default_factory=list)  # (where, document)
     attestations: list[tuple[str, bytes]] = field(default_factory=list)  # (where, DSSE envelope JSON)
     tlog: list[tuple[str, bytes]] = field(default_factory=list)  # (where, TlogRecord JSON)
+    # (where, Sigstore bundle JSON): keyless signatures over the digest and keyless DSSE attestations alike;
+    # the verifier tells them apart by content and trusts them only for the policy's keyless identities.
+    bundles: list[tuple[str, bytes]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
 
@@ -90,6 +94,14 @@ def attach_attestations(store: ArtifactStore, agent: StoredAgent, attestations: 
         store.attach(agent, artifact_type=TLOG_ENTRY_ARTIFACT_TYPE, layer=Blob(TLOG_ENTRY_ARTIFACT_TYPE, record))
 
 
+def attach_bundles(store: ArtifactStore, agent: StoredAgent, bundles: list[tuple[str | None, bytes]]) -> None:
+    """Store keyless Sigstore bundles: (None, the signature over the digest) or (predicate type, a DSSE
+    attestation), annotated with the predicate type like envelopes (a hint; the verifier reads the statement)."""
+    for predicate_type, bundle in bundles:
+        store.attach(agent, artifact_type=BUNDLE_ARTIFACT_TYPE, layer=Blob(BUNDLE_ARTIFACT_TYPE, bundle),
+                     annotations={ANN_PREDICATE_TYPE: predicate_type} if predicate_type else None)
+
+
 def collect(store: ArtifactStore, agent: StoredAgent) -> Evidence:
     """Every signature, attestation and transparency-log record attached to `agent` in `store`."""
     evidence = Evidence()
@@ -111,12 +123,16 @@ def collect(store: ArtifactStore, agent: StoredAgent) -> Evidence:
             evidence.attestations.append((where, payload))
         elif ref.artifact_type == TLOG_ENTRY_ARTIFACT_TYPE:
             evidence.tlog.append((where, payload))
+        elif ref.artifact_type in BUNDLE_ARTIFACT_TYPES:
+            evidence.bundles.append((where, payload))
     return evidence
 
 
 def has_signature(store: ArtifactStore, agent: StoredAgent) -> bool:
+    """Whether the agent was signed: an artifact signature, or keyless Sigstore bundles."""
     try:
-        return bool(store.referrers(agent, SIGNATURE_ARTIFACT_TYPE))
+        return any(r.artifact_type == SIGNATURE_ARTIFACT_TYPE or r.artifact_type in BUNDLE_ARTIFACT_TYPES
+                   for r in store.referrers(agent))
     except AgentFactoryError:
         return False
 

@@ -1,4 +1,5 @@
-"""Trust policies: which keys, builders, source repositories and transparency logs the verifier trusts.
+"""Trust policies: which keys, keyless identities, builders, source repositories and transparency logs the
+verifier trusts.
 
 A policy file is YAML (bounded, validated); a policy that does not load refuses everything
 (the verifier reports why). Without a file, the embedded default trusts the configured key
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from .errors import InputError, ValidationFailed
 from .keys.base import PublicKey, key_id
 from .provenance import DEFAULT_BUILDER_ID
+from .sigstore_bundles import INSTANCES, MAX_TRUSTED_ROOT_BYTES, KeylessIdentity, KeylessPolicy, check_trusted_root
 from .tlog.note import load_log_public_key, log_id_of
 from .yamlsafe import Located, load_yaml
 
@@ -63,6 +65,25 @@ POLICY_SCHEMA: dict[str, Any] = {
                     },
                     "oneOf": [{"required": ["publicKey"]}, {"required": ["publicKeyFile"]}],
                 }},
+                # Keyless (Sigstore) signatures: whose certificates are trusted, by which instance's roots.
+                "keyless": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["identities"],
+                    "properties": {
+                        "instance": {"enum": list(INSTANCES)},
+                        "trustedRootFile": {"type": "string", "minLength": 1},
+                        "identities": {"type": "array", "minItems": 1, "maxItems": 64, "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["issuer", "subject"],
+                            "properties": {
+                                "issuer": {"type": "string", "pattern": "^https://[^\\s]+$", "maxLength": 1024},
+                                "subject": {"type": "string", "pattern": "^[^\\s]+$", "maxLength": 2048},
+                            },
+                        }},
+                    },
+                },
             },
         },
     },
@@ -87,6 +108,9 @@ class TrustPolicy:
     # Transparency logs (log id -> ECDSA P-256 key): when any is listed, the verifier requires every
     # signature and attestation to be in one of them (the `tlog` check); none listed, no such check.
     logs: dict[str, ec.EllipticCurvePublicKey] = field(default_factory=dict)
+    # Keyless (Sigstore) identities whose bundles count as signatures and attestations; none listed
+    # (the default, and every policy written before keyless signing), bundles are not trusted.
+    keyless: KeylessPolicy = field(default_factory=KeylessPolicy)
 
     def trusts_builder(self, builder: str) -> bool:
         return builder in self.builders
@@ -107,13 +131,15 @@ def load_public_key(pem: bytes, where: str) -> rsa.RSAPublicKey:
 
 def from_public_keys(keys: list[PublicKey], *, builders: tuple[str, ...] = (DEFAULT_BUILDER_ID,),
                      repositories: tuple[str, ...] = ("*",), source: str = "embedded default",
-                     log_keys: list[bytes] | None = None) -> TrustPolicy:
-    """A policy trusting `keys` (and the transparency logs whose PEM public keys are `log_keys`)."""
+                     log_keys: list[bytes] | None = None, keyless: KeylessPolicy | None = None) -> TrustPolicy:
+    """A policy trusting `keys` (the transparency logs whose PEM public keys are `log_keys`, and the
+    keyless identities of `keyless`)."""
     trusted = {}
     for k in keys:
         trusted[k.key_id] = TrustedKey(k.key_id, load_public_key(k.pem, f"{k.provider} key {k.key_id}"),
                                        revoked=k.status == "revoked", name=k.name)
-    return TrustPolicy(trusted, builders, repositories, source, logs=trusted_logs(log_keys or []))
+    return TrustPolicy(trusted, builders, repositories, source, logs=trusted_logs(log_keys or []),
+                       keyless=keyless or KeylessPolicy())
 
 
 def trusted_logs(pems: list[bytes], where: str = "transparency log key") -> dict[str, ec.EllipticCurvePublicKey]:
@@ -161,10 +187,11 @@ def load_trust_policy(path: Path) -> TrustPolicy:
             continue
         keys[kid] = TrustedKey(kid, public, revoked=bool(k.get("revoked", False)), name=str(k.get("name", "")))
     logs = _load_logs(path, doc, spec.get("transparencyLogs", []), problems)
+    keyless = _load_keyless(path, doc, spec.get("keyless"), problems)
     if problems:
         raise ValidationFailed(problems)
     return TrustPolicy(keys, tuple(spec.get("builders", [DEFAULT_BUILDER_ID])),
-                       tuple(spec.get("repositories", ["*"])), source=where, logs=logs)
+                       tuple(spec.get("repositories", ["*"])), source=where, logs=logs, keyless=keyless)
 
 
 def _pem_of(policy_path: Path, entry: dict[str, Any]) -> bytes:
@@ -196,15 +223,52 @@ def _load_logs(path: Path, doc: Located, entries: list[dict[str, Any]],
     return logs
 
 
+def _load_keyless(path: Path, doc: Located, section: dict[str, Any] | None,
+                  problems: list[InputError]) -> KeylessPolicy:
+    """The `keyless` section (already schema-checked): identities, instance and a pinned trusted root."""
+    if section is None:
+        return KeylessPolicy()
+    for i, entry in enumerate(section["identities"]):
+        if "*" in entry["subject"]:
+            problems.append(InputError(f"{path}:{doc.line_of(('spec', 'keyless', 'identities', i, 'subject'))}",
+                                       f"spec.keyless.identities.{i}.subject: {entry['subject']!r}: subjects are "
+                                       "matched exactly (sigstore-python has no patterns); list each workflow ref"))
+    identities = tuple(dict.fromkeys(KeylessIdentity(str(i["issuer"]), str(i["subject"]))
+                                     for i in section["identities"]))
+    instance = section.get("instance", "production")
+    root: bytes | None = None
+    source = ""
+    if "trustedRootFile" in section:
+        loc = f"{path}:{doc.line_of(('spec', 'keyless', 'trustedRootFile'))}"
+        root_path = path.parent / str(section["trustedRootFile"])
+        try:
+            with root_path.open("rb") as f:
+                root = f.read(MAX_TRUSTED_ROOT_BYTES + 1)
+        except OSError as exc:
+            problems.append(InputError(loc, f"spec.keyless.trustedRootFile: {root_path}: {exc.strerror}"))
+            return KeylessPolicy()
+        problem = check_trusted_root(root, f"spec.keyless.trustedRootFile {root_path}")
+        if problem is not None:
+            problems.append(InputError(loc, problem))
+            return KeylessPolicy()
+        source = f"the trusted root {root_path}"
+    return KeylessPolicy(identities, instance, root, source)
+
+
 def to_yaml(keys: list[PublicKey], builders: tuple[str, ...] = (DEFAULT_BUILDER_ID,),
-            repositories: tuple[str, ...] = ("*",), log_keys: list[bytes] | None = None) -> str:
-    """A policy file trusting `keys` (revoked ones listed as revoked) and the logs of `log_keys` (PEM)."""
+            repositories: tuple[str, ...] = ("*",), log_keys: list[bytes] | None = None,
+            keyless: KeylessPolicy | None = None) -> str:
+    """A policy file trusting `keys` (revoked ones listed as revoked), the logs of `log_keys` (PEM) and
+    the keyless identities of `keyless` (a pinned trusted root is not written: add trustedRootFile)."""
     entries = [{"keyId": k.key_id, "name": f"{k.provider}:{k.name}" + (f"@v{k.version}" if k.version else ""),
                 "revoked": k.status == "revoked", "publicKey": k.pem.decode()} for k in keys]
     spec: dict[str, Any] = {"keys": entries, "builders": list(builders), "repositories": list(repositories)}
     if log_keys:
         spec["transparencyLogs"] = [{"logId": log_id, "publicKey": _pem(key)}
                                     for log_id, key in trusted_logs(log_keys).items()]
+    if keyless is not None and keyless.identities:
+        spec["keyless"] = {"instance": keyless.instance,
+                           "identities": [{"issuer": i.issuer, "subject": i.subject} for i in keyless.identities]}
     doc = {"apiVersion": "agentfactory.dev/v1alpha1", "kind": "TrustPolicy", "metadata": {"name": "default"},
            "spec": spec}
     return yaml.safe_dump(doc, sort_keys=False, width=1000)

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, utils
 
-from .dsse import Envelope, parse_envelope
+from .dsse import INTOTO_PAYLOAD_TYPE, Envelope, parse_envelope
 from .errors import AgentFactoryError, InputError
 from .evidence import Evidence, parse_artifact_signature
 from .intoto import CYCLONEDX_BOM, SCAN_V1, SLSA_PROVENANCE_V1, Statement, parse_statement
@@ -27,6 +27,14 @@ from .provenance import builder_and_source
 from .runspec import RunSpec, from_provenance
 from .sbom import sbom_subject
 from .scan.attestation import finished_on, sbom_digest, sbom_digest_of, scan_input
+from .sigstore_bundles import (
+    KeylessAttestation,
+    KeylessSignature,
+    bundle_kind,
+    unverified_dsse_payload,
+    verify_artifact_bundle,
+    verify_dsse_bundle,
+)
 from .tlog.bundle import BodyCheck, check_record, describe, dsse_check, hashedrekord_check
 from .trust import TrustedKey, TrustPolicy
 
@@ -117,6 +125,10 @@ class _Judge:
         self.checks: list[Check] = []
         self.signer: TrustedKey | None = None
         self.to_log: list[_Logged] = []  # what the tlog check looks for
+        # Keyless bundles that verified: each carries its own Rekor inclusion proof, which sigstore-python
+        # checked against the Sigstore trusted root, so the tlog check needs no record of ours for them.
+        self.keyless_logged: list[str] = []
+        self._bundle_kinds: list[tuple[str, bytes, str | None]] | None = None  # (where, bundle, kind)
 
     def add(self, name: str, ok: bool, reason: str) -> bool:
         self.checks.append(Check(name, ok, reason))
@@ -134,9 +146,10 @@ class _Judge:
 
     # -- the signature over the digest ----------------------------------------------------------
     def check_signature(self, evidence: Evidence) -> None:
-        if not evidence.signatures:
+        keyless_on = bool(self.policy.keyless.identities)
+        if not evidence.signatures and not (keyless_on and evidence.bundles):
             why = "; ".join(evidence.problems) or f"no signature for {self.digest} (unsigned, or a modified copy)"
-            self.add("signature", False, why)
+            self.add("signature", False, why + self._keyless_hint(evidence, "signature"))
             self.add("key-status", False, "no signing key to check")
             return
         failures: list[str] = []
@@ -160,11 +173,15 @@ class _Judge:
                 valid.append(key)
                 self.to_log.append(_Logged(f"the artifact signature by key {_short(key.key_id)}…",
                                            hashedrekord_check(digest32.hex(), sig.sig, _pem(key))))
-        if not valid:
-            self.add("signature", False, "; ".join(failures))
+        live = [k for k in valid if not k.revoked]
+        keyless = self._keyless_signatures(evidence, failures) if keyless_on and not live else []
+        if not valid and not keyless:
+            self.add("signature", False, "; ".join(failures) + self._keyless_hint(evidence, "signature"))
             self.add("key-status", False, "no valid signature by a trusted key")
             return
-        live = [k for k in valid if not k.revoked]
+        if keyless and not live:
+            self._keyless_signed(keyless[0])
+            return
         self.signer = (live or valid)[0]
         self.add("signature", True, f"signed by trusted key {_short(self.signer.key_id)}…"
                  + (f" ({self.signer.name})" if self.signer.name else ""))
@@ -173,6 +190,51 @@ class _Judge:
         else:
             self.add("key-status", False, "every key that signed it is revoked: "
                      + ", ".join(f"{_short(k.key_id)}…" + (f" ({k.name})" if k.name else "") for k in valid))
+
+    def _keyless_signatures(self, evidence: Evidence, failures: list[str]) -> list[KeylessSignature]:
+        """The keyless signatures over this digest that verify for an identity the policy allows."""
+        found: list[KeylessSignature] = []
+        checked = 0
+        for where, doc, kind in self._bundles(evidence):
+            if kind == "dsse":
+                continue  # an attestation: judged by attestation()
+            checked += 1
+            result = verify_artifact_bundle(doc, self.digest, self.policy.keyless, where=where)
+            if isinstance(result, str):
+                failures.append(result)
+            else:
+                found.append(result)
+        if not checked and not evidence.signatures:
+            failures.append(f"no signature for {self.digest}: the Sigstore bundles attached are attestations")
+        return found
+
+    def _keyless_signed(self, k: KeylessSignature) -> None:
+        log = f"Rekor log index {k.log_index}" if k.log_index is not None else "Rekor"
+        self.add("signature", True, f"signed keylessly by {k.identity} (Sigstore {self.policy.keyless.instance}, "
+                 f"{log})")
+        # Nothing to revoke: the key lived minutes and signed once; trust ends by removing the identity.
+        self.add("key-status", True, "keyless: a short-lived certificate (valid "
+                 f"{k.not_before:%Y-%m-%d %H:%M:%S} to {k.not_after:%H:%M:%S} UTC), no key to revoke")
+        self.keyless_logged.append(f"the keyless artifact signature ({log})")
+
+    def _bundles(self, evidence: Evidence) -> list[tuple[str, bytes, str | None]]:
+        if self._bundle_kinds is None:
+            self._bundle_kinds = [(where, doc, bundle_kind(doc)) for where, doc in evidence.bundles]
+        return self._bundle_kinds
+
+    def _keyless_hint(self, evidence: Evidence, what: str, predicate_type: str | None = None) -> str:
+        """Say so when keyless evidence is attached but the trust policy trusts no keyless identity."""
+        if self.policy.keyless.identities or not evidence.bundles:
+            return ""
+        if predicate_type is None:
+            if all(kind == "dsse" for _, _, kind in self._bundles(evidence)):
+                return ""
+        else:
+            payloads = (unverified_dsse_payload(doc) for _, doc, kind in self._bundles(evidence) if kind == "dsse")
+            if not any(p is not None and predicate_type.encode() in p[1] for p in payloads):
+                return ""
+        return (f"; a keyless {what} (Sigstore bundle) is attached, but the trust policy lists no keyless "
+                "identities (spec.keyless)")
 
     # -- attestations ---------------------------------------------------------------------------
     def attestation(self, evidence: Evidence, name: str, predicate_type: str,
@@ -185,7 +247,7 @@ class _Judge:
         """
         failures: list[str] = []
         seen_types: list[str] = []
-        valid: list[tuple[Statement, bytes, TrustedKey]] = []
+        valid: list[tuple[Statement, bytes, TrustedKey | KeylessAttestation]] = []
         for where, doc in evidence.attestations:
             try:
                 envelope = parse_envelope(doc, where)
@@ -208,17 +270,72 @@ class _Judge:
                     break
                 continue
             failures.append(problem or "the envelope has no verifying signature")
+        if self.policy.keyless.identities and (newest is not None or not valid):
+            valid.extend(self._keyless_attestations(evidence, predicate_type, inspect, failures, seen_types))
         if valid:
-            statement, doc, signer = max(valid, key=lambda v: newest(v[0])) if newest else valid[0]
+            chosen, doc, by = max(valid, key=lambda v: newest(v[0])) if newest else valid[0]
+            if isinstance(by, KeylessAttestation):
+                log = f"Rekor log index {by.log_index}" if by.log_index is not None else "Rekor"
+                self.add(name, True, f"{predicate_type} attestation signed keylessly by {by.identity}, "
+                         "about this digest")
+                self.keyless_logged.append(f"the keyless {name} attestation ({log})")
+                return chosen
             self.add(name, True, f"{predicate_type} attestation signed by a trusted key, about this digest")
-            self.to_log.append(_Logged(f"the {name} attestation", dsse_check(doc, _pem(signer))))
-            return statement
+            self.to_log.append(_Logged(f"the {name} attestation", dsse_check(doc, _pem(by))))
+            return chosen
         if not failures:
             found = f" (found: {', '.join(sorted(set(seen_types)))})" if seen_types else ""
             failures.append(f"no {predicate_type} attestation{found}")
         failures.extend(evidence.problems)
-        self.add(name, False, "; ".join(failures))
+        self.add(name, False, "; ".join(failures) + self._keyless_hint(evidence, "attestation", predicate_type))
         return None
+
+    def _keyless_attestations(self, evidence: Evidence, predicate_type: str,
+                              inspect: Callable[[Statement], str | None], failures: list[str],
+                              seen_types: list[str]) -> list[tuple[Statement, bytes, KeylessAttestation]]:
+        """Keyless DSSE bundles of `predicate_type` that verify for an allowed identity and hold."""
+        out: list[tuple[Statement, bytes, KeylessAttestation]] = []
+        for where, doc, kind in self._bundles(evidence):
+            if kind != "dsse":
+                continue
+            unverified = unverified_dsse_payload(doc)
+            try:  # which statement it claims to be, read before verifying (as for envelopes)
+                claimed = parse_statement(unverified[1], where) if unverified else None
+            except InputError as exc:
+                failures.append(str(exc))
+                continue
+            if claimed is None:
+                failures.append(f"{where}: the Sigstore bundle's DSSE envelope is malformed")
+                continue
+            seen_types.append(claimed.predicate_type)
+            if claimed.predicate_type != predicate_type:
+                continue
+            result = verify_dsse_bundle(doc, self.policy.keyless, where=where)
+            if isinstance(result, str):
+                failures.append(result)
+                continue
+            if result.payload_type != INTOTO_PAYLOAD_TYPE:
+                failures.append(f"{where}: the keyless attestation's payload is {result.payload_type}, "
+                                f"not {INTOTO_PAYLOAD_TYPE}")
+                continue
+            try:  # what was signed, not what was read above
+                statement = parse_statement(result.payload, where)
+            except InputError as exc:
+                failures.append(str(exc))
+                continue
+            problem = None
+            if statement.predicate_type != predicate_type:
+                problem = f"{where}: the signed statement is of {statement.predicate_type}, not {predicate_type}"
+            elif not statement.is_about(self.digest):
+                problem = (f"the attestation is about {', '.join(d for _, d in statement.subjects)}, "
+                           f"not {self.digest}")
+            else:
+                problem = inspect(statement)
+            if problem is None:
+                out.append((statement, doc, result))
+            else:
+                failures.append(problem)
+        return out
 
     def _envelope_problem(self, envelope: Envelope) -> tuple[str | None, TrustedKey | None]:
         return envelope_signer(envelope, self.policy)
@@ -263,7 +380,12 @@ class _Judge:
         proven offline by its stored record (SET, inclusion proof, checkpoint) and matching it exactly."""
         if not self.policy.logs:
             return
+        keyless = ("; keyless bundles carry their own Rekor inclusion proof, verified against the Sigstore "
+                   f"trusted root: {', '.join(self.keyless_logged)}") if self.keyless_logged else ""
         if not self.to_log:
+            if keyless:
+                self.add("tlog", True, keyless[2:])
+                return
             self.add("tlog", False, "no verified signature or attestation to look for in a transparency log")
             return
         problems: list[str] = []
@@ -285,7 +407,7 @@ class _Judge:
                 used[hit] = verified[hit][1]
         if not missing:
             self.add("tlog", True, f"{len(self.to_log)} signatures and attestations are in a trusted transparency "
-                     f"log (log indices {', '.join(str(i) for i in sorted(set(used.values())))})")
+                     f"log (log indices {', '.join(str(i) for i in sorted(set(used.values())))})" + keyless)
             return
         problems.extend(f"{where}: it logs {describe(body)}, which is none of them"
                         for i, (where, _, body) in enumerate(verified) if i not in used)

@@ -21,7 +21,8 @@ from agentfactory.cli.common import (
     print_json,
     store_option,
 )
-from agentfactory.keys import open_provider
+from agentfactory.errors import ConfigError
+from agentfactory.keys import KEYLESS, LocalKeyring, open_provider
 from agentfactory.policy import RegoEngine
 from agentfactory.provenance import DEFAULT_BUILDER_ID
 from agentfactory.scan.base import OSV_DB_ENV, SCANNER_NAMES
@@ -80,8 +81,13 @@ def summary_table(report: PipelineReport) -> Table:
 @click.option("--changed-since", metavar="GIT_REF", help="Only templates changed since this Git ref.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=None, help="Parallel builds (default: CPUs).")
 @click.option("--no-tests", is_flag=True, help="Skip the templates' tests/cases.yaml.")
-@click.option("--key-provider", "provider", type=click.Choice(["local", "vault"]), default=None,
-              envvar="AGENTFACTORY_KEY_PROVIDER", help="Who signs: the local keyring (default) or Vault Transit.")
+@click.option("--key-provider", "provider", type=click.Choice(["local", "vault", KEYLESS]), default=None,
+              envvar="AGENTFACTORY_KEY_PROVIDER",
+              help="Who signs: the local keyring (default), Vault Transit, or sigstore (keyless, with the CI's "
+                   "OIDC identity: GitHub Actions with id-token: write).")
+@click.option("--sigstore-instance", type=click.Choice(["production", "staging"]), default="production",
+              envvar="AGENTFACTORY_SIGSTORE_INSTANCE", show_default=True,
+              help="The Sigstore instance that certifies and logs keyless signatures.")
 @click.option("--builder-id", envvar="AGENTFACTORY_BUILDER_ID", default=DEFAULT_BUILDER_ID, show_default=True,
               help="The builder id written into provenance (trust policies name it).")
 @click.option("--sbom-root", "sbom_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -109,7 +115,8 @@ def summary_table(report: PipelineReport) -> Table:
 @json_option
 @handle_errors
 def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tests: bool, provider: str | None,
-        builder_id: str, sbom_dir: Path | None, no_sign: bool, tlog_url: str, tlog_key: Path | None,
+        sigstore_instance: str, builder_id: str, sbom_dir: Path | None, no_sign: bool, tlog_url: str,
+        tlog_key: Path | None,
         scanners: tuple[str, ...], osv_db: Path | None, vex: tuple[Path, ...], allow_unsigned_vex: bool,
         fail_on: str | None, ignore_unfixed: bool | None, policies_dir: Path | None, store_url: str | None,
         as_json: bool) -> None:
@@ -125,9 +132,12 @@ def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tes
     if ignore_unfixed:
         overrides["ignore_unfixed"] = True
     if not no_sign:
-        tlog, tlog_pem = open_tlog(tlog_url, tlog_key)
         scanning = Scanning(scanners, osv_db, vex, not allow_unsigned_vex, fail_on or "high", bool(ignore_unfixed))
-        signing = Signing(open_provider(provider), builder_id, sbom_dir, tlog, tlog_pem, scanning)
+        if provider == KEYLESS:
+            signing = _keyless_signing(sigstore_instance, builder_id, sbom_dir, tlog_url, scanning)
+        else:
+            tlog, tlog_pem = open_tlog(tlog_url, tlog_key)
+            signing = Signing(open_provider(provider), builder_id, sbom_dir, tlog, tlog_pem, scanning)
     # A policy that does not compile refuses every template, saying why.
     engine = RegoEngine(policies_dir, config=overrides)
     board = _LiveBoard() if not as_json and err.is_terminal else None
@@ -148,6 +158,23 @@ def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tes
     else:
         _print_report(report)
     sys.exit(EXIT_OK if report.ok else EXIT_PROBLEMS)
+
+
+def _keyless_signing(instance: str, builder_id: str, sbom_dir: Path | None, tlog_url: str,
+                     scanning: Scanning) -> Signing:
+    """Keyless signing: the ambient OIDC identity is read now, so a job that cannot sign fails before
+    building. Every bundle is logged in the instance's Rekor by the signing itself: no --tlog."""
+    from agentfactory.keys.sigstore_keyless import KeylessSigner
+
+    source = click.get_current_context().get_parameter_source("tlog_url")
+    explicit = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)
+    if source in explicit and tlog_url != "none":
+        raise ConfigError(f"--tlog (or AGENTFACTORY_TLOG) {tlog_url}: keyless signatures are logged in the "
+                          f"Sigstore {instance} Rekor as they are made (each bundle holds its inclusion proof); "
+                          f"with --key-provider {KEYLESS}, pass --tlog none or leave it out")
+    signer = KeylessSigner("staging" if instance == "staging" else "production")
+    # The local keyring signs nothing here: its public keys (if any) are what signed VEX is checked against.
+    return Signing(LocalKeyring(), builder_id, sbom_dir, None, None, scanning, keyless=signer)
 
 
 def _print_report(report: PipelineReport) -> None:

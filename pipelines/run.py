@@ -27,10 +27,12 @@ from agentfactory.evidence import ArtifactSignature, Evidence
 from agentfactory.fsutil import atomic_write
 from agentfactory.intoto import CYCLONEDX_BOM, SCAN_V1, SLSA_PROVENANCE_V1, make_statement
 from agentfactory.keys.base import KeyProvider
+from agentfactory.keys.sigstore_keyless import KeylessSigner
 from agentfactory.policy import PolicyEngine, template_input
 from agentfactory.provenance import DEFAULT_BUILDER_ID
 from agentfactory.provenance import predicate as provenance_predicate
 from agentfactory.runspec import from_template
+from agentfactory.sigstore_bundles import KeylessPolicy
 from agentfactory.store import ArtifactStore, StoredAgent
 from agentfactory.template import MANIFEST, Template, discover, load_template
 from agentfactory.tlog.base import LogError, TransparencyLog
@@ -139,7 +141,11 @@ class _Scanners:
 class Signing:
     """How the sign stage signs: the key provider, the builder id it claims, where SBOMs go, the
     transparency log every signature is recorded in (with its public key, pinned, not fetched), and
-    how the SBOM is scanned before anything is signed."""
+    how the SBOM is scanned before anything is signed.
+
+    With `keyless` (`--key-provider sigstore`), the artifact and its attestations are signed keylessly
+    instead: Sigstore bundles, each logged in the instance's Rekor (so `tlog` is not used); the key
+    provider then only names the keys signed VEX documents are checked against."""
 
     provider: KeyProvider
     builder_id: str = DEFAULT_BUILDER_ID
@@ -148,6 +154,20 @@ class Signing:
     tlog_key_pem: bytes | None = None
     scanning: Scanning = Scanning()
     scanners: _Scanners = field(default_factory=lambda: _Scanners(), compare=False)
+    keyless: KeylessSigner | None = None
+
+
+@dataclass
+class _Made:
+    """The evidence the sign stage made in memory, before publication: an RSA signature and DSSE
+    envelopes (with their log records), or keyless bundles and the identity that signed them."""
+
+    signature: ArtifactSignature | None
+    attestations: list[tuple[str, Envelope]]
+    sbom: bytes
+    records: list[bytes] = field(default_factory=list)
+    bundles: list[tuple[str | None, bytes]] = field(default_factory=list)  # (predicate type or None, bundle)
+    keyless: KeylessPolicy | None = None
 
 
 def run_pipeline(templates_dir: Path, store: ArtifactStore, *, changed_since: str | None = None,
@@ -181,7 +201,7 @@ def run_pipeline(templates_dir: Path, store: ArtifactStore, *, changed_since: st
     cache = BuildCache(cache_dir("builds"))
     build_root = toolchain_cache()
     build_root.mkdir(parents=True, exist_ok=True)
-    if signing is not None and not signing.provider.public_keys():
+    if signing is not None and signing.keyless is None and not signing.provider.public_keys():
         signing.provider.create()  # before the builds run in parallel: one first key, not one per thread
 
     def process(job: _Job) -> TemplateResult:
@@ -282,10 +302,9 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
                 r.evidence = {"signed": True, "reused": True}
             else:  # published but never signed (a crash, an unsigned run): sign it now
                 wasm = store.fetch_wasm(f"{t.name}@{hit.digest}")[1]
-                signature, attestations, sbom, records = _make_evidence(job, t, hit.digest, hit.build, signing, notify)
-                if engine is None or _artifact_gate(job, t, hit.digest, wasm, signature, attestations, records,
-                                                    signing, engine):
-                    _attach(job, t, stored, store, signature, attestations, sbom, records, signing)
+                again = _make_evidence(job, t, hit.digest, hit.build, signing, notify)
+                if engine is None or _artifact_gate(job, t, hit.digest, wasm, again, signing, engine):
+                    _attach(job, t, stored, store, again, signing)
         return
 
     cases = casetests.load_cases(t, job.display) if run_tests else []  # parsed only when building
@@ -328,17 +347,16 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
         "startedOn": _iso(started), "finishedOn": _iso(finished),
     }
     digest = digest_of(built.wasm)
-    made: tuple[ArtifactSignature, list[tuple[str, Envelope]], bytes, list[bytes]] | None = None
+    made: _Made | None = None
     if signing is not None:
         made = _make_evidence(job, t, digest, r.build, signing, notify)
-        if engine is not None and not _artifact_gate(job, t, digest, built.wasm, made[0], made[1], made[3], signing,
-                                                     engine):
+        if engine is not None and not _artifact_gate(job, t, digest, built.wasm, made, signing, engine):
             return  # refused before publication: nothing reaches the store
     notify(job.display, "publish")
     stored = _publish(t, store, built.wasm, origin)
     r.status, r.digest, r.size, r.ref = "built", stored.digest, stored.size, stored.ref
     if signing is not None and made is not None:
-        _attach(job, t, stored, store, *made, signing)
+        _attach(job, t, stored, store, made, signing)
     inputs = dict(built.inputs)
     inputs.setdefault(MANIFEST, t.manifest_sha256)
     cache.put(key, CacheEntry(digest=stored.digest, manifest_digest=stored.manifest_digest, size=stored.size,
@@ -346,7 +364,7 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
 
 
 def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], signing: Signing,
-                   notify: Progress) -> tuple[ArtifactSignature, list[tuple[str, Envelope]], bytes, list[bytes]]:
+                   notify: Progress) -> _Made:
     """The sbom and sign stages, in memory: SBOM, provenance, the signatures over them, and (with a
     transparency log) the log's record of each signature, taken before anything is published."""
     # Imported here: cyclonedx and prometheus cost ~90 ms at start-up, and unchanged runs never sign.
@@ -362,13 +380,16 @@ def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], s
     notify(job.display, "scan")
     scanned = _scan(job, bom, signing)
     notify(job.display, "sign")
+    predicates = ((CYCLONEDX_BOM, bom),
+                  (SLSA_PROVENANCE_V1, provenance_predicate(build, builder_id=signing.builder_id)),
+                  (SCAN_V1, scanned))
+    if signing.keyless is not None:
+        return _sign_keyless(job, t, digest, predicates, sbom, signing.keyless)
     provider = signing.provider
     signature = provider.sign_digest(bytes.fromhex(digest.split(":", 1)[1]))
     SIGNATURES.labels(provider=provider.name, kind="artifact").inc()
     attestations = []
-    for predicate_type, predicate in ((CYCLONEDX_BOM, bom),
-                                      (SLSA_PROVENANCE_V1, provenance_predicate(build, builder_id=signing.builder_id)),
-                                      (SCAN_V1, scanned)):
+    for predicate_type, predicate in predicates:
         statement = make_statement(t.name, digest, predicate_type, predicate)
         attestations.append((predicate_type, sign_envelope(INTOTO_PAYLOAD_TYPE, statement, provider)))
         SIGNATURES.labels(provider=provider.name, kind="attestation").inc()
@@ -388,7 +409,27 @@ def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], s
             raise BuildError(job.display, f"the transparency log {signing.tlog.url} refused or failed: {exc}") from None
         records = [a.entry.to_json() for a in added]
         job.result.evidence["tlog"] = {"log": signing.tlog.url, "indexes": [a.entry.log_index for a in added]}
-    return art, attestations, sbom, records
+    return _Made(art, attestations, sbom, records)
+
+
+def _sign_keyless(job: _Job, t: Template, digest: str, predicates: tuple[tuple[str, Any], ...], sbom: bytes,
+                  signer: KeylessSigner) -> _Made:
+    """The sign stage with Sigstore: one bundle over the digest and one DSSE bundle per statement, each
+    already in the instance's Rekor (the bundle holds the proof), under one short-lived certificate."""
+    from agentfactory.metrics import SIGNATURES
+
+    statements = [(p, make_statement(t.name, digest, p, predicate)) for p, predicate in predicates]
+    try:
+        signed = signer.sign(digest, statements)
+    except AgentFactoryError as exc:
+        raise BuildError(job.display, str(exc)) from None
+    SIGNATURES.labels(provider=signer.name, kind="artifact").inc()
+    SIGNATURES.labels(provider=signer.name, kind="attestation").inc(len(statements))
+    job.result.evidence = {"signed": True, "provider": signer.name, "identity": signed.identity.subject,
+                           "issuer": signed.identity.issuer, "attestations": [p for p, _ in statements],
+                           "tlog": {"log": f"sigstore {signer.instance} rekor", "indexes": signed.log_indexes}}
+    return _Made(None, [], sbom, bundles=signed.bundles,
+                 keyless=KeylessPolicy((signed.identity,), signer.instance))
 
 
 def _scan(job: _Job, bom: dict[str, Any], signing: Signing) -> dict[str, Any]:
@@ -410,28 +451,33 @@ def _scan(job: _Job, bom: dict[str, Any], signing: Signing) -> dict[str, Any]:
     return report.to_predicate()
 
 
-def _artifact_gate(job: _Job, t: Template, digest: str, wasm: bytes, signature: ArtifactSignature,
-                   attestations: list[tuple[str, Envelope]], records: list[bytes], signing: Signing,
+def _artifact_gate(job: _Job, t: Template, digest: str, wasm: bytes, made: _Made, signing: Signing,
                    engine: PolicyEngine) -> bool:
-    """The artifact policy before publish, asked through the one verifier on the evidence just made."""
-    found = Evidence(signatures=[("pipeline", signature.to_json())],
-                     attestations=[(f"pipeline ({p})", e.to_json()) for p, e in attestations],
-                     tlog=[("pipeline (tlog)", r) for r in records])
-    trust = from_public_keys(signing.provider.public_keys(), builders=(signing.builder_id,),
-                             log_keys=[signing.tlog_key_pem] if signing.tlog_key_pem else None)
+    """The artifact policy before publish, asked through the one verifier on the evidence just made.
+
+    Keyless: the trust is the identity that signed (as the certificate names it) and the instance's
+    trusted root, verified offline like everywhere else."""
+    found = Evidence(signatures=[("pipeline", made.signature.to_json())] if made.signature else [],
+                     attestations=[(f"pipeline ({p})", e.to_json()) for p, e in made.attestations],
+                     tlog=[("pipeline (tlog)", r) for r in made.records],
+                     bundles=[(f"pipeline (bundle: {p or 'signature'})", b) for p, b in made.bundles])
+    trust = from_public_keys([] if made.keyless else signing.provider.public_keys(), builders=(signing.builder_id,),
+                             log_keys=[signing.tlog_key_pem] if signing.tlog_key_pem and not made.keyless else None,
+                             keyless=made.keyless)
     verdict = verify(digest, wasm, found, trust, engine=engine, stage="dev", name=t.name, version=t.version)
     job.result.evidence["score"] = verdict.score
     job.result.errors.extend(f"{job.display}: {reason}" for reason in verdict.reasons)
     return verdict.allowed
 
 
-def _attach(job: _Job, t: Template, stored: StoredAgent, store: ArtifactStore, signature: ArtifactSignature,
-            attestations: list[tuple[str, Envelope]], sbom: bytes, records: list[bytes], signing: Signing) -> None:
+def _attach(job: _Job, t: Template, stored: StoredAgent, store: ArtifactStore, made: _Made, signing: Signing) -> None:
     from .sbom import release_path
 
-    evidence.attach(store, stored, signature, attestations, tlog_records=records)
+    if made.signature is not None:
+        evidence.attach(store, stored, made.signature, made.attestations, tlog_records=made.records)
+    evidence.attach_bundles(store, stored, made.bundles)
     if signing.sbom_dir is not None:
-        atomic_write(release_path(signing.sbom_dir, t.name, t.version), sbom)
+        atomic_write(release_path(signing.sbom_dir, t.name, t.version), made.sbom)
 
 
 def _publish(t: Template, store: ArtifactStore, wasm: bytes, origin: Origin) -> StoredAgent:

@@ -14,6 +14,7 @@ from ..evidence import Evidence, collect
 from ..fetchverify import verify_stored
 from ..fsutil import atomic_write
 from ..policy import PolicyEngine, RegoEngine
+from ..sigstore_bundles import KeylessIdentity, KeylessPolicy
 from ..store import ArtifactStore, open_store, split_reference
 from ..store.base import MAX_WASM_BYTES
 from ..trust import TrustPolicy, from_public_keys, load_trust_policy, to_yaml
@@ -130,9 +131,13 @@ def trust() -> None:
 @click.option("--repository", "repositories", multiple=True, help="Trusted source repository glob (repeatable).")
 @click.option("--tlog-key", "tlog_keys", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="A transparency log's public key (PEM; repeatable): every signature must then be in it.")
+@click.option("--keyless-identity", "keyless", multiple=True, metavar="ISSUER=SUBJECT",
+              help="Trust Sigstore keyless signatures by this identity (repeatable), e.g. "
+                   "https://token.actions.githubusercontent.com=https://github.com/OWNER/REPO/.github/workflows/"
+                   "release.yml@refs/heads/main.")
 @handle_errors
 def trust_init(provider: str | None, output: Path | None, builders: tuple[str, ...],
-               repositories: tuple[str, ...], tlog_keys: tuple[Path, ...]) -> None:
+               repositories: tuple[str, ...], tlog_keys: tuple[Path, ...], keyless: tuple[str, ...]) -> None:
     """Write a TrustPolicy that trusts the key provider's current keys (and the given transparency logs)."""
     from ..keys import open_provider
     from ..provenance import DEFAULT_BUILDER_ID
@@ -143,7 +148,17 @@ def trust_init(provider: str | None, output: Path | None, builders: tuple[str, .
     log_pems = [p.read_bytes()[:16384] for p in tlog_keys]
     for path, pem in zip(tlog_keys, log_pems, strict=True):
         load_log_public_key(pem, str(path))  # name the file that is not a log key
-    text = to_yaml(keys, builders or (DEFAULT_BUILDER_ID,), repositories or ("*",), log_pems)
+    identities = []
+    for item in keyless:
+        issuer, sep, subject = item.partition("=https://") if item.startswith("https://") else ("", "", "")
+        if not sep or not issuer or "=" in issuer:
+            from ..errors import InputError
+
+            raise InputError("--keyless-identity", f"{item!r}: write ISSUER=SUBJECT, e.g. "
+                                                   "https://token.actions.githubusercontent.com=https://github.com/…")
+        identities.append(KeylessIdentity(issuer=issuer, subject="https://" + subject))
+    policy = KeylessPolicy(identities=tuple(identities)) if identities else None
+    text = to_yaml(keys, builders or (DEFAULT_BUILDER_ID,), repositories or ("*",), log_pems, keyless=policy)
     if output:
         atomic_write(output, text.encode())
         err.print(f"wrote {output} ({len(keys)} keys)", markup=False)

@@ -3,6 +3,10 @@
 `open_provider()` picks one by name or `$AGENTFACTORY_KEY_PROVIDER`. The Transit provider is
 imported only when asked for: hvac (and requests) cost ~0.1 s of start-up that the local
 keyring, the webhook and the runtime do not need.
+
+Keyless Sigstore signing (`sigstore`, `sigstore_keyless.KeylessSigner`) is not a key provider: it
+holds no keys. The pipeline takes it with `--key-provider sigstore`; here the name is refused with
+what to use instead.
 """
 
 from __future__ import annotations
@@ -17,11 +21,12 @@ from .local import LocalKeyring
 if TYPE_CHECKING:
     from .vault import TransitKeyProvider
 
-__all__ = ["PROVIDERS", "PROVIDER_ENV", "KeyProvider", "KeyStatus", "LocalKeyring", "PublicKey", "Signature",
+__all__ = ["KEYLESS", "PROVIDERS", "PROVIDER_ENV", "KeyProvider", "KeyStatus", "LocalKeyring", "PublicKey", "Signature",
            "TransitKeyProvider", "key_id", "open_provider"]
 
 PROVIDER_ENV = "AGENTFACTORY_KEY_PROVIDER"
 PROVIDERS = ("local", "vault")
+KEYLESS = "sigstore"  # the pipeline's keyless signing; not a key provider
 
 
 def open_provider(name: str | None = None) -> KeyProvider:
@@ -38,6 +43,10 @@ def open_provider(name: str | None = None) -> KeyProvider:
 
         return TransitKeyProvider()
     source = "--provider" if name else PROVIDER_ENV
+    if chosen == KEYLESS:
+        raise ConfigError(f"{source}={chosen!r}: keyless Sigstore signing holds no keys, so it cannot list, rotate "
+                          "or revoke them, nor be a trust policy's keys; use it for `pipeline run --key-provider "
+                          "sigstore`, and verify with a trust policy naming the signer (spec.keyless, docs/keys.md)")
     raise ConfigError(f"{source}={chosen!r}: unknown key provider; use one of {', '.join(PROVIDERS)}")
 
 
