@@ -25,6 +25,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import write_results  # noqa: E402
 
 from agentfactory.scan.osv import OsvDatabase  # noqa: E402
+from agentfactory.scan.report import Gate, VexSource, scan  # noqa: E402
+from agentfactory.scan.vex import parse_vex  # noqa: E402
 
 RECORDS_PER_ECOSYSTEM = 4000
 COMPONENTS = 1000
@@ -73,6 +75,41 @@ def sbom() -> tuple[dict[str, Any], int]:
     return {"bomFormat": "CycloneDX", "specVersion": "1.6", "components": components}, affected
 
 
+class _Warm:
+    """The warm database as a scanner (the pipeline's OsvScanner, without re-opening the folder)."""
+
+    name = "osv"
+
+    def __init__(self, db: OsvDatabase) -> None:
+        self.db = db
+
+    def scan(self, bom: dict[str, Any], sbom_path: Path) -> Any:
+        from agentfactory.scan.base import ScannerInfo, ScanResult
+
+        findings, unscanned = self.db.scan_sbom(bom)
+        return ScanResult(findings, unscanned, ScannerInfo("agentfactory-osv", "bench"))
+
+
+def whole_scan(db: OsvDatabase, bom: dict[str, Any], findings: list[Any]) -> tuple[float, int]:
+    """What the pipeline's scan stage does: match, merge, apply VEX (half the findings answered), gate,
+    and the predicate it signs."""
+    statements = [{"vulnerability": {"name": f.id}, "products": [{"@id": "pkg:oci/bench"}],
+                   "status": "not_affected", "justification": "vulnerable_code_not_in_execute_path"}
+                  for f in findings[: len(findings) // 2]]
+    doc = {"@context": "https://openvex.dev/ns/v0.2.0", "@id": "bench", "author": "bench",
+           "timestamp": "2026-01-01T00:00:00Z", "version": 1, "statements": statements}
+    vex = [(VexSource("bench.json", "sha256:0", len(statements)), parse_vex(json.dumps(doc).encode(), "bench"))]
+    times, suppressed = [], 0
+    for _ in range(REPEAT):
+        start = time.perf_counter()
+        report = scan(bom, [_Warm(db)], subject="pkg:oci/bench@sha256:" + "0" * 64, vex=vex)  # type: ignore[list-item]
+        Gate().blocking(report.findings)
+        report.to_predicate()
+        times.append(time.perf_counter() - start)
+        suppressed = sum(f.suppressed for f in report.findings)
+    return statistics.median(times), suppressed
+
+
 def timed(fn: Any) -> tuple[float, Any]:
     start = time.perf_counter()
     out = fn()
@@ -96,12 +133,14 @@ def main() -> None:
             t, (findings, unscanned) = timed(lambda: warm.scan_sbom(bom))
             scan_times.append(t)
         assert len(findings) == expected and not unscanned, (len(findings), expected, unscanned[:3])
+        whole_s, suppressed = whole_scan(warm, bom, findings)
         cache_bytes = sum(p.stat().st_size for p in cache.iterdir())
     warm_s, scan_s = statistics.median(warm_times), statistics.median(scan_times)
     result = {
         "records": count, "components": COMPONENTS, "findings": len(findings),
         "index_build_cold_s": round(cold, 3), "open_warm_median_s": round(warm_s, 4),
         "scan_sbom_median_s": round(scan_s, 4), "scan_target_s": 1.0, "scan_within_target": scan_s <= 1.0,
+        "whole_scan_median_s": round(whole_s, 4), "vex_statements": len(findings) // 2, "suppressed": suppressed,
         "cache_bytes": cache_bytes, "repeat": REPEAT,
         "python": platform.python_version(), "machine": platform.machine(),
     }
@@ -116,6 +155,8 @@ def main() -> None:
         f"| index build, cold (read and validate every record, write the cache) | {cold:.3f} |",
         f"| open, warm (fingerprint the folder, read the {cache_bytes // 1024} KiB cache) | {warm_s:.4f} |",
         f"| scan of the {COMPONENTS}-component SBOM (target ≤ 1 s) | {scan_s:.4f} |",
+        f"| the same, whole: match, merge, {len(findings) // 2} VEX statements applied, gate, attestation "
+        f"predicate ({suppressed} suppressed) | {whole_s:.4f} |",
         "",
     ]
     write_results("scan", result, lines)
