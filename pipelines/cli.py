@@ -106,6 +106,9 @@ def summary_table(report: PipelineReport) -> Table:
 @click.option("--vex", "vex", multiple=True, type=click.Path(exists=True, path_type=Path),
               help="Signed VEX document, or a folder of them (repeatable); signer must be a pipeline key.")
 @click.option("--allow-unsigned-vex", is_flag=True, help="Also believe plain (unsigned) VEX documents.")
+@click.option("--vex-trust-policy", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              envvar="AGENTFACTORY_TRUST_POLICY",
+              help="The TrustPolicy whose keys and keyless identities may sign VEX (default: the signing keys).")
 @click.option("--fail-on", type=click.Choice(FAIL_ON), default=None,
               help="Lowest severity that blocks (default: the artifact policy's blocking_severities: high).")
 @click.option("--ignore-unfixed", is_flag=True, default=None,
@@ -116,10 +119,9 @@ def summary_table(report: PipelineReport) -> Table:
 @handle_errors
 def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tests: bool, provider: str | None,
         sigstore_instance: str, builder_id: str, sbom_dir: Path | None, no_sign: bool, tlog_url: str,
-        tlog_key: Path | None,
-        scanners: tuple[str, ...], osv_db: Path | None, vex: tuple[Path, ...], allow_unsigned_vex: bool,
-        fail_on: str | None, ignore_unfixed: bool | None, policies_dir: Path | None, store_url: str | None,
-        as_json: bool) -> None:
+        tlog_key: Path | None, scanners: tuple[str, ...], osv_db: Path | None, vex: tuple[Path, ...],
+        allow_unsigned_vex: bool, vex_trust_policy: Path | None, fail_on: str | None, ignore_unfixed: bool | None,
+        policies_dir: Path | None, store_url: str | None, as_json: bool) -> None:
     """Discover → validate → build → test → sbom → scan → sign → log → publish every template.
 
     Exit code 0 when every template built or was unchanged, 1 when any failed.
@@ -131,15 +133,21 @@ def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tes
         overrides["blocking_severities"] = Gate(fail_on).severities
     if ignore_unfixed:
         overrides["ignore_unfixed"] = True
+    # A policy that does not compile refuses every template, saying why.
+    engine = RegoEngine(policies_dir, config=overrides)
     if not no_sign:
-        scanning = Scanning(scanners, osv_db, vex, not allow_unsigned_vex, fail_on or "high", bool(ignore_unfixed))
+        # The human report shows the gate the artifact policy will apply (its config, with the overrides).
+        gate = Gate.from_policy(engine.data.get("agentfactory", {}).get("config") if isinstance(engine.data, dict)
+                                else None)
+        from agentfactory.trust import load_trust_policy
+
+        scanning = Scanning(scanners, osv_db, vex, not allow_unsigned_vex, gate.fail_on, gate.ignore_unfixed,
+                            gate.exactly, load_trust_policy(vex_trust_policy) if vex_trust_policy else None)
         if provider == KEYLESS:
             signing = _keyless_signing(sigstore_instance, builder_id, sbom_dir, tlog_url, scanning)
         else:
             tlog, tlog_pem = open_tlog(tlog_url, tlog_key)
             signing = Signing(open_provider(provider), builder_id, sbom_dir, tlog, tlog_pem, scanning)
-    # A policy that does not compile refuses every template, saying why.
-    engine = RegoEngine(policies_dir, config=overrides)
     board = _LiveBoard() if not as_json and err.is_terminal else None
     if board:
         with board.live:

@@ -36,7 +36,7 @@ from agentfactory.sigstore_bundles import KeylessPolicy
 from agentfactory.store import ArtifactStore, StoredAgent
 from agentfactory.template import MANIFEST, Template, discover, load_template
 from agentfactory.tlog.base import LogError, TransparencyLog
-from agentfactory.trust import from_public_keys
+from agentfactory.trust import TrustPolicy, from_public_keys
 from agentfactory.verifier import record_decision, verify
 from agentfactory.wasm import ModuleInfo, inspect
 
@@ -118,6 +118,8 @@ class Scanning:
     require_signed_vex: bool = True
     fail_on: str = "high"  # only for the human report; the artifact policy decides
     ignore_unfixed: bool = False  # likewise
+    exactly: tuple[str, ...] | None = None  # the policy's blocking severities, when not "fail_on and above"
+    vex_trust: TrustPolicy | None = None  # whose signed VEX is believed; None: the signing keys'
 
 
 class _Scanners:
@@ -442,10 +444,10 @@ def _scan(job: _Job, bom: dict[str, Any], signing: Signing) -> dict[str, Any]:
     from agentfactory.scan.vexdocs import load_vex
 
     cfg = signing.scanning
-    trust = from_public_keys(signing.provider.public_keys(), builders=(signing.builder_id,))
+    trust = cfg.vex_trust or from_public_keys(signing.provider.public_keys(), builders=(signing.builder_id,))
     vex = load_vex(list(cfg.vex), trust=trust, require_signed=cfg.require_signed_vex) if cfg.vex else []
     report = scan(bom, signing.scanners.get(cfg), subject=subject_of(bom, f"{job.display} (generated SBOM)"), vex=vex)
-    gate = Gate(cfg.fail_on, cfg.ignore_unfixed)
+    gate = Gate(cfg.fail_on, cfg.ignore_unfixed, cfg.exactly)
     job.result.scan = report.to_json(gate)
     job.result.scan_lines = render_text(report, gate)
     return report.to_predicate()

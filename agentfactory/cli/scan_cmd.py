@@ -192,16 +192,31 @@ def vex() -> None:
 @click.argument("document", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the signed envelope here (default: DOCUMENT with .dsse.json).")
-@provider_option
+@click.option("--key-provider", "provider", type=click.Choice(["local", "vault", "sigstore"]), default=None,
+              help="Who signs: the local keyring (default), Vault Transit, or Sigstore keyless (GitHub Actions OIDC; "
+                   "writes a Sigstore bundle).")
+@click.option("--sigstore-instance", type=click.Choice(["production", "staging"]), default="production",
+              show_default=True, help="With --key-provider sigstore: the Sigstore instance.")
 @handle_errors
-def vex_sign(document: Path, output: Path | None, provider: str | None) -> None:
-    """Sign an OpenVEX or CycloneDX VEX document (checked first) as a DSSE-enveloped in-toto statement,
-    the form `pipeline run --vex` believes when the signer's key is trusted."""
+def vex_sign(document: Path, output: Path | None, provider: str | None, sigstore_instance: str) -> None:
+    """Sign an OpenVEX or CycloneDX VEX document (checked first) as an in-toto statement: a DSSE
+    envelope by a key, or a Sigstore bundle signed keylessly; `pipeline run --vex` believes either
+    when the trust policy trusts the signer."""
     from ..keys import open_provider
     from ..scan.vex import MAX_VEX_BYTES
-    from ..scan.vexdocs import sign_vex
+    from ..scan.vexdocs import sign_vex, vex_statement
 
     data = document.read_bytes()[: MAX_VEX_BYTES + 1]
+    if provider == "sigstore":
+        from ..keys.sigstore_keyless import KeylessSigner
+
+        statement = vex_statement(data, str(document))  # checked before an identity token is asked for
+        signer = KeylessSigner("staging" if sigstore_instance == "staging" else "production")
+        bundle = signer.sign_statement(statement)
+        target = output or document.with_name(document.name.removesuffix(".json") + ".sigstore.json")
+        atomic_write(target, bundle)
+        err.print(f"signed {document} keylessly as {signer.token_identity} → {target}", markup=False)
+        return
     keys = open_provider(provider)
     if not keys.public_keys():
         keys.create()

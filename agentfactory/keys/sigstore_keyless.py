@@ -136,6 +136,25 @@ class KeylessSigner:
         return KeylessBundles(bundles, identity, [i for _, b in bundles if (i := _log_index(b)) is not None])
 
 
+    def sign_statement(self, statement: bytes) -> bytes:
+        """One in-toto statement as a Sigstore DSSE bundle (a signed VEX document, for instance)."""
+        from sigstore.dsse import Statement
+
+        with self._lock:
+            try:
+                if not self._token.in_validity_period():
+                    self._token = self._fresh_token()
+                with self._signing_context().signer(self._token) as signer:
+                    bundle = signer.sign_dsse(Statement(statement))
+            except AgentFactoryError:
+                raise
+            except Exception as exc:
+                raise KeylessSigningError(f"keyless signing with the Sigstore {self.instance} instance failed "
+                                          f"(it needs Fulcio, Rekor and the instance's TUF repository): "
+                                          f"{_why(exc)}") from None
+        return bundle.to_json().encode()
+
+
 def _why(exc: BaseException) -> str:
     """The error and what caused it (sigstore wraps network failures: "Failed to refresh TUF metadata")."""
     parts: list[str] = []

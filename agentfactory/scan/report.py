@@ -63,14 +63,31 @@ class Gate:
 
     fail_on: str = "high"
     ignore_unfixed: bool = False
+    exactly: tuple[str, ...] | None = None  # the policy's own list, when it is not "this and above"
 
     def __post_init__(self) -> None:
         if self.fail_on not in FAIL_ON:
             raise ConfigError(f"--fail-on {self.fail_on!r}: choose one of {', '.join(FAIL_ON)}")
 
+    @classmethod
+    def from_policy(cls, config: Any) -> Gate:
+        """The gate the artifact policy's config describes (blocking_severities, ignore_unfixed), so a
+        report says what the policy will decide."""
+        cfg = config if isinstance(config, dict) else {}
+        listed = cfg.get("blocking_severities")
+        severities = tuple(str(x).lower() for x in listed) if isinstance(listed, list) else ("high", "critical")
+        unfixed = cfg.get("ignore_unfixed") is True
+        for level in FAIL_ON:
+            if sorted(severities) == sorted(cls(level).severities):
+                return cls(level, unfixed)
+        lowest = min(severities, key=severity_rank, default="none")
+        return cls(lowest if lowest in FAIL_ON else "none", unfixed, exactly=severities)
+
     @property
     def severities(self) -> list[str]:
         """The severities that block, as the artifact policy's blocking_severities."""
+        if self.exactly is not None:
+            return list(self.exactly)
         if self.fail_on == "none":
             return []
         if self.fail_on == "unknown":

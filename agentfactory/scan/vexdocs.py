@@ -1,5 +1,6 @@
-"""VEX documents as files: plain, or signed in a DSSE envelope (as `vexctl attest` and
-`agentfactory vex sign` write them), and which ones a gate may believe.
+"""VEX documents as files: plain, signed in a DSSE envelope (as `vexctl attest` and
+`agentfactory vex sign` write them) or in a Sigstore bundle (keyless, `vex sign --key-provider
+sigstore` in GitHub Actions), and which ones a gate may believe.
 
 A VEX statement turns a blocking finding into an allowed one, so it is as powerful as a key: the
 pipeline accepts only signed VEX whose signer the trust policy lists (a plain document is refused
@@ -23,6 +24,7 @@ from .report import VexSource
 from .vex import MAX_VEX_BYTES, VexStatement, parse_cyclonedx_vex, parse_openvex, parse_vex
 
 OPENVEX_PREDICATE = "https://openvex.dev/ns/v0.2.0"
+SIGSTORE_BUNDLE = "application/vnd.dev.sigstore.bundle"
 MAX_VEX_FILES = 1000
 
 
@@ -73,14 +75,15 @@ def load_vex(paths: list[Path], *, trust: TrustPolicy | None,
             head = json.loads(data)
         except ValueError:
             head = None
-        if isinstance(head, dict) and "payloadType" in head:
+        if isinstance(head, dict) and str(head.get("mediaType", "")).startswith(SIGSTORE_BUNDLE):
+            statements, signer = _keyless(data, where, trust)
+            loaded.append((VexSource(where, digest, len(statements), signed_by=signer), statements))
+        elif isinstance(head, dict) and "payloadType" in head:
             envelope = parse_envelope(data, where)
             if envelope.payload_type != INTOTO_PAYLOAD_TYPE:
                 raise InputError(where, f"payloadType {envelope.payload_type!r} is not an in-toto statement")
             statement = parse_statement(envelope.payload, where)
-            if not statement.predicate_type.startswith(("https://openvex.dev/ns", "https://cyclonedx.org/vex")):
-                raise InputError(where, f"the signed statement's predicateType {statement.predicate_type!r} is not "
-                                        "OpenVEX or CycloneDX VEX")
+            _check_predicate_type(statement.predicate_type, where)
             if trust is None:
                 raise InputError(where, "a signed VEX document needs a trust policy to check its signer")
             problem, key = envelope_signer(envelope, trust)
@@ -97,14 +100,41 @@ def load_vex(paths: list[Path], *, trust: TrustPolicy | None,
     return loaded
 
 
-def sign_vex(data: bytes, where: str, provider: KeyProvider) -> bytes:
-    """A DSSE envelope of an in-toto statement whose predicate is the VEX document (checked first)."""
+def _keyless(data: bytes, where: str, trust: TrustPolicy | None) -> tuple[list[VexStatement], str]:
+    """A VEX statement in a Sigstore DSSE bundle (signed keylessly, e.g. in GitHub Actions), verified
+    offline for an identity the trust policy's `keyless` section names."""
+    from ..sigstore_bundles import verify_dsse_bundle
+
+    if trust is None or not trust.keyless.identities:
+        raise InputError(where, "a keyless (Sigstore) VEX bundle needs keyless identities in the trust policy "
+                                "(spec.keyless; `agentfactory trust init --keyless-identity ISSUER=SUBJECT`)")
+    verified = verify_dsse_bundle(data, trust.keyless, where=where)
+    if isinstance(verified, str):
+        raise InputError(where, f"the VEX bundle is not trusted: {verified}")
+    if verified.payload_type != INTOTO_PAYLOAD_TYPE:
+        raise InputError(where, f"payloadType {verified.payload_type!r} is not an in-toto statement")
+    statement = parse_statement(verified.payload, where)
+    _check_predicate_type(statement.predicate_type, where)
+    return _statements_of(statement.predicate, where), f"{verified.identity.subject} ({verified.identity.issuer})"
+
+
+def _check_predicate_type(predicate_type: str, where: str) -> None:
+    if not predicate_type.startswith(("https://openvex.dev/ns", "https://cyclonedx.org/vex")):
+        raise InputError(where, f"the signed statement's predicateType {predicate_type!r} is not OpenVEX or "
+                                "CycloneDX VEX")
+
+
+def vex_statement(data: bytes, where: str) -> bytes:
+    """The in-toto statement a signed VEX document is: the document as predicate, checked first."""
     statements = parse_vex(data, where)
     if not statements:
         raise InputError(where, "the VEX document has no statements")
     doc = json.loads(data)
     predicate_type = OPENVEX_PREDICATE if "@context" in doc else "https://cyclonedx.org/vex"
     name = str(doc.get("@id") or doc.get("serialNumber") or Path(where).name)
-    statement = make_statement(name, "sha256:" + hashlib.sha256(canonical_json(doc)).hexdigest(),
-                               predicate_type, doc)
-    return sign_envelope(INTOTO_PAYLOAD_TYPE, statement, provider).to_json()
+    return make_statement(name, "sha256:" + hashlib.sha256(canonical_json(doc)).hexdigest(), predicate_type, doc)
+
+
+def sign_vex(data: bytes, where: str, provider: KeyProvider) -> bytes:
+    """A DSSE envelope of an in-toto statement whose predicate is the VEX document (checked first)."""
+    return sign_envelope(INTOTO_PAYLOAD_TYPE, vex_statement(data, where), provider).to_json()

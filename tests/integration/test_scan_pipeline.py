@@ -220,6 +220,30 @@ def test_unsigned_vex_is_believed_when_allowed(fresh: tuple[Path, ArtifactStore,
     assert verdict.allowed, verdict.reasons
 
 
+def test_vex_signed_by_a_key_of_the_given_trust_policy(fresh: tuple[Path, ArtifactStore, LocalKeyring],
+                                                       engine: RegoEngine, tmp_path: Path) -> None:
+    """A security team's key (not the pipeline's) signs VEX; the pipeline believes it only when the trust
+    policy it is given (--vex-trust-policy) lists that key."""
+    from agentfactory.scan.vexdocs import sign_vex
+
+    templates, store, keyring = fresh
+    team = LocalKeyring(tmp_path / "team-keys")
+    team.create()
+    signed = tmp_path / "vex" / "htmlpage.dsse.json"
+    signed.parent.mkdir()
+    signed.write_bytes(sign_vex(EXAMPLE_VEX.read_bytes(), str(EXAMPLE_VEX), team))
+    refused = run_pipeline(templates, store, engine=engine,
+                           signing=Signing(keyring, scanning=Scanning(vex=(signed.parent,))))
+    (error,) = assert_refused_and_unpublished(refused, store).errors
+    assert "the VEX signature is not trusted" in error and "which the trust policy does not list" in error
+    team_policy = from_public_keys(team.public_keys())
+    report = run_pipeline(templates, store, engine=engine,
+                          signing=Signing(keyring, scanning=Scanning(vex=(signed.parent,), vex_trust=team_policy)))
+    assert report.ok, errors_of(report)
+    (result,) = report.templates
+    assert result.scan is not None and result.scan["vex"][0]["signedBy"] == team.public_keys()[0].key_id
+
+
 def test_vex_for_another_product_does_not_help_and_is_reported(fresh: tuple[Path, ArtifactStore, LocalKeyring],
                                                                engine: RegoEngine, tmp_path: Path) -> None:
     templates, store, keyring = fresh

@@ -514,3 +514,19 @@ def test_an_external_scanner_named_but_not_installed_is_an_error(scanner: type[G
         pytest.skip(f"{scanner.program} is installed here")
     with pytest.raises(ScannerUnavailable, match=f"{scanner.program} is not on PATH"):
         open_scanners([scanner.program])
+
+
+@pytest.mark.parametrize(("config", "fail_on", "unfixed", "severities"), [
+    ({}, "high", False, ["high", "critical"]),
+    ({"blocking_severities": ["high", "critical"]}, "high", False, ["high", "critical"]),
+    ({"blocking_severities": ["critical"], "ignore_unfixed": True}, "critical", True, ["critical"]),
+    ({"blocking_severities": ["medium", "high", "critical"]}, "medium", False, ["medium", "high", "critical"]),
+    ({"blocking_severities": []}, "none", False, []),
+    ({"blocking_severities": ["low", "critical"]}, "low", False, ["low", "critical"]),  # not "low and above"
+    (None, "high", False, ["high", "critical"]),
+])
+def test_the_gate_of_the_artifact_policy(config: Any, fail_on: str, unfixed: bool, severities: list[str]) -> None:
+    gate = Gate.from_policy(config)
+    assert (gate.fail_on, gate.ignore_unfixed, sorted(gate.severities)) == (fail_on, unfixed, sorted(severities))
+    medium = Finding("CVE-1", "pkg:npm/x@1", "1", severity="medium")
+    assert gate.blocks(medium) == ("medium" in severities)

@@ -298,3 +298,41 @@ def test_sign_vex_refuses_what_is_not_a_vex_document(ring: LocalKeyring, documen
     with pytest.raises(InputError) as exc:
         sign_vex(document, "doc.json", ring)
     assert str(exc.value).startswith("doc.json") and message in str(exc.value)
+
+
+SIGSTORE_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "sigstore"
+
+
+def test_a_keyless_bundle_needs_keyless_identities(tmp_path: Path, trust: TrustPolicy) -> None:
+    bundle = tmp_path / "vex.sigstore.json"
+    bundle.write_bytes((SIGSTORE_FIXTURES / "new_bundle.txt.sigstore.json").read_bytes())
+    with pytest.raises(InputError, match="needs keyless identities in the trust policy"):
+        load_vex([bundle], trust=trust, require_signed=True)
+
+
+def test_a_keyless_bundle_that_is_not_a_dsse_statement_is_refused(tmp_path: Path, ring: LocalKeyring) -> None:
+    from agentfactory.sigstore_bundles import KeylessIdentity, KeylessPolicy
+
+    # A real keyless bundle from the public Sigstore instance, by a trusted identity, but over a file's
+    # digest: a signature, not a signed VEX statement.
+    bundle = tmp_path / "vex.sigstore.json"
+    bundle.write_bytes((SIGSTORE_FIXTURES / "new_bundle.txt.sigstore.json").read_bytes())
+    keyless = KeylessPolicy((KeylessIdentity("https://github.com/login/oauth", "aryadeeptade@gmail.com"),))
+    policy = from_public_keys(ring.public_keys(), keyless=keyless)
+    with pytest.raises(InputError) as exc:
+        load_vex([bundle], trust=policy, require_signed=True)
+    assert str(bundle) in str(exc.value) and "not a DSSE attestation" in str(exc.value)
+
+
+def test_keyless_vex_signing_needs_an_ambient_identity(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from agentfactory.cli.scan_cmd import vex
+
+    for name in ("ACTIONS_ID_TOKEN_REQUEST_URL", "ACTIONS_ID_TOKEN_REQUEST_TOKEN", "SIGSTORE_ID_TOKEN",
+                 "GITHUB_ACTIONS"):
+        monkeypatch.delenv(name, raising=False)
+    done = CliRunner().invoke(vex, ["sign", str(EXAMPLE_VEX), "--key-provider", "sigstore", "-o",
+                                    str(tmp_path / "out.json")])
+    assert done.exit_code == 2 and "no ambient OIDC identity" in done.output, done.output
+    assert not (tmp_path / "out.json").exists()
