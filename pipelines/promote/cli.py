@@ -8,7 +8,9 @@ environment repository, metrics given wrongly), 3 a conflict with another promot
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 from rich.table import Table
@@ -30,6 +32,7 @@ from .envrepo import PromotionConflict
 from .promote import Context, Outcome, Refused
 
 EXIT_CONFLICT = 3
+F = TypeVar("F", bound=Callable[..., Any])
 
 stages_option = click.option("--stages", "stages_path", type=click.Path(dir_okay=False, path_type=Path),
                              default=None, envvar="AGENTFACTORY_STAGES",
@@ -37,6 +40,15 @@ stages_option = click.option("--stages", "stages_path", type=click.Path(dir_okay
 env_option = click.option("--env-repo", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
                           envvar="AGENTFACTORY_ENV_REPO", show_default=True,
                           help="Working copy of the environment repository (default: this repository).")
+
+
+def environment_options(func: F) -> F:
+    """What every command deciding on the environment takes: the stage graph, the environment
+    repository, the trust policy and its keys, the Rego policies, the store, --json; errors handled."""
+    for decorate in (handle_errors, json_option, store_option, policies_option, provider_option, policy_option,
+                     env_option, stages_option):
+        func = decorate(func)
+    return func
 
 
 def _context(stages_path: Path | None, env_repo: Path, store_url: str | None, policy_path: Path | None,
@@ -116,14 +128,7 @@ def _print(o: Outcome, indent: str = "") -> None:
               help="A runtime's /metrics URL (repeatable): scraped at the start and the end of the window.")
 @click.option("--branch", default=None, help="Commit on this new branch (for a pull request), not the current one.")
 @click.option("--push", is_flag=True, help="Fetch first, then push the commit to the branch's remote.")
-@stages_option
-@env_option
-@policy_option
-@provider_option
-@policies_option
-@store_option
-@json_option
-@handle_errors
+@environment_options
 def promote_cmd(agent: str, to: str, digest: str | None, approved_by: str | None, window: str | None,
                 prometheus: str | None, runtime_urls: tuple[str, ...], branch: str | None, push: bool,
                 stages_path: Path | None, env_repo: Path, policy_path: Path | None, provider: str | None,
@@ -158,14 +163,7 @@ def promote_cmd(agent: str, to: str, digest: str | None, approved_by: str | None
 @click.option("--reason", default="manual rollback", show_default=True, help="Recorded in the commit.")
 @click.option("--branch", default=None, help="Commit on this new branch (for a pull request).")
 @click.option("--push", is_flag=True, help="Fetch first, then push the commit.")
-@stages_option
-@env_option
-@policy_option
-@provider_option
-@policies_option
-@store_option
-@json_option
-@handle_errors
+@environment_options
 def rollback_cmd(agent: str, stage: str, reason: str, branch: str | None, push: bool, stages_path: Path | None,
                  env_repo: Path, policy_path: Path | None, provider: str | None, policies_dir: Path | None,
                  store_url: str | None, as_json: bool) -> None:
@@ -182,14 +180,7 @@ def rollback_cmd(agent: str, stage: str, reason: str, branch: str | None, push: 
 
 @click.command("status")
 @click.option("--no-verify", is_flag=True, help="Do not re-verify each placement (faster).")
-@stages_option
-@env_option
-@policy_option
-@provider_option
-@policies_option
-@store_option
-@json_option
-@handle_errors
+@environment_options
 def status_cmd(no_verify: bool, stages_path: Path | None, env_repo: Path, policy_path: Path | None,
                provider: str | None, policies_dir: Path | None, store_url: str | None, as_json: bool) -> None:
     """Agents by stages: version, digest, verdict now, and since when. Exit 1 when a placement no longer verifies."""
