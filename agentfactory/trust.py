@@ -10,9 +10,10 @@ provider's keys, the local pipeline builder and any repository — fine on a lap
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jsonschema
 import yaml
@@ -173,13 +174,8 @@ def load_trust_policy(path: Path) -> TrustPolicy:
     keys: dict[str, TrustedKey] = {}
     for i, k in enumerate(spec["keys"]):
         loc = f"{where}:{doc.line_of(('spec', 'keys', i))}"
-        try:
-            public = load_public_key(_pem_of(path, k), loc)
-        except OSError as exc:
-            problems.append(InputError(loc, f"publicKeyFile: {exc.strerror}"))
-            continue
-        except InputError as exc:
-            problems.append(exc)
+        public = _read_key(path, k, loc, load_public_key, problems)
+        if public is None:
             continue
         kid = key_id(public)
         if k.get("keyId") and k["keyId"] != kid:
@@ -201,18 +197,28 @@ def _pem_of(policy_path: Path, entry: dict[str, Any]) -> bytes:
     return str(entry["publicKey"]).encode()
 
 
+K = TypeVar("K")
+
+
+def _read_key(path: Path, entry: dict[str, Any], loc: str, load: Callable[[bytes, str], K],
+              problems: list[InputError]) -> K | None:
+    """The entry's key through `load`, or None with the problem recorded (an unreadable file, a bad key)."""
+    try:
+        return load(_pem_of(path, entry), loc)
+    except OSError as exc:
+        problems.append(InputError(loc, f"publicKeyFile: {exc.strerror}"))
+    except InputError as exc:
+        problems.append(exc)
+    return None
+
+
 def _load_logs(path: Path, doc: Located, entries: list[dict[str, Any]],
                problems: list[InputError]) -> dict[str, ec.EllipticCurvePublicKey]:
     logs: dict[str, ec.EllipticCurvePublicKey] = {}
     for i, entry in enumerate(entries):
         loc = f"{path}:{doc.line_of(('spec', 'transparencyLogs', i))}"
-        try:
-            key = load_log_public_key(_pem_of(path, entry), loc)
-        except OSError as exc:
-            problems.append(InputError(loc, f"publicKeyFile: {exc.strerror}"))
-            continue
-        except InputError as exc:
-            problems.append(exc)
+        key = _read_key(path, entry, loc, load_log_public_key, problems)
+        if key is None:
             continue
         log_id = log_id_of(key)
         if entry.get("logId") and entry["logId"] != log_id:

@@ -25,7 +25,6 @@ import ssl
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -39,18 +38,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import TRIVIAL_WAT, ms, percentile, stop, summary_ms, write_results  # noqa: E402
+from common import TRIVIAL_WAT, bench_home, ms, percentile, stop, summary_ms, write_results  # noqa: E402
 
 from admission.cli import build_admitter  # noqa: E402
 from admission.config import load_config  # noqa: E402
 from admission.decide import Admitter  # noqa: E402
 from admission.review import parse_review, response  # noqa: E402
-from agentfactory.keys.local import LocalKeyring  # noqa: E402
-from agentfactory.policy import RegoEngine  # noqa: E402
 from agentfactory.provenance import DEFAULT_BUILDER_ID  # noqa: E402
-from agentfactory.store import open_store  # noqa: E402
 from agentfactory.trust import to_yaml  # noqa: E402
-from pipelines.run import Signing, run_pipeline  # noqa: E402
+from pipelines.run import run_pipeline  # noqa: E402
 
 TEMPLATES = ROOT / "templates"
 EXAMPLES = sorted(p.name for p in TEMPLATES.iterdir() if (p / "agent.yaml").is_file())
@@ -874,20 +870,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     load_before = os.getloadavg()
-    os.environ.setdefault("AGENTFACTORY_TOOLCHAIN_CACHE", str(ROOT / ".agentfactory/cache/toolchain-tests"))
-    with tempfile.TemporaryDirectory(prefix="af-bench-admission-") as tmp:
-        base = Path(tmp)
-        home = base / "home"
-        os.environ["AGENTFACTORY_HOME"] = str(home)
-        store_path = home / "store"
-        store = open_store(f"oci-layout:{store_path}")
-        keyring = LocalKeyring(home / "keys")
-        engine = RegoEngine(ROOT / "policies")
-        started = time.perf_counter()
-        report = run_pipeline(TEMPLATES, store, signing=Signing(keyring), engine=engine)
-        pipeline_s = time.perf_counter() - started
-        if not report.ok:
-            raise SystemExit(f"pipeline failed: {[(t.name, t.errors) for t in report.templates if t.errors]}")
+    with bench_home("af-bench-admission-") as h:
+        base, store_path, store, keyring = h.base, h.store_path, h.store, h.keyring
+        pipeline_s = h.publish(TEMPLATES)
         write_unsigned(base / "unsigned")
         report = run_pipeline(base / "unsigned", store, run_tests=False, signing=None)
         if any(t.errors for t in report.templates):

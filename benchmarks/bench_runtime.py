@@ -24,7 +24,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -38,15 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import TRIVIAL_WAT, ms, percentile, stop, summary_ms, write_results  # noqa: E402
+from common import TRIVIAL_WAT, bench_home, ms, percentile, stop, summary_ms, write_results  # noqa: E402
 
-from agentfactory.keys.local import LocalKeyring  # noqa: E402
 from agentfactory.policy import RegoEngine  # noqa: E402
 from agentfactory.provenance import DEFAULT_BUILDER_ID  # noqa: E402
-from agentfactory.store import ArtifactStore, open_store  # noqa: E402
+from agentfactory.store import ArtifactStore  # noqa: E402
 from agentfactory.trust import TrustPolicy, from_public_keys, to_yaml  # noqa: E402
 from benchmarks.kernels.build import KERNEL_DIR, KERNELS, build, parse_output  # noqa: E402
-from pipelines.run import Signing, run_pipeline  # noqa: E402
 from sandbox_runtime import sandbox  # noqa: E402
 from sandbox_runtime.engine import make_config  # noqa: E402
 from sandbox_runtime.runtime import Runtime, RuntimeConfig  # noqa: E402
@@ -145,6 +142,7 @@ def write_templates(folder: Path) -> None:
         t = folder / kernel_agent(kernel)
         (t / "src").mkdir(parents=True)
         shutil.copyfile(KERNEL_DIR / f"{kernel}.c", t / "src" / f"{kernel}.c")
+        shutil.copyfile(KERNEL_DIR / "harness.h", t / "src" / "harness.h")
         (t / "agent.yaml").write_text(_agent_yaml(kernel_agent(kernel), "c", f"src/{kernel}.c", 64, 30000, 4,
                                                   f"Benchmark kernel {kernel}: prints its checksum and compute time."))
     t = folder / TRIVIAL
@@ -494,21 +492,10 @@ def markdown(result: dict[str, Any]) -> list[str]:
 
 def main() -> None:
     load_before = os.getloadavg()
-    os.environ.setdefault("AGENTFACTORY_TOOLCHAIN_CACHE", str(ROOT / ".agentfactory/cache/toolchain-tests"))
-    with tempfile.TemporaryDirectory(prefix="af-bench-runtime-") as tmp:
-        base = Path(tmp)
-        home = base / "home"
-        os.environ["AGENTFACTORY_HOME"] = str(home)
-        store_path = home / "store"
-        store = open_store(f"oci-layout:{store_path}")
-        keyring = LocalKeyring(home / "keys")
-        engine = RegoEngine(ROOT / "policies")
+    with bench_home("af-bench-runtime-") as h:
+        base, store_path, store, keyring, engine = h.base, h.store_path, h.store, h.keyring, h.engine
         write_templates(base / "templates")
-        started = time.perf_counter()
-        report = run_pipeline(base / "templates", store, signing=Signing(keyring), engine=engine)
-        pipeline_s = time.perf_counter() - started
-        if not report.ok:
-            raise SystemExit(f"pipeline failed: {[(t.name, t.errors) for t in report.templates if t.errors]}")
+        pipeline_s = h.publish(base / "templates")
         trust = from_public_keys(keyring.public_keys())
         trust_file = base / "trust.yaml"
         trust_file.write_text(to_yaml(keyring.public_keys(), (DEFAULT_BUILDER_ID,), ("*",)))

@@ -16,6 +16,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "harness.h"
+
 #pragma STDC FP_CONTRACT OFF
 
 #define DEFAULT_STEPS 1000L
@@ -101,20 +103,6 @@ static uint64_t fnv1a64(uint64_t h, uint64_t v) {
         h *= 0x100000001b3u;
     }
     return h;
-}
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static long parse_size(int argc, char **argv, long fallback) {
-    if (argc < 2) return fallback;
-    char *end = NULL;
-    long v = strtol(argv[1], &end, 10);
-    if (end == argv[1] || *end != '\0' || v <= 0) return -1;
-    return v;
 }
 
 int main(int argc, char **argv) {

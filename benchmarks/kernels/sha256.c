@@ -12,6 +12,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "harness.h"
+
 #define BUF_BYTES (16 * 1024)
 #define DEFAULT_ITERATIONS 64L
 
@@ -124,20 +126,6 @@ static int self_test(void) {
     if (memcmp(out, abc, 32) != 0) return 0;
     sha256((const uint8_t *)msg2, sizeof msg2 - 1, out);
     return memcmp(out, two_blocks, 32) == 0;
-}
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static long parse_size(int argc, char **argv, long fallback) {
-    if (argc < 2) return fallback;
-    char *end = NULL;
-    long v = strtol(argv[1], &end, 10);
-    if (end == argv[1] || *end != '\0' || v <= 0) return -1;
-    return v;
 }
 
 int main(int argc, char **argv) {

@@ -15,6 +15,8 @@
 #include <stdlib.h>
 #include <time.h>
 
+#include "harness.h"
+
 #define COUNT 65536
 #define DEFAULT_ROUNDS 4L
 #define SMALL 16
@@ -64,20 +66,6 @@ static void quicksort(uint32_t *a, ptrdiff_t n) {
         }
     }
     insertion_sort(a, n);
-}
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static long parse_size(int argc, char **argv, long fallback) {
-    if (argc < 2) return fallback;
-    char *end = NULL;
-    long v = strtol(argv[1], &end, 10);
-    if (end == argv[1] || *end != '\0' || v <= 0) return -1;
-    return v;
 }
 
 int main(int argc, char **argv) {

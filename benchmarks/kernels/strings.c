@@ -16,6 +16,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "harness.h"
+
 #define TEXT_BYTES (256 * 1024)
 #define VOCAB 4096
 #define MAX_WORD 10
@@ -109,20 +111,6 @@ static uint64_t count_words(const char *text, size_t n, entry *table) {
         weighted += table[s].hash * table[s].count;
     }
     return mix(mix(mix(mix(0xcbf29ce484222325u, distinct), total), top), weighted);
-}
-
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static long parse_size(int argc, char **argv, long fallback) {
-    if (argc < 2) return fallback;
-    char *end = NULL;
-    long v = strtol(argv[1], &end, 10);
-    if (end == argv[1] || *end != '\0' || v <= 0) return -1;
-    return v;
 }
 
 int main(int argc, char **argv) {

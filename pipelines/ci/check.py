@@ -251,8 +251,7 @@ def check(templates_dir: Path, base: str, *, policies_dir: Path | None = None, o
         before_data = repo.show(mb, f"{templates_rel}{old}/{MANIFEST}" if old else manifest)
         after = _dependencies_at((repo.root / manifest).read_bytes() if (repo.root / manifest).is_file() else None,
                                  manifest)
-        reason = touched.get(name, "policies changed") if not policies_changed or name in touched else \
-            "policies changed"
+        reason = touched.get(name, "policies changed")
         report.templates.append(TemplateCheck(
             t.path, t.name, "failed" if t.status == "failed" else "passed", version=t.version,
             base_version=_version_of(before_data), digest=t.digest, errors=list(t.errors), scan=t.scan,

@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from helpers import EXAMPLES, ROOT
-from manifest_helpers import kustomization, load, manifest_files
+from manifest_helpers import kustomization, load, manifest_files, mount_in, only_container, volumes_of
 
 DEPLOY = ROOT / "deploy"
 ADMISSION = DEPLOY / "admission"
@@ -97,20 +97,15 @@ def pod_labels() -> dict[str, str]:
 
 
 def container() -> dict[str, Any]:
-    containers = pod()["containers"]
-    assert [c["name"] for c in containers] == ["admission"]
-    c: dict[str, Any] = containers[0]
-    return c
+    return only_container(pod(), "admission")
 
 
 def volumes() -> dict[str, dict[str, Any]]:
-    return {v["name"]: v for v in pod()["volumes"]}
+    return volumes_of(pod())
 
 
 def mount_of(volume: str) -> str:
-    paths = [m["mountPath"] for m in container()["volumeMounts"] if m["name"] == volume]
-    assert len(paths) == 1, f"volume {volume} is mounted {len(paths)} times"
-    return str(paths[0])
+    return mount_in(pod(), "admission", volume)
 
 
 def effective(c: dict[str, Any], field: str) -> Any:

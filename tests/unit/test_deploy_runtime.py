@@ -12,6 +12,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 from helpers import ROOT
+from manifest_helpers import mount_in, only_container, volumes_of
 
 from agentfactory.trust import load_trust_policy
 
@@ -65,20 +66,15 @@ def pod() -> dict[str, Any]:
 
 
 def runtime_container() -> dict[str, Any]:
-    containers = pod()["containers"]
-    assert [c["name"] for c in containers] == ["runtime"]
-    container: dict[str, Any] = containers[0]
-    return container
+    return only_container(pod(), "runtime")
 
 
 def volumes() -> dict[str, dict[str, Any]]:
-    return {v["name"]: v for v in pod()["volumes"]}
+    return volumes_of(pod())
 
 
 def mount_of(volume: str) -> str:
-    paths = [m["mountPath"] for m in runtime_container()["volumeMounts"] if m["name"] == volume]
-    assert len(paths) == 1, f"volume {volume} is mounted {len(paths)} times in the runtime container"
-    return str(paths[0])
+    return mount_in(pod(), "runtime", volume)
 
 
 def options() -> dict[str, list[str]]:
