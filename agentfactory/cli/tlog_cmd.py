@@ -44,7 +44,9 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
         raise ConfigError("--tls-cert and --tls-key go together")
     sock = bind(listen, "127.0.0.1:3000")
     log = EmbeddedLog(folder)
-    public_pem = log.folder / PUBLIC_KEY_FILE  # what clients pin (written by EmbeddedLog); log-key.pem is private
+    # The public key exported once, for `trust init --tlog-key` (log-key.pem is private). Clients pin the key
+    # their trust policy lists, never this file: it lives where the log's writer can replace it.
+    public_pem = log.folder / PUBLIC_KEY_FILE
     server = uvicorn.Server(uvicorn.Config(
         create_app(log), log_level="warning", access_log=False, timeout_keep_alive=30, limit_concurrency=1000,
         server_header=False, ssl_certfile=str(tls_cert) if tls_cert else None,
@@ -60,10 +62,12 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
 
 @tlog.command("info")
 @dir_option
-@click.option("--check", "full_check", is_flag=True, help="Also recompute every stored hash (slow on big logs).")
+@click.option("--check", "full_check", is_flag=True, help="Check everything: every stored hash and every index row "
+                                                          "(slow on big logs).")
 @handle_errors
 def info(folder: Path | None, full_check: bool) -> None:
-    """Print the log's size, root hash, log id and a storage check."""
+    """Print the log's size, root hash, log id and a storage check: hashes (a sample, or all with --check), the
+    search index against the leaves, and the tree against the largest checkpoint the log signed."""
     from ..tlog.log import EmbeddedLog
 
     with EmbeddedLog(folder) as log:

@@ -217,7 +217,7 @@ def _parse_dsse(spec: dict[str, Any], where: str) -> ProposedEntry:
     return ProposedEntry("dsse", pem, envelope_json=envelope_json, envelope=envelope)
 
 
-def _verifies(key: PublicKey, signature: bytes, digest: bytes) -> bool:
+def signature_verifies(key: PublicKey, signature: bytes, digest: bytes) -> bool:
     """RSA PKCS#1 v1.5 or ECDSA over a SHA-256 digest (prehashed), as Rekor's verifiers do."""
     prehashed = utils.Prehashed(hashes.SHA256())
     try:
@@ -237,13 +237,13 @@ def verify_entry_signature(entry: ProposedEntry, where: str = "entry") -> None:
     """
     key = load_public_key(entry.public_key_pem, where)
     if entry.kind == "hashedrekord":
-        ok = _verifies(key, entry.signature, bytes.fromhex(entry.digest_hex))
+        ok = signature_verifies(key, entry.signature, bytes.fromhex(entry.digest_hex))
     else:
         env = entry.envelope
         if env is None:
             raise InputError(where, "dsse entry has no envelope")
         digest = hashlib.sha256(pae(env.payload_type, env.payload)).digest()
-        ok = all(_verifies(key, s.sig, digest) for s in env.signatures)
+        ok = all(signature_verifies(key, s.sig, digest) for s in env.signatures)
     if not ok:
         raise InputError(where, "signature does not verify")
 

@@ -21,10 +21,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from ..config import home
 from ..errors import InputError, NotFoundError, StoreError
 from ..fsutil import atomic_write
 from ..intoto import parse_statement
-from . import merkle
+from . import merkle, note
 from .base import Added, EntryRejected, LogError, LogInfo, TransparencyLog
 from .entries import (
     InclusionProof,
@@ -46,18 +47,24 @@ from .entries import (
     sign_set,
     verify_entry_signature,
 )
-from .note import DEFAULT_LOG_NAME, Checkpoint, LogKey
+from .note import DEFAULT_LOG_NAME, MAX_TREE_SIZE, Checkpoint, LogKey
 from .storage import BUSY_TIMEOUT_S, DuplicateEntry, StoredLeaf, TreeStorage
 
 TREE_FILE = "tree.db"
 KEY_FILE = "log-key.pem"
 PUBLIC_KEY_FILE = "log-public-key.pem"
-MAX_SEARCH_RESULTS = 10_000  # a bound on one index answer; Rekor sets none, but a server must
+MAX_SEARCH_RESULTS = 100_000  # the most UUIDs one HTTP index answer carries; more is a 422, never a cut
+SAMPLE = 256  # leaves whose index rows a quick `check` compares
 
 _INDEX_SQL = (
     "CREATE TABLE IF NOT EXISTS search_index (key TEXT NOT NULL, idx INTEGER NOT NULL, PRIMARY KEY (key, idx)) "
     "WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS search_index_size (one INTEGER PRIMARY KEY CHECK (one = 1), size INTEGER NOT NULL)",
+    # The largest checkpoint this log has signed: a tree found smaller, or with another root at that size,
+    # was truncated or rewritten under the log (`EmbeddedLog.check`). Kept with the index (no fsync of its
+    # own): it can lag by the last append after a crash, never run ahead of the durable tree.
+    "CREATE TABLE IF NOT EXISTS latest_checkpoint (one INTEGER PRIMARY KEY CHECK (one = 1), size INTEGER NOT NULL, "
+    "note TEXT NOT NULL)",
 )
 
 
@@ -119,6 +126,7 @@ class _Index:
     """The search_index table on its own connection (see the module docstring for why it may lag)."""
 
     def __init__(self, path: Path) -> None:
+        self.path = path
         self._db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False)
         self._lock = threading.Lock()
         self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -128,7 +136,7 @@ class _Index:
         row = self._db.execute("SELECT size FROM search_index_size").fetchone()
         self.size = 0 if row is None else int(row[0])  # leaves [0, size) are indexed
 
-    def add(self, rows: Iterable[tuple[int, Iterable[str]]]) -> None:
+    def add(self, rows: Iterable[tuple[int, Iterable[str]]], checkpoint: tuple[int, str] | None = None) -> None:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -138,6 +146,10 @@ class _Index:
                                          [(k, idx) for k in keys])
                     top = max(top, idx)
                 self._db.execute("INSERT OR REPLACE INTO search_index_size (one, size) VALUES (1, ?)", (top + 1,))
+                if checkpoint is not None:
+                    self._db.execute("INSERT INTO latest_checkpoint (one, size, note) VALUES (1, ?, ?) "
+                                     "ON CONFLICT (one) DO UPDATE SET size = excluded.size, note = excluded.note "
+                                     "WHERE excluded.size > latest_checkpoint.size", checkpoint)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -145,14 +157,56 @@ class _Index:
             self.size = top + 1
 
     def find(self, key: str) -> set[int]:
+        """Every indexed entry found by `key`: the whole answer (a cap would hide entries from an audit)."""
         with self._lock:
-            rows = self._db.execute("SELECT idx FROM search_index WHERE key = ? ORDER BY idx LIMIT ?",
-                                    (key, MAX_SEARCH_RESULTS)).fetchall()
+            rows = self._db.execute("SELECT idx FROM search_index WHERE key = ?", (key,)).fetchall()
         return {int(r[0]) for r in rows}
+
+    def rows_by_entry(self) -> Generator[tuple[int, set[str]], None, None]:
+        """Every stored row grouped by entry, in index order (streamed: a full `check` of a big log must not
+        hold the whole index in memory). Reads on a connection of its own, so writers are not held up."""
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+        try:
+            current, keys = -1, set[str]()
+            for key, idx in db.execute("SELECT key, idx FROM search_index ORDER BY idx"):
+                if idx != current:
+                    if current >= 0:
+                        yield current, keys
+                    current, keys = int(idx), set()
+                keys.add(str(key))
+            if current >= 0:
+                yield current, keys
+        finally:
+            db.close()
+
+    def has(self, key: str, idx: int) -> bool:
+        with self._lock:
+            return self._db.execute("SELECT 1 FROM search_index WHERE key = ? AND idx = ?", (key, idx)).fetchone() \
+                is not None
+
+    def latest_checkpoint(self) -> tuple[int, str] | None:
+        with self._lock:
+            row = self._db.execute("SELECT size, note FROM latest_checkpoint").fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def _export_public_key(path: Path, pem: bytes) -> None:
+    """Write the log's public key once, for `trust init --tlog-key` to copy into a trust policy.
+
+    It is an export, never a trust anchor: audits and verifiers pin the key their trust policy lists. It is
+    not rewritten: a private key that no longer matches it was replaced, and the log refuses to open.
+    """
+    if not path.is_file():
+        atomic_write(path, pem, mode=0o644)
+        return
+    if path.read_bytes() != pem:
+        raise StoreError(f"{path.parent}: {KEY_FILE} does not match {PUBLIC_KEY_FILE}, the public key this log "
+                         "first published: the log key was replaced; restore it (or move the folder aside to start "
+                         "a new log, and update every trust policy)")
 
 
 class EmbeddedLog(TransparencyLog):
@@ -166,9 +220,7 @@ class EmbeddedLog(TransparencyLog):
             raise StoreError(f"{self.folder}: cannot create the transparency log folder ({e.strerror})") from e
         self.url = f"file://{self.folder}"
         self.key = LogKey.load_or_create(self.folder / KEY_FILE, name)
-        public = self.folder / PUBLIC_KEY_FILE  # what verifiers pin; KEY_FILE is the private key
-        if not public.is_file() or public.read_bytes() != self.key.public_pem():
-            atomic_write(public, self.key.public_pem(), mode=0o644)
+        _export_public_key(self.folder / PUBLIC_KEY_FILE, self.key.public_pem())
         self._writer = TreeStorage(self.folder / TREE_FILE)
         self._reader = TreeStorage(self.folder / TREE_FILE)
         self._index = _Index(self.folder / TREE_FILE)
@@ -229,11 +281,14 @@ class EmbeddedLog(TransparencyLog):
                 index, _ = self._writer.append(body, int(time.time()), extra)
             except DuplicateEntry as dup:  # another writer got there between our look-up and the append
                 return Added(self._entry(self._reader.leaf(dup.index)), existed=True)
+            size = self._reader.size()
+            _, note = self._signed_tree_head(size)  # what the entry's proof is checked against, remembered
             try:
                 if self._index.size == index:
-                    self._index.add([(index, index_keys(body, extra))])
+                    self._index.add([(index, index_keys(body, extra))], (size, note))
                 else:
                     self._catch_up_index()
+                    self._index.add([], (size, note))
             except (sqlite3.Error, StoreError):
                 pass  # the leaf is durable; the next add or the next open rebuilds the missing rows
         return Added(self._entry(self._reader.leaf(index)))
@@ -272,12 +327,31 @@ class EmbeddedLog(TransparencyLog):
         return self._entry(leaf)
 
     def entry_at(self, index: int) -> LogEntry:
-        if index < 0:
-            raise NotFoundError(f"no entry at index {index}: indices start at 0")
+        if not 0 <= index <= MAX_TREE_SIZE:
+            raise NotFoundError(f"no entry at index {index}: indices run from 0 to {MAX_TREE_SIZE}")
         return self._entry(self._reader.leaf(index))
 
+    def indices_signed_by(self, fingerprints: set[str], first: int = 0) -> dict[int, str]:
+        """Every entry from `first` on signed by a key whose fingerprint is in `fingerprints` (index -> UUID),
+        read from the leaves themselves (not the search index, derived data an attacker may have edited)."""
+        found: dict[int, str] = {}
+        seen: dict[str, str] = {}  # base64 PEM -> fingerprint: a log has few signers
+        for leaf in self._reader.iter_leaves(first):
+            for pem_b64 in _signer_b64(leaf.body):
+                if pem_b64 not in seen:
+                    try:
+                        seen[pem_b64] = key_fingerprint(base64.b64decode(pem_b64))
+                    except (ValueError, InputError):
+                        seen[pem_b64] = ""
+                if seen[pem_b64] in fingerprints:
+                    found[leaf.index] = leaf.leaf_hash.hex()
+        return found
+
     def search(self, *, sha256: str | None = None, public_key_pem: bytes | None = None) -> list[str]:
-        """UUIDs of entries about `sha256` and (when both are given) by `public_key_pem`, in log order."""
+        """UUIDs of every entry about `sha256` and (when both are given) by `public_key_pem`, in log order.
+
+        Answered from the search index, which `check` compares with the leaves; audits that must not miss an
+        entry read the leaves too (`indices_signed_by`)."""
         if sha256 is None and public_key_pem is None:
             raise LogError("search needs a hash, a public key or both")
         found: set[int] | None = None
@@ -308,8 +382,101 @@ class EmbeddedLog(TransparencyLog):
         return self.key.public_pem()
 
     def check(self, full: bool = False) -> list[str]:
-        """The storage audit (`TreeStorage.check`), for `agentfactory tlog info` and tests."""
-        return self._reader.check(full)
+        """The storage audit: every stored hash (`TreeStorage.check`), the search index against the leaves,
+        and the tree against the largest checkpoint this log signed. For `tlog info --check`, `audit verify`."""
+        problems = self._reader.check(full)
+        problems += self.check_index(full)
+        problems += self.check_against(self.latest_checkpoint(), "the latest checkpoint this log signed")
+        return problems
+
+    def latest_checkpoint(self) -> Checkpoint | None:
+        """The largest checkpoint this log remembers signing (signature checked with its own key), or None."""
+        stored = self._index.latest_checkpoint()
+        if stored is None:
+            return None
+        try:
+            return note.verify(stored[1], self.key.public_key, self.key.origin, "latest_checkpoint")
+        except InputError:
+            return Checkpoint(origin="?", size=-1, root_hash=b"")  # check_against names it
+
+    def check_against(self, checkpoint: Checkpoint | None, what: str) -> list[str]:
+        """Problems when the stored tree is smaller than `checkpoint` or has another root at its size: the
+        tail was truncated or the history rewritten under the log (its own hashes may still be consistent)."""
+        if checkpoint is None:
+            return []
+        if checkpoint.size < 0:
+            return [f"{what}: the stored checkpoint does not verify with this log's key: the database was modified"]
+        size = self._reader.size()
+        if size < checkpoint.size:
+            return [f"the tree holds {size} entries but {what} covers {checkpoint.size}: entries "
+                    f"{size}..{checkpoint.size - 1} were removed (the log was truncated)"]
+        if self._reader.root(checkpoint.size) != checkpoint.root_hash:
+            return [f"the tree's first {checkpoint.size} entries do not have the root {what} signed: the history "
+                    "was rewritten"]
+        return []
+
+    def check_index_range(self, first: int, last: int) -> list[str]:
+        """Problems with the search index rows of entries first..last-1 (the monitor checks what it sees added)."""
+        problems: list[str] = []
+        for leaf in self._reader.iter_leaves(first):
+            if leaf.index >= last:
+                break
+            missing = {k for k in index_keys(leaf.body, leaf.extra) if not self._index.has(k, leaf.index)}
+            problems += _index_mismatch(leaf.index, missing, set())
+        return problems
+
+    def check_index(self, full: bool = False) -> list[str]:
+        """Problems when the search index does not find an entry by what it should be found by (rebuilt from
+        the leaves and compared: all of them when `full`, else a sample and the newest)."""
+        size = self._reader.size()
+        problems: list[str] = []
+        if self._index.size != size:
+            problems.append(f"search_index: covers {self._index.size} entries, the tree holds {size}")
+        if full:
+            rows = self._index.rows_by_entry()
+            pending = next(rows, None)
+            for leaf in self._reader.iter_leaves(0):
+                while pending is not None and pending[0] < leaf.index:  # rows for an index with no leaf
+                    problems.append(f"search_index: rows for entry {pending[0]}, which the tree does not hold")
+                    pending = next(rows, None)
+                got: set[str] = set()
+                if pending is not None and pending[0] == leaf.index:
+                    got, pending = pending[1], next(rows, None)
+                problems += _index_mismatch(leaf.index, index_keys(leaf.body, leaf.extra), got)
+                if len(problems) > 1000:
+                    break
+            while pending is not None and len(problems) <= 1000:
+                problems.append(f"search_index: rows for entry {pending[0]}, which the tree does not hold")
+                pending = next(rows, None)
+            rows.close()
+        else:
+            picks = set(random.sample(range(size), SAMPLE)) if size > SAMPLE else set(range(size))
+            picks |= set(range(max(0, size - SAMPLE), size))
+            for i in sorted(picks):
+                leaf = self._reader.leaf(i)
+                missing = {k for k in index_keys(leaf.body, leaf.extra) if not self._index.has(k, i)}
+                problems += _index_mismatch(i, missing, set())
+        return problems[:1000]
+
+
+def _signer_b64(body: bytes) -> list[str]:
+    """The base64 PEM keys an entry body names as signers (none when it does not parse)."""
+    try:
+        doc = json.loads(body)
+        spec = doc["spec"]
+        if doc.get("kind") == "hashedrekord":
+            return [str(spec["signature"]["publicKey"]["content"])]
+        return [str(s["verifier"]) for s in spec["signatures"]]
+    except (ValueError, KeyError, TypeError):
+        return []
+
+
+def _index_mismatch(idx: int, want: set[str], got: set[str]) -> list[str]:
+    problems = [f"search_index: entry {idx} cannot be found by {k}: its row was removed (the index was modified)"
+                for k in sorted(want - got)]
+    problems += [f"search_index: entry {idx} is found by {k}, which it is not about (the index was modified)"
+                 for k in sorted(got - want)]
+    return problems
 
 
 __all__ = ["EmbeddedLog", "default_tlog_dir", "index_keys", "key_fingerprint", "normalise_sha256"]

@@ -8,6 +8,7 @@ cap before any parsing, so an oversized request costs at most the cap.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,12 +22,14 @@ from ..httpserve import BodyTooLarge, read_body
 from ..jsonsafe import load_json_object
 from .base import EntryRejected, LogError
 from .entries import MAX_ENTRY_BYTES, MAX_PUBLIC_KEY_BYTES, LogEntry, canonical, parse_proposed_entry
-from .log import EmbeddedLog
+from .log import MAX_SEARCH_RESULTS, EmbeddedLog
 from .merkle import leaf_hash
+from .note import MAX_TREE_SIZE
 
 ENTRIES = "/api/v1/log/entries"
 MAX_QUERY_BYTES = 64 * 1024  # retrieve and index queries: uuids, indices, one public key
 MAX_RETRIEVE = 10  # Rekor's maxItems for each of entryUUIDs, logIndexes and entries
+_DECIMAL = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes '²' and '٣'
 
 
 class _BadRequest(Exception):
@@ -34,7 +37,6 @@ class _BadRequest(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
 
 
 
@@ -51,15 +53,30 @@ def _entry_response(entry: LogEntry, status: int = 200, headers: dict[str, str] 
     return Response(entry.to_json(), status_code=status, headers=headers, media_type="application/json")
 
 
-def _int_param(request: Request, name: str, default: int | None = None) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
+def _int_param(request: Request, name: str, default: int | None = None, low: int = 0) -> int:
+    """A decimal query parameter from `low` to MAX_TREE_SIZE (int64, as Rekor's); 400 naming it otherwise."""
+    values = request.query_params.getlist(name)
+    if not values:
         if default is None:
             raise _BadRequest(f"query parameter {name} is required")
         return default
-    if not raw.isascii() or not raw.lstrip("-").isdigit() or len(raw) > 20:
-        raise _BadRequest(f"{name} must be an integer, got {raw!r}")
-    return int(raw)
+    if len(values) > 1:
+        raise _BadRequest(f"query parameter {name} is given {len(values)} times; give it once")
+    return _bounded(values[0], name, low)
+
+
+def _bounded(raw: Any, name: str, low: int = 0) -> int:
+    """`raw` (a decimal string, or an integer from a JSON body) when it is an integer in [low, MAX_TREE_SIZE]."""
+    if isinstance(raw, str):
+        if not _DECIMAL.fullmatch(raw):
+            raise _BadRequest(f"{name} must be a decimal integer from {low} to {MAX_TREE_SIZE}, got {raw[:40]!r}")
+        raw = int(raw)
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise _BadRequest(f"{name} must be an integer from {low} to {MAX_TREE_SIZE}, got {type(raw).__name__}")
+    if not low <= raw <= MAX_TREE_SIZE:
+        shown = str(raw) if len(str(raw)) <= 40 else str(raw)[:40] + "…"
+        raise _BadRequest(f"{name} must be {low} or more and at most {MAX_TREE_SIZE}, got {shown}")
+    return raw
 
 
 async def _query(request: Request) -> dict[str, Any]:
@@ -120,8 +137,6 @@ def create_app(log: EmbeddedLog) -> FastAPI:
     @app.get(ENTRIES)
     def entry_by_index(request: Request) -> Response:
         index = _int_param(request, "logIndex")
-        if index < 0:
-            return _error(400, f"logIndex must be 0 or more, got {index}")
         try:
             return _entry_response(log.entry_at(index))
         except NotFoundError:
@@ -145,9 +160,10 @@ def create_app(log: EmbeddedLog) -> FastAPI:
                 found.append(log.entry(uuid.lower()))
             except NotFoundError:
                 continue  # as Rekor: unknown entries are left out, not an error
-        for index in _list(doc, "logIndexes"):
-            if isinstance(index, bool) or not isinstance(index, int) or index < 0:
-                raise _BadRequest("logIndexes must be integers of 0 or more")
+        for i, raw in enumerate(_list(doc, "logIndexes")):
+            if not isinstance(raw, int):  # Rekor's logIndexes are JSON integers, never strings
+                raise _BadRequest(f"logIndexes[{i}] must be an integer from 0 to {MAX_TREE_SIZE}")
+            index = _bounded(raw, f"logIndexes[{i}]")
             try:
                 found.append(log.entry_at(index))
             except NotFoundError:
@@ -189,9 +205,13 @@ def create_app(log: EmbeddedLog) -> FastAPI:
         if sha is None and pem is None:
             raise _BadRequest("give a hash, a publicKey or both")
         try:
-            return log.search(sha256=sha, public_key_pem=pem)
+            found = log.search(sha256=sha, public_key_pem=pem)
         except LogError as e:
             raise _BadRequest(str(e)) from None
+        if len(found) > MAX_SEARCH_RESULTS:  # say so: a silently shortened answer hides entries from audits
+            raise _BadRequest(f"the search matches {len(found)} entries, more than this log answers at once "
+                              f"({MAX_SEARCH_RESULTS}); read the log by index range instead", 422)
+        return found
 
     @app.post("/api/v1/index/retrieve")
     async def index_retrieve(request: Request) -> Response:
@@ -206,11 +226,9 @@ def create_app(log: EmbeddedLog) -> FastAPI:
 
     @app.get("/api/v1/log/proof")
     def consistency(request: Request) -> Response:
-        first = _int_param(request, "firstSize", 1)
-        last = _int_param(request, "lastSize")
+        first = _int_param(request, "firstSize", 1, low=1)
+        last = _int_param(request, "lastSize", low=1)
         size = log.info().tree_size
-        if first < 1:
-            return _error(400, f"firstSize must be 1 or more, got {first}")
         if first > last:
             return _error(400, f"firstSize ({first}) must not be larger than lastSize ({last})")
         if last > size:

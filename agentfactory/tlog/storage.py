@@ -250,13 +250,28 @@ class TreeStorage:
             return merkle.consistency_path(old_size, new_size, self._oracle())
 
     def leaf(self, index: int) -> StoredLeaf:
-        """The entry at `index`; NotFoundError past the end."""
+        """The entry at `index`; NotFoundError past the end (or outside SQLite's int64)."""
+        if not 0 <= index < 2**63:
+            raise NotFoundError(f"{self.path}: no entry at index {index}")
         with self._lock:
             row = self._db.execute("SELECT idx, leaf_hash, body, integrated_time, extra FROM leaves WHERE idx = ?",
                                    (index,)).fetchone()
         if row is None:
             raise NotFoundError(f"{self.path}: no entry at index {index}")
         return _leaf(row)
+
+    def iter_leaves(self, first: int = 0, batch: int = 2000) -> Iterator[StoredLeaf]:
+        """Every entry from `first` on, in index order, read in batches (the lock is not held in between)."""
+        nxt = max(first, 0)
+        while True:
+            with self._lock:
+                rows = self._db.execute("SELECT idx, leaf_hash, body, integrated_time, extra FROM leaves "
+                                        "WHERE idx >= ? ORDER BY idx LIMIT ?", (nxt, batch)).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _leaf(row)
+            nxt = int(rows[-1][0]) + 1
 
     def leaf_by_hash(self, leaf_hash: bytes) -> StoredLeaf | None:
         """The entry whose leaf hash is `leaf_hash` (Rekor's entry UUID), or None."""

@@ -1,7 +1,7 @@
 """`agentfactory audit`: search and verify, monitor the log's history, account for our keys, check storage.
 
 Everything runs against a real embedded log filled by the real pipeline in $AGENTFACTORY_HOME, and the
-CLI is invoked in-process, as an auditor would run it.
+CLI is invoked in-process, as an auditor would run it, with the log's key pinned by a trust policy.
 """
 
 from __future__ import annotations
@@ -13,11 +13,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 from helpers import write_template
 from runtime_helpers import OK_WAT, Signed, signed_store, wat_manifest
+from tlog_attack_helpers import audit, pin_log, record_published
 
-from agentfactory.cli import cli
 from agentfactory.evidence import ArtifactSignature, proposed_for_signature
 from agentfactory.tlog.log import EmbeddedLog
 from pipelines.run import Signing, run_pipeline
@@ -25,8 +24,13 @@ from pipelines.run import Signing, run_pipeline
 pytestmark = pytest.mark.toolchain
 
 
-def audit(*args: str) -> Result:
-    return CliRunner().invoke(cli, ["audit", *args], catch_exceptions=False)
+@pytest.fixture(autouse=True)
+def pinned(af_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A trust policy pinning the embedded log's key, as $AGENTFACTORY_TRUST_POLICY."""
+    s = signed_store(af_home)
+    policy = pin_log(af_home / "tlog", s.keyring.public_keys(), tmp_path / "trust.yaml")
+    monkeypatch.setenv("AGENTFACTORY_TRUST_POLICY", str(policy))
+    return policy
 
 
 def publish(s: Signed, root: Path, names: list[str], *, logged: bool = True) -> list[str]:
@@ -40,6 +44,7 @@ def publish(s: Signed, root: Path, names: list[str], *, logged: bool = True) -> 
     else:
         report = run_pipeline(root, s.store, run_tests=False, signing=Signing(s.keyring))
     assert report.ok, [t.errors for t in report.templates]
+    record_published(s.store, names)
     return [s.store.resolve(n).digest for n in names]
 
 
@@ -81,8 +86,10 @@ def test_monitor_proves_consistency_and_alarms_on_a_rewritten_history(af_home: P
     s = signed_store(af_home)
     publish(s, tmp_path / "t1", ["alpha"])
     state = af_home / "tlog-monitor.json"
-    first = audit("monitor")
-    assert first.exit_code == 0 and "first use" in first.output
+    missing = audit("monitor")  # no state yet: not a silent first use
+    assert missing.exit_code == 1 and "--init" in missing.output
+    first = audit("monitor", "--init")
+    assert first.exit_code == 0 and "trusting the current checkpoint" in first.output
     assert json.loads(state.read_text())["size"] == 4
     publish(s, tmp_path / "t2", ["beta"])
     second = audit("monitor", "--json")
@@ -127,7 +134,7 @@ def test_monitor_proves_consistency_and_alarms_on_a_rewritten_history(af_home: P
     shutil.rmtree(tlog)
     EmbeddedLog(tlog).close()
     rekeyed = audit("monitor")
-    assert rekeyed.exit_code == 1 and "ALARM" in rekeyed.output and "pinned log key" in rekeyed.output
+    assert rekeyed.exit_code == 1 and "ALARM" in rekeyed.output and "no signature by this log key" in rekeyed.output
     assert state.read_bytes() == kept
 
     # The genuine log is still consistent with the recorded state.
@@ -165,6 +172,7 @@ def test_keys_flags_unaccounted_and_unlogged_signatures(af_home: Path, tmp_path:
 def test_verify_names_a_tampered_row(af_home: Path, tmp_path: Path) -> None:
     s = signed_store(af_home)
     publish(s, tmp_path / "t", ["eps"])
+    assert audit("monitor", "--init").exit_code == 0
     ok = audit("verify")
     assert ok.exit_code == 0, ok.output
     db = sqlite3.connect(af_home / "tlog" / "tree.db")
