@@ -1,7 +1,9 @@
 """SLSA Provenance v1 predicates: how an agent was built, from what, by whom.
 
 The pipeline fills it from its build record; the verifier reads the builder id and the
-source repository back to hold them against the trust policy.
+source repository back to hold them against the trust policy. `internalParameters.compile`
+records the compile check (validated under which proposals, the budget, the seconds and MiB it
+took), so the cost of compiling an agent is attested with it; readers ignore fields they do not use.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def predicate(build: dict[str, Any], *, builder_id: str) -> dict[str, Any]:
             "externalParameters": {"repository": repo, "commit": commit, "templatePath": build.get("templatePath"),
                                    "agent": build.get("agent")},
             "internalParameters": {"toolchain": toolchain, "sourceDateEpoch": build.get("sourceDateEpoch"),
-                                   "dirty": build.get("dirty", False)},
+                                   "dirty": build.get("dirty", False), **_compile(build)},
             "resolvedDependencies": resolved,
         },
         "runDetails": {
@@ -44,6 +46,12 @@ def predicate(build: dict[str, Any], *, builder_id: str) -> dict[str, Any]:
             "metadata": {"startedOn": build.get("startedOn"), "finishedOn": build.get("finishedOn")},
         },
     }
+
+
+def _compile(build: dict[str, Any]) -> dict[str, Any]:
+    """The compile check's record (validated, budget, seconds, memory), when the pipeline made one."""
+    record = build.get("compile")
+    return {"compile": record} if isinstance(record, dict) else {}
 
 
 def builder_and_source(pred: Any, where: str) -> tuple[str, str | None]:

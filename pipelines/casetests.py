@@ -1,29 +1,35 @@
 """Template test cases: `templates/<name>/tests/cases.yaml`, run against the built module.
 
-A template whose cases fail is not published. Each case runs in a fresh wasmtime store
-with the template's memory limit, a wall-clock deadline (epoch interruption driven by a
-timer, since signals cannot interrupt wasm) and capped output, so a broken or hostile
-template cannot hang or flood the pipeline.
+A template whose cases fail is not published. Each case runs in a fresh wasmtime store of the
+module the compile stage compiled under budget (compilecheck.py), on the node's engine settings,
+with the template's memory limit and fuel, a wall-clock deadline (epoch interruption driven by a
+timer, since signals cannot interrupt wasm, and the same deadline-aware WASI host calls as a node:
+agentfactory.wasihost), and stdout/stderr captured in memory and capped as they are written. No
+case touches the disk, and all the cases of a template share one time budget (MAX_TEST_SECONDS),
+so a broken or hostile template cannot hang, fill or flood the build machine.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import tempfile
 import threading
+import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 
+from agentfactory import wasihost
 from agentfactory.digest import sha256_file
 from agentfactory.errors import InputError
 from agentfactory.template import Template
 from agentfactory.yamlsafe import load_yaml
 
+from .compilecheck import Compiled
+
 CASES_FILE = "tests/cases.yaml"
+MAX_TEST_SECONDS = 120.0  # wall clock for all the cases of one template
 MAX_CASES_BYTES = 1024 * 1024
 CASES_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -103,46 +109,57 @@ class _Deadline:
         self._timer.cancel()
 
 
-def run_cases(template: Template, wasm: bytes, cases: list[dict[str, Any]]) -> list[CaseResult]:
-    """Run every case; a failure says what differed."""
+def run_cases(template: Template, compiled: Compiled, cases: list[dict[str, Any]],
+              budget_seconds: float = MAX_TEST_SECONDS) -> list[CaseResult]:
+    """Run every case; a failure says what differed. Cases past the template's time budget fail."""
     import wasmtime
 
-    config = wasmtime.Config()
-    config.epoch_interruption = True
-    engine = wasmtime.Engine(config)
-    module = wasmtime.Module(engine, wasm)
+    engine, module = compiled.engine, compiled.module
     linker = wasmtime.Linker(engine)
-    linker.define_wasi()
+    wasihost.define_wasi(linker)
     cap = template.limits.max_output_kib * 1024
+    ends = time.monotonic() + budget_seconds
     results = []
     for case in cases:
-        with tempfile.TemporaryDirectory(prefix="agentfactory-case-") as tmp:
-            d = Path(tmp)
-            (d / "stdin").write_bytes(_stdin(case))
-            wasi = wasmtime.WasiConfig()
-            wasi.argv = [template.name, *case.get("args", [])]
-            wasi.stdin_file = str(d / "stdin")
-            wasi.stdout_file = str(d / "stdout")
-            wasi.stderr_file = str(d / "stderr")
-            store = wasmtime.Store(engine)
-            store.set_limits(memory_size=template.limits.memory_mib * 1024 * 1024)
-            store.set_epoch_deadline(1)
-            store.set_wasi(wasi)
-            code, trap = 0, ""
-            with _Deadline(engine, template.limits.timeout_ms / 1000):
-                try:
-                    instance = linker.instantiate(store, module)
-                    start = instance.exports(store).get(template.entrypoint)
-                    if not isinstance(start, wasmtime.Func):
-                        raise InputError(template.name, f"module does not export {template.entrypoint!r}")
-                    start(store)
-                except wasmtime.ExitTrap as exc:
-                    code = exc.code
-                except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-                    trap = _trap_reason(exc, template)
-            out = _read_capped(d / "stdout", cap)
-            err = _read_capped(d / "stderr", cap)
-        results.append(_judge(case, code, trap, out, err, cap))
+        left = ends - time.monotonic()
+        if left <= 0:
+            results.append(CaseResult(case["name"], False, f"not run: the test stage's budget of {budget_seconds:g} s "
+                                      "for this template's cases is spent"))
+            continue
+        seconds = min(template.limits.timeout_ms / 1000, left)
+        out, err = wasihost.CappedOutput(cap), wasihost.CappedOutput(cap)
+        wasi = wasmtime.WasiConfig()
+        wasi.argv = [template.name, *case.get("args", [])]
+        wasihost.stdin_bytes(wasi, _stdin(case))
+        wasi.stdout_custom = out
+        wasi.stderr_custom = err
+        store = wasmtime.Store(engine)
+        store.set_limits(memory_size=template.limits.memory_mib * 1024 * 1024, instances=1, tables=4, memories=1,
+                         table_elements=100_000)  # as on a node (sandbox.run)
+        if template.limits.fuel is not None:
+            store.set_fuel(template.limits.fuel)
+        store.set_epoch_deadline(1)
+        store.set_wasi(wasi)
+        deadline = wasihost.Deadline(seconds)
+        wasihost.bind(deadline)
+        code, trap = 0, ""
+        with _Deadline(engine, seconds):
+            try:
+                instance = linker.instantiate(store, module)
+                start = instance.exports(store).get(template.entrypoint)
+                if not isinstance(start, wasmtime.Func):
+                    raise InputError(template.name, f"module does not export {template.entrypoint!r}")
+                start(store)
+            except wasmtime.ExitTrap as exc:
+                code = exc.code
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                trap = _trap_reason(exc, template, deadline.hit, seconds)
+            finally:
+                wasihost.bind(None)
+        overflow = out.overflow or err.overflow
+        results.append(_judge(case, code, trap, None if overflow else out.value(), None if overflow else err.value(),
+                              cap))
+        del store
     return results
 
 
@@ -153,12 +170,14 @@ def _stdin(case: dict[str, Any]) -> bytes:
     return str(case.get("stdin", "")).encode()
 
 
-def _trap_reason(exc: Exception, template: Template) -> str:
+def _trap_reason(exc: Exception, template: Template, deadline_hit: bool, seconds: float) -> str:
     """Say why the guest stopped, in the template's terms where we can."""
     import wasmtime
 
     code = getattr(exc, "trap_code", None)
-    if code == wasmtime.TrapCode.INTERRUPT:
+    if deadline_hit or code == wasmtime.TrapCode.INTERRUPT:
+        if seconds < template.limits.timeout_ms / 1000:
+            return f"deadline exceeded (the test stage's budget left {seconds:.1f} s for this case)"
         return f"deadline exceeded (spec.limits.timeoutMs = {template.limits.timeout_ms})"
     if code == wasmtime.TrapCode.OUT_OF_FUEL:
         return f"out of fuel (spec.limits.fuel = {template.limits.fuel})"
@@ -166,13 +185,6 @@ def _trap_reason(exc: Exception, template: Template) -> str:
         return f"wasm trap {code.name.lower()}"
     lines = [line for line in str(exc).splitlines() if line.strip()]
     return lines[-1].strip() if lines else type(exc).__name__
-
-
-def _read_capped(path: Path, cap: int) -> bytes | None:
-    """The file's bytes, or None when the agent wrote more than the cap."""
-    with path.open("rb") as f:
-        data = f.read(cap + 1)
-    return None if len(data) > cap else data
 
 
 def _judge(case: dict[str, Any], code: int, trap: str, out: bytes | None, err: bytes | None,

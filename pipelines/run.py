@@ -35,12 +35,13 @@ from agentfactory.runspec import from_template
 from agentfactory.sigstore_bundles import KeylessPolicy
 from agentfactory.store import ArtifactStore, StoredAgent
 from agentfactory.template import MANIFEST, Template, discover, load_template
+from agentfactory.tlog import signing_record
 from agentfactory.tlog.base import LogError, TransparencyLog
 from agentfactory.trust import TrustPolicy, from_public_keys
 from agentfactory.verifier import record_decision, verify
 from agentfactory.wasm import ModuleInfo, inspect
 
-from . import casetests, toolchain
+from . import casetests, compilecheck, toolchain
 from .cache import BuildCache, CacheEntry, cache_key
 from .gitinfo import GitView, Origin
 
@@ -157,6 +158,7 @@ class Signing:
     scanning: Scanning = Scanning()
     scanners: _Scanners = field(default_factory=lambda: _Scanners(), compare=False)
     keyless: KeylessSigner | None = None
+    signing_record: Path | None = None  # None: $AGENTFACTORY_SIGNING_RECORD or the state folder's
 
 
 @dataclass
@@ -304,7 +306,7 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
                 r.evidence = {"signed": True, "reused": True}
             else:  # published but never signed (a crash, an unsigned run): sign it now
                 wasm = store.fetch_wasm(f"{t.name}@{hit.digest}")[1]
-                again = _make_evidence(job, t, hit.digest, hit.build, signing, notify)
+                again = _make_evidence(job, t, hit.digest, hit.build, signing, notify, store.url)
                 if engine is None or _artifact_gate(job, t, hit.digest, wasm, again, signing, engine):
                     _attach(job, t, stored, store, again, signing)
         return
@@ -322,13 +324,14 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
         raise BuildError(job.display, f"the module needs {info.initial_memory_bytes / 2**20:.2f} MiB of "
                                       f"linear memory at start, more than spec.limits.memoryMiB "
                                       f"({t.limits.memory_mib}); raise the limit or use less static data")
+    compiled = compilecheck.compile_checked(t, built.wasm, f"{job.display} (built module)")  # before any signing
     finished = time.time()
     if engine is not None and not _template_policy(job, engine, GitView(t.folder), None, module=info):
         return
 
     if cases:
         notify(job.display, "test")
-        outcomes = casetests.run_cases(t, built.wasm, cases)
+        outcomes = casetests.run_cases(t, compiled, cases)
         failed = [c for c in outcomes if not c.ok]
         r.tests = {"passed": len(outcomes) - len(failed), "total": len(outcomes)}
         if failed:
@@ -346,12 +349,13 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
         "templatePath": origin.path,
         "dirty": origin.dirty,
         "agent": from_template(t).to_json(),
+        "compile": compiled.record,
         "startedOn": _iso(started), "finishedOn": _iso(finished),
     }
     digest = digest_of(built.wasm)
     made: _Made | None = None
     if signing is not None:
-        made = _make_evidence(job, t, digest, r.build, signing, notify)
+        made = _make_evidence(job, t, digest, r.build, signing, notify, store.url)
         if engine is not None and not _artifact_gate(job, t, digest, built.wasm, made, signing, engine):
             return  # refused before publication: nothing reaches the store
     notify(job.display, "publish")
@@ -366,7 +370,7 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
 
 
 def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], signing: Signing,
-                   notify: Progress) -> _Made:
+                   notify: Progress, store_url: str) -> _Made:
     """The sbom and sign stages, in memory: SBOM, provenance, the signatures over them, and (with a
     transparency log) the log's record of each signature, taken before anything is published."""
     # Imported here: cyclonedx and prometheus cost ~90 ms at start-up, and unchanged runs never sign.
@@ -398,6 +402,11 @@ def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], s
     job.result.evidence = {"signed": True, "keyId": signature.key_id, "provider": provider.name,
                            "attestations": [p for p, _ in attestations]}
     art = ArtifactSignature.from_signature(digest, signature)
+    try:  # before logging or publishing: every log entry the pipeline causes has its line (audit keys)
+        signing_record.record_signing(store_url, t.name, t.version, digest, signature.key_id,
+                                      [env for _, env in attestations], signing.signing_record)
+    except AgentFactoryError as exc:
+        raise BuildError(job.display, f"cannot record what was signed: {exc}") from None
     records: list[bytes] = []
     if signing.tlog is not None:
         notify(job.display, "log")

@@ -4,48 +4,20 @@ Signals cannot interrupt running wasm (wasmtime-py #126), so every store gets an
 and a single ticker thread bumps the epoch of every engine at a fixed interval: one thread for
 all invocations, rather than a timer per call. Fuel changes the generated code, so agents that
 declare a fuel budget run on a second engine; the engine settings are part of the compiled-module
-cache key.
+cache key. The settings themselves (proposals included) live in agentfactory.wasmconfig, because
+the pipeline validates, compiles and tests every module under exactly the same ones.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import platform
 import threading
-from importlib.metadata import version
-from typing import Any
 
 import wasmtime
 
+from agentfactory.wasmconfig import MAX_WASM_STACK, SETTINGS, make_config, settings_key
+
 TICK_SECONDS = 0.005
-MAX_WASM_STACK = 512 * 1024  # bytes of native stack a guest may use: deep recursion traps
-# Features an agent may use. wasm32-wasi C and WAT need none of the proposals; threads, GC and
-# the component model stay off so the attack surface is what the template policy judged.
-SETTINGS: dict[str, Any] = {
-    "epoch_interruption": True,
-    "max_wasm_stack": MAX_WASM_STACK,
-    "wasm_threads": False,
-    "wasm_gc": False,
-    "wasm_component_model": False,
-    "wasm_memory64": False,
-    "cranelift_opt_level": "speed",
-}
-
-
-def make_config(fuel: bool, *, epoch: bool = True) -> wasmtime.Config:
-    """The engine configuration (SETTINGS); `epoch=False` exists only for the benchmark that prices it."""
-    config = wasmtime.Config()
-    config.epoch_interruption = epoch
-    config.max_wasm_stack = MAX_WASM_STACK
-    config.wasm_threads = False
-    config.wasm_gc = False
-    config.wasm_component_model = False
-    config.wasm_memory64 = False
-    config.cranelift_opt_level = "speed"
-    config.consume_fuel = fuel
-    return config
 
 
 class Engines:
@@ -75,8 +47,4 @@ class Engines:
         self._thread.join(timeout=1)
 
 
-def settings_key(fuel: bool) -> str:
-    """What a compiled module depends on besides its bytes: wasmtime, the settings, the host CPU."""
-    doc = {"wasmtime": version("wasmtime"), "settings": SETTINGS, "fuel": fuel,
-           "machine": platform.machine(), "system": platform.system()}
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+__all__ = ["MAX_WASM_STACK", "SETTINGS", "Engines", "make_config", "settings_key"]

@@ -6,15 +6,20 @@ HMAC-SHA256 under a node-local key to its digest and engine settings, and the HM
 before `Module.deserialize` ever sees the bytes. An entry that fails the check is a security
 violation: it is deleted, counted and the module is compiled again from the verified bytes.
 An entry made under another node key (the key is regenerated with the pod) is simply stale.
+An entry is opened without following links and without blocking (a FIFO planted at its path
+would otherwise hang the load) and must be a regular file. Compiling is the pool's job
+(compilepool.py): bounded, and a refusal is remembered per digest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import hmac
 import os
 import secrets
+import stat
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,8 +32,8 @@ from agentfactory.errors import ConfigError
 from agentfactory.fsutil import atomic_write
 from agentfactory.metrics import MODULE_CACHE, WASI_VIOLATIONS
 
+from .compilepool import CompilePool
 from .engine import Engines, settings_key
-from .sandbox import compile_module
 
 MAGIC = b"AFCWASM1"
 KEY_BYTES = 32
@@ -71,7 +76,8 @@ class ModuleCache:
     """Compiled modules for verified bytes; `disk` None keeps them only in memory."""
 
     def __init__(self, engines: Engines, disk: Path | None = None, key: bytes | None = None,
-                 max_in_memory: int = 256, on_event: Callable[[CacheEvent], None] | None = None) -> None:
+                 max_in_memory: int = 256, on_event: Callable[[CacheEvent], None] | None = None,
+                 pool: CompilePool | None = None) -> None:
         if disk is not None and key is None:
             raise ConfigError("an on-disk module cache needs a node key")
         self.engines = engines
@@ -82,6 +88,7 @@ class ModuleCache:
         self._max = max_in_memory
         self._lock = threading.Lock()
         self._on_event = on_event or (lambda _e: None)
+        self.pool = pool or CompilePool(engines)
         if disk is not None:
             disk.mkdir(parents=True, exist_ok=True)
 
@@ -103,7 +110,7 @@ class ModuleCache:
             module = self._load(digest, settings, fuel)
             source = "disk" if module is not None else source
         if module is None:
-            module = compile_module(self.engines, verified_wasm, fuel)
+            module = self.pool.compile(digest, settings, verified_wasm, fuel)
             if self.disk is not None:
                 self._store(digest, settings, module)
         MODULE_CACHE.labels(source=source).inc()
@@ -114,6 +121,7 @@ class ModuleCache:
         return module, source
 
     def forget(self, digest: str) -> None:
+        self.pool.forget(digest)
         with self._lock:
             for k in [k for k in self._memory if k[0] == digest]:
                 del self._memory[k]
@@ -130,11 +138,11 @@ class ModuleCache:
     def _load(self, digest: str, settings: str, fuel: bool) -> wasmtime.Module | None:
         path = self.path(digest, settings)
         try:
-            if path.is_symlink() or path.stat().st_size > MAX_ENTRY_BYTES:
-                return self._reject(path, "not a regular file of a sane size")
-            data = path.read_bytes()
+            data = _read_regular(path)
         except FileNotFoundError:
             return None
+        except _NotRegular as exc:
+            return self._reject(path, str(exc))
         except OSError as exc:
             return self._reject(path, f"unreadable: {exc.strerror}")
         if len(data) < HEADER or not data.startswith(MAGIC):
@@ -163,3 +171,27 @@ class ModuleCache:
         with contextlib.suppress(OSError):  # a full or read-only disk costs a recompile next start, nothing else
             atomic_write(self.path(digest, settings),
                          MAGIC + self._key_id + self._mac(digest, settings, payload) + payload, mode=0o600)
+
+
+class _NotRegular(OSError):
+    """A cache path that is a link, a FIFO, a device or too large: never read."""
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file at `path`, opened without following links and without blocking."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _NotRegular("a symbolic link, not a regular file") from None
+        raise
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _NotRegular("not a regular file (a FIFO, device or folder)")
+        if st.st_size > MAX_ENTRY_BYTES:
+            raise _NotRegular(f"{st.st_size} bytes, larger than {MAX_ENTRY_BYTES}")
+        data = f.read(MAX_ENTRY_BYTES + 1)
+    if len(data) > MAX_ENTRY_BYTES:
+        raise _NotRegular(f"larger than {MAX_ENTRY_BYTES} bytes")
+    return data

@@ -1,11 +1,14 @@
 """The sandbox: one fresh wasmtime store per invocation, with every limit of the run contract.
 
 - wall-clock deadline: epoch interruption (the engine's ticker thread), plus fuel when declared;
+  host calls that can wait (poll_oneoff, tools) are bound by the same deadline
+  (agentfactory.wasihost), and waiting there until it passes is a `timeout` too;
 - memory: store limits (memory.grow fails past `memoryMiB`); native stack: the engine's limit;
 - output: stdout and stderr captured in memory, each capped at `maxOutputKiB`; writes past the cap
   fail in the guest and the limit is reported;
 - WASI: argv, only the environment variables the contract allows, read-only preopens exactly as
-  declared (and only under host folders the node allows), no sockets;
+  declared (and only under host folders the node allows, holding only folders and regular files:
+  a FIFO or device would block an open or read past the deadline), no sockets;
 - tools: only those declared and provided (tools.py); any other import refuses to link.
 
 Linking is done once per verified module (`link` → InstancePre); each invocation then only
@@ -14,8 +17,6 @@ creates a store and instantiates, which is what the sandbox-creation benchmark m
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import wasmtime
-from wasmtime import _ffi as ffi
 
+from agentfactory import wasihost
 from agentfactory.errors import AgentFactoryError
 from agentfactory.runspec import RunSpec
 
 from . import tools
 from .engine import Engines
 
-WASI_MODULE = "wasi_snapshot_preview1"
+WASI_MODULE = wasihost.WASI_MODULE
 PAGE = 65536
 # Outcomes, most specific first: what stopped the guest.
 OUTCOMES = ("ok", "error", "timeout", "fuel", "memory", "stack", "output", "trap")
@@ -118,6 +119,10 @@ def check_preopens(runspec: RunSpec, host_roots: tuple[Path, ...]) -> tuple[tupl
             allowed = ", ".join(str(r) for r in host_roots) or "none (runtime --allow-host-path)"
             raise SandboxRefusal("host-path", f"preopen {p.guest_path} → {p.host_path}: this node does not let agents "
                                  f"see {real} (allowed host folders: {allowed})")
+        blocking = wasihost.blocking_entry(real)
+        if blocking is not None:
+            raise SandboxRefusal("host-path", f"preopen {p.guest_path} → {p.host_path}: {blocking}; agents may be "
+                                 "granted only folders of regular files")
         out.append((str(real), p.guest_path))
     return tuple(out)
 
@@ -131,7 +136,7 @@ def link(engines: Engines, module: wasmtime.Module, runspec: RunSpec, host_roots
     preopens = check_preopens(runspec, host_roots)
     engine = engines.get(runspec.limits.fuel is not None)
     linker = wasmtime.Linker(engine)
-    linker.define_wasi()
+    wasihost.define_wasi(linker)  # poll_oneoff and clocks respect the invocation's deadline
     tools.define(linker, names)
     try:
         pre = linker.instantiate_pre(module)
@@ -141,49 +146,16 @@ def link(engines: Engines, module: wasmtime.Module, runspec: RunSpec, host_roots
     return Linked(pre=pre, engine=engine, runspec=runspec, preopens=preopens)
 
 
-class _Capped:
-    """A WASI output stream kept in memory up to `cap` bytes; writes beyond fail with EFBIG."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.overflow = False
-
-    def __call__(self, data: bytes) -> int:
-        room = self.cap - self.size
-        if len(data) > room:
-            self.overflow = True
-            if room > 0:
-                self.parts.append(data[:room])
-                self.size = self.cap
-            return -errno.EFBIG
-        self.parts.append(data)
-        self.size += len(data)
-        return len(data)
-
-    def value(self) -> bytes:
-        return b"".join(self.parts)
-
-
-def _stdin_bytes(wasi: wasmtime.WasiConfig, data: bytes) -> None:
-    """Give the guest `data` as stdin without a temporary file (the C API copies it)."""
-    vec = ffi.wasm_byte_vec_t()
-    buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data) if data else (ctypes.c_uint8 * 1)()
-    ffi.wasm_byte_vec_new(ctypes.byref(vec), len(data), buf)
-    ffi.wasi_config_set_stdin_bytes(wasi.ptr(), ctypes.byref(vec))
-
-
 def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> Execution:
     """Run the agent once in a fresh store. Never raises for what the guest does."""
     started = time.perf_counter()
     spec = linked.runspec
     cap = spec.limits.max_output_kib * 1024
-    out, err = _Capped(cap), _Capped(cap)
+    out, err = wasihost.CappedOutput(cap), wasihost.CappedOutput(cap)
     wasi = wasmtime.WasiConfig()
     wasi.argv = [name, *invocation.args]
     wasi.env = [(k, invocation.env[k]) for k in spec.env if k in invocation.env]
-    _stdin_bytes(wasi, invocation.stdin)
+    wasihost.stdin_bytes(wasi, invocation.stdin)
     wasi.stdout_custom = out
     wasi.stderr_custom = err
     for host, guest in linked.preopens:
@@ -197,6 +169,8 @@ def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> 
     ctx = tools.ToolContext()
     tools.bind(ctx)
     store.set_epoch_deadline(engines.deadline_ticks(spec.limits.timeout_ms))
+    deadline = wasihost.Deadline(spec.limits.timeout_ms / 1000)
+    wasihost.bind(deadline)
     code: int | None = 0
     trap: BaseException | None = None
     instance: wasmtime.Instance | None = None
@@ -214,8 +188,9 @@ def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> 
     finally:
         guest_seconds = time.perf_counter() - guest_started
         tools.bind(None)
+        wasihost.bind(None)
     memory_hit = _memory_hit(store, instance, memory_limit)
-    outcome, reason = _judge(code, trap, spec, out.overflow or err.overflow, memory_hit)
+    outcome, reason = _judge(code, trap, spec, out.overflow or err.overflow, memory_hit, deadline.hit)
     limits = tuple(n for n, hit in (("timeout", outcome == "timeout"), ("fuel", outcome == "fuel"),
                                     ("memory", memory_hit), ("stack", outcome == "stack"),
                                     ("output", out.overflow or err.overflow)) if hit)
@@ -238,10 +213,13 @@ def _memory_hit(store: wasmtime.Store, instance: wasmtime.Instance | None, limit
 
 
 def _judge(code: int | None, trap: BaseException | None, spec: RunSpec, output_overflow: bool,
-           memory_hit: bool) -> tuple[str, str]:
+           memory_hit: bool, deadline_hit: bool = False) -> tuple[str, str]:
     limits = spec.limits
     if trap is not None:
         tc = getattr(trap, "trap_code", None)
+        if deadline_hit:
+            return "timeout", (f"deadline exceeded: stopped after {limits.timeout_ms} ms (spec.limits.timeoutMs) "
+                               "while waiting in a host call")
         if tc == wasmtime.TrapCode.INTERRUPT:
             return "timeout", f"deadline exceeded: stopped after {limits.timeout_ms} ms (spec.limits.timeoutMs)"
         if tc == wasmtime.TrapCode.OUT_OF_FUEL:
@@ -272,12 +250,4 @@ def _last_line(exc: BaseException) -> str:
     return (causes or lines or [type(exc).__name__])[-1]
 
 
-def compile_module(engines: Engines, wasm: bytes, fuel: bool) -> wasmtime.Module:
-    """Compile verified bytes; SandboxRefusal when they are not a valid module."""
-    try:
-        return wasmtime.Module(engines.get(fuel), wasm)
-    except wasmtime.WasmtimeError as exc:
-        raise SandboxRefusal("bad-module", f"not a valid WebAssembly module: {_last_line(exc)}") from None
-
-
-__all__ = ["Execution", "Invocation", "Linked", "SandboxRefusal", "compile_module", "link", "run"]
+__all__ = ["Execution", "Invocation", "Linked", "SandboxRefusal", "link", "run"]

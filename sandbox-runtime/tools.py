@@ -3,6 +3,9 @@
 A tool is linked into an agent's sandbox only when the agent's signed run contract declares it
 (`spec.tools`) and the node provides it; the policy has already refused dangerous ones. Tools see
 the invocation they serve through a thread-local context (a wasmtime store runs on one thread).
+Every tool checks the invocation's deadline before it works (agentfactory.wasihost): epoch
+interruption fires only in wasm code, so a host call must not start, nor return into the guest,
+past the deadline. A tool that could wait must bound its wait by `wasihost.current().remaining()`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import wasmtime
+
+from agentfactory import wasihost
 
 TOOL_MODULE = "agentfactory"
 MAX_TOOL_LOG = 16 * 1024
@@ -91,4 +96,15 @@ def define(linker: wasmtime.Linker, names: Iterable[str]) -> None:
     """Link the named tools (already checked to be declared and provided)."""
     for name in names:
         tool = TOOLS[name]
-        linker.define_func(TOOL_MODULE, name, tool.functype(), tool.impl, access_caller=tool.needs_caller)
+        linker.define_func(TOOL_MODULE, name, tool.functype(), _within_deadline(tool.impl),
+                           access_caller=tool.needs_caller)
+
+
+def _within_deadline(impl: Callable[..., Any]) -> Callable[..., Any]:
+    """`impl`, refused (a timeout trap) when called, or returning, past the invocation's deadline."""
+    def call(*args: Any) -> Any:
+        wasihost.check()
+        result = impl(*args)
+        wasihost.check()
+        return result
+    return call

@@ -112,3 +112,116 @@ def test_engines_deadline_and_settings() -> None:
     finally:
         engines.close()
     assert settings_key(True) != settings_key(False) and len(settings_key(False)) == 16
+
+
+def test_engine_proposals_are_the_documented_set() -> None:
+    import wasmtime
+
+    from agentfactory.wasmconfig import PROPOSALS_OFF, PROPOSALS_ON
+
+    engine = Engines(tick_seconds=1)
+    try:
+        for wat, why in (("(module (tag $t) (func (throw $t)))", "exceptions proposal not enabled"),
+                         ("(module (func $f (return_call $f)))", "tail calls support is not enabled"),
+                         ("(module (memory 1 1 shared))", "threads must be enabled")):
+            with pytest.raises(wasmtime.WasmtimeError, match=why):
+                wasmtime.Module.validate(engine.get(False), wasmtime.wat2wasm(wat))
+        for wat in ("(module (memory 1) (func (memory.fill (i32.const 0) (i32.const 0) (i32.const 0))))",
+                    "(module (func (result i32 i32) (i32.const 1) (i32.const 2)))",
+                    "(module (func (drop (v128.const i64x2 0 0))))"):
+            wasmtime.Module.validate(engine.get(True), wasmtime.wat2wasm(wat))
+    finally:
+        engine.close()
+    assert set(PROPOSALS_ON).isdisjoint(PROPOSALS_OFF) and "exceptions" in PROPOSALS_OFF
+
+
+def test_blocking_entries_under_a_preopen_are_found(tmp_path: Path) -> None:
+    import os
+
+    from agentfactory.wasihost import blocking_entry
+
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "file").write_text("x")
+    (tmp_path / "a" / "link").symlink_to(tmp_path / "a" / "b")  # a link to a folder: judged, not followed
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    assert blocking_entry(tmp_path) is None
+    os.mkfifo(tmp_path / "a" / "b" / "pipe")
+    assert blocking_entry(tmp_path) == (f"{tmp_path}/a/b/pipe is a FIFO: opening or reading it can block past "
+                                        "any deadline")
+    (tmp_path / "a" / "b" / "pipe").unlink()
+    (tmp_path / "tty").symlink_to("/dev/null")
+    assert "tty is a character device" in (blocking_entry(tmp_path) or "")
+    (tmp_path / "tty").unlink()
+    assert blocking_entry(tmp_path, limit=3) == (f"{tmp_path}: more than 3 entries; the node checks every entry "
+                                                 "a preopen grants")
+
+
+def test_tools_and_clocks_refuse_to_run_past_the_deadline() -> None:
+    import wasmtime
+
+    from agentfactory import wasihost
+    from sandbox_runtime import tools
+
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+    tools.define(linker, ["clock.now_ms"])
+    module = wasmtime.Module(engine, """(module (import "agentfactory" "clock.now_ms" (func $now (result i64)))
+      (func (export "f") (result i64) (call $now)))""")
+    store = wasmtime.Store(engine)
+    f = linker.instantiate(store, module).exports(store)["f"]
+    assert isinstance(f, wasmtime.Func)
+    live = wasihost.Deadline(60)
+    wasihost.bind(live)
+    try:
+        assert f(store) > 1_700_000_000_000 and not live.hit
+        gone = wasihost.Deadline(-0.001)
+        wasihost.bind(gone)
+        with pytest.raises(wasmtime.Trap, match="deadline exceeded during a host call"):
+            f(store)
+        assert gone.hit
+        wasihost.bind(None)  # no invocation bound: host calls fail closed
+        with pytest.raises(wasmtime.Trap):
+            f(store)
+    finally:
+        wasihost.bind(None)
+
+
+POLL_PROBE = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "poll") (param i32 i32 i32 i32) (result i32)
+    (call $poll (local.get 0) (local.get 1) (local.get 2) (local.get 3))))"""
+
+
+def test_poll_oneoff_answers_fds_at_once_and_checks_its_arguments() -> None:
+    import struct
+    import time
+
+    import wasmtime
+
+    from agentfactory import wasihost
+
+    engine = wasmtime.Engine()
+    linker = wasmtime.Linker(engine)
+    wasihost.define_wasi(linker)
+    store = wasmtime.Store(engine)
+    store.set_wasi(wasmtime.WasiConfig())
+    exports = linker.instantiate(store, wasmtime.Module(engine, POLL_PROBE)).exports(store)
+    poll, memory = exports["poll"], exports["memory"]
+    assert isinstance(poll, wasmtime.Func) and isinstance(memory, wasmtime.Memory)
+    clock = struct.pack("<QB7xI4xQQH6x", 7, 0, 1, 30 * 10**9, 0, 0)  # 30 s relative, monotonic
+    stdin = struct.pack("<QB7xI28x", 8, 1, 0)  # fd_read on fd 0
+    memory.write(store, clock + stdin, 0)
+    wasihost.bind(wasihost.Deadline(60))
+    try:
+        started = time.monotonic()
+        assert poll(store, 0, 1024, 2, 2048) == 0
+        assert time.monotonic() - started < 1  # an fd is ready: the clock does not make it wait
+        assert struct.unpack_from("<I", memory.read(store, 2048, 2052))[0] == 1
+        userdata, error, kind = struct.unpack_from("<QHB", memory.read(store, 1024, 1040))
+        assert (userdata, error, kind) == (8, 0, 1)
+        assert poll(store, 0, 1024, 0, 2048) == 28  # no subscriptions: EINVAL
+        assert poll(store, 65536 - 40, 1024, 1, 2048) == 21  # subscription past the memory: EFAULT
+        assert poll(store, 0, 1024, wasihost.MAX_SUBSCRIPTIONS + 1, 2048) == 28
+    finally:
+        wasihost.bind(None)

@@ -1,0 +1,227 @@
+"""Validate and compile a module under a time and memory budget, in a child process.
+
+Cranelift's compile time and memory grow much faster than a module's size (a 50 KB function of
+many locals in nested loops takes a minute and gigabytes), and wasmtime cannot bound a compile
+in-process. So the compile runs in a child process of ours that sets its own RLIMIT_CPU and
+RLIMIT_AS before it reads a byte, compiles on one core (`parallel_compilation` off), and hands
+back the serialized module; the parent also kills it at the wall-clock budget. The serialized
+bytes come from our own child compiling bytes the caller already verified, so deserializing them
+runs no one else's native code. Validation (wasmtime's validator under the agent engine's
+proposals) happens first, in-process: it is linear and turns an ill-typed module into a clear
+refusal before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import resource
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import AgentFactoryError, ConfigError
+from .wasmconfig import make_config
+
+DEFAULT_SECONDS = 10.0  # the ceiling of one compilation, pipeline and node alike (AGENTFACTORY_COMPILE_SECONDS)
+DEFAULT_MEMORY_MIB = 1024  # ... and of its memory above the compiler's baseline (AGENTFACTORY_COMPILE_MIB)
+STARTUP_SLACK = 5.0  # wall seconds allowed for the child to start Python and wasmtime, outside the budget
+_HEADER = struct.Struct("<I")
+OVER_TIME = 124  # the child's exit code when its wall-clock watchdog fires
+
+
+@dataclass(frozen=True)
+class CompileBudget:
+    """How long and how much memory one compilation may take (on top of the child's baseline)."""
+
+    seconds: float
+    memory_mib: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "memoryMiB": self.memory_mib}
+
+
+@dataclass(frozen=True)
+class CompileReport:
+    """What a compilation cost: wall and CPU seconds, and memory (MiB) above the child's baseline."""
+
+    seconds: float
+    cpu_seconds: float
+    memory_mib: float
+    peak_rss_mib: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"seconds": round(self.seconds, 3), "cpuSeconds": round(self.cpu_seconds, 3),
+                "memoryMiB": round(self.memory_mib, 1), "peakRssMiB": round(self.peak_rss_mib, 1)}
+
+
+class CompileRefused(AgentFactoryError):
+    """The module is invalid or over its compile budget; `reason` is invalid | over-budget | failed, or
+    unavailable when the host could not start a compile at all (nothing is known about the module)."""
+
+    def __init__(self, reason: str, message: str, report: CompileReport | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.report = report
+
+
+def ceiling() -> CompileBudget:
+    """The compile ceiling from the environment (the same on the build machine and the node)."""
+    seconds = _env_number("AGENTFACTORY_COMPILE_SECONDS", DEFAULT_SECONDS)
+    memory = _env_number("AGENTFACTORY_COMPILE_MIB", DEFAULT_MEMORY_MIB)
+    return CompileBudget(seconds=seconds, memory_mib=max(1, int(memory)))
+
+
+def _env_number(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r}: not a number") from None
+    if not 0 < value <= 86400:
+        raise ConfigError(f"{name}={raw!r}: must be a positive number (seconds or MiB)")
+    return value
+
+
+def validate(wasm: bytes, fuel: bool) -> None:
+    """wasmtime's validator under the agents' engine settings; CompileRefused("invalid") naming why."""
+    import wasmtime
+
+    try:
+        wasmtime.Module.validate(_validator(fuel), wasm)
+    except wasmtime.WasmtimeError as exc:
+        raise CompileRefused("invalid", f"not a valid WebAssembly module for this platform: {_cause(exc)}") from None
+
+
+def compile_bounded(wasm: bytes, fuel: bool, budget: CompileBudget, *,
+                    validated: bool = False) -> tuple[bytes, CompileReport]:
+    """Validate (unless the caller just did), then compile in a bounded child: (serialized module, cost)."""
+    if not validated:
+        validate(wasm, fuel)
+    started = time.perf_counter()
+    try:  # -P: the working directory is not put on sys.path, so no file there can stand in for ours
+        proc = subprocess.Popen(
+            [sys.executable, "-P", "-m", "agentfactory.wasmcompile", "1" if fuel else "0", repr(budget.seconds),
+             str(budget.memory_mib)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True)
+    except OSError as exc:  # the host, not the module: not remembered against the module
+        raise CompileRefused("unavailable", f"cannot start the compile process: {exc.strerror}") from None
+    try:
+        out, err = proc.communicate(wasm, timeout=budget.seconds + STARTUP_SLACK)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        took = time.perf_counter() - started
+        raise CompileRefused("over-budget", f"compiling took more than its budget of {budget.seconds:g} s "
+                             f"(stopped after {took:.1f} s wall clock)",
+                             CompileReport(took, took, 0.0, 0.0)) from None
+    took = time.perf_counter() - started
+    if proc.returncode != 0 or len(out) < _HEADER.size:
+        raise _child_failure(proc.returncode, err, budget, took)
+    (size,) = _HEADER.unpack_from(out)
+    head = json.loads(out[_HEADER.size:_HEADER.size + size])
+    report = CompileReport(head["seconds"], head["cpuSeconds"], head["memoryMiB"], head["peakRssMiB"])
+    if report.seconds > budget.seconds or report.memory_mib > budget.memory_mib:
+        raise CompileRefused("over-budget", f"compiling took {report.seconds:.2f} s and {report.memory_mib:.0f} MiB, "
+                             f"over its budget of {budget.seconds:g} s and {budget.memory_mib} MiB", report)
+    return out[_HEADER.size + size:], report
+
+
+@functools.cache
+def _validator(fuel: bool) -> Any:
+    """One engine per fuel setting for validation (engines are thread-safe; stores are not)."""
+    import wasmtime
+
+    return wasmtime.Engine(make_config(fuel, parallel=False))
+
+
+def _child_failure(code: int, err: bytes, budget: CompileBudget, took: float) -> CompileRefused:
+    text = err.decode("utf-8", "replace").strip().splitlines()
+    last = text[-1] if text else ""
+    report = CompileReport(took, took, 0.0, 0.0)
+    if code == OVER_TIME and last.startswith("over-time"):
+        mib = float(last.split()[1])
+        return CompileRefused("over-budget", f"compiling took more than its budget of {budget.seconds:g} s "
+                              f"(stopped at {budget.seconds:g} s, {mib:.0f} MiB in use)",
+                              CompileReport(budget.seconds, budget.seconds, mib, 0.0))
+    if code in (-9, -24):  # SIGKILL, SIGXCPU: RLIMIT_CPU
+        return CompileRefused("over-budget", f"compiling used more than its budget of {budget.seconds:g} s of CPU "
+                              f"(stopped after {took:.1f} s)", report)
+    if code == -6 or "memory" in last.lower() or "alloc" in last.lower():  # Rust aborts when RLIMIT_AS is hit
+        return CompileRefused("over-budget", f"compiling needed more than its budget of {budget.memory_mib} MiB "
+                              f"of memory (stopped after {took:.1f} s)", report)
+    if last.startswith("invalid:"):
+        return CompileRefused("invalid", f"not a valid WebAssembly module for this platform: {last[8:].strip()}")
+    return CompileRefused("failed", f"the compiler failed (exit {code}): {last[:300] or 'no message'}", report)
+
+
+def _cause(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    causes = [ln for ln in lines if not ln[:1].isdigit() and not ln.startswith("Caused by")]
+    return (causes or lines or [type(exc).__name__])[-1]
+
+
+def _vm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _over_time(baseline_kib: int) -> None:
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    sys.stderr.write(f"over-time {max(0, peak - baseline_kib) / 1024:.1f}\n")
+    sys.stderr.flush()
+    os._exit(OVER_TIME)
+
+
+def _child(argv: list[str]) -> int:
+    """The compile child: limits itself, compiles stdin, writes header + serialized module to stdout."""
+    import wasmtime
+
+    fuel, seconds, memory_mib = argv[0] == "1", float(argv[1]), int(argv[2])
+    engine = wasmtime.Engine(make_config(fuel, parallel=False))
+    wasm = sys.stdin.buffer.read()
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_before = used.ru_utime + used.ru_stime
+    limit = math.ceil(cpu_before + seconds)
+    resource.setrlimit(resource.RLIMIT_CPU, (limit, limit + 1))
+    resource.setrlimit(resource.RLIMIT_AS, (_vm_bytes() + memory_mib * 1024 * 1024,) * 2)
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    baseline_kib = used.ru_maxrss
+    started = time.perf_counter()
+    watchdog = threading.Timer(seconds, _over_time, (baseline_kib,))  # ctypes releases the GIL while compiling
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        module = wasmtime.Module(engine, wasm)
+        payload = bytes(module.serialize())
+    except wasmtime.WasmtimeError as exc:
+        print(f"invalid: {_cause(exc)}", file=sys.stderr)
+        return 3
+    except MemoryError:
+        print("out of memory", file=sys.stderr)
+        return 4
+    took = time.perf_counter() - started
+    watchdog.cancel()
+    end = resource.getrusage(resource.RUSAGE_SELF)
+    head = json.dumps({"seconds": took, "cpuSeconds": end.ru_utime + end.ru_stime - cpu_before,
+                       "memoryMiB": max(0, end.ru_maxrss - baseline_kib) / 1024,
+                       "peakRssMiB": end.ru_maxrss / 1024}).encode()
+    out = sys.stdout.buffer
+    out.write(_HEADER.pack(len(head)) + head + payload)
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1:]))

@@ -1,0 +1,82 @@
+"""Compilation on a node: bounded in time, memory and concurrency, and a failure costs once.
+
+A signed module can still be a compile bomb (Cranelift's time and memory grow much faster than a
+function's size) or ill-typed (`wat2wasm` does not validate). Each compile therefore runs in a
+child process under a budget (agentfactory.wasmcompile: validation first, then RLIMIT_CPU,
+RLIMIT_AS, one core, a wall-clock watchdog), at most `workers` at a time on the node, and a
+refusal is remembered per (digest, engine settings) in a bounded negative cache, so that every
+later request for that digest is refused at once instead of compiling again.
+
+The node budget comes from AGENTFACTORY_COMPILE_SECONDS and AGENTFACTORY_COMPILE_MIB (defaults
+10 s and 1024 MiB, agentfactory.wasmcompile.ceiling); the pipeline compiles every module under the
+same ceiling before signing it, so a signed module over it was signed by someone who bypassed it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+
+import wasmtime
+
+from agentfactory.wasmcompile import CompileBudget, CompileRefused, ceiling, compile_bounded, validate
+
+from .engine import Engines
+from .sandbox import SandboxRefusal
+
+MAX_FAILURES = 1024
+
+
+class CompilePool:
+    """Bounded compilation of verified bytes into modules of this node's engines."""
+
+    def __init__(self, engines: Engines, budget: CompileBudget | None = None, workers: int | None = None,
+                 max_failures: int = MAX_FAILURES) -> None:
+        self.engines = engines
+        self.budget = budget or ceiling()
+        self.workers = workers or max(1, (os.cpu_count() or 2) // 2)
+        self._slots = threading.BoundedSemaphore(self.workers)
+        self._failures: OrderedDict[tuple[str, str], SandboxRefusal] = OrderedDict()
+        self._max_failures = max_failures
+        self._lock = threading.Lock()
+        self.compiles = 0  # child compilations started: what the negative cache saves
+
+    def compile(self, digest: str, settings: str, verified_wasm: bytes, fuel: bool) -> wasmtime.Module:
+        """The module for `digest`; SandboxRefusal (remembered) when it is invalid or over budget."""
+        key = (digest, settings)
+        with self._lock:
+            known = self._failures.get(key)
+            if known is not None:
+                self._failures.move_to_end(key)
+        if known is not None:
+            raise SandboxRefusal(known.reason, f"{known} (remembered from an earlier attempt; not compiled again)")
+        try:
+            validate(verified_wasm, fuel)  # linear, in-process: an ill-typed module never reaches a compiler
+            with self._slots:
+                with self._lock:
+                    self.compiles += 1
+                payload, _report = compile_bounded(verified_wasm, fuel, self.budget, validated=True)
+        except CompileRefused as exc:
+            if exc.reason == "unavailable":
+                raise SandboxRefusal("compile-unavailable", f"{exc}; retry later") from None
+            raise self._remember(key, exc) from None
+        try:  # our own child compiled bytes the verifier accepted: deserializing them runs no one else's code
+            return wasmtime.Module.deserialize(self.engines.get(fuel), payload)
+        except wasmtime.WasmtimeError as exc:
+            raise SandboxRefusal("bad-module", f"the compiled module could not be loaded: {exc}") from None
+
+    def _remember(self, key: tuple[str, str], exc: CompileRefused) -> SandboxRefusal:
+        reason = "compile-budget" if exc.reason == "over-budget" else "bad-module"  # counted by the runtime
+        refusal = SandboxRefusal(reason, str(exc) if exc.reason != "over-budget" else
+                                 f"{exc} (node compile budget: AGENTFACTORY_COMPILE_SECONDS, AGENTFACTORY_COMPILE_MIB)")
+        with self._lock:
+            self._failures[key] = refusal
+            while len(self._failures) > self._max_failures:
+                self._failures.popitem(last=False)
+        return refusal
+
+    def forget(self, digest: str) -> None:
+        with self._lock:
+            for k in [k for k in self._failures if k[0] == digest]:
+                del self._failures[k]
