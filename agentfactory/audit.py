@@ -4,14 +4,26 @@ Every record carries the SHA-256 of the line before it (`prev`), so a deleted, r
 line breaks the chain and `verify_chain` names the first line that does not follow. The file is
 opened with O_APPEND and each record is one write() under a lock; a record that cannot be written
 is an error the caller must treat as a refusal (fail closed: nothing runs unrecorded).
+
+Refusals (`decision` records with `allowed: false`) are what any client can cause at will (a 404
+per unknown name), so their volume is bounded: per reason, at most `REFUSAL_BURST` full records
+per second, each with fields cut to `REFUSAL_FIELD_CHARS` and at most `REFUSAL_RECORD_BYTES`; the
+rest of that second is one `decision-summary` record with the count and the most frequent agent
+names, written with the next record (or at close). Allowed decisions and executions are never
+summarized: they are bounded by the node's capacity, not by a client's request rate.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -21,6 +33,12 @@ from .errors import AgentFactoryError, InputError
 MAX_RECORD_BYTES = 64 * 1024
 MAX_FIELD_CHARS = 2000
 GENESIS = "0" * 64
+REFUSAL_BURST = 10  # full refusal records per reason per window
+REFUSAL_WINDOW_SECONDS = 1.0
+REFUSAL_FIELD_CHARS = 256
+REFUSAL_RECORD_BYTES = 4096
+REFUSAL_REASONS = 32  # distinct reason keys tracked; any further reason is counted as "other"
+SUMMARY_AGENTS = 10  # agent names named in a summary (the most frequent), each cut to 64 characters
 
 
 class AuditError(AgentFactoryError):
@@ -31,15 +49,26 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def _clip(value: Any) -> Any:
+def _clip(value: Any, chars: int = MAX_FIELD_CHARS, items: int = 100) -> Any:
     """Keep records bounded: long strings (a guest's error text) are cut, structures walked."""
     if isinstance(value, str):
-        return value if len(value) <= MAX_FIELD_CHARS else value[:MAX_FIELD_CHARS] + "…"
+        return value if len(value) <= chars else value[:chars] + "…"
     if isinstance(value, dict):
-        return {str(k): _clip(v) for k, v in value.items()}
+        return {str(k)[:chars]: _clip(v, chars, items) for k, v in list(value.items())[:items]}
     if isinstance(value, (list, tuple)):
-        return [_clip(v) for v in value[:100]]
+        return [_clip(v, chars, items) for v in value[:items]]
     return value
+
+
+@dataclass
+class _Window:
+    """One reason's refusals in the current window: how many were written, how many only counted."""
+
+    started: float
+    started_at: str
+    written: int = 0
+    suppressed: int = 0
+    agents: Counter[str] = field(default_factory=Counter)
 
 
 class AuditLog:
@@ -49,9 +78,11 @@ class AuditLog:
     chain starts from `GENESIS`, as nothing before it can be read back.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self._clock = clock  # the refusal windows' clock (monotonic seconds)
         self._lock = threading.Lock()
+        self._windows: dict[str, _Window] = {}
         if str(path) == "-":
             self._fd = os.dup(1)
             self._prev = GENESIS
@@ -64,25 +95,69 @@ class AuditLog:
         self._prev = _last_hash(path)
 
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
-        """Append one record (`time`, `event`, the fields, `prev`) and return it."""
+        """Append one record (`time`, `event`, the fields, `prev`) and return it.
+
+        A refusal past its reason's burst is only counted (see the module docstring); the returned
+        document then has `"suppressed": true` and nothing is written for it now.
+        """
         with self._lock:
+            now = self._clock()
+            self._flush_windows(now, force=False)
+            if event == "decision" and fields.get("allowed") is False:
+                return self._refusal(now, event, fields)
             doc = {"time": _now(), "event": event, **_clip(fields), "prev": self._prev}
-            line = json.dumps(doc, sort_keys=False, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
-            if len(line) > MAX_RECORD_BYTES:
-                doc = {"time": doc["time"], "event": event, "truncated": True, "prev": self._prev,
-                       **{k: fields[k] for k in ("agent", "digest", "allowed", "outcome") if k in fields}}
-                line = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
-            try:
-                written = os.write(self._fd, line)
-            except OSError as exc:
-                raise AuditError(f"{self.path}: cannot append to the audit trail: {exc.strerror}") from None
-            if written != len(line):
-                raise AuditError(f"{self.path}: short write to the audit trail ({written} of {len(line)} bytes)")
-            self._prev = hashlib.sha256(line.rstrip(b"\n")).hexdigest()
-            return doc
+            return self._write(doc, fields, MAX_RECORD_BYTES)
+
+    def _refusal(self, now: float, event: str, fields: dict[str, Any]) -> dict[str, Any]:
+        reason = str(fields.get("reason") or "unknown")[:64]
+        if reason not in self._windows and len(self._windows) >= REFUSAL_REASONS:
+            reason = "other"
+        window = self._windows.get(reason)
+        if window is None:
+            window = self._windows[reason] = _Window(now, _now())
+        if window.written >= REFUSAL_BURST:
+            window.suppressed += 1
+            agent = str(fields.get("agent") or "")[:64]
+            if agent in window.agents or len(window.agents) < 4 * SUMMARY_AGENTS:
+                window.agents[agent] += 1
+            return {"event": event, "reason": reason, "allowed": False, "suppressed": True}
+        window.written += 1
+        doc = {"time": _now(), "event": event, **_clip(fields, REFUSAL_FIELD_CHARS, 20), "prev": self._prev}
+        return self._write(doc, fields, REFUSAL_RECORD_BYTES)
+
+    def _flush_windows(self, now: float, *, force: bool) -> None:
+        """Close the windows that are over (all of them with `force`): a summary for each that counted."""
+        for reason, window in list(self._windows.items()):
+            if not force and now - window.started < REFUSAL_WINDOW_SECONDS:
+                continue
+            del self._windows[reason]
+            if window.suppressed:
+                doc = {"time": _now(), "event": "decision-summary", "allowed": False, "reason": reason,
+                       "suppressed": window.suppressed, "written": window.written, "from": window.started_at,
+                       "agents": dict(window.agents.most_common(SUMMARY_AGENTS)), "prev": self._prev}
+                self._write(doc, {}, REFUSAL_RECORD_BYTES)
+
+    def _write(self, doc: dict[str, Any], fields: dict[str, Any], limit: int) -> dict[str, Any]:
+        line = json.dumps(doc, sort_keys=False, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        if len(line) > limit:
+            doc = {"time": doc["time"], "event": doc["event"], "truncated": True, "prev": self._prev,
+                   **{k: _clip(fields[k], REFUSAL_FIELD_CHARS) for k in ("agent", "digest", "allowed", "outcome",
+                                                                          "reason") if k in fields}}
+            line = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+        try:
+            written = os.write(self._fd, line)
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot append to the audit trail: {exc.strerror}") from None
+        if written != len(line):
+            raise AuditError(f"{self.path}: short write to the audit trail ({written} of {len(line)} bytes)")
+        self._prev = hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+        return doc
 
     def close(self) -> None:
+        """Write the pending refusal summaries, then close (a summary that cannot be written is lost)."""
         with self._lock:
+            with contextlib.suppress(AuditError):
+                self._flush_windows(self._clock(), force=True)
             os.close(self._fd)
 
 

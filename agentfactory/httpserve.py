@@ -1,7 +1,10 @@
 """What the HTTP services (the webhook, the transparency log) share: a bound socket and a capped body.
 
 The socket is bound before uvicorn starts, so `--listen HOST:0` can report the port it got and a
-port in use is a clear configuration error rather than a log line from inside the server.
+port in use is a clear configuration error rather than a log line from inside the server. It is made
+with protocol IPPROTO_TCP and TCP_NODELAY: asyncio sets TCP_NODELAY on accepted connections only for
+sockets whose protocol says TCP, and without it a response written as head then body waits for the
+client's delayed ACK (about 40 ms per request on Linux).
 """
 
 from __future__ import annotations
@@ -22,8 +25,9 @@ def bind(listen: str, example: str) -> socket.socket:
     if not host or not port.isdigit():
         raise InputError("--listen", f"{listen!r}: write HOST:PORT (e.g. {example})")
     host = host.strip("[]")
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         sock.bind((host, int(port)))
     except OSError as exc:

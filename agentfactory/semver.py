@@ -5,14 +5,18 @@ from __future__ import annotations
 import re
 
 SEMVER_RE = re.compile(
-    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
-    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
-    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+    # ASCII digits only (`\d` also matches Unicode digits such as U+0661) and `\Z`, not `$` (which
+    # accepts a trailing newline): a version string is an identifier, compared and stored as written.
+    r"^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)"
+    r"(?:-((?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9][0-9]*|[0-9]*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?\Z"
 )
+MAX_VERSION_CHARS = 128
 
 
 def is_semver(value: str) -> bool:
-    return bool(SEMVER_RE.match(value))
+    """A Semantic Versioning 2.0.0 string of at most MAX_VERSION_CHARS ASCII characters."""
+    return isinstance(value, str) and len(value) <= MAX_VERSION_CHARS and bool(SEMVER_RE.match(value))
 
 
 def sort_key(value: str) -> tuple[object, ...]:

@@ -1,43 +1,76 @@
 """The node service: `POST /v1/agents/{name}/invoke`, `GET /healthz`, `GET /readyz`, `GET /metrics`.
 
 Invoke: the request body is the agent's stdin; `?arg=` (repeatable) its argv, `?env=NAME=VALUE`
-(repeatable) its environment (names must be on the agent's allowlist), `?version=` or `?digest=`
-pin what runs. The response body is the agent's stdout; the exit code, outcome, limits hit, digest
-and timings are headers (`X-Agent-*`). With `Accept: application/json` the response is one JSON
-document with stdout and stderr (text, or base64 when not UTF-8).
+(repeatable) its environment (names must be on the agent's allowlist), `?version=` (semver) or
+`?digest=` (sha256:…) pin what runs. The response body is the agent's stdout; the exit code, outcome,
+limits hit, digest and timings are headers (`X-Agent-*`). With `Accept: application/json` the
+response is one JSON document with stdout and stderr (text, or base64 when not UTF-8 or when
+escaping would make it longer than base64).
 
 Status: 200 the agent exited (any exit code); 422 the sandbox stopped it (deadline, memory,
-stack, output, fuel, trap); 403 refused before running (verification, policy, contract);
-404 no such agent; 400 bad request; 413 body too large; 503 every worker busy; 500 a bug.
+stack, output, fuel, trap); 403 refused before running (verification, policy, contract, over the
+node's ceilings); 404 no such agent; 400 bad request; 408 the request did not arrive in time;
+413 body too large; 503 no worker, no connection slot, no memory budget, or no compile slot
+(`compile-unavailable`) (`Retry-After`); 500 a bug.
 
-The server is a bounded thread-per-connection HTTP/1.1 server with keep-alive: at most
-`max_connections` connections, `workers` invocations at once, and a socket timeout so a slow
-client cannot hold a thread forever.
+A bounded thread-per-connection HTTP/1.1 server with keep-alive, hardened against hostile clients
+(server_limits.py): connection slots in all and per client address, a whole-request deadline for
+headers and body, bodies read in chunks charged to a node-wide memory budget that also covers each
+invocation and its response, responses streamed under a deadline, refusals paced per client
+address, and an overflow lane that still answers /healthz and /readyz when every slot is taken.
+Every header the service reads and the query are parsed strictly; anything malformed is a 400,
+never a traceback. docs/runtime.md says why this server rather than uvicorn.
 """
 
 from __future__ import annotations
 
-import base64
+import contextlib
+import dataclasses
+import io
 import json
 import re
 import socket
 import threading
+import time
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentfactory.audit import AuditError
 from agentfactory.errors import AgentFactoryError, InputError
-from agentfactory.metrics import RUNTIME_REQUESTS
+from agentfactory.metrics import RUNTIME_REQUESTS, WASI_VIOLATIONS
+from agentfactory.semver import SEMVER_RE
 
-from .runtime import MAX_STDIN, Refused, Result, Runtime
+from .runtime import MAX_STDIN, Prepared, Refused, Result, Runtime
 from .sandbox import Invocation
+from .server_io import CHUNK, DeadlineReader, DeadlineWriter, json_document, streams_json
+from .server_limits import MIB, ClientSlots, MemoryBudget, RefusalPacer, ServerLimits
 
-INVOKE = re.compile(r"^/v1/agents/([a-z0-9][a-z0-9._-]{0,127})/invoke$")
+INVOKE = re.compile(r"/v1/agents/([^/]*)/invoke")
+AGENT_NAME = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")  # the template schema's DNS label
+DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+CONTENT_LENGTH = re.compile(r"[0-9]{1,12}")  # ASCII digits only: int() would also take '²' or '٣'
+MAX_QUERY_FIELDS = 600
 STOPPED = {"timeout", "fuel", "memory", "stack", "output", "trap"}
-QUEUE_WAIT_SECONDS = 5.0
+TOOL_LOG_BYTES = 16 * 1024
+INVOCATION_OVERHEAD = 1 * MIB  # a store, an instance and WASI state, beyond the guest's linear memory
+SMALL_BODY = 64 * 1024  # head and body in one write below this (one segment: keep-alive throughput)
+
+
+def _streams(stdout: bytes, stderr: bytes) -> dict[str, str]:
+    """stdout and stderr for a JSON document (kept for `agentfactory run --json`)."""
+    return streams_json(stdout, stderr)
+
+
+class _Answer(Exception):
+    """Stop handling this request and answer `code` with `message`."""
+
+    def __init__(self, code: int, message: str, *, retry_after: bool = False, close: bool = False) -> None:
+        super().__init__(message)
+        self.code, self.message, self.retry_after, self.close = code, message, retry_after, close
 
 
 class RuntimeServer(ThreadingHTTPServer):
@@ -46,25 +79,45 @@ class RuntimeServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], runtime: Runtime, *, workers: int = 8,
-                 max_connections: int = 256, socket_timeout: float = 30.0) -> None:
+                 max_connections: int | None = None, limits: ServerLimits | None = None) -> None:
+        limits = limits or ServerLimits.from_env()
+        if max_connections is not None:
+            limits = dataclasses.replace(limits, max_connections=max_connections)
         self.runtime = runtime
+        self.limits = limits
         self.workers = threading.BoundedSemaphore(workers)
-        self.connections = threading.BoundedSemaphore(max_connections)
-        self.socket_timeout = socket_timeout
+        self.slots = ClientSlots(limits)
+        self.budget = MemoryBudget(limits.memory_budget)
+        self.pacer = RefusalPacer(limits.refusals_per_client)
         self.ready = threading.Event()
         super().__init__(address, _Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.connections.acquire(blocking=False):  # full: refuse rather than grow without bound
+        client = str(client_address[0])
+        admitted = self.slots.admit(client)
+        if admitted is None:  # even the overflow lane is full: refuse rather than grow without bound
             self.shutdown_request(request)
             return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        lane, why = admitted
+        thread = threading.Thread(target=self._serve, args=(request, client_address, client, lane, why), daemon=True)
         try:
-            super().process_request_thread(request, client_address)
+            thread.start()
+        except RuntimeError:  # no thread to be had: this connection is refused, its slot returned
+            self.slots.release(client, lane)
+            self.shutdown_request(request)
+
+    def _serve(self, request: Any, client_address: Any, client: str, lane: str, why: str) -> None:
+        try:
+            handler = _Handler if lane == "main" else _OverflowHandler
+            handler(request, client_address, self, overflow_reason=why)
+        except Exception:  # a client that went away mid-request: nothing left to answer
+            return
         finally:
-            self.connections.release()
+            self.shutdown_request(request)
+            self.slots.release(client, lane)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """No traceback on stderr for what a client did: every request path answers or closes."""
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -72,18 +125,55 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "agentfactory-runtime"
     sys_version = ""
+    overflow = False
+
+    def __init__(self, request: Any, client_address: Any, server: RuntimeServer, overflow_reason: str = "") -> None:
+        self.overflow_reason = overflow_reason
+        super().__init__(request, client_address, server)
 
     def setup(self) -> None:
-        super().setup()
-        self.connection.settimeout(self.server.socket_timeout)
+        self.connection = self.request
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = DeadlineReader(self.connection)
+        self.writer = DeadlineWriter(self.connection)
+        self.rfile = io.BufferedReader(self.reader, CHUNK)
+        self.wfile = self.writer  # type: ignore[assignment]  # unbuffered: each write is one sendall
+        self.reservation = self.server.budget.reservation()
+        self.started = time.monotonic()
+
+    def finish(self) -> None:
+        self.reservation.close()
+        super().finish()
+
+    def handle_one_request(self) -> None:
+        limits = self.server.limits
+        self.started = time.monotonic()
+        first = limits.overflow_timeout if self.overflow else limits.header_timeout
+        self.reader.deadline = self.started + first
+        self.writer.deadline = self.started + first + limits.response_timeout
+        try:
+            super().handle_one_request()
+        except TimeoutError:
+            self.close_connection = True
+        except OSError:  # the client went away
+            self.close_connection = True
+        except Exception as exc:  # a bug: say so if the connection still takes it, and stop
+            self.close_connection = True
+            with contextlib.suppress(Exception):
+                self._error("other", 500, f"internal error: {type(exc).__name__}")
+        finally:
+            self.reservation.close()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the audit trail and the metrics are the record; no per-request stderr noise
 
     # -- routing ---------------------------------------------------------------------------------
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
+        try:
+            path = urlsplit(self.path).path
+        except ValueError:
+            self._error("other", 400, "the request target is not a valid URL")
+            return
         if path == "/healthz":
             self._send("healthz", 200, b"ok\n", "text/plain")
         elif path == "/readyz":
@@ -92,80 +182,200 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/metrics":
             self._send("metrics", 200, generate_latest(), CONTENT_TYPE_LATEST)
         else:
-            self._error("other", 404, f"no such endpoint: GET {path}")
+            self._error("other", 404, f"no such endpoint: GET {path[:200]}")
 
     def do_POST(self) -> None:
-        url = urlsplit(self.path)
-        match = INVOKE.match(url.path)
-        if not match:
-            self._drain()
-            self._error("other", 404, f"no such endpoint: POST {url.path} (POST /v1/agents/NAME/invoke)")
-            return
+        self.reader.deadline = self.started + self.server.limits.request_timeout
         try:
-            invocation, ref = self._invocation(match.group(1), url.query)
-        except InputError as exc:
-            self._error("invoke", 413 if exc.where == "body" and "larger" in exc.message else 400, str(exc))
+            result = self._invoke()
+        except _Answer as exc:
+            if exc.close:
+                self.close_connection = True
+            if exc.code in (400, 404):
+                self._pace()
+            self._error("invoke", exc.code, exc.message, retry_after=exc.retry_after)
             return
-        if not self.server.workers.acquire(timeout=QUEUE_WAIT_SECONDS):
-            self._error("invoke", 503, "every worker is busy; retry later", retry_after=True)
-            return
-        try:
-            result = self.server.runtime.invoke(ref, invocation)
         except Refused as exc:
+            self._pace()
             self._refused(exc)
             return
-        except InputError as exc:
-            self._error("invoke", 400, str(exc))
-            return
-        except AuditError as exc:  # nothing runs, or is answered, unrecorded
-            self._error("invoke", 503, f"the audit trail cannot be written: {exc}")
-            return
-        except AgentFactoryError as exc:
-            self._error("invoke", 502, f"the store could not be read: {exc}")
-            return
-        except Exception as exc:  # a bug: say so, keep serving
-            self._error("invoke", 500, f"internal error: {type(exc).__name__}: {exc}")
-            return
-        finally:
-            self.server.workers.release()
         self._result(result)
 
-    # -- request ---------------------------------------------------------------------------------
-    def _drain(self) -> None:
-        length = self.headers.get("Content-Length")
-        if length and length.isdigit() and int(length) <= MAX_STDIN:
-            self.rfile.read(int(length))
-        else:
-            self.close_connection = True
+    def _pace(self) -> None:
+        """A refusal: answered at once within the client's rate, later past it (see RefusalPacer)."""
+        wait = self.server.pacer.delay(str(self.client_address[0]))
+        if wait > 0:
+            time.sleep(wait)
 
-    def _invocation(self, name: str, query: str) -> tuple[Invocation, str]:
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            raise InputError("body", "chunked bodies are not accepted; send Content-Length")
-        length = self.headers.get("Content-Length", "0")
-        if not length.isdigit():
-            self.close_connection = True
-            raise InputError("body", f"Content-Length {length!r} is not a number")
-        if int(length) > MAX_STDIN:
-            self.close_connection = True
-            raise InputError("body", f"larger than the {MAX_STDIN}-byte stdin limit ({length} bytes)")
-        stdin = self.rfile.read(int(length))
-        params = parse_qs(query, keep_blank_values=True, max_num_fields=600)
+    # -- request ---------------------------------------------------------------------------------
+    def _invoke(self) -> Result:
+        try:
+            url = urlsplit(self.path)
+        except ValueError:
+            raise _Answer(400, "the request target is not a valid URL", close=True) from None
+        length = self._content_length()
+        match = INVOKE.fullmatch(url.path)
+        if not match:
+            self._read_body(length)  # keep the connection usable; the body is charged and dropped
+            raise _Answer(404, f"no such endpoint: POST {url.path[:200]} (POST /v1/agents/NAME/invoke)")
+        try:
+            args, env, ref = self._query(match.group(1), url.query)
+        except _Answer as exc:
+            exc.close = exc.close or length > 0  # the body is not read: the connection cannot go on
+            raise
+        stdin = self._read_body(length)
+        invocation = Invocation(stdin=stdin, args=args, env=env)
+        del stdin
+        if not self.server.workers.acquire(timeout=self.server.limits.queue_wait):
+            raise _Answer(503, "every worker is busy; retry later", retry_after=True)
+        try:
+            prepared = self.server.runtime.prepare(ref)
+            self._admit(prepared, len(invocation.stdin))
+            result = self.server.runtime.invoke(ref, invocation)
+        except InputError as exc:
+            raise _Answer(400, str(exc)) from None
+        except AuditError as exc:  # nothing runs, or is answered, unrecorded
+            raise _Answer(503, f"the audit trail cannot be written: {exc}") from None
+        except Refused:
+            raise
+        except AgentFactoryError as exc:
+            raise _Answer(502, f"the store could not be read: {exc}") from None
+        except _Answer:
+            raise
+        except Exception as exc:  # a bug: say so, keep serving
+            raise _Answer(500, f"internal error: {type(exc).__name__}: {exc}") from None
+        finally:
+            self.server.workers.release()
+            del invocation
+        ex = result.execution
+        # From here on the node holds the outputs until they are sent, and nothing else of this request.
+        self.reservation.set(len(ex.stdout) + len(ex.stderr) + len(ex.tool_log) + 2 * CHUNK)
+        return result
+
+    def _content_length(self) -> int:
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise _Answer(400, "chunked bodies are not accepted; send Content-Length", close=True)
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            return 0
+        if len(values) > 1:
+            raise _Answer(400, f"Content-Length sent {len(values)} times; send it once", close=True)
+        value = values[0].strip()
+        if not CONTENT_LENGTH.fullmatch(value):
+            raise _Answer(400, f"Content-Length {value[:40]!r} is not a number of bytes (ASCII digits)", close=True)
+        if int(value) > MAX_STDIN:
+            raise _Answer(413, f"the body is larger than the {MAX_STDIN}-byte stdin limit ({value} bytes)",
+                          close=True)
+        return int(value)
+
+    def _query(self, name: str, query: str) -> tuple[tuple[str, ...], dict[str, str], str]:
+        """argv, environment and the reference to run; 400 for anything not well-formed, before any lookup."""
+        if not AGENT_NAME.fullmatch(name):
+            raise _Answer(400, f"{name[:80]!r} is not an agent name (a DNS label: a-z, 0-9 and '-', at most 63)")
+        fields = query.count("&") + 1 if query else 0
+        if fields > MAX_QUERY_FIELDS:
+            raise _Answer(400, f"the query has {fields} fields; at most {MAX_QUERY_FIELDS}")
+        try:
+            params = parse_qs(query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS, errors="strict")
+        except ValueError as exc:  # UnicodeDecodeError included: percent-escapes that are not UTF-8
+            raise _Answer(400, f"the query cannot be parsed: {exc}") from None
         unknown = sorted(set(params) - {"arg", "env", "version", "digest"})
         if unknown:
-            raise InputError("query", f"unknown parameter(s) {', '.join(unknown)} (arg, env, version, digest)")
+            shown = ", ".join(repr(u[:40]) for u in unknown[:5])
+            raise _Answer(400, f"unknown query parameter(s) {shown} (arg, env, version, digest)")
         env: dict[str, str] = {}
         for pair in params.get("env", []):
             key, sep, value = pair.partition("=")
             if not sep or not key:
-                raise InputError("query", f"env {pair!r}: write env=NAME=VALUE")
+                raise _Answer(400, f"env {pair[:80]!r}: write env=NAME=VALUE")
             env[key] = value
-        ref = unquote(name)
+        for key in ("version", "digest"):
+            if len(params.get(key, [])) > 1:
+                raise _Answer(400, f"{key} given {len(params[key])} times; give it once")
         if params.get("digest"):
-            ref = f"{name}@{params['digest'][-1]}"
-        elif params.get("version"):
-            ref = f"{name}:{params['version'][-1]}"
-        return Invocation(stdin=stdin, args=tuple(params.get("arg", [])), env=env), ref
+            digest = params["digest"][0]
+            if not DIGEST.fullmatch(digest):
+                raise _Answer(400, f"digest {digest[:80]!r}: write sha256:<64 lower-case hex digits>")
+            return tuple(params.get("arg", [])), env, f"{name}@{digest}"
+        if params.get("version"):
+            version = params["version"][0]
+            if len(version) > 128 or not version.isascii() or not SEMVER_RE.fullmatch(version):
+                raise _Answer(400, f"version {version[:80]!r} is not a semantic version (e.g. 1.2.3)")
+            return tuple(params.get("arg", [])), env, f"{name}:{version}"
+        return tuple(params.get("arg", [])), env, name
+
+    def _read_body(self, length: int) -> bytes:
+        """The body, read in chunks as it arrives (nothing reserved ahead of data), each charged to the budget.
+
+        Past the budget the rest is read and dropped (so that the client, still sending, reads the 503
+        instead of a reset), under the same deadline.
+        """
+        chunks: list[bytes] = []
+        got = 0
+        over: _Answer | None = None
+        try:
+            while got < length:
+                want = min(CHUNK, length - got)
+                if over is None and not self.reservation.grow(want):
+                    over = self._over_budget(length - got)
+                    chunks.clear()
+                    self.reservation.set(0)
+                chunk = self.rfile.read1(want)
+                if over is None:
+                    self.reservation.set(self.reservation.held - want + len(chunk))
+                if not chunk:
+                    raise _Answer(400, f"the client closed the body after {got} of {length} bytes", close=True)
+                if over is None:
+                    chunks.append(chunk)
+                got += len(chunk)
+        except TimeoutError:
+            limit = self.server.limits.request_timeout
+            raise _Answer(408, f"the request did not arrive within {limit:g} s ({got} of {length} body bytes)",
+                          close=True) from None
+        if over is not None:
+            raise over
+        if len(chunks) <= 1:
+            return chunks[0] if chunks else b""
+        if not self.reservation.grow(length):  # the joined copy, while the chunks still exist
+            raise self._over_budget(length)
+        body = b"".join(chunks)
+        chunks.clear()
+        self.reservation.set(self.reservation.held - length)
+        return body
+
+    def _admit(self, prepared: Prepared, body: int) -> None:
+        """Reserve what this invocation can make the host hold, or refuse: 403 never fits, 503 not now."""
+        limits = self.server.limits
+        spec = prepared.linked.runspec.limits
+        cap = spec.max_output_kib * 1024
+        # linear memory; stdout and stderr each up to the cap, twice while the sandbox joins its parts; the tool
+        # log; stdin here and the sandbox's two copies of it (ctypes array, WASI's vector)
+        need = spec.memory_mib * MIB + 4 * cap + TOOL_LOG_BYTES + 3 * body + INVOCATION_OVERHEAD
+        a = prepared.agent
+        problem = None
+        if spec.max_output_kib > limits.max_output_kib:
+            problem = (f"maxOutputKiB {spec.max_output_kib} is over this node's ceiling of {limits.max_output_kib} KiB "
+                       "(AGENTFACTORY_RUNTIME_MAX_OUTPUT_KIB)")
+        elif need > self.server.budget.total:
+            problem = (f"memoryMiB {spec.memory_mib} and maxOutputKiB {spec.max_output_kib} need {need / MIB:.1f} MiB "
+                       f"of host memory per invocation, more than this node's whole budget of "
+                       f"{limits.memory_budget_mib} MiB (AGENTFACTORY_RUNTIME_MEMORY_BUDGET_MIB)")
+        if problem is not None:
+            message = f"{a.name}@{a.digest}: {problem}"
+            WASI_VIOLATIONS.labels(reason="node-ceiling").inc()
+            if self.server.runtime.audit is not None:
+                self.server.runtime.audit.record("decision", plane="runtime", agent=a.name, version=a.version,
+                                                 digest=a.digest, allowed=False, reason="node-ceiling",
+                                                 message=message, stage=self.server.runtime.config.stage)
+            raise Refused("node-ceiling", message, None, a)
+        if not self.reservation.set(need):
+            raise self._over_budget(need - self.reservation.held)
+
+    def _over_budget(self, need: int, *, close: bool = False) -> _Answer:
+        budget = self.server.budget
+        return _Answer(503, f"the node's memory budget is in use ({budget.used / MIB:.1f} of {budget.total / MIB:.0f} "
+                            f"MiB held by requests in flight; this one needs {need / MIB:.1f} MiB more); retry later",
+                       retry_after=True, close=close)
 
     # -- responses -------------------------------------------------------------------------------
     def _wants_json(self) -> bool:
@@ -181,46 +391,80 @@ class _Handler(BaseHTTPRequestHandler):
                    "X-Agent-Limits-Hit": ",".join(ex.limits_hit),
                    "X-Agent-Duration-Ms": f"{result.seconds * 1000:.3f}"}
         if self._wants_json() or code != 200:
-            doc = {**result.to_json(), **_streams(ex.stdout, ex.stderr)}
+            meta = result.to_json()
             if ex.tool_log:
-                doc["toolLog"] = ex.tool_log.decode("utf-8", "replace")
-            self._send("invoke", code, json.dumps(doc).encode() + b"\n", "application/json", headers)
+                meta["toolLog"] = ex.tool_log.decode("utf-8", "replace")
+            length, body = json_document(meta, [("stdout", ex.stdout), ("stderr", ex.stderr)])
+            self._send("invoke", code, body, "application/json", headers, length=length)
         else:
             self._send("invoke", code, ex.stdout, "application/octet-stream", headers)
 
     def _refused(self, exc: Refused) -> None:
-        code = 404 if exc.reason == "not-found" else 403
+        # compile-unavailable: the node could not start a compile now (not the agent's fault, not
+        # remembered): a transient 503 the client may retry, unlike every other refusal.
+        code = {"not-found": 404, "compile-unavailable": 503}.get(exc.reason, 403)
         doc: dict[str, Any] = {"error": str(exc), "reason": exc.reason}
         if exc.verdict is not None:
             doc["verdict"] = exc.verdict.to_json()
-        self._send("invoke", code, json.dumps(doc).encode() + b"\n", "application/json")
+        headers = {"Retry-After": "5"} if code == 503 else {}
+        self._send("invoke", code, json.dumps(doc).encode() + b"\n", "application/json", headers)
 
     def _error(self, endpoint: str, code: int, message: str, retry_after: bool = False) -> None:
         headers = {"Retry-After": "1"} if retry_after else {}
         self._send(endpoint, code, json.dumps({"error": message}).encode() + b"\n", "application/json", headers)
 
-    def _send(self, endpoint: str, code: int, body: bytes, content_type: str,
-              headers: dict[str, str] | None = None) -> None:
+    def _send(self, endpoint: str, code: int, body: bytes | Iterable[bytes], content_type: str,
+              headers: dict[str, str] | None = None, *, length: int | None = None) -> None:
+        """Head, then the body (bytes, or chunks of `length` bytes in all), all within the response deadline."""
         RUNTIME_REQUESTS.labels(endpoint=endpoint, code=str(code)).inc()
+        if isinstance(body, bytes):
+            length = len(body)
+        assert length is not None
+        self.writer.deadline = time.monotonic() + (self.server.limits.overflow_timeout if self.overflow
+                                                   else self.server.limits.response_timeout)
         self.send_response(code)
         self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Length", str(length))
         for k, v in (headers or {}).items():
             self.send_header(k, v)
         if self.close_connection:
             self.send_header("Connection", "close")
-        # Head and body in one write (end_headers would flush the head on its own): one segment per
-        # small response, which matters for keep-alive throughput.
         head: list[bytes] = self._headers_buffer  # type: ignore[attr-defined]  # filled by send_header
-        self.wfile.write(b"".join(head) + b"\r\n" + body)
+        head.append(b"\r\n")
+        if isinstance(body, bytes) and len(body) <= SMALL_BODY:
+            self.wfile.write(b"".join(head) + body)  # one segment per small response (keep-alive throughput)
+            head.clear()
+            return
+        self.wfile.write(b"".join(head))
         head.clear()
+        if isinstance(body, bytes):
+            with memoryview(body) as view:  # no copy of a large body
+                for start in range(0, len(body), 4 * CHUNK):
+                    self.wfile.write(view[start:start + 4 * CHUNK])
+            return
+        for piece in body:
+            self.wfile.write(piece)
 
 
-def _streams(stdout: bytes, stderr: bytes) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for name, data in (("stdout", stdout), ("stderr", stderr)):
-        try:
-            out[name] = data.decode("utf-8")
-        except UnicodeDecodeError:
-            out[name + "Base64"] = base64.b64encode(data).decode()
-    return out
+class _OverflowHandler(_Handler):
+    """A connection past the slot limits: one request, a short deadline; health answers, others get 503."""
+
+    overflow = True
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.handle_one_request()
+
+    def do_GET(self) -> None:
+        self.close_connection = True
+        if self.path in ("/healthz", "/readyz"):
+            super().do_GET()
+            return
+        self._busy()
+
+    def do_POST(self) -> None:
+        self.close_connection = True
+        self._busy()
+
+    def _busy(self) -> None:
+        self._error("other", 503, f"no connection slot: {self.overflow_reason}; retry later", retry_after=True)

@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -148,3 +153,79 @@ def serving(signed: Signed, audit: Path, *, stage: str = "dev", workers: int = 4
         srv.shutdown()
         srv.server_close()
         rt.close()
+
+
+@dataclass
+class Served:
+    """`agentfactory runtime serve` in its own process: its URL, the process, and what it wrote on stderr."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    stderr: list[bytes]
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def rss_bytes(self) -> int:
+        """The server's resident memory now (Linux /proc)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+
+@contextlib.contextmanager
+def serve_process(signed: Signed, base: Path, *, audit: Path | None = None, workers: int = 4,
+                  env: dict[str, str] | None = None) -> Iterator[Served]:
+    """The real `agentfactory runtime serve` on loopback (port 0) with `env` (AGENTFACTORY_RUNTIME_* limits)."""
+    from agentfactory.provenance import DEFAULT_BUILDER_ID
+    from agentfactory.trust import to_yaml
+
+    trust = base / "trust.yaml"
+    trust.write_text(to_yaml(signed.keyring.public_keys(), (DEFAULT_BUILDER_ID,), ("*",)))
+    exe = str(Path(sys.executable).with_name("agentfactory"))
+    cmd = [exe, "runtime", "serve", "--listen", "127.0.0.1:0", "--store", signed.store.url,
+           "--policies", str(ROOT / "policies"), "--policy", str(trust), "--workers", str(workers)]
+    if audit is not None:
+        cmd += ["--audit-log", str(audit)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})})
+    assert proc.stderr is not None
+    first = proc.stderr.readline()
+    seen = [first]
+    try:
+        if not first.startswith(b"{"):
+            raise AssertionError(f"the runtime did not start: {first!r} {proc.stderr.read()!r}")
+        url = json.loads(first)["listening"]
+        pump = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, b"")), daemon=True)  # type: ignore[union-attr]
+        pump.start()
+        yield Served(url, proc, seen)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def connect_from(source: str, port: int, timeout: float = 5.0) -> socket.socket:
+    """A TCP connection to 127.0.0.1:port from loopback address `source` (another client, as the server sees it)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
+def read_reply(sock: socket.socket, limit: int = 1 << 20) -> bytes:
+    """Everything the server sends until it closes (or `limit` bytes, or the socket's timeout)."""
+    data = b""
+    try:
+        while len(data) < limit and (chunk := sock.recv(65536)):
+            data += chunk
+    except (TimeoutError, ConnectionResetError):
+        pass
+    return data

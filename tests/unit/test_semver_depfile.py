@@ -16,3 +16,10 @@ def test_semver_precedence() -> None:
 def test_depfile_parsing() -> None:
     text = "/tmp/x/main.o: src/main.c src/util.h \\\n  /opt/zig/lib/stdio.h \\\n  src/with\\ space.h\n"
     assert _parse_depfile(text) == ["src/main.c", "src/util.h", "/opt/zig/lib/stdio.h", "src/with space.h"]
+
+
+def test_semver_is_ascii_and_whole_string() -> None:
+    """A version is an identifier: Unicode digits, a trailing newline or a huge string are not semver."""
+    assert is_semver("1.2.3")
+    for bad in ("\u0661.0.0", "1.0.0\n", "1.0.0\n2.0.0", "1." + "9" * 200 + ".0", "1.0.0-\u0661"):
+        assert not is_semver(bad), bad
