@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import stat
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,6 +30,8 @@ MAX_MANIFEST_BYTES = 64 * 1024
 MAX_SOURCE_BYTES = 1024 * 1024
 MAX_TOTAL_SOURCE_BYTES = 16 * 1024 * 1024
 LANG_SUFFIXES = {"c": {".c", ".h"}, "wat": {".wat"}}
+CASES_FILE = "tests/cases.yaml"
+DNS_LABEL = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,22 @@ def _check_dependencies(folder: Path, data: dict[str, Any], doc: Located, where:
     return deps
 
 
+def untested_problem(folder: Path, data: dict[str, Any], where: str) -> InputError | None:
+    """Why a template may not be built for want of tests: no tests/cases.yaml and no `spec.tests.none`
+    giving a reason. Without this, moving the cases file out of a template (a rename the
+    pull-request check sees as a change elsewhere) would ship the agent untested."""
+    spec = data.get("spec") if isinstance(data, dict) else None
+    tests = spec.get("tests") if isinstance(spec, dict) else None
+    reason = tests.get("none") if isinstance(tests, dict) else None
+    cases = folder / CASES_FILE
+    has_cases = cases.exists() or cases.is_symlink()
+    if not has_cases and not (isinstance(reason, str) and reason.strip()):
+        cases_where = where[:-len(MANIFEST)] + CASES_FILE if where.endswith(MANIFEST) else str(cases)
+        return InputError(cases_where, f"not found: every template has case tests, or says in {MANIFEST} why it "
+                                       'has none (spec.tests.none: "<reason>")')
+    return None
+
+
 def read_manifest(folder: Path, display: str | None = None) -> tuple[bytes, str]:
     """The bytes of `folder/agent.yaml`, bounded, and the name to show in messages."""
     where = display or str(folder / MANIFEST)
@@ -267,6 +286,9 @@ def load_template(folder: Path, display: str | None = None) -> Template:
     data: dict[str, Any] = doc.data
     sources = _check_sources(folder, data, doc, where, problems)
     deps = _check_dependencies(folder, data, doc, where, problems)
+    untested = untested_problem(folder, data, where)
+    if untested is not None:
+        problems.append(untested)
     if problems:
         raise ValidationFailed(problems)
     meta, spec = data["metadata"], data["spec"]
@@ -298,7 +320,10 @@ def load_template(folder: Path, display: str | None = None) -> Template:
 def discover(root: Path) -> list[Path]:
     """Template folders under `root`: each direct subfolder holding an agent.yaml.
 
-    Folders starting with '.' or '_' are skipped (scratch space, shared fixtures).
+    Folders starting with '.' or '_' are skipped (scratch space, shared fixtures). A template folder
+    whose name is not a DNS label (what metadata.name must be) is refused, naming it with its odd
+    characters escaped: the name reaches logs, summaries and CI outputs, where a newline or `::` could
+    forge lines or workflow commands.
     """
     if not root.is_dir():
         raise InputError(str(root), "templates folder not found")
@@ -307,5 +332,9 @@ def discover(root: Path) -> list[Path]:
         if entry.name.startswith((".", "_")) or not entry.is_dir(follow_symlinks=False):
             continue
         if (Path(entry.path) / MANIFEST).exists() or (Path(entry.path) / MANIFEST).is_symlink():
+            if not DNS_LABEL.fullmatch(entry.name):
+                raise InputError(f"{root}/{entry.name!r}", "a template folder name must be a DNS label (lower-case "
+                                                           "letters, digits and '-', starting with a letter, at most "
+                                                           "63 characters); rename the folder")
             found.append(Path(entry.path))
     return found

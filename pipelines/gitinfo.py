@@ -2,6 +2,11 @@
 
 Through gitpython. A templates folder outside any Git repository still builds: it gets
 SOURCE_DATE_EPOCH from the environment (or 0) and no commit.
+
+Every list of paths is read NUL-separated (`-z`): without it Git quotes a path holding a non-ASCII
+byte, a quote, a backslash or a control character (`"templates/x/konfig\\303\\274.h"`), and a parser
+that splits lines would never match it to its template. Paths are decoded as the file system names
+them (`os.fsdecode`), so a name that is not UTF-8 still names its file.
 """
 
 from __future__ import annotations
@@ -9,8 +14,70 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agentfactory.errors import ConfigError
+
+if TYPE_CHECKING:
+    import git
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of `git diff --name-status`: the status letter, the path, and for a rename or copy
+    (R, C) the path it came from. Both sides of a rename are changes to their folders."""
+
+    status: str
+    path: str
+    source: str | None = None
+
+    def paths(self) -> tuple[str, ...]:
+        return (self.path,) if self.source is None else (self.source, self.path)
+
+
+def split_z(data: bytes) -> list[str]:
+    """The fields of Git's `-z` output, decoded as file names."""
+    fields = data.split(b"\0")
+    if fields and fields[-1] == b"":
+        fields.pop()
+    return [os.fsdecode(f) for f in fields]
+
+
+def parse_name_status_z(data: bytes) -> list[Change]:
+    """`git diff --name-status -z` output: `X\\0path\\0`, or `R100\\0old\\0new\\0` for renames and copies."""
+    fields, out, i = split_z(data), [], 0
+    while i < len(fields):
+        status = fields[i][:1]
+        if status in ("R", "C"):
+            if i + 2 >= len(fields):
+                raise ConfigError(f"git diff --name-status -z: a {status} entry without two paths")
+            out.append(Change(status, fields[i + 2], fields[i + 1]))
+            i += 3
+        else:
+            if i + 1 >= len(fields) or not status:
+                raise ConfigError("git diff --name-status -z: an entry without a path")
+            out.append(Change(status, fields[i + 1]))
+            i += 2
+    return out
+
+
+def diff_changes(repo: git.Repo, ref: str) -> list[Change]:
+    """Every change since `ref`: committed, staged and unstaged (renames and copies detected), then
+    the untracked files as additions."""
+    raw = repo.git.diff("--name-status", "-z", "-M", "-C", "--no-ext-diff", "--no-textconv", ref, "--",
+                        stdout_as_string=False, strip_newline_in_stdout=False)
+    return parse_name_status_z(raw) + [Change("A", p) for p in untracked(repo)]
+
+
+def literal(path: str) -> str:
+    """A pathspec that names exactly `path`: no `:(magic)`, no glob characters."""
+    return f":(literal){path}"
+
+
+def untracked(repo: git.Repo) -> list[str]:
+    """Untracked files not ignored, NUL-separated (gitpython's `untracked_files` parses quoted output)."""
+    return split_z(repo.git.ls_files("-z", "--others", "--exclude-standard", stdout_as_string=False,
+                                     strip_newline_in_stdout=False))
 
 
 @dataclass(frozen=True)
@@ -57,10 +124,10 @@ class GitView:
         rel = self._rel(folder)
         epoch, last = env_epoch, None
         if self._head:
-            out = self.repo.git.log("-1", "--format=%H %ct", "--", rel).split()
+            out = self.repo.git.log("-1", "--format=%H %ct", "--", literal(rel)).split()
             if len(out) == 2:
                 last, epoch = out[0], int(out[1])
-        dirty = bool(self.repo.git.status("--porcelain", "--", rel).strip())
+        dirty = bool(self.repo.git.status("--porcelain", "-z", "--", literal(rel)).strip())
         remote = None
         if self.repo.remotes:
             try:
@@ -77,8 +144,7 @@ class GitView:
             self.repo.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}")
         except self._git.GitCommandError:
             raise ConfigError(f"--changed-since {ref}: not a commit in {self.root}") from None
-        changed = set(self.repo.git.diff("--name-only", ref, "--").splitlines())
-        changed |= set(self.repo.untracked_files)
+        changed = {p for c in diff_changes(self.repo, ref) for p in c.paths()}
         out = set()
         for folder in folders:
             rel = self._rel(folder) + "/"

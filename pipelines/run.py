@@ -44,6 +44,7 @@ from agentfactory.wasm import ModuleInfo, inspect
 from . import casetests, compilecheck, toolchain
 from .cache import BuildCache, CacheEntry, cache_key
 from .gitinfo import GitView, Origin
+from .publishguard import refuse_republish
 
 STAGES = ("validate", "build", "test", "sbom", "scan", "sign", "log", "publish")
 Progress = Callable[[str, str], None]  # (template display path, stage or final status)
@@ -300,6 +301,7 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
             tagged = None
         stored = store.resolve(f"{t.name}@{hit.digest}")
         if tagged != hit.digest:
+            refuse_republish(store, t.name, t.version, hit.digest, f"{job.display}/{MANIFEST}")
             stored = _publish(t, store, store.fetch_wasm(hit.digest)[1], origin)
         if signing is not None:
             if evidence.has_signature(store, stored):
@@ -353,6 +355,8 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
         "startedOn": _iso(started), "finishedOn": _iso(finished),
     }
     digest = digest_of(built.wasm)
+    # One version, one artifact: refused before signing, so a refused build leaves no signature behind.
+    refuse_republish(store, t.name, t.version, digest, f"{job.display}/{MANIFEST}")
     made: _Made | None = None
     if signing is not None:
         made = _make_evidence(job, t, digest, r.build, signing, notify, store.url)

@@ -52,7 +52,9 @@ spec:
   limits:
     memoryMiB: 8
     timeoutMs: 2000
-{extra_spec}"""
+{extra_spec}  tests:
+    none: "a test agent: the test suite runs it"
+"""
 
 
 def dependency_yaml(sha: str, path: str = "vendor/lib", *, include_dirs: bool = False) -> str:

@@ -64,6 +64,8 @@ spec:
     memoryMiB: {memory_mib}
     timeoutMs: {timeout_ms}
     maxOutputKiB: {output_kib}{fuel_line}
+  tests:
+    none: "a test agent: the test suite runs it"
 """
 
 

@@ -2,14 +2,21 @@
 
 The templates changed since the merge base with `--base` (committed, staged, unstaged or untracked)
 go through the whole pipeline (validate, build, test, SBOM, scan, sign with a throwaway key, the
-artifact policy) into a throwaway store: nothing is published. A change under `policies/` re-checks
-every template, because a policy change can break templates nobody touched. Removed and renamed
-templates are reported, and each checked template's dependencies are compared with the base (the
-SBOM diff reviewers need: what was added, removed or changed, and under which licence).
+artifact policy) into a throwaway store: nothing is published. A change to what judges or builds
+every template (`policies/`, the pipeline and the toolchain pins in `pipelines/`, the template schema
+and the verifier in `agentfactory/`, `pyproject.toml`) re-checks every template, because it can break
+templates nobody touched. Both sides of a rename or copy count as changed (a file moved out of a
+template changes that template). Removed and renamed templates are reported, and each checked
+template's dependencies are compared with the base (the SBOM diff reviewers need).
+
+Paths come from Git NUL-separated (pipelines/gitinfo.py): a quoted path is never missed. A template
+folder whose name is not a DNS label is refused before anything else, since its name reaches the job
+log, the summary and the step outputs.
 """
 
 from __future__ import annotations
 
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +25,12 @@ from typing import Any
 from agentfactory.errors import ConfigError
 from agentfactory.template import MANIFEST
 
+from ..gitinfo import Change, diff_changes
+
 POLICY_PATHS = ("policies/",)
+# What every template's verdict depends on besides its own folder: a change here re-checks them all.
+RECHECK_ALL_PATHS = (*POLICY_PATHS, "pipelines/", "agentfactory/", "pyproject.toml")
+DNS_LABEL = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -71,6 +83,7 @@ class CheckReport:
     head: str
     templates: list[TemplateCheck]
     policies_changed: bool = False
+    recheck_paths: list[str] = field(default_factory=list)  # the changed paths that re-check every template
 
     @property
     def failed(self) -> list[TemplateCheck]:
@@ -78,7 +91,8 @@ class CheckReport:
 
     def to_json(self) -> dict[str, Any]:
         return {"base": self.base, "mergeBase": self.merge_base, "head": self.head,
-                "policiesChanged": self.policies_changed, "templates": [t.to_json() for t in self.templates],
+                "policiesChanged": self.policies_changed, "recheckAll": self.recheck_paths,
+                "templates": [t.to_json() for t in self.templates],
                 "summary": {"checked": sum(t.status != "removed" for t in self.templates),
                             "passed": sum(t.status == "passed" for t in self.templates),
                             "failed": len(self.failed),
@@ -122,17 +136,9 @@ class _Repo:
                     "`git fetch --deepen=100`." if self.shallow() else "")
             raise ConfigError(f"--base: {base[:12]} and HEAD have no common ancestor.{hint}") from None
 
-    def name_status(self, merge_base: str) -> list[tuple[str, str, str | None]]:
-        """(status letter, path, renamed-from) for every change since the merge base, working tree included."""
-        out: list[tuple[str, str, str | None]] = []
-        for line in self.repo.git.diff("--name-status", "-M", merge_base, "--").splitlines():
-            parts = line.split("\t")
-            if parts[0].startswith("R") and len(parts) == 3:
-                out.append(("R", parts[2], parts[1]))
-            elif len(parts) >= 2:
-                out.append((parts[0][:1], parts[1], None))
-        out.extend(("A", path, None) for path in self.repo.untracked_files)
-        return out
+    def changes(self, merge_base: str) -> list[Change]:
+        """Every change since the merge base, working tree and untracked files included."""
+        return diff_changes(self.repo, merge_base)
 
     def show(self, ref: str, path: str) -> bytes | None:
         try:
@@ -179,6 +185,44 @@ def _version_of(data: bytes | None) -> str | None:
         return None
 
 
+def rechecks_all(path: str) -> bool:
+    """A path whose change can alter the verdict of every template (RECHECK_ALL_PATHS)."""
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in RECHECK_ALL_PATHS)
+
+
+def folder_name_problem(templates_rel: str, name: str) -> str | None:
+    """A template folder whose name is not a DNS label, described with every odd character escaped."""
+    if DNS_LABEL.fullmatch(name):
+        return None
+    return (f"{templates_rel}{name!r}: a template folder name must be a DNS label (lower-case letters, digits "
+            "and '-', starting with a letter, at most 63 characters): it names the agent, and it reaches the job "
+            "log, the summary and the step outputs; rename the folder")
+
+
+def _template_folders(templates_dir: Path) -> set[str]:
+    """The folders the pipeline's discovery treats as templates (agentfactory.template.discover), read here
+    without its refusals so that every odd name can be reported at once."""
+    if not templates_dir.is_dir():
+        return set()
+    return {p.name for p in templates_dir.iterdir() if not p.name.startswith((".", "_")) and p.is_dir()
+            and not p.is_symlink() and ((p / MANIFEST).exists() or (p / MANIFEST).is_symlink())}
+
+
+def _untested(templates_dir: Path, templates_rel: str, name: str) -> str | None:
+    """The missing-tests refusal (agentfactory.template.untested_problem) for a template that validates."""
+    from agentfactory.errors import InputError
+    from agentfactory.template import read_manifest, untested_problem
+    from agentfactory.yamlsafe import load_yaml
+
+    where = f"{templates_rel}{name}/{MANIFEST}"
+    try:
+        doc = load_yaml(read_manifest(templates_dir / name, where)[0], where)
+    except InputError:
+        return None  # the pipeline reports the manifest itself
+    problem = untested_problem(templates_dir / name, doc.data if isinstance(doc.data, dict) else {}, where)
+    return str(problem) if problem else None
+
+
 def check(templates_dir: Path, base: str, *, policies_dir: Path | None = None, osv_db: Path | None = None,
           jobs: int | None = None) -> CheckReport:
     """Run the pipeline on what changed since `base`, without publishing, and compare with the base."""
@@ -186,40 +230,45 @@ def check(templates_dir: Path, base: str, *, policies_dir: Path | None = None, o
     from agentfactory.policy import RegoEngine
     from agentfactory.store.oci_layout import OCILayoutStore
 
-    from ..run import Scanning, Signing, run_pipeline
+    from ..run import Scanning, Signing, TemplateResult, run_pipeline
 
     repo = _Repo(templates_dir)
     base_commit = repo.resolve(base)
     head = repo.repo.head.commit.hexsha
     mb = repo.merge_base(base_commit, head)
     templates_rel = templates_dir.resolve().relative_to(repo.root).as_posix().rstrip("/") + "/"
-    changes = repo.name_status(mb)
-    policies_changed = any(p.startswith(POLICY_PATHS) for _, p, _ in changes)
+    changes = repo.changes(mb)
+    paths = [p for c in changes for p in c.paths()]
+    policies_changed = any(p.startswith(POLICY_PATHS) for p in paths)
+    recheck = sorted({p for p in paths if rechecks_all(p)})
 
-    def folder_of(path: str) -> str | None:
-        if not path.startswith(templates_rel):
+    def folder_of(path: str | None) -> str | None:
+        if path is None or not path.startswith(templates_rel):
             return None
         rest = path[len(templates_rel):]
-        return rest.split("/", 1)[0] if "/" in rest else None
+        name = rest.split("/", 1)[0] if "/" in rest else None
+        return None if name is None or name.startswith((".", "_")) else name  # discover() skips those
 
     touched: dict[str, str] = {}  # folder name -> reason
     renamed: dict[str, str] = {}
     removed: set[str] = set()
-    for status, path, old in changes:
-        name = folder_of(path)
-        old_name = folder_of(old) if old else None
-        if status == "R" and old_name and name and old_name != name:
+    for c in changes:
+        name, old_name = folder_of(c.path), folder_of(c.source)
+        if c.status == "R" and old_name and name and old_name != name:
             renamed[name] = old_name
-        if status == "D" and name and path == f"{templates_rel}{name}/{MANIFEST}":
-            removed.add(name)
-        if name:
-            touched.setdefault(name, "changed")
+        gone = c.source if c.status == "R" else c.path if c.status == "D" else None  # a manifest deleted or moved
+        gone_name = folder_of(gone)
+        if gone_name and gone == f"{templates_rel}{gone_name}/{MANIFEST}":
+            removed.add(gone_name)
+        for n in (old_name, name):  # both sides of a rename or copy: a file moved out changes its template
+            if n:
+                touched.setdefault(n, "changed")
     for name, old_name in renamed.items():
         touched[name] = f"renamed from {old_name}"
         if not (repo.root / templates_rel / old_name).exists():
             removed.discard(old_name)
             touched.pop(old_name, None)
-    report = CheckReport(base, mb, head, [], policies_changed)
+    report = CheckReport(base, mb, head, [], policies_changed, recheck)
     for name in sorted(removed):
         if not (repo.root / templates_rel / name / MANIFEST).exists():
             touched.pop(name, None)
@@ -227,34 +276,51 @@ def check(templates_dir: Path, base: str, *, policies_dir: Path | None = None, o
                                                   base_version=_version_of(repo.show(mb, f"{templates_rel}{name}/"
                                                                                        f"{MANIFEST}")),
                                                   reason="removed in this change"))
-    existing = {p.name for p in templates_dir.iterdir() if (p / MANIFEST).is_file()} \
-        if templates_dir.is_dir() else set()
-    selected = existing if policies_changed else {n for n in touched if n in existing}
+    existing = _template_folders(templates_dir)
+    refused = {n: m for n in sorted(existing | set(touched)) if (m := folder_name_problem(templates_rel, n))}
+    for name, message in refused.items():
+        report.templates.append(TemplateCheck(f"{templates_rel}{name}", name, "failed", errors=[message],
+                                              reason="folder name refused"))
+    if refused:  # the pipeline's discovery refuses the whole folder: fix the names first
+        return report
+    changed = {n for n in touched if n in existing}
+    selected = existing if recheck else changed
     if not selected:
         return report
     from agentfactory.scan.base import OsvScanner
 
     OsvScanner(osv_db)  # no database is a set-up error (exit 2), not a failure of every template
+    results: dict[str, TemplateResult] = {}
     with tempfile.TemporaryDirectory(prefix="af-ci-") as tmp:
         store = OCILayoutStore(Path(tmp) / "store")
         signing = Signing(LocalKeyring(Path(tmp) / "keys"), tlog=None, scanning=Scanning(osv_db=osv_db))
         engine = RegoEngine(policies_dir)
-        # Every selected template runs; the merge base drives the template policy's version rules.
-        result = run_pipeline(templates_dir, store, changed_since=None if policies_changed else mb, jobs=jobs,
-                              signing=signing, engine=engine)
-    for t in result.templates:
-        name = Path(t.path).name
-        if name not in selected:
-            continue
+        if recheck:  # every template, without a base: their versions need not change
+            results.update((Path(t.path).name, t) for t in run_pipeline(templates_dir, store, jobs=jobs,
+                                                                         signing=signing, engine=engine).templates)
+        if changed:  # the changed ones against the merge base, which drives the version rules (T10)
+            results.update((Path(t.path).name, t) for t in run_pipeline(templates_dir, store, changed_since=mb,
+                                                                         jobs=jobs, signing=signing,
+                                                                         engine=engine).templates)
+    for name in sorted(selected):
+        t = results.get(name)
         manifest = f"{templates_rel}{name}/{MANIFEST}"
         old = renamed.get(name)
+        reason = touched.get(name) or ("policies changed" if policies_changed else
+                                       f"{', '.join(recheck[:3])}{' …' if len(recheck) > 3 else ''} changed")
+        if t is None:  # fail closed: a selected template the pipeline did not run
+            report.templates.append(TemplateCheck(f"{templates_rel}{name}", name, "failed", reason=reason, errors=[
+                f"{manifest}: the pipeline did not run this template; nothing is known about it"]))
+            continue
+        errors = list(t.errors)
+        if (problem := _untested(templates_dir, templates_rel, name)) and problem not in errors:  # once
+            errors.append(problem)
         before_data = repo.show(mb, f"{templates_rel}{old}/{MANIFEST}" if old else manifest)
         after = _dependencies_at((repo.root / manifest).read_bytes() if (repo.root / manifest).is_file() else None,
                                  manifest)
-        reason = touched.get(name, "policies changed")
         report.templates.append(TemplateCheck(
-            t.path, t.name, "failed" if t.status == "failed" else "passed", version=t.version,
-            base_version=_version_of(before_data), digest=t.digest, errors=list(t.errors), scan=t.scan,
+            t.path, t.name, "failed" if t.status == "failed" or errors else "passed", version=t.version,
+            base_version=_version_of(before_data), digest=t.digest, errors=errors, scan=t.scan,
             dependencies=dependency_diff(_dependencies_at(before_data, f"{mb[:12]}:{manifest}"), after),
             renamed_from=f"{templates_rel}{old}" if old else None, reason=reason))
     return report

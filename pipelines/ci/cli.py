@@ -42,7 +42,7 @@ def check_cmd(base: str | None, templates_dir: Path, osv_db: Path | None, jobs: 
     import os
 
     from .check import check
-    from .github import annotations_of, in_actions, markdown, publish
+    from .github import annotations_of, in_actions, log_text, markdown, publish, scrub
 
     if base is None:
         target = os.environ.get("GITHUB_BASE_REF")
@@ -52,10 +52,10 @@ def check_cmd(base: str | None, templates_dir: Path, osv_db: Path | None, jobs: 
         print_json(report.to_json())
     elif in_actions():
         publish(report)
-        sys.stdout.write(markdown(report))
+        sys.stdout.write(log_text(markdown(report)))  # the pull request's text, with workflow commands stopped
     else:
         sys.stdout.write(markdown(report))
         for a in annotations_of(report):
-            out.print(f"error: {a.file}{':' + str(a.line) if a.line else ''}: {a.message}", markup=False,
-                      highlight=False)
+            out.print(f"error: {scrub(a.file)}{':' + str(a.line) if a.line else ''}: {scrub(a.message)}",
+                      markup=False, highlight=False)
     sys.exit(EXIT_PROBLEMS if report.failed else EXIT_OK)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,11 +33,36 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout
 
 
+NO_TESTS = '  tests:\n    none: "a stand-in agent of the ci check tests"\n'
+
+
 def write(repo: Path, name: str, *, version: str = "1.0.0", wat: str = OK_WAT, deps: str = "") -> None:
     folder = repo / "templates" / name
     (folder / "src").mkdir(parents=True, exist_ok=True)
     (folder / "src/main.wat").write_text(wat)
-    (folder / "agent.yaml").write_text(wat_manifest(name).replace("version: 1.0.0", f"version: {version}") + deps)
+    manifest = re.sub(r"(?m)^  tests:\n    none: .*\n", "", wat_manifest(name))  # ours, below
+    (folder / "agent.yaml").write_text(manifest.replace("version: 1.0.0", f"version: {version}") + NO_TESTS + deps)
+
+
+def step_outputs(path: Path) -> dict[str, str]:
+    """$GITHUB_OUTPUT as the runner reads it: `name<<DELIMITER` blocks (and plain `name=value` lines)."""
+    values: dict[str, str] = {}
+    lines = iter(path.read_text().split("\n"))
+    for line in lines:
+        if "<<" in line and ("=" not in line or line.index("<<") < line.index("=")):
+            name, delimiter = line.split("<<", 1)
+            body = []
+            for inner in lines:
+                if inner == delimiter:
+                    break
+                body.append(inner)
+            else:
+                raise AssertionError(f"output {name!r}: no closing delimiter")
+            values[name] = "\n".join(body)
+        elif "=" in line:
+            name, value = line.split("=", 1)
+            values[name] = value
+    return values
 
 
 def vendored(repo: Path, name: str, version: str, license: str) -> str:
@@ -96,7 +122,7 @@ def test_a_vulnerable_dependency_and_an_unbumped_version_fail_with_annotations_a
     assert "| GHSA-35jh-r3h4-6jhm | HIGH | `pkg:npm/lodash@4.17.20` | open; fix: upgrade to 4.17.21 |" in text
     assert "changed lodash: version 4.17.21 → 4.17.20, purl pkg:npm/lodash@4.17.21 → pkg:npm/lodash@4.17.20" in text
     assert "bump metadata.version above 1.0.0" in text
-    lines = dict(line.split("=", 1) for line in outputs.read_text().splitlines())
+    lines = step_outputs(outputs)
     assert lines["checked"] == "2" and lines["failed"] == "2" and set(lines["failed-templates"].split(",")) == {
         "beta", "gamma"}
     commands = [line for line in done.stdout.splitlines() if line.startswith("::error ")]

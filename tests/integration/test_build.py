@@ -98,6 +98,8 @@ def test_unlisted_header_is_tracked_for_the_cache(tmp_path: Path) -> None:
     assert r.status == "built" and "src/msg.h" in r.build["inputs"]
     assert run_one(tmp_path, folder)["r"].status == "unchanged"
     (folder / "src/msg.h").write_text('#define MSG "two"\n')
+    manifest = folder / "agent.yaml"  # new bytes need a new version (pipelines/publishguard.py)
+    manifest.write_text(manifest.read_text().replace("version: 1.0.0", "version: 1.0.1"))
     again = run_one(tmp_path, folder)["r"]
     assert again.status == "built" and again.digest != r.digest
 

@@ -34,8 +34,8 @@ IN_CLUSTER = "https://kubernetes.default.svc"
 ARGO_NAMESPACE = "argocd"
 PLATFORM_NAMESPACE = "agentfactory-system"
 PLATFORM_PROJECT = "agentfactory-platform"
-STAGE_PROJECT = "agentfactory"
 STAGES = {"dev": "agents-dev", "canary": "canary-agents", "prod": "prod-agents"}
+STAGE_PROJECTS = {s: f"agentfactory-{s}" for s in STAGES}  # one per stage: its namespace only
 ROOT_APP = "agentfactory"
 # The child Applications of the root: source path, destination namespace, sync wave.
 PLATFORM_APPS = {
@@ -251,7 +251,7 @@ def test_kustomizations_list_every_file_and_nothing_else() -> None:
 
 def test_argo_cd_objects_are_structurally_valid() -> None:
     docs = argo_documents()
-    assert len(docs) == 2 + 1 + len(CHILDREN)
+    assert len(docs) == 1 + len(STAGE_PROJECTS) + 1 + len(CHILDREN)
     for d in docs:
         errors = structural_errors(d)
         assert not errors, f"{d['kind']}/{d['metadata']['name']}: {errors}"
@@ -288,7 +288,7 @@ def test_the_bootstrap_is_the_projects_and_the_root_only() -> None:
     """The children are created by the root, wave by wave; applied by kubectl they would all sync at once."""
     top = [d for name in kustomization(ARGOCD)["resources"] for d in load(ARGOCD / name)]
     assert sorted((d["kind"], d["metadata"]["name"]) for d in top) == [
-        ("AppProject", STAGE_PROJECT), ("AppProject", PLATFORM_PROJECT), ("Application", ROOT_APP)]
+        *sorted(("AppProject", p) for p in (PLATFORM_PROJECT, *STAGE_PROJECTS.values())), ("Application", ROOT_APP)]
     root = applications()[ROOT_APP]
     assert root["spec"]["source"]["path"] == "deploy/argocd/apps"
     assert root["spec"]["project"] == PLATFORM_PROJECT
@@ -328,18 +328,18 @@ def test_stage_apps_sync_their_env_folder_into_their_namespace() -> None:
     apps = applications()
     for stage, namespace in STAGES.items():
         spec = apps[f"agentfactory-{stage}"]["spec"]
-        assert spec["project"] == STAGE_PROJECT
+        assert spec["project"] == STAGE_PROJECTS[stage]
         assert spec["source"]["path"] == f"deploy/envs/{stage}"
         assert spec["destination"] == {"server": IN_CLUSTER, "namespace": namespace}
         assert kustomization(ENVS / stage)["namespace"] == namespace
     assert sorted(p.name for p in ENVS.iterdir() if p.is_dir()) == sorted(STAGES)
 
 
-def test_every_application_uses_one_of_the_two_projects() -> None:
+def test_every_application_uses_its_project() -> None:
     names = set(projects())
-    assert names == {PLATFORM_PROJECT, STAGE_PROJECT}
+    assert names == {PLATFORM_PROJECT, *STAGE_PROJECTS.values()}
     for name, app in applications().items():
-        expected = STAGE_PROJECT if name in STAGE_APPS else PLATFORM_PROJECT
+        expected = STAGE_PROJECTS[name.removeprefix("agentfactory-")] if name in STAGE_APPS else PLATFORM_PROJECT
         assert app["spec"]["project"] == expected, name
 
 
@@ -380,8 +380,8 @@ def test_projects_allow_exactly_the_destinations_used() -> None:
         allowed = [(d["server"], d["namespace"]) for d in project["spec"]["destinations"]]
         assert len(allowed) == len(set(allowed))
         assert set(allowed) == used, f"{pname}: allows {set(allowed) - used} that no Application uses"
-    assert {ns for _, ns in (tuple(d.values()) for d in projs[STAGE_PROJECT]["spec"]["destinations"])} == set(
-        STAGES.values())
+    for stage, namespace in STAGES.items():  # each stage's project: its own namespace, no other stage's
+        assert projs[STAGE_PROJECTS[stage]]["spec"]["destinations"] == [{"server": IN_CLUSTER, "namespace": namespace}]
 
 
 def test_projects_allow_nothing_broader_than_named() -> None:
@@ -391,10 +391,12 @@ def test_projects_allow_nothing_broader_than_named() -> None:
         assert project["spec"]["sourceRepos"] == [REPO_URL], name
         for entry in project["spec"]["destinations"]:
             assert entry["server"] == IN_CLUSTER, name
-    stage = projects()[STAGE_PROJECT]["spec"]
-    assert stage["clusterResourceWhitelist"] == [], "a commit to deploy/envs may create no cluster-scoped object"
-    assert [(g["group"], g["kind"]) for g in stage["namespaceResourceWhitelist"]] == [WASMAGENT]
-    assert stage["orphanedResources"]["warn"] is True
+    for pname in STAGE_PROJECTS.values():
+        stage = projects()[pname]["spec"]
+        assert stage["clusterResourceWhitelist"] == [], "a commit to deploy/envs may create no cluster-scoped object"
+        assert [(g["group"], g["kind"]) for g in stage["namespaceResourceWhitelist"]] == [WASMAGENT]
+        assert stage["orphanedResources"]["warn"] is True
+        assert "sourceNamespaces" not in stage, "Applications outside argocd's namespace may not use it"
     platform = projects()[PLATFORM_PROJECT]["spec"]
     assert ("argoproj.io", "AppProject") not in {(g["group"], g["kind"]) for g in
                                                  platform["namespaceResourceWhitelist"]}, "no project may edit one"
@@ -423,7 +425,7 @@ def test_projects_allow_exactly_the_kinds_rendered() -> None:
         assert len(cluster) == len(project["spec"]["clusterResourceWhitelist"])
         assert len(namespaced) == len(project["spec"]["namespaceResourceWhitelist"])
         assert used[pname]["cluster"] == cluster, pname
-        if pname == STAGE_PROJECT:
+        if pname in STAGE_PROJECTS.values():
             assert used[pname]["namespaced"] <= namespaced == {WASMAGENT}
         else:
             assert used[pname]["namespaced"] == namespaced, pname
@@ -435,7 +437,7 @@ def test_projects_allow_exactly_the_kinds_rendered() -> None:
 def test_kustomize_renders_the_bootstrap() -> None:
     built = kustomize(ARGOCD)
     assert sorted((d["kind"], d["metadata"]["name"]) for d in built) == [
-        ("AppProject", STAGE_PROJECT), ("AppProject", PLATFORM_PROJECT), ("Application", ROOT_APP)]
+        *sorted(("AppProject", p) for p in (PLATFORM_PROJECT, *STAGE_PROJECTS.values())), ("Application", ROOT_APP)]
     for d in built:
         assert d["metadata"]["namespace"] == ARGO_NAMESPACE
         assert d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "agentfactory"
