@@ -113,20 +113,29 @@ def _check_validation_cost(doc: dict[str, Any], where: str) -> None:
 
 
 def validate_sbom(data: bytes, where: str) -> None:
-    """Refuse anything but a CycloneDX 1.6 JSON document valid under the strict schema.
+    """Refuse anything but a CycloneDX 1.6 JSON document valid under the strict schema (`load_sbom`)."""
+    load_sbom(data, where)
 
-    Strict = no unknown properties, so a typo cannot hide a field from scanners. The message
-    names the JSON path of each problem (the first few of them). Size and array lengths are
-    bounded first, so a hostile document cannot make validation run for hours.
+
+def load_sbom(data: bytes, where: str) -> dict[str, Any]:
+    """The SBOM document, only when it is CycloneDX 1.6 JSON valid under the strict schema.
+
+    The one validation every reader uses (the pipeline's sbom stage, `agentfactory scan FILE`).
+    Strict = no unknown properties and no duplicate keys, so a typo or a second `components` key
+    cannot hide a component from scanners. The message names the JSON path of each problem (the
+    first few of them), or the duplicated key. Size and array lengths are bounded first, so a
+    hostile document cannot make validation run for hours.
     """
     text, doc = _load(data, where)
+    if doc.get("bomFormat") != "CycloneDX":
+        raise InputError(where, f"$.bomFormat: {doc.get('bomFormat')!r} is not 'CycloneDX': not a CycloneDX SBOM")
     if doc.get("specVersion") != SPEC_VERSION:
         raise InputError(where, f"$.specVersion: {doc.get('specVersion')!r} is not supported; "
                                 f"expected {SPEC_VERSION!r} (CycloneDX {SPEC_VERSION})")
     _check_validation_cost(doc, where)
     errors = _validator().validate_str(text, all_errors=True)
     if errors is None:
-        return
+        return doc
     found: list[str] = []
     for error in errors:
         if len(found) == MAX_REPORTED_ERRORS:

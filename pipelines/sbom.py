@@ -32,6 +32,7 @@ from agentfactory.sbom import (  # re-exported: reading SBOMs is the trust core'
     MAX_ARRAY_ITEMS,
     MAX_SBOM_BYTES,
     SPEC_VERSION,
+    load_sbom,
     release_path,
     sbom_subject,
     validate_sbom,
@@ -169,5 +170,5 @@ def _tools(language: str, toolchain: dict[str, Any]) -> list[Component]:
 
 
 
-__all__ = ["MAX_ARRAY_ITEMS", "MAX_SBOM_BYTES", "SPEC_VERSION", "agent_purl", "build_sbom", "release_path",
-           "sbom_subject", "serial_number", "validate_sbom"]
+__all__ = ["MAX_ARRAY_ITEMS", "MAX_SBOM_BYTES", "SPEC_VERSION", "agent_purl", "build_sbom", "load_sbom",
+           "release_path", "sbom_subject", "serial_number", "validate_sbom"]

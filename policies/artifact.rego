@@ -3,10 +3,12 @@
 # Input (docs/policy-inputs.md): {"artifact": {"name", "version", "digest"}, "stage": "dev" |
 # "canary" | "prod" | <any stage named in config>, "verdict": {"score", "checks": [{"name", "ok",
 # "reason"}]}, "sbom": null | {"components": [{"name", "version", "purl", "licenses": [...]}]},
-# "scan": null | {"findings": [{"id", "severity", "package", "fixAvailable", "fixedVersions", "suppressed", …}]}}.
+# "scan": null | {"findings": [{"id", "severity", "package", "fixAvailable", "fixedVersions", "suppressed", …}],
+# "unscanned": [{"component", "reason"}], "scannedOn"}, "now": RFC 3339 decision time, "provenance": null |
+# {"dirty", "repository", "builder"}, "trust": {"repositories": [...]}, "promotion": null | {...}}.
 # Tunables: data.agentfactory.config (policies/data.json).
 #
-# Every deny message names the field it is about and says what to change. Rule ids: A1..A5.
+# Every deny message names the field it is about and says what to change. Rule ids: A1..A8.
 # rego-cpp compatibility: see the notes at the top of template.rego (no %q; txt() around every
 # string argument of sprintf).
 package agentfactory.artifact
@@ -122,6 +124,18 @@ usable_licenses(c) := [lic |
 	count(license_ids(lic)) > 0
 ]
 
+# An entry that names no id at all ("", " ", "()", a newline) is refused even beside an allowed one:
+# it says nothing the allowlist can judge, so it must not ride along unjudged.
+deny contains msg if {
+	some i, entry in components
+	c := obj(entry)
+	count(usable_licenses(c)) > 0
+	some j, lic in arr(object.get(c, "licenses", null))
+	is_string(lic)
+	count(license_ids(lic)) == 0
+	msg := sprintf(`sbom.components[%d].licenses[%d] (%s) names no SPDX licence id; remove the empty entry or declare the dependency's SPDX licence (spec.dependencies[].license in agent.yaml) and rebuild`, [i, j, component_label(c)])
+}
+
 deny contains msg if {
 	some i, entry in components
 	c := obj(entry)
@@ -175,12 +189,35 @@ ignore_unfixed := object.get(cfg, "ignore_unfixed", false) == true
 deny contains msg if {
 	some i, entry in scan_findings
 	f := obj(entry)
-	sev := lower(txt(object.get(f, "severity", "")))
+	sev := effective_severity(f)
 	sev in cfg.blocking_severities
 	object.get(f, "suppressed", false) != true
 	not unfixed_ignored(f)
-	msg := sprintf(`scan.findings[%d]: %s (severity %s%s) is not suppressed by any VEX statement; %s, or publish a signed VEX statement saying why it does not apply`, [i, txt(object.get(f, "id", "?")), txt(sev), txt(affected(f)), txt(remedy(f))])
+	msg := sprintf(`scan.findings[%d]: %s (severity %s%s) is not suppressed by any VEX statement; %s, or publish a signed VEX statement saying why it does not apply`, [i, txt(object.get(f, "id", "?")), txt(severity_label(f, sev)), txt(affected(f)), txt(remedy(f))])
 }
+
+severity_label(f, sev) := "unknown, judged as high for this stage (config unknown_severity_as_high)" if {
+	sev != lower(txt(object.get(f, "severity", "")))
+} else := sev
+
+# stage_switch(name): a per-stage boolean of config (config[name][stage], else config[name].default,
+# else false). Only `true` switches a rule on.
+stage_switch(name) if {
+	object.get(obj(object.get(cfg, name, null)), stage, null) == true
+}
+
+stage_switch(name) if {
+	object.get(obj(object.get(cfg, name, null)), stage, null) == null
+	object.get(obj(object.get(cfg, name, null)), "default", null) == true
+}
+
+# An advisory without a severity ("unknown", or none at all) is judged as high where config
+# unknown_severity_as_high is on for the stage (on for prod by default): not knowing how bad a
+# vulnerability is must not make it harmless.
+effective_severity(f) := "high" if {
+	stage_switch("unknown_severity_as_high")
+	lower(txt(object.get(f, "severity", ""))) in {"unknown", ""}
+} else := lower(txt(object.get(f, "severity", "")))
 
 unfixed_ignored(f) if {
 	ignore_unfixed
@@ -269,4 +306,188 @@ deny contains msg if {
 	a != null
 	not is_object(a)
 	msg := "agent: must be null (no attested run contract) or an object with tools, capabilities and limits"
+}
+
+# --- A6: scan freshness: a maximum scan age per stage --------------------------------------------
+#
+# Advisories are published after builds, so an old clean scan says little. Config
+# scan_max_age_hours maps a stage to the oldest scan (hours, by input.scan.scannedOn, the scan's
+# finish time) it accepts, judged against input.now (the decision time, RFC 3339 UTC); a stage
+# without an entry has no maximum (dev). Where a maximum applies, a missing or unparsable time
+# denies, and so does a scan finished more than scan_clock_skew_seconds after now (a signed claim
+# from the future would otherwise stay fresh for ever). Re-scan with `agentfactory scan AGENT
+# --attest` (deploy/rescan runs it on a schedule). scan null: A1 reports the missing scan.
+
+max_scan_age_hours := h if {
+	h := object.get(obj(object.get(cfg, "scan_max_age_hours", null)), stage, null)
+	is_number(h)
+}
+
+# RFC 3339 with every field range-checked by the pattern: rego-cpp raises an evaluation error (no
+# message) for a date such as 2026-02-30 where OPA leaves the call undefined, and misreads numbers
+# with leading zeros, so nothing invalid may reach time.parse_rfc3339_ns. Years 1970-2261 (int64
+# nanoseconds end in 2262).
+rfc3339_pattern := `^(19[7-9][0-9]|2[01][0-9][0-9]|22[0-5][0-9]|226[01])-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$`
+
+# time_ns(t): nanoseconds since the epoch of an RFC 3339 time; undefined when it is not one.
+# rego-cpp parses only numeric offsets, so "Z" is spelled "+00:00" first (OPA takes both).
+time_ns(t) := ns if {
+	is_string(t)
+	regex.match(rfc3339_pattern, t)
+	not regex.match(`^[0-9]{4}-(02-3[01]|(04|06|09|11)-31)`, t)
+	not bad_leap_day(t)
+	ns := time.parse_rfc3339_ns(utc_offset(t))
+}
+
+bad_leap_day(t) if {
+	regex.match(`^[0-9]{4}-02-29`, t)
+	not leap(to_number(substring(t, 0, 4)))
+}
+
+leap(year) if {
+	year % 4 == 0
+	year % 100 != 0
+}
+
+leap(year) if year % 400 == 0
+
+# label(x): message text for a value that may be missing.
+label(x) := "(none)" if {
+	x == null
+} else := txt(x)
+
+utc_offset(t) := concat("", [substring(t, 0, count(t) - 1), "+00:00"]) if {
+	upper(substring(t, count(t) - 1, 1)) == "Z"
+} else := t
+
+scan_obj := obj(object.get(input, "scan", null))
+
+scanned_on := object.get(scan_obj, "scannedOn", null)
+
+scan_present if is_object(object.get(input, "scan", null))
+
+deny contains msg if {
+	scan_present
+	max_scan_age_hours
+	not time_ns(object.get(input, "now", null))
+	msg := sprintf(`now: the decision time %s is missing or not an RFC 3339 time; stage "%s" has a maximum scan age (config scan_max_age_hours), which cannot be judged without it: the verifier must pass the decision time`, [label(object.get(input, "now", null)), txt(stage)])
+}
+
+deny contains msg if {
+	scan_present
+	max_scan_age_hours
+	not time_ns(scanned_on)
+	msg := sprintf(`scan.scannedOn: the scan's finish time %s is missing or not an RFC 3339 time; stage "%s" accepts scans at most %v hours old (config scan_max_age_hours): re-scan with "agentfactory scan AGENT --attest"`, [label(scanned_on), txt(stage), max_scan_age_hours])
+}
+
+deny contains msg if {
+	scan_present
+	hours := max_scan_age_hours
+	now_ns := time_ns(object.get(input, "now", null))
+	finished := time_ns(scanned_on)
+	age := now_ns - finished
+	age > hours * 3600000000000
+	msg := sprintf(`scan.scannedOn: the newest verified scan finished at %s, %v hours before the decision time %s; stage "%s" accepts scans at most %v hours old (config scan_max_age_hours): re-scan with "agentfactory scan AGENT --attest" against today's advisory database`, [txt(scanned_on), round(age / 360000000000) / 10, txt(input.now), txt(stage), hours])
+}
+
+deny contains msg if {
+	scan_present
+	max_scan_age_hours
+	now_ns := time_ns(object.get(input, "now", null))
+	finished := time_ns(scanned_on)
+	finished - now_ns > object.get(cfg, "scan_clock_skew_seconds", 300) * 1000000000
+	msg := sprintf(`scan.scannedOn: the scan claims to have finished at %s, after the decision time %s (beyond config scan_clock_skew_seconds): a scan from the future cannot be judged fresh; check the scanner's clock and re-scan`, [txt(scanned_on), txt(input.now)])
+}
+
+# --- A7: scan coverage: a scan that looked at nothing is not a clean scan ----------------------
+#
+# input.scan.unscanned lists the components the scanners could not judge (no purl, an unknown
+# purl type, an unparsable version). When the SBOM lists components that need scanning and every
+# one of them is unscanned, nothing was scanned: denied everywhere. Components whose purl starts
+# with one of config first_party_purl_prefixes are the project's own vendored code (no advisory
+# database knows them; the source validator judges them): they need no scanning, but they do not
+# count as scanned either. With config fail_on_unscanned on for the stage, every unscanned
+# component denies (`agentfactory scan --fail-on-unscanned` is the same gate by hand).
+
+unscanned_purls := {p |
+	some u in arr(object.get(scan_obj, "unscanned", null))
+	p := object.get(obj(u), "component", null)
+	is_string(p)
+}
+
+first_party(purl) if {
+	is_string(purl)
+	some prefix in arr(object.get(cfg, "first_party_purl_prefixes", null))
+	startswith(purl, prefix)
+}
+
+needs_scanning := [p |
+	some entry in components
+	p := object.get(obj(entry), "purl", null)
+	not first_party(p)
+]
+
+# A component without a purl cannot have been scanned (no scanner knows what it is).
+scanned_purls := [p | some p in needs_scanning; is_string(p); not p in unscanned_purls]
+
+deny contains msg if {
+	scan_present
+	count(needs_scanning) > 0
+	count(scanned_purls) == 0
+	msg := sprintf(`scan.unscanned: nothing was scanned: all %d component(s) of the SBOM that need scanning are unscanned (%s), so the scan found nothing because it looked at nothing; give each dependency a purl an advisory database knows (e.g. pkg:pypi/…, pkg:npm/…, or a generic purl with a vcs_url) and rebuild`, [count(needs_scanning), txt(concat(", ", sort([label(p) | some p in needs_scanning])))])
+}
+
+deny contains msg if {
+	scan_present
+	stage_switch("fail_on_unscanned")
+	some i, u in arr(object.get(scan_obj, "unscanned", null))
+	msg := sprintf(`scan.unscanned[%d]: %s was not scanned (%s) and stage "%s" refuses unscanned components (config fail_on_unscanned); give it a purl an advisory database knows and rebuild`, [i, txt(object.get(obj(u), "component", "?")), txt(object.get(obj(u), "reason", "no reason given")), txt(stage)])
+}
+
+# --- A8: build provenance and trust defaults for the stage ---------------------------------------
+#
+# input.provenance is what the verified provenance says about the build: dirty (the source tree
+# had uncommitted changes; null when the builder did not record it). input.trust.repositories are
+# the trust policy's trusted source repository patterns ("*" trusts any). Where config
+# refuse_dirty_provenance is on (prod), only a build of a clean, committed tree is accepted; where
+# refuse_any_repository is on (prod), a trust policy that trusts every repository is refused,
+# because then the source check proves nothing.
+
+provenance := obj(object.get(input, "provenance", null))
+
+deny contains msg if {
+	stage_switch("refuse_dirty_provenance")
+	object.get(input, "provenance", null) == null
+	msg := sprintf(`provenance: there is no verified build provenance, and stage "%s" accepts only builds of a clean, committed tree (config refuse_dirty_provenance); build from a commit with the pipeline, which attests the tree`, [txt(stage)])
+}
+
+deny contains msg if {
+	stage_switch("refuse_dirty_provenance")
+	object.get(input, "provenance", null) != null
+	object.get(provenance, "dirty", null) == true
+	msg := sprintf(`provenance.dirty is true: the artifact was built from a tree with uncommitted changes, and stage "%s" accepts only builds of a clean, committed tree (config refuse_dirty_provenance); commit the template and rebuild`, [txt(stage)])
+}
+
+deny contains msg if {
+	stage_switch("refuse_dirty_provenance")
+	object.get(input, "provenance", null) != null
+	object.get(provenance, "dirty", null) != true
+	object.get(provenance, "dirty", null) != false
+	msg := sprintf(`provenance.dirty is not recorded: whether the tree was committed is unknown, and stage "%s" accepts only builds of a clean, committed tree (config refuse_dirty_provenance); rebuild from a Git commit with the pipeline, which records it`, [txt(stage)])
+}
+
+trusted_repositories := arr(object.get(obj(object.get(input, "trust", null)), "repositories", null))
+
+deny contains msg if {
+	stage_switch("refuse_any_repository")
+	some i, pattern in trusted_repositories
+	is_string(pattern)
+	regex.match(`^\*+$`, pattern)
+	msg := sprintf(`trust.repositories[%d] is "%s": the trust policy trusts every source repository, and stage "%s" requires it to name the repositories agents may be built from (config refuse_any_repository); list them in spec.repositories of the trust policy (e.g. https://github.com/your-org/agents)`, [i, txt(pattern), txt(stage)])
+}
+
+deny contains msg if {
+	stage_switch("refuse_any_repository")
+	not is_array(object.get(obj(object.get(input, "trust", null)), "repositories", null))
+	msg := sprintf(`trust.repositories is missing: stage "%s" requires the trust policy to name the repositories agents may be built from (config refuse_any_repository); the verifier must pass them`, [txt(stage)])
 }

@@ -1,4 +1,4 @@
-# Unit tests of the artifact policy (artifact.rego), A1..A4.
+# Unit tests of the artifact policy (artifact.rego), A1..A8.
 #
 # The input is set field by field (`with input.verdict as …`), never as a whole (`with input as
 # …`), which crashes regopy 1.5.2 (see template_test.rego). OPA runs these tests unchanged.
@@ -20,20 +20,42 @@ good_sbom := {"components": [
 	{"name": "sha256", "version": "1.0.0", "purl": "pkg:generic/agentfactory/sha256@1.0.0", "licenses": ["MIT OR Apache-2.0"]},
 ]}
 
+# The decision time of every test, and a build of a clean commit under a trust policy that names
+# its repositories: what prod requires (A6, A8).
+decision_time := "2026-12-06T08:00:00Z"
+
+good_provenance := {"dirty": false, "repository": "https://github.com/example/agents", "builder": "https://agentfactory.dev/builders/pipeline@v1"}
+
+good_trust := {"repositories": ["https://github.com/example/*"]}
+
 decide(stage, verdict, sbom, scan) := d if {
+	# rego-cpp ignores `with … as <rule>`: the rules' values are bound to variables first
+	t := decision_time
+	p := good_provenance
+	tr := good_trust
 	d := data.agentfactory.artifact.deny with input.artifact as {"name": "wordstats", "version": "1.0.0", "digest": "sha256:0000"}
 		with input.stage as stage
 		with input.verdict as verdict
 		with input.sbom as sbom
 		with input.scan as scan
+		with input.now as t
+		with input.provenance as p
+		with input.trust as tr
 }
 
 allowed(stage, verdict, sbom, scan) := a if {
+	# rego-cpp ignores `with … as <rule>`: the rules' values are bound to variables first
+	t := decision_time
+	p := good_provenance
+	tr := good_trust
 	a := data.agentfactory.artifact.allow with input.artifact as {"name": "wordstats", "version": "1.0.0", "digest": "sha256:0000"}
 		with input.stage as stage
 		with input.verdict as verdict
 		with input.sbom as sbom
 		with input.scan as scan
+		with input.now as t
+		with input.provenance as p
+		with input.trust as tr
 }
 
 # The good verdict with the check `name` replaced by `replacement` (or dropped when null).
@@ -220,7 +242,7 @@ test_a4_ignore_unfixed if {
 }
 
 test_a4_no_findings_allowed if {
-	decide("prod", good_verdict, good_sbom, {"findings": []}) == set()
+	decide("prod", good_verdict, good_sbom, {"findings": [], "scannedOn": "2026-12-06T07:00:00.123Z"}) == set()
 }
 
 test_a4_follows_config if {
@@ -277,4 +299,215 @@ test_a5_limits_over_ceiling_denied if {
 
 test_a5_malformed_agent_denied if {
 	"agent: must be null (no attested run contract) or an object with tools, capabilities and limits" in decide_agent("x")
+}
+
+# --- A4 unknown severity --------------------------------------------------------------------------
+
+unknown_scan := {"findings": [{"id": "OSV-1", "severity": "unknown", "suppressed": false, "package": "pkg:npm/x@1.0.0"}], "scannedOn": "2026-12-06T07:00:00Z"}
+
+test_a4_unknown_severity_is_high_on_prod if {
+	decide("prod", good_verdict, good_sbom, unknown_scan) == {"scan.findings[0]: OSV-1 (severity unknown, judged as high for this stage (config unknown_severity_as_high), in pkg:npm/x@1.0.0) is not suppressed by any VEX statement; no fixed version is published: remove the dependency, or publish a signed VEX statement saying why it does not apply"}
+}
+
+test_a4_unknown_severity_passes_dev_by_default if {
+	decide("dev", good_verdict, good_sbom, unknown_scan) == set()
+}
+
+test_a4_unknown_severity_switch_follows_config if {
+	count(decide("dev", good_verdict, good_sbom, unknown_scan)) == 1 with data.agentfactory.config.unknown_severity_as_high as {"default": true}
+	decide("prod", good_verdict, good_sbom, unknown_scan) == set() with data.agentfactory.config.unknown_severity_as_high as {"default": true, "prod": false}
+	decide("prod", good_verdict, good_sbom, unknown_scan) == set() with data.agentfactory.config.unknown_severity_as_high as null
+}
+
+test_a4_missing_severity_is_high_on_prod if {
+	scan := {"findings": [{"id": "OSV-2", "suppressed": false}], "scannedOn": "2026-12-06T07:00:00Z"}
+	count(decide("prod", good_verdict, good_sbom, scan)) == 1
+}
+
+test_a4_suppressed_unknown_allowed_on_prod if {
+	scan := {"findings": [{"id": "OSV-1", "severity": "unknown", "suppressed": true}], "scannedOn": "2026-12-06T07:00:00Z"}
+	decide("prod", good_verdict, good_sbom, scan) == set()
+}
+
+# --- A6 scan freshness -------------------------------------------------------------------------
+
+scan_at(t) := {"findings": [], "scannedOn": t}
+
+test_a6_fresh_scan_allowed_on_every_stage if {
+	every stage in ["dev", "canary", "prod"] {
+		decide(stage, good_verdict, good_sbom, scan_at("2026-12-05T08:00:01.500Z")) == set()
+	}
+}
+
+test_a6_prod_refuses_a_scan_older_than_24_hours if {
+	decide("prod", good_verdict, good_sbom, scan_at("2026-12-05T07:00:00Z")) == {`scan.scannedOn: the newest verified scan finished at 2026-12-05T07:00:00Z, 25 hours before the decision time 2026-12-06T08:00:00Z; stage "prod" accepts scans at most 24 hours old (config scan_max_age_hours): re-scan with "agentfactory scan AGENT --attest" against today's advisory database`}
+	decide("canary", good_verdict, good_sbom, scan_at("2026-12-05T07:00:00Z")) == set()
+}
+
+test_a6_canary_refuses_a_scan_older_than_72_hours if {
+	count(decide("canary", good_verdict, good_sbom, scan_at("2026-12-03T07:59:59Z"))) == 1
+	decide("canary", good_verdict, good_sbom, scan_at("2026-12-03T08:00:01Z")) == set()
+}
+
+test_a6_dev_has_no_maximum if {
+	decide("dev", good_verdict, good_sbom, scan_at("2020-01-01T00:00:00Z")) == set()
+	decide("dev", good_verdict, good_sbom, scan_at("")) == set()
+	decide("dev", good_verdict, good_sbom, {"findings": []}) == set()
+}
+
+test_a6_offsets_are_honoured if {
+	# 09:30+02:00 is 07:30Z: 24.5 hours before now
+	count(decide("prod", good_verdict, good_sbom, scan_at("2026-12-05T09:30:00+02:00"))) == 1
+	decide("prod", good_verdict, good_sbom, scan_at("2026-12-05T09:30:00+01:00")) == set()
+}
+
+test_a6_missing_or_unparsable_time_denied_where_a_maximum_applies if {
+	every t in ["", "yesterday", "2026-13-05T08:00:00Z", "2026-12-05 08:00:00Z", "2026-12-05T08:00:00", 1765000000, "2026-02-29T08:00:00Z", "2026-04-31T08:00:00Z", "2026-12-05T08:00:00+24:00", "02026-12-05T08:00:00Z"] {
+		d := decide("prod", good_verdict, good_sbom, scan_at(t))
+		count(d) == 1
+		some msg in d
+		startswith(msg, "scan.scannedOn: the scan's finish time")
+	}
+	some msg in decide("prod", good_verdict, good_sbom, {"findings": []})
+	contains(msg, `the scan's finish time (none) is missing or not an RFC 3339 time; stage "prod" accepts scans at most 24 hours old`)
+}
+
+test_a6_missing_decision_time_denied_where_a_maximum_applies if {
+	v := good_verdict
+	sb := good_sbom
+	p := good_provenance
+	tr := good_trust
+	d := data.agentfactory.artifact.deny with input.stage as "prod"
+		with input.verdict as v
+		with input.sbom as sb
+		with input.scan as {"findings": [], "scannedOn": "2026-12-06T07:00:00Z"}
+		with input.provenance as p
+		with input.trust as tr
+	some msg in d
+	startswith(msg, "now: the decision time (none) is missing or not an RFC 3339 time")
+}
+
+test_a6_a_scan_from_the_future_denied if {
+	some msg in decide("prod", good_verdict, good_sbom, scan_at("9999-12-31T23:59:59.999Z"))
+	startswith(msg, "scan.scannedOn:")
+	d := decide("prod", good_verdict, good_sbom, scan_at("2026-12-06T09:00:00Z"))
+	d == {"scan.scannedOn: the scan claims to have finished at 2026-12-06T09:00:00Z, after the decision time 2026-12-06T08:00:00Z (beyond config scan_clock_skew_seconds): a scan from the future cannot be judged fresh; check the scanner's clock and re-scan"}
+	decide("prod", good_verdict, good_sbom, scan_at("2026-12-06T08:04:00Z")) == set()
+}
+
+test_a6_follows_config if {
+	decide("prod", good_verdict, good_sbom, scan_at("2026-12-01T00:00:00Z")) == set() with data.agentfactory.config.scan_max_age_hours as {"canary": 1}
+	count(decide("dev", good_verdict, good_sbom, scan_at("2026-12-06T06:00:00Z"))) == 1 with data.agentfactory.config.scan_max_age_hours as {"dev": 1.5}
+}
+
+# --- A7 scan coverage ----------------------------------------------------------------------------
+
+npm_sbom := {"components": [
+	{"name": "lodash", "version": "4.17.20", "purl": "pkg:npm/lodash@4.17.20", "licenses": ["MIT"]},
+	{"name": "left-pad", "version": "x", "purl": "pkg:npm/left-pad@x", "licenses": ["MIT"]},
+	{"name": "utf8", "version": "1.0.0", "purl": "pkg:generic/agentfactory/utf8@1.0.0", "licenses": ["MIT"]},
+]}
+
+unscanned(purls) := {"findings": [], "scannedOn": "2026-12-06T07:00:00Z", "unscanned": [{"component": p, "reason": "unknown version"} | some p in purls]}
+
+test_a7_nothing_scanned_denied_on_every_stage if {
+	every stage in ["dev", "canary", "prod"] {
+		d := decide(stage, good_verdict, npm_sbom, unscanned(["pkg:npm/lodash@4.17.20", "pkg:npm/left-pad@x"]))
+		d == {"scan.unscanned: nothing was scanned: all 2 component(s) of the SBOM that need scanning are unscanned (pkg:npm/left-pad@x, pkg:npm/lodash@4.17.20), so the scan found nothing because it looked at nothing; give each dependency a purl an advisory database knows (e.g. pkg:pypi/…, pkg:npm/…, or a generic purl with a vcs_url) and rebuild"}
+	}
+}
+
+test_a7_some_scanned_allowed_by_default if {
+	decide("prod", good_verdict, npm_sbom, unscanned(["pkg:npm/left-pad@x", "pkg:generic/agentfactory/utf8@1.0.0"])) == set()
+}
+
+test_a7_first_party_components_need_no_scan if {
+	sbom := {"components": [{"name": "utf8", "version": "1.0.0", "purl": "pkg:generic/agentfactory/utf8@1.0.0", "licenses": ["MIT"]}]}
+	decide("prod", good_verdict, sbom, unscanned(["pkg:generic/agentfactory/utf8@1.0.0"])) == set()
+	decide("prod", good_verdict, {"components": []}, unscanned([])) == set()
+	count(decide("prod", good_verdict, sbom, unscanned(["pkg:generic/agentfactory/utf8@1.0.0"]))) == 1 with data.agentfactory.config.first_party_purl_prefixes as []
+}
+
+test_a7_a_component_without_purl_needs_scanning if {
+	sbom := {"components": [{"name": "blob", "version": "1", "licenses": ["MIT"]}]}
+	scan := {"findings": [], "scannedOn": "2026-12-06T07:00:00Z", "unscanned": [{"component": "blob 1", "reason": "no purl"}]}
+	count(decide("dev", good_verdict, sbom, scan)) == 1
+}
+
+test_a7_fail_on_unscanned_switch if {
+	scan := unscanned(["pkg:npm/left-pad@x"])
+	decide("dev", good_verdict, npm_sbom, scan) == set()
+	d := decide("dev", good_verdict, npm_sbom, scan) with data.agentfactory.config.fail_on_unscanned as {"default": true}
+	d == {`scan.unscanned[0]: pkg:npm/left-pad@x was not scanned (unknown version) and stage "dev" refuses unscanned components (config fail_on_unscanned); give it a purl an advisory database knows and rebuild`}
+	decide("dev", good_verdict, npm_sbom, scan) == set() with data.agentfactory.config.fail_on_unscanned as {"default": true, "dev": false}
+}
+
+# --- A8 build provenance and trust defaults -----------------------------------------------------------
+
+decide_build(stage, provenance, trust) := d if {
+	v := good_verdict
+	sb := good_sbom
+	t := decision_time
+	d := data.agentfactory.artifact.deny with input.artifact as {"name": "wordstats", "version": "1.0.0", "digest": "sha256:0000"}
+		with input.stage as stage
+		with input.verdict as v
+		with input.sbom as sb
+		with input.scan as null
+		with input.now as t
+		with input.provenance as provenance
+		with input.trust as trust
+}
+
+test_a8_prod_refuses_a_dirty_tree if {
+	decide_build("prod", object.union(good_provenance, {"dirty": true}), good_trust) == {`provenance.dirty is true: the artifact was built from a tree with uncommitted changes, and stage "prod" accepts only builds of a clean, committed tree (config refuse_dirty_provenance); commit the template and rebuild`}
+}
+
+test_a8_prod_refuses_an_unrecorded_dirty_flag if {
+	every p in [object.union(good_provenance, {"dirty": null}), {"repository": "x"}, object.union(good_provenance, {"dirty": "false"})] {
+		d := decide_build("prod", p, good_trust)
+		count(d) == 1
+		some msg in d
+		startswith(msg, "provenance.dirty is not recorded")
+	}
+	some msg in decide_build("prod", null, good_trust)
+	startswith(msg, "provenance: there is no verified build provenance")
+}
+
+test_a8_prod_refuses_a_trust_policy_trusting_any_repository if {
+	decide_build("prod", good_provenance, {"repositories": ["https://github.com/example/*", "*"]}) == {`trust.repositories[1] is "*": the trust policy trusts every source repository, and stage "prod" requires it to name the repositories agents may be built from (config refuse_any_repository); list them in spec.repositories of the trust policy (e.g. https://github.com/your-org/agents)`}
+	count(decide_build("prod", good_provenance, {"repositories": ["**"]})) == 1
+	some msg in decide_build("prod", good_provenance, null)
+	startswith(msg, "trust.repositories is missing")
+}
+
+test_a8_dev_and_canary_accept_both if {
+	every stage in ["dev", "canary"] {
+		decide_build(stage, object.union(good_provenance, {"dirty": true}), {"repositories": ["*"]}) == set()
+		decide_build(stage, null, null) == set()
+	}
+}
+
+test_a8_prod_accepts_a_clean_build_under_named_repositories if {
+	decide_build("prod", good_provenance, good_trust) == set()
+}
+
+test_a8_follows_config if {
+	decide_build("prod", object.union(good_provenance, {"dirty": true}), {"repositories": ["*"]}) == set() with data.agentfactory.config.refuse_dirty_provenance as {"default": false}
+		with data.agentfactory.config.refuse_any_repository as {}
+	count(decide_build("canary", object.union(good_provenance, {"dirty": true}), good_trust)) == 1 with data.agentfactory.config.refuse_dirty_provenance as {"canary": true}
+}
+
+# --- A3 a licence entry naming no id ----------------------------------------------------------------
+
+no_id_message := "sbom.components[0].licenses[1] (dep 2.1.0) names no SPDX licence id; remove the empty entry or declare the dependency's SPDX licence (spec.dependencies[].license in agent.yaml) and rebuild"
+
+test_a3_an_entry_naming_no_id_is_refused_beside_an_allowed_one if {
+	m := no_id_message
+	decide("dev", good_verdict, sbom_of(["Apache-2.0", ""]), null) == {m}
+	decide("dev", good_verdict, sbom_of(["Apache-2.0", " "]), null) == {m}
+	decide("dev", good_verdict, sbom_of(["Apache-2.0", "()"]), null) == {m}
+	# a newline entry: rego-cpp keeps "\n" in a Rego source literal as two characters, so it is tested
+	# with a real newline through the engine in tests/security/test_attack_policy_injection.py
+	# alone, it is the missing-licence rule that speaks, once
+	count(decide("dev", good_verdict, sbom_of([" "]), null)) == 1
 }

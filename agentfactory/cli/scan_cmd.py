@@ -17,7 +17,6 @@ import click
 
 from ..errors import InputError
 from ..fsutil import atomic_write
-from ..jsonsafe import load_json_object
 from ..scan.base import OSV_DB_ENV, SCANNER_NAMES, osv_db_dir
 from ..scan.report import FAIL_ON, Gate, ScanReport
 from .common import EXIT_OK, EXIT_PROBLEMS, err, handle_errors, json_option, out, print_json, store_option
@@ -35,12 +34,20 @@ osv_db_option = click.option("--osv-db", type=click.Path(file_okay=False, path_t
 @click.option("--fail-on", type=click.Choice(FAIL_ON), default="high", show_default=True,
               help="Lowest severity that fails the gate (none: report only).")
 @click.option("--ignore-unfixed", is_flag=True, help="Findings without a published fix do not fail the gate.")
+@click.option("--fail-on-unscanned", is_flag=True,
+              help="Any component the scanners could not judge fails the gate (a scan that judged nothing always "
+                   "fails).")
 @click.option("--scanner", "scanners", multiple=True, type=click.Choice(SCANNER_NAMES),
               help="Scanner to run (repeatable). Default: the embedded OSV matcher, plus grype and trivy when on PATH.")
 @osv_db_option
 @click.option("--product", default=None, metavar="PURL",
               help="The product VEX statements must name, for an SBOM without metadata.component.purl.")
 @click.option("--attest", is_flag=True, help="TARGET is a stored agent: sign this scan and attach it as evidence.")
+@click.option("--keyless", is_flag=True,
+              help="With --attest: sign keylessly with Sigstore (the CI's OIDC identity, e.g. GitHub Actions); the "
+                   "bundle carries its own Rekor entry, so --tlog is not used.")
+@click.option("--sigstore-instance", type=click.Choice(["production", "staging"]), default="production",
+              show_default=True, help="With --keyless: the Sigstore instance.")
 @click.option("--tlog", "tlog_url", envvar="AGENTFACTORY_TLOG", default="embedded", show_default=True,
               metavar="embedded|none|URL", help="With --attest: the transparency log the new attestation goes to.")
 @click.option("--tlog-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
@@ -51,20 +58,30 @@ osv_db_option = click.option("--osv-db", type=click.Path(file_okay=False, path_t
 @json_option
 @handle_errors
 def scan_cmd(target: str, vex: tuple[Path, ...], require_signed_vex: bool, fail_on: str, ignore_unfixed: bool,
-             scanners: tuple[str, ...], osv_db: Path | None, product: str | None, attest: bool, tlog_url: str,
-             tlog_key: Path | None, policy_path: Path | None, provider: str | None, store_url: str | None,
-             as_json: bool) -> None:
+             fail_on_unscanned: bool, scanners: tuple[str, ...], osv_db: Path | None, product: str | None,
+             attest: bool, keyless: bool, sigstore_instance: str, tlog_url: str, tlog_key: Path | None,
+             policy_path: Path | None, provider: str | None, store_url: str | None, as_json: bool) -> None:
     """Scan TARGET for known vulnerabilities: a CycloneDX SBOM file, or a stored agent (name@sha256:…,
     name:version, name), whose signed SBOM is verified first.
 
-    Exit code 0 when the gate passes, 1 when a finding blocks, 2 for bad input or a missing database.
+    An SBOM file is validated exactly as the pipeline validates the SBOMs it writes (strict CycloneDX
+    1.6, duplicate keys refused). Exit code 0 when the gate passes, 1 when a finding blocks or
+    nothing was scanned, 2 for bad input or a missing database.
     """
     from ..scan.base import open_scanners
+    from ..scan.coverage import coverage_problems
     from ..scan.report import scan, subject_of
     from ..scan.vexdocs import load_vex
     from ..trust import load_trust_policy
 
     gate = Gate(fail_on, ignore_unfixed)
+    if keyless and not attest:
+        raise InputError("--keyless", "signs the scan attestation: give --attest too")
+    signer = None
+    if keyless:  # the OIDC token is read now, so a job that cannot sign fails before it scans
+        from ..keys.sigstore_keyless import KeylessSigner
+
+        signer = KeylessSigner("staging" if sigstore_instance == "staging" else "production")
     policy = load_trust_policy(policy_path) if policy_path else default_policy(provider)
     path = Path(target)
     agent = store = None
@@ -73,12 +90,9 @@ def scan_cmd(target: str, vex: tuple[Path, ...], require_signed_vex: bool, fail_
         sbom_path = path
         if attest:
             raise InputError(target, "--attest needs a stored agent, not an SBOM file")
-        from ..sbom import MAX_SBOM_BYTES
+        from ..sbom import MAX_SBOM_BYTES, load_sbom
 
-        bom = load_json_object(path.read_bytes()[: MAX_SBOM_BYTES + 1], target, max_bytes=MAX_SBOM_BYTES,
-                               what="the SBOM")
-        if bom.get("bomFormat") != "CycloneDX":
-            raise InputError(target, "not a CycloneDX SBOM (bomFormat is not CycloneDX)")
+        bom = load_sbom(path.read_bytes()[: MAX_SBOM_BYTES + 1], target)  # the pipeline's own validation
         subject = product or (subject_of(bom, target) if _has_subject(bom) else "")
     else:
         agent, bom, store = _verified_sbom(target, store_url, policy)
@@ -89,10 +103,16 @@ def scan_cmd(target: str, vex: tuple[Path, ...], require_signed_vex: bool, fail_
                                  "VEX statements can be matched")
     report = scan(bom, open_scanners(scanners, osv_db=osv_db), subject=subject, vex=vex_docs,
                   sbom_path=sbom_path)
-    attested = _attest(store, agent, report, provider, tlog_url, tlog_key) if attest and agent is not None else None
+    attested = None
+    if attest and agent is not None:
+        attested = (_attest_keyless(store, agent, report, signer) if signer is not None
+                    else _attest(store, agent, report, provider, tlog_url, tlog_key))
     blocking = gate.blocking(report.findings)
+    uncovered = coverage_problems(bom, report.unscanned, fail_on_unscanned=fail_on_unscanned)
     if as_json:
         doc = report.to_json(gate)
+        doc["gate"]["coverage"] = uncovered
+        doc["gate"]["passed"] = doc["gate"]["passed"] and not uncovered
         if attested:
             doc["attestation"] = attested
         print_json(doc)
@@ -101,11 +121,13 @@ def scan_cmd(target: str, vex: tuple[Path, ...], require_signed_vex: bool, fail_
 
         for line in render_text(report, gate):
             out.print(line, markup=False)
+        for problem in uncovered:
+            out.print(f"gate: FAILED, {problem}", markup=False)
         if attested:
             out.print(f"attached a signed scan attestation to {attested['agent']}"
                       + (f" (log index {attested['logIndex']})" if attested.get("logIndex") is not None else ""),
                       markup=False)
-    sys.exit(EXIT_PROBLEMS if blocking else EXIT_OK)
+    sys.exit(EXIT_PROBLEMS if blocking or uncovered else EXIT_OK)
 
 
 def _has_subject(bom: dict[str, Any]) -> bool:
@@ -154,6 +176,16 @@ def _attest(store: Any, agent: Any, report: ScanReport, provider: str | None, tl
     return {"agent": f"{agent.name}@{agent.digest}", "keyId": key_id, "logIndex": index}
 
 
+def _attest_keyless(store: Any, agent: Any, report: ScanReport, signer: Any) -> dict[str, Any]:
+    """Sign the scan as a Sigstore DSSE bundle (logged in the instance's Rekor) and attach it."""
+    from ..evidence import attach_bundles
+    from ..intoto import SCAN_V1, make_statement
+
+    bundle = signer.sign_statement(make_statement(agent.name, agent.digest, SCAN_V1, report.to_predicate()))
+    attach_bundles(store, agent, [(SCAN_V1, bundle)])
+    return {"agent": f"{agent.name}@{agent.digest}", "identity": signer.token_identity, "logIndex": None}
+
+
 @click.group("osv")
 def osv() -> None:
     """The embedded matcher's offline OSV database."""
@@ -162,17 +194,28 @@ def osv() -> None:
 @osv.command("import")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @osv_db_option
+@click.option("--allow-empty", is_flag=True,
+              help="Replace the database even when the export holds no usable record (an empty database matches "
+                   "nothing).")
 @json_option
 @handle_errors
-def osv_import(source: Path, osv_db: Path | None, as_json: bool) -> None:
+def osv_import(source: Path, osv_db: Path | None, allow_empty: bool, as_json: bool) -> None:
     """Load an OSV export into the database: a folder of OSV records (JSON or YAML, e.g. a clone of
     the PyPA or GitHub advisory database) or the per-ecosystem all.zip OSV publishes. Replaces the
-    database atomically; records that do not parse are skipped, each named."""
+    database atomically; records that do not parse are skipped, each named. An export with no usable
+    record is refused (exit 2, the database unchanged) unless --allow-empty."""
     from ..config import cache_dir
     from ..scan.osv import OsvDatabase, import_osv
 
     dest = (osv_db or osv_db_dir()).resolve()
-    count, warnings = import_osv(source, dest)
+    count, warnings = import_osv(source, dest, allow_empty=allow_empty)
+    if count == 0:  # --allow-empty: there is nothing to index (OsvDatabase refuses an empty folder)
+        if as_json:
+            print_json({"database": str(dest), "records": 0, "advisories": 0, "skipped": warnings})
+        else:
+            out.print(f"emptied the OSV database at {dest} (--allow-empty): scans now fail until records are "
+                      "imported", markup=False)
+        return
     db = OsvDatabase(dest, cache_dir=cache_dir("osv"))  # index now, so the first scan is fast
     if as_json:
         print_json({"database": str(dest), "records": count, "advisories": len(db), "skipped": warnings})

@@ -451,12 +451,14 @@ def _label(comp: dict[str, Any]) -> str:
 
 # --- import -----------------------------------------------------------------------------------
 
-def import_osv(src: Path, dest: Path) -> tuple[int, list[str]]:
+def import_osv(src: Path, dest: Path, *, allow_empty: bool = False) -> tuple[int, list[str]]:
     """Copy an OSV export (a folder or a zip) into `dest`, replacing it atomically.
 
     Each record is validated as the database reads it and written as ``<id>.json``; the new folder
     is built next to `dest` and renamed over it, so a reader sees the old database or the new one,
-    never half of it. Raises `InputError` for a zip bomb or an unreadable source.
+    never half of it. Raises `InputError` for a zip bomb or an unreadable source, and for an export
+    with no usable record unless `allow_empty`: an empty database matches nothing, so replacing a
+    working one with it would make every later scan pass (and `dest` is left as it was).
     """
     src, dest = Path(src), Path(dest)
     warnings: list[str] = []
@@ -482,6 +484,12 @@ def import_osv(src: Path, dest: Path) -> tuple[int, list[str]]:
             seen.add(rid)
             (tmp / f"{rid.replace(':', '_')}.json").write_text(json.dumps(doc, indent=1) + "\n")
             count = len(seen)
+        if count == 0 and not allow_empty:
+            more = " …" if len(warnings) > 1 else ""
+            skipped = f" ({len(warnings)} skipped: {warnings[0]}{more})" if warnings else ""
+            raise InputError(str(src), f"the export holds no usable OSV record{skipped}: importing it would replace "
+                                       f"the database at {dest} with an empty one, which matches nothing; the "
+                                       "database is unchanged (give --allow-empty to empty it on purpose)")
         old = None
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")

@@ -141,7 +141,8 @@ def test_scan_json(tmp_path: Path, sbom: Path) -> None:
     proc = af(tmp_path, "scan", str(sbom), "--json")
     assert proc.returncode == 1, proc.stderr
     doc = as_json(proc)
-    assert doc["gate"] == {"failOn": "high", "ignoreUnfixed": False, "passed": False, "blocking": [GHSA]}
+    assert doc["gate"] == {"failOn": "high", "ignoreUnfixed": False, "passed": False, "blocking": [GHSA],
+                           "coverage": []}
     (finding,) = doc["findings"]
     assert finding["id"] == GHSA and finding["package"] == LODASH and finding["severity"] == "high"
     assert finding["fixedVersions"] == ["4.17.21"] and finding["suppressed"] is False
@@ -202,10 +203,10 @@ def test_require_signed_vex_refuses_a_plain_document(tmp_path: Path, sbom: Path)
 
 
 @pytest.mark.parametrize(("content", "message"), [
-    (EXAMPLE_VEX.read_text(), "not a CycloneDX SBOM (bomFormat is not CycloneDX)"),
+    (EXAMPLE_VEX.read_text(), "$.bomFormat: None is not 'CycloneDX': not a CycloneDX SBOM"),
     ('{"bomFormat": "SPDX"}', "not a CycloneDX SBOM"),
     ("{truncated", "not JSON"),
-    ("[]", "not a JSON object"),
+    ("[]", "SBOM is a JSON list, not an object"),
 ])
 def test_scan_of_something_that_is_not_a_cyclonedx_sbom(tmp_path: Path, content: str, message: str) -> None:
     target = tmp_path / "target.json"
@@ -279,3 +280,16 @@ def test_vex_sign_refuses_a_document_that_is_not_vex(tmp_path: Path, sbom: Path)
     proc = af(tmp_path, "vex", "sign", str(sbom), "-o", str(tmp_path / "out.dsse.json"))
     assert proc.returncode == 2 and str(sbom) in proc.stderr
     assert not (tmp_path / "out.dsse.json").exists()
+
+
+def test_keyless_attestation_needs_attest_and_an_ambient_identity(tmp_path: Path, sbom: Path) -> None:
+    """`scan --attest --keyless` (the rescan workflow) asks for the CI's OIDC token before it scans:
+    outside a CI that offers one it stops with exit 2 and attaches nothing."""
+    alone = af(tmp_path, "scan", str(sbom), "--keyless")
+    assert alone.returncode == 2 and "--keyless: signs the scan attestation: give --attest too" in alone.stderr
+    exe = Path(sys.executable).with_name("agentfactory")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ACTIONS_", "GITHUB_", "SIGSTORE_"))}
+    proc = subprocess.run([str(exe), "scan", "htmlpage", "--attest", "--keyless"], cwd=tmp_path,
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "no ambient OIDC identity" in proc.stderr and proc.stdout == ""

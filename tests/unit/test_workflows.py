@@ -23,7 +23,7 @@ import yaml
 from helpers import ROOT
 
 WORKFLOWS = ROOT / ".github" / "workflows"
-NAMES = ("pr.yml", "release.yml", "promote.yml")
+NAMES = ("pr.yml", "release.yml", "promote.yml", "rescan.yml")
 SCHEMA = ROOT / "tests" / "fixtures" / "github-actions" / "github-workflow.json"
 EXE = Path(sys.executable).with_name("agentfactory")
 # Few third-party actions, all GitHub's own (docs/ci.md, "Pinned actions").
@@ -251,13 +251,14 @@ def test_docs_name_the_pins_and_the_required_check() -> None:
     assert "**`ci check`**" in docs
 
 
-@pytest.mark.parametrize(("name", "cancel"), [("pr.yml", True), ("release.yml", False), ("promote.yml", False)])
+@pytest.mark.parametrize(("name", "cancel"), [("pr.yml", True), ("release.yml", False), ("promote.yml", False),
+                                              ("rescan.yml", False)])
 def test_concurrency(name: str, cancel: bool) -> None:
     wf = workflow(name)
     assert concurrency_problems(wf, cancel) == []
     group = wf["concurrency"]["group"]
     assert group == {"pr.yml": "pr-${{ github.event.pull_request.number }}", "release.yml": "release",
-                     "promote.yml": "promote"}[name]
+                     "promote.yml": "promote", "rescan.yml": "rescan"}[name]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -284,6 +285,7 @@ def test_pr_runs_on_template_policy_and_pipeline_changes() -> None:
     wf = workflow("pr.yml")
     assert set(wf["on"]) == {"pull_request"}
     assert set(wf["on"]["pull_request"]["paths"]) == {"templates/**", "policies/**", "pipelines/**",
+                                                      "agentfactory/**", "pyproject.toml",
                                                       ".github/workflows/pr.yml"}
 
 
@@ -378,6 +380,44 @@ def test_promote_runs_hourly_and_by_hand() -> None:
     assert all("--push" in w for w in commands if w[0] == "promote")
 
 
+def test_rescan_attests_every_agent_on_a_schedule() -> None:
+    """rescan.yml (docs/scanning.md): a fresh OSV database, then `scan --attest --keyless` per agent."""
+    wf = workflow("rescan.yml")
+    assert set(wf["on"]) == {"schedule", "workflow_dispatch"}
+    assert wf["on"]["schedule"] == [{"cron": "41 */6 * * *"}]  # well inside prod's 24 h maximum scan age
+    [job] = wf["jobs"].values()
+    assert job["permissions"] == {"contents": "read", "id-token": "write", "packages": "write"}
+    checkout = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@"))
+    assert checkout["with"]["persist-credentials"] is False
+    assert not any(s.get("uses", "").startswith("actions/cache@") for s in job["steps"])  # never a stale database
+    assert invocations_in(step_named(wf, "Import the OSV database")["run"]) == [["osv", "import", "$export_dir"]]
+    script = step_named(wf, "Re-scan and attest every agent")["run"]
+    assert invocations_in(script) == [
+        ["store", "ls", "--store", "$AGENTFACTORY_STORE", "--json"],
+        ["scan", "$ref", "--attest", "--keyless", "--store", "$AGENTFACTORY_STORE", "--json"]]
+    assert wf["env"]["AGENTFACTORY_TRUST_POLICY"] == "trust-policy.yaml"
+
+
+def test_rescan_step_reports_each_agent_and_fails_only_when_a_scan_could_not_run(stubs: Path) -> None:
+    (stubs / "store.json").write_text(json.dumps({"store": "oci://ghcr.io/example/agents", "agents": [
+        {"name": "wordstats", "version": "1.0.0", "digest": "sha256:aa"},
+        {"name": "htmlpage", "version": "1.0.0", "digest": "sha256:bb"},
+        {"name": "jsonfmt", "version": "1.0.0", "digest": "sha256:cc"}]}))
+    (stubs / "scan-htmlpage.rc").write_text("1")
+    script = step_named(workflow("rescan.yml"), "Re-scan and attest every agent")["run"]
+    code, log, _, summary = run_step(stubs, script, {})
+    assert code == 0, log  # a blocking re-scan is evidence, attested: not a failure of the run
+    assert [c for c in calls(stubs) if c.startswith("scan ")] == [
+        f"scan {ref} --attest --keyless --store oci://ghcr.io/example/agents --json"
+        for ref in ("wordstats@sha256:aa", "htmlpage@sha256:bb", "jsonfmt@sha256:cc")]
+    assert "::warning::htmlpage@sha256:bb: the re-scan blocks it (attested)" in log
+    assert "| `htmlpage@sha256:bb` | blocked |" in summary and "| `jsonfmt@sha256:cc` | passed |" in summary
+    (stubs / "scan-jsonfmt.rc").write_text("2")
+    code, log, _, summary = run_step(stubs, script, {})
+    assert code == 1 and "::error::jsonfmt@sha256:cc: the re-scan could not run (exit 2)" in log
+    assert "| `jsonfmt@sha256:cc` | error (exit 2) |" in summary
+
+
 @pytest.mark.parametrize(("name", "words"), INVOCATIONS,
                          ids=[f"{n}:{' '.join(w[:2])}:{i}" for i, (n, w) in enumerate(INVOCATIONS)])
 def test_agentfactory_commands_and_options_exist(name: str, words: list[str]) -> None:
@@ -393,7 +433,7 @@ def missing_options(words: list[str]) -> list[str]:
 
 def test_the_workflows_call_these_commands() -> None:
     called = {" ".join(w[:2]) if w[0] in ("pipeline", "osv", "ci", "policy") else w[0] for _, w in INVOCATIONS}
-    assert called == {"ci check", "osv import", "policy test", "pipeline run", "promote", "status"}
+    assert called == {"ci check", "osv import", "policy test", "pipeline run", "promote", "status", "store", "scan"}
 
 
 # --- the checks catch what they are for ----------------------------------------------------------------
@@ -461,6 +501,8 @@ STUB_AGENTFACTORY = """#!/usr/bin/env bash
 echo "$*" >> "$STUBS/calls.log"
 case "$1" in
   status) cat "$STUBS/status.json" ;;
+  store) cat "$STUBS/store.json" ;;
+  scan) agent="${2%%@*}"; echo '{}'; exit "$(cat "$STUBS/scan-$agent.rc" 2> /dev/null || echo 0)" ;;
   pipeline) cat "$STUBS/pipeline.json"; exit "$(cat "$STUBS/pipeline.rc")" ;;
   promote)
     agent="${2%%:*}"
