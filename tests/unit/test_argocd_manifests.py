@@ -43,6 +43,7 @@ PLATFORM_APPS = {
     "agentfactory-namespaces": ("deploy/argocd/namespaces", PLATFORM_NAMESPACE, -3),
     "agentfactory-runtime": ("deploy/runtime", PLATFORM_NAMESPACE, -2),
     "agentfactory-admission": ("deploy/admission", PLATFORM_NAMESPACE, -1),
+    "agentfactory-rescan": ("deploy/rescan", PLATFORM_NAMESPACE, -1),
 }
 STAGE_APPS = {f"agentfactory-{s}": (f"deploy/envs/{s}", ns, 0) for s, ns in STAGES.items()}
 CHILDREN = {**PLATFORM_APPS, **STAGE_APPS}
