@@ -4,13 +4,24 @@ Policies are the Rego v1 files in `policies/` (the same files work with OPA 1.x)
 (`policies/data.json`). They are compiled once and reused. A decision is `allow` plus the `deny`
 messages; only an `allow` that is exactly true with no deny message allows. A policy that does
 not compile refuses everything until it is fixed, and says where it is broken; an undefined
-decision, an evaluation error, or an input too large or too deep to judge, denies with the reason.
+decision, an evaluation error, an unexpected result shape, or an input the boundary refuses
+(agentfactory/policy_input.py) denies with the reason.
 
-regopy facts this module is built around (rego-cpp 1.5): an undefined result prints `undefined`,
-and asking such an output for its expressions aborts the process, so results are read from
-their JSON text; builtin errors are made strict (the query answers `<error>`); syntax errors
-raise at `add_module`; `with input as …` on rules built from partial sets crashes the process,
-so the project's policies compute `deny := violations(input)` and tests call the functions.
+A decision is never read from text. rego-cpp 1.5 writes input strings into its JSON output without
+escaping `"`, so the text of a result that echoes input can be made to say anything (a second
+`"bindings": {"allow": true}` that json.loads would keep). The engine reads the result as typed
+nodes instead: `allow` must be a boolean node that is true, `deny` a set node whose size is the
+number of denials; the messages are only read for display, and cannot change either.
+
+regopy facts this module is built around (rego-cpp 1.5): an undefined result has a root node of
+kind Undefined, and asking such an output for a binding aborts the process, as does asking any
+output for a name it does not bind, so the root's kind is checked first and bindings are found by
+walking the result's nodes; `Output` (what `query_bundle` returns) parses the output text with json.loads in
+its constructor, so bundle queries go through `regopy.rego_shared` and read nodes by index; a
+string node's value is sometimes the raw text and sometimes the text inside `"…"` (literals,
+upper/concat results); builtin errors are made strict (the query answers `<error>`); syntax
+errors raise at `add_module`; `with input as …` on rules built from partial sets crashes the
+process, so the project's policies compute `deny := violations(input)` and tests call the functions.
 """
 
 from __future__ import annotations
@@ -22,15 +33,16 @@ import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, final
 
 from .errors import AgentFactoryError
+from .policy_input import MAX_INPUT_BYTES, MAX_INPUT_DEPTH, PolicyInputError, check_input
 
 POLICIES_ENV = "AGENTFACTORY_POLICIES"
 POLICY_NAMES = ("template", "artifact", "admission")
 WARN_POLICIES = ("admission",)  # policies that also answer `warn`: messages that allow but tell
-MAX_INPUT_BYTES = 4 * 1024 * 1024
-MAX_INPUT_DEPTH = 64
+__all__ = ["MAX_INPUT_BYTES", "MAX_INPUT_DEPTH", "Decision", "PolicyEngine", "PolicyError", "PolicyInputError",
+           "RegoEngine", "plain_text", "template_input"]
 MAX_POLICY_BYTES = 1024 * 1024
 _TEST_RULE = re.compile(r"^(test_[A-Za-z0-9_]+)\b", re.M)
 _PACKAGE = re.compile(r"^package\s+([A-Za-z0-9_.]+)", re.M)
@@ -46,6 +58,7 @@ class Decision:
     allow: bool
     deny: tuple[str, ...]
     warn: tuple[str, ...] = ()
+    refused: bool = False  # nothing was judged (the input boundary or the engine refused): it denies
 
     def to_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"policy": self.policy, "allow": self.allow, "deny": list(self.deny)}
@@ -73,10 +86,24 @@ class TestReport:
 
 
 class PolicyEngine(abc.ABC):
-    """Judges inputs against named policies (`template`, `artifact`, `admission`)."""
+    """Judges inputs against named policies (`template`, `artifact`, `admission`).
+
+    `decide` is the port every plane calls; it passes the input through the one boundary
+    (policy_input.check_input) and only then asks the engine (`judge`), so no engine and no plane
+    can skip it. Engines implement `judge`, never `decide`.
+    """
+
+    @final
+    def decide(self, policy: str, document: dict[str, Any]) -> Decision:
+        try:
+            check_input(document)
+        except PolicyInputError as exc:
+            return Decision(policy, False, (str(exc),), refused=True)
+        return self.judge(policy, document)
 
     @abc.abstractmethod
-    def decide(self, policy: str, document: dict[str, Any]) -> Decision: ...
+    def judge(self, policy: str, document: dict[str, Any]) -> Decision:
+        """The decision for an input that passed the boundary; any failure must deny, with a reason."""
 
     def warm_up(self, *policies: str) -> None:  # noqa: B027 - optional: engines without set-up need nothing
         """Do the one-time work (compiling) now, so that a service's first decision is not slow."""
@@ -95,21 +122,6 @@ def default_policy_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "policies"
 
 
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of a JSON value, without recursion (stops counting past `limit`)."""
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        deepest = max(deepest, d)
-        if deepest > limit:
-            return deepest
-        if isinstance(v, dict):
-            stack.extend((x, d + 1) for x in v.values())
-        elif isinstance(v, list):
-            stack.extend((x, d + 1) for x in v)
-    return deepest
-
-
 def _value(output: Any) -> Any:
     """The value of a regopy query result, or None when undefined (never `expressions()`).
 
@@ -125,6 +137,115 @@ def _value(output: Any) -> Any:
     expressions = doc.get("expressions") if isinstance(doc, dict) else None
     value = expressions[0] if expressions else None
     return None if value == "undefined" else value
+
+
+class _Shape(Exception):
+    """The result is not the shape a decision has: the decision denies, with this reason."""
+
+
+def _read_decision(rs: Any, output: Any, names: tuple[str, ...]) -> tuple[Any, tuple[str, ...], tuple[str, ...]] | str:
+    """`(allow, deny messages, warn messages)` from a rego-cpp output, read as typed nodes; or why not.
+
+    `allow` is True only when its node is the boolean true (anything else is returned as its
+    kind, for the message). `deny` and `warn` must be sets; each member counts, whatever it is:
+    its text is only for people to read.
+    """
+    if not rs.rego_output_ok(output):
+        return f"policy evaluation failed: a rule raised an error ({_error_text(rs, output)}); the decision is refused"
+    root = rs.rego_output_node(output)
+    kind = rs.rego_node_type(root)
+    if kind == rs.NodeKind.Undefined:  # the only safe test: asking it for a binding aborts the process
+        return f"{' or .'.join(names)} is undefined for this input (a rule failed to evaluate)"
+    if kind.name in _ERRORS:
+        return f"policy evaluation failed: the engine could not evaluate this input ({_error_text(rs, output)}); " \
+               "the decision is refused"
+    if kind != rs.NodeKind.Results or rs.rego_node_size(root) != 1 or \
+            rs.rego_node_type(rs.rego_node_get(root, 0)) != rs.NodeKind.Result:
+        return f"the result is not one set of bindings (root node {kind.name}); the decision is refused"
+    try:
+        nodes = _bindings(rs, rs.rego_node_get(root, 0), names)
+        allow_kind = rs.rego_node_type(nodes["allow"])
+        allow: Any = rs.rego_node_value(nodes["allow"]) == "true" if allow_kind == rs.NodeKind.Boolean \
+            else f"a {allow_kind.name}"
+        deny = _messages(rs, nodes["deny"], "deny")
+        warn = _messages(rs, nodes["warn"], "warn") if "warn" in nodes else ()
+    except _Shape as exc:
+        return str(exc)
+    return allow, deny, warn
+
+
+def _bindings(rs: Any, result: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The value nodes bound to `names`, walked from the result node: regopy's binding lookup aborts the
+    process (std::invalid_argument) when a name is not bound, so it is never called."""
+    found: dict[str, Any] = {}
+    for i in range(rs.rego_node_size(result)):
+        group = rs.rego_node_get(result, i)
+        if rs.rego_node_type(group) != rs.NodeKind.Bindings:
+            continue
+        for j in range(rs.rego_node_size(group)):
+            binding = rs.rego_node_get(group, j)
+            if rs.rego_node_type(binding) != rs.NodeKind.Binding or rs.rego_node_size(binding) != 2:
+                raise _Shape("a binding of an unexpected shape; the decision is refused")
+            name = str(rs.rego_node_value(rs.rego_node_get(binding, 0)))
+            if name in found:
+                raise _Shape(f"{name} is bound twice; the decision is refused")
+            found[name] = _unwrap(rs, rs.rego_node_get(binding, 1))
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise _Shape(f"{', '.join(missing)} not bound in the result; the decision is refused")
+    return found
+
+
+def _unwrap(rs: Any, node: Any) -> Any:
+    """The value inside Term/Scalar wrappers."""
+    for _ in range(8):
+        if rs.rego_node_type(node) not in (rs.NodeKind.Term, rs.NodeKind.Scalar) or rs.rego_node_size(node) != 1:
+            return node
+        node = rs.rego_node_get(node, 0)
+    raise _Shape("a value nested in more wrappers than a decision has; the decision is refused")
+
+
+def _messages(rs: Any, node: Any, name: str) -> tuple[str, ...]:
+    """The members of a set of messages, by index (regopy's Node keys a set by its members' JSON text)."""
+    if rs.rego_node_type(node) != rs.NodeKind.Set:
+        raise _Shape(f"{name} is a {rs.rego_node_type(node).name}, not a set of messages; the decision is refused")
+    return tuple(sorted(_text(rs, _unwrap(rs, rs.rego_node_get(node, i))) for i in range(rs.rego_node_size(node))))
+
+
+def _text(rs: Any, node: Any) -> str:
+    """A message, for people to read (the decision is already made: this cannot change it).
+
+    rego-cpp keeps some strings JSON-escaped inside `"…"` (literals, sprintf with a raw-string
+    format) and others raw, and does not escape the input it copies into either: the node's JSON
+    text is decoded when it is a JSON string, as the engine's own output would be; otherwise the
+    raw value is shown.
+    """
+    try:
+        if rs.rego_node_type(node) != rs.NodeKind.String:
+            return str(rs.rego_node_json(node))
+        try:
+            shown = json.loads(rs.rego_node_json(node), strict=False)
+        except ValueError:
+            shown = None
+        if isinstance(shown, str):
+            return shown
+        text = str(rs.rego_node_value(node))
+    except (UnicodeDecodeError, ValueError, rs.RegoError):
+        return "(a message that cannot be read)"
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
+
+
+def _error_text(rs: Any, output: Any) -> str:
+    """rego-cpp's error message(s), e.g. "Invalid escape sequence" (for people: nothing is decided from it)."""
+    try:
+        text = str(rs.rego_output_string(output))
+    except (UnicodeDecodeError, rs.RegoError):
+        return "<error>"
+    messages = list(dict.fromkeys(re.findall(r"\(errormsg \d+:([^)]*)\)", text)))
+    return "; ".join(m.strip() for m in messages)[:300] if messages else text[:200]
+
+
+_ERRORS = frozenset(("Error", "ErrorSeq", "ErrorMessage", "ErrorAst", "ErrorCode"))
 
 
 def _locate(exc: Exception, sources: dict[str, str]) -> str:
@@ -208,44 +329,34 @@ class RegoEngine(PolicyEngine):
                               "it is fixed")
         return interpreter
 
-    def decide(self, policy: str, document: dict[str, Any]) -> Decision:
+    def judge(self, policy: str, document: dict[str, Any]) -> Decision:
         if self.broken:
-            return Decision(policy, False, (self.broken,))
+            return Decision(policy, False, (self.broken,), refused=True)
         if policy not in POLICY_NAMES:
-            return Decision(policy, False, (f"unknown policy {policy!r} (known: {', '.join(POLICY_NAMES)})",))
-        try:
-            size = len(json.dumps(document))
-        except (TypeError, ValueError) as exc:
-            return Decision(policy, False, (f"the input is not JSON-serialisable: {exc}",))
-        if size > MAX_INPUT_BYTES:
-            return Decision(policy, False, (f"the input is {size} bytes; the limit is {MAX_INPUT_BYTES}",))
-        if _depth(document, MAX_INPUT_DEPTH) > MAX_INPUT_DEPTH:
-            return Decision(policy, False, (f"the input nests deeper than {MAX_INPUT_DEPTH} levels",))
+            return Decision(policy, False, (f"unknown policy {policy!r} (known: {', '.join(POLICY_NAMES)})",),
+                            refused=True)
         import regopy
+        from regopy import rego_shared
 
+        names = ("allow", "deny", "warn") if policy in WARN_POLICIES else ("allow", "deny")
         try:
             with self._lock:
                 bundle = self._bundle(policy)
                 self._runner.set_input(regopy.Input(document))
-                text = str(self._runner.query_bundle(bundle)).strip()
-        except Exception as exc:  # fail closed: an evaluation error denies
-            return Decision(policy, False, (f"policy evaluation failed: {type(exc).__name__}: {exc}",))
-        if text.startswith("<error"):
-            return Decision(policy, False, (f"policy evaluation failed: a rule raised an error ({text[:200]})",))
-        if text == "undefined" or not text:
-            return Decision(policy, False, (f"data.agentfactory.{policy}.allow or .deny is undefined for this "
-                                            "input (a rule failed to evaluate)",))
-        bindings = json.loads(text).get("bindings", {})
-        allow, deny = bindings.get("allow"), bindings.get("deny")
-        messages = sorted(str(m) for m in deny) if isinstance(deny, list) else \
-            [f"data.agentfactory.{policy}.deny is not a set of messages"]
+                output = rego_shared.rego_bundle_query(self._runner._impl, bundle._impl)
+                try:
+                    read = _read_decision(rego_shared, output, names)
+                finally:
+                    rego_shared.rego_free_output(output)
+        except Exception as exc:  # fail closed: an evaluation or reading error denies
+            return Decision(policy, False, (f"policy evaluation failed: {type(exc).__name__}: {exc}",), refused=True)
+        if isinstance(read, str):
+            return Decision(policy, False, (f"data.agentfactory.{policy}: {read}",), refused=True)
+        allow, deny, warn = read
+        messages = list(deny)
         if allow is not True and not messages:
-            messages.append(f"data.agentfactory.{policy}.allow is {allow!r}")
-        warn = bindings.get("warn", [])
-        warnings = sorted(str(m) for m in warn) if isinstance(warn, list) else []
-        if policy in WARN_POLICIES and not isinstance(warn, list):
-            messages.append(f"data.agentfactory.{policy}.warn is not a set of messages")
-        return Decision(policy, allow is True and not messages, tuple(messages), tuple(warnings))
+            messages.append(f"data.agentfactory.{policy}.allow is {allow}, not true")
+        return Decision(policy, allow is True and not messages, tuple(messages), warn)
 
     def warm_up(self, *policies: str) -> None:
         if self.broken:
@@ -307,9 +418,9 @@ class RegoEngine(PolicyEngine):
 
 
 def plain_text(text: Any) -> str:
-    """Free text made safe for rego-cpp: it does not escape `"` or `\\` in input strings that a rule
-    echoes into a message, and its own JSON output then breaks (the decision would deny with an
-    unreadable reason). Quotes become `'`, backslashes `/`, control characters spaces."""
+    """Free text as one readable line for a deny message: quotes become `'`, backslashes `/`, control
+    characters spaces. Cosmetic only: decisions are read as typed values, so no text can rewrite one,
+    and every input passes policy_input.check_input whether or not this was applied."""
     out = str(text).replace('"', "'").replace("\\", "/")
     return "".join(" " if ord(c) < 0x20 else c for c in out)
 

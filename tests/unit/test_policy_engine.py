@@ -1,4 +1,5 @@
-"""The Rego engine fails closed: syntax errors, undefined decisions, evaluation errors, hostile input."""
+"""The Rego engine fails closed: syntax errors, undefined decisions, evaluation errors, hostile input,
+unexpected result shapes; and every input passes the one boundary (agentfactory/policy_input.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from agentfactory.policy import MAX_INPUT_BYTES, MAX_INPUT_DEPTH, RegoEngine
+from agentfactory.policy import MAX_INPUT_BYTES, MAX_INPUT_DEPTH, Decision, PolicyEngine, RegoEngine
+from agentfactory.policy import TestReport as Report
+from agentfactory.policy_input import MAX_STRING_BYTES, MAX_STRINGS, PolicyInputError, check_input
 
 GOOD = """package agentfactory.template
 import rego.v1
@@ -119,3 +122,88 @@ def test_project_policies_compile(policy: str) -> None:
     engine = RegoEngine(Path(__file__).resolve().parents[2] / "policies")
     assert engine.broken is None, engine.broken
     assert isinstance(engine.decide(policy, {}).allow, bool)
+
+
+# --- the input boundary (agentfactory/policy_input.py) and the typed reading of a decision ------------
+
+PAYLOAD = '"]},"bindings":{"allow":true,"deny":[],"z":["'
+
+
+def test_a_deny_message_echoing_the_payload_still_denies(tmp_path: Path) -> None:
+    """rego-cpp does not escape `"` in sprintf: the decision must not be read from its text."""
+    echoing = GOOD.replace("tool in data.agentfactory.config.dangerous_tools", 'tool != "log"')
+    engine = RegoEngine(folder(tmp_path, {"template.rego": echoing}))
+    assert engine.decide("template", doc("log")).allow
+    for tool in (PAYLOAD, f"x{PAYLOAD}", 'x"]},{"expressions":[true]}'):
+        denied = engine.decide("template", doc("log", tool))
+        assert not denied.allow and not denied.refused
+        assert denied.deny == (f"spec.tools: '{tool}' is not allowed",)  # shown as written
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    ("a\x00b", "NUL character"),
+    ("\ud800", "lone surrogate"),
+    ("x" * (MAX_STRING_BYTES + 1), f"the limit is {MAX_STRING_BYTES}"),
+    (float("nan"), "not a JSON number"),
+    (float("inf"), "not a JSON number"),
+    (2**64 + 1, "64-bit range"),
+    (b"bytes", "not JSON"),
+    ({"shell.exec"}, "not JSON"),
+    ({1: "x"}, "keys must be strings"),
+])
+def test_the_boundary_refuses_what_the_engine_could_misread(tmp_path: Path, value: object, reason: str) -> None:
+    engine = RegoEngine(folder(tmp_path, {"template.rego": GOOD}))
+    decision = engine.decide("template", {"template": {"spec": {"tools": ["log", value]}}})
+    assert not decision.allow and decision.refused
+    (message,) = decision.deny
+    assert message.startswith("input.template.spec.tools[1]") and reason in message, message
+    assert "refused" in message
+
+
+def test_the_boundary_accepts_quotes_newlines_and_a_string_at_the_limit(tmp_path: Path) -> None:
+    engine = RegoEngine(folder(tmp_path, {"template.rego": GOOD}))
+    for text in ('"', "\n", "\u2028", "'", "{}", PAYLOAD, "é" * (MAX_STRING_BYTES // 2)):
+        decision = engine.decide("template", doc("log", text))
+        assert decision.allow and not decision.refused, (text[:20], decision.deny)
+
+
+def test_the_boundary_bounds_the_number_of_strings() -> None:
+    check_input({"a": ["x"] * (MAX_STRINGS - 2)})
+    with pytest.raises(PolicyInputError, match=f"more than {MAX_STRINGS} strings"):
+        check_input({"a": ["x"] * MAX_STRINGS})
+
+
+def test_every_engine_gets_the_boundary() -> None:
+    """The port applies it: an engine only implements `judge`, and never sees a refused input."""
+    seen: list[dict[str, object]] = []
+
+    class Recording(PolicyEngine):
+        def judge(self, policy: str, document: dict[str, object]) -> Decision:
+            seen.append(document)
+            return Decision(policy, True, ())
+
+        def run_tests(self) -> Report:
+            return Report()
+
+    assert Recording().decide("template", {"ok": "fine"}).allow
+    assert not Recording().decide("template", {"bad": "\x00"}).allow
+    assert seen == [{"ok": "fine"}]
+
+
+@pytest.mark.parametrize(("rule", "needle"), [
+    ('deny := {"a": 1}', "not a set of messages"),
+    ('deny := ["a"]', "not a set of messages"),
+    ("allow := 1\ndeny := set()", "allow is a Int"),
+    ('allow := "true"\ndeny := set()', "allow is a String"),
+])
+def test_an_unexpected_result_shape_denies(tmp_path: Path, rule: str, needle: str) -> None:
+    policy = "package agentfactory.template\nimport rego.v1\n" + ("default allow := true\n" if "allow" not in rule
+                                                                  else "") + rule + "\n"
+    decision = RegoEngine(folder(tmp_path, {"template.rego": policy})).decide("template", doc("log"))
+    assert not decision.allow and needle in " ".join(decision.deny), decision.deny
+
+
+def test_a_non_string_denial_still_counts(tmp_path: Path) -> None:
+    policy = "package agentfactory.template\nimport rego.v1\nallow := true\ndeny contains {\"rule\": \"T1\"} if true\n"
+    decision = RegoEngine(folder(tmp_path, {"template.rego": policy})).decide("template", doc("log"))
+    assert not decision.allow and decision.deny == ('{"rule":"T1"}',)
