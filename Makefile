@@ -63,11 +63,19 @@ demo: $(STAMP)
 	  git -C $(DEMO)/env -c user.name=demo -c user.email=demo@example.com commit -q --allow-empty -m "environments"
 	@$(BIN)/agentfactory pipeline run --templates examples/promotion/v1 --store oci-layout:$(DEMO)/promo-store >/dev/null 2>&1
 	@$(BIN)/agentfactory pipeline run --templates examples/promotion/v2 --store oci-layout:$(DEMO)/promo-store >/dev/null 2>&1
+	@echo "The promotion's trust policy: build keys, the separate promoter key, the log, and this repository (prod refuses '*'):"
+	@repo=$$(git remote get-url "$$(git remote | head -1)" 2>/dev/null || echo "file://$$(git rev-parse --show-toplevel)"); \
+	  $(BIN)/agentfactory trust init --repository "$$repo" --tlog-key .agentfactory/tlog/log-public-key.pem \
+	  -o $(DEMO)/trust.yaml
 	@$(BIN)/agentfactory runtime serve --listen 127.0.0.1:0 --stage canary --store oci-layout:$(DEMO)/promo-store \
-	  2>$(DEMO)/canary-runtime.log & pid=$$!; \
+	  --policy $(DEMO)/trust.yaml 2>$(DEMO)/canary-runtime.log & pid=$$!; \
 	  GIT_AUTHOR_NAME=demo GIT_AUTHOR_EMAIL=demo@example.com GIT_COMMITTER_NAME=demo GIT_COMMITTER_EMAIL=demo@example.com \
-	  $(BIN)/python -c "$$DEMO_PROMOTION" $(DEMO)/canary-runtime.log $(DEMO)/env oci-layout:$(DEMO)/promo-store; \
-	  rc=$$?; kill $$pid; wait $$pid; exit $$rc
+	  $(BIN)/python -c "$$DEMO_PROMOTION" $(DEMO)/canary-runtime.log $(DEMO)/env oci-layout:$(DEMO)/promo-store \
+	  $(DEMO)/trust.yaml; rc=$$?; kill $$pid; wait $$pid; exit $$rc
+	@echo "A prod node runs what prod was promoted to (greeter 1.0.0), and refuses 1.1.0, which never reached prod:"
+	$(BIN)/agentfactory run --store oci-layout:$(DEMO)/promo-store --policy $(DEMO)/trust.yaml --stage prod greeter
+	@$(BIN)/agentfactory run --store oci-layout:$(DEMO)/promo-store --policy $(DEMO)/trust.yaml --stage prod \
+	  greeter:1.1.0; test $$? -eq 125
 	@echo "The admission webhook over TLS on loopback: the examples' WasmAgents, an unsigned, a tampered and an unpinned one:"
 	@rm -rf $(DEMO)/admission-store && cp -r .agentfactory/store $(DEMO)/admission-store
 	@$(BIN)/agentfactory pipeline run --templates tests/fixtures/runtime-templates --no-sign \
@@ -103,7 +111,7 @@ export DEMO_HTTP
 # broken 1.1.0 dev -> canary whose analysis fails: the canary is rolled back by a new commit.
 define DEMO_PROMOTION
 import json, subprocess, sys, threading, time, httpx
-log, env, store = sys.argv[1:4]
+log, env, store, policy = sys.argv[1:5]
 for _ in range(200):
     text = open(log).read()
     if "listening" in text:
@@ -111,7 +119,7 @@ for _ in range(200):
     time.sleep(0.05)
 url = json.loads(text.splitlines()[0])["listening"]
 def af(*args, check=True):
-    where = ["--store", store] if args[0] != "history" else []
+    where = ["--store", store, "--policy", policy] if args[0] != "history" else []
     cmd = [".venv/bin/agentfactory", *args, "--env-repo", env, *where, "--stages", "examples/promotion/stages.yaml"]
     print("$ agentfactory " + " ".join(args), flush=True)
     done = subprocess.run(cmd)
@@ -123,7 +131,7 @@ def traffic(digest, stop):
         while not stop.is_set():
             c.post("/v1/agents/greeter/invoke", params={"digest": digest})
 def canary_digest():
-    out = subprocess.run([".venv/bin/agentfactory", "status", "--json", "--no-verify", "--env-repo", env, "--store", store, "--stages", "examples/promotion/stages.yaml"], capture_output=True, text=True).stdout
+    out = subprocess.run([".venv/bin/agentfactory", "status", "--json", "--no-verify", "--env-repo", env, "--store", store, "--policy", policy, "--stages", "examples/promotion/stages.yaml"], capture_output=True, text=True).stdout
     return next(p["digest"] for p in json.loads(out)["placements"] if p["stage"] == "canary")
 def analyse(expect):
     stop = threading.Event()
@@ -206,7 +214,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_verify.py
 	$(BIN)/python benchmarks/bench_registry.py
 	$(BIN)/python benchmarks/bench_policy.py
+	$(BIN)/python benchmarks/bench_policy_fuzz.py
 	$(BIN)/python benchmarks/bench_runtime.py
+	$(BIN)/python benchmarks/bench_hostile.py
 	$(BIN)/python benchmarks/bench_admission.py
 	$(BIN)/python benchmarks/bench_tlog_storage.py
 	$(BIN)/python benchmarks/bench_tlog.py

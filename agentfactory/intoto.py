@@ -14,6 +14,7 @@ STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 SLSA_PROVENANCE_V1 = "https://slsa.dev/provenance/v1"
 CYCLONEDX_BOM = "https://cyclonedx.org/bom"
 SCAN_V1 = "https://agentfactory.dev/attestation/scan/v1"  # docs/scanning.md
+SLSA_VSA_V1 = "https://slsa.dev/verification_summary/v1"  # promotions: docs/promotion.md
 MAX_STATEMENT_BYTES = 32 * 1024 * 1024
 
 

@@ -35,7 +35,9 @@ def predicate(build: dict[str, Any], *, builder_id: str) -> dict[str, Any]:
     return {
         "buildDefinition": {
             "buildType": BUILD_TYPE,
+            # name and version: what the verifier binds a reference (`name:version`, a tag) to.
             "externalParameters": {"repository": repo, "commit": commit, "templatePath": build.get("templatePath"),
+                                   **{k: build[k] for k in ("name", "version") if build.get(k)},
                                    "agent": build.get("agent")},
             "internalParameters": {"toolchain": toolchain, "sourceDateEpoch": build.get("sourceDateEpoch"),
                                    "dirty": build.get("dirty", False), **_compile(build)},

@@ -29,6 +29,18 @@ from .yamlsafe import Located, load_yaml
 
 MAX_POLICY_BYTES = 1024 * 1024
 POLICY_SCHEMA: dict[str, Any] = {
+    "$defs": {"key": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "keyId": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "name": {"type": "string"},
+            "publicKey": {"type": "string", "maxLength": 16384},
+            "publicKeyFile": {"type": "string"},
+            "revoked": {"type": "boolean"},
+        },
+        "oneOf": [{"required": ["publicKey"]}, {"required": ["publicKeyFile"]}],
+    }},
     "type": "object",
     "additionalProperties": False,
     "required": ["apiVersion", "kind", "spec"],
@@ -41,18 +53,9 @@ POLICY_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "required": ["keys"],
             "properties": {
-                "keys": {"type": "array", "maxItems": 256, "items": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "keyId": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
-                        "name": {"type": "string"},
-                        "publicKey": {"type": "string", "maxLength": 16384},
-                        "publicKeyFile": {"type": "string"},
-                        "revoked": {"type": "boolean"},
-                    },
-                    "oneOf": [{"required": ["publicKey"]}, {"required": ["publicKeyFile"]}],
-                }},
+                "keys": {"type": "array", "maxItems": 256, "items": {"$ref": "#/$defs/key"}},
+                # Who may promote (sign promotion attestations, docs/promotion.md): never a build key.
+                "promoters": {"type": "array", "maxItems": 64, "items": {"$ref": "#/$defs/key"}},
                 "builders": {"type": "array", "items": {"type": "string", "minLength": 1}},
                 "repositories": {"type": "array", "items": {"type": "string", "minLength": 1}},
                 "transparencyLogs": {"type": "array", "maxItems": 16, "items": {
@@ -63,6 +66,8 @@ POLICY_SCHEMA: dict[str, Any] = {
                         "name": {"type": "string"},
                         "publicKey": {"type": "string", "maxLength": 16384},
                         "publicKeyFile": {"type": "string"},
+                        # where the verifier asks for logged scans the store no longer holds
+                        "url": {"type": "string", "pattern": "^https?://[^\\s]+$", "maxLength": 2048},
                     },
                     "oneOf": [{"required": ["publicKey"]}, {"required": ["publicKeyFile"]}],
                 }},
@@ -112,6 +117,12 @@ class TrustPolicy:
     # Keyless (Sigstore) identities whose bundles count as signatures and attestations; none listed
     # (the default, and every policy written before keyless signing), bundles are not trusted.
     keyless: KeylessPolicy = field(default_factory=KeylessPolicy)
+    # Promoter keys: only their signatures prove a promotion (docs/promotion.md). Disjoint from `keys`,
+    # so a build key alone can never promote.
+    promoters: dict[str, TrustedKey] = field(default_factory=dict)
+    # Log id -> the log's URL, when the policy gives one: the verifier then also asks the log for
+    # logged scan attestations the store no longer holds (agentfactory/scan/logged.py).
+    log_urls: dict[str, str] = field(default_factory=dict)
 
     def trusts_builder(self, builder: str) -> bool:
         return builder in self.builders
@@ -132,15 +143,23 @@ def load_public_key(pem: bytes, where: str) -> rsa.RSAPublicKey:
 
 def from_public_keys(keys: list[PublicKey], *, builders: tuple[str, ...] = (DEFAULT_BUILDER_ID,),
                      repositories: tuple[str, ...] = ("*",), source: str = "embedded default",
-                     log_keys: list[bytes] | None = None, keyless: KeylessPolicy | None = None) -> TrustPolicy:
-    """A policy trusting `keys` (the transparency logs whose PEM public keys are `log_keys`, and the
-    keyless identities of `keyless`)."""
-    trusted = {}
-    for k in keys:
-        trusted[k.key_id] = TrustedKey(k.key_id, load_public_key(k.pem, f"{k.provider} key {k.key_id}"),
-                                       revoked=k.status == "revoked", name=k.name)
+                     log_keys: list[bytes] | None = None, keyless: KeylessPolicy | None = None,
+                     promoters: list[PublicKey] | None = None) -> TrustPolicy:
+    """A policy trusting `keys` (the transparency logs whose PEM public keys are `log_keys`, the
+    keyless identities of `keyless`, and the promoter keys `promoters`, which may not be build keys)."""
+    trusted = _trusted(keys)
+    promoting = _trusted(promoters or [])
+    both = sorted(set(trusted) & set(promoting))
+    if both:
+        raise InputError(source, f"key {both[0][:16]}… is both a build key and a promoter: a build key alone "
+                                 "must not be able to promote (use a separate promoter key)")
     return TrustPolicy(trusted, builders, repositories, source, logs=trusted_logs(log_keys or []),
-                       keyless=keyless or KeylessPolicy())
+                       keyless=keyless or KeylessPolicy(), promoters=promoting)
+
+
+def _trusted(keys: list[PublicKey]) -> dict[str, TrustedKey]:
+    return {k.key_id: TrustedKey(k.key_id, load_public_key(k.pem, f"{k.provider} key {k.key_id}"),
+                                 revoked=k.status == "revoked", name=k.name) for k in keys}
 
 
 def trusted_logs(pems: list[bytes], where: str = "transparency log key") -> dict[str, ec.EllipticCurvePublicKey]:
@@ -171,9 +190,27 @@ def load_trust_policy(path: Path) -> TrustPolicy:
     if problems:
         raise ValidationFailed(problems)
     spec = doc.data["spec"]
+    seen: dict[str, str] = {}  # key id -> the entry that listed it first
+    keys = _load_keys(path, doc, "keys", spec["keys"], seen, problems)
+    promoters = _load_keys(path, doc, "promoters", spec.get("promoters", []), seen, problems)
+    log_urls: dict[str, str] = {}
+    logs = _load_logs(path, doc, spec.get("transparencyLogs", []), problems, log_urls)
+    keyless = _load_keyless(path, doc, spec.get("keyless"), problems)
+    if problems:
+        raise ValidationFailed(problems)
+    return TrustPolicy(keys, tuple(spec.get("builders", [DEFAULT_BUILDER_ID])),
+                       tuple(spec.get("repositories", ["*"])), source=where, logs=logs, keyless=keyless,
+                       promoters=promoters, log_urls=log_urls)
+
+
+def _load_keys(path: Path, doc: Located, section: str, entries: list[dict[str, Any]], seen: dict[str, str],
+               problems: list[InputError]) -> dict[str, TrustedKey]:
+    """`spec.keys` or `spec.promoters`. A key listed twice (in one section or in both) is refused, naming
+    both entries: which entry would win (revoked or not, build key or promoter) must never be a guess."""
     keys: dict[str, TrustedKey] = {}
-    for i, k in enumerate(spec["keys"]):
-        loc = f"{where}:{doc.line_of(('spec', 'keys', i))}"
+    for i, k in enumerate(entries):
+        entry = f"spec.{section}[{i}] (line {doc.line_of(('spec', section, i))})"
+        loc = f"{path}:{doc.line_of(('spec', section, i))}"
         public = _read_key(path, k, loc, load_public_key, problems)
         if public is None:
             continue
@@ -181,13 +218,14 @@ def load_trust_policy(path: Path) -> TrustPolicy:
         if k.get("keyId") and k["keyId"] != kid:
             problems.append(InputError(loc, f"keyId {k['keyId']} does not match the public key (its id is {kid})"))
             continue
+        if kid in seen:
+            problems.append(InputError(loc, f"{entry} lists key {kid[:16]}…, already listed by {seen[kid]}: list each "
+                                            "key once (revoked: true to revoke it; a build key may not also be a "
+                                            "promoter)"))
+            continue
+        seen[kid] = entry
         keys[kid] = TrustedKey(kid, public, revoked=bool(k.get("revoked", False)), name=str(k.get("name", "")))
-    logs = _load_logs(path, doc, spec.get("transparencyLogs", []), problems)
-    keyless = _load_keyless(path, doc, spec.get("keyless"), problems)
-    if problems:
-        raise ValidationFailed(problems)
-    return TrustPolicy(keys, tuple(spec.get("builders", [DEFAULT_BUILDER_ID])),
-                       tuple(spec.get("repositories", ["*"])), source=where, logs=logs, keyless=keyless)
+    return keys
 
 
 def _pem_of(policy_path: Path, entry: dict[str, Any]) -> bytes:
@@ -212,8 +250,8 @@ def _read_key(path: Path, entry: dict[str, Any], loc: str, load: Callable[[bytes
     return None
 
 
-def _load_logs(path: Path, doc: Located, entries: list[dict[str, Any]],
-               problems: list[InputError]) -> dict[str, ec.EllipticCurvePublicKey]:
+def _load_logs(path: Path, doc: Located, entries: list[dict[str, Any]], problems: list[InputError],
+               urls: dict[str, str]) -> dict[str, ec.EllipticCurvePublicKey]:
     logs: dict[str, ec.EllipticCurvePublicKey] = {}
     for i, entry in enumerate(entries):
         loc = f"{path}:{doc.line_of(('spec', 'transparencyLogs', i))}"
@@ -226,6 +264,8 @@ def _load_logs(path: Path, doc: Located, entries: list[dict[str, Any]],
                                             f"(its id is {log_id})"))
             continue
         logs[log_id] = key
+        if entry.get("url"):
+            urls[log_id] = str(entry["url"])
     return logs
 
 
@@ -263,12 +303,18 @@ def _load_keyless(path: Path, doc: Located, section: dict[str, Any] | None,
 
 def to_yaml(keys: list[PublicKey], builders: tuple[str, ...] = (DEFAULT_BUILDER_ID,),
             repositories: tuple[str, ...] = ("*",), log_keys: list[bytes] | None = None,
-            keyless: KeylessPolicy | None = None) -> str:
-    """A policy file trusting `keys` (revoked ones listed as revoked), the logs of `log_keys` (PEM) and
-    the keyless identities of `keyless` (a pinned trusted root is not written: add trustedRootFile)."""
-    entries = [{"keyId": k.key_id, "name": f"{k.provider}:{k.name}" + (f"@v{k.version}" if k.version else ""),
-                "revoked": k.status == "revoked", "publicKey": k.pem.decode()} for k in keys]
-    spec: dict[str, Any] = {"keys": entries, "builders": list(builders), "repositories": list(repositories)}
+            keyless: KeylessPolicy | None = None, promoters: list[PublicKey] | None = None) -> str:
+    """A policy file trusting `keys` (revoked ones listed as revoked), the promoter keys `promoters`, the
+    logs of `log_keys` (PEM) and the keyless identities of `keyless` (a pinned trusted root is not
+    written: add trustedRootFile)."""
+    def entries(of: list[PublicKey]) -> list[dict[str, Any]]:
+        return [{"keyId": k.key_id, "name": f"{k.provider}:{k.name}" + (f"@v{k.version}" if k.version else ""),
+                 "revoked": k.status == "revoked", "publicKey": k.pem.decode()} for k in of]
+
+    spec: dict[str, Any] = {"keys": entries(keys)}
+    if promoters:
+        spec["promoters"] = entries(promoters)
+    spec.update({"builders": list(builders), "repositories": list(repositories)})
     if log_keys:
         spec["transparencyLogs"] = [{"logId": log_id, "publicKey": _pem(key)}
                                     for log_id, key in trusted_logs(log_keys).items()]

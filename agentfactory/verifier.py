@@ -2,7 +2,10 @@
 
 The promotion gate, the admission webhook, the node runtime and the audit all call `verify`.
 It never raises on bad evidence: every property is a check with a reason, a check that cannot
-be decided fails (fail closed), and the artifact is allowed only when every check passes.
+be decided fails (fail closed), and the artifact is allowed only when every check passes. Names and
+versions are bound to the signed provenance (a re-tag does not make an old build new), and beyond the
+entry stage a stage is proven by a promoter-signed, logged promotion attestation (the `promotion`
+check), never claimed by a tag or a workload.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -20,9 +24,10 @@ from cryptography.hazmat.primitives.asymmetric import padding, utils
 from .dsse import INTOTO_PAYLOAD_TYPE, Envelope, parse_envelope
 from .errors import AgentFactoryError, InputError
 from .evidence import Evidence, parse_artifact_signature
-from .intoto import CYCLONEDX_BOM, SCAN_V1, SLSA_PROVENANCE_V1, Statement, parse_statement
+from .intoto import CYCLONEDX_BOM, SCAN_V1, SLSA_PROVENANCE_V1, SLSA_VSA_V1, Statement, parse_statement
 from .metrics import OPA_BLOCKS, SCORE, VALIDATIONS, VIOLATIONS
 from .policy import Decision, PolicyEngine, plain_text
+from .promotion import DEFAULT_ENTRY_STAGE, Claim, parse_predicate
 from .provenance import builder_and_source
 from .runspec import RunSpec, from_provenance
 from .sbom import sbom_subject
@@ -67,6 +72,7 @@ class Verdict:
     runspec: RunSpec | None = field(default=None, compare=False)
     runspec_problem: str = field(default="no verified provenance", compare=False)
     sbom: Any = field(default=None, compare=False)  # the verified CycloneDX document, for re-scanning
+    promotion: PromotionState | None = field(default=None, compare=False)  # where the digest stands in the stage
 
     def to_json(self) -> dict[str, Any]:
         return {"allowed": self.allowed, "digest": self.digest, "score": self.score,
@@ -85,12 +91,19 @@ def _rsa_ok(key: TrustedKey, signature: bytes, digest32: bytes) -> bool:
     return True
 
 
-def envelope_signer(envelope: Envelope, policy: TrustPolicy) -> tuple[str | None, TrustedKey | None]:
-    """(None, the key) when a trusted, non-revoked key's signature verifies; else (why not, None)."""
+def envelope_signer(envelope: Envelope, policy: TrustPolicy,
+                    keys: dict[str, TrustedKey] | None = None) -> tuple[str | None, TrustedKey | None]:
+    """(None, the key) when a trusted, non-revoked key's signature verifies; else (why not, None).
+
+    `keys` (default: the policy's build keys) are the keys that count, e.g. the promoters."""
     reasons = []
+    trusted = policy.keys if keys is None else keys
     for s in envelope.signatures:
-        key = policy.keys.get(s.keyid)
-        if key is None:
+        key = trusted.get(s.keyid)
+        if key is None and keys is not None and s.keyid in policy.keys:
+            reasons.append(f"envelope signed by build key {_short(s.keyid)}…, which is not a promoter "
+                           "(spec.promoters): a build key alone cannot promote")
+        elif key is None:
             reasons.append(f"envelope signed by key {_short(s.keyid)}…, which the trust policy does not list")
         elif key.revoked:
             reasons.append(f"envelope signed by revoked key {_short(s.keyid)}…")
@@ -108,6 +121,136 @@ def _short(key_id: str) -> str:
 
 def _pem(key: TrustedKey) -> bytes:
     return key.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+# -- promotions ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PromotionRecord:
+    """A promotion attestation whose promoter signature and transparency-log record both verified."""
+
+    claim: Claim
+    sha256: str  # of the envelope bytes (what the log recorded and the next stage's attestation names)
+    log_id: str
+    log_index: int
+    integrated_time: int  # the log's time, not the signer's
+    signer: str  # key id
+
+    @property
+    def order(self) -> tuple[int, int]:
+        """Newer is greater: the log's integrated time, then its index (one log's total order)."""
+        return (self.integrated_time, self.log_index)
+
+
+@dataclass(frozen=True)
+class PromotionState:
+    """Where a digest stands in one stage, from its verified promotion records."""
+
+    stage: str
+    promoted: bool
+    reason: str
+    current: PromotionRecord | None = None  # the newest record for `stage` (promote or withdraw)
+    newest: dict[str, PromotionRecord] = field(default_factory=dict)  # stage -> its newest record
+
+    @property
+    def promoted_stages(self) -> list[str]:
+        return [st for st, r in sorted(self.newest.items(), key=lambda kv: kv[1].order)
+                if r.claim.action == "promote"]
+
+    def to_input(self) -> dict[str, Any]:
+        return {"stage": self.stage, "promoted": self.promoted, "reason": plain_text(self.reason)}
+
+
+def promotion_records(digest: str, evidence: Evidence, policy: TrustPolicy) -> tuple[list[PromotionRecord], list[str]]:
+    """Every promotion attestation about `digest` signed by a trusted promoter and logged in a trusted
+    log, and why the others do not count."""
+    records: list[PromotionRecord] = []
+    problems: list[str] = []
+    logged: list[tuple[Any, dict[str, Any]]] | None = None
+    for where, doc in evidence.attestations:
+        try:
+            envelope = parse_envelope(doc, where)
+            statement = parse_statement(envelope.payload, where)
+        except InputError:
+            continue  # reported by the attestation checks
+        if statement.predicate_type != SLSA_VSA_V1:
+            continue
+        if not statement.is_about(digest):
+            problems.append(f"{where}: a promotion about {', '.join(d for _, d in statement.subjects)}, "
+                            f"not {digest}")
+            continue
+        problem, key = envelope_signer(envelope, policy, policy.promoters)
+        if problem is not None or key is None:
+            problems.append(f"{where}: a promotion attestation that does not count: {problem}")
+            continue
+        try:
+            claim = parse_predicate(statement.predicate, where)
+        except InputError as exc:
+            problems.append(str(exc))
+            continue
+        if logged is None:
+            logged = []
+            for rwhere, rdoc in evidence.tlog:
+                try:
+                    logged.append(check_record(rdoc, policy.logs, rwhere))
+                except InputError:
+                    continue
+        matches = dsse_check(doc, _pem(key))
+        entry = next((e for e, body in logged if matches(body) is None), None)
+        if entry is None:
+            problems.append(f"{where}: the {claim.action} of {claim.stage} signed by promoter "
+                            f"{_short(key.key_id)}… is not in a trusted transparency log, so it proves nothing")
+            continue
+        records.append(PromotionRecord(claim, hashlib.sha256(doc).hexdigest(), entry.log_id, entry.log_index,
+                                       entry.integrated_time, key.key_id))
+    return records, problems
+
+
+def promotion_state(digest: str, stage: str, records: list[PromotionRecord], problems: list[str], *,
+                    name: str = "", version: str = "", entry_stage: str = DEFAULT_ENTRY_STAGE,
+                    policy: TrustPolicy | None = None) -> PromotionState:
+    """Whether `digest` is promoted to `stage`: the newest (by the log) verified record for that stage
+    promotes it. The entry stage needs no promotion (it is fed from the store). A record counts only for
+    the agent name and version it names: identical bytes published as another agent or version (another
+    run contract) are not promoted by it."""
+    newest: dict[str, PromotionRecord] = {}
+    problems = list(problems)
+    for r in records:
+        if (name and r.claim.name != name) or (version and r.claim.version != version):
+            problems.append(f"a promotion to {r.claim.stage} (log index {r.log_index}) is of {r.claim.name} "
+                            f"{r.claim.version}, not of {name} {version}".rstrip())
+            continue
+        if r.claim.stage not in newest or r.order > newest[r.claim.stage].order:
+            newest[r.claim.stage] = r
+    what = f"{name} {version} ({digest})" if name and version else f"{name} ({digest})" if name else digest
+    if stage == entry_stage:
+        return PromotionState(stage, True, f"{stage} is the entry stage: it needs no promotion", newest.get(stage),
+                              newest)
+    if policy is not None and not policy.promoters:
+        return PromotionState(stage, False, f"the trust policy lists no promoters (spec.promoters), so nothing can "
+                              f"be proven promoted to {stage}", None, newest)
+    if policy is not None and not policy.logs:
+        return PromotionState(stage, False, "the trust policy lists no transparency log (spec.transparencyLogs): a "
+                              f"promotion to {stage} counts only when logged", None, newest)
+    current = newest.get(stage)
+    promoted = [st for st, r in sorted(newest.items(), key=lambda kv: kv[1].order) if r.claim.action == "promote"]
+    withdrawn = [st for st, r in newest.items() if r.claim.action == "withdraw"]
+    elsewhere = (f"promoted to {', '.join(promoted)} only" if promoted else "not promoted to any stage") \
+        + (f" (withdrawn from {', '.join(withdrawn)})" if withdrawn and stage not in withdrawn else "")
+    extra = "".join(f"; {p}" for p in problems)
+    if current is None:
+        return PromotionState(stage, False, f"{what} is {elsewhere}, not to {stage}{extra}", None, newest)
+    at = f"log index {current.log_index}, integrated {_when(current.integrated_time)}"
+    if current.claim.action == "withdraw":
+        why = f": {current.claim.reason}" if current.claim.reason else ""
+        return PromotionState(stage, False, f"{what} was withdrawn from {stage} ({at}){why}; it is {elsewhere}{extra}",
+                              current, newest)
+    by = f", approved by {current.claim.approved_by}" if current.claim.approved_by else ""
+    return PromotionState(stage, True, f"promoted to {stage} by promoter {_short(current.signer)}… ({at}{by})",
+                          current, newest)
+
+
+def _when(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -374,6 +517,28 @@ class _Judge:
             return exc.message
         return None
 
+    def provenance_for(self, name: str, version: str, sbom: Statement | None,
+                       valid: list[tuple[Statement, str, str | None]]) -> Callable[[Statement], str | None]:
+        """A provenance holds when it is well formed and names the agent and version the reference used
+        (docs/evidence.md, "Names and versions"); each that holds is appended to `valid`."""
+        def holds(statement: Statement) -> str | None:
+            problem = self.provenance_holds(statement)
+            if problem is not None:
+                return problem
+            signed_name, signed_version = provenance_identity(statement, sbom)
+            if name and signed_name != name:
+                return (f"the signed provenance is for agent {signed_name!r}, not {name!r} (the name the reference "
+                        "used): refusing a mislabelled artifact")
+            if version and signed_version is None:
+                return (f"the signed provenance records no version to bind {name or signed_name}:{version} to "
+                        "(and no verified SBOM names one)")
+            if version and signed_version != version:
+                return (f"the signed provenance is for {signed_name} {signed_version}, not {version} (the version the "
+                        "reference used): an older build re-tagged as a newer version?")
+            valid.append((statement, signed_name, signed_version))
+            return None
+        return holds
+
     # -- the transparency log -------------------------------------------------------------------
     def check_tlog(self, evidence: Evidence) -> None:
         """Only when the trust policy lists logs: every verified signature and attestation is in one,
@@ -416,6 +581,28 @@ class _Judge:
         self.add("tlog", False, f"not in a trusted transparency log: {', '.join(missing)}"
                  + "".join(f"; {p}" for p in problems))
 
+    def check_logged_scans(self, evidence: Evidence, scan: Statement | None) -> None:
+        """When the trust policy gives a log's URL, a scan removed from the store is still found there
+        (agentfactory/scan/logged.py): a newer logged attestation missing from the store fails `scan`."""
+        if not self.policy.log_urls:
+            return
+        from .scan.logged import check_logged_scans
+        from .tlog.client import RekorClient
+
+        clients = [RekorClient(url) for url in self.policy.log_urls.values()]
+        try:
+            result = check_logged_scans(clients, self.digest, self.policy,
+                                        [doc for _, doc in evidence.attestations], scan)
+        finally:
+            for client in clients:
+                client.close()
+        if not result.ok:
+            failed = Check("scan", False, result.reason())
+            if any(c.name == "scan" for c in self.checks):
+                self.checks = [failed if c.name == "scan" else c for c in self.checks]
+            else:
+                self.checks.append(failed)
+
     def check_builder_and_source(self, statement: Statement | None) -> None:
         if statement is None:
             self.add("builder", False, "no verified provenance to read the builder from")
@@ -433,44 +620,129 @@ class _Judge:
 
 def verify(digest: str, artifact: bytes | None, evidence: Evidence, policy: TrustPolicy,
            *, artifact_problem: str | None = None, engine: PolicyEngine | None = None, stage: str = "dev",
-           name: str = "", version: str = "") -> Verdict:
+           name: str = "", version: str = "", promotion_stage: str | None = None,
+           entry_stage: str = DEFAULT_ENTRY_STAGE, now: datetime | None = None) -> Verdict:
     """Judge `artifact` (named by `digest`) and its evidence against `policy`.
 
-    With a policy `engine`, the artifact policy for `stage` is one more check ("policy"), fed with
-    the checks, the score and the verified SBOM: the same decision in every plane.
+    `name` and `version` are those of the reference used: the signed provenance must name them. The
+    `promotion` check proves the digest promoted to `promotion_stage` (default: `stage`); the entry
+    stage needs no promotion. With a policy `engine`, the artifact policy for `stage` is one more
+    check ("policy"), fed with the checks, the score and the verified evidence: the same decision in
+    every plane.
     """
     judge = _Judge(digest, policy)
     sbom: Statement | None = None
     scan: Statement | None = None
+    provenance: Statement | None = None
+    promoted: PromotionState | None = None
     runspec: RunSpec | None = None
     runspec_problem = "no verified provenance"
     try:
         judge.check_digest(artifact, artifact_problem)
         judge.check_signature(evidence)
         sbom = judge.attestation(evidence, "sbom", CYCLONEDX_BOM, judge.sbom_matches)
-        provenance = judge.attestation(evidence, "provenance", SLSA_PROVENANCE_V1, judge.provenance_holds)
+        provenance, runspec, runspec_problem = _provenance(judge, evidence, name, version, sbom)
         scan = judge.attestation(evidence, "scan", SCAN_V1, judge.scan_of(sbom),
                                  newest=lambda st: finished_on(st.predicate))
         judge.check_builder_and_source(provenance)
         judge.check_tlog(evidence)
-        if provenance is not None:
-            try:
-                runspec = from_provenance(provenance.predicate)
-            except InputError as exc:
-                runspec_problem = str(exc)
+        judge.check_logged_scans(evidence, scan)
+        records, problems = promotion_records(digest, evidence, policy)
+        promoted = promotion_state(digest, promotion_stage or stage, records, problems, name=name, version=version,
+                                   entry_stage=entry_stage, policy=policy)
+        if promoted.stage != entry_stage:  # the entry stage is fed from the store: nothing to prove
+            judge.add("promotion", promoted.promoted, promoted.reason)
     except (AgentFactoryError, ValueError, TypeError) as exc:  # fail closed on the unforeseen
         judge.add("verifier", False, f"verification failed: {type(exc).__name__}: {exc}")
     if engine is not None:
         score = _score(judge.checks)
-        decision = engine.decide("artifact", artifact_input(name, version, digest, stage, judge.checks, score,
-                                                            sbom.predicate if sbom else None, runspec,
-                                                            scan_input(scan.predicate, "scan") if scan else None))
+        decision = engine.decide("artifact", artifact_input(
+            name, version, digest, stage, judge.checks, score, sbom.predicate if sbom else None, runspec,
+            scan_input(scan.predicate, "scan") if scan else None, now=now,
+            provenance=provenance_input(provenance), trust=trust_input(policy),
+            promotion=promoted.to_input() if promoted is not None else None))
         judge.add("policy", decision.allow, f"artifact policy ({stage}) allows it" if decision.allow
                   else "artifact policy: " + "; ".join(decision.deny))
         record_decision(decision)
     verdict = _verdict(judge.digest, judge.checks, name)
     return Verdict(verdict.allowed, verdict.digest, verdict.score, verdict.checks, runspec, runspec_problem,
-                   sbom.predicate if sbom is not None else None)
+                   sbom.predicate if sbom is not None else None, promoted)
+
+
+def provenance_identity(statement: Statement, sbom: Statement | None) -> tuple[str, str | None]:
+    """(agent name, version) that a verified provenance vouches for.
+
+    The name: `externalParameters.name`, else the statement's subject name. The version:
+    `externalParameters.version`, else the version the verified SBOM of the same digest gives its
+    `metadata.component` (pipelines that do not yet record it in the provenance).
+    """
+    pred = statement.predicate if isinstance(statement.predicate, dict) else {}
+    definition = pred.get("buildDefinition")
+    params = definition.get("externalParameters") if isinstance(definition, dict) else None
+    params = params if isinstance(params, dict) else {}
+    name = params.get("name") if isinstance(params.get("name"), str) else (
+        statement.subjects[0][0] if statement.subjects else "")
+    version = params.get("version") if isinstance(params.get("version"), str) else None
+    if version is None and sbom is not None and isinstance(sbom.predicate, dict):
+        meta = sbom.predicate.get("metadata")
+        component = meta.get("component") if isinstance(meta, dict) else None
+        found = component.get("version") if isinstance(component, dict) else None
+        version = found if isinstance(found, str) else None
+    return str(name), version
+
+
+def _provenance(judge: _Judge, evidence: Evidence, name: str, version: str,
+                sbom: Statement | None) -> tuple[Statement | None, RunSpec | None, str]:
+    """The provenance matching the reference, and its run contract. Several matching provenances that
+    grant different contracts are ambiguous: refused, saying how to ask for one."""
+    valid: list[tuple[Statement, str, str | None]] = []
+    chosen = judge.attestation(evidence, "provenance", SLSA_PROVENANCE_V1,
+                               judge.provenance_for(name, version, sbom, valid), newest=lambda _st: "")
+    if chosen is None:
+        return None, None, "no verified provenance"
+    contracts: dict[str, list[str]] = {}
+    for statement, signed_name, signed_version in valid:
+        try:
+            contract = json.dumps(from_provenance(statement.predicate).to_json(), sort_keys=True)
+        except InputError as exc:
+            contract = f"invalid: {exc}"
+        contracts.setdefault(contract, []).append(f"{signed_name}:{signed_version or '?'}")
+    if len(contracts) > 1:
+        asked = f"{name}:{version}" if version else (name or judge.digest)
+        options = sorted({v for vs in contracts.values() for v in vs})
+        how = (f"ask for one version by name:version ({', '.join(options)})" if not version
+               else "the evidence holds conflicting provenances for one name and version: rebuild and re-sign it")
+        judge.checks[-1] = Check("provenance", False, f"ambiguous: {len(valid)} signed provenances for {asked} "
+                                                      f"grant different run contracts; {how}")
+        return None, None, "ambiguous provenance"
+    try:
+        return chosen, from_provenance(chosen.predicate), ""
+    except InputError as exc:
+        return chosen, None, str(exc)
+
+
+def provenance_input(statement: Statement | None) -> dict[str, Any] | None:
+    """`input.provenance`: the verified provenance's dirty flag, repository and builder (or null)."""
+    if statement is None:
+        return None
+    pred = _obj(statement.predicate)
+    definition = _obj(pred.get("buildDefinition"))
+    internal, external = _obj(definition.get("internalParameters")), _obj(definition.get("externalParameters"))
+    builder = _obj(_obj(pred.get("runDetails")).get("builder"))
+    dirty = internal.get("dirty")
+    repo, builder_id = external.get("repository"), builder.get("id")
+    return {"dirty": dirty if isinstance(dirty, bool) else None,
+            "repository": repo if isinstance(repo, str) else None,
+            "builder": builder_id if isinstance(builder_id, str) else None}
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def trust_input(policy: TrustPolicy) -> dict[str, Any]:
+    """`input.trust`: the trusted repository patterns ("*" when it trusts any)."""
+    return {"repositories": list(policy.repositories)}
 
 
 def sbom_components(bom: Any) -> list[dict[str, Any]]:
@@ -495,13 +767,17 @@ def sbom_components(bom: Any) -> list[dict[str, Any]]:
 
 def artifact_input(name: str, version: str, digest: str, stage: str, checks: list[Check], score: float,
                    bom: Any, runspec: RunSpec | None = None,
-                   scan: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The artifact policy's input (docs/policy-inputs.md)."""
+                   scan: dict[str, Any] | None = None, *, now: datetime | None = None,
+                   provenance: dict[str, Any] | None = None, trust: dict[str, Any] | None = None,
+                   promotion: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The artifact policy's input (docs/policy-inputs.md): `now` is the decision time (RFC 3339 UTC)."""
     return {"artifact": {"name": name, "version": version, "digest": digest}, "stage": stage,
+            "now": (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "verdict": {"score": score, "checks": [{**c.to_json(), "reason": plain_text(c.reason)} for c in checks]},
             "sbom": {"components": sbom_components(bom)} if bom is not None else None,
             "agent": runspec.to_json() if runspec is not None else None,
-            "scan": scan}
+            "scan": scan, "provenance": provenance, "trust": trust or {"repositories": ["*"]},
+            "promotion": promotion}
 
 
 def record_decision(decision: Decision) -> None:

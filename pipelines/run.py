@@ -341,6 +341,7 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
             return
 
     r.build = {
+        "name": t.name, "version": t.version,
         "builder": {"id": signing.builder_id if signing else DEFAULT_BUILDER_ID, "version": __version__},
         "toolchain": built.toolchain,
         "sourceDateEpoch": built.source_date_epoch,

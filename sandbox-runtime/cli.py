@@ -29,7 +29,7 @@ from agentfactory.cli.common import (
     print_json,
     store_option,
 )
-from agentfactory.cli.verify_cmd import default_policy, policy_option, provider_option
+from agentfactory.cli.verify_cmd import default_policy, entry_stage_option, policy_option, provider_option
 from agentfactory.errors import InputError
 from agentfactory.policy import RegoEngine
 from agentfactory.store import open_store, split_reference
@@ -42,7 +42,9 @@ def _runtime_options(func: Any) -> Any:
     for option in reversed([
         policy_option, provider_option, policies_option, store_option,
         click.option("--stage", default="dev", show_default=True, envvar="AGENTFACTORY_STAGE",
-                     help="Stage whose artifact policy this node enforces."),
+                     help="Stage this node runs: its artifact policy, and only agents promoted to it (a bare name "
+                          "is the version promoted here)."),
+        entry_stage_option,
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
                      envvar="AGENTFACTORY_RUNTIME_CACHE", help="On-disk compiled-module cache (HMAC-authenticated)."),
         click.option("--node-key", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -64,12 +66,12 @@ def _trust(policy_path: Path | None, provider: str | None) -> TrustPolicy:
 
 def _open_runtime(store_url: str | None, policy_path: Path | None, provider: str | None, policies_dir: Path | None,
                   stage: str, cache_dir: Path | None, node_key: Path | None, audit_log: Path | None,
-                  host_roots: tuple[Path, ...]) -> Any:
+                  host_roots: tuple[Path, ...], entry_stage: str) -> Any:
     from .runtime import Runtime, RuntimeConfig
 
     roots = tuple(p.resolve() for p in host_roots)
     config = RuntimeConfig(stage=stage, cache_dir=cache_dir, node_key=node_key, host_roots=roots,
-                           audit_log=audit_log)
+                           audit_log=audit_log, entry_stage=entry_stage)
     return Runtime(open_store(store_url), _trust(policy_path, provider), RegoEngine(policies_dir), config)
 
 
@@ -85,7 +87,7 @@ def _open_runtime(store_url: str | None, policy_path: Path | None, provider: str
 @handle_errors
 def run(ref: str, stdin_path: str | None, args: tuple[str, ...], env_pairs: tuple[str, ...], as_json: bool,
         store_url: str | None, policy_path: Path | None, provider: str | None, policies_dir: Path | None,
-        stage: str, cache_dir: Path | None, node_key: Path | None, audit_log: Path | None,
+        stage: str, entry_stage: str, cache_dir: Path | None, node_key: Path | None, audit_log: Path | None,
         host_roots: tuple[Path, ...]) -> None:
     """Verify REF, then run it once in the sandbox: REF's stdout and stderr are this command's.
 
@@ -104,7 +106,7 @@ def run(ref: str, stdin_path: str | None, args: tuple[str, ...], env_pairs: tupl
             raise InputError("--env", f"{pair!r}: write NAME=VALUE")
         env[name] = value
     runtime = _open_runtime(ref_store or store_url, policy_path, provider, policies_dir, stage, cache_dir, node_key,
-                            audit_log, host_roots)
+                            audit_log, host_roots, entry_stage)
     try:
         result = runtime.invoke(ref, Invocation(stdin=stdin, args=args, env=env))
     except Refused as exc:
@@ -148,6 +150,8 @@ def _print_refusal(exc: Any) -> None:
         err.print(f"[red]refused:[/red] {escape(str(exc))}")
         return
     agent = f"{exc.agent.name}@{exc.agent.digest}" if exc.agent else verdict.digest
+    if exc.reason == "not-promoted":  # the stage first: what this node runs, and where the agent is
+        err.print(f"[red]refused:[/red] {escape(str(exc).split(': ', 1)[0])}")
     err.print(f"[red]refused:[/red] {escape(agent)} (score {verdict.score:.1f}/10)")
     for reason in verdict.reasons:
         err.print(f"  ✗ {escape(reason)}")
@@ -182,7 +186,7 @@ def runtime() -> None:
 @_runtime_options
 @handle_errors
 def serve(listen: str, workers: int | None, store_url: str | None, policy_path: Path | None, provider: str | None,
-          policies_dir: Path | None, stage: str, cache_dir: Path | None, node_key: Path | None,
+          policies_dir: Path | None, stage: str, entry_stage: str, cache_dir: Path | None, node_key: Path | None,
           audit_log: Path | None, host_roots: tuple[Path, ...]) -> None:
     """Serve POST /v1/agents/NAME/invoke, GET /healthz, /readyz and /metrics until SIGTERM."""
     from .server import RuntimeServer
@@ -191,7 +195,7 @@ def serve(listen: str, workers: int | None, store_url: str | None, policy_path: 
     if not host or not port.isdigit():
         raise InputError("--listen", f"{listen!r}: write HOST:PORT (e.g. 127.0.0.1:8080)")
     rt = _open_runtime(store_url, policy_path, provider, policies_dir, stage, cache_dir, node_key, audit_log,
-                       host_roots)
+                       host_roots, entry_stage)
     server = RuntimeServer((host.strip("[]"), int(port)), rt, workers=workers or 2 * (os.cpu_count() or 1))
     stop = threading.Event()
 

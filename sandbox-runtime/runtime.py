@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agentfactory.audit import AuditLog
+from agentfactory.digest import DIGEST_RE
 from agentfactory.errors import AgentFactoryError, InputError, NotFoundError
-from agentfactory.fetchverify import verify_stored
+from agentfactory.fetchverify import is_bare_name, resolve_in_stage, verify_stored
 from agentfactory.metrics import (
     WASI_AGENT_EXECUTIONS,
     WASI_DURATION,
@@ -26,7 +28,10 @@ from agentfactory.metrics import (
     WASI_VIOLATIONS,
 )
 from agentfactory.policy import PolicyEngine
+from agentfactory.promotion import DEFAULT_ENTRY_STAGE
+from agentfactory.semver import is_semver
 from agentfactory.store import ArtifactStore, StoredAgent
+from agentfactory.store.base import MislabelledAgent
 from agentfactory.trust import TrustPolicy
 from agentfactory.verifier import Verdict, refuse
 from agentfactory.wasm import inspect
@@ -39,11 +44,15 @@ from .sandbox import Execution, Invocation, Linked, SandboxRefusal
 MAX_STDIN = 16 * 1024 * 1024
 MAX_ARGS = 256
 MAX_ARG_CHARS = 4096
+MAX_NAMES = 1024  # resolved references kept (least recently used evicted): callers choose the strings
+MAX_PREPARED = 256  # verified, linked agents kept (least recently used evicted)
+MAX_REF_CHARS = 256
 
 
 @dataclass(frozen=True)
 class RuntimeConfig:
     stage: str = "dev"
+    entry_stage: str = DEFAULT_ENTRY_STAGE  # the stage fed from the store: needs no promotion
     cache_dir: Path | None = None  # on-disk compiled-module cache; None: memory only
     node_key: Path | None = None  # default <cache_dir>/node.key
     host_roots: tuple[Path, ...] = ()  # host folders agents may preopen (read-only)
@@ -97,8 +106,10 @@ class Runtime:
         if self.config.cache_dir is not None:
             key = load_node_key(self.config.node_key or self.config.cache_dir / "node.key")
         self.modules = ModuleCache(self.engines, self.config.cache_dir, key, on_event=self._cache_event)
-        self._prepared: dict[str, Prepared] = {}  # by digest
-        self._names: dict[str, tuple[StoredAgent, float]] = {}  # ref -> (agent, resolved at)
+        # By manifest digest, not wasm digest: two published versions with identical bytes may carry
+        # different run contracts, and each gets its own.
+        self._prepared: OrderedDict[str, Prepared] = OrderedDict()
+        self._names: OrderedDict[str, tuple[StoredAgent, float]] = OrderedDict()  # ref -> (agent, resolved at)
         self._lock = threading.Lock()
         self._digest_locks: dict[str, threading.Lock] = {}
 
@@ -106,43 +117,75 @@ class Runtime:
     def prepare(self, ref: str) -> Prepared:
         """A verified, linked agent for `ref`; Refused (audited, counted) when it may not run."""
         agent = self._resolve(ref)
+        key = agent.manifest_digest
         now = time.monotonic()
         with self._lock:
-            hit = self._prepared.get(agent.digest)
+            hit = self._prepared.get(key)
         if hit is not None and now - hit.verified_at < self.config.verdict_ttl:
             return hit
         with self._lock:
-            digest_lock = self._digest_locks.setdefault(agent.digest, threading.Lock())
-        with digest_lock:  # one verification per digest at a time, not a stampede; other agents go on
+            digest_lock = self._digest_locks.setdefault(key, threading.Lock())
+        with digest_lock:  # one verification per agent at a time, not a stampede; other agents go on
             with self._lock:
-                hit = self._prepared.get(agent.digest)
+                hit = self._prepared.get(key)
             if hit is not None and time.monotonic() - hit.verified_at < self.config.verdict_ttl:
                 return hit
             prepared = self._verify_and_link(agent)
             with self._lock:
-                self._prepared[agent.digest] = prepared
+                self._prepared[key] = prepared
+                self._prepared.move_to_end(key)
+                while len(self._prepared) > MAX_PREPARED:
+                    old, _ = self._prepared.popitem(last=False)
+                    self._digest_locks.pop(old, None)
             return prepared
 
     def _resolve(self, ref: str) -> StoredAgent:
+        """The stored agent `ref` names: validated before any use; beyond the entry stage a bare name is
+        the version promoted to this node's stage (never the highest tag)."""
+        check_ref(ref)
         now = time.monotonic()
         with self._lock:
             cached = self._names.get(ref)
+            if cached is not None:
+                self._names.move_to_end(ref)
         if cached is not None and now - cached[1] < self.config.verdict_ttl:
             return cached[0]
+        stage, entry = self.config.stage, self.config.entry_stage
         try:
-            agent = self.store.resolve(ref)
+            if is_bare_name(ref) and stage != entry:
+                agent = resolve_in_stage(self.store, ref, self.trust, stage, entry)
+            else:
+                agent = self.store.resolve(ref)
         except NotFoundError as exc:
             self._refused("not-found", ref, None, str(exc), None)
             raise Refused("not-found", str(exc)) from None
+        except MislabelledAgent as exc:
+            self._refused("unverified", ref, None, str(exc), None)
+            raise Refused("unverified", str(exc)) from None
         with self._lock:
             self._names[ref] = (agent, now)
+            self._names.move_to_end(ref)
+            while len(self._names) > MAX_NAMES:
+                self._names.popitem(last=False)
         return agent
 
     def _verify_and_link(self, agent: StoredAgent) -> Prepared:
         try:
-            verdict, data = verify_stored(self.store, agent, self.trust, engine=self.policy, stage=self.config.stage)
+            verdict, data = verify_stored(self.store, agent, self.trust, engine=self.policy, stage=self.config.stage,
+                                          entry_stage=self.config.entry_stage)
         except AgentFactoryError as exc:
             verdict, data = refuse(agent.digest, "verifier", str(exc)), None
+        promotion = verdict.promotion
+        if promotion is not None and not promotion.promoted and any(c.name == "promotion" for c in verdict.checks):
+            where = promotion.promoted_stages
+            message = (f"{agent.name} {agent.version} ({agent.digest}) is "
+                       + (f"promoted to {', '.join(where)} only" if where else "not promoted to any stage")
+                       + f"; this node runs {self.config.stage}: {promotion.reason}")
+            others = [r for r in verdict.reasons if not r.startswith("promotion:")]
+            if others:
+                message += "; also: " + "; ".join(others)
+            self._refused("not-promoted", agent.name, agent, message, verdict)
+            raise Refused("not-promoted", message, verdict, agent)
         if not verdict.allowed or data is None:
             reason = "tampered" if any(c.name == "digest" and not c.ok for c in verdict.checks) else "unverified"
             message = f"{agent.name}@{agent.digest} refused by the verifier: " + "; ".join(verdict.reasons)
@@ -216,6 +259,22 @@ class Runtime:
         self.engines.close()
         if self.audit is not None:
             self.audit.close()
+
+
+def check_ref(ref: str) -> None:
+    """Refuse a malformed reference before it is cached, logged or looked up: bounded, printable, a
+    semantic version after ':' and a sha256 digest after '@'."""
+    if not isinstance(ref, str) or not ref or len(ref) > MAX_REF_CHARS or not ref.isprintable() or " " in ref:
+        raise InputError("reference", f"a reference is 1 to {MAX_REF_CHARS} printable characters without spaces "
+                                      "(name, name:version, name@sha256:…)")
+    head, at, pinned = ref.partition("@")
+    if at and not DIGEST_RE.match(pinned):
+        raise InputError(ref[:80], "digest must be sha256:<64 lower-case hex>")
+    if DIGEST_RE.match(head):
+        return
+    _, colon, version = head.partition(":")
+    if colon and not is_semver(version):
+        raise InputError(ref[:80], f"version {version[:64]!r} is not a semantic version (MAJOR.MINOR.PATCH)")
 
 
 def _check_invocation(inv: Invocation) -> None:

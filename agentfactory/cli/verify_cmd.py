@@ -11,9 +11,10 @@ from rich.table import Table
 
 from ..errors import AgentFactoryError, NotFoundError, ValidationFailed
 from ..evidence import Evidence, collect
-from ..fetchverify import verify_stored
+from ..fetchverify import is_bare_name, resolve_in_stage, verify_stored
 from ..fsutil import atomic_write
 from ..policy import PolicyEngine, RegoEngine
+from ..promotion import DEFAULT_ENTRY_STAGE
 from ..sigstore_bundles import KeylessIdentity, KeylessPolicy
 from ..store import ArtifactStore, open_store, split_reference
 from ..store.base import MAX_WASM_BYTES
@@ -34,25 +35,34 @@ from .common import (
 policy_option = click.option("--policy", "policy_path", type=click.Path(dir_okay=False, path_type=Path),
                              envvar="AGENTFACTORY_TRUST_POLICY",
                              help="TrustPolicy file (default: trust the key provider's keys).")
+entry_stage_option = click.option(
+    "--entry-stage", default=DEFAULT_ENTRY_STAGE, show_default=True, envvar="AGENTFACTORY_ENTRY_STAGE",
+    help="The stage fed from the store, which needs no promotion (the stage graph's first stage).")
 provider_option = click.option("--key-provider", "provider", type=click.Choice(["local", "vault"]), default=None,
                                envvar="AGENTFACTORY_KEY_PROVIDER", help="Where the keys live (default: local).")
 
 
 def default_policy(provider: str | None) -> TrustPolicy:
-    """The key provider's keys, and the embedded transparency log's key when that log exists here."""
+    """The key provider's keys as build keys, the embedded promoter keyring's keys as promoters (its first
+    key made on first use, so a node started before the first promotion trusts it), and the embedded
+    transparency log's key when that log exists here."""
     from ..keys import open_provider
+    from ..promotion import promoter_keyring
     from ..tlog.log import PUBLIC_KEY_FILE, default_tlog_dir
 
     p = open_provider(provider)
     pem_path = default_tlog_dir() / PUBLIC_KEY_FILE
     logs = [pem_path.read_bytes()[:16384]] if pem_path.is_file() else None
-    source = f"embedded default ({p.name} keys" + (", embedded transparency log)" if logs else ")")
-    return from_public_keys(p.public_keys(), source=source, log_keys=logs)
+    promoters = promoter_keyring(create=True).public_keys()
+    source = f"embedded default ({p.name} keys, local promoter key" + (", embedded transparency log)" if logs else ")")
+    return from_public_keys(p.public_keys(), source=source, log_keys=logs, promoters=promoters)
 
 
 def verify_ref(ref: str, store: ArtifactStore, policy: TrustPolicy, engine: PolicyEngine | None = None,
-               stage: str = "dev") -> Verdict:
-    """Verify a store reference, or a .wasm file by its digest, against `policy` (and the artifact policy)."""
+               stage: str = "dev", entry_stage: str = DEFAULT_ENTRY_STAGE) -> Verdict:
+    """Verify a store reference, or a .wasm file by its digest, against `policy` (and the artifact policy).
+
+    Beyond the entry stage, a bare name is the version promoted there (as on a node), not the highest tag."""
     path = Path(ref)
     if path.is_file():
         local = path.read_bytes()[: MAX_WASM_BYTES + 1]
@@ -62,10 +72,12 @@ def verify_ref(ref: str, store: ArtifactStore, policy: TrustPolicy, engine: Poli
         except NotFoundError:
             return verify(digest, local, Evidence(problems=[
                 f"{digest} is not in {store.url}: nothing was ever signed with these bytes "
-                "(a modified copy, or never built by the pipeline)"]), policy, engine=engine, stage=stage)
+                "(a modified copy, or never built by the pipeline)"]), policy, engine=engine, stage=stage,
+                entry_stage=entry_stage)
         return verify(digest, local, collect(store, agent), policy, engine=engine, stage=stage, name=agent.name,
-                      version=agent.version)
-    return verify_stored(store, store.resolve(ref), policy, engine=engine, stage=stage)[0]
+                      version=agent.version, entry_stage=entry_stage)
+    agent = resolve_in_stage(store, ref, policy, stage, entry_stage) if is_bare_name(ref) else store.resolve(ref)
+    return verify_stored(store, agent, policy, engine=engine, stage=stage, entry_stage=entry_stage)[0]
 
 
 def print_verdict(ref: str, verdict: Verdict, policy_source: str) -> None:
@@ -84,13 +96,15 @@ def print_verdict(ref: str, verdict: Verdict, policy_source: str) -> None:
 @click.argument("ref")
 @policy_option
 @provider_option
-@click.option("--stage", default="dev", show_default=True, help="Judge the artifact policy for this stage.")
+@click.option("--stage", default="dev", show_default=True,
+              help="Judge the artifact policy for this stage, and prove the artifact promoted to it.")
+@entry_stage_option
 @policies_option
 @store_option
 @json_option
 @handle_errors
-def verify_cmd(ref: str, policy_path: Path | None, provider: str | None, stage: str, policies_dir: Path | None,
-               store_url: str | None, as_json: bool) -> None:
+def verify_cmd(ref: str, policy_path: Path | None, provider: str | None, stage: str, entry_stage: str,
+               policies_dir: Path | None, store_url: str | None, as_json: bool) -> None:
     """May REF run? REF: name@sha256:…, name:version, name, a path to a .wasm file, or a full
     registry reference oci://HOST/PREFIX/NAME@sha256:….
 
@@ -100,7 +114,7 @@ def verify_cmd(ref: str, policy_path: Path | None, provider: str | None, stage: 
     store = open_store(ref_store or store_url)
     try:
         policy = load_trust_policy(policy_path) if policy_path else default_policy(provider)
-        verdict = verify_ref(ref, store, policy, RegoEngine(policies_dir), stage)
+        verdict = verify_ref(ref, store, policy, RegoEngine(policies_dir), stage, entry_stage)
         source = policy.source
     except ValidationFailed as exc:  # a policy that does not load refuses everything
         verdict = refuse(ref, "trust-policy", f"the trust policy does not load, so nothing is trusted: {exc}")
@@ -138,11 +152,14 @@ def trust() -> None:
 @handle_errors
 def trust_init(provider: str | None, output: Path | None, builders: tuple[str, ...],
                repositories: tuple[str, ...], tlog_keys: tuple[Path, ...], keyless: tuple[str, ...]) -> None:
-    """Write a TrustPolicy that trusts the key provider's current keys (and the given transparency logs)."""
+    """Write a TrustPolicy that trusts the key provider's current keys, the local promoter key as the only
+    promoter (made on first use), and the given transparency logs."""
     from ..keys import open_provider
+    from ..promotion import promoter_keyring
     from ..provenance import DEFAULT_BUILDER_ID
 
     keys = open_provider(provider).public_keys()
+    promoters = promoter_keyring(create=True).public_keys()
     from ..tlog.note import load_log_public_key
 
     log_pems = [p.read_bytes()[:16384] for p in tlog_keys]
@@ -158,9 +175,10 @@ def trust_init(provider: str | None, output: Path | None, builders: tuple[str, .
                                                    "https://token.actions.githubusercontent.com=https://github.com/…")
         identities.append(KeylessIdentity(issuer=issuer, subject="https://" + subject))
     policy = KeylessPolicy(identities=tuple(identities)) if identities else None
-    text = to_yaml(keys, builders or (DEFAULT_BUILDER_ID,), repositories or ("*",), log_pems, keyless=policy)
+    text = to_yaml(keys, builders or (DEFAULT_BUILDER_ID,), repositories or ("*",), log_pems, keyless=policy,
+                   promoters=promoters)
     if output:
         atomic_write(output, text.encode())
-        err.print(f"wrote {output} ({len(keys)} keys)", markup=False)
+        err.print(f"wrote {output} ({len(keys)} keys, {len(promoters)} promoter keys)", markup=False)
     else:
         sys.stdout.write(text)

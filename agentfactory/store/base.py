@@ -30,12 +30,20 @@ from ..artifact import (
 )
 from ..digest import DIGEST_RE, digest_of
 from ..errors import InputError, NotFoundError, StoreError
-from ..semver import sort_key
+from ..semver import is_semver, sort_key
 
 MAX_WASM_BYTES = 64 * 1024 * 1024
 MAX_EVIDENCE_BYTES = 32 * 1024 * 1024
 MAX_REFERRERS = 1000
 EMPTY_CONFIG = Blob("application/vnd.oci.empty.v1+json", b"{}")
+
+
+class MislabelledAgent(StoreError):
+    """The store lists a manifest under a name or version its own manifest does not carry (a re-tag)."""
+
+
+class AmbiguousReference(InputError):
+    """A reference that names more than one published agent version; the message says how to pick one."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +152,9 @@ class ArtifactStore(abc.ABC):
         if m.name != e.name:
             raise StoreError(f"{self.url}: {e.manifest_digest} is listed as {e.name!r} but its manifest says "
                              f"{m.name!r}: the store is corrupt")
+        if e.version and e.version != m.version:
+            raise MislabelledAgent(f"{self.url}: {e.manifest_digest} is listed as {e.name} {e.version!r} but its "
+                                   f"manifest says version {m.version!r}: a re-tagged agent; refusing it")
         return StoredAgent(name=m.name, version=m.version, digest=m.layer_digest,
                            manifest_digest=e.manifest_digest, size=m.layer_size, tag=e.tag)
 
@@ -155,17 +166,29 @@ class ArtifactStore(abc.ABC):
 
     def resolve(self, ref: str) -> StoredAgent:
         """Find an agent by `sha256:…` (wasm or manifest digest), `name@sha256:…`,
-        `name:version`, or `name` (its highest semantic version)."""
+        `name:version`, or `name` (its highest semantic version).
+
+        A version must be semver. A wasm digest that several published versions share (identical bytes,
+        different templates) is ambiguous: refused, naming the `name:version` references to use. What is
+        returned carries the name and version of its own manifest, which must be those asked for; the
+        verifier then binds them to the signed provenance (docs/evidence.md)."""
         name, _, pinned = ref.partition("@")
         if DIGEST_RE.match(name):
             name, pinned = "", name
         if pinned and not DIGEST_RE.match(pinned):
             raise InputError(ref, "digest must be sha256:<64 lower-case hex>")
         agent_name, _, version = name.partition(":")
+        if version and not is_semver(version):
+            raise InputError(ref, f"version {version[:64]!r} is not a semantic version (MAJOR.MINOR.PATCH)")
         entries = self.entries(agent_name or None)
         if pinned:
             matches = [e for e in entries if pinned in (e.artifact_digest, e.manifest_digest)
                        and (not agent_name or e.name == agent_name)]
+            labels = sorted({f"{e.name}:{e.version}" for e in matches})
+            if len({e.manifest_digest for e in matches}) > 1 and len(labels) > 1:
+                raise AmbiguousReference(ref, f"published as {len(labels)} agent versions built to "
+                                              f"identical bytes ({', '.join(labels)}), whose run contracts may "
+                                              f"differ: ask for one by name:version ({' or '.join(labels)})")
         elif version:
             matches = [e for e in entries if e.name == agent_name and e.version == version and e.tag]
         else:
@@ -173,7 +196,11 @@ class ArtifactStore(abc.ABC):
             matches = matches[-1:]
         if not matches:
             raise NotFoundError(f"{ref}: no such agent in {self.url} (try `agentfactory store ls`)")
-        return self._agent(matches[-1])
+        agent = self._agent(matches[-1])
+        if version and agent.version != version:
+            raise MislabelledAgent(f"{self.url}: {ref} is listed for the manifest {agent.manifest_digest}, which says "
+                             f"version {agent.version!r}: a re-tagged agent; refusing it")
+        return agent
 
     def fetch_wasm(self, ref: str) -> tuple[StoredAgent, bytes]:
         """Resolve `ref` and return the module bytes, verified against their digest."""

@@ -51,9 +51,24 @@ def environment_options(func: F) -> F:
     return func
 
 
+tlog_options = (
+    click.option("--tlog", "tlog_url", envvar="AGENTFACTORY_TLOG", default="embedded", show_default=True,
+                 metavar="embedded|URL", help="The transparency log the promotion attestation goes to (required: "
+                                              "an unlogged promotion proves nothing)."),
+    click.option("--tlog-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+                 envvar="AGENTFACTORY_TLOG_KEY", help="With a Rekor URL: the log's public key (PEM)."),
+)
+
+
+def with_tlog(func: F) -> F:
+    for decorate in reversed(tlog_options):
+        func = decorate(func)
+    return func
+
+
 def _context(stages_path: Path | None, env_repo: Path, store_url: str | None, policy_path: Path | None,
              provider: str | None, policies_dir: Path | None, branch: str | None = None,
-             push: bool = False) -> Context:
+             push: bool = False, tlog_url: str | None = None, tlog_key: Path | None = None) -> Context:
     from agentfactory.policy import RegoEngine
     from agentfactory.store import open_store
     from agentfactory.trust import load_trust_policy
@@ -63,8 +78,17 @@ def _context(stages_path: Path | None, env_repo: Path, store_url: str | None, po
 
     graph = load_stages(stages_path)
     trust = load_trust_policy(policy_path) if policy_path else default_policy(provider)
+    log = None
+    if tlog_url is not None:
+        from agentfactory.errors import ConfigError
+        from agentfactory.tlog.connect import open_tlog
+
+        if tlog_url == "none":
+            raise ConfigError("--tlog none: a promotion must be recorded in a transparency log (every plane orders "
+                              "promotions by the log); use embedded or a Rekor URL")
+        log, _ = open_tlog(tlog_url, tlog_key)
     return Context(graph, EnvRepo(env_repo, graph), open_store(store_url), trust, RegoEngine(policies_dir),
-                   branch=branch, push=push)
+                   branch=branch, push=push, tlog=log)
 
 
 def _finish(outcome: Outcome | None, error: Exception | None, as_json: bool) -> None:
@@ -128,9 +152,11 @@ def _print(o: Outcome, indent: str = "") -> None:
               help="A runtime's /metrics URL (repeatable): scraped at the start and the end of the window.")
 @click.option("--branch", default=None, help="Commit on this new branch (for a pull request), not the current one.")
 @click.option("--push", is_flag=True, help="Fetch first, then push the commit to the branch's remote.")
+@with_tlog
 @environment_options
 def promote_cmd(agent: str, to: str, digest: str | None, approved_by: str | None, window: str | None,
                 prometheus: str | None, runtime_urls: tuple[str, ...], branch: str | None, push: bool,
+                tlog_url: str, tlog_key: Path | None,
                 stages_path: Path | None, env_repo: Path, policy_path: Path | None, provider: str | None,
                 policies_dir: Path | None, store_url: str | None, as_json: bool) -> None:
     """Promote AGENT into a stage: the digest the previous stage runs, after that stage's gates
@@ -138,7 +164,8 @@ def promote_cmd(agent: str, to: str, digest: str | None, approved_by: str | None
     from .analysis import MetricsSource, PrometheusMetrics, RuntimeMetrics, parse_window
     from .promote import promote
 
-    ctx = _context(stages_path, env_repo, store_url, policy_path, provider, policies_dir, branch, push)
+    ctx = _context(stages_path, env_repo, store_url, policy_path, provider, policies_dir, branch, push, tlog_url,
+                   tlog_key)
     seconds = parse_window(window) if window else None
     metrics: MetricsSource | None = None
     if prometheus and runtime_urls:
@@ -163,14 +190,16 @@ def promote_cmd(agent: str, to: str, digest: str | None, approved_by: str | None
 @click.option("--reason", default="manual rollback", show_default=True, help="Recorded in the commit.")
 @click.option("--branch", default=None, help="Commit on this new branch (for a pull request).")
 @click.option("--push", is_flag=True, help="Fetch first, then push the commit.")
+@with_tlog
 @environment_options
-def rollback_cmd(agent: str, stage: str, reason: str, branch: str | None, push: bool, stages_path: Path | None,
-                 env_repo: Path, policy_path: Path | None, provider: str | None, policies_dir: Path | None,
-                 store_url: str | None, as_json: bool) -> None:
+def rollback_cmd(agent: str, stage: str, reason: str, branch: str | None, push: bool, tlog_url: str,
+                 tlog_key: Path | None, stages_path: Path | None, env_repo: Path, policy_path: Path | None,
+                 provider: str | None, policies_dir: Path | None, store_url: str | None, as_json: bool) -> None:
     """Put back the digest STAGE ran before the current one, as a new commit (history is never rewritten)."""
     from .promote import rollback
 
-    ctx = _context(stages_path, env_repo, store_url, policy_path, provider, policies_dir, branch, push)
+    ctx = _context(stages_path, env_repo, store_url, policy_path, provider, policies_dir, branch, push, tlog_url,
+                   tlog_key)
     try:
         outcome = rollback(ctx, agent, stage, reason=reason)
     except (Refused, PromotionConflict) as exc:

@@ -26,7 +26,7 @@ from agentfactory.errors import AgentFactoryError, ConfigError, InputError
 from .stages import StageGraph
 
 TRAILER_KEYS = ("Agent", "Version", "Digest", "Stage", "From-Stage", "Action", "Verdict", "Approved-By",
-                "Analysis", "Reason")
+                "Analysis", "Reason", "Promotion-Attestation", "Promoter-Key")
 LOCK_NAME = "agentfactory-promote.lock"
 LOCK_WAIT_S = 30.0
 MARK = "# Written by `agentfactory promote`: do not edit by hand; promote or roll back instead (docs/promotion.md)."

@@ -13,14 +13,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from agentfactory.errors import AgentFactoryError, NotFoundError
+from agentfactory.evidence import collect
 from agentfactory.fetchverify import verify_stored
+from agentfactory.keys.base import KeyProvider
 from agentfactory.policy import PolicyEngine
+from agentfactory.promotion import Previous, predicate, promoter_keyring, sign_and_attach
 from agentfactory.store import ArtifactStore, StoredAgent
+from agentfactory.tlog.base import TransparencyLog
 from agentfactory.trust import TrustPolicy
-from agentfactory.verifier import Verdict
+from agentfactory.verifier import PromotionState, Verdict, promotion_records, promotion_state
 
 from .analysis import Analysis, MetricsSource, MetricsUnavailable, analyze
 from .envrepo import EnvRepo, Event, wasm_agent
@@ -46,6 +51,24 @@ class Context:
     now: Callable[[], float] = time.time
     branch: str | None = None  # commit on a new branch (a pull request) instead of the current one
     push: bool = False
+    # Who signs the promotion attestations (default: the embedded promoter keyring, never the build keys)
+    # and the transparency log they go to (default: the embedded log). docs/promotion.md
+    promoter: KeyProvider | None = None
+    tlog: TransparencyLog | None = None
+
+    def signer(self) -> KeyProvider:
+        return self.promoter if self.promoter is not None else promoter_keyring(create=True)
+
+    def log(self) -> TransparencyLog:
+        if self.tlog is None:
+            from agentfactory.tlog.log import EmbeddedLog
+
+            self.tlog = EmbeddedLog()
+        return self.tlog
+
+    @property
+    def entry_stage(self) -> str:
+        return self.graph.stages[[s.source for s in self.graph.stages].index(None)].name
 
 
 @dataclass
@@ -73,6 +96,8 @@ class _Decision:
     stored: StoredAgent
     verdict: Verdict | None
     head: str | None
+    source: PromotionState | None = None  # the digest's standing in the stage promoted from
+    soak: dict[str, Any] | None = None  # the soak gate's figures
 
 
 def _duration(seconds: float) -> str:
@@ -95,6 +120,8 @@ def _decide(ctx: Context, agent: str, to: str, digest: str | None, approved_by: 
     env = ctx.env
     reasons: list[str] = []
     agent, _, version = agent.partition(":")
+    source_state: PromotionState | None = None
+    soak_figures: dict[str, Any] | None = None
     if stage.source is None:
         ref = f"{agent}@{digest}" if digest else f"{agent}:{version}" if version else agent
         try:
@@ -121,30 +148,42 @@ def _decide(ctx: Context, agent: str, to: str, digest: str | None, approved_by: 
             raise Refused(f"promote {agent}@{digest} to {to}", [
                 f"{digest} is not the digest of {agent} in {stage.source} (it {why}); {to} takes only what "
                 f"{stage.source} runs now ({src.digest if src else 'nothing'})"])
-        entered = next((e for e in record if e.trailers.get("Digest") == digest), None)
-        soak = stage.gates.soak_seconds
-        if soak and entered is None:
-            reasons.append(f"soak: no promotion record says when {digest[:19]}… entered {stage.source} (a hand "
-                           f"edit?), so its {_duration(soak)} soak cannot be proven")
-        elif soak and entered is not None:
-            spent = ctx.now() - entered.epoch
-            if spent < soak:
-                reasons.append(f"soak: {agent}@{digest[:19]}… has been in {stage.source} for {_duration(spent)} "
-                               f"(since {entered.time}); {to} requires {_duration(soak)} there (stages.yaml "
-                               f"gates.soak): promote again after {_duration(soak - spent)}")
         try:
             stored = ctx.store.resolve(f"{agent}@{digest}")
         except NotFoundError as exc:
             raise Refused(f"promote {agent} to {to}", [f"{digest} is in {stage.source} but not in the "
                                                        f"artifact store: {exc}"]) from None
+        # The stage promoted from is proven by signed, logged promotion evidence, and the soak time is
+        # counted from the log's integrated time of that promotion: never from Git, which a writer controls.
+        source_state = _standing(ctx, stored, stage.source)
+        if not source_state.promoted:
+            reasons.append(f"promotion ({stage.source}): {source_state.reason}")
+        soak = stage.gates.soak_seconds
+        record_now = source_state.current
+        entered = record_now.integrated_time if record_now is not None and record_now.claim.action == "promote" \
+            else None
+        if soak and (entered is None or not source_state.promoted):
+            reasons.append(f"soak: no logged promotion attestation says when {digest[:19]}… entered {stage.source} "
+                           f"(a hand edit?), so its {_duration(soak)} soak cannot be proven")
+        elif entered is not None:
+            spent = ctx.now() - entered
+            soak_figures = {"requiredSeconds": soak, "spentSeconds": round(spent, 3), "since": _iso(entered)}
+            if soak and spent < soak:
+                reasons.append(f"soak: {agent}@{digest[:19]}… has been in {stage.source} for {_duration(spent)} "
+                               f"(since {_iso(entered)}, the transparency log's time); {to} requires "
+                               f"{_duration(soak)} there (stages.yaml gates.soak): promote again after "
+                               f"{_duration(soak - spent)}")
     current = env.placement(to, agent)
     if current is not None and current.digest == stored.digest:
         raise _Unchanged(stored)
     verdict = None
     if stage.gates.policy:
-        verdict, _ = verify_stored(ctx.store, stored, ctx.trust, engine=ctx.engine, stage=to)
+        # The target's artifact policy; the promotion proven is the source stage's (the target's comes next).
+        verdict, _ = verify_stored(ctx.store, stored, ctx.trust, engine=ctx.engine, stage=to,
+                                   promotion_stage=stage.source or to, entry_stage=ctx.entry_stage)
         if not verdict.allowed:
-            reasons.extend(f"verify ({to}): {r}" for r in verdict.reasons)
+            reasons.extend(f"verify ({to}): {r}" for r in verdict.reasons
+                           if not (r.startswith("promotion:") and source_state is not None))
     if stage.gates.approval and not approved_by:
         reasons.append(f"approval: {to} requires a named approver (stages.yaml gates.approval): --approved-by NAME")
     if stage.gates.analysis is not None:
@@ -155,7 +194,50 @@ def _decide(ctx: Context, agent: str, to: str, digest: str | None, approved_by: 
             reasons.append("analysis: no metrics source: give --prometheus URL or --runtime-metrics URL")
     if reasons:
         raise Refused(f"promote {agent}@{stored.digest} to {to}", reasons)
-    return _Decision(stage, stored, verdict, env.head())
+    return _Decision(stage, stored, verdict, env.head(), source_state, soak_figures)
+
+
+def _standing(ctx: Context, stored: StoredAgent, stage: str) -> PromotionState:
+    """Where `stored` stands in `stage`, from its verified promotion attestations."""
+    records, problems = promotion_records(stored.digest, collect(ctx.store, stored), ctx.trust)
+    return promotion_state(stored.digest, stage, records, problems, name=stored.name, version=stored.version,
+                           entry_stage=ctx.entry_stage, policy=ctx.trust)
+
+
+def _iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _attest(ctx: Context, s: StoredAgent, stage: str, action: str, *, gates: dict[str, Any],
+            from_stage: str | None = None, source: PromotionState | None = None, approved_by: str | None = None,
+            reason: str | None = None) -> dict[str, str]:
+    """Sign, log and attach the promotion (or withdrawal) attestation; the trailers that name it."""
+    current = source.current if source is not None else None
+    previous = Previous(current.claim.stage, current.sha256, current.log_index) if current is not None else None
+    pred = predicate(name=s.name, version=s.version or "", digest=s.digest, stage=stage, action=action,
+                     resource_uri=f"{ctx.store.url}#{s.name}@{s.digest}", gates=gates, from_stage=from_stage,
+                     previous=previous, approved_by=approved_by, reason=reason,
+                     policy_uri=f"{ctx.graph.where}#{stage}", now=datetime.fromtimestamp(ctx.now(), UTC))
+    signed = sign_and_attach(ctx.store, s, pred, ctx.signer(), ctx.log())
+    index = f" (log index {signed.log_index})" if signed.log_index is not None else ""
+    return {"Promotion-Attestation": f"sha256:{signed.sha256}{index}", "Promoter-Key": signed.key_id[:16]}
+
+
+def _gates(d: _Decision, approved_by: str | None, result: Analysis | None) -> dict[str, Any]:
+    """The gates passed, with their figures, as the attestation records them."""
+    v = d.verdict
+    gates: dict[str, Any] = {
+        "policy": {"checked": v is not None, "allowed": v.allowed if v else None, "score": v.score if v else None},
+        "approval": {"required": d.stage.gates.approval, "approvedBy": approved_by},
+        "soak": d.soak or {"requiredSeconds": d.stage.gates.soak_seconds, "spentSeconds": None, "since": None},
+        "analysis": None,
+    }
+    if result is not None:
+        m = result.measurement
+        gates["analysis"] = {"verdict": result.verdict, "requests": m.requests, "errors": m.errors,
+                             "errorRatio": m.error_ratio, "p95Seconds": m.p95_seconds,
+                             "windowSeconds": m.window_seconds, "source": m.source}
+    return gates
 
 
 class _Unchanged(Exception):  # control flow, not an error
@@ -209,6 +291,9 @@ def promote(ctx: Context, agent: str, to: str, *, digest: str | None = None, app
                     "From-Stage": decision.stage.source or "store", "Action": "promote",
                     "Verdict": _verdict_text(decision.verdict, to), "Approved-By": approved_by or "",
                     "Analysis": _analysis_text(result)}
+        # Signed and logged before the commit: a promotion without its attestation never reaches Git.
+        trailers.update(_attest(ctx, s, to, "promote", gates=_gates(decision, approved_by, result),
+                                from_stage=decision.stage.source, source=decision.source, approved_by=approved_by))
         branch = ctx.branch or None
         commit = ctx.env.commit_placement(
             to, agent, wasm_agent(agent, _ref(ctx.store, s), to, s.version or "", decision.stage.source),
@@ -270,18 +355,37 @@ def rollback(ctx: Context, agent: str, stage: str, *, reason: str = "manual roll
         previous = stack[-2] if len(stack) >= 2 and stack[-1] == current.digest else None
         trailers = {"Agent": agent, "Digest": previous or "none", "Stage": stage, "From-Stage": stage,
                     "Action": "rollback", "Reason": reason, "Analysis": _analysis_text(analysis)}
+        withdrawn: StoredAgent | None = None
+        try:
+            withdrawn = ctx.store.resolve(f"{agent}@{current.digest}")
+        except AgentFactoryError:
+            withdrawn = None  # not in the store: nothing to withdraw evidence from; the placement still goes
+        stored_prev: StoredAgent | None = None
+        if previous is not None:
+            stored_prev = ctx.store.resolve(f"{agent}@{previous}")
+            verdict, _ = verify_stored(ctx.store, stored_prev, ctx.trust, engine=ctx.engine, stage=stage,
+                                       entry_stage=ctx.entry_stage)
+            if not verdict.allowed:
+                raise Refused(f"rollback {agent} in {stage} to {previous}", [
+                    f"the previous digest no longer verifies for {stage}: {r}" for r in verdict.reasons])
+            trailers["Version"] = stored_prev.version or ""
+            trailers["Verdict"] = _verdict_text(verdict, stage)
+        if withdrawn is not None:  # signed and logged before the commit, like a promotion
+            gates: dict[str, Any] = {"analysis": None}
+            if analysis is not None:
+                m = analysis.measurement
+                gates["analysis"] = {"verdict": analysis.verdict, "requests": m.requests, "errors": m.errors,
+                                     "errorRatio": m.error_ratio, "p95Seconds": m.p95_seconds,
+                                     "windowSeconds": m.window_seconds, "source": m.source}
+            trailers.update(_attest(ctx, withdrawn, stage, "withdraw", gates=gates,
+                                    source=_standing(ctx, withdrawn, stage), reason=reason))
         if previous is None:
             commit = ctx.env.commit_placement(stage, agent, None, subject=f"rollback {agent} in {stage}: remove "
                                               f"{current.digest[:19]}… (no earlier digest)", trailers=trailers,
                                               expected_head=head, branch=ctx.branch)
         else:
-            stored = ctx.store.resolve(f"{agent}@{previous}")
-            verdict, _ = verify_stored(ctx.store, stored, ctx.trust, engine=ctx.engine, stage=stage)
-            if not verdict.allowed:
-                raise Refused(f"rollback {agent} in {stage} to {previous}", [
-                    f"the previous digest no longer verifies for {stage}: {r}" for r in verdict.reasons])
-            trailers["Version"] = stored.version or ""
-            trailers["Verdict"] = _verdict_text(verdict, stage)
+            assert stored_prev is not None
+            stored = stored_prev
             commit = ctx.env.commit_placement(
                 stage, agent, wasm_agent(agent, _ref(ctx.store, stored), stage, stored.version or "", None),
                 subject=f"rollback {agent} in {stage} to {stored.version or previous[:19]}", trailers=trailers,
@@ -301,7 +405,8 @@ def status(ctx: Context, *, verify: bool = True) -> list[dict[str, Any]]:
             if verify:
                 try:
                     stored = ctx.store.resolve(f"{p.agent}@{p.digest}")
-                    verdict = verify_stored(ctx.store, stored, ctx.trust, engine=ctx.engine, stage=stage.name)[0]
+                    verdict = verify_stored(ctx.store, stored, ctx.trust, engine=ctx.engine, stage=stage.name,
+                                            entry_stage=ctx.entry_stage)[0]
                     text = _verdict_text(verdict, stage.name)
                 except AgentFactoryError as exc:
                     text = f"denied: {exc}"

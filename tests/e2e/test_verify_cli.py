@@ -74,6 +74,16 @@ def test_trust_policy_file(repo: Path, built: dict, tmp_path: Path) -> None:  # 
     (tmp_path / "strict.yaml").write_text(strict)
     code, v = verdict(repo, ref, "--policy", str(tmp_path / "strict.yaml"))
     assert code == 1 and any(c["name"] == "source" and not c["ok"] for c in v["checks"])
+    # The promoters are written too: the local promoter key, apart from the build keys.
+    import yaml
+
+    spec = yaml.safe_load(policy.read_text())["spec"]
+    assert [p["name"] for p in spec["promoters"]] == ["local:promoter"]
+    assert {p["keyId"] for p in spec["promoters"]}.isdisjoint(k["keyId"] for k in spec["keys"])
+    # Beyond the entry stage the promotion check denies, saying why: here no log to prove promotions by.
+    code, v = verdict(repo, ref, "--policy", str(policy), "--stage", "canary")
+    (promotion,) = [c for c in v["checks"] if c["name"] == "promotion"]
+    assert code == 1 and not promotion["ok"] and "counts only when logged" in promotion["reason"], promotion
 
 
 @pytest.mark.parametrize("text", ["apiVersion: [\n", "apiVersion: agentfactory.dev/v1alpha1\nkind: TrustPolicy\n"

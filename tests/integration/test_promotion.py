@@ -14,7 +14,8 @@ import git
 import httpx
 import pytest
 import yaml
-from runtime_helpers import OK_WAT, Signed, publish, serving, signed_store, wat_manifest
+from promotion_helpers import promotion_trust, publish_logged, serving_stage
+from runtime_helpers import OK_WAT, Signed, publish, signed_store, wat_manifest
 
 from agentfactory.errors import ConfigError
 from pipelines.promote.analysis import RuntimeMetrics
@@ -66,7 +67,7 @@ def world(af_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     monkeypatch.setenv("GIT_COMMITTER_NAME", "Test")
     monkeypatch.setenv("GIT_COMMITTER_EMAIL", "test@example.com")
     s = signed_store(af_home)
-    publish(s, tmp_path / "t1", {"hello": (wat_manifest("hello"), {"src/main.wat": OK_WAT}),
+    publish_logged(s, tmp_path / "t1", {"hello": (wat_manifest("hello"), {"src/main.wat": OK_WAT}),
                                  "other": (wat_manifest("other"), {"src/main.wat": OK_WAT.replace("ok", "ko")})})
     publish(s, tmp_path / "unsigned", {"plain": (wat_manifest("plain"), {"src/main.wat": OK_WAT})}, sign=False)
     root = tmp_path / "envs"
@@ -74,11 +75,12 @@ def world(af_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     stages = tmp_path / "stages.yaml"
     stages.write_text(STAGES.format(canary_soak="0s", approval="false"))
     graph = load_stages(stages)
-    yield Context(graph, EnvRepo(root, graph), s.store, s.trust, s.engine), s, stages
+    yield Context(graph, EnvRepo(root, graph), s.store, promotion_trust(s), s.engine), s, stages
 
 
 def publish_v2(s: Signed, tmp: Path, name: str, wat: str) -> None:
-    publish(s, tmp, {name: (wat_manifest(name).replace("version: 1.0.0", "version: 1.1.0"), {"src/main.wat": wat})})
+    manifest = wat_manifest(name).replace("version: 1.0.0", "version: 1.1.0")
+    publish_logged(s, tmp, {name: (manifest, {"src/main.wat": wat})})
 
 
 def test_promote_through_the_stages_records_everything(world: tuple[Context, Signed, Path]) -> None:
@@ -94,6 +96,8 @@ def test_promote_through_the_stages_records_everything(world: tuple[Context, Sig
     trailers = parse_trailers(str(commit.message))
     assert trailers["Agent"] == "hello" and trailers["Digest"] == digest and trailers["Stage"] == "dev"
     assert trailers["From-Stage"] == "store" and trailers["Verdict"].startswith("allowed score=10.0")
+    attestation = trailers["Promotion-Attestation"]
+    assert attestation.startswith("sha256:") and "(log index " in attestation
     assert promote(ctx, "hello", "canary").action == "promoted"
     assert parse_trailers(str(ctx.env.repo.head.commit.message))["From-Stage"] == "dev"
     again = promote(ctx, "hello", "canary")
@@ -102,6 +106,15 @@ def test_promote_through_the_stages_records_everything(world: tuple[Context, Sig
     assert [(r["agent"], r["stage"], r["digest"]) for r in rows] == [("hello", "dev", digest),
                                                                      ("hello", "canary", digest)]
     assert all(r["allowed"] and r["since"] for r in rows)
+    # Each promotion is a signed VSA about the digest, chained to the previous stage's attestation.
+    from agentfactory.evidence import collect
+    from agentfactory.verifier import promotion_records
+
+    records, problems = promotion_records(digest, collect(s.store, s.store.resolve("hello")), ctx.trust)
+    assert not problems and sorted(r.claim.stage for r in records) == ["canary", "dev"]
+    dev, canary = sorted(records, key=lambda r: r.order)
+    assert canary.claim.previous is not None and canary.claim.previous.sha256 == dev.sha256
+    assert canary.claim.gates["policy"] == {"checked": True, "allowed": True, "score": 10.0}
     assert [e.trailers["Stage"] for e in ctx.env.history(agent="hello")] == ["canary", "dev"]
     assert not ctx.env.repo.is_dirty(untracked_files=True)
 
@@ -127,7 +140,7 @@ def test_refusals_say_why(world: tuple[Context, Signed, Path], tmp_path: Path) -
     # soak and approval
     stages.write_text(STAGES.format(canary_soak="1h", approval="true"))
     graph = load_stages(stages)
-    strict = Context(graph, EnvRepo(ctx.env.root, graph), s.store, s.trust, s.engine)
+    strict = Context(graph, EnvRepo(ctx.env.root, graph), s.store, ctx.trust, s.engine)
     promote(strict, "other", "dev")
     with pytest.raises(Refused, match=r"soak: .* has been in dev for .*; canary requires 1h there"):
         promote(strict, "other", "canary")
@@ -168,11 +181,11 @@ def test_dirty_and_diverged_environment_repositories(world: tuple[Context, Signe
     elsewhere.remote().push("main:main")
     clone.remote().fetch()
     graph = ctx.graph
-    behind = Context(graph, EnvRepo(tmp_path / "clone", graph), s.store, s.trust, s.engine)
+    behind = Context(graph, EnvRepo(tmp_path / "clone", graph), s.store, ctx.trust, s.engine)
     with pytest.raises(ConfigError, match="1 commit\\(s\\) behind origin/main; pull"):
         promote(behind, "other", "dev")
     # With --push a promotion fetches first, sees it is behind, and refuses the same way.
-    pushing = Context(graph, EnvRepo(tmp_path / "clone", graph), s.store, s.trust, s.engine, push=True)
+    pushing = Context(graph, EnvRepo(tmp_path / "clone", graph), s.store, ctx.trust, s.engine, push=True)
     with pytest.raises(ConfigError, match="behind"):
         promote(pushing, "other", "dev")
     clone.remote().pull("main")
@@ -229,8 +242,8 @@ def test_two_promotions_racing(world: tuple[Context, Signed, Path], af_home: Pat
 
 @pytest.fixture
 def runtime_url(world: tuple[Context, Signed, Path], tmp_path: Path) -> Iterator[str]:
-    _, s, _ = world
-    with serving(s, tmp_path / "audit.jsonl", stage="canary") as url:
+    ctx, s, _ = world
+    with serving_stage(s, ctx.trust, tmp_path / "audit.jsonl", stage="canary") as url:
         yield url
 
 

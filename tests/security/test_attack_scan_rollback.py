@@ -297,8 +297,6 @@ def test_the_log_knows_the_deleted_rescan(rolled: Rolled) -> None:
 
 
 @pytest.mark.toolchain
-@pytest.mark.skip(reason="pending verifier wiring: agentfactory/verifier.py must call "
-                         "agentfactory.scan.logged.check_logged_scans for the logs of transparencyLogs[].url")
 def test_verify_denies_when_the_newer_scan_was_deleted_from_the_store(rolled: Rolled) -> None:
     """`agentfactory verify` with a trust policy naming the log (its key and URL): denied, naming the
     log index of the deleted re-scan."""

@@ -167,3 +167,35 @@ def test_empty_store_lists_nothing(store: OCILayoutStore) -> None:
     assert store.list_agents() == []
     with pytest.raises(NotFoundError):
         store.resolve("x")
+
+
+def test_a_version_must_be_semver_before_any_lookup(store: OCILayoutStore) -> None:
+    push(store, "echo", "1.0.0")
+    for bad in ("echo:1.0", "echo:latest", 'echo:1.0.0"]},', "echo:" + "9" * 300):
+        with pytest.raises(InputError, match="not a semantic version"):
+            store.resolve(bad)
+
+
+def test_identical_bytes_published_as_two_versions_is_ambiguous_by_digest(store: OCILayoutStore) -> None:
+    from agentfactory.store.base import AmbiguousReference
+
+    digest = push(store, "twin", "1.0.0")
+    assert push(store, "twin", "1.1.0") == digest  # the same module: one wasm digest, two manifests
+    for ref in (f"twin@{digest}", digest):
+        with pytest.raises(AmbiguousReference, match=r"ask for one by name:version \(twin:1.0.0 or twin:1.1.0\)"):
+            store.resolve(ref)
+    a, b = store.resolve("twin:1.0.0"), store.resolve("twin:1.1.0")
+    assert (a.version, b.version) == ("1.0.0", "1.1.0") and a.manifest_digest != b.manifest_digest
+    assert store.resolve(f"twin@{a.manifest_digest}").version == "1.0.0"  # a manifest digest is exact
+
+
+def test_a_listing_its_manifest_contradicts_is_refused(store: OCILayoutStore) -> None:
+    from agentfactory.store.base import MislabelledAgent
+
+    push(store, "echo", "1.0.0")
+    index = json.loads((store.root / "index.json").read_text())
+    index["manifests"][0]["annotations"]["org.opencontainers.image.version"] = "9.0.0"  # a re-tag in the index
+    (store.root / "index.json").write_text(json.dumps(index))
+    for ref in ("echo", "echo:9.0.0"):
+        with pytest.raises(MislabelledAgent, match="manifest says version '1.0.0': a re-tagged agent"):
+            store.resolve(ref)

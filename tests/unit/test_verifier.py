@@ -242,3 +242,64 @@ def test_envelope_media_type_annotations_do_not_decide(world: World) -> None:
                                                                      world.keyring).to_json()),
                        annotations={ANN_PREDICATE_TYPE: CYCLONEDX_BOM})
     assert world.verify("alpha").allowed
+
+
+def test_the_policy_input_carries_time_provenance_trust_and_promotion(world: World) -> None:
+    from datetime import UTC, datetime
+
+    from agentfactory.policy import Decision
+    from agentfactory.verifier import Check, artifact_input
+
+    seen: list[dict[str, object]] = []
+
+    class Recorder:
+        def decide(self, policy: str, data: dict[str, object]) -> Decision:
+            seen.append(data)
+            return Decision(policy=policy, allow=True, deny=[])
+
+    agent = world.agents["alpha"]
+    data = world.store.fetch_wasm("alpha")[1]
+    policy = from_public_keys(world.keyring.public_keys(), repositories=("https://example.com/*",))
+    verify(agent.digest, data, collect(world.store, agent), policy, engine=Recorder(),  # type: ignore[arg-type]
+           name="alpha", version="1.0.0", now=datetime(2026, 12, 6, 8, 0, tzinfo=UTC))
+    (doc,) = seen
+    assert doc["now"] == "2026-12-06T08:00:00Z"
+    assert doc["provenance"] == {"dirty": True, "repository": None,
+                                 "builder": "https://agentfactory.dev/builders/pipeline/local"}
+    assert doc["trust"] == {"repositories": ["https://example.com/*"]}
+    assert doc["promotion"] == {"stage": "dev", "promoted": True, "reason": "dev is the entry stage: it needs no "
+                                                                            "promotion"}
+    bare = artifact_input("a", "1.0.0", agent.digest, "prod", [Check("digest", True, "ok")], 2.0, None)
+    assert bare["provenance"] is None and bare["promotion"] is None and bare["trust"] == {"repositories": ["*"]}
+
+
+def test_beyond_the_entry_stage_promotion_is_required_and_not_scored(world: World) -> None:
+    agent = world.agents["alpha"]
+    data = world.store.fetch_wasm("alpha")[1]
+    dev = verify(agent.digest, data, collect(world.store, agent), world.policy(), name="alpha", version="1.0.0")
+    prod = verify(agent.digest, data, collect(world.store, agent), world.policy(), stage="prod", name="alpha",
+                  version="1.0.0")
+    assert dev.allowed and "promotion" not in [c.name for c in dev.checks]
+    assert not prod.allowed and prod.score == dev.score == 10.0
+    assert "lists no promoters (spec.promoters)" in check(prod, "promotion")
+    staging = verify(agent.digest, data, collect(world.store, agent), world.policy(), stage="staging",
+                     entry_stage="staging", name="alpha", version="1.0.0")
+    assert staging.allowed  # another stage graph's entry stage
+
+
+def test_the_newest_promotion_by_the_log_decides() -> None:
+    from agentfactory.promotion import Claim
+    from agentfactory.verifier import PromotionRecord, promotion_state
+
+    def record(action: str, time: int, index: int, stage: str = "prod") -> PromotionRecord:
+        claim = Claim(stage, action, "a", "1.0.0", None, None, None, "why" if action == "withdraw" else None, {})
+        return PromotionRecord(claim, "0" * 64, "log", index, time, "k" * 64)
+
+    digest = "sha256:" + "1" * 64
+    promote, withdraw = record("promote", 100, 5), record("withdraw", 100, 6)
+    assert not promotion_state(digest, "prod", [withdraw, promote], []).promoted  # same second: the index decides
+    assert promotion_state(digest, "prod", [withdraw, record("promote", 101, 7)], []).promoted
+    none = promotion_state(digest, "prod", [record("promote", 1, 1, "dev"), record("promote", 2, 2, "canary"),
+                                            record("withdraw", 3, 3, "canary")], [], name="a", version="1.0.0")
+    assert not none.promoted and none.promoted_stages == ["dev"]
+    assert none.reason == f"a 1.0.0 ({digest}) is promoted to dev only (withdrawn from canary), not to prod"

@@ -1,0 +1,151 @@
+"""Attack: a stage is claimed, not proven.
+
+The attacker is any caller of a node (a `?version=` or `?digest=` on the runtime's HTTP API, a
+reference on `agentfactory run`), a holder of a build key, or a writer of the artifact store. They
+want a prod node to run a version that was never promoted to prod (greeter 1.1.0, rolled back from
+canary), or to present their own "promotion". A stage is proven only by a promotion attestation
+signed by a promoter key (never a build key), recorded in the trusted transparency log and not
+withdrawn by a newer one (ordered by the log).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from promotion_helpers import Flow, agentfactory, promotion_flow, serve_stage_process
+
+from agentfactory.evidence import attach_attestations, collect
+from agentfactory.fetchverify import verify_stored
+from agentfactory.promotion import Previous, predicate, promoter_keyring, sign_and_attach
+from agentfactory.tlog.log import EmbeddedLog
+
+pytestmark = pytest.mark.toolchain
+
+
+@pytest.fixture
+def flow(af_home: Path, tmp_path: Path) -> Flow:
+    return promotion_flow(af_home, tmp_path)
+
+
+def _prod_verdict(flow: Flow, ref: str) -> tuple[bool, str]:
+    s = flow.signed
+    verdict, _ = verify_stored(s.store, s.store.resolve(ref), flow.ctx.trust, engine=s.engine, stage="prod")
+    (check,) = [c for c in verdict.checks if c.name == "promotion"]
+    return verdict.allowed and check.ok, check.reason
+
+
+def _run(flow: Flow, ref: str) -> tuple[int, str, str]:
+    done = agentfactory("run", "--store", flow.signed.store.url, "--policy", str(flow.trust_file), "--stage", "prod",
+                        ref)
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def test_prod_node_runs_what_prod_was_promoted_and_refuses_the_rest(flow: Flow) -> None:
+    code, out, err = _run(flow, "greeter")  # the highest tag is 1.1.0; prod holds 1.0.0
+    assert code == 0 and out == "ok\n", err
+    for ref in ("greeter:1.1.0", f"greeter@{flow.v2}"):
+        code, out, err = _run(flow, ref)
+        assert code == 125 and out == "", (ref, err)
+        text = " ".join(err.split())
+        assert f"greeter 1.1.0 ({flow.v2}) is promoted to dev only; this node runs prod" in text, text
+        assert "withdrawn from canary" in text, text
+    assert _run(flow, "greeter:1.0.0")[0] == 0
+
+
+def test_prod_service_refuses_a_version_or_digest_not_promoted_to_prod(flow: Flow) -> None:
+    with serve_stage_process(flow, "prod") as url, httpx.Client(base_url=url, timeout=60) as client:
+        plain = client.post("/v1/agents/greeter/invoke")
+        assert plain.status_code == 200 and plain.text == "ok\n", plain.text
+        assert plain.headers["x-agent-version"] == "1.0.0"
+        for params in ({"version": "1.1.0"}, {"digest": flow.v2}):
+            r = client.post("/v1/agents/greeter/invoke", params=params)
+            assert r.status_code == 403, (params, r.text)
+            body = r.json()
+            assert body["reason"] == "not-promoted"
+            assert f"greeter 1.1.0 ({flow.v2}) is promoted to dev only; this node runs prod" in body["error"]
+        # A version is checked as semver before it is used at all (cached, looked up, logged).
+        bad = client.post("/v1/agents/greeter/invoke", params={"version": "1.1.0\"]},{x"})
+        assert bad.status_code == 400 and "not a semantic version" in bad.text
+        assert client.post("/v1/agents/greeter/invoke", params={"version": "1.0.0"}).status_code == 200
+
+
+def test_verify_stage_prod_denies_the_rolled_back_version(flow: Flow) -> None:
+    store, policy = flow.signed.store.url, str(flow.trust_file)
+    denied = agentfactory("verify", "--store", store, "--policy", policy, "--stage", "prod", "greeter:1.1.0", "--json")
+    assert denied.returncode == 1, denied.stderr
+    checks = {c["name"]: c for c in json.loads(denied.stdout)["checks"]}
+    assert not checks["promotion"]["ok"]
+    assert f"greeter 1.1.0 ({flow.v2}) is promoted to dev only (withdrawn from canary), not to prod" \
+        in checks["promotion"]["reason"], checks["promotion"]
+    allowed = agentfactory("verify", "--store", store, "--policy", policy, "--stage", "prod", "greeter", "--json")
+    verdict = json.loads(allowed.stdout)
+    assert allowed.returncode == 0 and verdict["digest"] == flow.v1, allowed.stdout
+    # canary holds 1.0.0 again: 1.1.0 was withdrawn from it by a newer attestation.
+    canary = agentfactory("verify", "--store", store, "--policy", policy, "--stage", "canary", "greeter:1.1.0",
+                          "--json")
+    reason = {c["name"]: c for c in json.loads(canary.stdout)["checks"]}["promotion"]["reason"]
+    assert canary.returncode == 1 and "was withdrawn from canary" in reason, reason
+
+
+def test_a_promotion_signed_by_a_build_key_is_not_accepted(flow: Flow) -> None:
+    s = flow.signed
+    v2 = s.store.resolve("greeter:1.1.0")
+    forged = predicate(name="greeter", version="1.1.0", digest=v2.digest, stage="prod", action="promote",
+                       resource_uri="x", gates={})
+    sign_and_attach(s.store, v2, forged, s.keyring, EmbeddedLog())  # signed and logged, by the build key
+    ok, reason = _prod_verdict(flow, "greeter:1.1.0")
+    assert not ok and "build key" in reason and "cannot promote" in reason, reason
+    code, _, err = _run(flow, "greeter:1.1.0")
+    assert code == 125 and "this node runs prod" in " ".join(err.split())
+
+
+def test_a_withdrawn_promotion_denies(flow: Flow) -> None:
+    s = flow.signed
+    v1 = s.store.resolve("greeter:1.0.0")
+    assert _prod_verdict(flow, "greeter:1.0.0")[0]
+    withdraw = predicate(name="greeter", version="1.0.0", digest=v1.digest, stage="prod", action="withdraw",
+                         resource_uri="x", gates={}, reason="incident 42")
+    sign_and_attach(s.store, v1, withdraw, promoter_keyring(), EmbeddedLog())
+    ok, reason = _prod_verdict(flow, "greeter:1.0.0")
+    assert not ok and "was withdrawn from prod" in reason and "incident 42" in reason, reason
+    code, _, err = _run(flow, "greeter")  # nothing is promoted to prod any more
+    assert code == 125 and "no version is promoted to prod" in " ".join(err.split()), err
+    # The order is the log's: re-promoting later (a newer log entry) makes it count again, whatever
+    # time the signer writes into the statement.
+    again = predicate(name="greeter", version="1.0.0", digest=v1.digest, stage="prod", action="promote",
+                      resource_uri="x", gates={}, previous=Previous("canary", "0" * 64, None))
+    sign_and_attach(s.store, v1, again, promoter_keyring(), EmbeddedLog())
+    assert _prod_verdict(flow, "greeter:1.0.0")[0]
+
+
+def test_a_backdated_withdrawal_cannot_hide_behind_the_signers_clock(flow: Flow) -> None:
+    from datetime import UTC, datetime
+
+    s = flow.signed
+    v1 = s.store.resolve("greeter:1.0.0")
+    late = predicate(name="greeter", version="1.0.0", digest=v1.digest, stage="prod", action="withdraw",
+                     resource_uri="x", gates={}, now=datetime(2001, 1, 1, tzinfo=UTC))  # "written" long ago
+    sign_and_attach(s.store, v1, late, promoter_keyring(), EmbeddedLog())
+    ok, reason = _prod_verdict(flow, "greeter:1.0.0")
+    assert not ok and "withdrawn" in reason, reason  # the log says it is the newest
+
+
+def test_a_promotion_not_in_the_log_denies(flow: Flow) -> None:
+    from agentfactory.dsse import INTOTO_PAYLOAD_TYPE, sign_envelope
+    from agentfactory.intoto import make_statement
+    from agentfactory.promotion import PROMOTION_VSA
+
+    s = flow.signed
+    v2 = s.store.resolve("greeter:1.1.0")
+    claim = predicate(name="greeter", version="1.1.0", digest=v2.digest, stage="prod", action="promote",
+                      resource_uri="x", gates={})
+    envelope = sign_envelope(INTOTO_PAYLOAD_TYPE, make_statement("greeter", v2.digest, PROMOTION_VSA, claim),
+                             promoter_keyring())
+    attach_attestations(s.store, v2, [(PROMOTION_VSA, envelope)])  # a real promoter signature, never logged
+    ok, reason = _prod_verdict(flow, "greeter:1.1.0")
+    assert not ok and "is not in a trusted transparency log" in reason, reason
+    # A logged record of another promotion does not vouch for it either.
+    assert len(collect(s.store, v2).tlog) > 0
