@@ -113,6 +113,16 @@ def _field(path: tuple[str | int, ...]) -> str:
     return out or "(document)"
 
 
+def _not_a_string(value: Any, path: tuple[str | int, ...]) -> str:
+    """What to write instead of an unquoted scalar YAML read as a number, a boolean or null (`version: 1.0`)."""
+    kind = "null" if value is None else "a boolean" if isinstance(value, bool) else "a number"
+    shown = "an empty value" if value is None else repr(value)
+    if path and path[-1] == "version":
+        return (f"{shown} is read by YAML as {kind}, not a string: write a quoted semantic version "
+                f'like "1.0.0" (MAJOR.MINOR.PATCH)')
+    return f"{shown} is read by YAML as {kind}, not a string: put the value in quotes"
+
+
 def _schema_problems(doc: Located, where: str) -> list[InputError]:
     problems: list[tuple[int, InputError]] = []
     for err in _validator().iter_errors(doc.data):
@@ -125,7 +135,9 @@ def _schema_problems(doc: Located, where: str) -> list[InputError]:
                 problems.append((line, InputError(f"{where}:{line}",
                                  f"{_field((*path, name))}: unknown field {name!r}")))
             continue
-        if err.validator == "pattern" and path and path[-1] == "version":
+        if err.validator == "type" and err.validator_value == "string" and not isinstance(err.instance, (dict, list)):
+            message = _not_a_string(err.instance, path)
+        elif err.validator == "pattern" and path and path[-1] == "version":
             message = f"{err.instance!r} is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.4.0)"
         elif err.validator == "pattern":
             message = f"{err.instance!r} does not match the required format {err.validator_value}"
@@ -315,6 +327,16 @@ def load_template(folder: Path, display: str | None = None) -> Template:
         manifest_sha256=sha256_bytes(text),
         raw=data,
     )
+
+
+def folder_name_problem(template: Template, where: str) -> InputError | None:
+    """The one check that `metadata.name` is the template's folder name (the pipeline refuses a mismatch, so
+    `template validate` must too). `where` names the manifest in the message."""
+    folder = template.folder.resolve().name
+    if template.name == folder:
+        return None
+    return InputError(where, f"metadata.name: {template.name!r} differs from the folder name {folder!r}; "
+                             "rename one so they match")
 
 
 def discover(root: Path) -> list[Path]:

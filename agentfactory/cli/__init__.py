@@ -7,14 +7,16 @@ imports them (dependencies point inwards).
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 import sys
 from importlib.metadata import entry_points
 
 import click
 
 from .. import __version__
-from .common import EXIT_INTERNAL, err
+from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PROBLEMS, EXIT_USAGE, SuggestingGroup, err, os_error_message
 
 # Subcommands are imported only when invoked: each brings heavy libraries (cryptography,
 # cyclonedx, prometheus) that the others do not need, and start-up time is user-visible.
@@ -33,7 +35,7 @@ CORE_COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
+class LazyGroup(SuggestingGroup):
     """A group whose subcommands are "module:attribute" strings, loaded on first use."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -78,9 +80,42 @@ def cli() -> None:
     """
 
 
+def _reader_gone() -> None:
+    """The reader of stdout went away (`agentfactory … | head`): stop quietly, as click does, without a
+    traceback at interpreter shutdown."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_PROBLEMS)
+
+
 def main() -> None:
+    """The console script. Click's standalone mode would turn Ctrl-C into `Aborted!` and exit 1, which
+    scripts cannot tell from "found problems": an interrupted command exits 130 (128 + SIGINT), every
+    command alike, including plugin ones and long-running servers."""
     try:
-        cli(standalone_mode=True)
+        try:
+            rv = cli.main(standalone_mode=False)
+        finally:
+            sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at shutdown
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):
+            sys.stderr.write("interrupted\n")
+            sys.exit(EXIT_INTERRUPTED)
+        sys.stderr.write("Aborted!\n")  # end of input at a prompt, or a refused confirmation
+        sys.exit(EXIT_PROBLEMS)
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.errno == errno.EPIPE:
+            _reader_gone()
+        message = os_error_message(exc)
+        err.print(f"error: {message}" if message else f"internal error: {type(exc).__name__}: {exc}", markup=False)
+        sys.exit(EXIT_USAGE if message else EXIT_INTERNAL)
     except Exception as exc:  # pragma: no cover - handle_errors catches ours
-        err.print(f"internal error: {exc}", markup=False)
+        err.print(f"internal error: {type(exc).__name__}: {exc}", markup=False)
         sys.exit(EXIT_INTERNAL)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,6 +1,7 @@
 """`agentfactory keys`: create, list, export, rotate and revoke signing keys.
 
-Every command works on one provider: `--provider local|vault` (default `$AGENTFACTORY_KEY_PROVIDER`,
+Every command works on one provider: `--key-provider local|vault` (the spelling of every other command;
+`--provider` still works) (default `$AGENTFACTORY_KEY_PROVIDER`,
 else the local keyring). Key ids may be abbreviated to a unique prefix of at least 8 hex digits.
 """
 
@@ -16,12 +17,26 @@ from rich.table import Table
 from ..errors import ConfigError, KeyProviderError
 from ..fsutil import atomic_write
 from ..keys import PROVIDER_ENV, PROVIDERS, KeyProvider, LocalKeyring, PublicKey, open_provider
-from .common import err, handle_errors, json_option, out, print_json
+from .common import SuggestingGroup, err, handle_errors, json_option, out, print_json
 
 MIN_PREFIX = 8
 
+class _FirstNameOption(click.Option):
+    """An option whose older spellings still parse but are not advertised in --help."""
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        record = super().get_help_record(ctx)
+        if record is None:
+            return None
+        names, text = record
+        for alias in self.opts[1:]:
+            names = names.replace(f", {alias}", "")
+        return names, text
+
+
 provider_option = click.option(
-    "--provider", type=click.Choice(PROVIDERS), envvar=PROVIDER_ENV, default=None,
+    "--key-provider", "--provider", "provider", cls=_FirstNameOption, type=click.Choice(PROVIDERS),
+    envvar=PROVIDER_ENV, default=None,
     help="Key provider: local keyring folder or Vault/OpenBao Transit (default: $AGENTFACTORY_KEY_PROVIDER or local).")
 
 
@@ -57,7 +72,7 @@ def _resolve(keys: list[PublicKey], wanted: str, where: str) -> PublicKey:
     return matches[0]
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def keys() -> None:
     """Signing keys: local keyring (default) or Vault/OpenBao Transit. See docs/keys.md."""
 

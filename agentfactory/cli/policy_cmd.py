@@ -11,12 +11,22 @@ from ..errors import InputError
 from ..jsonsafe import load_json_object
 from ..policy import POLICY_NAMES, RegoEngine
 from ..yamlsafe import load_yaml
-from .common import EXIT_OK, EXIT_PROBLEMS, err, handle_errors, json_option, out, policies_option, print_json
+from .common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    SuggestingGroup,
+    err,
+    handle_errors,
+    json_option,
+    out,
+    policies_option,
+    print_json,
+)
 
 MAX_INPUT_FILE_BYTES = 4 * 1024 * 1024
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def policy() -> None:
     """Rego policies: unit tests and decisions."""
 

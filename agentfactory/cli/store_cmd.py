@@ -10,10 +10,10 @@ from rich.table import Table
 
 from ..fsutil import atomic_write
 from ..store import open_store, split_reference
-from .common import EXIT_PROBLEMS, err, handle_errors, json_option, out, print_json, store_option
+from .common import EXIT_PROBLEMS, SuggestingGroup, err, handle_errors, json_option, out, print_json, store_option
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def store() -> None:
     """List and fetch agents in the artifact store."""
 
@@ -24,7 +24,7 @@ def store() -> None:
 @handle_errors
 def ls(store_url: str | None, as_json: bool) -> None:
     """List agents: name, version, digest, size."""
-    s = open_store(store_url)
+    s = open_store(store_url, existing=True)
     agents = s.list_agents()
     if as_json:
         print_json({"store": s.url, "agents": [
@@ -53,7 +53,7 @@ def get(ref: str, output: Path, store_url: str | None) -> None:
     """Write the wasm module of REF (name, name:version, sha256:…, or oci://HOST/PREFIX/NAME@sha256:…),
     verified against its digest."""
     ref_store, ref = split_reference(ref)
-    agent, wasm = open_store(ref_store or store_url).fetch_wasm(ref)
+    agent, wasm = open_store(ref_store or store_url, existing=True).fetch_wasm(ref)
     if str(output) == "-":
         sys.stdout.buffer.write(wasm)
         return
@@ -76,11 +76,13 @@ def copy(src: str, dst: str, agents: tuple[str, ...], as_json: bool) -> None:
     """
     from ..store.copy import copy_agent
 
-    source, target = open_store(src), open_store(dst)
+    source, target = open_store(src, existing=True), open_store(dst)
     chosen = [source.resolve(r) for r in agents] if agents else [a for a in source.list_agents() if a.tag]
     reports = [copy_agent(source, target, a) for a in chosen]
     if as_json:
-        print_json({"source": source.url, "destination": target.url, "agents": [r.__dict__ for r in reports]})
+        print_json({"source": source.url, "destination": target.url, "agents": [
+            {"agent": r.agent, "digest": r.digest, "blobsCopied": r.blobs_copied, "blobsPresent": r.blobs_present,
+             "referrers": r.referrers, "errors": r.errors} for r in reports]})
     else:
         for r in reports:
             out.print(f"{r.agent}: {r.blobs_copied} blobs copied, {r.blobs_present} already there, "

@@ -9,11 +9,11 @@ import click
 
 from ..digest import tree_sha256
 from ..errors import AgentFactoryError, ValidationFailed
-from ..template import load_template
-from .common import EXIT_PROBLEMS, err, handle_errors, json_option, out, policies_option, print_json
+from ..template import MANIFEST, folder_name_problem, load_template
+from .common import EXIT_PROBLEMS, SuggestingGroup, err, handle_errors, json_option, out, policies_option, print_json
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def template() -> None:
     """Validate templates and compute vendored-source hashes."""
 
@@ -33,11 +33,14 @@ def validate(folders: tuple[Path, ...], policies_dir: Path | None, as_json: bool
     report = []
     for folder in folders:
         try:
-            t = load_template(folder, f"{folder}/agent.yaml")
+            where = f"{folder}/{MANIFEST}"
+            t = load_template(folder, where)
+            misnamed = folder_name_problem(t, where)
             findings = [f.to_json() for f in scan_template(t)]
             decision = engine.decide("template", template_input(t, findings, None, None, path=str(folder)))
             report.append({"path": str(folder), "name": t.name, "version": t.version, "findings": findings,
-                           "errors": [f"{folder}/agent.yaml: policy: {m}" for m in decision.deny]})
+                           "errors": ([str(misnamed)] if misnamed else [])
+                                     + [f"{where}: policy: {m}" for m in decision.deny]})
         except ValidationFailed as exc:
             report.append({"path": str(folder), "errors": [str(p) for p in exc.problems]})
         except AgentFactoryError as exc:
@@ -57,7 +60,12 @@ def validate(folders: tuple[Path, ...], policies_dir: Path | None, as_json: bool
 
 @template.command("hash")
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
+@json_option
 @handle_errors
-def hash_(path: Path) -> None:
+def hash_(path: Path, as_json: bool) -> None:
     """Print the source hash of a vendored file or folder (the `sha256` of a dependency)."""
-    out.print(tree_sha256(path))
+    digest = tree_sha256(path)
+    if as_json:
+        print_json({"path": str(path), "sha256": digest})
+    else:
+        out.print(digest, markup=False)

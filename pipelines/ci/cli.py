@@ -11,11 +11,21 @@ from pathlib import Path
 
 import click
 
-from agentfactory.cli.common import EXIT_OK, EXIT_PROBLEMS, handle_errors, json_option, out, policies_option, print_json
+from agentfactory.cli.common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    SuggestingGroup,
+    handle_errors,
+    json_option,
+    out,
+    policies_option,
+    print_json,
+)
+from agentfactory.fsutil import atomic_write
 from agentfactory.scan.base import OSV_DB_ENV
 
 
-@click.group("ci")
+@click.group("ci", cls=SuggestingGroup)
 def ci() -> None:
     """Checks for pull requests and CI jobs."""
 
@@ -30,9 +40,17 @@ def ci() -> None:
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=None, help="Parallel builds (default: CPUs).")
 @policies_option
 @json_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "junit"]), default=None,
+              help="What to print: the summary (text, default), the JSON report, SARIF 2.1.0 (GitHub code scanning) "
+                   "or JUnit XML.")
+@click.option("--sarif", "sarif_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="AGENTFACTORY_CI_SARIF", help="Also write the SARIF 2.1.0 report to FILE.")
+@click.option("--junit", "junit_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              envvar="AGENTFACTORY_CI_JUNIT", help="Also write the JUnit XML report to FILE.")
 @handle_errors
 def check_cmd(base: str | None, templates_dir: Path, osv_db: Path | None, jobs: int | None,
-              policies_dir: Path | None, as_json: bool) -> None:
+              policies_dir: Path | None, as_json: bool, fmt: str | None, sarif_file: Path | None,
+              junit_file: Path | None) -> None:
     """Run the pipeline, without publishing, on the templates changed since BASE (every template when
     policies/ changed), and report verdicts, policy messages, vulnerabilities and dependency changes.
 
@@ -47,8 +65,23 @@ def check_cmd(base: str | None, templates_dir: Path, osv_db: Path | None, jobs: 
     if base is None:
         target = os.environ.get("GITHUB_BASE_REF")
         base = f"origin/{target}" if target else "origin/main"
+    from agentfactory.sarif import dumps
+
+    from .formats import junit, sarif
+
+    if as_json and fmt not in (None, "json"):
+        raise click.UsageError(f"--json and --format {fmt} ask for two outputs: give one")
+    fmt = "json" if as_json else fmt or "text"
     report = check(templates_dir, base, policies_dir=policies_dir, osv_db=osv_db, jobs=jobs)
-    if as_json:
+    if sarif_file is not None:
+        atomic_write(sarif_file, dumps(sarif(report)).encode())
+    if junit_file is not None:
+        atomic_write(junit_file, junit(report).encode())
+    if fmt == "sarif":
+        sys.stdout.write(dumps(sarif(report)))
+    elif fmt == "junit":
+        sys.stdout.write(junit(report))
+    elif fmt == "json":
         print_json(report.to_json())
     elif in_actions():
         publish(report)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT
 from runtime_helpers import OK_WAT, wat_manifest
+from sarif_helpers import github_problems, validator
 
 from pipelines.ci.check import CheckReport, TemplateCheck
 from pipelines.ci.github import Annotation, _cap, annotations_of, markdown
@@ -198,3 +199,24 @@ def test_annotation_escaping_and_locations() -> None:
                                   "spec.limits: 100%25 wrong%0Asecond line")
     assert found[1] == Annotation("templates/x/src/main.c", None, "a source, no line")
     assert found[2].file == "templates/x/agent.yaml" and found[2].line is None
+
+
+def test_sarif_and_junit_for_code_scanning_and_dashboards(repo: Path) -> None:
+    write(repo, "gamma", version="1.1.0", deps=vendored(repo, "gamma", "4.17.20", "MIT"))
+    write(repo, "beta", wat=OK_WAT.replace("ok\\n", "no\\n"))  # changed without a version bump
+    git(repo, "commit", "-qam", "downgrade lodash; touch beta")
+    junit_file = repo.parent / "junit.xml"
+    done = run(repo, "--base", "main", "--format", "sarif", env={"AGENTFACTORY_CI_JUNIT": str(junit_file)})
+    assert done.returncode == 1, done.stderr
+    log = json.loads(done.stdout)
+    assert list(validator().iter_errors(log)) == [] and github_problems(log) == []
+    results = log["runs"][0]["results"]
+    files = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in results}
+    assert files == {"templates/beta/agent.yaml", "templates/gamma/agent.yaml"}
+    vulnerability = next(r for r in results if r["ruleId"] == "GHSA-35jh-r3h4-6jhm")
+    assert vulnerability["level"] == "error" and "upgrade to 4.17.21" in vulnerability["message"]["text"]
+    assert any("bump metadata.version" in r["message"]["text"] for r in results)
+    xml = junit_file.read_text()
+    assert xml.startswith('<?xml version="1.0" encoding="UTF-8"?>') and xml.count("<failure ") == 2
+    both = run(repo, "--base", "main", "--json", "--format", "junit")
+    assert both.returncode == 2 and "give one" in both.stderr

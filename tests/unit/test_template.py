@@ -11,7 +11,7 @@ from helpers import EXAMPLES, TEMPLATES, dependency_yaml, hello_manifest, write_
 
 from agentfactory.digest import tree_sha256
 from agentfactory.errors import TemplateError, ValidationFailed
-from agentfactory.template import MAX_SOURCE_BYTES, discover, load_template, schema
+from agentfactory.template import MAX_SOURCE_BYTES, discover, folder_name_problem, load_template, schema
 
 
 def problems(folder: Path) -> str:
@@ -59,6 +59,33 @@ def test_unknown_field_names_field_and_line(tmp_path: Path) -> None:
 def test_wrong_semver(tmp_path: Path) -> None:
     folder = write_template(tmp_path, manifest=hello_manifest(version="v1.2"))
     assert "hello/agent.yaml:5: metadata.version: 'v1.2' is not a semantic version" in problems(folder)
+
+
+@pytest.mark.parametrize(("written", "read_as"), [("1.0", "1.0 is read by YAML as a number"),
+                                                   ("2", "2 is read by YAML as a number"),
+                                                   ("yes", "True is read by YAML as a boolean"),
+                                                   ("", "an empty value is read by YAML as null")])
+def test_an_unquoted_version_says_to_quote_a_semantic_version(tmp_path: Path, written: str, read_as: str) -> None:
+    msg = problems(write_template(tmp_path, manifest=hello_manifest(version=written)))
+    assert f'hello/agent.yaml:5: metadata.version: {read_as}, not a string: write a quoted semantic version like ' \
+           '"1.0.0"' in msg
+    assert "is not of type" not in msg
+
+
+def test_any_unquoted_string_field_says_to_quote_it(tmp_path: Path) -> None:
+    manifest = hello_manifest().replace("  description: Says hello.", "  description: 42")
+    msg = problems(write_template(tmp_path, manifest=manifest))
+    assert "metadata.description: 42 is read by YAML as a number, not a string: put the value in quotes" in msg
+
+
+def test_the_folder_name_check_shared_with_the_pipeline(tmp_path: Path) -> None:
+    good = load_template(write_template(tmp_path, "hello"))
+    assert folder_name_problem(good, "hello/agent.yaml") is None
+    other = tmp_path / "other"
+    (tmp_path / "hello").rename(other)
+    problem = folder_name_problem(load_template(other), "other/agent.yaml")
+    assert problem is not None and str(problem) == ("other/agent.yaml: metadata.name: 'hello' differs from the folder "
+                                                    "name 'other'; rename one so they match")
 
 
 def test_schema_violation_says_which_field_and_why(tmp_path: Path) -> None:

@@ -27,7 +27,8 @@ NAMES = ("pr.yml", "release.yml", "promote.yml", "rescan.yml")
 SCHEMA = ROOT / "tests" / "fixtures" / "github-actions" / "github-workflow.json"
 EXE = Path(sys.executable).with_name("agentfactory")
 # Few third-party actions, all GitHub's own (docs/ci.md, "Pinned actions").
-ALLOWED_ACTIONS = {"actions/checkout", "actions/setup-python", "actions/cache", "actions/upload-artifact"}
+ALLOWED_ACTIONS = {"actions/checkout", "actions/setup-python", "actions/cache", "actions/upload-artifact",
+                   "actions/download-artifact", "github/codeql-action/upload-sarif"}
 # Subcommands the workflows were written against before they landed: only these may be missing (skipped, said why).
 PENDING = {"ci": "`agentfactory ci check [--base REF]` is not installed here; its options are checked once it is"}
 SHA = re.compile(r"^[0-9a-f]{40}$")
@@ -291,7 +292,7 @@ def test_pr_runs_on_template_policy_and_pipeline_changes() -> None:
 
 def test_pr_checks_out_full_history_and_runs_ci_check_against_the_base() -> None:
     wf = workflow("pr.yml")
-    [job] = wf["jobs"].values()
+    job = wf["jobs"]["check"]
     assert "permissions" not in job  # contents: read from the top, nothing more
     checkout = next(s for s in job["steps"] if s.get("uses", "").startswith("actions/checkout@"))
     assert checkout["with"]["fetch-depth"] == 0
@@ -680,3 +681,21 @@ def test_a_promotion_that_crashed_fails_the_run(stubs: Path) -> None:
     code, log, _, summary = run_step(stubs, step_named(workflow("promote.yml"), "Promote")["run"], env)
     assert code == 1 and "::error::a: the promotion exited 2" in log
     assert "- **a**: error (exit 2)" in summary
+
+
+def test_pr_uploads_the_sarif_from_a_job_that_never_runs_the_pull_requests_code() -> None:
+    wf = workflow("pr.yml")
+    assert set(wf["jobs"]) == {"check", "code-scanning"}
+    check, upload = wf["jobs"]["check"], wf["jobs"]["code-scanning"]
+    written = step_named(wf, "Check the changed templates")["env"]["AGENTFACTORY_CI_SARIF"]
+    kept = step_named(wf, "Keep the SARIF report")
+    assert kept["uses"].startswith("actions/upload-artifact@") and kept["with"]["path"] == written
+    assert upload["needs"] == "check" and "!cancelled()" in upload["if"]
+    assert "github.event.pull_request.head.repo.full_name == github.repository" in upload["if"]  # forks: read-only
+    assert upload["permissions"] == {"contents": "read", "actions": "read", "security-events": "write"}
+    assert "permissions" not in check  # the job that runs the pull request's code has no write scope
+    assert not any("run" in s for s in upload["steps"])  # nothing of the pull request runs next to the token
+    sarif_step = next(s for s in upload["steps"] if s.get("uses", "").startswith("github/codeql-action/upload-sarif@"))
+    fetched = next(s for s in upload["steps"] if s.get("uses", "").startswith("actions/download-artifact@"))
+    assert fetched["with"]["name"] == kept["with"]["name"]
+    assert sarif_step["with"]["sarif_file"] == fetched["with"]["path"] + "/" + Path(written.split("}}")[-1]).name
