@@ -6,6 +6,8 @@ nothing when nobody scrapes it.
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import Counter, Gauge, Histogram
 
 SIGNATURES = Counter(
@@ -47,10 +49,21 @@ WASI_EXECUTIONS = Counter(
     "Agent invocations by result: ok, error (non-zero exit), timeout, memory, stack, output, fuel, trap, refused.",
     ["result"],
 )
+# The node's stage and namespace are labels of what canary analysis reads: a digest runs in dev and in
+# canary at once right after a promotion, and only the canary's traffic may judge the canary.
+NAMESPACE_ENV = "AGENTFACTORY_NAMESPACE"
+
+
+def node_namespace() -> str:
+    """The namespace this node serves (`$AGENTFACTORY_NAMESPACE`, set from the pod's namespace by the
+    downward API in deploy/runtime/daemonset.yaml); empty outside Kubernetes."""
+    return os.environ.get(NAMESPACE_ENV, "")
+
+
 WASI_AGENT_EXECUTIONS = Counter(
     "agent_factory_wasi_agent_executions_total",
-    "Agent invocations by agent, digest and result (what canary analysis reads).",
-    ["agent", "digest", "result"],
+    "Agent invocations by agent, digest, the node's stage and namespace, and result (what canary analysis reads).",
+    ["agent", "digest", "stage", "namespace", "result"],
 )
 WASI_VIOLATIONS = Counter(
     "agent_factory_wasi_security_violations_total",
@@ -65,8 +78,9 @@ WASI_OVERHEAD = Histogram(
 )
 WASI_DURATION = Histogram(
     "agent_factory_wasi_execution_duration_seconds",
-    "Wall-clock seconds per invocation, guest and sandbox together.",
-    ["agent"],
+    "Wall-clock seconds per invocation, guest and sandbox together, by agent, digest, the node's stage and "
+    "namespace.",
+    ["agent", "digest", "stage", "namespace"],
     buckets=_FAST,
 )
 RUNTIME_REQUESTS = Counter(

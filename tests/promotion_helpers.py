@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ def publish_logged(signed: Signed, root: Path, agents: dict[str, tuple[str, dict
     """Build, sign, log (embedded log) and publish {name: (agent.yaml, {path: source})} with the real pipeline,
     from a committed Git tree (prod refuses dirty builds)."""
     for name, (manifest, files) in agents.items():
-        write_template(root, name, manifest=manifest, files=files)
+        write_template(root, name, manifest=manifest, files=dict(files))
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "templates")
@@ -141,10 +142,28 @@ def agentfactory(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[
 @contextlib.contextmanager
 def serve_stage_process(flow: Flow, stage: str) -> Iterator[str]:
     """The real `agentfactory runtime serve --stage STAGE` on loopback (port 0): its base URL."""
+    with runtime_process(flow.signed.store.url, flow.trust_file, stage) as url:
+        yield url
+
+
+def write_trust(signed: Signed, path: Path) -> Path:
+    """The promotion trust policy as a file, for child processes (build keys, promoters, the embedded log)."""
+    path.write_text(to_yaml(signed.keyring.public_keys(), repositories=REPOSITORIES,
+                            log_keys=[EmbeddedLog().public_key_pem()],
+                            promoters=promoter_keyring(create=True).public_keys()))
+    return path
+
+
+@contextlib.contextmanager
+def runtime_process(store_url: str, trust_file: Path, stage: str, *,
+                    env: dict[str, str] | None = None) -> Iterator[str]:
+    """The real `agentfactory runtime serve --stage STAGE` on loopback (port 0), with extra environment
+    variables: its base URL."""
     exe = str(Path(sys.executable).with_name("agentfactory"))
-    cmd = [exe, "runtime", "serve", "--listen", "127.0.0.1:0", "--store", flow.signed.store.url,
-           "--policies", str(ROOT / "policies"), "--policy", str(flow.trust_file), "--stage", stage]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    cmd = [exe, "runtime", "serve", "--listen", "127.0.0.1:0", "--store", store_url,
+           "--policies", str(ROOT / "policies"), "--policy", str(trust_file), "--stage", stage]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            env={**os.environ, **(env or {})})
     assert proc.stderr is not None
     try:
         first = proc.stderr.readline()

@@ -1,10 +1,12 @@
 """Canary analysis: does the digest in the source stage behave well enough to be promoted?
 
-Requests and errors come from the runtime's per-digest counter
-`agent_factory_wasi_agent_executions_total{agent,digest,result}` (every result but `ok` is an error,
-refusals included); latency from the per-agent histogram
-`agent_factory_wasi_execution_duration_seconds{agent}`, which has no digest label, so the p95 covers
-every digest of the agent that ran in the window.
+Requests and errors come from the runtime's counter
+`agent_factory_wasi_agent_executions_total{agent,digest,stage,namespace,result}` (every result but `ok`
+is an error, refusals included); latency from the histogram
+`agent_factory_wasi_execution_duration_seconds{agent,digest,stage,namespace}`. Both are selected by
+agent, digest *and stage*: right after dev -> canary, dev runs the same digest, and its traffic must not
+dilute (or condemn) the canary's. A series of the agent and digest without a stage label (a runtime too
+old to say where it runs) makes the metrics unavailable rather than counted.
 
 Two sources answer the same question: `RuntimeMetrics` scrapes the nodes' own /metrics before and
 after a window it waits through (no Prometheus needed), `PrometheusMetrics` asks a Prometheus about a
@@ -39,6 +41,7 @@ MAX_RESPONSE = 8 * 1024 * 1024
 BASELINE_LOOKBACK_SECONDS = 3600.0
 
 _AGENT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+_STAGE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _WINDOW = re.compile(r"^(?:(\d{1,6})h)?(?:(\d{1,6})m)?(?:(\d{1,6})s)?$")
 VERDICTS = ("pass", "fail", "inconclusive")
@@ -111,15 +114,17 @@ class MetricsSource(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def measure(self, agent: str, digest: str, window_seconds: float) -> Measurement:
-        """Requests, errors and p95 of `agent`@`digest` over `window_seconds`; MetricsUnavailable if unsure."""
+    def measure(self, agent: str, digest: str, window_seconds: float, stage: str) -> Measurement:
+        """Requests, errors and p95 of `agent`@`digest` on the nodes of `stage` over `window_seconds`;
+        MetricsUnavailable if unsure."""
 
 
 def analyze(source: MetricsSource, agent: str, digest: str, window_seconds: float,
-            thresholds: Thresholds) -> Analysis:
-    """Measure, then judge against every threshold, so that a report names each limit and its value."""
-    _check_target(agent, digest, window_seconds)
-    m = source.measure(agent, digest, window_seconds)
+            thresholds: Thresholds, *, stage: str) -> Analysis:
+    """Measure `agent`@`digest` in `stage` only, then judge against every threshold, so that a report
+    names each limit and its value."""
+    _check_target(agent, digest, window_seconds, stage)
+    m = source.measure(agent, digest, window_seconds, stage)
     reasons: list[str] = []
     enough = m.requests >= thresholds.min_requests
     reasons.append(f"requests: {_num(m.requests)} in {_num(m.window_seconds)} s"
@@ -194,12 +199,12 @@ class RuntimeMetrics(MetricsSource):
         self.timeout = timeout
         self.sleep = sleep
 
-    def measure(self, agent: str, digest: str, window_seconds: float) -> Measurement:
-        _check_target(agent, digest, window_seconds)
+    def measure(self, agent: str, digest: str, window_seconds: float, stage: str) -> Measurement:
+        _check_target(agent, digest, window_seconds, stage)
         with _client(self.timeout) as client:
-            before = [self._scrape(client, url, agent, digest) for url in self.urls]
+            before = [self._scrape(client, url, agent, digest, stage) for url in self.urls]
             self.sleep(window_seconds)
-            after = [self._scrape(client, url, agent, digest) for url in self.urls]
+            after = [self._scrape(client, url, agent, digest, stage) for url in self.urls]
         by_result: dict[str, float] = {}
         buckets: dict[float, float] = {}
         for old, new in zip(before, after, strict=True):
@@ -213,9 +218,9 @@ class RuntimeMetrics(MetricsSource):
             for le, value in new.buckets.items():
                 buckets[le] = buckets.get(le, 0.0) + _delta(old.buckets.get(le, 0.0), value, reborn)
         return _measurement(by_result, quantile(QUANTILE, buckets),
-                            f"runtime /metrics of {', '.join(self.urls)}", window_seconds)
+                            f"runtime /metrics of {', '.join(self.urls)} (stage {stage})", window_seconds)
 
-    def _scrape(self, client: httpx.Client, url: str, agent: str, digest: str) -> _Snapshot:
+    def _scrape(self, client: httpx.Client, url: str, agent: str, digest: str, stage: str) -> _Snapshot:
         _, body = _get(client, url, {}, self.timeout)
         try:
             text = body.decode("utf-8")
@@ -234,15 +239,24 @@ class RuntimeMetrics(MetricsSource):
                 labels = s.labels
                 if family.name == "process_start_time_seconds":
                     snap.started = s.value
-                elif family.name == EXECUTIONS and labels.get("agent") == agent and labels.get("digest") == digest:
-                    result = labels.get("result", "")
-                    if s.name.endswith("_created"):
-                        created[result] = s.value
-                    elif s.name.endswith("_total"):
-                        snap.counts[result] = (_finite(s.value, url, s.name), None)
-                elif family.name == DURATION and labels.get("agent") == agent:
-                    if s.name.endswith("_bucket"):
-                        snap.buckets[_le(labels.get("le"), url)] = _finite(s.value, url, s.name)
+                elif family.name in (EXECUTIONS, DURATION) and labels.get("agent") == agent \
+                        and labels.get("digest") in (digest, None):
+                    if "stage" not in labels or "digest" not in labels:
+                        raise MetricsUnavailable(f"{url}: {s.name} of {agent} has no stage or digest label: a "
+                                                 "runtime too old for canary analysis (its traffic could be any "
+                                                 "stage's)")
+                    if labels["stage"] != stage:
+                        continue  # another stage's traffic with the same digest: not the canary's
+                    if family.name == EXECUTIONS:
+                        result = labels.get("result", "")
+                        if s.name.endswith("_created"):
+                            created[result] = created.get(result, s.value)
+                        elif s.name.endswith("_total"):
+                            prev = snap.counts.get(result, (0.0, None))[0]
+                            snap.counts[result] = (prev + _finite(s.value, url, s.name), None)
+                    elif s.name.endswith("_bucket"):
+                        le = _le(labels.get("le"), url)
+                        snap.buckets[le] = snap.buckets.get(le, 0.0) + _finite(s.value, url, s.name)
                     elif s.name.endswith("_created"):
                         snap.buckets_created = s.value
         snap.counts = {r: (v, created.get(r)) for r, (v, _) in snap.counts.items()}
@@ -270,17 +284,18 @@ class PrometheusMetrics(MetricsSource):
         self.url = url.rstrip("/")
         self.timeout = timeout
 
-    def measure(self, agent: str, digest: str, window_seconds: float) -> Measurement:
-        _check_target(agent, digest, window_seconds)
+    def measure(self, agent: str, digest: str, window_seconds: float, stage: str) -> Measurement:
+        _check_target(agent, digest, window_seconds, stage)
         at = time.time()
         window = _duration(window_seconds)
-        counter = f'{EXECUTIONS}_total{{agent={_quote(agent)},digest={_quote(digest)}}}'
+        selector = f"agent={_quote(agent)},digest={_quote(digest)},stage={_quote(stage)}"
+        counter = f'{EXECUTIONS}_total{{{selector}}}'
         with _client(self.timeout) as client:
             samples = self.query(f"{counter}[{window}]", at=at, kind="matrix", client=client)
             baseline = self.query(f"last_over_time({counter}[{_duration(BASELINE_LOOKBACK_SECONDS)}] "
                                   f"offset {window})", at=at, client=client)
             p95 = self.query(f"histogram_quantile({QUANTILE}, sum by (le) "
-                             f"(increase({DURATION}_bucket{{agent={_quote(agent)}}}[{window}])))", at=at,
+                             f"(increase({DURATION}_bucket{{{selector}}}[{window}])))", at=at,
                              client=client)
         name = f"{EXECUTIONS}_total"
         before = {_series_key(r["metric"]): _finite(_sample(r.get("value"), self.url)[1], self.url, name)
@@ -300,7 +315,7 @@ class PrometheusMetrics(MetricsSource):
         if p95:
             value = _sample(p95[0].get("value"), self.url)[1]
             latency = value if math.isfinite(value) else None  # NaN: no observations in the window
-        return _measurement(by_result, latency, f"prometheus {self.url}", window_seconds)
+        return _measurement(by_result, latency, f"prometheus {self.url} (stage {stage})", window_seconds)
 
     def query(self, expr: str, *, at: float, kind: str = "vector",
               client: httpx.Client | None = None) -> list[dict[str, Any]]:
@@ -368,7 +383,9 @@ def _delta(before: float, after: float, reset: bool) -> float:
     return after if reset or after < before else after - before
 
 
-def _check_target(agent: str, digest: str, window_seconds: float) -> None:
+def _check_target(agent: str, digest: str, window_seconds: float, stage: str) -> None:
+    if not isinstance(stage, str) or not _STAGE.match(stage):
+        raise InputError("stage", f"{stage!r}: not a stage name (the analysis reads one stage's traffic only)")
     if not isinstance(agent, str) or not _AGENT.match(agent):
         raise InputError("agent", f"{agent!r}: not an agent name")
     if not isinstance(digest, str) or not _DIGEST.match(digest):

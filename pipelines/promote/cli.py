@@ -237,29 +237,33 @@ def status_cmd(no_verify: bool, stages_path: Path | None, env_repo: Path, policy
 @click.command("history")
 @click.argument("agent", required=False)
 @click.option("--stage", default=None, help="Only this stage.")
-@stages_option
-@env_option
-@json_option
-@handle_errors
+@environment_options
 def history_cmd(agent: str | None, stage: str | None, stages_path: Path | None, env_repo: Path,
+                policy_path: Path | None, provider: str | None, policies_dir: Path | None, store_url: str | None,
                 as_json: bool) -> None:
-    """The promotion record of AGENT (or of every agent), newest first, from the environment repository's log."""
-    from .envrepo import EnvRepo
-    from .stages import load_stages
+    """The promotion record of AGENT (or of every agent), newest first, from the signed, logged promotion
+    attestations (time: the transparency log's); commits in the stage folders that no attestation backs
+    are listed apart as unattested (exit 1), whatever their trailers say."""
+    from .promote import history
 
-    graph = load_stages(stages_path)
+    ctx = _context(stages_path, env_repo, store_url, policy_path, provider, policies_dir)
     if stage:
-        graph.stage(stage)
-    events = EnvRepo(env_repo, graph).history(agent=agent, stage=stage)
+        ctx.graph.stage(stage)
+    record = history(ctx, agent, stage)
     if as_json:
-        print_json({"events": [e.to_json() for e in events]})
-        return
-    table = Table(title=f"history of {agent or 'every agent'}", title_justify="left")
-    for col in ("time", "action", "agent", "stage", "from", "version", "digest", "verdict / reason", "commit"):
-        table.add_column(col, overflow="fold")
-    for e in events:
-        t = e.trailers
-        table.add_row(e.time, t.get("Action", ""), t.get("Agent", ""), t.get("Stage", ""), t.get("From-Stage", ""),
-                      t.get("Version", ""), t.get("Digest", ""), t.get("Reason") or t.get("Verdict", ""),
-                      e.commit[:12])
-    out.print(table)
+        print_json(record)
+    else:
+        table = Table(title=f"history of {agent or 'every agent'} (signed promotion attestations; time: the "
+                            "transparency log's)", title_justify="left")
+        for col in ("time", "log", "action", "agent", "stage", "from", "version", "digest", "verdict / reason",
+                    "analysis", "commit"):
+            table.add_column(col, overflow="fold")
+        for e in record["events"]:
+            table.add_row(e["time"], str(e["log_index"]), e["action"], e["agent"], e["stage"], e["from_stage"] or "",
+                          e["version"], e["digest"], e["reason"] or e["verdict"] or "", e["analysis"] or "",
+                          (e["commit"] or "(no commit)")[:12])
+        out.print(table)
+        for u in record["unattested"]:
+            err.print(f"UNATTESTED commit {u['commit'][:12]} ({u['commit_time']}, by Git's clock) "
+                      f"{u['subject']!r}: {u['unattested']}; its trailers are not the record", markup=False)
+    sys.exit(EXIT_PROBLEMS if record["unattested"] else EXIT_OK)

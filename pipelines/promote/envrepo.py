@@ -1,9 +1,11 @@
 """The environment repository: one kustomize folder of digest-pinned WasmAgents per stage, in Git.
 
 Every change is a commit (gitpython) with a structured message whose trailers (Agent, Digest,
-Stage, From-Stage, Verdict, Action) are the promotion record: `history` and `status` read them back
-from `git log`, so the record is the repository Argo CD syncs, not a side database. History is never
-rewritten: a rollback is a new commit.
+Stage, From-Stage, Verdict, Action, Promotion-Attestation) are a human-readable copy of the promotion
+record. They are never trusted: anyone who can push here can write them, and backdate the commit. The
+record is the signed, logged promotion attestations (`attested.py`); `history` reads commits only to
+show which one carries which attestation and to flag those that no attestation backs. History is
+never rewritten: a rollback is a new commit.
 
 Writes are serialised by a lock file in the Git directory and checked against the HEAD the caller
 read (compare-and-swap), so two promotions racing cannot both decide on the same state: the second
@@ -44,9 +46,7 @@ class Placement:
     stage: str
     ref: str  # spec.agent: NAME@sha256:… (or a registry reference)
     digest: str
-    version: str
-    since: str = ""  # when the commit that placed this digest was made (ISO 8601)
-    commit: str = ""
+    version: str  # the file's annotation: a claim like any other; the attestations say what it is
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,11 @@ class Event:
     author: str
     subject: str
     trailers: dict[str, str] = field(default_factory=dict)
+    paths: tuple[str, ...] = ()  # the stage-folder files it changed (filled by `changes`)
 
     def to_json(self) -> dict[str, Any]:
-        return {"commit": self.commit, "time": self.time, "author": self.author, "subject": self.subject,
-                **{k.lower().replace("-", "_"): v for k, v in self.trailers.items()}}
+        return {"commit": self.commit, "commit_time": self.time, "author": self.author, "subject": self.subject,
+                "paths": list(self.paths), "trailers": dict(self.trailers)}
 
 
 def _iso(epoch: int) -> str:
@@ -141,17 +142,8 @@ class EnvRepo:
             raise InputError(where, f"spec.agent {ref!r} is not pinned by a sha256 digest")
         found = meta.get("annotations")
         annotations = found if isinstance(found, dict) else {}
-        placed = self._placed(stage, path.stem, digest)
         return Placement(str(meta.get("name", path.stem)), stage, ref, digest,
-                         str(annotations.get("agentfactory.dev/version", "")),
-                         placed.time if placed else "", placed.commit if placed else "")
-
-    def _placed(self, stage: str, agent: str, digest: str) -> Event | None:
-        """The commit that put `digest` in the stage (the latest such record)."""
-        for e in self.history(agent=agent, stage=stage):
-            if e.trailers.get("Digest") == digest:
-                return e
-        return None
+                         str(annotations.get("agentfactory.dev/version", "")))
 
     def history(self, agent: str | None = None, stage: str | None = None, limit: int = 1000) -> list[Event]:
         """Promotion-record commits, newest first, optionally for one agent and/or stage."""
@@ -170,6 +162,30 @@ class EnvRepo:
                 continue
             events.append(Event(c.hexsha, _iso(c.committed_date), c.committed_date, str(c.author),
                                 message.splitlines()[0] if message else "", trailers))
+        return events
+
+    def changes(self, agent: str | None = None, stage: str | None = None, limit: int = 1000) -> list[Event]:
+        """Every commit that changed a stage folder or whose trailers claim a promotion record (an empty
+        commit can claim one too), newest first, with the stage files it changed; for one agent and/or
+        stage by its trailers or by the files it touched."""
+        if self.head() is None:
+            return []
+        stages = [s.name for s in self.graph.stages] if stage is None else [stage]
+        folders = [self.graph.folder(s).rstrip("/") + "/" for s in stages]
+        events = []
+        for c in self.repo.iter_commits(max_count=limit):
+            message = c.message if isinstance(c.message, str) else c.message.decode("utf-8", "replace")
+            trailers = parse_trailers(message)
+            out = self.repo.git.diff_tree("--no-commit-id", "--name-only", "-r", "-z", "--root", "-m", c.hexsha)
+            paths = tuple(sorted({f for f in out.split("\0") if f and any(f.startswith(d) for d in folders)}))
+            claims = bool(trailers.get("Agent")) and (trailers.get("Stage") in stages)
+            if not paths and not claims:
+                continue
+            if agent is not None and trailers.get("Agent") != agent and not any(
+                    f.endswith(f"/agents/{agent}.yaml") for f in paths):
+                continue
+            events.append(Event(c.hexsha, _iso(c.committed_date), c.committed_date, str(c.author),
+                                message.splitlines()[0] if message else "", trailers, paths))
         return events
 
     # -- preconditions -----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from agentfactory.trust import TrustPolicy
 from agentfactory.verifier import PromotionState, Verdict, promotion_records, promotion_state
 
 from .analysis import Analysis, MetricsSource, MetricsUnavailable, analyze
+from .attested import Attested, Ledger, unattested_reason
 from .envrepo import EnvRepo, Event, wasm_agent
 from .stages import Stage, StageGraph
 
@@ -122,6 +123,13 @@ def _decide(ctx: Context, agent: str, to: str, digest: str | None, approved_by: 
     agent, _, version = agent.partition(":")
     source_state: PromotionState | None = None
     soak_figures: dict[str, Any] | None = None
+    # What the stages hold is proven by promotion attestations; a stage file no attestation backs is
+    # never built on (a hand edit, or a commit with forged trailers).
+    ledger = Ledger.load(ctx.store, ctx.trust, agent)
+    current = env.placement(to, agent)
+    if current is not None and ledger.matching(agent, to, current.digest) is None:
+        raise Refused(f"promote {agent} to {to}", [
+            unattested_reason(_where(env, to, agent), to, current.digest) + "; promote refuses to build on it"])
     if stage.source is None:
         ref = f"{agent}@{digest}" if digest else f"{agent}:{version}" if version else agent
         try:
@@ -134,7 +142,11 @@ def _decide(ctx: Context, agent: str, to: str, digest: str | None, approved_by: 
                 f"a version picks what enters {ctx.graph.stages[0].name} only; {to} takes the digest "
                 f"{stage.source} runs: promote {agent} (no version)"])
         src = env.placement(stage.source, agent)
-        record = env.history(agent=agent, stage=stage.source)
+        if src is not None and ledger.matching(agent, stage.source, src.digest) is None:
+            raise Refused(f"promote {agent} to {to}", [
+                unattested_reason(_where(env, stage.source, agent), stage.source, src.digest)
+                + "; promote refuses to build on it"])
+        record = ledger.of(agent, stage.source)
         if digest is None:
             if src is None:
                 ever = "was removed from" if record else "has never been promoted to"
@@ -143,7 +155,7 @@ def _decide(ctx: Context, agent: str, to: str, digest: str | None, approved_by: 
                     f"promote it to {stage.source} first; stages are never skipped"])
             digest = src.digest
         elif src is None or src.digest != digest:
-            passed = any(e.trailers.get("Digest") == digest for e in record)
+            passed = any(e.digest == digest and e.action == "promote" for e in record)
             why = ("was in it once but is not now" if passed else "never passed it")
             raise Refused(f"promote {agent}@{digest} to {to}", [
                 f"{digest} is not the digest of {agent} in {stage.source} (it {why}); {to} takes only what "
@@ -173,7 +185,6 @@ def _decide(ctx: Context, agent: str, to: str, digest: str | None, approved_by: 
                                f"(since {_iso(entered)}, the transparency log's time); {to} requires "
                                f"{_duration(soak)} there (stages.yaml gates.soak): promote again after "
                                f"{_duration(soak - spent)}")
-    current = env.placement(to, agent)
     if current is not None and current.digest == stored.digest:
         raise _Unchanged(stored)
     verdict = None
@@ -261,7 +272,7 @@ def promote(ctx: Context, agent: str, to: str, *, digest: str | None = None, app
     if thresholds is not None and analysis_window is not None and metrics is not None:
         source = first.stage.source or to
         try:
-            result = analyze(metrics, agent, first.stored.digest, analysis_window, thresholds)
+            result = analyze(metrics, agent, first.stored.digest, analysis_window, thresholds, stage=source)
         except MetricsUnavailable as exc:
             raise Refused(f"promote {agent} to {to}", [f"analysis: metrics unavailable ({exc}); nothing was "
                                                        "promoted or rolled back (fail closed)"]) from None
@@ -322,25 +333,15 @@ def _ref(store: ArtifactStore, s: StoredAgent) -> str:
     return f"{s.name}@{s.digest}"
 
 
-def _stack(events: list[Event]) -> list[str]:
-    """The digests a stage has held, replayed oldest first: a promotion pushes, a rollback pops."""
-    stack: list[str] = []
-    for e in reversed(events):
-        d = e.trailers.get("Digest", "")
-        if e.trailers.get("Action") == "rollback":
-            if stack:
-                stack.pop()
-            if d and d != "none" and (not stack or stack[-1] != d):
-                stack.append(d)
-        elif d:
-            stack.append(d)
-    return stack
+def _where(env: EnvRepo, stage: str, agent: str) -> str:
+    return str(env.agent_file(stage, agent).relative_to(env.root))
 
 
 def rollback(ctx: Context, agent: str, stage: str, *, reason: str = "manual rollback",
              analysis: Analysis | None = None) -> Outcome:
-    """A new commit putting back the digest the stage held before the current one (or removing the
-    agent from the stage when it held none). Never rewrites history."""
+    """A new commit putting back the previous *attested* digest of the stage: the newest earlier promotion
+    to it that still stands (not withdrawn), from the signed, logged attestations, never from commit
+    messages; or removing the agent from the stage when there is none. Never rewrites history."""
     ctx.graph.stage(stage)
     with ctx.env.locked():
         if ctx.push:
@@ -351,8 +352,13 @@ def rollback(ctx: Context, agent: str, stage: str, *, reason: str = "manual roll
         current = ctx.env.placement(stage, agent)
         if current is None:
             raise Refused(f"rollback {agent} in {stage}", [f"{agent} is not in {stage}: nothing to roll back"])
-        stack = _stack(ctx.env.history(agent=agent, stage=stage))
-        previous = stack[-2] if len(stack) >= 2 and stack[-1] == current.digest else None
+        ledger = Ledger.load(ctx.store, ctx.trust, agent)
+        if ledger.matching(agent, stage, current.digest) is None:
+            raise Refused(f"rollback {agent} in {stage}", [
+                unattested_reason(_where(ctx.env, stage, agent), stage, current.digest)
+                + "; rollback refuses to build on it"])
+        before = ledger.previous(agent, stage, current.digest)
+        previous = before.digest if before is not None else None
         trailers = {"Agent": agent, "Digest": previous or "none", "Stage": stage, "From-Stage": stage,
                     "Action": "rollback", "Reason": reason, "Analysis": _analysis_text(analysis)}
         withdrawn: StoredAgent | None = None
@@ -397,23 +403,102 @@ def rollback(ctx: Context, agent: str, stage: str, *, reason: str = "manual roll
 
 
 def status(ctx: Context, *, verify: bool = True) -> list[dict[str, Any]]:
-    """Agents by stages: version, digest, since when, and the verdict now (with the stage's policy)."""
+    """Agents by stages: version, digest, since when (the transparency log's time of the standing
+    promotion), and the verdict now (with the stage's policy). A stage file that no standing promotion
+    attestation backs is reported as unattested and not allowed, checked or not."""
+    ledger = Ledger.load(ctx.store, ctx.trust)
+    carriers = _carriers(ctx.env)
     rows = []
     for stage in ctx.graph.stages:
         for p in ctx.env.placements(stage.name):
+            attested = ledger.matching(p.agent, stage.name, p.digest)
             verdict = None
-            if verify:
+            reasons: list[str] = []
+            if attested is None:
+                reasons = [unattested_reason(_where(ctx.env, stage.name, p.agent), stage.name, p.digest)]
+                text = "unattested: " + reasons[0]
+            elif verify:
                 try:
                     stored = ctx.store.resolve(f"{p.agent}@{p.digest}")
                     verdict = verify_stored(ctx.store, stored, ctx.trust, engine=ctx.engine, stage=stage.name,
                                             entry_stage=ctx.entry_stage)[0]
                     text = _verdict_text(verdict, stage.name)
+                    reasons = verdict.reasons
                 except AgentFactoryError as exc:
                     text = f"denied: {exc}"
+                    reasons = [str(exc)]
             else:
                 text = "not checked"
-            rows.append({"agent": p.agent, "stage": stage.name, "version": p.version, "digest": p.digest,
-                         "since": p.since, "commit": p.commit, "verdict": text,
-                         "allowed": verdict.allowed if verdict else None,
-                         "reasons": verdict.reasons if verdict else []})
+            allowed: bool | None = None  # not checked
+            if attested is None or verify:
+                allowed = attested is not None and verdict is not None and verdict.allowed
+            rows.append({"agent": p.agent, "stage": stage.name, "version": attested.version if attested else p.version,
+                         "digest": p.digest, "since": attested.time if attested else "",
+                         "attestation": f"sha256:{attested.record.sha256}" if attested else None,
+                         "log_index": attested.record.log_index if attested else None,
+                         "commit": carriers.get(attested.record.sha256, "") if attested else "",
+                         "verdict": text, "allowed": allowed, "reasons": reasons})
     return rows
+
+
+def _carriers(env: EnvRepo) -> dict[str, str]:
+    """attestation sha256 -> the first commit that names it in its trailers (a copy, for people)."""
+    out: dict[str, str] = {}
+    for e in reversed(env.history()):
+        sha = _attestation_sha(e)
+        if sha and sha not in out:
+            out[sha] = e.commit
+    return out
+
+
+def _attestation_sha(e: Event) -> str | None:
+    text = e.trailers.get("Promotion-Attestation", "")
+    if not text.startswith("sha256:"):
+        return None
+    return text.removeprefix("sha256:").split()[0] or None
+
+
+_ACTION_OF = {"promote": "promote", "rollback": "withdraw"}
+
+
+def history(ctx: Context, agent: str | None = None, stage: str | None = None) -> dict[str, Any]:
+    """The promotion record, newest first, as the signed, logged attestations say it (time: the log's),
+    each with the commit that carries it; and every commit in the stage folders that no attestation backs
+    (forged or hand-written trailers, hand edits), flagged `unattested` with why."""
+    ledger = Ledger.load(ctx.store, ctx.trust, agent)
+    by_sha = {e.record.sha256: e for e in ledger.entries}
+    claimed: dict[str, str] = {}
+    unattested: list[dict[str, Any]] = []
+    for e in reversed(ctx.env.changes(agent=agent, stage=stage)):  # oldest first: the first carrier wins
+        problem = _unbacked(e, by_sha, claimed)
+        if problem is None:
+            sha = _attestation_sha(e)
+            assert sha is not None
+            claimed[sha] = e.commit
+        else:
+            unattested.append({**e.to_json(), "unattested": problem})
+    events = []
+    for a in reversed(ledger.of(agent, stage)):
+        events.append({**a.to_json(), "commit": claimed.get(a.record.sha256)})
+    unattested.reverse()
+    return {"events": events, "unattested": unattested, "problems": ledger.problems}
+
+
+def _unbacked(e: Event, by_sha: dict[str, Attested], claimed: dict[str, str]) -> str | None:
+    """Why commit `e` is not a copy of a promotion attestation, or None when it is."""
+    t = e.trailers
+    if not t.get("Agent") or not t.get("Stage"):
+        return f"changes {', '.join(e.paths) or 'a stage folder'} with no promotion record (a hand edit?)"
+    sha = _attestation_sha(e)
+    a = by_sha.get(sha) if sha else None
+    if a is None:
+        return ("its trailers claim a " + (t.get("Action") or "change") + f" of {t.get('Agent')} in {t.get('Stage')}"
+                " that no trusted, logged promotion attestation backs")
+    if sha in claimed:
+        return f"names the attestation of commit {claimed[sha][:12]} again (a replayed record)"
+    expected = _ACTION_OF.get(t.get("Action", ""))
+    if (a.agent, a.stage, a.action) != (t["Agent"], t["Stage"], expected) or \
+            (a.action == "promote" and t.get("Digest") != a.digest):
+        return (f"its trailers ({t.get('Action')} {t['Agent']} {t.get('Digest', '')} in {t['Stage']}) do not say what "
+                f"the attestation it names says ({a.action} {a.agent} {a.digest} in {a.stage})")
+    return None

@@ -120,10 +120,16 @@ Batch = tuple[str, str, list[bytes], int]  # node URL, agent, stdin of each invo
 
 
 def drive(batches: list[Batch]) -> None:
+    """Each invocation once; a node still compiling the agent (503 `compiling`, counted nowhere) is asked
+    again, a bounded number of times."""
     for url, agent, bodies, status in batches:
         with httpx.Client(base_url=url, timeout=30) as client:
             for body in bodies:
-                r = client.post(f"/v1/agents/{agent}/invoke", content=body)
+                for _ in range(600):
+                    r = client.post(f"/v1/agents/{agent}/invoke", content=body)
+                    if r.status_code != 503 or r.json().get("reason") != "compiling":
+                        break
+                    time.sleep(0.01)
                 assert r.status_code == status, (agent, body, r.status_code, r.text)
 
 
@@ -163,7 +169,7 @@ def test_runtime_metrics_judge_the_canary_digest_across_nodes(nodes: list[Node],
     source = RuntimeMetrics([a, b + "/metrics"], sleep=during_window([
         (a, "canary", ok(12) + bad(3), 200), (b, "canary", bad(3) + ok(12), 200),
         (a, "steady", ok(10), 200), (b, "plain", ok(4), 403)]))
-    result = analyze(source, "canary", agents.canary, WINDOW, Thresholds())
+    result = analyze(source, "canary", agents.canary, WINDOW, Thresholds(), stage="dev")
     m = result.measurement
     assert (m.requests, m.errors, m.by_result) == (30, 6, {"ok": 24, "error": 6})
     assert m.error_ratio == pytest.approx(0.2) and m.window_seconds == WINDOW
@@ -171,27 +177,27 @@ def test_runtime_metrics_judge_the_canary_digest_across_nodes(nodes: list[Node],
     assert result.verdict == "fail"
     assert result.reasons[0] == "requests: 30 in 2 s (at least 20 needed)"
     assert result.reasons[1] == "error ratio: 20.00% (6 of 30: error=6) > limit 5.00%"
-    assert m.source == f"runtime /metrics of {a}/metrics, {b}/metrics"
+    assert m.source == f"runtime /metrics of {a}/metrics, {b}/metrics (stage dev)"
     doc = result.to_json()
     assert doc["verdict"] == "fail" and doc["measurement"]["byResult"] == {"error": 6, "ok": 24}
     assert doc["thresholds"] == {"maxErrorRatio": 0.05, "maxP95Seconds": None, "minRequests": 20}
     json.dumps(doc)  # serializable as it is
 
     healthy = RuntimeMetrics([a, b], sleep=during_window([(a, "canary", ok(13), 200), (b, "canary", ok(12), 200)]))
-    result = analyze(healthy, "canary", agents.canary, WINDOW, Thresholds(max_p95_seconds=5.0))
+    result = analyze(healthy, "canary", agents.canary, WINDOW, Thresholds(max_p95_seconds=5.0), stage="dev")
     assert result.verdict == "pass", result.reasons
     assert (result.measurement.requests, result.measurement.errors) == (25, 0)
     assert result.reasons[1] == "error ratio: 0.00% (0 of 25) <= limit 5.00%"
     assert result.reasons[2].startswith("p95 latency: ") and result.reasons[2].endswith(" <= limit 5 s")
 
     slow = RuntimeMetrics([a], sleep=during_window([(a, "canary", ok(20), 200)]))
-    result = analyze(slow, "canary", agents.canary, WINDOW, Thresholds(max_p95_seconds=1e-9))
+    result = analyze(slow, "canary", agents.canary, WINDOW, Thresholds(max_p95_seconds=1e-9), stage="dev")
     assert result.verdict == "fail" and result.measurement.errors == 0
     assert "> limit 1e-09 s" in result.reasons[2]
 
     quiet = RuntimeMetrics([a, b], sleep=during_window([(a, "canary", ok(3) + bad(2), 200),
                                                         (b, "steady", ok(30), 200)]))
-    result = analyze(quiet, "canary", agents.canary, WINDOW, Thresholds())
+    result = analyze(quiet, "canary", agents.canary, WINDOW, Thresholds(), stage="dev")
     assert result.verdict == "inconclusive"  # 2 errors in 5 is 40 %, but 5 requests decide nothing
     assert (result.measurement.requests, result.measurement.errors) == (5, 2)
     assert result.reasons[0] == "requests: 5 in 2 s, fewer than the 20 needed to judge"
@@ -200,13 +206,14 @@ def test_runtime_metrics_judge_the_canary_digest_across_nodes(nodes: list[Node],
 def test_refusals_count_as_errors_and_other_digests_do_not_count(nodes: list[Node], agents: Agents) -> None:
     a, b = (n.url for n in nodes)
     batches: list[Batch] = [(a, "plain", ok(4), 403), (b, "plain", ok(3), 403), (a, "canary", ok(5), 200)]
-    m = RuntimeMetrics([a, b], sleep=during_window(batches)).measure("plain", agents.plain, 1.0)
+    m = RuntimeMetrics([a, b], sleep=during_window(batches)).measure("plain", agents.plain, 1.0, stage="dev")
     assert (m.requests, m.errors, m.by_result, m.p95_seconds) == (7, 7, {"refused": 7}, None)
     # The canary's traffic under another digest (here: the steady agent's) is not the canary's.
-    m = RuntimeMetrics([a], sleep=during_window([(a, "canary", ok(5), 200)])).measure("canary", agents.steady, 1.0)
+    m = RuntimeMetrics([a], sleep=during_window([(a, "canary", ok(5), 200)])).measure("canary", agents.steady, 1.0,
+                                                                                     stage="dev")
     assert (m.requests, m.errors, m.error_ratio) == (0, 0, None)
     result = analyze(RuntimeMetrics([a], sleep=lambda s: None), "canary", agents.canary, 0.1,
-                     Thresholds(max_p95_seconds=1.0))
+                     Thresholds(max_p95_seconds=1.0), stage="dev")
     assert result.verdict == "inconclusive" and result.reasons[1] == "error ratio: no requests (limit 5.00%)"
     assert result.reasons[2] == "p95 latency: no observations (limit 1 s)"
 
@@ -224,7 +231,7 @@ def test_a_node_restarted_in_the_window_counts_from_zero(agents: Agents, tmp_pat
 
         source = RuntimeMetrics([node.url], sleep=during_window([(node.url, "canary", ok(2) + bad(1), 200)],
                                                                 then=restart))
-        m = source.measure("canary", agents.canary, WINDOW)
+        m = source.measure("canary", agents.canary, WINDOW, stage="dev")
         # What the old process did in the window died with it; the new one's 12 count in full (a plain
         # difference would say 12 - 5 = 7).
         assert (m.requests, m.errors, m.by_result) == (12, 3, {"error": 3, "ok": 9})
@@ -288,14 +295,14 @@ def test_unreachable_or_rubbish_metrics_are_unavailable(rubbish: str) -> None:
              (rubbish + "/big", "8 MiB"), (rubbish + "/slow", "within 0.5 s")]
     for url, message in cases:
         with pytest.raises(MetricsUnavailable, match=message) as info:
-            RuntimeMetrics([url], timeout=0.5, sleep=never).measure("canary", DIGEST, 1.0)
+            RuntimeMetrics([url], timeout=0.5, sleep=never).measure("canary", DIGEST, 1.0, stage="dev")
         assert url in str(info.value)
     with pytest.raises(MetricsUnavailable, match=f"{closed}/api/v1/query: unreachable"):
-        PrometheusMetrics(closed).measure("canary", DIGEST, 60.0)
+        PrometheusMetrics(closed).measure("canary", DIGEST, 60.0, stage="dev")
     with pytest.raises(MetricsUnavailable, match="not a Prometheus API answer"):
-        PrometheusMetrics(rubbish).measure("canary", DIGEST, 60.0)
+        PrometheusMetrics(rubbish).measure("canary", DIGEST, 60.0, stage="dev")
     with pytest.raises(MetricsUnavailable, match="within 0.5 s"):
-        PrometheusMetrics(rubbish + "/slow", timeout=0.5).measure("canary", DIGEST, 60.0)
+        PrometheusMetrics(rubbish + "/slow", timeout=0.5).measure("canary", DIGEST, 60.0, stage="dev")
 
 
 def test_one_unreadable_node_fails_the_analysis_and_a_node_is_not_a_prometheus(nodes: list[Node],
@@ -303,19 +310,21 @@ def test_one_unreadable_node_fails_the_analysis_and_a_node_is_not_a_prometheus(n
     closed = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(MetricsUnavailable, match=f"{closed}/metrics: unreachable"):
         analyze(RuntimeMetrics([nodes[0].url, closed], sleep=lambda s: None), "canary", agents.canary, 1.0,
-                Thresholds())
+                Thresholds(), stage="dev")
     with pytest.raises(MetricsUnavailable, match="not a Prometheus API answer \\(HTTP 404, no status\\)"):
-        PrometheusMetrics(nodes[0].url).measure("canary", agents.canary, 60.0)
+        PrometheusMetrics(nodes[0].url).measure("canary", agents.canary, 60.0, stage="dev")
 
 
 def test_bad_arguments_are_refused_before_anything_is_asked() -> None:
     never = RuntimeMetrics(["http://127.0.0.1:9"], sleep=lambda s: None)
     with pytest.raises(InputError, match="digest"):
-        never.measure("canary", "sha256:short", 1.0)
+        never.measure("canary", "sha256:short", 1.0, stage="dev")
     with pytest.raises(InputError, match="agent"):
-        never.measure('x"} or vector(1) #', DIGEST, 1.0)
+        never.measure('x"} or vector(1) #', DIGEST, 1.0, stage="dev")
     with pytest.raises(InputError, match="window"):
-        analyze(never, "canary", DIGEST, 0.0, Thresholds())
+        analyze(never, "canary", DIGEST, 0.0, Thresholds(), stage="dev")
+    with pytest.raises(InputError, match="not a stage name"):
+        never.measure("canary", DIGEST, 1.0, stage='canary"} or vector(1) #')
     with pytest.raises(ConfigError):
         RuntimeMetrics([])
     with pytest.raises(ConfigError):
@@ -437,21 +446,21 @@ def test_prometheus_agrees_with_the_runtime_counters(prometheus: str, nodes: lis
 
     source = PrometheusMetrics(prometheus)
     window = 300.0  # everything since Prometheus started, and before
-    m = source.measure("canary", agents.canary, window)
+    m = source.measure("canary", agents.canary, window, stage="dev")
     assert m.by_result == runtime_counts(nodes, "canary", agents.canary) == {"ok": 22, "error": 4}
     assert (m.requests, m.errors, m.window_seconds) == (26, 4, window)
     assert m.p95_seconds is not None and 0 < m.p95_seconds < 1.0
-    assert m.source == f"prometheus {prometheus}"
-    plain = source.measure("plain", agents.plain, window)
+    assert m.source == f"prometheus {prometheus} (stage dev)"
+    plain = source.measure("plain", agents.plain, window, stage="dev")
     assert (plain.requests, plain.errors, plain.by_result, plain.p95_seconds) == (3, 3, {"refused": 3}, None)
-    assert source.measure("canary", agents.steady, window).requests == 0
+    assert source.measure("canary", agents.steady, window, stage="dev").requests == 0
 
     # The window is the past: judging it again under other thresholds costs nothing.
     verdicts: dict[str, Analysis] = {}
     for label, thresholds in {"default": Thresholds(), "lenient": Thresholds(max_error_ratio=0.2),
                               "fast": Thresholds(max_error_ratio=0.2, max_p95_seconds=1e-9),
                               "busy": Thresholds(min_requests=100)}.items():
-        verdicts[label] = analyze(source, "canary", agents.canary, window, thresholds)
+        verdicts[label] = analyze(source, "canary", agents.canary, window, thresholds, stage="dev")
     assert {k: v.verdict for k, v in verdicts.items()} == {
         "default": "fail", "lenient": "pass", "fast": "fail", "busy": "inconclusive"}
     assert verdicts["default"].reasons[1] == "error ratio: 15.38% (4 of 26: error=4) > limit 5.00%"

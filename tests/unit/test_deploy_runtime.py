@@ -286,6 +286,8 @@ def test_command_paths_match_the_mounts() -> None:
         assert config["data"][key]
     assert config["data"]["stage"] in {"dev", "canary", "prod"}
     assert config["data"]["store"].startswith("oci://")
+    # the namespace label of the metrics is the pod's own, from the downward API
+    assert env["AGENTFACTORY_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
 
 
 def test_home_and_temporary_files_go_to_the_home_emptydir() -> None:
