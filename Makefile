@@ -119,7 +119,7 @@ for _ in range(200):
     time.sleep(0.05)
 url = json.loads(text.splitlines()[0])["listening"]
 def af(*args, check=True):
-    where = ["--store", store, "--policy", policy] if args[0] != "history" else []
+    where = ["--store", store, "--policy", policy]
     cmd = [".venv/bin/agentfactory", *args, "--env-repo", env, *where, "--stages", "examples/promotion/stages.yaml"]
     print("$ agentfactory " + " ".join(args), flush=True)
     done = subprocess.run(cmd)

@@ -1,7 +1,7 @@
 """`agentfactory promote | rollback | status | history`: GitOps promotion from the command line.
 
-Exit codes: 0 promoted (or already there), 1 refused, rolled back or inconclusive (the reasons are
-printed), 2 bad input or configuration (a stage that does not exist, a dirty or diverged
+Exit codes: `promote` 0 promoted (or already there), 1 refused, rolled back by its canary analysis or
+inconclusive (the reasons are printed); `rollback` 0 rolled back (what was asked), 1 refused; 2 bad input or configuration (a stage that does not exist, a dirty or diverged
 environment repository, metrics given wrongly), 3 a conflict with another promotion (run again).
 """
 
@@ -91,7 +91,9 @@ def _context(stages_path: Path | None, env_repo: Path, store_url: str | None, po
                    branch=branch, push=push, tlog=log)
 
 
-def _finish(outcome: Outcome | None, error: Exception | None, as_json: bool) -> None:
+def _finish(outcome: Outcome | None, error: Exception | None, as_json: bool,
+            ok: tuple[str, ...] = ("promoted", "unchanged")) -> None:
+    """Print the outcome and exit: 0 when its action is one of `ok` (what the command was asked to do)."""
     if isinstance(error, PromotionConflict):
         if as_json:
             print_json({"action": "conflict", "reasons": [str(error)]})
@@ -111,7 +113,7 @@ def _finish(outcome: Outcome | None, error: Exception | None, as_json: bool) -> 
         print_json(outcome.to_json())
     else:
         _print(outcome)
-    sys.exit(EXIT_OK if outcome.action in ("promoted", "unchanged") else EXIT_PROBLEMS)
+    sys.exit(EXIT_OK if outcome.action in ok else EXIT_PROBLEMS)
 
 
 def _print(o: Outcome, indent: str = "") -> None:
@@ -204,7 +206,7 @@ def rollback_cmd(agent: str, stage: str, reason: str, branch: str | None, push: 
         outcome = rollback(ctx, agent, stage, reason=reason)
     except (Refused, PromotionConflict) as exc:
         _finish(None, exc, as_json)
-    _finish(outcome, None, as_json)
+    _finish(outcome, None, as_json, ok=("rolled-back", "unchanged"))
 
 
 @click.command("status")
