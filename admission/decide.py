@@ -1,10 +1,12 @@
 """One admission decision: find the agents in the object, verify each, ask admission.rego, answer.
 
-The order of the early answers is what operators expect from Kyverno and Gatekeeper: DELETE and
-CONNECT pass, exempt namespaces pass, objects that carry no agent pass untouched; everything else is
-judged on the new object (UPDATE included). In warn mode (namespaces labelled for it, through the
-webhook configuration's namespaceSelector) a refusal becomes an admission with warnings. This module
-is synchronous; the HTTP layer runs it in a worker thread under the configured deadline.
+The order of the early answers is what operators expect from Kyverno and Gatekeeper: DELETE passes,
+exempt namespaces pass, each subresource is decided as admission/subresources.py says (exec and
+attach refused, other CONNECTs passed), objects that carry no agent pass untouched; everything else
+is judged on the new object (UPDATE included), at the stage of its namespace (admission/stages.py),
+never at one the object claims. In warn mode (namespaces labelled for it, through the webhook
+configuration's namespaceSelector) a refusal becomes an admission with warnings. This module is
+synchronous; the HTTP layer runs it in a worker thread under the configured deadline.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from agentfactory.verifier import Verdict, refuse
 from .config import AdmissionConfig
 from .refs import Parsed, Reference, find_references, parse_reference
 from .review import Review
+from .stages import stage_map
+from .subresources import ALLOW, REFUSE, UNKNOWN_WHY, rule_for
 from .verdicts import VerdictCache
 
 MAX_POLICY_DECISIONS = 10_000
@@ -62,6 +66,7 @@ class Admitter:
         self._decisions: OrderedDict[str, Decision] = OrderedDict()  # admission.rego answers, by input
         self._decisions_lock = threading.Lock()
         self._store_prefix = _store_prefix(store.url)
+        self.stages = stage_map(engine, config.default_stage)  # the policy's own namespace → stage map
         engine.warm_up("artifact", "admission")  # compile now: the first review must not pay for it
 
     def engine_broken(self) -> bool:
@@ -81,30 +86,73 @@ class Admitter:
         return answer
 
     def _review(self, review: Review, mode: str, cached_only: bool) -> Answer:
-        if review.operation in ("DELETE", "CONNECT"):
-            return Answer(True, 200, f"{review.operation} is not judged")
+        if review.operation == "DELETE":
+            return Answer(True, 200, "DELETE is not judged: a bad object can always be removed")
         if review.namespace in self.config.exempt_namespaces:
             return Answer(True, 200, f"namespace {review.namespace} is exempt (config exemptNamespaces)")
+        sub = review.sub_resource
+        rule = rule_for(sub)
+        if rule is not None and rule.decision == REFUSE:
+            return self._finish(mode, [f"request.subResource {sub!r}: refused: {rule.why}"], [], [])
+        if sub == "ephemeralcontainers" and (review.group, review.kind) != ("", "Pod"):
+            return self._finish(mode, [f"request.kind {review.kind!r} of subresource 'ephemeralcontainers': the API "
+                                       "server sends the whole Pod (Kubernetes 1.22 and later); anything else "
+                                       "cannot be judged, so it is refused"], [], [])
+        if review.operation == "CONNECT":
+            return Answer(True, 200, f"CONNECT to subresource {sub!r} opens a connection to what runs; it cannot "
+                                     "change it")
         if review.object is None:
             return Answer(False, 400, "request.object is missing: nothing to judge", decision="denied")
         try:
-            refs = find_references(review.group, review.kind, review.object,
-                                   runtime_classes=self.config.runtime_classes,
-                                   default_stage=self.config.default_stage,
-                                   max_references=self.config.max_references)
+            refs = self._references(review, review.object)
         except InputError as exc:
             return self._finish(mode, [f"{exc.where}: {exc.message}"], [], [])
         if refs is None:
             return Answer(True, 200, "not an agent workload")
+        if rule is None:
+            return self._finish(mode, [f"request.subResource {sub!r} of an agent workload: {UNKNOWN_WHY}"], [], [])
+        if rule.decision == ALLOW and self._same_agents(review, refs):
+            return Answer(True, 200, f"subresource {sub!r}: {rule.why}")
+        if self.stages.problem:
+            return self._finish(mode, [f"{refs[0].field}: cannot be judged: {self.stages.problem}"], [], [])
+        stage = self.stages.of(review.namespace)
+        unknown = self._unknown_stage(refs[0], stage)
+        if unknown:
+            return self._finish(mode, [unknown], [], [])
         denies: list[str] = []
         warnings: list[str] = []
         agents: list[dict[str, Any]] = []
         for ref in refs:
-            d, w, record = self._judge(review, ref, mode, cached_only)
+            d, w, record = self._judge(review, ref, stage, mode, cached_only)
             denies.extend(d)
             warnings.extend(w)
             agents.append(record)
         return self._finish(mode, denies, warnings, agents)
+
+    def _unknown_stage(self, ref: Reference, stage: str) -> str:
+        """Why the stage the object asks for is not one at all ("" when it is known or not asked): checked
+        here, so that only a known stage name reaches the policy, which compares it with the namespace's."""
+        asked = ref.requested_stage
+        if asked is None or self.stages.rank(asked) is not None:
+            return ""
+        shown = repr(asked) if len(asked) <= 64 else repr(asked[:64]) + "…"
+        return (f"{ref.requested_stage_field}: {shown} is not a known stage (config admission.stages: "
+                f"{', '.join(self.stages.stages)}); an object may ask for its namespace's stage ({stage}) or a "
+                "lower one, or name none")
+
+    def _references(self, review: Review, obj: dict[str, Any]) -> list[Reference] | None:
+        return find_references(review.group, review.kind, obj, runtime_classes=self.config.runtime_classes,
+                               max_references=self.config.max_references)
+
+    def _same_agents(self, review: Review, refs: list[Reference]) -> bool:
+        """Whether the old object carried exactly these agent references (then nothing new can run)."""
+        if review.old_object is None:
+            return False
+        try:
+            old = self._references(review, review.old_object)
+        except InputError:
+            return False
+        return old is not None and [(r.ref, r.field) for r in old] == [(r.ref, r.field) for r in refs]
 
     def _finish(self, mode: str, denies: list[str], warnings: list[str], agents: list[dict[str, Any]]) -> Answer:
         if not denies:
@@ -114,9 +162,10 @@ class Admitter:
         summary = f"{len(denies)} problem(s): " + " | ".join(denies)
         return Answer(False, 403, summary, warnings, "denied", agents)
 
-    def _judge(self, review: Review, ref: Reference, mode: str,
+    def _judge(self, review: Review, ref: Reference, stage: str, mode: str,
                cached_only: bool) -> tuple[list[str], list[str], dict[str, Any]]:
-        record: dict[str, Any] = {"ref": ref.ref, "field": ref.field, "stage": ref.stage}
+        record: dict[str, Any] = {"ref": ref.ref, "field": ref.field, "stage": stage,
+                                  "requestedStage": ref.requested_stage}
         try:
             parsed = parse_reference(ref.ref, ref.field)
         except InputError as exc:
@@ -129,9 +178,9 @@ class Admitter:
             if foreign:
                 denies.append(f"{ref.field}: {ref.ref!r} {foreign}")
             else:
-                verdict = self._verdict(parsed, ref.stage, cached_only)
+                verdict = self._verdict(parsed, stage, cached_only)  # the namespace's stage, never the object's
                 record["digest"], record["score"] = parsed.digest, verdict.score
-        decision = self._policy(review, ref, parsed, verdict, mode, cached_only)
+        decision = self._policy(review, ref, parsed, stage, verdict, mode, cached_only)
         denies.extend(_in_check_order(decision.deny, verdict))
         record["allowed"] = not denies
         return denies, list(decision.warn), record
@@ -166,7 +215,7 @@ class Admitter:
 
         return self.verdicts.get(key, compute, timeout=self.config.deadline_ms / 1000)
 
-    def _policy(self, review: Review, ref: Reference, parsed: Parsed, verdict: Verdict | None,
+    def _policy(self, review: Review, ref: Reference, parsed: Parsed, stage: str, verdict: Verdict | None,
                 mode: str, cached_only: bool) -> Decision:
         document = {
             # no object name: the decision is about the agent in its namespace, and is memoised by its
@@ -175,7 +224,8 @@ class Admitter:
                         "dryRun": review.dry_run, "mode": mode},
             "agent": {"ref": plain_text(ref.ref), "field": plain_text(ref.field), "pinned": parsed.pinned,
                       "name": parsed.name,
-                      "digest": parsed.digest, "stage": ref.stage},
+                      "digest": parsed.digest, "stage": stage, "requested_stage": ref.requested_stage,
+                      "requested_stage_field": ref.requested_stage_field},
             "verdict": None if verdict is None else {
                 "allowed": verdict.allowed, "score": verdict.score,
                 "checks": [{**c.to_json(), "reason": plain_text(c.reason)} for c in verdict.checks]},

@@ -1,12 +1,17 @@
 """Where agents hide in Kubernetes objects, and what a reference names.
 
 An object carries agent references when it is
-- a `WasmAgent` (agentfactory.dev/v1alpha1): `spec.agent`, stage `spec.stage`;
-- a Pod, or the pod template of a Deployment, ReplicaSet, StatefulSet, DaemonSet, Job or CronJob, that
-  either runs on a wasm RuntimeClass (`spec.runtimeClassName` in the configured `runtimeClasses`:
-  then every container and init container image is an agent) or carries the annotation
-  `agentfactory.dev/agent` (one reference, or several separated by commas). The stage is the
-  annotation `agentfactory.dev/stage` of the pod template (or of the workload), else the default.
+- a `WasmAgent` (agentfactory.dev/v1alpha1): `spec.agent`;
+- a Pod, a PodTemplate, or the pod template of a ReplicationController, Deployment, ReplicaSet,
+  StatefulSet, DaemonSet, Job or CronJob (POD_TEMPLATES: every Kubernetes kind that carries a pod
+  spec), that either runs on a wasm RuntimeClass (`spec.runtimeClassName` in the configured
+  `runtimeClasses`: then every container, init container and ephemeral container image is an agent,
+  and none may override its entrypoint with `command`)
+  or carries the annotation `agentfactory.dev/agent` (one reference, or several separated by commas).
+
+An object may *ask* for a stage (`spec.stage` of a WasmAgent, the annotation `agentfactory.dev/stage`
+of the pod template or the workload): that request is reported, never used to verify. The stage an
+agent is judged at is its namespace's (admission/stages.py).
 
 Anything else is not an agent workload and passes untouched.
 """
@@ -28,6 +33,8 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 # kind → path to the pod template spec's parent (the object holding `metadata` and `spec`)
 POD_TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
     ("", "Pod"): (),
+    ("", "PodTemplate"): ("template",),
+    ("", "ReplicationController"): ("spec", "template"),
     ("apps", "Deployment"): ("spec", "template"),
     ("apps", "ReplicaSet"): ("spec", "template"),
     ("apps", "StatefulSet"): ("spec", "template"),
@@ -37,11 +44,21 @@ POD_TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 
+# A wasm shim runs the file its entrypoint names: a `command` could name another module (one mounted from a
+# volume) than the verified image's, so on a wasm runtime class it is refused.
+WASM_COMMAND = ("a wasm container runs the module of its image, verified by digest; a command could run another "
+                "file (from a volume) instead: remove it (arguments go in args)")
+
+# every pod spec list that names images: kubectl debug adds to the last one through pods/ephemeralcontainers
+CONTAINER_SECTIONS = ("initContainers", "containers", "ephemeralContainers")
+
+
 @dataclass(frozen=True)
 class Reference:
     ref: str  # as written
     field: str  # where, e.g. spec.template.spec.containers[0].image
-    stage: str
+    requested_stage: str | None = None  # what the object asks for (never what it is judged at)
+    requested_stage_field: str | None = None  # where it asks, e.g. spec.stage
 
 
 @dataclass(frozen=True)
@@ -85,16 +102,16 @@ def _annotations(obj: Any) -> dict[str, Any]:
 
 
 def find_references(group: str, kind: str, obj: dict[str, Any], *, runtime_classes: tuple[str, ...],
-                    default_stage: str, max_references: int) -> list[Reference] | None:
+                    max_references: int) -> list[Reference] | None:
     """The agent references in `obj`, or None when it is not an agent workload at all."""
     if group == CRD_GROUP and kind == "WasmAgent":
         spec = obj.get("spec")
         if not isinstance(spec, dict) or not isinstance(spec.get("agent"), str):
             raise InputError("spec.agent", "a WasmAgent needs spec.agent: the agent reference, pinned by digest")
-        stage = spec.get("stage", default_stage)
-        if not isinstance(stage, str):
-            raise InputError("spec.stage", "must be a string")
-        return [Reference(spec["agent"], "spec.agent", stage)]
+        stage = spec.get("stage")
+        if stage is not None and not isinstance(stage, str):
+            raise InputError("spec.stage", f"must be a string naming a stage, not {type(stage).__name__}")
+        return [Reference(spec["agent"], "spec.agent", stage, "spec.stage" if stage is not None else None)]
     path = POD_TEMPLATES.get((group, kind))
     if path is None:
         return None
@@ -105,19 +122,17 @@ def find_references(group: str, kind: str, obj: dict[str, Any], *, runtime_class
     pod_spec = template.get("spec")
     if not isinstance(pod_spec, dict):
         return None
+    stage, stage_field = _requested_stage(obj, template, prefix)
     annotations = {**_annotations(obj), **_annotations(template)}
-    stage = annotations.get(STAGE_ANNOTATION, default_stage)
-    if not isinstance(stage, str):
-        raise InputError(f"metadata.annotations[{STAGE_ANNOTATION!r}]", "must be a string")
     refs: list[Reference] = []
     annotated = annotations.get(AGENT_ANNOTATION)
     if annotated is not None:
         if not isinstance(annotated, str):
             raise InputError(f"metadata.annotations[{AGENT_ANNOTATION!r}]", "must be a string")
         field = f"{prefix}metadata.annotations[{AGENT_ANNOTATION!r}]"
-        refs.extend(Reference(r.strip(), field, stage) for r in annotated.split(",") if r.strip())
+        refs.extend(Reference(r.strip(), field, stage, stage_field) for r in annotated.split(",") if r.strip())
     if pod_spec.get("runtimeClassName") in runtime_classes:
-        for section in ("initContainers", "containers"):
+        for section in CONTAINER_SECTIONS:
             containers = pod_spec.get(section) or []
             if not isinstance(containers, list):
                 raise InputError(f"{prefix}spec.{section}", "must be a list")
@@ -127,10 +142,25 @@ def find_references(group: str, kind: str, obj: dict[str, Any], *, runtime_class
                 image = c.get("image") if isinstance(c, dict) else None
                 if not isinstance(image, str) or not image:
                     raise InputError(f"{prefix}spec.{section}[{i}].image", "missing: a wasm container names its agent")
-                refs.append(Reference(image, f"{prefix}spec.{section}[{i}].image", stage))
+                if c.get("command"):
+                    raise InputError(f"{prefix}spec.{section}[{i}].command", WASM_COMMAND)
+                refs.append(Reference(image, f"{prefix}spec.{section}[{i}].image", stage, stage_field))
     if not refs:
         return None
     if len(refs) > max_references:
         raise InputError(f"{prefix}spec", f"more than {max_references} agent references in one object "
                                           "(config maxReferences); split the workload")
     return refs
+
+
+def _requested_stage(obj: dict[str, Any], template: dict[str, Any], prefix: str) -> tuple[str | None, str | None]:
+    """The stage annotation of the pod template, else of the workload, and where it was found."""
+    for holder, where in ((template, prefix), (obj, "")):
+        annotations = _annotations(holder)
+        if STAGE_ANNOTATION in annotations:
+            field = f"{where}metadata.annotations[{STAGE_ANNOTATION!r}]"
+            stage = annotations[STAGE_ANNOTATION]
+            if not isinstance(stage, str):
+                raise InputError(field, f"must be a string naming a stage, not {type(stage).__name__}")
+            return stage, field
+    return None, None

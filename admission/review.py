@@ -32,6 +32,7 @@ class Review:
     dry_run: bool
     object: dict[str, Any] | None
     old_object: dict[str, Any] | None
+    sub_resource: str = ""  # request.subResource: "" for the resource itself, "ephemeralcontainers", …
 
 
 def parse_review(body: bytes) -> Review:
@@ -59,6 +60,11 @@ def parse_review(body: bytes) -> Review:
     operation = request.get("operation")
     if operation not in ("CREATE", "UPDATE", "DELETE", "CONNECT"):
         raise InputError("request.operation", f"{operation!r} is not CREATE, UPDATE, DELETE or CONNECT")
+    sub_resource = request.get("subResource")
+    if sub_resource is None:
+        sub_resource = ""
+    if not isinstance(sub_resource, str) or len(sub_resource) > 64:
+        raise InputError("request.subResource", "not a string of at most 64 characters")
     obj, old = request.get("object"), request.get("oldObject")
     for name, value in (("request.object", obj), ("request.oldObject", old)):
         if value is not None and not isinstance(value, dict):
@@ -66,7 +72,7 @@ def parse_review(body: bytes) -> Review:
     return Review(uid=uid, operation=operation, namespace=str(request.get("namespace") or ""),
                   group=str(kind.get("group") or ""), version=str(kind.get("version") or ""),
                   kind=kind["kind"], name=str(request.get("name") or ""),
-                  dry_run=request.get("dryRun") is True, object=obj, old_object=old)
+                  dry_run=request.get("dryRun") is True, object=obj, old_object=old, sub_resource=sub_resource)
 
 
 def uid_of(body: bytes) -> str:

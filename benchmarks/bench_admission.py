@@ -231,6 +231,8 @@ spec:
   limits:
     memoryMiB: 1
     timeoutMs: 1000
+  tests:
+    none: "a benchmark agent: the benchmark runs it"
 """)
 
 

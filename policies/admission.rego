@@ -5,9 +5,14 @@
 # verifier has judged the artifact (the verdict includes the artifact policy for the agent's stage).
 #
 # Input (docs/policy-inputs.md): {"request": {"operation", "namespace", "kind", "dryRun",
-# "mode"}, "agent": {"ref", "field", "pinned", "name", "digest", "stage"}, "verdict": null |
-# {"allowed", "score", "checks": [{"name", "ok", "reason"}]}}.
-# Tunables: data.agentfactory.config.admission (policies/data.json): stages, namespace_stages.
+# "mode"}, "agent": {"ref", "field", "pinned", "name", "digest", "stage", "requested_stage",
+# "requested_stage_field"}, "verdict": null | {"allowed", "score", "checks": [{"name", "ok", "reason"}]}}.
+# agent.stage is the stage the webhook verified the agent at: its namespace's (from namespace_stages
+# below, read by the webhook from this same data; else the webhook's defaultStage), never one the
+# object claims. agent.requested_stage is what the object asks for (spec.stage, the
+# agentfactory.dev/stage annotation) or null: it may be the namespace's stage or a lower one (AD4).
+# Tunables: data.agentfactory.config.admission (policies/data.json): stages (in promotion order),
+# namespace_stages.
 #
 # Decision: `deny` (refuse), `warn` (admitted, with a warning shown to the client) and `allow`.
 # `warn` is always defined (a partial set: empty when no rule matches). request.mode ("enforce" or
@@ -182,23 +187,44 @@ deny contains msg if {
 }
 
 # --- AD3: known stage ----------------------------------------------------------------------------
+#
+# The stage the agent was verified at, and the one the object asks for (if any), are stages of the
+# config, so that the order below means something.
 
 known_stages := arr(object.get(cfg, "stages", null))
 
 agent_stage := object.get(agent, "stage", null)
 
+requested_stage := object.get(agent, "requested_stage", null)
+
+requested_field := f if {
+	f := agent.requested_stage_field
+	non_empty_string(f)
+} else := "agent.requested_stage"
+
 deny contains msg if {
 	judged
 	is_object(object.get(input, "agent", null))
 	not agent_stage in known_stages
-	msg := sprintf(`agent.stage "%s" is not a known stage (config admission.stages: %s); set spec.stage of the WasmAgent, or the agentfactory.dev/stage annotation, to one of them`, [txt(agent_stage), txt(concat(", ", [txt(s) | some s in known_stages]))])
+	msg := sprintf(`agent.stage "%s" is not a known stage (config admission.stages: %s); the webhook judges an agent at its namespace's stage (config admission.namespace_stages, else its defaultStage): make both name known stages`, [txt(agent_stage), txt(concat(", ", [txt(s) | some s in known_stages]))])
 }
 
-# --- AD4: namespace stage rules ------------------------------------------------------------------
+deny contains msg if {
+	judged
+	requested_stage != null
+	not requested_stage in known_stages
+	msg := sprintf(`%s: "%s" is not a known stage (config admission.stages: %s); ask for the namespace's stage or a lower one, or name none`, [txt(requested_field), txt(requested_stage), txt(concat(", ", [txt(s) | some s in known_stages]))])
+}
+
+# --- AD4: the namespace's stage ------------------------------------------------------------------
 #
-# config admission.namespace_stages maps a namespace name, or a glob with a single trailing `*`
-# ("prod-*"), to the stage required there. An exact name wins over a glob; among the globs that
-# match, the longest prefix wins. A namespace matching no entry accepts any known stage.
+# A stage is the namespace's, never the object's. config admission.namespace_stages maps a namespace
+# name, or a glob with a single trailing `*` ("prod-*"), to its stage. An exact name wins over a glob;
+# among the globs that match, the longest prefix wins; a namespace matching no entry is at the
+# webhook's defaultStage. The webhook reads this same map to choose the stage it verifies at, so
+# agent.stage must be the namespace's (a mismatch means the two disagree: refused). The object may
+# ask for the namespace's stage or a lower one (a prod namespace may run an agent whose manifest
+# says dev: it is judged as prod); asking for a higher one is refused, naming both.
 
 namespace_stages := obj(object.get(cfg, "namespace_stages", null))
 
@@ -226,12 +252,24 @@ required_stage := s if {
 	s := namespace_stages[concat("", [p, "*"])]
 }
 
+# stage_rank(s): the position of stage s in config admission.stages (the promotion order).
+stage_rank(s) := i if {
+	some i, known in known_stages
+	known == s
+}
+
 deny contains msg if {
 	judged
 	required := required_stage
 	is_string(agent_stage)
 	agent_stage != required
-	msg := sprintf(`request.namespace "%s" runs stage "%s" agents only (config admission.namespace_stages); agent.stage is "%s": promote the agent to %s and set its stage`, [txt(namespace), txt(required), txt(agent_stage), txt(required)])
+	msg := sprintf(`request.namespace "%s" is at stage "%s" (config admission.namespace_stages), but the agent was judged at agent.stage "%s"; the webhook must verify an agent at its namespace's stage`, [txt(namespace), txt(required), txt(agent_stage)])
+}
+
+deny contains msg if {
+	judged
+	stage_rank(requested_stage) > stage_rank(agent_stage)
+	msg := sprintf(`%s: asks for stage "%s", higher than stage "%s" of request.namespace "%s"; an object may ask only for its namespace's stage or a lower one: deploy it to a namespace of stage %s (config admission.namespace_stages), once it is promoted there`, [txt(requested_field), txt(requested_stage), txt(agent_stage), txt(namespace), txt(requested_stage)])
 }
 
 # A key with a `*` elsewhere than at its end would silently match nothing: refuse (fail closed).

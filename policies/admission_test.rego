@@ -178,12 +178,17 @@ test_ad2_no_verdict_denied if {
 
 # --- AD3 known stage --------------------------------------------------------------------------
 
+# admission_txt(x): a string argument of sprintf as plain text (rego-cpp keeps its JSON quotes otherwise; see txt() in template.rego)
+admission_txt(x) := substring(x, 0, -1)
+
+ad3_unknown(stage) := sprintf(`agent.stage "%s" is not a known stage (config admission.stages: dev, canary, prod); the webhook judges an agent at its namespace's stage (config admission.namespace_stages, else its defaultStage): make both name known stages`, [admission_txt(stage)])
+
 test_ad3_unknown_stage_denied if {
-	admission_deny(good_request, ag({"stage": "staging"}), good_verdict) == {`agent.stage "staging" is not a known stage (config admission.stages: dev, canary, prod); set spec.stage of the WasmAgent, or the agentfactory.dev/stage annotation, to one of them`}
+	admission_deny(good_request, ag({"stage": "staging"}), good_verdict) == {ad3_unknown("staging")}
 }
 
 test_ad3_missing_stage_denied if {
-	admission_deny(good_request, object.remove(good_agent, ["stage"]), good_verdict) == {`agent.stage "null" is not a known stage (config admission.stages: dev, canary, prod); set spec.stage of the WasmAgent, or the agentfactory.dev/stage annotation, to one of them`}
+	admission_deny(good_request, object.remove(good_agent, ["stage"]), good_verdict) == {ad3_unknown("null")}
 }
 
 test_ad3_follows_config if {
@@ -191,20 +196,34 @@ test_ad3_follows_config if {
 	count(admission_deny(good_request, good_agent, good_verdict)) == 1 with data.agentfactory.config.admission.stages as ["dev"]
 }
 
-# --- AD4 namespace stage rules ----------------------------------------------------------------
+test_ad3_unknown_requested_stage_denied if {
+	d := admission_deny(good_request, ag({"requested_stage": "qa", "requested_stage_field": "spec.stage"}), good_verdict)
+	d == {`spec.stage: "qa" is not a known stage (config admission.stages: dev, canary, prod); ask for the namespace's stage or a lower one, or name none`}
+	some msg in admission_deny(good_request, ag({"requested_stage": 7}), good_verdict)
+	startswith(msg, `agent.requested_stage: "7" is not a known stage`)
+	some m in admission_deny(good_request, ag({"requested_stage": ["prod"]}), good_verdict)
+	startswith(m, `agent.requested_stage: "[`)
+}
 
-test_ad4_prod_namespace_needs_prod_stage if {
-	admission_deny(req({"namespace": "prod"}), ag({"stage": "canary"}), good_verdict) == {`request.namespace "prod" runs stage "prod" agents only (config admission.namespace_stages); agent.stage is "canary": promote the agent to prod and set its stage`}
+# --- AD4 the namespace's stage ----------------------------------------------------------------
+
+ad4_mismatch(ns, required, stage) := sprintf(`request.namespace "%s" is at stage "%s" (config admission.namespace_stages), but the agent was judged at agent.stage "%s"; the webhook must verify an agent at its namespace's stage`, [admission_txt(ns), admission_txt(required), admission_txt(stage)])
+
+ad4_higher(field, asked, stage, ns) := sprintf(`%s: asks for stage "%s", higher than stage "%s" of request.namespace "%s"; an object may ask only for its namespace's stage or a lower one: deploy it to a namespace of stage %s (config admission.namespace_stages), once it is promoted there`, [admission_txt(field), admission_txt(asked), admission_txt(stage), admission_txt(ns), admission_txt(asked)])
+
+test_ad4_prod_namespace_judged_at_prod if {
+	admission_deny(req({"namespace": "prod"}), ag({"stage": "canary"}), good_verdict) == {ad4_mismatch("prod", "prod", "canary")}
 	admission_deny(req({"namespace": "prod"}), good_agent, good_verdict) == set()
 }
 
 test_ad4_glob_matches_by_prefix if {
-	admission_deny(req({"namespace": "prod-eu"}), ag({"stage": "dev"}), good_verdict) == {`request.namespace "prod-eu" runs stage "prod" agents only (config admission.namespace_stages); agent.stage is "dev": promote the agent to prod and set its stage`}
-	admission_deny(req({"namespace": "canary-1"}), ag({"stage": "dev"}), good_verdict) == {`request.namespace "canary-1" runs stage "canary" agents only (config admission.namespace_stages); agent.stage is "dev": promote the agent to canary and set its stage`}
+	admission_deny(req({"namespace": "prod-eu"}), ag({"stage": "dev"}), good_verdict) == {ad4_mismatch("prod-eu", "prod", "dev")}
+	admission_deny(req({"namespace": "canary-1"}), ag({"stage": "dev"}), good_verdict) == {ad4_mismatch("canary-1", "canary", "dev")}
 	admission_deny(req({"namespace": "canary-1"}), ag({"stage": "canary"}), good_verdict) == set()
 }
 
 test_ad4_unmatched_namespace_any_known_stage if {
+	# the webhook passes its defaultStage for these; the policy has no default of its own to compare with
 	every ns in ["team-a", "production", "prod2", "canary", ""] {
 		admission_deny(req({"namespace": ns}), ag({"stage": "dev"}), good_verdict) == set()
 	}
@@ -214,13 +233,13 @@ test_ad4_unmatched_namespace_any_known_stage if {
 test_ad4_exact_name_wins_over_glob if {
 	rules := {"prod-eu": "canary", "prod-*": "prod", "prod-eu-*": "dev", "*": "canary"}
 	d := admission_deny(req({"namespace": "prod-eu"}), ag({"stage": "prod"}), good_verdict) with data.agentfactory.config.admission.namespace_stages as rules
-	d == {`request.namespace "prod-eu" runs stage "canary" agents only (config admission.namespace_stages); agent.stage is "prod": promote the agent to canary and set its stage`}
+	d == {ad4_mismatch("prod-eu", "canary", "prod")}
 }
 
 test_ad4_longest_glob_wins if {
 	rules := {"prod-*": "prod", "prod-eu-*": "dev", "*": "canary", "prod-e*": "canary"}
 	d := admission_deny(req({"namespace": "prod-eu-2"}), ag({"stage": "prod"}), good_verdict) with data.agentfactory.config.admission.namespace_stages as rules
-	d == {`request.namespace "prod-eu-2" runs stage "dev" agents only (config admission.namespace_stages); agent.stage is "prod": promote the agent to dev and set its stage`}
+	d == {ad4_mismatch("prod-eu-2", "dev", "prod")}
 	admission_deny(req({"namespace": "prod-us"}), ag({"stage": "prod"}), good_verdict) == set() with data.agentfactory.config.admission.namespace_stages as rules
 	admission_deny(req({"namespace": "prod-es"}), ag({"stage": "canary"}), good_verdict) == set() with data.agentfactory.config.admission.namespace_stages as rules
 	admission_deny(req({"namespace": "team-a"}), ag({"stage": "canary"}), good_verdict) == set() with data.agentfactory.config.admission.namespace_stages as rules
@@ -231,6 +250,29 @@ test_ad4_follows_config if {
 	count(admission_deny(good_request, good_agent, good_verdict)) == 1 with data.agentfactory.config.admission.namespace_stages as rules
 	admission_deny(req({"namespace": "prod"}), ag({"stage": "dev"}), good_verdict) == set() with data.agentfactory.config.admission.namespace_stages as rules
 	admission_deny(req({"namespace": "prod"}), ag({"stage": "dev"}), good_verdict) == set() with data.agentfactory.config.admission.namespace_stages as {}
+}
+
+test_ad4_object_may_ask_for_its_namespace_stage_or_a_lower_one if {
+	every asked in ["dev", "canary", "prod"] {
+		admission_deny(req({"namespace": "prod"}), ag({"requested_stage": asked, "requested_stage_field": "spec.stage"}), good_verdict) == set()
+	}
+	admission_deny(req({"namespace": "canary-1"}), ag({"stage": "canary", "requested_stage": "dev"}), good_verdict) == set()
+	admission_deny(good_request, ag({"stage": "dev", "requested_stage": null}), good_verdict) == set()
+}
+
+test_ad4_object_asking_for_a_higher_stage_denied_naming_both if {
+	field := `metadata.annotations['agentfactory.dev/stage']`
+	d := admission_deny(good_request, ag({"stage": "dev", "requested_stage": "prod", "requested_stage_field": field}), good_verdict)
+	d == {ad4_higher(field, "prod", "dev", "team-a")}
+	d2 := admission_deny(req({"namespace": "canary-1"}), ag({"stage": "canary", "requested_stage": "prod", "requested_stage_field": "spec.stage"}), good_verdict)
+	d2 == {ad4_higher("spec.stage", "prod", "canary", "canary-1")}
+	count(admission_deny(good_request, ag({"stage": "dev", "requested_stage": "canary"}), good_verdict)) == 1
+}
+
+test_ad4_stage_order_follows_config if {
+	a := ag({"stage": "dev", "requested_stage": "prod"})
+	admission_deny(good_request, a, good_verdict) == set() with data.agentfactory.config.admission.stages as ["prod", "canary", "dev"]
+	count(admission_deny(good_request, a, good_verdict)) == 1 with data.agentfactory.config.admission.stages as ["dev", "canary", "prod"]
 }
 
 test_ad4_bad_glob_in_config_denied if {

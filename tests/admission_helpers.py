@@ -49,14 +49,18 @@ def webhook(admitter: Admitter, tmp: Path) -> Iterator[tuple[str, httpx.Client]]
 
 def review(obj: dict[str, Any] | None, *, group: str = "", version: str = "v1", kind: str = "Pod",
            namespace: str = "team-a", operation: str = "CREATE", dry_run: bool = False,
-           old: dict[str, Any] | None = None) -> dict[str, Any]:
-    """An AdmissionReview request as the API server sends it."""
-    resource = {"Pod": "pods", "WasmAgent": "wasmagents"}.get(kind, kind.lower() + "s")
-    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+           old: dict[str, Any] | None = None, sub_resource: str | None = None,
+           resource: str | None = None) -> dict[str, Any]:
+    """An AdmissionReview request as the API server sends it (`sub_resource`: request.subResource)."""
+    resource = resource or {"Pod": "pods", "WasmAgent": "wasmagents"}.get(kind, kind.lower() + "s")
+    request: dict[str, Any] = {
         "uid": str(uuid.uuid4()), "kind": {"group": group, "version": version, "kind": kind},
         "resource": {"group": group, "version": version, "resource": resource},
         "name": (obj or {}).get("metadata", {}).get("name", "x"), "namespace": namespace, "operation": operation,
-        "userInfo": {"username": "alice"}, "object": obj, "oldObject": old, "dryRun": dry_run}}
+        "userInfo": {"username": "alice"}, "object": obj, "oldObject": old, "dryRun": dry_run}
+    if sub_resource is not None:
+        request["subResource"] = request["requestSubResource"] = sub_resource
+    return {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request}
 
 
 def wasm_agent(ref: str, name: str = "agent", stage: str | None = None) -> dict[str, Any]:
@@ -76,6 +80,8 @@ def wasm_pod(*images: str, runtime_class: str = "wasmtime",
 def in_template(pod: dict[str, Any], kind: str) -> dict[str, Any]:
     """`pod` as the pod template of a workload of `kind`."""
     template = {"metadata": copy.deepcopy(pod["metadata"]), "spec": copy.deepcopy(pod["spec"])}
+    if kind == "PodTemplate":
+        return {"kind": kind, "metadata": {"name": "w"}, "template": template}
     if kind == "CronJob":
         return {"kind": kind, "metadata": {"name": "w"},
                 "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template}}}}

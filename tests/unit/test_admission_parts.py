@@ -20,7 +20,7 @@ from admission.verdicts import VerdictCache
 from agentfactory.errors import InputError, ValidationFailed
 
 D = "sha256:" + "ab" * 32
-FIND = {"runtime_classes": ("wasmtime",), "default_stage": "dev", "max_references": 8}
+FIND = {"runtime_classes": ("wasmtime",), "max_references": 8}
 
 
 def test_reference_forms() -> None:
@@ -39,13 +39,17 @@ def test_reference_forms() -> None:
 def test_where_agents_are_found() -> None:
     pod = wasm_pod(f"a@{D}", f"b@{D}")
     pod["spec"]["initContainers"] = [{"name": "i", "image": f"c@{D}"}]
+    pod["spec"]["ephemeralContainers"] = [{"name": "debugger", "image": f"d@{D}"}]
     refs = find_references("", "Pod", pod, **FIND)
     assert [r.field for r in refs] == ["spec.initContainers[0].image", "spec.containers[0].image",
-                                       "spec.containers[1].image"]
+                                       "spec.containers[1].image", "spec.ephemeralContainers[0].image"]
+    assert all(r.requested_stage is None for r in refs)
     annotations = {"agentfactory.dev/agent": f"a@{D},b@{D}", "agentfactory.dev/stage": "prod"}
     job = in_template(wasm_pod("nginx", runtime_class="runc", annotations=annotations), "CronJob")
     refs = find_references("batch", "CronJob", job, **FIND)
-    assert [(r.ref, r.stage) for r in refs] == [(f"a@{D}", "prod"), (f"b@{D}", "prod")]
+    assert [(r.ref, r.requested_stage) for r in refs] == [(f"a@{D}", "prod"), (f"b@{D}", "prod")]
+    assert refs[0].requested_stage_field == (
+        "spec.jobTemplate.spec.template.metadata.annotations['agentfactory.dev/stage']")
     assert refs[0].field == "spec.jobTemplate.spec.template.metadata.annotations['agentfactory.dev/agent']"
     assert find_references("", "Pod", wasm_pod("nginx", runtime_class="runc"), **FIND) is None
     assert find_references("", "ConfigMap", {"data": {}}, **FIND) is None
@@ -168,3 +172,51 @@ def test_a_renewed_certificate_is_served_without_a_restart(tmp_path: Path) -> No
     while not handshake(tmp_path / "new" / "ca.crt"):
         assert time.monotonic() < deadline, "the renewed certificate was never loaded"
         time.sleep(0.05)
+
+
+def test_review_reads_the_subresource() -> None:
+    body = review(wasm_pod(f"a@{D}"), operation="UPDATE", sub_resource="ephemeralcontainers")
+    assert parse_review(json.dumps(body).encode()).sub_resource == "ephemeralcontainers"
+    body["request"]["subResource"] = None
+    assert parse_review(json.dumps(body).encode()).sub_resource == ""
+    for bad in (3, {"x": 1}, "s" * 65):
+        body["request"]["subResource"] = bad
+        with pytest.raises(InputError, match="request.subResource"):
+            parse_review(json.dumps(body).encode())
+
+
+class _Engine:
+    def __init__(self, admission: object) -> None:
+        self.data = {"agentfactory": {"config": {"admission": admission}}}
+
+
+def test_stage_map_reads_the_policy_data_as_admission_rego_does() -> None:
+    from admission.stages import stage_map
+
+    rules = {"prod-eu": "canary", "prod-*": "prod", "prod-eu-*": "dev", "*": "canary"}
+    m = stage_map(_Engine({"stages": ["dev", "canary", "prod"], "namespace_stages": rules}), "dev")
+    assert m.problem is None
+    assert [m.of(ns) for ns in ("prod-eu", "prod-us", "prod-eu-2", "team-a", "")] == [
+        "canary", "prod", "dev", "canary", "canary"]
+    assert m.of("prod-eu") == "canary"  # remembered, same answer
+    assert (m.rank("dev"), m.rank("prod"), m.rank("qa")) == (0, 2, None)
+    plain = stage_map(_Engine({"stages": ["dev", "prod"]}), "prod")
+    assert plain.problem is None and plain.of("anything") == "prod"  # no namespace_stages: the default
+
+
+@pytest.mark.parametrize("admission, default, needle", [
+    (None, "dev", "has no data.agentfactory.config.admission"),
+    ({"stages": "dev"}, "dev", "must be a list of distinct stage names"),
+    ({"stages": []}, "dev", "must be a list of distinct stage names"),
+    ({"stages": ["dev", 3]}, "dev", "must be a list of distinct stage names"),
+    ({"stages": ["dev"]}, "qa", "defaultStage 'qa'"),
+    ({"stages": ["dev"], "namespace_stages": ["prod"]}, "dev", "must be an object"),
+    ({"stages": ["dev"], "namespace_stages": {"prod": "prod"}}, "dev", "namespace_stages['prod'] is 'prod'"),
+    ({"stages": ["dev"], "namespace_stages": {"prod-*-eu": "dev"}}, "dev", "has a * elsewhere than at its end"),
+])
+def test_a_stage_map_that_cannot_be_trusted_says_why(admission: object, default: str, needle: str) -> None:
+    from admission.stages import stage_map
+
+    m = stage_map(_Engine(admission), default)
+    assert m.problem and needle in m.problem
+    assert stage_map(object(), "dev").problem  # an engine without data

@@ -57,7 +57,8 @@ CONFIG = {
 }
 RULES = [
     {"apiGroups": ["agentfactory.dev"], "apiVersions": ["v1alpha1"], "resources": ["wasmagents"]},
-    {"apiGroups": [""], "apiVersions": ["v1"], "resources": ["pods"]},
+    {"apiGroups": [""], "apiVersions": ["v1"],
+     "resources": ["pods", "pods/ephemeralcontainers", "replicationcontrollers", "podtemplates"]},
     {"apiGroups": ["apps"], "apiVersions": ["v1"],
      "resources": ["deployments", "replicasets", "statefulsets", "daemonsets"]},
     {"apiGroups": ["batch"], "apiVersions": ["v1"], "resources": ["jobs", "cronjobs"]},
