@@ -102,8 +102,10 @@ def vulnerability_result(finding: dict[str, Any], file: str, line: int | None = 
     """A result for an open vulnerability finding, placed on `file` (the SBOM or the template's agent.yaml)."""
     fixed = finding.get("fixedVersions") or []
     fix = f"; fix: upgrade to {' or '.join(fixed)}" if fixed else "; no fix published"
-    message = (f"{finding.get('id')} ({str(finding.get('severity', 'unknown')).upper()}) in "
-               f"{finding.get('package')} {finding.get('version')}{fix}")
+    package = str(finding.get("package"))
+    # a purl already names its version (pkg:npm/lodash@4.17.20): say it once
+    what = package if package.startswith("pkg:") and "@" in package else f"{package} {finding.get('version')}"
+    message = f"{finding.get('id')} ({str(finding.get('severity', 'unknown')).upper()}) in {what}{fix}"
     return Result(str(finding.get("id", "vulnerability")), level_of_severity(str(finding.get("severity", ""))),
                   message, file, line, properties={"package": finding.get("package"),
                                                    "version": finding.get("version")})

@@ -5,12 +5,16 @@ its test cases, the toolchain identity, SOURCE_DATE_EPOCH and the builder versio
 entry also records every other file the compiler read (headers found through includes) with
 its hash, and is only a hit while all of them are unchanged and the store still holds the
 artifact. Entries are written atomically; a corrupt entry is a miss, never an error.
+
+An entry also remembers which key signed the artifact in each store (`signed_by`), so that a run re-signs
+an unchanged artifact whose key was revoked or rotated away (pipelines/run.py), without reading the store's
+signatures on every hit.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,7 @@ class CacheEntry:
     inputs: dict[str, str]
     build: dict[str, Any]
     tests: dict[str, int]
+    signed_by: dict[str, str] = field(default_factory=dict)  # store URL -> key id of the artifact's signature
 
 
 def cache_key(template: Template, toolchain: dict[str, Any], epoch: int, tests_sha: str | None) -> str:
@@ -62,7 +67,7 @@ class BuildCache:
             doc = json.loads(path.read_bytes())
             entry = CacheEntry(digest=doc["digest"], manifest_digest=doc["manifest_digest"],
                                size=int(doc["size"]), inputs=dict(doc["inputs"]), build=dict(doc["build"]),
-                               tests=dict(doc.get("tests", {})))
+                               tests=dict(doc.get("tests", {})), signed_by=_signed_by(doc.get("signed_by")))
         except (OSError, ValueError, KeyError, TypeError):
             return None
         if not (DIGEST_RE.match(entry.digest) and DIGEST_RE.match(entry.manifest_digest)):
@@ -79,5 +84,12 @@ class BuildCache:
     def put(self, key: str, entry: CacheEntry) -> None:
         atomic_write(self._path(key), json.dumps({
             "digest": entry.digest, "manifest_digest": entry.manifest_digest, "size": entry.size,
-            "inputs": entry.inputs, "build": entry.build, "tests": entry.tests,
+            "inputs": entry.inputs, "build": entry.build, "tests": entry.tests, "signed_by": entry.signed_by,
         }, indent=2, sort_keys=True).encode())
+
+
+def _signed_by(value: Any) -> dict[str, str]:
+    """The entry's store → key id map; anything else (an entry written before it existed) is empty."""
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -69,7 +70,7 @@ def summary_table(report: PipelineReport) -> Table:
     for t in report.templates:
         style = _STYLE[t.status]
         tests = f"{t.tests['passed']}/{t.tests['total']}" if t.tests else "-"
-        signed = "✓" if t.evidence.get("signed") else "-"
+        signed = "re-signed" if t.evidence.get("resigned") else "✓" if t.evidence.get("signed") else "-"
         table.add_row(t.name, t.version or "-", t.digest or "-", f"{t.size:,}" if t.size else "-", tests, signed,
                       f"[{style}]{t.status}[/{style}]")
     return table
@@ -93,6 +94,9 @@ def summary_table(report: PipelineReport) -> Table:
 @click.option("--sbom-root", "sbom_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also write each SBOM to ROOT/sbom/<agent>/<version>.cdx.json (releases: --sbom-root .).")
 @click.option("--no-sign", is_flag=True, help="Publish without SBOM, provenance or signatures (verify will refuse).")
+@click.option("--resign", is_flag=True,
+              help="Sign unchanged artifacts again: a new signature, attestations and log entries (unchanged "
+                   "artifacts are re-signed anyway when their key is revoked or no longer the active key).")
 @click.option("--tlog", "tlog_url", envvar="AGENTFACTORY_TLOG", default="embedded", show_default=True,
               metavar="embedded|none|URL",
               help="Transparency log every signature is recorded in: the embedded log ($AGENTFACTORY_HOME/tlog), "
@@ -118,7 +122,7 @@ def summary_table(report: PipelineReport) -> Table:
 @json_option
 @handle_errors
 def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tests: bool, provider: str | None,
-        sigstore_instance: str, builder_id: str, sbom_dir: Path | None, no_sign: bool, tlog_url: str,
+        sigstore_instance: str, builder_id: str, sbom_dir: Path | None, no_sign: bool, resign: bool, tlog_url: str,
         tlog_key: Path | None, scanners: tuple[str, ...], osv_db: Path | None, vex: tuple[Path, ...],
         allow_unsigned_vex: bool, vex_trust_policy: Path | None, fail_on: str | None, ignore_unfixed: bool | None,
         policies_dir: Path | None, store_url: str | None, as_json: bool) -> None:
@@ -126,6 +130,8 @@ def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tes
 
     Exit code 0 when every template built or was unchanged, 1 when any failed.
     """
+    if resign and no_sign:
+        raise click.UsageError("--resign and --no-sign contradict each other: give one")
     store = open_store(store_url)
     signing = None
     overrides: dict[str, object] = {}
@@ -144,10 +150,11 @@ def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tes
         scanning = Scanning(scanners, osv_db, vex, not allow_unsigned_vex, gate.fail_on, gate.ignore_unfixed,
                             gate.exactly, load_trust_policy(vex_trust_policy) if vex_trust_policy else None)
         if provider == KEYLESS:
-            signing = _keyless_signing(sigstore_instance, builder_id, sbom_dir, tlog_url, scanning)
+            signing = replace(_keyless_signing(sigstore_instance, builder_id, sbom_dir, tlog_url, scanning),
+                              resign=resign)
         else:
             tlog, tlog_pem = open_tlog(tlog_url, tlog_key)
-            signing = Signing(open_provider(provider), builder_id, sbom_dir, tlog, tlog_pem, scanning)
+            signing = Signing(open_provider(provider), builder_id, sbom_dir, tlog, tlog_pem, scanning, resign=resign)
     board = _LiveBoard() if not as_json and err.is_terminal else None
     if board:
         with board.live:
@@ -188,6 +195,9 @@ def _keyless_signing(instance: str, builder_id: str, sbom_dir: Path | None, tlog
 def _print_report(report: PipelineReport) -> None:
     out.print(summary_table(report))
     for t in report.templates:
+        if t.evidence.get("resigned") and not t.errors:
+            out.print(f"{t.path}: unchanged, signed again ({t.evidence['resigned']}): key "
+                      f"{str(t.evidence.get('keyId', ''))[:16]}", markup=False)
         if t.scan_lines and (t.status == "failed" or (t.scan and (t.scan["findings"] or t.scan["unscanned"]))):
             out.print(f"{t.path}: vulnerability scan", markup=False)
             for line in t.scan_lines:

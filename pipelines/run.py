@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from agentfactory.provenance import predicate as provenance_predicate
 from agentfactory.runspec import from_template
 from agentfactory.sigstore_bundles import KeylessPolicy
 from agentfactory.store import ArtifactStore, StoredAgent
-from agentfactory.template import MANIFEST, Template, discover, load_template
+from agentfactory.template import MANIFEST, Template, discover, folder_name_problem, load_template
 from agentfactory.tlog import signing_record
 from agentfactory.tlog.base import LogError, TransparencyLog
 from agentfactory.trust import TrustPolicy, from_public_keys
@@ -160,6 +160,7 @@ class Signing:
     scanners: _Scanners = field(default_factory=lambda: _Scanners(), compare=False)
     keyless: KeylessSigner | None = None
     signing_record: Path | None = None  # None: $AGENTFACTORY_SIGNING_RECORD or the state folder's
+    resign: bool = False  # sign unchanged artifacts again (new signature, attestations and log entries)
 
 
 @dataclass
@@ -248,9 +249,9 @@ def _validate(job: _Job) -> None:
         job.result.errors.extend(_messages(exc))
         return
     job.result.name, job.result.version = job.template.name, job.template.version
-    if job.template.name != job.folder.name:
-        job.result.errors.append(f"{manifest}: metadata.name: {job.template.name!r} differs from the folder name "
-                                 f"{job.folder.name!r}; rename one so they match")
+    problem = folder_name_problem(job.template, manifest)  # the same check and message as `template validate`
+    if problem is not None:
+        job.result.errors.append(str(problem))
 
 
 def _template_policy(job: _Job, engine: PolicyEngine, git: GitView, changed_since: str | None,
@@ -304,13 +305,17 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
             refuse_republish(store, t.name, t.version, hit.digest, f"{job.display}/{MANIFEST}")
             stored = _publish(t, store, store.fetch_wasm(hit.digest)[1], origin)
         if signing is not None:
-            if evidence.has_signature(store, stored):
+            why = _resign_reason(hit, signing, store, stored)
+            if why is None:
                 r.evidence = {"signed": True, "reused": True}
-            else:  # published but never signed (a crash, an unsigned run): sign it now
+            else:  # never signed (a crash, an unsigned run), its key revoked or rotated away, or --resign
                 wasm = store.fetch_wasm(f"{t.name}@{hit.digest}")[1]
                 again = _make_evidence(job, t, hit.digest, hit.build, signing, notify, store.url)
                 if engine is None or _artifact_gate(job, t, hit.digest, wasm, again, signing, engine):
                     _attach(job, t, stored, store, again, signing)
+                    r.evidence["resigned"] = why
+                    if again.signature is not None:
+                        cache.put(key, replace(hit, signed_by={**hit.signed_by, store.url: again.signature.keyid}))
         return
 
     cases = casetests.load_cases(t, job.display) if run_tests else []  # parsed only when building
@@ -370,8 +375,44 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
         _attach(job, t, stored, store, made, signing)
     inputs = dict(built.inputs)
     inputs.setdefault(MANIFEST, t.manifest_sha256)
+    signed_by = {store.url: made.signature.keyid} if made is not None and made.signature is not None else {}
     cache.put(key, CacheEntry(digest=stored.digest, manifest_digest=stored.manifest_digest, size=stored.size,
-                              inputs=inputs, build=r.build, tests=r.tests))
+                              inputs=inputs, build=r.build, tests=r.tests, signed_by=signed_by))
+
+
+def _resign_reason(hit: CacheEntry, signing: Signing, store: ArtifactStore, stored: StoredAgent) -> str | None:
+    """Why an unchanged artifact must be signed again, or None: it has no signature in this store, the key
+    that signed it there is revoked or no longer the active key, or `--resign` asks. Keyless signatures have
+    no key status: only a missing signature or `--resign` re-signs them."""
+    if not evidence.has_signature(store, stored):
+        return f"no signature in {store.url}"
+    if signing.resign:
+        return "--resign"
+    if signing.keyless is not None:
+        return None
+    keys = {k.key_id: k for k in signing.provider.public_keys()}
+    active = next((k.key_id for k in keys.values() if k.status == "active"), None)
+    signed_by = {hit.signed_by[store.url]} if store.url in hit.signed_by else _signature_keys(store, stored)
+    if not signed_by or active in signed_by:  # no signature by a key: keyless bundles, judged by identity
+        return None
+    old = sorted(signed_by)[0]
+    status = keys[old].status if old in keys else None
+    if status == "revoked":
+        return f"key {old[:16]} is revoked"
+    if status is None:
+        return f"key {old[:16]} is not one of this provider's keys"
+    return f"key {old[:16]} is no longer the active key"
+
+
+def _signature_keys(store: ArtifactStore, stored: StoredAgent) -> set[str]:
+    """The key ids of the artifact signatures the store holds for `stored` (a cache entry that does not say)."""
+    found = set()
+    for where, doc in evidence.collect(store, stored).signatures:
+        try:
+            found.add(evidence.parse_artifact_signature(doc, where).keyid)
+        except AgentFactoryError:
+            continue
+    return found
 
 
 def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], signing: Signing,

@@ -128,7 +128,7 @@ def search(digest: str | None, key_id: str | None, key_file: Path | None, agent:
     if not any((digest, key_id, key_file, agent, first is not None, last is not None)):
         raise ConfigError("say what to search for: --digest, --key/--key-file, --agent or --from/--to")
     log, log_key = _open_log(tlog_url, tlog_key, policy_path)
-    store = open_store(store_url)
+    store = open_store(store_url, existing=True)
     try:
         evidence = gather_store(store, agent)
     except Exception as exc:  # the store is a help (envelopes for dsse checks) unless --agent needs it
@@ -228,7 +228,9 @@ def keys_cmd(key_provider: str | None, record_path: Path | None, index_only: boo
              tlog_url: str, tlog_key: Path | None, policy_path: Path | None, as_json: bool) -> None:
     """Every log entry by our keys must be a signature the pipeline recorded and the store holds, attached to
     the agent it is about; every store signature must be logged. UNACCOUNTED (a stolen key at work?),
-    UNLOGGED or MISATTACHED entries, or a search index that hides entries, exit 1."""
+    UNLOGGED or MISATTACHED entries, or a search index that hides entries, exit 1. A recorded signature
+    for another store (SIGNED FOR …) or one logged by a run that never published (INTERRUPTED) is listed,
+    not alarmed."""
     from ..keys import open_provider
     from ..store import open_store
     from ..tlog.audit import audit_keys
@@ -241,13 +243,16 @@ def keys_cmd(key_provider: str | None, record_path: Path | None, index_only: boo
         record = load_record(record_path)
     except InputError as exc:
         problem = str(exc)
-    report = audit_keys(log, log_key, open_provider(key_provider).public_keys(), open_store(store_url), record,
+    store = open_store(store_url, existing=True)
+    report = audit_keys(log, log_key, open_provider(key_provider).public_keys(), store, record,
                         record_problem=problem, scan=not index_only)
     if as_json:
         print_json({"log": log.url, **report.to_json()})
     else:
         _print_entries(report.entries)
         for line in report.unaccounted + report.unlogged + report.misattached + report.failed + report.problems:
+            out.print(line, markup=False)
+        for line in report.elsewhere + report.interrupted:  # the pipeline's own, recorded: said, not alarmed
             out.print(line, markup=False)
         for line in report.notes:
             out.print(f"note: {line}", markup=False)

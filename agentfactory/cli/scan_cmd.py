@@ -8,7 +8,6 @@ published agent is re-judged against a newer database (the verifier takes the ne
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import click
 
 from ..errors import InputError
 from ..fsutil import atomic_write
+from ..intoto import parse_statement
 from ..scan.base import OSV_DB_ENV, SCANNER_NAMES, osv_db_dir
 from ..scan.report import FAIL_ON, Gate, ScanReport
 from .common import EXIT_OK, EXIT_PROBLEMS, err, handle_errors, json_option, out, print_json, store_option
@@ -56,11 +56,15 @@ osv_db_option = click.option("--osv-db", type=click.Path(file_okay=False, path_t
 @provider_option
 @store_option
 @json_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif"]), default=None,
+              help="What to print: the report (text, default), the JSON report, or SARIF 2.1.0 (GitHub code "
+                   "scanning: one result per open finding, on the SBOM file).")
 @handle_errors
 def scan_cmd(target: str, vex: tuple[Path, ...], require_signed_vex: bool, fail_on: str, ignore_unfixed: bool,
              fail_on_unscanned: bool, scanners: tuple[str, ...], osv_db: Path | None, product: str | None,
              attest: bool, keyless: bool, sigstore_instance: str, tlog_url: str, tlog_key: Path | None,
-             policy_path: Path | None, provider: str | None, store_url: str | None, as_json: bool) -> None:
+             policy_path: Path | None, provider: str | None, store_url: str | None, as_json: bool,
+             fmt: str | None) -> None:
     """Scan TARGET for known vulnerabilities: a CycloneDX SBOM file, or a stored agent (name@sha256:…,
     name:version, name), whose signed SBOM is verified first.
 
@@ -74,6 +78,9 @@ def scan_cmd(target: str, vex: tuple[Path, ...], require_signed_vex: bool, fail_
     from ..scan.vexdocs import load_vex
     from ..trust import load_trust_policy
 
+    if as_json and fmt not in (None, "json"):
+        raise click.UsageError(f"--json and --format {fmt} ask for two outputs: give one")
+    fmt = "json" if as_json else fmt or "text"
     gate = Gate(fail_on, ignore_unfixed)
     if keyless and not attest:
         raise InputError("--keyless", "signs the scan attestation: give --attest too")
@@ -109,7 +116,16 @@ def scan_cmd(target: str, vex: tuple[Path, ...], require_signed_vex: bool, fail_
                     else _attest(store, agent, report, provider, tlog_url, tlog_key))
     blocking = gate.blocking(report.findings)
     uncovered = coverage_problems(bom, report.unscanned, fail_on_unscanned=fail_on_unscanned)
-    if as_json:
+    if fmt == "sarif":
+        from ..sarif import dumps
+
+        if sbom_path is not None:
+            where = sarif_location(sbom_path)
+        else:  # where `pipeline run --sbom-root .` writes the agent's SBOM in the repository
+            assert agent is not None
+            where = f"sbom/{agent.name}/{agent.version}.cdx.json"
+        sys.stdout.write(dumps(sarif_of(report, where)))
+    elif fmt == "json":
         doc = report.to_json(gate)
         doc["gate"]["coverage"] = uncovered
         doc["gate"]["passed"] = doc["gate"]["passed"] and not uncovered
@@ -130,6 +146,26 @@ def scan_cmd(target: str, vex: tuple[Path, ...], require_signed_vex: bool, fail_
     sys.exit(EXIT_PROBLEMS if blocking or uncovered else EXIT_OK)
 
 
+def sarif_of(report: ScanReport, where: str) -> dict[str, Any]:
+    """The scan as a SARIF 2.1.0 log: one result per open finding (a VEX-suppressed one is answered, not
+    open), each on `where`, the SBOM file relative to the repository root."""
+    from ..sarif import sarif_log, vulnerability_result, vulnerability_rule
+
+    open_findings = [f.to_json() for f in report.findings if not f.suppressed]
+    return sarif_log("agentfactory scan", [vulnerability_result(f, where) for f in open_findings],
+                     [vulnerability_rule(f) for f in open_findings])
+
+
+def sarif_location(sbom: Path) -> str:
+    """Where a SARIF result about `sbom` points: its path from the root of the Git repository that holds it
+    (what GitHub resolves `%SRCROOT%` to), else its file name."""
+    path = sbom.resolve()
+    for folder in path.parents:
+        if (folder / ".git").exists():
+            return path.relative_to(folder).as_posix()
+    return path.name
+
+
 def _has_subject(bom: dict[str, Any]) -> bool:
     meta = bom.get("metadata")
     comp = meta.get("component") if isinstance(meta, dict) else None
@@ -142,7 +178,7 @@ def _verified_sbom(ref: str, store_url: str | None, policy: Any) -> tuple[Any, d
     from ..store import open_store, split_reference
 
     ref_store, ref = split_reference(ref)
-    store = open_store(ref_store or store_url)
+    store = open_store(ref_store or store_url, existing=True)
     agent = store.resolve(ref)
     verdict, _ = verify_stored(store, agent, policy)
     failed = [c for c in verdict.checks if not c.ok and c.name in ("digest", "signature", "key-status", "sbom")]
@@ -160,11 +196,14 @@ def _attest(store: Any, agent: Any, report: ScanReport, provider: str | None, tl
     from ..intoto import SCAN_V1, make_statement
     from ..keys import open_provider
     from ..tlog.connect import open_tlog
+    from ..tlog.signing_record import record_signing
 
     keys = open_provider(provider)
     statement = make_statement(agent.name, agent.digest, SCAN_V1, report.to_predicate())
     envelope = sign_envelope(INTOTO_PAYLOAD_TYPE, statement, keys)
     key_id = envelope.signatures[0].keyid
+    # Before logging, like the pipeline: `audit keys` accounts every log entry by our keys by this record.
+    record_signing(store.url, agent.name, agent.version, agent.digest, None, [envelope])
     log, _ = open_tlog(tlog_url, tlog_key)
     records: list[bytes] = []
     index = None
@@ -240,8 +279,10 @@ def vex() -> None:
                    "writes a Sigstore bundle).")
 @click.option("--sigstore-instance", type=click.Choice(["production", "staging"]), default="production",
               show_default=True, help="With --key-provider sigstore: the Sigstore instance.")
+@json_option
 @handle_errors
-def vex_sign(document: Path, output: Path | None, provider: str | None, sigstore_instance: str) -> None:
+def vex_sign(document: Path, output: Path | None, provider: str | None, sigstore_instance: str,
+             as_json: bool) -> None:
     """Sign an OpenVEX or CycloneDX VEX document (checked first) as an in-toto statement: a DSSE
     envelope by a key, or a Sigstore bundle signed keylessly; `pipeline run --vex` believes either
     when the trust policy trusts the signer."""
@@ -259,13 +300,32 @@ def vex_sign(document: Path, output: Path | None, provider: str | None, sigstore
         target = output or document.with_name(document.name.removesuffix(".json") + ".sigstore.json")
         atomic_write(target, bundle)
         err.print(f"signed {document} keylessly as {signer.token_identity} → {target}", markup=False)
+        if as_json:
+            print_json(_vex_signed(target, None, "sigstore", statement))
         return
+    from ..dsse import parse_envelope
+    from ..tlog.signing_record import record_signing
+
     keys = open_provider(provider)
     if not keys.public_keys():
         keys.create()
     signed = sign_vex(data, str(document), keys)
+    envelope = parse_envelope(signed, str(document))
+    subjects = parse_statement(envelope.payload, str(document)).subjects
+    # Every signature by our keys is recorded (audit keys); a VEX document is for no store.
+    record_signing("", subjects[0][0], "", subjects[0][1], None, [envelope])
     target = output or document.with_name(document.name.removesuffix(".json") + ".dsse.json")
     atomic_write(target, signed)
     digest = hashlib.sha256(data).hexdigest()
-    err.print(f"signed {document} (sha256:{digest[:16]}…) with {keys.name} key "
-              f"{json.loads(signed)['signatures'][0]['keyid'][:16]}… → {target}", markup=False)
+    key_id = envelope.signatures[0].keyid
+    err.print(f"signed {document} (sha256:{digest[:16]}…) with {keys.name} key {key_id[:16]}… → {target}",
+              markup=False)
+    if as_json:
+        print_json(_vex_signed(target, key_id, keys.name, envelope.payload))
+
+
+def _vex_signed(target: Path, key_id: str | None, provider: str, statement: bytes) -> dict[str, Any]:
+    """What `vex sign --json` prints: where the signed document went, who signed, and what it is about."""
+    parsed = parse_statement(statement, str(target))
+    return {"output": str(target), "keyId": key_id, "provider": provider, "predicateType": parsed.predicate_type,
+            "subjects": [{"name": name, "digest": digest} for name, digest in parsed.subjects]}

@@ -16,6 +16,7 @@ from ..fsutil import atomic_write
 from ..policy import PolicyEngine, RegoEngine
 from ..promotion import DEFAULT_ENTRY_STAGE
 from ..sigstore_bundles import KeylessIdentity, KeylessPolicy
+from ..stages import check_stage
 from ..store import ArtifactStore, open_store, split_reference
 from ..store.base import MAX_WASM_BYTES
 from ..trust import TrustPolicy, from_public_keys, load_trust_policy, to_yaml
@@ -23,6 +24,7 @@ from ..verifier import Verdict, refuse, verify
 from .common import (
     EXIT_OK,
     EXIT_PROBLEMS,
+    EXIT_USAGE,
     err,
     handle_errors,
     json_option,
@@ -80,6 +82,16 @@ def verify_ref(ref: str, store: ArtifactStore, policy: TrustPolicy, engine: Poli
     return verify_stored(store, agent, policy, engine=engine, stage=stage, entry_stage=entry_stage)[0]
 
 
+def _in_store(store: ArtifactStore, ref: str) -> bool:
+    """Whether the store holds REF at all: an agent that exists but is not promoted to the stage is denied
+    (exit 1); a reference to nothing is a reference error (exit 2, docs/cli.md)."""
+    try:
+        store.resolve(ref)
+    except AgentFactoryError:
+        return False
+    return True
+
+
 def print_verdict(ref: str, verdict: Verdict, policy_source: str) -> None:
     table = Table(title=f"{ref}  {verdict.digest}", title_justify="left")
     table.add_column("check")
@@ -108,13 +120,18 @@ def verify_cmd(ref: str, policy_path: Path | None, provider: str | None, stage: 
     """May REF run? REF: name@sha256:…, name:version, name, a path to a .wasm file, or a full
     registry reference oci://HOST/PREFIX/NAME@sha256:….
 
-    Exit code 0 when allowed, 1 when denied (every failed check says why).
+    Exit code 0 when allowed, 1 when denied (every failed check says why), 2 when REF is not in the store
+    or the stage is unknown (the verdict is printed all the same).
     """
     ref_store, ref = split_reference(ref)
-    store = open_store(ref_store or store_url)
+    engine = RegoEngine(policies_dir)
+    check_stage(stage, engine)
+    check_stage(entry_stage, engine, option="--entry-stage")
+    store = open_store(ref_store or store_url, existing=True)
+    code = EXIT_PROBLEMS
     try:
         policy = load_trust_policy(policy_path) if policy_path else default_policy(provider)
-        verdict = verify_ref(ref, store, policy, RegoEngine(policies_dir), stage, entry_stage)
+        verdict = verify_ref(ref, store, policy, engine, stage, entry_stage)
         source = policy.source
     except ValidationFailed as exc:  # a policy that does not load refuses everything
         verdict = refuse(ref, "trust-policy", f"the trust policy does not load, so nothing is trusted: {exc}")
@@ -122,6 +139,7 @@ def verify_cmd(ref: str, policy_path: Path | None, provider: str | None, stage: 
     except NotFoundError as exc:
         verdict = refuse(ref, "artifact", str(exc))
         source = str(policy_path or "n/a")
+        code = EXIT_PROBLEMS if _in_store(store, ref) else EXIT_USAGE  # not promoted is a denial, absent a typo
     except AgentFactoryError as exc:
         verdict = refuse(ref, "verifier", str(exc))
         source = str(policy_path or "n/a")
@@ -129,7 +147,7 @@ def verify_cmd(ref: str, policy_path: Path | None, provider: str | None, stage: 
         print_json(verdict.to_json())
     else:
         print_verdict(ref, verdict, source)
-    sys.exit(EXIT_OK if verdict.allowed else EXIT_PROBLEMS)
+    sys.exit(EXIT_OK if verdict.allowed else code)
 
 
 @click.group("trust")

@@ -9,8 +9,9 @@ policy, never from the log's folder):
   log's folder, a missing one is an alarm unless `--init`)? A failed consistency proof, a different root at the
   same size or a smaller tree means the log forked or rewrote history;
 * keys: is every signature by our keys in the log one the pipeline made — in its signing record
-  (`signing_record`), and in the store attached to the agent it is about — and is every signature the store
-  holds in the log? A logged signature with no counterpart is the trace a stolen key leaves.
+  (`signing_record`), and in the store attached to the agent it is about (or recorded for another store, or
+  for a run that logged and never published) — and is every signature the store holds in the log? A logged
+  signature with no record line is the trace a stolen key leaves.
 
 Signatures are matched by what was signed (the artifact digest; the DSSE payload, its signatures verified over
 the PAE), never by the bytes of an envelope, which anyone can re-encode and log again. The log's search index
@@ -53,7 +54,7 @@ from .entries import (
     verify_entry_signature,
 )
 from .log import EmbeddedLog, key_fingerprint
-from .signing_record import SigningRecord
+from .signing_record import Signed, SigningRecord
 
 ALARM = "ALARM: the log forked or rewrote its history"
 
@@ -382,15 +383,19 @@ class KeysReport:
     failed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    elsewhere: list[str] = field(default_factory=list)  # recorded for another store: audit that one too
+    interrupted: list[str] = field(default_factory=list)  # recorded for this store, logged, never published
 
     @property
     def ok(self) -> bool:
+        """The recorded signatures the store lacks (`elsewhere`, `interrupted`) are the pipeline's own: no alarm."""
         return not (self.unaccounted or self.unlogged or self.misattached or self.failed or self.problems)
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "entries": [e.to_json() for e in self.entries], "unaccounted": self.unaccounted,
                 "unlogged": self.unlogged, "misattached": self.misattached, "failed": self.failed,
-                "problems": self.problems, "notes": self.notes}
+                "problems": self.problems, "signedElsewhere": self.elsewhere, "interrupted": self.interrupted,
+                "notes": self.notes}
 
 
 def _signer_fingerprints(body: bytes) -> set[str]:
@@ -431,6 +436,27 @@ def uuids_by_keys(log: TransparencyLog, pems: list[bytes], problems: list[str], 
     return sorted(indexed)
 
 
+def _account_recorded(report: KeysReport, recorded: list[Signed], store_url: str, key: str, what: str) -> None:
+    """A logged signature the pipeline recorded that the audited store does not hold: signed for another
+    store (the pipeline signs for every store it publishes to, and one audit reads one store), or signed for
+    this one and never published (a run interrupted, or refused by the artifact policy, after logging)."""
+    here = [r for r in recorded if r.store == store_url]
+    if not here:
+        r = recorded[0]
+        if not r.store:  # `vex sign`: a document, signed for whoever scans with it
+            report.elsewhere.append(f"SIGNED FOR NO STORE: a signature by our key {key} over the VEX document "
+                                    f"{r.agent} (signing record line {r.line}): {what}")
+            return
+        report.elsewhere.append(f"SIGNED FOR {r.store}: a signature by our key {key} for {r.agent}:{r.version} "
+                                f"(signing record line {r.line}; audit that store with --store {r.store}): {what}")
+        return
+    r = here[0]
+    report.interrupted.append(f"INTERRUPTED: a signature by our key {key} for {r.agent}:{r.version}, signed and "
+                              f"logged at {r.at or 'an unrecorded time'} (signing record line {r.line}), never "
+                              f"published to this store: a pipeline run stopped or refused after logging, not a "
+                              f"stolen key: {what}")
+
+
 def audit_keys(log: TransparencyLog, log_key: ec.EllipticCurvePublicKey, keys: list[PublicKey],
                store: ArtifactStore, record: SigningRecord | None, *, record_problem: str = "",
                scan: bool = True) -> KeysReport:
@@ -438,9 +464,11 @@ def audit_keys(log: TransparencyLog, log_key: ec.EllipticCurvePublicKey, keys: l
     record), and find every store signature the log lacks.
 
     A log entry is accounted for when the pipeline's signing record holds that signature (same key, same
-    signed digest or DSSE payload) and, when the record says it was for this store, the store holds it attached
-    to the agent it is about. `record` None (with `record_problem` saying why) is a problem; the store alone
-    is then the evidence."""
+    signed digest or DSSE payload); usually the store holds it too, attached to the agent it is about. A
+    recorded signature the store lacks is reported, not alarmed: `elsewhere` when the record says it was for
+    another store, `interrupted` when it was for this one (signed and logged, never published). A logged
+    signature with no record line is always UNACCOUNTED. `record` None (with `record_problem` saying why) is a
+    problem; the store alone is then the evidence."""
     report = KeysReport()
     found = gather_store(store)
     report.problems.extend(found.problems)
@@ -477,12 +505,14 @@ def audit_keys(log: TransparencyLog, log_key: ec.EllipticCurvePublicKey, keys: l
         if recorded is not None and not recorded:
             report.unaccounted.append(f"UNACCOUNTED: a signature by our key {key} that the pipeline has no record "
                                       f"of (a stolen key at work?): {what}")
-        elif not in_store and (recorded is None or any(r.store == found.url for r in recorded)):
-            line = f" (signing record line {recorded[0].line}: {recorded[0].agent}:{recorded[0].version})" \
-                if recorded else ""
+        elif in_store:
+            continue
+        elif recorded is None:
             report.unaccounted.append(f"UNACCOUNTED: a signature by our key {key} with no counterpart in the store "
-                                      f"({about}, attached to the agent it is about){line} (a stolen key at work?): "
+                                      f"({about}, attached to the agent it is about) (a stolen key at work?): "
                                       f"{what}")
+        else:
+            _account_recorded(report, recorded, found.url, key, what)
     for s in found.signatures:
         if s.keyid in ours and (s.digest, s.keyid) not in logged_sigs:
             report.unlogged.append(f"UNLOGGED: the signature of {s.agent} by key {s.keyid[:16]} is not in the log")

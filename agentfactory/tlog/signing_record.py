@@ -11,6 +11,11 @@ Lines are hash-chained (`prev` is the SHA-256 of the previous line), so an edite
 chain and the audit says where; appending is not prevented (whoever holds the pipeline's state folder and a
 key can forge anything): keep the file on the pipeline's host, backed up, apart from the signing keys.
 
+Every command that signs with the build keys writes it: `pipeline run` (for each store it publishes to),
+`scan --attest` (a re-scan attestation) and `vex sign` (store `""`: a VEX document is for no store). `audit
+keys` reads the store of each line to tell a signature made for another store, or one signed and logged by a
+run that never published, from a stolen key's (which has no line at all).
+
 Format (`agentfactory.signing-record/v1`), one object per line:
 ``{"v": 1, "at": ISO time, "store": URL, "agent": name, "version": v, "digest": "sha256:…",
 "kind": "hashedrekord" | "dsse", "keyId": hex, "signed": "sha256:…" (the digest signed: the artifact digest,

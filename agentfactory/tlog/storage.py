@@ -18,6 +18,7 @@ write is in progress, and rows below a published size never change.
 from __future__ import annotations
 
 import json
+import os
 import random
 import sqlite3
 import threading
@@ -82,7 +83,8 @@ class TreeStorage:
             self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None,
                                        check_same_thread=False)
         except sqlite3.Error as e:
-            raise StoreError(f"{self.path}: cannot open the transparency log database: {e}") from e
+            raise _read_only_error(self.path, e) or StoreError(
+                f"{self.path}: cannot open the transparency log database: {e}") from e
         try:
             self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
             self._init_schema()
@@ -92,7 +94,8 @@ class TreeStorage:
             self._db.execute("PRAGMA synchronous = FULL")
         except sqlite3.DatabaseError as e:
             self._db.close()
-            raise StoreError(f"{self.path}: not a transparency log database ({e})") from e
+            raise _read_only_error(self.path, e) or StoreError(
+                f"{self.path}: not a transparency log database ({e})") from e
         except BaseException:
             self._db.close()
             raise
@@ -145,7 +148,10 @@ class TreeStorage:
     def append_many(self, items: Iterable[tuple[bytes, int, dict[str, Any] | None]]) -> list[tuple[int, bytes]]:
         """Add several entries in one transaction (one fsync): all of them, or none if any is a duplicate."""
         with self._lock:
-            frontier, size, done = self._append_many(items)
+            try:
+                frontier, size, done = self._append_many(items)
+            except sqlite3.OperationalError as e:  # a database that turned read-only after it was opened
+                raise _read_only_error(self.path, e) or StoreError(f"{self.path}: cannot append: {e}") from e
             self._frontier, self._frontier_size = frontier, size
         return done
 
@@ -338,6 +344,22 @@ class TreeStorage:
         joiner = " AND " if " WHERE " in sql else " WHERE "
         marks = ",".join("?" * len(sample))
         return self._db.execute(f"{sql}{joiner}idx IN ({marks})", sorted(sample))
+
+
+def _read_only_error(path: Path, error: sqlite3.Error) -> StoreError | None:
+    """A StoreError naming `path` as read-only when that is why SQLite failed, else None.
+
+    SQLite says "unable to open database file" or "attempt to write a readonly database" when the database
+    or its folder cannot be written (WAL needs its -wal and -shm files beside the database), which a user
+    would otherwise read as a corrupt log."""
+    folder = path.parent
+    writable_folder = os.access(folder, os.W_OK) if folder.exists() else True
+    writable_file = os.access(path, os.W_OK) if path.exists() else True
+    if writable_folder and writable_file and "readonly" not in str(error).lower():
+        return None
+    where = path if not writable_file else folder
+    return StoreError(f"{path}: the transparency log is read-only ({where} cannot be written; SQLite said: "
+                      f"{error}): give a writable AGENTFACTORY_HOME (or `pipeline run --tlog none`)")
 
 
 def _decompose(size: int) -> list[tuple[int, int]]:

@@ -1,8 +1,9 @@
 """`agentfactory promote | rollback | status | history`: GitOps promotion from the command line.
 
 Exit codes: `promote` 0 promoted (or already there), 1 refused, rolled back by its canary analysis or
-inconclusive (the reasons are printed); `rollback` 0 rolled back (what was asked), 1 refused; 2 bad input or configuration (a stage that does not exist, a dirty or diverged
-environment repository, metrics given wrongly), 3 a conflict with another promotion (run again).
+inconclusive (the reasons are printed); `rollback` 0 rolled back (what was asked), 1 refused; 2 bad
+input or configuration (a stage that does not exist, a dirty or diverged environment repository,
+metrics given wrongly), 3 a conflict with another promotion (run again).
 """
 
 from __future__ import annotations

@@ -113,5 +113,5 @@ def test_artifact_policy_is_part_of_the_verdict(repo: Path, built: dict, tmp_pat
 
 
 def test_unknown_reference_is_denied(repo: Path, built: dict) -> None:  # type: ignore[type-arg]
-    code, v = verdict(repo, "nope:9.9.9")
-    assert code == 1 and "no such agent" in v["checks"][0]["reason"]
+    code, v = verdict(repo, "nope:9.9.9")  # denied, and a reference error: exit 2 (docs/cli.md)
+    assert code == 2 and not v["allowed"] and "no such agent" in v["checks"][0]["reason"]

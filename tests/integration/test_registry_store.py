@@ -89,7 +89,7 @@ def test_cli_verify_full_registry_reference(tmp_path: Path, registry: Registry) 
     assert json.loads(proc.stdout)["allowed"]
     bad = subprocess.run([str(exe), "verify", f"oci://{registry.host}/cli/gamma@sha256:{'1' * 64}", "--json"],
                          capture_output=True, text=True, env=env, timeout=120)
-    assert bad.returncode == 1 and "no such agent" in bad.stdout
+    assert bad.returncode == 2 and "no such agent" in bad.stdout  # an unknown reference is bad input
 
 
 def test_copy_layout_to_registry_and_back(tmp_path: Path, registry: Registry) -> None:
