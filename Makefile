@@ -97,6 +97,11 @@ for _ in range(200):
         break
     time.sleep(0.05)
 url = json.loads(text.splitlines()[0])["listening"]
+for _ in range(600):  # ready once the warm pool compiled every agent it may run (503 `compiling` before)
+    if httpx.get(f"{url}/readyz").status_code == 200:
+        break
+    time.sleep(0.1)
+print("readyz:", httpx.get(f"{url}/readyz").text.strip())
 inputs = {"wordstats": b"served over HTTP\n", "jsonfmt": b"[3,2,1]", "sha256sum": b"abc", "base64": b"hello"}
 for name, body in inputs.items():
     r = httpx.post(f"{url}/v1/agents/{name}/invoke", content=body)

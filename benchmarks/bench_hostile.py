@@ -9,7 +9,12 @@ apply to it and not to the normal clients):
 - slow bodies: connections that declare a 16 MiB body and send a byte a second;
 - non-readers: clients that send 16 MiB of control bytes to a cat agent with `Accept: application/json`
   and never read the answer, reconnecting when dropped;
-- a flood of 404s: unknown agents with unique versions, as fast as one keep-alive connection goes.
+- a flood of 404s: unknown agents with unique versions, as fast as one keep-alive connection goes;
+- sleepers: clients invoking a signed agent that sleeps 20 s in `poll_oneoff` (stopped at its 1 s deadline),
+  back to back, half as many as the node has workers (and, in a phase of its own, as many as it has);
+- a compile-heavy agent: a client asking, as fast as one keep-alive connection goes, for older versions of a
+  signed agent that takes seconds to compile (pinned by digest, so not in the warm set): each is compiled
+  once in the background while every request for it gets 503 `compiling`.
 
 The node's RSS is sampled every 50 ms during both phases and compared with its configured memory
 budget. Writes benchmarks/results/hostile.{json,md}. Bounded: a fixed number of connections, ~25 s.
@@ -44,6 +49,30 @@ SLOWLORIS_PER_ADDRESS, SLOWLORIS_ADDRESSES = 60, ("127.0.0.2", "127.0.0.3")
 SLOW_BODIES, NON_READERS = 16, 8
 HOSTILE_SOURCE = "127.0.0.4"  # slow bodies, non-readers and the flood
 TARGET_LOSS_PCT = 20.0
+SLEEPERS = WORKERS // 2  # in the mix; the `sleeper_all` phase uses WORKERS
+HEAVY_LOCALS = 1200  # about 3 s of Cranelift on one core (see tests/security/test_attack_compile_on_request_path.py)
+HEAVY_PER_PHASE = 3  # distinct compile-heavy versions per phase that asks for them: about 9 s of compiles
+
+SLEEPER_WAT = """(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i64.store (i32.const 1024) (i64.const 42))
+    (i32.store8 (i32.const 1032) (i32.const 0))
+    (i32.store (i32.const 1040) (i32.const 1))
+    (i64.store (i32.const 1048) (i64.const 20000000000))
+    (drop (call $poll (i32.const 1024) (i32.const 1100) (i32.const 1) (i32.const 1200)))))
+"""
+
+
+def heavy_wat(locals_: int, depth: int = 100) -> str:
+    """One function whose `locals_` i64 locals are all live across `depth` nested loops: slow to compile."""
+    body = "".join(f"(local.set {i} (i64.add (local.get {i}) (local.get {(i + 1) % locals_})))"
+                   for i in range(locals_))
+    for j in range(depth):
+        body = f"(loop $l{j} {body} (br_if $l{j} (i64.eqz (local.get {j % locals_}))))"
+    return (f'(module (memory (export "memory") 1) (func $f (local {" ".join(["i64"] * locals_)}) {body}) '
+            '(func (export "_start")))')
 
 CAT_WAT = """(module
   (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
@@ -97,15 +126,19 @@ print(json.dumps({"latencies": latencies, "errors": errors[0]}))
 """
 
 # The hostile mix. argv: port stop_at slowloris_per_address addresses(comma) source slow_bodies non_readers kinds
+# sleepers heavy_digests(comma, or -)
 HOSTILE = r"""
 import http.client, json, socket, sys, threading, time
 port, stop_at, per_addr = int(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
 addresses, source = sys.argv[4].split(","), sys.argv[5]
 slow_bodies, non_readers = int(sys.argv[6]), int(sys.argv[7])
 kinds = sys.argv[8].split(",")
+sleepers, heavy = int(sys.argv[9]), [d for d in sys.argv[10].split(",") if d != "-"]
 lock = threading.Lock()
 stats = {"slowloris_connections": 0, "slowloris_cut": 0, "slow_body_connections": 0, "slow_body_cut": 0,
-         "non_reader_requests": 0, "non_reader_dropped": 0, "flood_requests": 0, "flood_404": 0, "flood_other": 0}
+         "non_reader_requests": 0, "non_reader_dropped": 0, "flood_requests": 0, "flood_404": 0, "flood_other": 0,
+         "sleeper_requests": 0, "sleeper_timeout": 0, "sleeper_other": 0, "sleeper_max_s": 0.0,
+         "heavy_requests": 0, "heavy_compiling": 0, "heavy_200": 0, "heavy_other": 0, "heavy_max_503_s": 0.0}
 def bump(key, n=1):
     with lock:
         stats[key] += n
@@ -190,7 +223,54 @@ def flood():
         except Exception:
             conn.close()
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source, 0))
+def sleeper():
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    while time.time() < stop_at:
+        t0 = time.perf_counter()
+        try:
+            conn.request("POST", "/v1/agents/sleeper/invoke", body=b"")
+            resp = conn.getresponse(); resp.read()
+            took = time.perf_counter() - t0
+            with lock:
+                stats["sleeper_requests"] += 1
+                stats["sleeper_max_s"] = max(stats["sleeper_max_s"], took)
+                stats["sleeper_timeout" if resp.getheader("X-Agent-Outcome") == "timeout" else "sleeper_other"] += 1
+        except Exception:
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+def compile_heavy():
+    # Asks for each version until it is compiled (one 200), then no more: what is measured is the compiles
+    # and the 503s, not the heavy agent's own invocations once it runs.
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
+    waiting = list(heavy)
+    i = 0
+    while time.time() < stop_at:
+        if not waiting:
+            time.sleep(0.1)
+            continue
+        digest = waiting[i % len(waiting)]; i += 1
+        t0 = time.perf_counter()
+        try:
+            conn.request("POST", "/v1/agents/heavy/invoke?digest=" + digest, body=b"")
+            resp = conn.getresponse(); body = resp.read()
+            took = time.perf_counter() - t0
+            with lock:
+                stats["heavy_requests"] += 1
+                if resp.status == 503 and b'"compiling"' in body:
+                    stats["heavy_compiling"] += 1
+                    stats["heavy_max_503_s"] = max(stats["heavy_max_503_s"], took)
+                else:
+                    stats["heavy_200" if resp.status == 200 else "heavy_other"] += 1
+                    if resp.status == 200:
+                        waiting.remove(digest)
+        except Exception:
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
 ts = []
+if "sleeper" in kinds or "sleeper_all" in kinds:
+    ts += [threading.Thread(target=sleeper, daemon=True) for _ in range(sleepers)]
+if "compile_heavy" in kinds:
+    ts += [threading.Thread(target=compile_heavy, daemon=True)]
 if "slowloris" in kinds:
     ts += [threading.Thread(target=slowloris, args=(a,), daemon=True) for a in addresses for _ in range(per_addr)]
 if "slow_body" in kinds:
@@ -245,13 +325,13 @@ uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeou
 """
 
 
-def agent_yaml(name: str, output_kib: int) -> str:
+def agent_yaml(name: str, output_kib: int, version: str = "1.0.0", timeout_ms: int = 5000) -> str:
     return f"""\
 apiVersion: agentfactory.dev/v1alpha1
 kind: AgentTemplate
 metadata:
   name: {name}
-  version: 1.0.0
+  version: {version}
   description: "hostile-mix benchmark agent"
   owners: ["@agentfactory/benchmarks"]
 spec:
@@ -265,17 +345,54 @@ spec:
       env: []
   limits:
     memoryMiB: 1
-    timeoutMs: 5000
+    timeoutMs: {timeout_ms}
     maxOutputKiB: {output_kib}
   dependencies: []
+  tests:
+    none: "a benchmark agent: the benchmark runs it"
 """
 
 
 def write_templates(folder: Path) -> None:
-    for name, wat, output_kib in (("trivial", TRIVIAL_WAT, 64), ("cat", CAT_WAT, 16384)):
-        (folder / name / "src").mkdir(parents=True)
-        (folder / name / "agent.yaml").write_text(agent_yaml(name, output_kib))
-        (folder / name / "src" / "main.wat").write_text(wat)
+    for name, wat, output_kib, timeout_ms in (("trivial", TRIVIAL_WAT, 64, 5000), ("cat", CAT_WAT, 16384, 5000),
+                                              ("sleeper", SLEEPER_WAT, 64, 1000)):
+        write_template(folder, name, agent_yaml(name, output_kib, timeout_ms=timeout_ms), wat)
+
+
+def write_template(folder: Path, name: str, manifest: str, wat: str) -> None:
+    (folder / name / "src").mkdir(parents=True)
+    (folder / name / "agent.yaml").write_text(manifest)
+    (folder / name / "src" / "main.wat").write_text(wat)
+
+
+def publish_heavy(h: Any, count: int) -> list[str]:
+    """Versions 1.0.0 .. 1.0.<count> of `heavy`, each slow to compile (and different bytes), through the real
+    pipeline (which compiles each once under the build's budget): the digests of all but the newest, which
+    is the one the warm pool compiles at start."""
+    digests = []
+    for i in range(count + 1):
+        folder = h.base / f"heavy-{i}"
+        write_template(folder, "heavy", agent_yaml("heavy", 64, version=f"1.0.{i}"), heavy_wat(HEAVY_LOCALS + i))
+        h.publish(folder)
+        digests.append(h.store.resolve(f"heavy:1.0.{i}").digest)
+    return digests[:-1]
+
+
+def wait_ready(port: int, seconds: float = 300) -> float:
+    """Until /readyz is 200 (the warm pool compiled what the node may run): the seconds it took."""
+    import http.client
+
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return time.monotonic() - started
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise RuntimeError(f"the node was not ready within {seconds} s")
 
 
 def start_server(store_path: Path, trust_file: Path) -> tuple[subprocess.Popen[str], int]:
@@ -307,8 +424,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def phase(port: int, pid: int, kinds: tuple[str, ...]) -> dict[str, Any]:
+def phase(port: int, pid: int, kinds: tuple[str, ...], heavy: list[str] | None = None) -> dict[str, Any]:
     """Normal traffic for MEASURE_S, beside the given hostile kinds (none: alone)."""
+    sleepers = WORKERS if "sleeper_all" in kinds else SLEEPERS
     lead = HOSTILE_LEAD_S if kinds else 0.0
     now = time.time()
     warm_until = now + lead + WARMUP_S
@@ -317,7 +435,8 @@ def phase(port: int, pid: int, kinds: tuple[str, ...]) -> dict[str, Any]:
     if kinds:
         attack = subprocess.Popen([sys.executable, "-c", HOSTILE, str(port), str(stop_at), str(SLOWLORIS_PER_ADDRESS),
                                    ",".join(SLOWLORIS_ADDRESSES), HOSTILE_SOURCE, str(SLOW_BODIES), str(NON_READERS),
-                                   ",".join(kinds)], stdout=subprocess.PIPE, text=True)
+                                   ",".join(kinds), str(sleepers), ",".join(heavy or ["-"])],
+                                  stdout=subprocess.PIPE, text=True)
         time.sleep(lead)
     clients = [subprocess.Popen([sys.executable, "-c", NORMAL, str(port), str(NORMAL_THREADS), str(warm_until),
                                  str(stop_at)], stdout=subprocess.PIPE, text=True) for _ in range(NORMAL_PROCESSES)]
@@ -374,7 +493,9 @@ def markdown(r: dict[str, Any]) -> list[str]:
         *rows,
         "",
         f"Throughput kept beside the whole mix: **{100 - r['throughput_loss_pct']:.0f} %** (goal: at most "
-        f"{TARGET_LOSS_PCT:.0f} % lost: **{'pass' if r['throughput_pass'] else 'fail'}**). Node RSS: idle "
+        f"{TARGET_LOSS_PCT:.0f} % lost: **{'pass' if r['throughput_pass'] else 'fail'}**). Per hostile kind: "
+        + "; ".join(f"{k}: {100 - v:.0f} % kept ({'pass' if v <= TARGET_LOSS_PCT else 'fail'})"
+                    for k, v in r["phase_loss_pct"].items()) + ". Node RSS: idle "
         f"{r['rss_idle_mib']:.0f} MiB, at most {r['rss_mib_max']:.0f} MiB in any phase, i.e. "
         f"{r['rss_mib_max'] - r['rss_idle_mib']:.0f} MiB above idle against a budget of {r['memory_budget_mib']} "
         f"MiB: **{'pass' if r['rss_pass'] else 'fail'}**.",
@@ -394,9 +515,29 @@ def markdown(r: dict[str, Any]) -> list[str]:
         f"| 404 flood: one keep-alive connection, unique names and versions | {h['flood_requests']} requests "
         f"| {h['flood_404']} x 404, {h['flood_other']} other; refusal records in the audit trail: "
         f"{r['audit_refusal_lines']} lines, {r['audit_refusal_kib']:.0f} KiB for {r['refusals']} refusals |",
+        f"| sleepers: {SLEEPERS} connections invoking an agent that sleeps 20 s in `poll_oneoff` | "
+        f"{h['sleeper_requests']} requests | {h['sleeper_timeout']} stopped at the 1 s deadline (422 timeout, "
+        f"slowest answer {h['sleeper_max_s']:.2f} s), {h['sleeper_other']} other; each held a worker for 1 s |",
+        f"| compile-heavy: one keep-alive connection asking for {HEAVY_PER_PHASE} versions (each about 3 s of "
+        f"compile) pinned by digest | {h['heavy_requests']} requests | {h['heavy_compiling']} x 503 `compiling` "
+        f"(slowest {1000 * h['heavy_max_503_s']:.1f} ms: no request waits for a compile), {h['heavy_200']} x 200 once "
+        f"compiled (then that version is not asked again), {h['heavy_other']} other; the compiles ran in the "
+        "background, one at a time |",
         "",
-        "Sleepers and compile-heavy agents are not in the mix yet (the WASI-deadline and compile-budget work "
-        "adds them).",
+        f"The node was ready (`/readyz` 200: the warm pool had compiled trivial, cat, sleeper and the newest `heavy`) "
+        f"{r['ready_after_start_s']:.1f} s after it started listening.",
+        "",
+        "Reading it honestly. A compile never sits on a request path: the compile-heavy client only ever gets "
+        "quick 503s, and normal traffic keeps its median latency; but a compile takes one of this machine's two "
+        "cores for its seconds (the pool compiles on at most half the CPUs), which is what normal traffic loses "
+        "beside it (throughput, and a longer p99 tail). Sleepers cost no CPU (the clamped `poll_oneoff` waits in "
+        f"the host), but each holds a worker until its deadline: {SLEEPERS} sleepers on {WORKERS} workers cost "
+        "little, while as many sleepers as workers (`sleeper_all`) leave normal traffic waiting for a worker "
+        "(p99 about the sleeper's 1 s deadline): the node has no per-agent or per-client share of its workers "
+        "yet. The whole mix at once exceeds the 20 % goal on this 2-core machine, shared with the normal clients "
+        "and the attacker; each hostile kind alone stays within it except as many sleepers as workers. The two "
+        "`alone` rows differ by more than some of the losses (other work on the machine): read single rows with "
+        "that margin.",
         "",
         "## The same node behind uvicorn (for the choice of server)",
         "",
@@ -414,8 +555,9 @@ def markdown(r: dict[str, Any]) -> list[str]:
 
 
 # Alone first and last: the baseline is their mean (other load on the machine drifts).
-PHASES: tuple[tuple[str, ...], ...] = ((), ("slowloris", "slow_body", "non_reader"), ("flood",),
-                                       ("slowloris", "slow_body", "non_reader", "flood"), ())
+MIX = ("slowloris", "slow_body", "non_reader", "flood", "sleeper", "compile_heavy")
+PHASES: tuple[tuple[str, ...], ...] = ((), ("slowloris", "slow_body", "non_reader"), ("flood",), ("sleeper",),
+                                       ("sleeper_all",), ("compile_heavy",), MIX, ())
 
 
 def main() -> None:
@@ -423,15 +565,21 @@ def main() -> None:
     with bench_home("af-bench-hostile-") as h:
         write_templates(h.base / "templates")
         h.publish(h.base / "templates")
+        heavy_phases = sum("compile_heavy" in k for k in PHASES)
+        heavy = publish_heavy(h, heavy_phases * HEAVY_PER_PHASE)
         trust_file = h.base / "trust.yaml"
         trust_file.write_text(to_yaml(h.keyring.public_keys(), (DEFAULT_BUILDER_ID,), ("*",)))
         proc, port = start_server(h.store_path, trust_file)
         try:
+            ready_s = wait_ready(port)  # the warm pool: trivial, cat, sleeper and the newest heavy compiled
             time.sleep(0.5)
             rss_idle = rss(proc.pid)
             phases = []
             for kinds in PHASES:
-                phases.append(phase(port, proc.pid, kinds))
+                digests = None
+                if "compile_heavy" in kinds:  # versions never asked for before: each one compiles now
+                    digests, heavy = heavy[:HEAVY_PER_PHASE], heavy[HEAVY_PER_PHASE:]
+                phases.append(phase(port, proc.pid, kinds, digests))
                 time.sleep(1.0)
         finally:
             stop(proc)
@@ -456,11 +604,14 @@ def main() -> None:
                     "machine": f"{platform.system()} {platform.machine()}", "loadavg_1m_before": load_before,
                     "loadavg_1m_after": os.getloadavg()[0]},
         "baseline_requests_per_s": baseline,
-        "workers": WORKERS, "memory_budget_mib": budget, "rss_idle_mib": rss_idle / 2**20, "rss_mib_max": rss_max,
+        "workers": WORKERS, "ready_after_start_s": ready_s,
+        "memory_budget_mib": budget, "rss_idle_mib": rss_idle / 2**20, "rss_mib_max": rss_max,
         "phases": phases, "uvicorn_prototype": uvicorn_alone, "throughput_loss_pct": loss,
         "throughput_pass": loss <= TARGET_LOSS_PCT,
         "rss_pass": rss_max - rss_idle / 2**20 <= budget,
         "refusals": sum(p["hostile"]["flood_404"] for p in phases if p["hostile"]),
+        "phase_loss_pct": {",".join(p["kinds"]) or "alone": 100.0 * (1 - p["requests_per_s"] / baseline)
+                           for p in phases[1:-1]},
         "audit_refusal_lines": len(refusal_lines), "audit_refusal_kib": sum(map(len, refusal_lines)) / 1024,
     }
     write_results("hostile", result, markdown(result))

@@ -342,9 +342,27 @@ def start_server(store_path: Path, trust_file: Path, workers: int) -> tuple[subp
             url = json.loads(line)["listening"]
             threading.Thread(target=proc.stderr.read, daemon=True).start()  # never let the pipe fill
             host, port = url.removeprefix("http://").rsplit(":", 1)
+            _wait_ready(host, int(port))
             return proc, host, int(port)
     proc.kill()
     raise RuntimeError(f"the runtime server did not start: {''.join(seen)}")
+
+
+def _wait_ready(host: str, port: int, seconds: float = 300) -> None:
+    """Until /readyz is 200: the warm pool compiled what the node may run (503 `compiling` before)."""
+    import http.client
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        try:
+            conn.request("GET", "/readyz")
+            if conn.getresponse().status == 200:
+                return
+        finally:
+            conn.close()
+        time.sleep(0.1)
+    raise RuntimeError(f"the runtime at {host}:{port} was not ready within {seconds:.0f} s")
 
 
 def load(host: str, port: int, processes: int, threads: int) -> dict[str, Any]:

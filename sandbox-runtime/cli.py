@@ -19,6 +19,7 @@ import click
 from rich.markup import escape
 
 from agentfactory.cli.common import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PROBLEMS,
     err,
@@ -32,6 +33,7 @@ from agentfactory.cli.common import (
 from agentfactory.cli.verify_cmd import default_policy, entry_stage_option, policy_option, provider_option
 from agentfactory.errors import InputError
 from agentfactory.policy import RegoEngine
+from agentfactory.stages import check_stage
 from agentfactory.store import open_store, split_reference
 from agentfactory.trust import TrustPolicy, load_trust_policy
 
@@ -66,13 +68,16 @@ def _trust(policy_path: Path | None, provider: str | None) -> TrustPolicy:
 
 def _open_runtime(store_url: str | None, policy_path: Path | None, provider: str | None, policies_dir: Path | None,
                   stage: str, cache_dir: Path | None, node_key: Path | None, audit_log: Path | None,
-                  host_roots: tuple[Path, ...], entry_stage: str) -> Any:
+                  host_roots: tuple[Path, ...], entry_stage: str, background_compile: bool = False) -> Any:
     from .runtime import Runtime, RuntimeConfig
 
     roots = tuple(p.resolve() for p in host_roots)
     config = RuntimeConfig(stage=stage, cache_dir=cache_dir, node_key=node_key, host_roots=roots,
-                           audit_log=audit_log, entry_stage=entry_stage)
-    return Runtime(open_store(store_url), _trust(policy_path, provider), RegoEngine(policies_dir), config)
+                           audit_log=audit_log, entry_stage=entry_stage, background_compile=background_compile)
+    engine = RegoEngine(policies_dir)
+    check_stage(stage, engine)  # a typo'd stage is exit 2 with the closest name, not a node that refuses all
+    check_stage(entry_stage, engine, option="--entry-stage")
+    return Runtime(open_store(store_url, existing=True), _trust(policy_path, provider), engine, config)
 
 
 @click.command("run")
@@ -90,6 +95,8 @@ def run(ref: str, stdin_path: str | None, args: tuple[str, ...], env_pairs: tupl
         stage: str, entry_stage: str, cache_dir: Path | None, node_key: Path | None, audit_log: Path | None,
         host_roots: tuple[Path, ...]) -> None:
     """Verify REF, then run it once in the sandbox: REF's stdout and stderr are this command's.
+
+    One invocation: the module is compiled here, under the node's compile budget, when no cache has it.
 
     REF: name, name:version, name@sha256:…, or oci://HOST/PREFIX/NAME@sha256:…. Exit code: the
     agent's own; 124 when the sandbox stopped it, 125 when it was refused before running.
@@ -183,23 +190,33 @@ def runtime() -> None:
               envvar="AGENTFACTORY_RUNTIME_LISTEN", help="Address to serve on (port 0: any free port).")
 @click.option("--workers", type=click.IntRange(1, 1024), default=None,
               help="Invocations at once (default: twice the CPUs).")
+@click.option("--warm-interval", type=click.FloatRange(1, 86400), default=60.0, show_default=True,
+              envvar="AGENTFACTORY_RUNTIME_WARM_INTERVAL",
+              help="Seconds between scans of the agents this node may run (verified and compiled before traffic).")
 @_runtime_options
 @handle_errors
-def serve(listen: str, workers: int | None, store_url: str | None, policy_path: Path | None, provider: str | None,
+def serve(listen: str, workers: int | None, warm_interval: float, store_url: str | None,
+          policy_path: Path | None, provider: str | None,
           policies_dir: Path | None, stage: str, entry_stage: str, cache_dir: Path | None, node_key: Path | None,
           audit_log: Path | None, host_roots: tuple[Path, ...]) -> None:
     """Serve POST /v1/agents/NAME/invoke, GET /healthz, /readyz and /metrics until SIGTERM."""
     from .server import RuntimeServer
+    from .warmpool import WarmPool
 
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise InputError("--listen", f"{listen!r}: write HOST:PORT (e.g. 127.0.0.1:8080)")
     rt = _open_runtime(store_url, policy_path, provider, policies_dir, stage, cache_dir, node_key, audit_log,
-                       host_roots, entry_stage)
-    server = RuntimeServer((host.strip("[]"), int(port)), rt, workers=workers or 2 * (os.cpu_count() or 1))
+                       host_roots, entry_stage, background_compile=True)
+    warm = WarmPool(rt, warm_interval)  # compiles off the request path; /readyz waits for its first scan
+    server = RuntimeServer((host.strip("[]"), int(port)), rt, workers=workers or 2 * (os.cpu_count() or 1),
+                           warm=warm)
     stop = threading.Event()
 
-    def _terminate(_signum: int, _frame: Any) -> None:
+    signals: list[int] = []
+
+    def _terminate(signum: int, _frame: Any) -> None:
+        signals.append(signum)
         stop.set()
         threading.Thread(target=server.shutdown, daemon=True).start()
 
@@ -209,12 +226,14 @@ def serve(listen: str, workers: int | None, store_url: str | None, policy_path: 
     err.print(json.dumps({"listening": f"http://{bound_host}:{bound_port}", "stage": stage,
                           "store": rt.store.url, "trust": rt.trust.source}), markup=False)
     server.ready.set()
+    warm.start()
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
+        warm.stop()
         server.server_close()
         rt.close()
-    _exit(EXIT_OK)
+    _exit(EXIT_INTERRUPTED if signal.SIGINT in signals else EXIT_OK)  # Ctrl-C: 130, as every command
 
 
 @runtime.command("audit")

@@ -45,12 +45,9 @@ class CompilePool:
     def compile(self, digest: str, settings: str, verified_wasm: bytes, fuel: bool) -> wasmtime.Module:
         """The module for `digest`; SandboxRefusal (remembered) when it is invalid or over budget."""
         key = (digest, settings)
-        with self._lock:
-            known = self._failures.get(key)
-            if known is not None:
-                self._failures.move_to_end(key)
+        known = self.failure(digest, settings)
         if known is not None:
-            raise SandboxRefusal(known.reason, f"{known} (remembered from an earlier attempt; not compiled again)")
+            raise known
         try:
             validate(verified_wasm, fuel)  # linear, in-process: an ill-typed module never reaches a compiler
             with self._slots:
@@ -65,6 +62,16 @@ class CompilePool:
             return wasmtime.Module.deserialize(self.engines.get(fuel), payload)
         except wasmtime.WasmtimeError as exc:
             raise SandboxRefusal("bad-module", f"the compiled module could not be loaded: {exc}") from None
+
+    def failure(self, digest: str, settings: str) -> SandboxRefusal | None:
+        """The refusal remembered for `digest` under `settings` (the negative cache), if any."""
+        key = (digest, settings)
+        with self._lock:
+            known = self._failures.get(key)
+            if known is None:
+                return None
+            self._failures.move_to_end(key)
+        return SandboxRefusal(known.reason, f"{known} (remembered from an earlier attempt; not compiled again)")
 
     def _remember(self, key: tuple[str, str], exc: CompileRefused) -> SandboxRefusal:
         reason = "compile-budget" if exc.reason == "over-budget" else "bad-module"  # counted by the runtime

@@ -34,6 +34,7 @@ from agentfactory.metrics import MODULE_CACHE, WASI_VIOLATIONS
 
 from .compilepool import CompilePool
 from .engine import Engines, settings_key
+from .sandbox import SandboxRefusal
 
 MAGIC = b"AFCWASM1"
 KEY_BYTES = 32
@@ -95,8 +96,19 @@ class ModuleCache:
     def module(self, digest: str, verified_wasm: bytes, fuel: bool) -> tuple[wasmtime.Module, str]:
         """The compiled module of `digest` and where it came from: memory, disk or compiled.
 
-        The caller passes bytes the verifier accepted for `digest`; nothing else is compiled.
+        The caller passes bytes the verifier accepted for `digest`; nothing else is compiled. This
+        compiles on the caller's thread: the node's service asks `cached` and compiles in the
+        background instead (warmpool.py); `agentfactory run` compiles here.
         """
+        found = self.cached(digest, fuel)
+        if found is not None:
+            return found
+        module = self.pool.compile(digest, settings_key(fuel), verified_wasm, fuel)
+        self.keep(digest, fuel, module)
+        return module, "compiled"
+
+    def cached(self, digest: str, fuel: bool) -> tuple[wasmtime.Module, str] | None:
+        """The module of `digest` from memory or the authenticated disk cache, or None: never compiles."""
         settings = settings_key(fuel)
         key = (digest, settings)
         with self._lock:
@@ -105,20 +117,38 @@ class ModuleCache:
                 self._memory.move_to_end(key)
                 MODULE_CACHE.labels(source="memory").inc()
                 return cached, "memory"
-        module, source = None, "compiled"
-        if self.disk is not None:
-            module = self._load(digest, settings, fuel)
-            source = "disk" if module is not None else source
+        if self.disk is None:
+            return None
+        module = self._load(digest, settings, fuel)
         if module is None:
-            module = self.pool.compile(digest, settings, verified_wasm, fuel)
-            if self.disk is not None:
-                self._store(digest, settings, module)
-        MODULE_CACHE.labels(source=source).inc()
+            return None
+        MODULE_CACHE.labels(source="disk").inc()
+        self._remember(key, module)
+        return module, "disk"
+
+    def has(self, digest: str, fuel: bool) -> bool:
+        """Whether the module of `digest` is in memory now (no disk read, no count)."""
+        with self._lock:
+            return (digest, settings_key(fuel)) in self._memory
+
+    def keep(self, digest: str, fuel: bool, module: wasmtime.Module) -> None:
+        """Keep a module this node compiled from verified bytes: in memory, and on disk when there is one."""
+        settings = settings_key(fuel)
+        if self.disk is not None:
+            self._store(digest, settings, module)
+        MODULE_CACHE.labels(source="compiled").inc()
+        self._remember((digest, settings), module)
+
+    def failure(self, digest: str, fuel: bool) -> SandboxRefusal | None:
+        """The remembered compile refusal of `digest` (the negative cache), if any."""
+        return self.pool.failure(digest, settings_key(fuel))
+
+    def _remember(self, key: tuple[str, str], module: wasmtime.Module) -> None:
         with self._lock:
             self._memory[key] = module
+            self._memory.move_to_end(key)
             while len(self._memory) > self._max:
                 self._memory.popitem(last=False)
-        return module, source
 
     def forget(self, digest: str) -> None:
         self.pool.forget(digest)

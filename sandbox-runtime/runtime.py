@@ -5,6 +5,11 @@ before the verifier (and the artifact policy for this node's stage) allowed the 
 the run contract comes only from the verified provenance. Verdicts are kept for `verdict_ttl`
 seconds, then the evidence is read and judged again (a revoked key stops an agent within the TTL).
 Every decision and every execution is audited and counted.
+
+With `background_compile` (the node's service) nothing is compiled on the caller's thread: a module
+not in the cache is queued on the background compiler (warmpool.py) and `Compiling` (503, retry) is
+raised at once; the warm pool's scans call `warm`, which verifies quietly and queues the compile.
+`agentfactory run` (one invocation) compiles on the spot.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +32,7 @@ from agentfactory.metrics import (
     WASI_EXECUTIONS,
     WASI_OVERHEAD,
     WASI_VIOLATIONS,
+    node_namespace,
 )
 from agentfactory.policy import PolicyEngine
 from agentfactory.promotion import DEFAULT_ENTRY_STAGE
@@ -40,6 +47,7 @@ from . import sandbox
 from .engine import Engines
 from .modcache import CacheEvent, ModuleCache, load_node_key
 from .sandbox import Execution, Invocation, Linked, SandboxRefusal
+from .warmpool import BackgroundCompiler, Job, JobKey
 
 MAX_STDIN = 16 * 1024 * 1024
 MAX_ARGS = 256
@@ -58,6 +66,9 @@ class RuntimeConfig:
     host_roots: tuple[Path, ...] = ()  # host folders agents may preopen (read-only)
     verdict_ttl: float = 30.0
     audit_log: Path | None = None
+    # The node's service: a module not compiled yet is compiled in the background (warmpool.py) and the
+    # request answered 503 `compiling`; False (`agentfactory run`, one invocation): compile on the caller.
+    background_compile: bool = False
 
 
 class Refused(AgentFactoryError):
@@ -68,6 +79,22 @@ class Refused(AgentFactoryError):
         self.reason = reason
         self.verdict = verdict
         self.agent = agent
+
+
+class Compiling(Refused):
+    """Not refused, not yet: the agent's module is queued or compiling off the request path (retry)."""
+
+    def __init__(self, job: Job, verdict: Verdict | None = None, agent: StoredAgent | None = None) -> None:
+        super().__init__("compiling", job.describe(), verdict, agent)
+        self.job = job
+
+
+def _unreported(_reason: str, _name: str, _agent: StoredAgent | None, _message: str,
+                _verdict: Verdict | None) -> None:
+    """A warm-up scan's refusals are not requests: neither audited nor counted."""
+
+
+Report = Callable[[str, str, "StoredAgent | None", str, "Verdict | None"], None]
 
 
 @dataclass
@@ -112,25 +139,46 @@ class Runtime:
         self._names: OrderedDict[str, tuple[StoredAgent, float]] = OrderedDict()  # ref -> (agent, resolved at)
         self._lock = threading.Lock()
         self._digest_locks: dict[str, threading.Lock] = {}
+        self.compiler = (BackgroundCompiler(self.modules, on_done=self._compiled) if self.config.background_compile
+                         else None)
+        self._pending: OrderedDict[str, JobKey] = OrderedDict()  # manifest digest -> its compile job
 
     # -- decisions -------------------------------------------------------------------------------
-    def prepare(self, ref: str) -> Prepared:
-        """A verified, linked agent for `ref`; Refused (audited, counted) when it may not run."""
-        agent = self._resolve(ref)
+    def prepare(self, ref: str, *, quiet: bool = False) -> Prepared:
+        """A verified, linked agent for `ref`; Refused (audited, counted) when it may not run, Compiling (a
+        Refused, neither audited nor counted) while its module compiles in the background. `quiet` (the warm
+        pool's scans): refusals are not audited or counted, and nothing is kept for requests."""
+        report: Report = _unreported if quiet else self._refused
+        agent = self._resolve(ref, report)
         key = agent.manifest_digest
         now = time.monotonic()
         with self._lock:
             hit = self._prepared.get(key)
+            pending = self._pending.get(key)
         if hit is not None and now - hit.verified_at < self.config.verdict_ttl:
             return hit
+        if pending is not None and self.compiler is not None:
+            job = self.compiler.active(pending)
+            if job is not None:  # still compiling: answered at once, no verification, no lock
+                raise Compiling(job, agent=agent)
         with self._lock:
             digest_lock = self._digest_locks.setdefault(key, threading.Lock())
         with digest_lock:  # one verification per agent at a time, not a stampede; other agents go on
             with self._lock:
                 hit = self._prepared.get(key)
+                self._pending.pop(key, None)
             if hit is not None and time.monotonic() - hit.verified_at < self.config.verdict_ttl:
                 return hit
-            prepared = self._verify_and_link(agent)
+            try:
+                prepared = self._verify_and_link(agent, report, audit_allowed=not quiet)
+            except Compiling as exc:
+                with self._lock:
+                    self._pending[key] = exc.job.key
+                    while len(self._pending) > MAX_PREPARED:
+                        self._pending.popitem(last=False)
+                raise
+            if quiet:  # a scan warms the module cache; the first request makes (and audits) its own decision
+                return prepared
             with self._lock:
                 self._prepared[key] = prepared
                 self._prepared.move_to_end(key)
@@ -139,9 +187,23 @@ class Runtime:
                     self._digest_locks.pop(old, None)
             return prepared
 
-    def _resolve(self, ref: str) -> StoredAgent:
+    def compiling(self, ref: str) -> Compiling | None:
+        """The answer for `ref` while its module compiles in the background, from memory alone (no store read,
+        no verification: the service asks before it takes a worker); None when it is not known to be compiling."""
+        if self.compiler is None:
+            return None
+        with self._lock:
+            cached = self._names.get(ref)
+            if cached is None or time.monotonic() - cached[1] >= self.config.verdict_ttl:
+                return None
+            pending = self._pending.get(cached[0].manifest_digest)
+        job = self.compiler.active(pending) if pending is not None else None
+        return Compiling(job, agent=cached[0]) if job is not None else None
+
+    def _resolve(self, ref: str, report: Report | None = None) -> StoredAgent:
         """The stored agent `ref` names: validated before any use; beyond the entry stage a bare name is
         the version promoted to this node's stage (never the highest tag)."""
+        report = report or self._refused
         check_ref(ref)
         now = time.monotonic()
         with self._lock:
@@ -157,10 +219,10 @@ class Runtime:
             else:
                 agent = self.store.resolve(ref)
         except NotFoundError as exc:
-            self._refused("not-found", ref, None, str(exc), None)
+            report("not-found", ref, None, str(exc), None)
             raise Refused("not-found", str(exc)) from None
         except MislabelledAgent as exc:
-            self._refused("unverified", ref, None, str(exc), None)
+            report("unverified", ref, None, str(exc), None)
             raise Refused("unverified", str(exc)) from None
         with self._lock:
             self._names[ref] = (agent, now)
@@ -169,7 +231,7 @@ class Runtime:
                 self._names.popitem(last=False)
         return agent
 
-    def _verify_and_link(self, agent: StoredAgent) -> Prepared:
+    def _verify_and_link(self, agent: StoredAgent, report: Report, *, audit_allowed: bool = True) -> Prepared:
         try:
             verdict, data = verify_stored(self.store, agent, self.trust, engine=self.policy, stage=self.config.stage,
                                           entry_stage=self.config.entry_stage)
@@ -184,39 +246,74 @@ class Runtime:
             others = [r for r in verdict.reasons if not r.startswith("promotion:")]
             if others:
                 message += "; also: " + "; ".join(others)
-            self._refused("not-promoted", agent.name, agent, message, verdict)
+            report("not-promoted", agent.name, agent, message, verdict)
             raise Refused("not-promoted", message, verdict, agent)
         if not verdict.allowed or data is None:
             reason = "tampered" if any(c.name == "digest" and not c.ok for c in verdict.checks) else "unverified"
             message = f"{agent.name}@{agent.digest} refused by the verifier: " + "; ".join(verdict.reasons)
-            self._refused(reason, agent.name, agent, message, verdict)
+            report(reason, agent.name, agent, message, verdict)
             raise Refused(reason, message, verdict, agent)
         if verdict.runspec is None:
             message = (f"{agent.name}@{agent.digest} has no attested run contract, so nothing can be granted to it: "
                        f"{verdict.runspec_problem}")
-            self._refused("unverified", agent.name, agent, message, verdict)
+            report("unverified", agent.name, agent, message, verdict)
             raise Refused("unverified", message, verdict, agent)
         try:
             inspect(data, f"{agent.name}@{agent.digest}")  # bounded parse: a clear error before the compiler
-            module, source = self.modules.module(agent.digest, data, verdict.runspec.limits.fuel is not None)
+            module, source = self._module(agent, verdict, data)
             linked = sandbox.link(self.engines, module, verdict.runspec, self.config.host_roots)
         except InputError as exc:
-            self._refused("bad-module", agent.name, agent, f"not a valid WebAssembly module: {exc}", verdict)
+            report("bad-module", agent.name, agent, f"not a valid WebAssembly module: {exc}", verdict)
             raise Refused("bad-module", f"not a valid WebAssembly module: {exc}", verdict, agent) from None
         except SandboxRefusal as exc:
             message = f"{agent.name}@{agent.digest}: {exc}"
-            self._refused(exc.reason, agent.name, agent, message, verdict)
+            report(exc.reason, agent.name, agent, message, verdict)
             raise Refused(exc.reason, message, verdict, agent) from None
-        self._audit("decision", agent=agent.name, version=agent.version, digest=agent.digest, allowed=True,
-                    score=verdict.score, stage=self.config.stage, module=source)
+        if audit_allowed:
+            self._audit("decision", agent=agent.name, version=agent.version, digest=agent.digest, allowed=True,
+                        score=verdict.score, stage=self.config.stage, module=source)
         return Prepared(agent=agent, verdict=verdict, linked=linked, module_source=source)
+
+    def _module(self, agent: StoredAgent, verdict: Verdict, data: bytes) -> tuple[Any, str]:
+        """The compiled module: compiled here (no background compiler), or from the caches; else its compile
+        is queued (or already running) off the request path and Compiling is raised. A remembered compile
+        refusal is a SandboxRefusal (403 at once)."""
+        assert verdict.runspec is not None
+        fuel = verdict.runspec.limits.fuel is not None
+        if self.compiler is None:
+            return self.modules.module(agent.digest, data, fuel)
+        found = self.modules.cached(agent.digest, fuel)
+        if found is not None:
+            return found
+        raise Compiling(self.compiler.submit(agent.name, agent.digest, data, fuel), verdict, agent)
+
+    def warm(self, ref: str) -> tuple[str, JobKey | None]:
+        """Verify `ref` and start its compile in the background, quietly (the warm pool's scan): ready,
+        compiling (and its job), refused:<reason>, or error (the store could not be read)."""
+        try:
+            self.prepare(ref, quiet=True)
+        except Compiling as exc:
+            return "compiling", exc.job.key
+        except Refused as exc:
+            return f"refused:{exc.reason}", None
+        except AgentFactoryError:
+            return "error", None
+        return "ready", None
+
+    def _compiled(self, job: Job, seconds: float, refusal: SandboxRefusal | None) -> None:
+        """A background compile finished: one audit record per compile (a refusal is remembered, so once)."""
+        self._audit("compile", agent=job.name, digest=job.digest, fuel=job.fuel, seconds=round(seconds, 3),
+                    queuedMs=round(((job.started_at or job.queued_at) - job.queued_at) * 1000, 1),
+                    outcome="compiled" if refusal is None else refusal.reason,
+                    message=None if refusal is None else str(refusal))
 
     def _refused(self, reason: str, name: str, agent: StoredAgent | None, message: str,
                  verdict: Verdict | None) -> None:
         WASI_VIOLATIONS.labels(reason=reason).inc()
         WASI_EXECUTIONS.labels(result="refused").inc()
         if agent is not None:  # a known agent: its canary analysis counts the refusal as an error
-            WASI_AGENT_EXECUTIONS.labels(agent=agent.name, digest=agent.digest, result="refused").inc()
+            WASI_AGENT_EXECUTIONS.labels(agent=agent.name, digest=agent.digest, stage=self.config.stage,
+                                         namespace=node_namespace(), result="refused").inc()
         self._audit("decision", agent=name, version=agent.version if agent else None,
                     digest=agent.digest if agent else None, allowed=False, reason=reason, message=message,
                     stage=self.config.stage, score=verdict.score if verdict else None,
@@ -244,11 +341,13 @@ class Runtime:
         seconds = time.perf_counter() - started
         WASI_EXECUTIONS.labels(result=execution.outcome).inc()
         WASI_AGENT_EXECUTIONS.labels(agent=prepared.agent.name, digest=prepared.agent.digest,
+                                     stage=self.config.stage, namespace=node_namespace(),
                                      result=execution.outcome).inc()
         if execution.outcome in ("timeout", "fuel", "memory", "stack", "output"):
             WASI_VIOLATIONS.labels(reason=execution.outcome).inc()
         WASI_OVERHEAD.observe(max(0.0, seconds - execution.guest_seconds))
-        WASI_DURATION.labels(agent=prepared.agent.name).observe(seconds)
+        WASI_DURATION.labels(agent=prepared.agent.name, digest=prepared.agent.digest, stage=self.config.stage,
+                             namespace=node_namespace()).observe(seconds)
         a = prepared.agent
         self._audit("execution", agent=a.name, version=a.version, digest=a.digest, outcome=execution.outcome,
                     exitCode=execution.exit_code, durationMs=round(seconds * 1000, 3),
@@ -256,6 +355,8 @@ class Runtime:
         return Result(prepared, execution, seconds)
 
     def close(self) -> None:
+        if self.compiler is not None:
+            self.compiler.close()
         self.engines.close()
         if self.audit is not None:
             self.audit.close()

@@ -10,8 +10,10 @@ escaping would make it longer than base64).
 Status: 200 the agent exited (any exit code); 422 the sandbox stopped it (deadline, memory,
 stack, output, fuel, trap); 403 refused before running (verification, policy, contract, over the
 node's ceilings); 404 no such agent; 400 bad request; 408 the request did not arrive in time;
-413 body too large; 503 no worker, no connection slot, no memory budget, or no compile slot
-(`compile-unavailable`) (`Retry-After`); 500 a bug.
+413 body too large; 503 no worker, no connection slot, no memory budget, no compile slot
+(`compile-unavailable`), or the agent's module is still compiling in the background (`compiling`:
+no request ever waits for a compile; warmpool.py) (`Retry-After`); 500 a bug. `/readyz` is 503 until
+the warm pool's first set of agents is compiled (or refused), with counts; `/healthz` is always 200.
 
 A bounded thread-per-connection HTTP/1.1 server with keep-alive, hardened against hostile clients
 (server_limits.py): connection slots in all and per client address, a whole-request deadline for
@@ -48,6 +50,7 @@ from .runtime import MAX_STDIN, Prepared, Refused, Result, Runtime
 from .sandbox import Invocation
 from .server_io import CHUNK, DeadlineReader, DeadlineWriter, json_document, streams_json
 from .server_limits import MIB, ClientSlots, MemoryBudget, RefusalPacer, ServerLimits
+from .warmpool import RETRY_AFTER, WarmPool
 
 INVOKE = re.compile(r"/v1/agents/([^/]*)/invoke")
 AGENT_NAME = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")  # the template schema's DNS label
@@ -79,7 +82,8 @@ class RuntimeServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], runtime: Runtime, *, workers: int = 8,
-                 max_connections: int | None = None, limits: ServerLimits | None = None) -> None:
+                 max_connections: int | None = None, limits: ServerLimits | None = None,
+                 warm: WarmPool | None = None) -> None:
         limits = limits or ServerLimits.from_env()
         if max_connections is not None:
             limits = dataclasses.replace(limits, max_connections=max_connections)
@@ -89,8 +93,18 @@ class RuntimeServer(ThreadingHTTPServer):
         self.slots = ClientSlots(limits)
         self.budget = MemoryBudget(limits.memory_budget)
         self.pacer = RefusalPacer(limits.refusals_per_client)
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # set once the service is up; with a warm pool, readiness also waits for it
+        self.warm = warm
         super().__init__(address, _Handler)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready to be routed traffic: serving, and (with a warm pool) its first set of agents compiled or refused."""
+        if self.warm is None:
+            ready = self.ready.is_set()
+            return ready, {"ready": ready}
+        status = self.warm.status()
+        status["ready"] = ready = self.ready.is_set() and bool(status["ready"])
+        return ready, status
 
     def process_request(self, request: Any, client_address: Any) -> None:
         client = str(client_address[0])
@@ -177,8 +191,8 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/healthz":
             self._send("healthz", 200, b"ok\n", "text/plain")
         elif path == "/readyz":
-            ready = self.server.ready.is_set()
-            self._send("readyz", 200 if ready else 503, b"ready\n" if ready else b"starting\n", "text/plain")
+            ready, status = self.server.readiness()
+            self._send("readyz", 200 if ready else 503, json.dumps(status).encode() + b"\n", "application/json")
         elif path == "/metrics":
             self._send("metrics", 200, generate_latest(), CONTENT_TYPE_LATEST)
         else:
@@ -196,7 +210,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._error("invoke", exc.code, exc.message, retry_after=exc.retry_after)
             return
         except Refused as exc:
-            self._pace()
+            if exc.reason != "compiling":  # not refused, not yet: nothing written, nothing to pace
+                self._pace()
             self._refused(exc)
             return
         self._result(result)
@@ -226,6 +241,9 @@ class _Handler(BaseHTTPRequestHandler):
         stdin = self._read_body(length)
         invocation = Invocation(stdin=stdin, args=args, env=env)
         del stdin
+        compiling = self.server.runtime.compiling(ref)  # a 503 that needs no worker: never queued behind others
+        if compiling is not None:
+            raise compiling
         if not self.server.workers.acquire(timeout=self.server.limits.queue_wait):
             raise _Answer(503, "every worker is busy; retry later", retry_after=True)
         try:
@@ -400,13 +418,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._send("invoke", code, ex.stdout, "application/octet-stream", headers)
 
     def _refused(self, exc: Refused) -> None:
-        # compile-unavailable: the node could not start a compile now (not the agent's fault, not
-        # remembered): a transient 503 the client may retry, unlike every other refusal.
-        code = {"not-found": 404, "compile-unavailable": 503}.get(exc.reason, 403)
+        # compiling: the module is compiling off the request path (warmpool.py); compile-unavailable: the
+        # node could not start a compile now (not the agent's fault, not remembered). Both are transient
+        # 503s the client may retry, unlike every other refusal (a remembered compile failure is a 403).
+        code = {"not-found": 404, "compile-unavailable": 503, "compiling": 503}.get(exc.reason, 403)
         doc: dict[str, Any] = {"error": str(exc), "reason": exc.reason}
-        if exc.verdict is not None:
+        if exc.verdict is not None and exc.reason != "compiling":
             doc["verdict"] = exc.verdict.to_json()
-        headers = {"Retry-After": "5"} if code == 503 else {}
+        headers = {"Retry-After": str(RETRY_AFTER if exc.reason == "compiling" else 5)} if code == 503 else {}
         self._send("invoke", code, json.dumps(doc).encode() + b"\n", "application/json", headers)
 
     def _error(self, endpoint: str, code: int, message: str, retry_after: bool = False) -> None:

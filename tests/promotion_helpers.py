@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from helpers import ROOT, git, write_template
-from runtime_helpers import OK_WAT, Signed, signed_store, wat_manifest
+from runtime_helpers import OK_WAT, Signed, signed_store, wait_until_ready, wat_manifest
 
 from agentfactory.promotion import promoter_keyring
 from agentfactory.tlog.log import EmbeddedLog
@@ -169,7 +169,9 @@ def runtime_process(store_url: str, trust_file: Path, stage: str, *,
         first = proc.stderr.readline()
         if not first.startswith(b"{"):
             raise AssertionError(f"the runtime did not start: {first!r} {proc.stderr.read()!r}")
-        yield json.loads(first)["listening"]
+        url = json.loads(first)["listening"]
+        wait_until_ready(url, proc)  # the warm pool compiled what the node may run (503 `compiling` before)
+        yield url
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -9,6 +9,7 @@ garbage either.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -16,9 +17,11 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from helpers import ROOT, write_template
 
@@ -179,8 +182,11 @@ class Served:
 
 @contextlib.contextmanager
 def serve_process(signed: Signed, base: Path, *, audit: Path | None = None, workers: int = 4,
-                  env: dict[str, str] | None = None) -> Iterator[Served]:
-    """The real `agentfactory runtime serve` on loopback (port 0) with `env` (AGENTFACTORY_RUNTIME_* limits)."""
+                  env: dict[str, str] | None = None, wait_ready: bool = True) -> Iterator[Served]:
+    """The real `agentfactory runtime serve` on loopback (port 0) with `env` (AGENTFACTORY_RUNTIME_* limits).
+
+    With `wait_ready`, the block starts once /readyz says the warm pool compiled the agents already published
+    (what Kubernetes waits for before routing traffic to the node)."""
     from agentfactory.provenance import DEFAULT_BUILDER_ID
     from agentfactory.trust import to_yaml
 
@@ -202,6 +208,8 @@ def serve_process(signed: Signed, base: Path, *, audit: Path | None = None, work
         url = json.loads(first)["listening"]
         pump = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, b"")), daemon=True)  # type: ignore[union-attr]
         pump.start()
+        if wait_ready:
+            wait_until_ready(url, proc)
         yield Served(url, proc, seen)
     finally:
         if proc.poll() is None:
@@ -211,6 +219,31 @@ def serve_process(signed: Signed, base: Path, *, audit: Path | None = None, work
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def readyz(url: str) -> tuple[int, dict[str, object]]:
+    """GET /readyz: the status code and the JSON document (the warm pool's counts)."""
+    conn = http.client.HTTPConnection(urlsplit(url).netloc, timeout=10)
+    try:
+        conn.request("GET", "/readyz")
+        reply = conn.getresponse()
+        return reply.status, json.loads(reply.read())
+    finally:
+        conn.close()
+
+
+def wait_until_ready(url: str, proc: subprocess.Popen[bytes] | None = None, seconds: float = 300) -> dict[str, object]:
+    """Poll /readyz until it is 200 (the node's first warm set is compiled or refused): its document."""
+    deadline = time.monotonic() + seconds
+    status: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"the runtime exited with {proc.returncode} before it was ready")
+        code, status = readyz(url)
+        if code == 200:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"the runtime was not ready within {seconds} s: {status}")
 
 
 def connect_from(source: str, port: int, timeout: float = 5.0) -> socket.socket:

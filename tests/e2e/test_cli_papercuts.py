@@ -40,9 +40,7 @@ def interrupt(proc: subprocess.Popen[str]) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("args", [["tlog", "serve", "--listen", "127.0.0.1:0"],
-                                  pytest.param(["runtime", "serve", "--listen", "127.0.0.1:0"], marks=pytest.mark.xfail(
-                                      strict=True, reason="sandbox-runtime/cli.py turns SIGINT into a clean stop "
-                                                          "(exit 0): owned by the runtime engineer, see the report"))])
+                                  ["runtime", "serve", "--listen", "127.0.0.1:0"]])
 def test_ctrl_c_stops_a_server_with_130(args: list[str]) -> None:
     proc = subprocess.Popen([AF, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     assert proc.stderr is not None

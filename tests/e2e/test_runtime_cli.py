@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import write_template
-from runtime_helpers import OK_WAT, wat_manifest
+from runtime_helpers import OK_WAT, readyz, wait_until_ready, wat_manifest
 
 pytestmark = pytest.mark.toolchain
 EXE = str(Path(sys.executable).with_name("agentfactory"))
@@ -66,6 +66,10 @@ def test_serve_invoke_sigterm_and_audit(built: Path) -> None:
         url = json.loads(first)["listening"]
         with httpx.Client(base_url=url, timeout=30) as client:
             assert client.get("/healthz").status_code == 200
+            # Ready once the warm pool compiled every agent it may run (or refused it): what Kubernetes waits for.
+            status = wait_until_ready(url, server)
+            assert status["warm"]["compiled"] >= 4 and status["warm"]["refused"] >= 1, status  # type: ignore[index]
+            assert readyz(url)[0] == 200
             assert client.post("/v1/agents/base64/invoke", content=b"hi").content == b"aGk=\n"
             assert client.post("/v1/agents/plain/invoke").status_code == 403
         server.send_signal(signal.SIGTERM)
@@ -74,9 +78,13 @@ def test_serve_invoke_sigterm_and_audit(built: Path) -> None:
         if server.poll() is None:
             server.kill()
             server.wait()
-    proc = af(built, "runtime", "audit", str(audit), "--json")
-    assert proc.returncode == 0 and json.loads(proc.stdout) == {"path": str(audit), "records": 3, "intact": True}
     lines = audit.read_text().splitlines()
+    events = [json.loads(line)["event"] for line in lines]
+    assert [e for e in events if e != "compile"] == ["decision", "execution", "decision"], events
+    assert events.count("compile") >= 4  # one per module the warm pool compiled, before any request
+    proc = af(built, "runtime", "audit", str(audit), "--json")
+    assert proc.returncode == 0 and json.loads(proc.stdout) == {"path": str(audit), "records": len(lines),
+                                                                "intact": True}
     audit.write_text("\n".join([lines[0], lines[2]]) + "\n")  # a record removed
     proc = af(built, "runtime", "audit", str(audit))
     assert proc.returncode == 1 and b":2: does not follow the line before it" in proc.stderr

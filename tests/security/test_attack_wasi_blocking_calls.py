@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import ROOT, write_template
-from runtime_helpers import OK_WAT, WASI_WRITE, Signed, publish, signed_store, wat_manifest
+from runtime_helpers import OK_WAT, WASI_WRITE, Signed, publish, signed_store, wait_until_ready, wat_manifest
 
 from agentfactory.template import load_template
 from pipelines.casetests import run_cases
@@ -166,7 +166,9 @@ def _serve(signed: Signed, base: Path) -> tuple[subprocess.Popen[bytes], str]:
         proc.kill()
         raise AssertionError(f"the runtime did not start: {first!r}")
     threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep its stderr drained
-    return proc, json.loads(first)["listening"]
+    url = json.loads(first)["listening"]
+    wait_until_ready(url, proc)  # the warm pool compiled what the node may run (503 `compiling` before)
+    return proc, url
 
 
 def test_sleepers_over_http_time_out_and_do_not_hold_the_workers(signed: Signed, tmp_path: Path) -> None:
