@@ -34,9 +34,27 @@ txt(x) := substring(x, 0, -1) if {
 	is_string(x)
 } else := sprintf("%v", [x])
 
-verdict := obj(object.get(input, "verdict", null))
+# Cost (rego-cpp 1.5 runs a compiled plan of an empty policy in ~0.5 ms; the rest is what the
+# rules do): a rule is evaluated once per decision, but a user function is evaluated again at every
+# call (~40 µs a call), a collection literal inside a function is built again at every call, a
+# regular expression is compiled again at every match, in time that grows with the pattern
+# (~0.4 ms for one with every date range as an alternation), and indexing a rule with a computed
+# key (month_days[m]) cost ~4 ms where object.get(month_days, m, d) is cheap. So what many rules
+# read is a rule of its own (the input's parts, the checks reported, the licence entries split
+# once, the stage switches, the two times), loops call no function on the allowed path, and the
+# one pattern left on it is short. Functions (txt, label, component_label, remedy) are left in the
+# messages: they run only when a rule denies. benchmarks/bench_policy.py measures it; docs/policy.md
+# (rego-cpp notes) says how the costs were found.
 
-checks := arr(object.get(verdict, "checks", null))
+verdict := v if {
+	v := input.verdict
+	is_object(v)
+} else := {}
+
+checks := c if {
+	c := input.verdict.checks
+	is_array(c)
+} else := []
 
 stage := s if {
 	s := input.stage
@@ -46,23 +64,26 @@ stage := s if {
 # --- A1: complete evidence: every required check is present and passed ------------------------
 
 deny contains msg if {
-	some name in cfg.required_checks
-	not reported(name)
+	some name in required_checks - reported_names
 	msg := sprintf(`verdict.checks: the required check "%s" is missing (config required_checks); the verifier must report it: publish the evidence it needs for this digest and verify again`, [txt(name)])
 }
 
 deny contains msg if {
-	some name in cfg.required_checks
 	some c in checks
-	object.get(obj(c), "name", null) == name
-	object.get(c, "ok", false) != true
+	not c.ok == true
+	name := c.name
+	name in required_checks
 	msg := sprintf(`verdict.checks: the required check "%s" failed: %s; fix what it reports and verify again`, [txt(name), txt(object.get(c, "reason", "no reason given"))])
 }
 
-reported(name) if {
+# Computed once per decision (rules are evaluated once; a function is evaluated at every call, and
+# a loop over the checks inside a loop over the required names costs rego-cpp ~1 ms).
+reported_names := {name |
 	some c in checks
-	object.get(obj(c), "name", null) == name
+	name := c.name
 }
+
+required_checks := {name | some name in cfg.required_checks}
 
 # --- A2: minimum security score for the stage --------------------------------------------------
 #
@@ -96,75 +117,74 @@ deny contains msg if {
 # compared case-insensitively, as SPDX specifies. A component without a licence is refused
 # (its licence is unknown). sbom null: nothing to check here; A1 reports the missing SBOM.
 
-components := arr(object.get(obj(input.sbom), "components", null))
+components := c if {
+	c := input.sbom.components
+	is_array(c)
+} else := []
 
 allowed_ids := {lower(id) | some id in cfg.license_allowlist}
 
 operators := {"AND", "OR", "WITH", "and", "or", "with"}
 
-# license_ids(expr): the licence ids (and exception ids) an expression names.
-license_ids(expr) := [id |
-	some id in regex.split(`[\s()]+`, expr)
-	id != ""
-	not id in operators
-]
+# string_licences: every licence string of every component, split once per decision into the
+# licence ids (and exception ids) it names: [component index, licence index, licence, ids].
+string_licences contains [i, j, lic, ids] if {
+	some i, entry in components
+	is_object(entry)
+	licenses := object.get(entry, "licenses", null)
+	is_array(licenses)
+	some j, lic in licenses
+	is_string(lic)
+	ids := [id |
+		some id in regex.split(`[\s()]+`, lic)
+		id != ""
+		not id in operators
+	]
+}
+
+# licensed: the indexes of the components with at least one licence that names an id.
+licensed := {e[0] | some e in string_licences; count(e[3]) > 0}
 
 component_label(c) := sprintf("%s %s", [txt(object.get(c, "name", "?")), txt(object.get(c, "version", "?"))])
 
 deny contains msg if {
 	some i, entry in components
-	c := obj(entry)
-	count(usable_licenses(c)) == 0
-	msg := sprintf(`sbom.components[%d] (%s): no licence is declared; set the dependency's SPDX licence (spec.dependencies[].license in agent.yaml) and rebuild`, [i, component_label(c)])
+	not i in licensed
+	msg := sprintf(`sbom.components[%d] (%s): no licence is declared; set the dependency's SPDX licence (spec.dependencies[].license in agent.yaml) and rebuild`, [i, component_label(obj(entry))])
 }
-
-usable_licenses(c) := [lic |
-	some lic in arr(object.get(c, "licenses", null))
-	is_string(lic)
-	count(license_ids(lic)) > 0
-]
 
 # An entry that names no id at all ("", " ", "()", a newline) is refused even beside an allowed one:
 # it says nothing the allowlist can judge, so it must not ride along unjudged.
 deny contains msg if {
-	some i, entry in components
-	c := obj(entry)
-	count(usable_licenses(c)) > 0
-	some j, lic in arr(object.get(c, "licenses", null))
-	is_string(lic)
-	count(license_ids(lic)) == 0
-	msg := sprintf(`sbom.components[%d].licenses[%d] (%s) names no SPDX licence id; remove the empty entry or declare the dependency's SPDX licence (spec.dependencies[].license in agent.yaml) and rebuild`, [i, j, component_label(c)])
+	some e in string_licences
+	count(e[3]) == 0
+	e[0] in licensed
+	msg := sprintf(`sbom.components[%d].licenses[%d] (%s) names no SPDX licence id; remove the empty entry or declare the dependency's SPDX licence (spec.dependencies[].license in agent.yaml) and rebuild`, [e[0], e[1], component_label(components[e[0]])])
 }
 
 deny contains msg if {
 	some i, entry in components
-	c := obj(entry)
-	some j, lic in arr(object.get(c, "licenses", null))
+	is_object(entry)
+	licenses := object.get(entry, "licenses", null)
+	is_array(licenses)
+	some j, lic in licenses
 	not is_string(lic)
-	msg := sprintf(`sbom.components[%d].licenses[%d] (%s) is not a string: licences must be SPDX ids or expressions`, [i, j, component_label(c)])
+	msg := sprintf(`sbom.components[%d].licenses[%d] (%s) is not a string: licences must be SPDX ids or expressions`, [i, j, component_label(entry)])
 }
 
 deny contains msg if {
-	some i, entry in components
-	c := obj(entry)
-	some j, lic in arr(object.get(c, "licenses", null))
-	is_string(lic)
-	ids := license_ids(lic)
-	count(ids) == 1
-	not lower(ids[0]) in allowed_ids
-	msg := sprintf(`sbom.components[%d].licenses[%d] (%s): licence "%s" is not on the licence allowlist (config license_allowlist); replace the dependency or have the licence approved and added to the allowlist`, [i, j, component_label(c), txt(lic)])
+	some e in string_licences
+	count(e[3]) == 1
+	not lower(e[3][0]) in allowed_ids
+	msg := sprintf(`sbom.components[%d].licenses[%d] (%s): licence "%s" is not on the licence allowlist (config license_allowlist); replace the dependency or have the licence approved and added to the allowlist`, [e[0], e[1], component_label(components[e[0]]), txt(e[2])])
 }
 
 deny contains msg if {
-	some i, entry in components
-	c := obj(entry)
-	some j, lic in arr(object.get(c, "licenses", null))
-	is_string(lic)
-	ids := license_ids(lic)
-	count(ids) > 1
-	refused := [id | some id in ids; not lower(id) in allowed_ids]
+	some e in string_licences
+	count(e[3]) > 1
+	refused := [id | some id in e[3]; not lower(id) in allowed_ids]
 	count(refused) > 0
-	msg := sprintf(`sbom.components[%d].licenses[%d] (%s): licence expression "%s" names %s, not on the licence allowlist (config license_allowlist); every id in an expression must be allowed: declare only an allowed choice (e.g. MIT instead of MIT OR GPL-3.0-only) or replace the dependency`, [i, j, component_label(c), txt(lic), txt(concat(", ", refused))])
+	msg := sprintf(`sbom.components[%d].licenses[%d] (%s): licence expression "%s" names %s, not on the licence allowlist (config license_allowlist); every id in an expression must be allowed: declare only an allowed choice (e.g. MIT instead of MIT OR GPL-3.0-only) or replace the dependency`, [e[0], e[1], component_label(components[e[0]]), txt(e[2]), txt(concat(", ", refused))])
 }
 
 deny contains msg if {
@@ -182,7 +202,10 @@ deny contains msg if {
 # --ignore-unfixed); the default false blocks it, because unfixable is not harmless.
 # scan null: no verified scan; A1 reports the missing "scan" check.
 
-scan_findings := arr(object.get(obj(input.scan), "findings", null))
+scan_findings := f if {
+	f := input.scan.findings
+	is_array(f)
+} else := []
 
 ignore_unfixed := object.get(cfg, "ignore_unfixed", false) == true
 
@@ -200,22 +223,31 @@ severity_label(f, sev) := "unknown, judged as high for this stage (config unknow
 	sev != lower(txt(object.get(f, "severity", "")))
 } else := sev
 
-# stage_switch(name): a per-stage boolean of config (config[name][stage], else config[name].default,
-# else false). Only `true` switches a rule on.
-stage_switch(name) if {
-	object.get(obj(object.get(cfg, name, null)), stage, null) == true
+# switched_on: the per-stage booleans of config that are on for this stage (config[name][stage],
+# else config[name].default, else false; only `true` switches a rule on). A set computed once per
+# decision: rules test membership instead of calling a function each time.
+switched_on contains name if {
+	some name in stage_switches
+	switch := cfg[name]
+	is_object(switch)
+	switch[stage] == true
 }
 
-stage_switch(name) if {
-	object.get(obj(object.get(cfg, name, null)), stage, null) == null
-	object.get(obj(object.get(cfg, name, null)), "default", null) == true
+switched_on contains name if {
+	some name in stage_switches
+	switch := cfg[name]
+	is_object(switch)
+	object.get(switch, stage, null) == null
+	switch["default"] == true
 }
+
+stage_switches := ["unknown_severity_as_high", "fail_on_unscanned", "refuse_dirty_provenance", "refuse_any_repository"]
 
 # An advisory without a severity ("unknown", or none at all) is judged as high where config
 # unknown_severity_as_high is on for the stage (on for prod by default): not knowing how bad a
 # vulnerability is must not make it harmless.
 effective_severity(f) := "high" if {
-	stage_switch("unknown_severity_as_high")
+	"unknown_severity_as_high" in switched_on
 	lower(txt(object.get(f, "severity", ""))) in {"unknown", ""}
 } else := lower(txt(object.get(f, "severity", "")))
 
@@ -248,14 +280,23 @@ deny contains msg if {
 # template policy, or a tighter config since, still stops a dangerous grant. agent null: no
 # contract was attested (the runtime refuses to run such an artifact; promotion may still verify it).
 
-agent := obj(object.get(input, "agent", null))
+agent_preopens := p if {
+	p := input.agent.capabilities.wasi.preopens
+	is_array(p)
+} else := []
 
-agent_preopens := arr(object.get(obj(object.get(obj(object.get(agent, "capabilities", null)), "wasi", null)), "preopens", null))
+agent_limits := l if {
+	l := input.agent.limits
+	is_object(l)
+} else := {}
 
-agent_limits := obj(object.get(agent, "limits", null))
+agent_tools := t if {
+	t := input.agent.tools
+	is_array(t)
+} else := []
 
 deny contains msg if {
-	some i, tool in arr(object.get(agent, "tools", null))
+	some i, tool in agent_tools
 	tool in cfg.dangerous_tools
 	msg := sprintf(`agent.tools[%d]: "%s" is a dangerous tool (config dangerous_tools) and is never granted; rebuild the agent without it`, [i, txt(tool)])
 }
@@ -301,6 +342,49 @@ deny contains msg if {
 	msg := sprintf("agent.limits.timeoutMs is %v, above the ceiling of %v ms (config max_timeout_ms); rebuild with a lower spec.limits.timeoutMs", [t, cfg.max_timeout_ms])
 }
 
+# Node ceilings (issue 18; template.rego T12 explains the formula): an output cap over the node's
+# ceiling, or memory and output caps that could never fit the node's memory budget, are refused
+# where the agent is promoted or admitted, not first by the node at each invocation (403
+# node-ceiling). maxOutputKiB absent: the schema default (config node.default_output_kib).
+
+agent_output_kib := k if {
+	k := agent_limits.maxOutputKiB
+} else := cfg.node.default_output_kib
+
+deny contains msg if {
+	is_object(input.agent)
+	is_number(agent_output_kib)
+	agent_output_kib > cfg.node.max_output_kib
+	msg := sprintf("agent.limits.maxOutputKiB is %v, above the node ceiling of %v KiB (config node.max_output_kib, the runtime's AGENTFACTORY_RUNTIME_MAX_OUTPUT_KIB): no node would run it; rebuild with spec.limits.maxOutputKiB at most %v", [agent_output_kib, cfg.node.max_output_kib, cfg.node.max_output_kib])
+}
+
+deny contains msg if {
+	m := agent_limits.memoryMiB
+	is_number(m)
+	is_number(agent_output_kib)
+	need_kib := ((m * 1024) + (4 * agent_output_kib)) + cfg.node.invocation_overhead_kib
+	need_kib > cfg.node.memory_budget_mib * 1024
+	msg := sprintf("agent.limits: memoryMiB %v and maxOutputKiB %v need %v MiB of host memory per invocation (memoryMiB + 4 x maxOutputKiB + %v KiB of tool log and store), more than the node's whole memory budget of %v MiB (config node.memory_budget_mib, the runtime's AGENTFACTORY_RUNTIME_MEMORY_BUDGET_MIB): no node could ever run it; rebuild with a lower spec.limits.memoryMiB or spec.limits.maxOutputKiB", [m, agent_output_kib, round((need_kib * 10) / 1024) / 10, cfg.node.invocation_overhead_kib, cfg.node.memory_budget_mib])
+}
+
+deny contains msg if {
+	is_object(input.agent)
+	not is_number(agent_output_kib)
+	msg := "agent.limits.maxOutputKiB is not a number: the run contract must state the per-stream output cap in KiB (or leave it out for the default)"
+}
+
+node_config := n if {
+	n := cfg.node
+	is_object(n)
+} else := {}
+
+deny contains msg if {
+	is_object(input.agent)
+	some key in ["max_output_kib", "memory_budget_mib", "invocation_overhead_kib", "default_output_kib"]
+	not is_number(object.get(node_config, key, null))
+	msg := sprintf("config node.%s is missing or not a number (policies/data.json): the node ceilings of the run contract (A5) cannot be judged without it", [txt(key)])
+}
+
 deny contains msg if {
 	a := object.get(input, "agent", null)
 	a != null
@@ -319,73 +403,116 @@ deny contains msg if {
 # --attest` (deploy/rescan runs it on a schedule). scan null: A1 reports the missing scan.
 
 max_scan_age_hours := h if {
-	h := object.get(obj(object.get(cfg, "scan_max_age_hours", null)), stage, null)
+	h := cfg.scan_max_age_hours[stage]
 	is_number(h)
 }
 
-# RFC 3339 with every field range-checked by the pattern: rego-cpp raises an evaluation error (no
-# message) for a date such as 2026-02-30 where OPA leaves the call undefined, and misreads numbers
-# with leading zeros, so nothing invalid may reach time.parse_rfc3339_ns. Years 1970-2261 (int64
+# RFC 3339, every field range-checked before time.parse_rfc3339_ns sees it: rego-cpp raises an
+# evaluation error (no message) for a date such as 2026-02-30 where OPA leaves the call undefined,
+# and misreads numbers with leading zeros, so nothing invalid may reach it. Years 1970-2261 (int64
 # nanoseconds end in 2262).
-rfc3339_pattern := `^(19[7-9][0-9]|2[01][0-9][0-9]|22[0-5][0-9]|226[01])-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,9})?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$`
+#
+# Cost: the pattern that range-checked every field with alternations cost ~0.4 ms a time (half
+# the decision; this one ~0.2 ms). One short pattern fixes the shape (every field a run of digits
+# of its width), and the ranges are compared as strings: fixed-width runs of digits order as their
+# numbers do.
+rfc3339_shape := `^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$`
 
 # time_ns(t): nanoseconds since the epoch of an RFC 3339 time; undefined when it is not one.
-# rego-cpp parses only numeric offsets, so "Z" is spelled "+00:00" first (OPA takes both).
+# Fields, for t of rfc3339_shape: year 1970-2261, month 01-12, a day the month has (29 February
+# only in a leap year: 2100 and 2200 are the century years in range that are not), hour 00-23,
+# minutes and seconds 00-59, offset 00:00-23:59. rego-cpp parses only
+# numeric offsets, so "Z" is spelled "+00:00" first (OPA takes both). No function calls and no
+# collection literals inside (rego-cpp builds a literal again at every call: the tables are rules);
+# the leap-year arithmetic runs only for 29 February, in the else branch.
 time_ns(t) := ns if {
 	is_string(t)
-	regex.match(rfc3339_pattern, t)
-	not regex.match(`^[0-9]{4}-(02-3[01]|(04|06|09|11)-31)`, t)
-	not bad_leap_day(t)
-	ns := time.parse_rfc3339_ns(utc_offset(t))
+	regex.match(rfc3339_shape, t)
+	year := substring(t, 0, 4)
+	year >= "1970"
+	year <= "2261"
+	day := substring(t, 8, 2)
+	day >= "01"
+	day <= object.get(month_days, substring(t, 5, 2), "00")
+	substring(t, 5, 5) != "02-29"
+	substring(t, 11, 2) <= "23"
+	substring(t, 14, 1) <= "5"
+	substring(t, 17, 1) <= "5"
+	last := substring(t, count(t) - 1, 1)
+	object.get(utc_hours, last, substring(t, count(t) - 5, 2)) <= "23"
+	object.get(utc_minutes, last, substring(t, count(t) - 2, 1)) <= "5"
+	ns := time.parse_rfc3339_ns(concat("", [substring(t, 0, count(t) - 1), object.get(utc_suffix, last, last)]))
+} else := ns if {
+	is_string(t)
+	regex.match(rfc3339_shape, t)
+	year := substring(t, 0, 4)
+	year >= "1970"
+	year <= "2261"
+	substring(t, 5, 5) == "02-29"
+	to_number(year) % 4 == 0
+	not year in {"2100", "2200"}
+	substring(t, 11, 2) <= "23"
+	substring(t, 14, 1) <= "5"
+	substring(t, 17, 1) <= "5"
+	last := substring(t, count(t) - 1, 1)
+	object.get(utc_hours, last, substring(t, count(t) - 5, 2)) <= "23"
+	object.get(utc_minutes, last, substring(t, count(t) - 2, 1)) <= "5"
+	ns := time.parse_rfc3339_ns(concat("", [substring(t, 0, count(t) - 1), object.get(utc_suffix, last, last)]))
 }
 
-bad_leap_day(t) if {
-	regex.match(`^[0-9]{4}-02-29`, t)
-	not leap(to_number(substring(t, 0, 4)))
+# The last day of each month (February: 29, the else branch of time_ns checks the year).
+month_days := {
+	"01": "31", "02": "29", "03": "31", "04": "30", "05": "31", "06": "30",
+	"07": "31", "08": "31", "09": "30", "10": "31", "11": "30", "12": "31",
 }
 
-leap(year) if {
-	year % 4 == 0
-	year % 100 != 0
-}
+# A time in UTC ("Z"): its offset hours and first digit of offset minutes, and the offset rego-cpp
+# parses.
+utc_hours := {"Z": "00", "z": "00"}
 
-leap(year) if year % 400 == 0
+utc_minutes := {"Z": "0", "z": "0"}
+
+utc_suffix := {"Z": "+00:00", "z": "+00:00"}
 
 # label(x): message text for a value that may be missing.
 label(x) := "(none)" if {
 	x == null
 } else := txt(x)
 
-utc_offset(t) := concat("", [substring(t, 0, count(t) - 1), "+00:00"]) if {
-	upper(substring(t, count(t) - 1, 1)) == "Z"
-} else := t
+scanned_on := t if {
+	t := input.scan.scannedOn
+} else := null
 
-scan_obj := obj(object.get(input, "scan", null))
+scan_present if is_object(input.scan)
 
-scanned_on := object.get(scan_obj, "scannedOn", null)
+scan_unscanned := u if {
+	u := input.scan.unscanned
+	is_array(u)
+} else := []
 
-scan_present if is_object(object.get(input, "scan", null))
+# Both times parsed once per decision (a function is evaluated again at every call).
+now_ns := time_ns(object.get(input, "now", null))
+
+scanned_ns := time_ns(scanned_on)
 
 deny contains msg if {
 	scan_present
 	max_scan_age_hours
-	not time_ns(object.get(input, "now", null))
+	not now_ns
 	msg := sprintf(`now: the decision time %s is missing or not an RFC 3339 time; stage "%s" has a maximum scan age (config scan_max_age_hours), which cannot be judged without it: the verifier must pass the decision time`, [label(object.get(input, "now", null)), txt(stage)])
 }
 
 deny contains msg if {
 	scan_present
 	max_scan_age_hours
-	not time_ns(scanned_on)
+	not scanned_ns
 	msg := sprintf(`scan.scannedOn: the scan's finish time %s is missing or not an RFC 3339 time; stage "%s" accepts scans at most %v hours old (config scan_max_age_hours): re-scan with "agentfactory scan AGENT --attest"`, [label(scanned_on), txt(stage), max_scan_age_hours])
 }
 
 deny contains msg if {
 	scan_present
 	hours := max_scan_age_hours
-	now_ns := time_ns(object.get(input, "now", null))
-	finished := time_ns(scanned_on)
-	age := now_ns - finished
+	age := now_ns - scanned_ns
 	age > hours * 3600000000000
 	msg := sprintf(`scan.scannedOn: the newest verified scan finished at %s, %v hours before the decision time %s; stage "%s" accepts scans at most %v hours old (config scan_max_age_hours): re-scan with "agentfactory scan AGENT --attest" against today's advisory database`, [txt(scanned_on), round(age / 360000000000) / 10, txt(input.now), txt(stage), hours])
 }
@@ -393,9 +520,7 @@ deny contains msg if {
 deny contains msg if {
 	scan_present
 	max_scan_age_hours
-	now_ns := time_ns(object.get(input, "now", null))
-	finished := time_ns(scanned_on)
-	finished - now_ns > object.get(cfg, "scan_clock_skew_seconds", 300) * 1000000000
+	scanned_ns - now_ns > object.get(cfg, "scan_clock_skew_seconds", 300) * 1000000000
 	msg := sprintf(`scan.scannedOn: the scan claims to have finished at %s, after the decision time %s (beyond config scan_clock_skew_seconds): a scan from the future cannot be judged fresh; check the scanner's clock and re-scan`, [txt(scanned_on), txt(input.now)])
 }
 
@@ -410,22 +535,34 @@ deny contains msg if {
 # component denies (`agentfactory scan --fail-on-unscanned` is the same gate by hand).
 
 unscanned_purls := {p |
-	some u in arr(object.get(scan_obj, "unscanned", null))
-	p := object.get(obj(u), "component", null)
+	some u in scan_unscanned
+	p := u.component
 	is_string(p)
 }
 
-first_party(purl) if {
-	is_string(purl)
-	some prefix in arr(object.get(cfg, "first_party_purl_prefixes", null))
-	startswith(purl, prefix)
+first_party_prefixes := p if {
+	p := cfg.first_party_purl_prefixes
+	is_array(p)
+} else := []
+
+first_party_purls := {p |
+	some entry in components
+	p := entry.purl
+	is_string(p)
+	some prefix in first_party_prefixes
+	startswith(p, prefix)
 }
 
-needs_scanning := [p |
-	some entry in components
-	p := object.get(obj(entry), "purl", null)
-	not first_party(p)
-]
+# The purl of every component that needs scanning (null for a component without one).
+needs_scanning := array.concat(
+	[p |
+		some entry in components
+		is_object(entry)
+		p := object.get(entry, "purl", null)
+		not p in first_party_purls
+	],
+	[null | some entry in components; not is_object(entry)],
+)
 
 # A component without a purl cannot have been scanned (no scanner knows what it is).
 scanned_purls := [p | some p in needs_scanning; is_string(p); not p in unscanned_purls]
@@ -439,8 +576,8 @@ deny contains msg if {
 
 deny contains msg if {
 	scan_present
-	stage_switch("fail_on_unscanned")
-	some i, u in arr(object.get(scan_obj, "unscanned", null))
+	"fail_on_unscanned" in switched_on
+	some i, u in scan_unscanned
 	msg := sprintf(`scan.unscanned[%d]: %s was not scanned (%s) and stage "%s" refuses unscanned components (config fail_on_unscanned); give it a purl an advisory database knows and rebuild`, [i, txt(object.get(obj(u), "component", "?")), txt(object.get(obj(u), "reason", "no reason given")), txt(stage)])
 }
 
@@ -453,41 +590,48 @@ deny contains msg if {
 # refuse_any_repository is on (prod), a trust policy that trusts every repository is refused,
 # because then the source check proves nothing.
 
-provenance := obj(object.get(input, "provenance", null))
+provenance := p if {
+	p := input.provenance
+	is_object(p)
+} else := {}
 
 deny contains msg if {
-	stage_switch("refuse_dirty_provenance")
+	"refuse_dirty_provenance" in switched_on
 	object.get(input, "provenance", null) == null
 	msg := sprintf(`provenance: there is no verified build provenance, and stage "%s" accepts only builds of a clean, committed tree (config refuse_dirty_provenance); build from a commit with the pipeline, which attests the tree`, [txt(stage)])
 }
 
 deny contains msg if {
-	stage_switch("refuse_dirty_provenance")
+	"refuse_dirty_provenance" in switched_on
 	object.get(input, "provenance", null) != null
 	object.get(provenance, "dirty", null) == true
 	msg := sprintf(`provenance.dirty is true: the artifact was built from a tree with uncommitted changes, and stage "%s" accepts only builds of a clean, committed tree (config refuse_dirty_provenance); commit the template and rebuild`, [txt(stage)])
 }
 
 deny contains msg if {
-	stage_switch("refuse_dirty_provenance")
+	"refuse_dirty_provenance" in switched_on
 	object.get(input, "provenance", null) != null
 	object.get(provenance, "dirty", null) != true
 	object.get(provenance, "dirty", null) != false
 	msg := sprintf(`provenance.dirty is not recorded: whether the tree was committed is unknown, and stage "%s" accepts only builds of a clean, committed tree (config refuse_dirty_provenance); rebuild from a Git commit with the pipeline, which records it`, [txt(stage)])
 }
 
-trusted_repositories := arr(object.get(obj(object.get(input, "trust", null)), "repositories", null))
+trusted_repositories := r if {
+	r := input.trust.repositories
+	is_array(r)
+} else := []
 
 deny contains msg if {
-	stage_switch("refuse_any_repository")
+	"refuse_any_repository" in switched_on
 	some i, pattern in trusted_repositories
 	is_string(pattern)
-	regex.match(`^\*+$`, pattern)
+	pattern != ""
+	trim_left(pattern, "*") == ""
 	msg := sprintf(`trust.repositories[%d] is "%s": the trust policy trusts every source repository, and stage "%s" requires it to name the repositories agents may be built from (config refuse_any_repository); list them in spec.repositories of the trust policy (e.g. https://github.com/your-org/agents)`, [i, txt(pattern), txt(stage)])
 }
 
 deny contains msg if {
-	stage_switch("refuse_any_repository")
-	not is_array(object.get(obj(object.get(input, "trust", null)), "repositories", null))
+	"refuse_any_repository" in switched_on
+	not is_array(input.trust.repositories)
 	msg := sprintf(`trust.repositories is missing: stage "%s" requires the trust policy to name the repositories agents may be built from (config refuse_any_repository); the verifier must pass them`, [txt(stage)])
 }

@@ -294,7 +294,43 @@ test_a5_sensitive_or_root_host_path_denied if {
 
 test_a5_limits_over_ceiling_denied if {
 	d := decide_agent(object.union(good_agent, {"limits": {"memoryMiB": 4096, "timeoutMs": 600000}}))
-	count(d) == 2
+	# memory and time over the config ceilings; 4096 MiB also cannot fit the node's budget (A5 node ceilings)
+	count(d) == 3
+	"agent.limits.memoryMiB is 4096, above the ceiling of 256 MiB (config max_memory_mib); rebuild with a lower spec.limits.memoryMiB" in d
+	"agent.limits.timeoutMs is 600000, above the ceiling of 30000 ms (config max_timeout_ms); rebuild with a lower spec.limits.timeoutMs" in d
+}
+
+test_a5_output_over_node_ceiling_denied if {
+	d := decide_agent(object.union(good_agent, {"limits": {"memoryMiB": 16, "timeoutMs": 2000, "maxOutputKiB": 16385}}))
+	d == {"agent.limits.maxOutputKiB is 16385, above the node ceiling of 16384 KiB (config node.max_output_kib, the runtime's AGENTFACTORY_RUNTIME_MAX_OUTPUT_KIB): no node would run it; rebuild with spec.limits.maxOutputKiB at most 16384"}
+	decide_agent(object.union(good_agent, {"limits": {"memoryMiB": 16, "timeoutMs": 2000, "maxOutputKiB": 16384}})) == set()
+}
+
+test_a5_output_absent_is_the_schema_default if {
+	d := decide_agent(object.union(good_agent, {"limits": {"memoryMiB": 16, "timeoutMs": 2000}})) with data.agentfactory.config.node.max_output_kib as 1000
+	d == {"agent.limits.maxOutputKiB is 1024, above the node ceiling of 1000 KiB (config node.max_output_kib, the runtime's AGENTFACTORY_RUNTIME_MAX_OUTPUT_KIB): no node would run it; rebuild with spec.limits.maxOutputKiB at most 1000"}
+}
+
+test_a5_output_not_a_number_denied if {
+	d := decide_agent(object.union(good_agent, {"limits": {"memoryMiB": 16, "timeoutMs": 2000, "maxOutputKiB": "64"}}))
+	d == {"agent.limits.maxOutputKiB is not a number: the run contract must state the per-stream output cap in KiB (or leave it out for the default)"}
+}
+
+# memoryMiB 100 and maxOutputKiB 1000 need 107440 KiB (104.9 MiB): they fit 105 MiB, not 104 MiB.
+budget_agent := object.union(good_agent, {"limits": {"memoryMiB": 100, "timeoutMs": 2000, "maxOutputKiB": 1000}})
+
+test_a5_caps_over_the_node_memory_budget_denied if {
+	d := decide_agent(budget_agent) with data.agentfactory.config.node.memory_budget_mib as 104
+	d == {"agent.limits: memoryMiB 100 and maxOutputKiB 1000 need 104.9 MiB of host memory per invocation (memoryMiB + 4 x maxOutputKiB + 1040 KiB of tool log and store), more than the node's whole memory budget of 104 MiB (config node.memory_budget_mib, the runtime's AGENTFACTORY_RUNTIME_MEMORY_BUDGET_MIB): no node could ever run it; rebuild with a lower spec.limits.memoryMiB or spec.limits.maxOutputKiB"}
+	decide_agent(budget_agent) == set() with data.agentfactory.config.node.memory_budget_mib as 105
+}
+
+test_a5_missing_node_config_denied_only_with_a_contract if {
+	d := decide_agent(good_agent) with data.agentfactory.config.node as null
+	count(d) == 4
+	some msg in d
+	startswith(msg, "config node.max_output_kib is missing or not a number")
+	decide_agent(null) == set() with data.agentfactory.config.node as null
 }
 
 test_a5_malformed_agent_denied if {

@@ -5,7 +5,7 @@
 # "initialMemoryBytes"}, "base": null | {"version", "changed"}}.
 # Tunables: data.agentfactory.config (policies/data.json).
 #
-# Every deny message names the field it is about and says what to change. Rule ids (T1..T11) are
+# Every deny message names the field it is about and says what to change. Rule ids (T1..T12) are
 # the ones used by the fixtures in tests/fixtures/policy-templates/.
 #
 # Fail closed: values that should be there but are not (a missing limit, a non-semver version, a
@@ -131,17 +131,16 @@ deny contains msg if {
 
 deny contains msg if {
 	some i, entry in imports
+	not entry.module in known_modules
 	imp := obj(entry)
 	mod := object.get(imp, "module", "?")
-	not known_module(mod)
 	msg := sprintf(`module.imports[%d]: the module imports %s.%s from unknown module "%s"; agents may import only %s functions and declared tools from "%s"; remove the import`, [i, txt(mod), txt(object.get(imp, "name", "?")), txt(mod), txt(cfg.wasi_module), txt(cfg.tool_module)])
 }
 
-known_module(m) if m == cfg.wasi_module
-
-known_module(m) if m == cfg.tool_module
-
-known_module(m) if m in cfg.blocked_import_modules # reported by T2
+# A set computed once per decision, not a function called per import: rego-cpp evaluates a
+# function again at every call (~40 µs each; see artifact.rego, Cost). Blocked modules are known
+# here because T2 reports them.
+known_modules := (({m | m := cfg.wasi_module} | {m | m := cfg.tool_module}) | {m | some m in cfg.blocked_import_modules})
 
 # --- T4: memory ceiling -----------------------------------------------------------------------
 
@@ -172,6 +171,60 @@ deny contains msg if {
 deny contains msg if {
 	limits.timeoutMs > cfg.max_timeout_ms
 	msg := sprintf("spec.limits.timeoutMs is %v, above the ceiling of %v ms (config max_timeout_ms); lower spec.limits.timeoutMs to at most %v", [limits.timeoutMs, cfg.max_timeout_ms, cfg.max_timeout_ms])
+}
+
+# --- T12: node ceilings: the output cap and the node's memory budget (issue 18) --------------------
+#
+# The node service (sandbox-runtime/server.py) refuses at every invocation, as 403 node-ceiling, an
+# agent whose maxOutputKiB is over its ceiling (AGENTFACTORY_RUNTIME_MAX_OUTPUT_KIB, default 16384)
+# or whose caps could never fit its memory budget (AGENTFACTORY_RUNTIME_MEMORY_BUDGET_MIB, default
+# 768): per invocation it reserves memoryMiB + 4 x maxOutputKiB (stdout and stderr, each twice while
+# the sandbox joins its parts) + 16 KiB of tool log + 1 MiB of store, plus three times the request
+# body. Config node mirrors those defaults (invocation_overhead_kib = 16 + 1024; the body is left
+# out: with an empty body the agent still does not fit). Such an agent could never run on a node,
+# so it is refused here, where it is built. maxOutputKiB absent: the schema default
+# (node.default_output_kib, 1024).
+
+output_kib := k if {
+	k := limits.maxOutputKiB
+} else := cfg.node.default_output_kib
+
+deny contains msg if {
+	not is_number(output_kib)
+	msg := "spec.limits.maxOutputKiB is not a number: set the per-stream output cap in KiB, or leave it out for the default of 1024"
+}
+
+deny contains msg if {
+	is_number(output_kib)
+	output_kib > cfg.node.max_output_kib
+	msg := sprintf("spec.limits.maxOutputKiB is %v, above the node ceiling of %v KiB (config node.max_output_kib, the runtime's AGENTFACTORY_RUNTIME_MAX_OUTPUT_KIB): no node would run it; lower spec.limits.maxOutputKiB to at most %v", [output_kib, cfg.node.max_output_kib, cfg.node.max_output_kib])
+}
+
+deny contains msg if {
+	is_number(limits.memoryMiB)
+	is_number(output_kib)
+	need_kib := ((limits.memoryMiB * 1024) + (4 * output_kib)) + cfg.node.invocation_overhead_kib
+	need_kib > cfg.node.memory_budget_mib * 1024
+	msg := sprintf("spec.limits: memoryMiB %v and maxOutputKiB %v need %v MiB of host memory per invocation (memoryMiB + 4 x maxOutputKiB + %v KiB of tool log and store), more than the node's whole memory budget of %v MiB (config node.memory_budget_mib, the runtime's AGENTFACTORY_RUNTIME_MEMORY_BUDGET_MIB): no node could ever run it; lower spec.limits.memoryMiB or spec.limits.maxOutputKiB", [limits.memoryMiB, output_kib, round((need_kib * 10) / 1024) / 10, cfg.node.invocation_overhead_kib, cfg.node.memory_budget_mib])
+}
+
+node_config := n if {
+	n := cfg.node
+	is_object(n)
+} else := {}
+
+node_config_complete if {
+	is_number(node_config.max_output_kib)
+	is_number(node_config.memory_budget_mib)
+	is_number(node_config.invocation_overhead_kib)
+	is_number(node_config.default_output_kib)
+}
+
+deny contains msg if {
+	not node_config_complete
+	some key in ["max_output_kib", "memory_budget_mib", "invocation_overhead_kib", "default_output_kib"]
+	not is_number(object.get(node_config, key, null))
+	msg := sprintf("config node.%s is missing or not a number (policies/data.json): the node ceilings (T12) cannot be judged without it", [txt(key)])
 }
 
 # --- T6: preopens are read-only (readOnly absent = true, the schema default) --------------------

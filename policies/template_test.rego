@@ -1,4 +1,4 @@
-# Unit tests of the template policy (template.rego), T1..T11.
+# Unit tests of the template policy (template.rego), T1..T12.
 #
 # The input is always set field by field (`with input.template as …`, `with input.module as …`),
 # never as a whole (`with input as …`): regopy 1.5.2 (rego-cpp) crashes the process when a rule
@@ -261,6 +261,67 @@ test_t4_module_initial_memory_over_limit_denied if {
 test_t4_module_initial_memory_within_limit_allowed if {
 	mod := {"imports": good_imports, "exports": good_module.exports, "initialMemoryBytes": 4194304}
 	denies_module(good, mod) == set()
+}
+
+# --- T12 node ceilings (output cap, the node's memory budget) ---------------------------------
+
+test_t12_output_over_node_ceiling_denied if {
+	denies(patched("/spec/limits/maxOutputKiB", 16385)) == {"spec.limits.maxOutputKiB is 16385, above the node ceiling of 16384 KiB (config node.max_output_kib, the runtime's AGENTFACTORY_RUNTIME_MAX_OUTPUT_KIB): no node would run it; lower spec.limits.maxOutputKiB to at most 16384"}
+}
+
+test_t12_output_at_node_ceiling_allowed if {
+	denies(patched("/spec/limits/maxOutputKiB", 16384)) == set()
+}
+
+test_t12_output_absent_is_the_schema_default if {
+	d := denies(without("/spec/limits/maxOutputKiB")) with data.agentfactory.config.node.max_output_kib as 1000
+	d == {"spec.limits.maxOutputKiB is 1024, above the node ceiling of 1000 KiB (config node.max_output_kib, the runtime's AGENTFACTORY_RUNTIME_MAX_OUTPUT_KIB): no node would run it; lower spec.limits.maxOutputKiB to at most 1000"}
+	denies(without("/spec/limits/maxOutputKiB")) == set()
+}
+
+test_t12_output_not_a_number_denied if {
+	some msg in denies(patched("/spec/limits/maxOutputKiB", "64"))
+	startswith(msg, "spec.limits.maxOutputKiB is not a number")
+}
+
+test_t12_output_follows_config if {
+	d := denies(good) with data.agentfactory.config.node.max_output_kib as 32
+	d == {"spec.limits.maxOutputKiB is 64, above the node ceiling of 32 KiB (config node.max_output_kib, the runtime's AGENTFACTORY_RUNTIME_MAX_OUTPUT_KIB): no node would run it; lower spec.limits.maxOutputKiB to at most 32"}
+}
+
+# memoryMiB 100 and maxOutputKiB 1000 need 102400 + 4000 + 1040 = 107440 KiB (104.9 MiB): they fit
+# a budget of 105 MiB (107520 KiB), not one of 104 MiB.
+budget_template := json.patch(good, [
+	{"op": "add", "path": "/spec/limits/memoryMiB", "value": 100},
+	{"op": "add", "path": "/spec/limits/maxOutputKiB", "value": 1000},
+])
+
+test_t12_caps_over_the_node_memory_budget_denied if {
+	d := denies(budget_template) with data.agentfactory.config.node.memory_budget_mib as 104
+	d == {"spec.limits: memoryMiB 100 and maxOutputKiB 1000 need 104.9 MiB of host memory per invocation (memoryMiB + 4 x maxOutputKiB + 1040 KiB of tool log and store), more than the node's whole memory budget of 104 MiB (config node.memory_budget_mib, the runtime's AGENTFACTORY_RUNTIME_MEMORY_BUDGET_MIB): no node could ever run it; lower spec.limits.memoryMiB or spec.limits.maxOutputKiB"}
+}
+
+test_t12_caps_within_the_node_memory_budget_allowed if {
+	denies(budget_template) == set() with data.agentfactory.config.node.memory_budget_mib as 105
+}
+
+test_t12_defaults_fit_the_default_budget if {
+	# the largest agent the defaults allow (256 MiB, 16384 KiB of output) fits the 768 MiB budget
+	t := json.patch(good, [
+		{"op": "add", "path": "/spec/limits/memoryMiB", "value": 256},
+		{"op": "add", "path": "/spec/limits/maxOutputKiB", "value": 16384},
+	])
+	denies(t) == set()
+}
+
+test_t12_missing_node_config_denied if {
+	d := denies(good) with data.agentfactory.config.node as null
+	d == {
+		"config node.max_output_kib is missing or not a number (policies/data.json): the node ceilings (T12) cannot be judged without it",
+		"config node.memory_budget_mib is missing or not a number (policies/data.json): the node ceilings (T12) cannot be judged without it",
+		"config node.invocation_overhead_kib is missing or not a number (policies/data.json): the node ceilings (T12) cannot be judged without it",
+		"config node.default_output_kib is missing or not a number (policies/data.json): the node ceilings (T12) cannot be judged without it",
+	}
 }
 
 # --- T5 time ceiling --------------------------------------------------------------------------

@@ -66,6 +66,18 @@ def _trust(policy_path: Path | None, provider: str | None) -> TrustPolicy:
     return load_trust_policy(policy_path) if policy_path else default_policy(provider)
 
 
+def _node_config() -> dict[str, Any]:
+    """This node's own ceilings for the policies (A5, T12), so that a node run with other
+    AGENTFACTORY_RUNTIME_* limits judges by them, not by the defaults in policies/data.json."""
+    from .server import INVOCATION_OVERHEAD, TOOL_LOG_BYTES
+    from .server_limits import ServerLimits
+
+    limits = ServerLimits.from_env()
+    return {"node": {"max_output_kib": limits.max_output_kib, "memory_budget_mib": limits.memory_budget_mib,
+                     "invocation_overhead_kib": (TOOL_LOG_BYTES + INVOCATION_OVERHEAD) // 1024,
+                     "default_output_kib": 1024}}
+
+
 def _open_runtime(store_url: str | None, policy_path: Path | None, provider: str | None, policies_dir: Path | None,
                   stage: str, cache_dir: Path | None, node_key: Path | None, audit_log: Path | None,
                   host_roots: tuple[Path, ...], entry_stage: str, background_compile: bool = False) -> Any:
@@ -74,7 +86,7 @@ def _open_runtime(store_url: str | None, policy_path: Path | None, provider: str
     roots = tuple(p.resolve() for p in host_roots)
     config = RuntimeConfig(stage=stage, cache_dir=cache_dir, node_key=node_key, host_roots=roots,
                            audit_log=audit_log, entry_stage=entry_stage, background_compile=background_compile)
-    engine = RegoEngine(policies_dir)
+    engine = RegoEngine(policies_dir, config=_node_config())
     check_stage(stage, engine)  # a typo'd stage is exit 2 with the closest name, not a node that refuses all
     check_stage(entry_stage, engine, option="--entry-stage")
     return Runtime(open_store(store_url, existing=True), _trust(policy_path, provider), engine, config)
