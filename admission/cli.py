@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from agentfactory.cli.common import EXIT_OK, EXIT_PROBLEMS, err, handle_errors, print_json
+from agentfactory.cli.common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, err, handle_errors, print_json
 from agentfactory.errors import InputError
 
 from .config import AdmissionConfig, load_config
@@ -141,15 +141,20 @@ def certs(out: Path, service: str, namespace: str, days: int) -> None:
 def review_cmd(file: Any, warn_mode: bool, config_path: Path | None, store_url: str | None) -> None:
     """Answer one AdmissionReview from FILE ('-': stdin) as the webhook would, without a server.
 
-    Prints the response AdmissionReview; exit 0 when allowed, 1 when denied.
+    Prints the response AdmissionReview; exit 0 when allowed, 1 when denied, 2 when FILE is not an
+    AdmissionReview (the 400 answer the server would send is printed all the same).
     """
-    from .review import parse_review, response
+    from .review import parse_review, response, uid_of
 
     config = _config(config_path, store_url)
     data = file.read(config.max_request_bytes + 1)
     if len(data) > config.max_request_bytes:
         raise InputError(file.name, f"larger than {config.max_request_bytes} bytes (config maxRequestBytes)")
-    review = parse_review(data)
+    try:
+        review = parse_review(data)
+    except InputError as exc:  # what the server answers: a 400 denial naming the problem
+        print_json(response(uid_of(data), False, code=400, message=f"not a valid AdmissionReview: {exc}; denied"))
+        sys.exit(EXIT_USAGE)
     answer = build_admitter(config).review(review, "warn" if warn_mode else "enforce")
     print_json(response(review.uid, answer.allowed, code=None if answer.allowed else answer.code,
                         message="" if answer.allowed else answer.message, warnings=answer.warnings))

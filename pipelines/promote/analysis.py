@@ -192,19 +192,38 @@ class RuntimeMetrics(MetricsSource):
     name = "runtime"
 
     def __init__(self, urls: list[str], *, timeout: float = 5.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 progress: Callable[[Measurement, float], None] | None = None, progress_every: float = 1.0) -> None:
+        """`progress(so_far, seconds_left)`, when given, is told what the window has seen every
+        `progress_every` seconds (one more scrape of every node each time), for a person watching."""
         if not urls:
             raise ConfigError("runtime metrics: give at least one node URL (http://NODE:PORT)")
         self.urls = [_metrics_url(u) for u in urls]
         self.timeout = timeout
         self.sleep = sleep
+        self.progress = progress
+        self.progress_every = progress_every
 
     def measure(self, agent: str, digest: str, window_seconds: float, stage: str) -> Measurement:
         _check_target(agent, digest, window_seconds, stage)
+        source = f"runtime /metrics of {', '.join(self.urls)} (stage {stage})"
         with _client(self.timeout) as client:
             before = [self._scrape(client, url, agent, digest, stage) for url in self.urls]
-            self.sleep(window_seconds)
+            if self.progress is None:
+                self.sleep(window_seconds)
+            else:
+                end = time.monotonic() + window_seconds
+                while (left := end - time.monotonic()) > 0:
+                    self.sleep(min(self.progress_every, left))
+                    now = [self._scrape(client, url, agent, digest, stage) for url in self.urls]
+                    self.progress(self._difference(before, now, source, window_seconds),
+                                  max(0.0, end - time.monotonic()))
             after = [self._scrape(client, url, agent, digest, stage) for url in self.urls]
+        return self._difference(before, after, source, window_seconds)
+
+    @staticmethod
+    def _difference(before: list[_Snapshot], after: list[_Snapshot], source: str, window_seconds: float) -> Measurement:
+        """What every node counted between two scrapes (a restarted node from zero)."""
         by_result: dict[str, float] = {}
         buckets: dict[float, float] = {}
         for old, new in zip(before, after, strict=True):
@@ -217,8 +236,7 @@ class RuntimeMetrics(MetricsSource):
             reborn = restarted or old.buckets_created != new.buckets_created
             for le, value in new.buckets.items():
                 buckets[le] = buckets.get(le, 0.0) + _delta(old.buckets.get(le, 0.0), value, reborn)
-        return _measurement(by_result, quantile(QUANTILE, buckets),
-                            f"runtime /metrics of {', '.join(self.urls)} (stage {stage})", window_seconds)
+        return _measurement(by_result, quantile(QUANTILE, buckets), source, window_seconds)
 
     def _scrape(self, client: httpx.Client, url: str, agent: str, digest: str, stage: str) -> _Snapshot:
         _, body = _get(client, url, {}, self.timeout)

@@ -178,13 +178,23 @@ def promote_cmd(agent: str, to: str, digest: str | None, approved_by: str | None
     if prometheus:
         metrics = PrometheusMetrics(prometheus)
     elif runtime_urls:
-        metrics = RuntimeMetrics(list(runtime_urls))
+        metrics = RuntimeMetrics(list(runtime_urls), progress=_progress_line(agent) if sys.stderr.isatty() else None)
     try:
         outcome = promote(ctx, agent, to, digest=digest, approved_by=approved_by, analysis_window=seconds,
                           metrics=metrics)
     except (Refused, PromotionConflict) as exc:
         _finish(None, exc, as_json)
     _finish(outcome, None, as_json)
+
+
+def _progress_line(agent: str) -> Callable[[Any, float], None]:
+    """On a terminal, one line rewritten in place while the analysis window runs: what it has seen."""
+    def show(m: Any, left: float) -> None:  # an analysis.Measurement (imported lazily, as the command does)
+        ratio = f"{100 * m.errors / m.requests:.1f} % errors" if m.requests else "no errors yet"
+        end = "\n" if left <= 0 else ""
+        sys.stderr.write(f"\ranalyzing {agent}: {m.requests:.0f} requests, {ratio} so far, {left:.0f} s left   {end}")
+        sys.stderr.flush()
+    return show
 
 
 @click.command("rollback")

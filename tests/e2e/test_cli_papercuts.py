@@ -285,3 +285,18 @@ def test_every_folder_inside_a_package_is_a_listed_package_with_its_data() -> No
         files = [f.name for f in folder.iterdir() if f.is_file() and f.suffix not in (".py", ".pyc", ".md")]
         for name in files:
             assert any(Path(name).match(glob) for glob in data.get(package, [])), f"{folder / name}: not package data"
+
+
+# --- admission review of something that is not an AdmissionReview: the server's answer, exit 2 ------------
+
+@pytest.mark.parametrize(("body", "uid", "needle"), [
+    ('{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"abc"}}', "abc", "request.kind"),
+    ("{not json", "", "not JSON"),
+    ('{"apiVersion":"v1","kind":"Pod"}', "", "expected admission.k8s.io/v1"),
+])
+def test_admission_review_prints_the_400_answer_for_a_bad_review(body: str, uid: str, needle: str) -> None:
+    done = af("admission", "review", "-", stdin=body)
+    assert done.returncode == 2, done.stderr
+    response = json.loads(done.stdout)["response"]
+    assert response["uid"] == uid and response["allowed"] is False and response["status"]["code"] == 400
+    assert needle in response["status"]["message"], response

@@ -203,6 +203,29 @@ def test_runtime_metrics_judge_the_canary_digest_across_nodes(nodes: list[Node],
     assert result.reasons[0] == "requests: 5 in 2 s, fewer than the 20 needed to judge"
 
 
+def test_a_person_watching_sees_the_window_fill(nodes: list[Node], agents: Agents) -> None:
+    """`promote --analyze` on a terminal: what the window has seen so far, every interval, and the same
+    totals at the end as without progress."""
+    a, _ = (n.url for n in nodes)
+    seen: list[tuple[float, float, float]] = []
+    traffic = during_window([(a, "canary", ok(8) + bad(2), 200)])
+    calls = []
+
+    def sleep(seconds: float) -> None:  # the traffic runs in the first interval; the rest is waited out
+        if not calls:
+            traffic(seconds)
+        else:
+            time.sleep(seconds)
+        calls.append(seconds)
+
+    source = RuntimeMetrics([a], sleep=sleep, progress=lambda m, left: seen.append((m.requests, m.errors, left)),
+                            progress_every=0.5)
+    m = source.measure("canary", agents.canary, 1.5, stage="dev")
+    assert (m.requests, m.errors) == (10, 2)
+    assert len(seen) >= 2 and seen[-1][:2] == (10, 2) and seen[-1][2] == 0  # the last line: the whole window
+    assert all(earlier[0] <= later[0] for earlier, later in zip(seen, seen[1:], strict=False))
+
+
 def test_refusals_count_as_errors_and_other_digests_do_not_count(nodes: list[Node], agents: Agents) -> None:
     a, b = (n.url for n in nodes)
     batches: list[Batch] = [(a, "plain", ok(4), 403), (b, "plain", ok(3), 403), (a, "canary", ok(5), 200)]
