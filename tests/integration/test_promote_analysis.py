@@ -4,6 +4,7 @@ answer rubbish. Nothing is mocked."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -223,7 +224,7 @@ def test_a_person_watching_sees_the_window_fill(nodes: list[Node], agents: Agent
     m = source.measure("canary", agents.canary, 1.5, stage="dev")
     assert (m.requests, m.errors) == (10, 2)
     assert len(seen) >= 2 and seen[-1][:2] == (10, 2) and seen[-1][2] == 0  # the last line: the whole window
-    assert all(earlier[0] <= later[0] for earlier, later in zip(seen, seen[1:], strict=False))
+    assert all(earlier[0] <= later[0] for earlier, later in itertools.pairwise(seen))
 
 
 def test_refusals_count_as_errors_and_other_digests_do_not_count(nodes: list[Node], agents: Agents) -> None:
