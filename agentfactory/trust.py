@@ -68,6 +68,8 @@ POLICY_SCHEMA: dict[str, Any] = {
                         "publicKeyFile": {"type": "string"},
                         # where the verifier asks for logged scans the store no longer holds
                         "url": {"type": "string", "pattern": "^https?://[^\\s]+$", "maxLength": 2048},
+                        # our own witness: records must be consistent with the monitor's latest checkpoint
+                        "witnessStateFile": {"type": "string", "minLength": 1},
                     },
                     "oneOf": [{"required": ["publicKey"]}, {"required": ["publicKeyFile"]}],
                 }},
@@ -123,6 +125,9 @@ class TrustPolicy:
     # Log id -> the log's URL, when the policy gives one: the verifier then also asks the log for
     # logged scan attestations the store no longer holds (agentfactory/scan/logged.py).
     log_urls: dict[str, str] = field(default_factory=dict)
+    # Log id -> the state file of `agentfactory audit monitor` (a witness of our own): when given, a
+    # record counts only if its checkpoint is part of the history the monitor verified.
+    witnesses: dict[str, Path] = field(default_factory=dict)
 
     def trusts_builder(self, builder: str) -> bool:
         return builder in self.builders
@@ -194,13 +199,14 @@ def load_trust_policy(path: Path) -> TrustPolicy:
     keys = _load_keys(path, doc, "keys", spec["keys"], seen, problems)
     promoters = _load_keys(path, doc, "promoters", spec.get("promoters", []), seen, problems)
     log_urls: dict[str, str] = {}
-    logs = _load_logs(path, doc, spec.get("transparencyLogs", []), problems, log_urls)
+    witnesses: dict[str, Path] = {}
+    logs = _load_logs(path, doc, spec.get("transparencyLogs", []), problems, log_urls, witnesses)
     keyless = _load_keyless(path, doc, spec.get("keyless"), problems)
     if problems:
         raise ValidationFailed(problems)
     return TrustPolicy(keys, tuple(spec.get("builders", [DEFAULT_BUILDER_ID])),
                        tuple(spec.get("repositories", ["*"])), source=where, logs=logs, keyless=keyless,
-                       promoters=promoters, log_urls=log_urls)
+                       promoters=promoters, log_urls=log_urls, witnesses=witnesses)
 
 
 def _load_keys(path: Path, doc: Located, section: str, entries: list[dict[str, Any]], seen: dict[str, str],
@@ -251,7 +257,7 @@ def _read_key(path: Path, entry: dict[str, Any], loc: str, load: Callable[[bytes
 
 
 def _load_logs(path: Path, doc: Located, entries: list[dict[str, Any]], problems: list[InputError],
-               urls: dict[str, str]) -> dict[str, ec.EllipticCurvePublicKey]:
+               urls: dict[str, str], witnesses: dict[str, Path]) -> dict[str, ec.EllipticCurvePublicKey]:
     logs: dict[str, ec.EllipticCurvePublicKey] = {}
     for i, entry in enumerate(entries):
         loc = f"{path}:{doc.line_of(('spec', 'transparencyLogs', i))}"
@@ -266,6 +272,8 @@ def _load_logs(path: Path, doc: Located, entries: list[dict[str, Any]], problems
         logs[log_id] = key
         if entry.get("url"):
             urls[log_id] = str(entry["url"])
+        if entry.get("witnessStateFile"):
+            witnesses[log_id] = path.parent / str(entry["witnessStateFile"])
     return logs
 
 

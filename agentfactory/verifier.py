@@ -41,6 +41,7 @@ from .sigstore_bundles import (
     verify_dsse_bundle,
 )
 from .tlog.bundle import BodyCheck, check_record, describe, dsse_check, hashedrekord_check
+from .tlog.witness import WitnessState, check_witnessed, load_state
 from .trust import TrustedKey, TrustPolicy
 
 
@@ -555,10 +556,16 @@ class _Judge:
             return
         problems: list[str] = []
         verified: list[tuple[str, int, dict[str, Any]]] = []  # (where, log index, canonical body)
+        witnessed: dict[str, WitnessState] = {}  # the monitor's state, read once per log
         for where, doc in evidence.tlog:
             try:
                 entry, body = check_record(doc, self.policy.logs, where)
-            except InputError as exc:
+                state_file = self.policy.witnesses.get(entry.log_id)
+                if state_file is not None:
+                    if entry.log_id not in witnessed:
+                        witnessed[entry.log_id] = load_state(state_file, self.policy.logs[entry.log_id])
+                    check_witnessed(entry, witnessed[entry.log_id], None, where)
+            except AgentFactoryError as exc:
                 problems.append(str(exc))
                 continue
             verified.append((where, entry.log_index, body))

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from click.testing import CliRunner
 from runtime_helpers import Signed
 from tlog_attack_helpers import audit, keys_report, pin_log, publish_logged, tlog_server
@@ -29,10 +31,12 @@ from tlog_attack_helpers import audit, keys_report, pin_log, publish_logged, tlo
 from agentfactory.cli import cli
 from agentfactory.errors import InputError
 from agentfactory.evidence import ArtifactSignature, collect, proposed_for_signature
+from agentfactory.fetchverify import verify_stored
 from agentfactory.tlog import note
 from agentfactory.tlog.bundle import check_record, parse_record
 from agentfactory.tlog.log import EmbeddedLog
 from agentfactory.tlog.witness import check_witnessed, load_state
+from agentfactory.trust import load_trust_policy
 
 pytestmark = pytest.mark.toolchain
 
@@ -176,3 +180,28 @@ def test_every_kind_of_index_edit_is_named(tmp_path: Path, world: Signed) -> Non
     assert any("entry 3 is found by sha256:abab" in p for p in full)
     assert any("rows for entry 1000" in p for p in full)
     assert any("entry 39 cannot be found" in p for p in quick)
+
+
+def test_the_verifier_requires_what_the_monitor_saw(af_home: Path, tmp_path: Path, world: Signed) -> None:
+    """With `transparencyLogs[].witnessStateFile`, the verifier itself is the witness: a record whose checkpoint
+    the monitor has not verified yet (it may be a view shown to this client only) does not count until it has."""
+    policy_path = Path(os.environ["AGENTFACTORY_TRUST_POLICY"])
+    doc = yaml.safe_load(policy_path.read_text())
+    doc["spec"]["transparencyLogs"][0]["witnessStateFile"] = str(af_home / "tlog-monitor.json")
+    policy_path.write_text(yaml.safe_dump(doc))
+    trust = load_trust_policy(policy_path)
+
+    def tlog_check(name: str) -> tuple[bool, str]:
+        verdict, _ = verify_stored(world.store, world.store.resolve(name), trust)
+        check = next(c for c in verdict.checks if c.name == "tlog")
+        return check.ok, check.reason
+
+    assert tlog_check("honest")[0]  # logged before the monitor's checkpoint
+    publish_logged(af_home, tmp_path / "t2", ["later"])  # the log goes on; the monitor has not run since
+    ok, reason = tlog_check("later")
+    assert not ok and "monitor" in reason, reason
+    assert audit("monitor").exit_code == 0  # the monitor verifies the new checkpoint ...
+    assert tlog_check("later")[0] and tlog_check("honest")[0]  # ... and both records count
+    (af_home / "tlog-monitor.json").unlink()  # a witness that lost its state refuses, it does not start over
+    ok, reason = tlog_check("honest")
+    assert not ok and "--init" in reason, reason
