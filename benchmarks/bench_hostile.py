@@ -11,7 +11,8 @@ apply to it and not to the normal clients):
   and never read the answer, reconnecting when dropped;
 - a flood of 404s: unknown agents with unique versions, as fast as one keep-alive connection goes;
 - sleepers: clients invoking a signed agent that sleeps 20 s in `poll_oneoff` (stopped at its 1 s deadline),
-  back to back, half as many as the node has workers (and, in a phase of its own, as many as it has);
+  back to back, half as many as the node has workers (its share, by default) and, in a phase of its own
+  (`sleeper_all`), as many as it has: those beyond the agent's share wait 1 s without a worker, then 503;
 - a compile-heavy agent: a client asking, as fast as one keep-alive connection goes, for older versions of a
   signed agent that takes seconds to compile (pinned by digest, so not in the warm set): each is compiled
   once in the background while every request for it gets 503 `compiling`.
@@ -137,7 +138,7 @@ sleepers, heavy = int(sys.argv[9]), [d for d in sys.argv[10].split(",") if d != 
 lock = threading.Lock()
 stats = {"slowloris_connections": 0, "slowloris_cut": 0, "slow_body_connections": 0, "slow_body_cut": 0,
          "non_reader_requests": 0, "non_reader_dropped": 0, "flood_requests": 0, "flood_404": 0, "flood_other": 0,
-         "sleeper_requests": 0, "sleeper_timeout": 0, "sleeper_other": 0, "sleeper_max_s": 0.0,
+         "sleeper_requests": 0, "sleeper_timeout": 0, "sleeper_share": 0, "sleeper_other": 0, "sleeper_max_s": 0.0,
          "heavy_requests": 0, "heavy_compiling": 0, "heavy_200": 0, "heavy_other": 0, "heavy_max_503_s": 0.0}
 def bump(key, n=1):
     with lock:
@@ -229,12 +230,14 @@ def sleeper():
         t0 = time.perf_counter()
         try:
             conn.request("POST", "/v1/agents/sleeper/invoke", body=b"")
-            resp = conn.getresponse(); resp.read()
+            resp = conn.getresponse(); body = resp.read()
             took = time.perf_counter() - t0
+            share = resp.status == 503 and b"already holds" in body  # over the agent's share of the workers
             with lock:
                 stats["sleeper_requests"] += 1
                 stats["sleeper_max_s"] = max(stats["sleeper_max_s"], took)
-                stats["sleeper_timeout" if resp.getheader("X-Agent-Outcome") == "timeout" else "sleeper_other"] += 1
+                stats["sleeper_timeout" if resp.getheader("X-Agent-Outcome") == "timeout" else
+                      "sleeper_share" if share else "sleeper_other"] += 1
         except Exception:
             conn.close()
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30, source_address=(source, 0))
@@ -465,6 +468,7 @@ def markdown(r: dict[str, Any]) -> list[str]:
     calm = r["phases"][0]
     full = r["phases"][-2]
     h = full["hostile"]
+    hog = next(p["hostile"] for p in r["phases"] if p["kinds"] == ["sleeper_all"])
     u = r["uvicorn_prototype"]
     rows = []
     for p in r["phases"]:
@@ -517,12 +521,19 @@ def markdown(r: dict[str, Any]) -> list[str]:
         f"{r['audit_refusal_lines']} lines, {r['audit_refusal_kib']:.0f} KiB for {r['refusals']} refusals |",
         f"| sleepers: {SLEEPERS} connections invoking an agent that sleeps 20 s in `poll_oneoff` | "
         f"{h['sleeper_requests']} requests | {h['sleeper_timeout']} stopped at the 1 s deadline (422 timeout, "
-        f"slowest answer {h['sleeper_max_s']:.2f} s), {h['sleeper_other']} other; each held a worker for 1 s |",
+        f"slowest answer {h['sleeper_max_s']:.2f} s), {h['sleeper_share']} x 503 over the agent's share, "
+        f"{h['sleeper_other']} other; each held a worker for 1 s |",
         f"| compile-heavy: one keep-alive connection asking for {HEAVY_PER_PHASE} versions (each about 3 s of "
         f"compile) pinned by digest | {h['heavy_requests']} requests | {h['heavy_compiling']} x 503 `compiling` "
         f"(slowest {1000 * h['heavy_max_503_s']:.1f} ms: no request waits for a compile), {h['heavy_200']} x 200 once "
         f"compiled (then that version is not asked again), {h['heavy_other']} other; the compiles ran in the "
         "background, one at a time |",
+        "",
+        f"In the `sleeper_all` phase ({WORKERS} sleeper connections, {r['agent_share']} of {WORKERS} workers "
+        f"the agent's share): {hog['sleeper_requests']} requests, {hog['sleeper_timeout']} ran and were stopped at "
+        f"the 1 s deadline (422), {hog['sleeper_share']} waited 1 s without a worker and got 503 \"agent 'sleeper' "
+        f"already holds {r['agent_share']} of {WORKERS} workers\" with `Retry-After`, {hog['sleeper_other']} other "
+        f"(slowest answer {hog['sleeper_max_s']:.2f} s).",
         "",
         f"The node was ready (`/readyz` 200: the warm pool had compiled trivial, cat, sleeper and the newest `heavy`) "
         f"{r['ready_after_start_s']:.1f} s after it started listening.",
@@ -531,13 +542,15 @@ def markdown(r: dict[str, Any]) -> list[str]:
         "quick 503s, and normal traffic keeps its median latency; but a compile takes one of this machine's two "
         "cores for its seconds (the pool compiles on at most half the CPUs), which is what normal traffic loses "
         "beside it (throughput, and a longer p99 tail). Sleepers cost no CPU (the clamped `poll_oneoff` waits in "
-        f"the host), but each holds a worker until its deadline: {SLEEPERS} sleepers on {WORKERS} workers cost "
-        "little, while as many sleepers as workers (`sleeper_all`) leave normal traffic waiting for a worker "
-        "(p99 about the sleeper's 1 s deadline): the node has no per-agent or per-client share of its workers "
-        "yet. The whole mix at once exceeds the 20 % goal on this 2-core machine, shared with the normal clients "
-        "and the attacker; each hostile kind alone stays within it except as many sleepers as workers. The two "
-        "`alone` rows differ by more than some of the losses (other work on the machine): read single rows with "
-        "that margin.",
+        f"the host), but each holds a worker until its deadline. One agent holds at most its share of the workers "
+        f"({r['agent_share']} of {WORKERS}, `AGENTFACTORY_RUNTIME_AGENT_WORKER_SHARE`): as many sleepers as "
+        "workers (`sleeper_all`) now hold half of them, the rest wait without a worker and are refused, and "
+        "normal traffic keeps the other workers (before the share it kept 1 % of its throughput, p99 about the "
+        "sleeper's 1 s deadline). The share is per agent name: an author with several agents, or many clients "
+        "of several slow agents, can still fill the workers, one share per agent. The whole mix at once "
+        f"{'stays within' if r['throughput_pass'] else 'exceeds'} the {TARGET_LOSS_PCT:.0f} % goal in this run, on "
+        "a 2-core machine shared with the normal clients and the attacker (and other work). The two `alone` rows "
+        "differ by more than some of the losses (other work on the machine): read single rows with that margin.",
         "",
         "## The same node behind uvicorn (for the choice of server)",
         "",
@@ -594,6 +607,7 @@ def main() -> None:
         lines = (h.store_path.parent / "audit.jsonl").read_bytes().splitlines()
     refusal_lines = [line for line in lines if b'"allowed":false' in line]
     from sandbox_runtime.server_limits import ServerLimits
+    from sandbox_runtime.worker_shares import share_of
 
     budget = ServerLimits().memory_budget_mib
     baseline = (phases[0]["requests_per_s"] + phases[-1]["requests_per_s"]) / 2
@@ -609,7 +623,8 @@ def main() -> None:
         "phases": phases, "uvicorn_prototype": uvicorn_alone, "throughput_loss_pct": loss,
         "throughput_pass": loss <= TARGET_LOSS_PCT,
         "rss_pass": rss_max - rss_idle / 2**20 <= budget,
-        "refusals": sum(p["hostile"]["flood_404"] for p in phases if p["hostile"]),
+        "refusals": sum(p["hostile"]["flood_404"] + p["hostile"]["sleeper_share"] for p in phases if p["hostile"]),
+        "agent_share": share_of(WORKERS, ServerLimits().agent_worker_share),
         "phase_loss_pct": {",".join(p["kinds"]) or "alone": 100.0 * (1 - p["requests_per_s"] / baseline)
                            for p in phases[1:-1]},
         "audit_refusal_lines": len(refusal_lines), "audit_refusal_kib": sum(map(len, refusal_lines)) / 1024,

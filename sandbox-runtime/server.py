@@ -10,7 +10,8 @@ escaping would make it longer than base64).
 Status: 200 the agent exited (any exit code); 422 the sandbox stopped it (deadline, memory,
 stack, output, fuel, trap); 403 refused before running (verification, policy, contract, over the
 node's ceilings); 404 no such agent; 400 bad request; 408 the request did not arrive in time;
-413 body too large; 503 no worker, no connection slot, no memory budget, no compile slot
+413 body too large; 503 no worker, the agent already holds its share of the workers
+(worker_shares.py: one agent may not take every worker), no connection slot, no memory budget, no compile slot
 (`compile-unavailable`), or the agent's module is still compiling in the background (`compiling`:
 no request ever waits for a compile; warmpool.py) (`Retry-After`); 500 a bug. `/readyz` is 503 until
 the warm pool's first set of agents is compiled (or refused), with counts; `/healthz` is always 200.
@@ -51,6 +52,7 @@ from .sandbox import Invocation
 from .server_io import CHUNK, DeadlineReader, DeadlineWriter, json_document, streams_json
 from .server_limits import MIB, ClientSlots, MemoryBudget, RefusalPacer, ServerLimits
 from .warmpool import RETRY_AFTER, WarmPool
+from .worker_shares import NoWorker, WorkerPool
 
 INVOKE = re.compile(r"/v1/agents/([^/]*)/invoke")
 AGENT_NAME = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")  # the template schema's DNS label
@@ -89,7 +91,8 @@ class RuntimeServer(ThreadingHTTPServer):
             limits = dataclasses.replace(limits, max_connections=max_connections)
         self.runtime = runtime
         self.limits = limits
-        self.workers = threading.BoundedSemaphore(workers)
+        self.workers = WorkerPool(workers, share=limits.agent_worker_share, queue_wait=limits.queue_wait,
+                                  agent_wait=limits.agent_queue_wait, agent_queue=limits.agent_queue_length)
         self.slots = ClientSlots(limits)
         self.budget = MemoryBudget(limits.memory_budget)
         self.pacer = RefusalPacer(limits.refusals_per_client)
@@ -244,8 +247,8 @@ class _Handler(BaseHTTPRequestHandler):
         compiling = self.server.runtime.compiling(ref)  # a 503 that needs no worker: never queued behind others
         if compiling is not None:
             raise compiling
-        if not self.server.workers.acquire(timeout=self.server.limits.queue_wait):
-            raise _Answer(503, "every worker is busy; retry later", retry_after=True)
+        name = match.group(1)
+        self._worker(name)
         try:
             prepared = self.server.runtime.prepare(ref)
             self._admit(prepared, len(invocation.stdin))
@@ -263,12 +266,26 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug: say so, keep serving
             raise _Answer(500, f"internal error: {type(exc).__name__}: {exc}") from None
         finally:
-            self.server.workers.release()
+            self.server.workers.release(name)
             del invocation
         ex = result.execution
         # From here on the node holds the outputs until they are sent, and nothing else of this request.
         self.reservation.set(len(ex.stdout) + len(ex.stderr) + len(ex.tool_log) + 2 * CHUNK)
         return result
+
+    def _worker(self, name: str) -> None:
+        """A worker for agent `name` within its share, or a 503 (a share refusal is audited and paced)."""
+        try:
+            self.server.workers.acquire(name)
+        except NoWorker as exc:
+            if exc.reason != "busy":  # the agent's own requests, not the node's load: a refusal like the others
+                if self.server.runtime.audit is not None:
+                    with contextlib.suppress(AuditError):  # refused either way; the audit trail bounds its volume
+                        self.server.runtime.audit.record("decision", plane="runtime", agent=name, allowed=False,
+                                                         reason="worker-share", message=str(exc),
+                                                         stage=self.server.runtime.config.stage)
+                self._pace()
+            raise _Answer(503, str(exc), retry_after=True) from None
 
     def _content_length(self) -> int:
         if self.headers.get("Transfer-Encoding") is not None:

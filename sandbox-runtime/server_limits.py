@@ -4,8 +4,9 @@ Every resource a client or an agent can make the host hold is counted against a 
 checked before the resource is taken: a connection slot (in all and per client address), a request
 deadline, and bytes of the memory budget (request bodies as they arrive, then per invocation the
 agent's linear memory, its output caps and the sandbox's copies of stdin, then the response held
-until it is sent). The limits come from `AGENTFACTORY_RUNTIME_*` environment variables so that
-`agentfactory runtime serve` and its DaemonSet can set them.
+until it is sent), and an invocation worker within the agent's share of them (worker_shares.py).
+The limits come from `AGENTFACTORY_RUNTIME_*` environment variables so that `agentfactory runtime
+serve` and its DaemonSet can set them.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ class ServerLimits:
     response_timeout: float = 30.0  # seconds to send a response; a client that does not read is dropped
     overflow_timeout: float = 2.0  # the whole request and response on an overflow connection
     queue_wait: float = 5.0  # seconds an invocation waits for a worker before 503
+    agent_worker_share: float = 0.5  # of the workers, what one agent (by name) may hold at once (at least 1)
+    agent_queue_wait: float = 1.0  # seconds a request for an agent at its share waits, without a worker, before 503
+    agent_queue_length: int = 16  # requests for one agent that may wait for a worker at once; past it 503 at once
     memory_budget_mib: int = 768  # bytes in flight: bodies, agents' memory and output caps, responses
     max_output_kib: int = 16384  # node ceiling on an agent's maxOutputKiB (per stream)
     refusals_per_client: int = 50  # refused requests (400, 403, 404) per second per client address, then paced
@@ -55,9 +59,12 @@ class ServerLimits:
             if raw is None:
                 continue
             number = re.fullmatch(r"[0-9]{1,9}" if f.type == "int" else r"[0-9]{1,9}(\.[0-9]{1,6})?", raw.strip())
-            if number is None or float(raw) <= 0:
-                kind = "a whole number" if f.type == "int" else "a number of seconds"
-                raise ConfigError(f"{name}={raw!r}: must be {kind} greater than 0")
+            share = f.name == "agent_worker_share"
+            if number is None or float(raw) <= 0 or (share and float(raw) > 1):
+                kind = ("a fraction of the workers" if share else
+                        "a whole number" if f.type == "int" else "a number of seconds")
+                most = " and at most 1" if share else ""
+                raise ConfigError(f"{name}={raw!r}: must be {kind} greater than 0{most}")
             values[f.name] = int(raw) if f.type == "int" else float(raw)
         return cls(**values)  # type: ignore[arg-type]
 

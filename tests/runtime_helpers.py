@@ -42,6 +42,7 @@ from agentfactory.template import load_template
 from agentfactory.trust import TrustPolicy, from_public_keys
 from pipelines.run import Signing, run_pipeline
 from pipelines.sbom import build_sbom
+from sandbox_runtime.server_limits import ServerLimits
 
 
 def wat_manifest(name: str, *, memory_mib: int = 1, timeout_ms: int = 1000, output_kib: int = 64,
@@ -86,6 +87,34 @@ OK_WAT = f"""(module {WASI_WRITE}
   (data (i32.const 64) "ok\\n")
   (func (export "_start") (call $print (i32.const 64) (i32.const 3))))
 """
+
+
+TWENTY_S = 20_000_000_000
+
+
+def sleeper(clock: int = 1, absolute: bool = False, ns: int = TWENTY_S) -> str:
+    """A guest that sleeps `ns` in poll_oneoff on `clock`, then checks the event and prints `woke`."""
+    timeout = f"(i64.add (i64.load (i32.const 1300)) (i64.const {ns}))" if absolute else f"(i64.const {ns})"
+    return f"""(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $now (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  {WASI_WRITE}
+  (memory (export "memory") 1)
+  (data (i32.const 256) "woke\\n")
+  (func (export "_start") (local $r i32)
+    (if (call $now (i32.const {clock}) (i64.const 1) (i32.const 1300)) (then (call $exit (i32.const 9))))
+    (i64.store (i32.const 1024) (i64.const 42))
+    (i32.store8 (i32.const 1032) (i32.const 0))
+    (i32.store (i32.const 1040) (i32.const {clock}))
+    (i64.store (i32.const 1048) {timeout})
+    (i64.store (i32.const 1056) (i64.const 0))
+    (i32.store16 (i32.const 1064) (i32.const {1 if absolute else 0}))
+    (local.set $r (call $poll (i32.const 1024) (i32.const 1100) (i32.const 1) (i32.const 1200)))
+    (if (local.get $r) (then (call $exit (i32.add (i32.const 10) (local.get $r)))))
+    (if (i32.ne (i32.load (i32.const 1200)) (i32.const 1)) (then (call $exit (i32.const 2))))
+    (if (i64.ne (i64.load (i32.const 1100)) (i64.const 42)) (then (call $exit (i32.const 3))))
+    (call $print (i32.const 256) (i32.const 5))))"""
 
 
 @dataclass
@@ -142,13 +171,14 @@ def sign_raw(signed: Signed, root: Path, name: str, data: bytes, manifest: str, 
 
 
 @contextlib.contextmanager
-def serving(signed: Signed, audit: Path, *, stage: str = "dev", workers: int = 4) -> Iterator[str]:
+def serving(signed: Signed, audit: Path, *, stage: str = "dev", workers: int = 4,
+            limits: ServerLimits | None = None) -> Iterator[str]:
     """The node service over HTTP on loopback (a thread), for as long as the block runs: its base URL."""
     from sandbox_runtime.runtime import Runtime, RuntimeConfig
     from sandbox_runtime.server import RuntimeServer
 
     rt = Runtime(signed.store, signed.trust, signed.engine, RuntimeConfig(audit_log=audit, stage=stage))
-    srv = RuntimeServer(("127.0.0.1", 0), rt, workers=workers)
+    srv = RuntimeServer(("127.0.0.1", 0), rt, workers=workers, limits=limits)
     thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     srv.ready.set()

@@ -15,6 +15,7 @@ from runtime_helpers import OK_WAT, Signed, publish, serving, signed_store, wat_
 
 from pipelines.run import Signing, run_pipeline
 from sandbox_runtime.runtime import MAX_STDIN
+from sandbox_runtime.server_limits import ServerLimits
 
 pytestmark = pytest.mark.toolchain
 
@@ -109,9 +110,24 @@ def test_a_stopped_guest_is_422_and_the_service_stays_healthy(server: str, tmp_p
     assert [e["outcome"] for e in events if e["event"] == "execution"] == ["timeout", "ok"]
 
 
-def test_concurrent_invocations_are_isolated(server: str) -> None:
+def test_concurrent_invocations_are_isolated(signed: Signed, tmp_path: Path) -> None:
+    """Six clients of one agent on four workers: the agent may use every worker (share lifted to 1), so four
+    instances run at once and none sees another's input; the requests beyond the workers wait for one."""
     errors: list[str] = []
+    with serving(signed, tmp_path / "audit.jsonl", limits=ServerLimits(agent_worker_share=1.0)) as url:
+        _six_clients(url, errors)
+    assert errors == []
 
+
+def test_concurrent_invocations_within_the_default_share_all_answer(server: str) -> None:
+    """With the default share (2 of 4 workers for one agent) the same six clients still all get 200: a request
+    beyond the share waits in the agent's queue (1 s) for one of its own requests to finish, and these take ms."""
+    errors: list[str] = []
+    _six_clients(server, errors)
+    assert errors == []
+
+
+def _six_clients(server: str, errors: list[str]) -> None:
     def worker(i: int) -> None:
         with httpx.Client(base_url=server) as client:
             for j in range(15):
@@ -125,4 +141,3 @@ def test_concurrent_invocations_are_isolated(server: str) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert errors == []

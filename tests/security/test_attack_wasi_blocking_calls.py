@@ -9,11 +9,8 @@ and the pipeline's test stage uses the same host calls.
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,8 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import ROOT, write_template
-from runtime_helpers import OK_WAT, WASI_WRITE, Signed, publish, signed_store, wait_until_ready, wat_manifest
+from helpers import write_template
+from runtime_helpers import OK_WAT, WASI_WRITE, Signed, publish, serve_process, signed_store, sleeper, wat_manifest
 
 from agentfactory.template import load_template
 from pipelines.casetests import run_cases
@@ -34,32 +31,6 @@ from sandbox_runtime.sandbox import Invocation
 pytestmark = pytest.mark.toolchain
 
 SLACK = 0.75  # seconds past the deadline an invocation may take to be stopped and judged
-TWENTY_S = 20_000_000_000
-
-
-def sleeper(clock: int = 1, absolute: bool = False, ns: int = TWENTY_S) -> str:
-    """A guest that sleeps `ns` in poll_oneoff on `clock`, then checks the event and prints `woke`."""
-    timeout = f"(i64.add (i64.load (i32.const 1300)) (i64.const {ns}))" if absolute else f"(i64.const {ns})"
-    return f"""(module
-  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "clock_time_get" (func $now (param i32 i64 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-  {WASI_WRITE}
-  (memory (export "memory") 1)
-  (data (i32.const 256) "woke\\n")
-  (func (export "_start") (local $r i32)
-    (if (call $now (i32.const {clock}) (i64.const 1) (i32.const 1300)) (then (call $exit (i32.const 9))))
-    (i64.store (i32.const 1024) (i64.const 42))
-    (i32.store8 (i32.const 1032) (i32.const 0))
-    (i32.store (i32.const 1040) (i32.const {clock}))
-    (i64.store (i32.const 1048) {timeout})
-    (i64.store (i32.const 1056) (i64.const 0))
-    (i32.store16 (i32.const 1064) (i32.const {1 if absolute else 0}))
-    (local.set $r (call $poll (i32.const 1024) (i32.const 1100) (i32.const 1) (i32.const 1200)))
-    (if (local.get $r) (then (call $exit (i32.add (i32.const 10) (local.get $r)))))
-    (if (i32.ne (i32.load (i32.const 1200)) (i32.const 1)) (then (call $exit (i32.const 2))))
-    (if (i64.ne (i64.load (i32.const 1100)) (i64.const 42)) (then (call $exit (i32.const 3))))
-    (call $print (i32.const 256) (i32.const 5))))"""
 
 
 # Opens "pipe" under the first preopen (fd 3) for reading, then reads it: both block on a FIFO.
@@ -150,33 +121,16 @@ def test_libc_sleeps_are_clamped_too(signed: Signed, runtime: Runtime, tmp_path:
     assert time.monotonic() - started < 1.0 + SLACK
 
 
-def _serve(signed: Signed, base: Path) -> tuple[subprocess.Popen[bytes], str]:
-    from agentfactory.provenance import DEFAULT_BUILDER_ID
-    from agentfactory.trust import to_yaml
-
-    trust = base / "trust.yaml"
-    trust.write_text(to_yaml(signed.keyring.public_keys(), (DEFAULT_BUILDER_ID,), ("*",)))
-    exe = str(Path(sys.executable).with_name("agentfactory"))
-    proc = subprocess.Popen([exe, "runtime", "serve", "--listen", "127.0.0.1:0", "--store", signed.store.url,
-                             "--policies", str(ROOT / "policies"), "--policy", str(trust), "--workers", "4"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stderr is not None
-    first = proc.stderr.readline()
-    if not first.startswith(b"{"):
-        proc.kill()
-        raise AssertionError(f"the runtime did not start: {first!r}")
-    threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep its stderr drained
-    url = json.loads(first)["listening"]
-    wait_until_ready(url, proc)  # the warm pool compiled what the node may run (503 `compiling` before)
-    return proc, url
-
-
 def test_sleepers_over_http_time_out_and_do_not_hold_the_workers(signed: Signed, tmp_path: Path) -> None:
+    """As many sleepers as workers, with the per-agent share lifted (1.0) so that they do take every worker:
+    each is stopped at its deadline, so a worker comes free at 1 s, not at the guest's 20 s. With the default
+    share (half) the sleepers could not hold every worker at all: test_attack_runtime_worker_hog.py."""
     publish(signed, tmp_path / "t", {"sleeper": (wat_manifest("sleeper", timeout_ms=1000),
                                                  {"src/main.wat": sleeper()}),
                                      "ok": (wat_manifest("ok"), {"src/main.wat": OK_WAT})})
-    proc, url = _serve(signed, tmp_path)
-    try:
+    env = {"AGENTFACTORY_RUNTIME_AGENT_WORKER_SHARE": "1", "AGENTFACTORY_RUNTIME_AGENT_QUEUE_WAIT": "5"}
+    with serve_process(signed, tmp_path, workers=4, env=env) as node:
+        url = node.url
         with httpx.Client(base_url=url, timeout=30) as client:
             assert client.post("/v1/agents/ok/invoke").status_code == 200  # warm: verified and compiled
             assert client.post("/v1/agents/sleeper/invoke").status_code == 422
@@ -198,9 +152,6 @@ def test_sleepers_over_http_time_out_and_do_not_hold_the_workers(signed: Signed,
             waited = time.monotonic() - started
         for t in threads:
             t.join()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
     assert ok.status_code == 200 and ok.content == b"ok\n"
     assert waited < 1.0 + SLACK + 0.5, waited  # a worker came free at the sleepers' deadline, not after 20 s
     assert len(answers) == 4
