@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from admission_attack_fixtures import admission_world, ask, audit_records, served
+from admission_attack_fixtures import ask, audit_records
 from admission_helpers import review, wasm_pod
 from helpers import ROOT
 from runtime_helpers import Signed
@@ -26,21 +25,6 @@ from runtime_helpers import Signed
 from admission.subresources import ALLOW, JUDGE, REFUSE, SUBRESOURCES
 
 pytestmark = pytest.mark.toolchain
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Signed, dict[str, str]]:
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AGENTFACTORY_HOME", str(home))
-        return admission_world(home)
-
-
-@pytest.fixture(scope="module")
-def server(world: tuple[Signed, dict[str, str]],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Path]]:
-    with served(world[0], tmp_path_factory.mktemp("webhook")) as running:
-        yield running
 
 
 def debugged(pod: dict[str, Any], image: str, *, target: str = "c0") -> dict[str, Any]:

@@ -10,7 +10,6 @@ webhook rules send each one.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import httpx
 import kubernetes_validate
 import pytest
 import yaml
-from admission_attack_fixtures import admission_world, ask, served
+from admission_attack_fixtures import ask
 from admission_helpers import in_template, review, wasm_pod
 from helpers import ROOT
 from runtime_helpers import Signed
@@ -119,21 +118,6 @@ def test_the_webhook_rules_send_every_kind() -> None:
 
 
 # --- through the real webhook over TLS --------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Signed, dict[str, str]]:
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AGENTFACTORY_HOME", str(home))
-        return admission_world(home)
-
-
-@pytest.fixture(scope="module")
-def server(world: tuple[Signed, dict[str, str]],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Path]]:
-    with served(world[0], tmp_path_factory.mktemp("webhook")) as running:
-        yield running
-
 
 def workload(kind: str, pod: dict[str, Any]) -> dict[str, Any]:
     return pod if kind == "Pod" else in_template(pod, kind)

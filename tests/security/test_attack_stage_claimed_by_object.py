@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from admission_attack_fixtures import admission_world, ask, audit_records, served
+from admission_attack_fixtures import ask, audit_records, served
 from admission_helpers import in_template, review, wasm_agent, wasm_pod
 from helpers import ROOT
 from runtime_helpers import Signed
@@ -35,14 +35,6 @@ MIN_SCORE = {"default": 0.0, "dev": 0.0, "canary": 0.0, "prod": 11.0}
 PROD_REFUSAL = "is below the minimum 11 for stage"  # only prod's minimum is 11
 CRD = {"group": "agentfactory.dev", "version": "v1alpha1", "kind": "WasmAgent"}
 STAGE = "agentfactory.dev/stage"
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Signed, dict[str, str]]:
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AGENTFACTORY_HOME", str(home))
-        return admission_world(home)
 
 
 @pytest.fixture(scope="module")

@@ -10,31 +10,15 @@ refused, in every container list and every kind that carries a pod spec; argumen
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from admission_attack_fixtures import admission_world, ask, served
+from admission_attack_fixtures import ask
 from admission_helpers import in_template, review, wasm_pod
 from runtime_helpers import Signed
 
 pytestmark = pytest.mark.toolchain
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Signed, dict[str, str]]:
-    home = tmp_path_factory.mktemp("home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AGENTFACTORY_HOME", str(home))
-        return admission_world(home)
-
-
-@pytest.fixture(scope="module")
-def server(world: tuple[Signed, dict[str, str]],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Path]]:
-    with served(world[0], tmp_path_factory.mktemp("webhook")) as running:
-        yield running
 
 
 @pytest.mark.parametrize("section", ["containers", "initContainers", "ephemeralContainers"])
