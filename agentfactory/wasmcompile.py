@@ -6,7 +6,10 @@ in-process. So the compile runs in a child process of ours that sets its own RLI
 RLIMIT_AS before it reads a byte, compiles on one core (`parallel_compilation` off), and hands
 back the serialized module; the parent also kills it at the wall-clock budget. The serialized
 bytes come from our own child compiling bytes the caller already verified, so deserializing them
-runs no one else's native code. Validation (wasmtime's validator under the agent engine's
+runs no one else's native code. A node compiles in the background at a lower CPU priority
+(`nice`), so that a compile bomb signed by one author takes only the CPU the node's invocations
+leave idle; its budget is then CPU seconds, and a wall clock stretched by a busy node is "retry
+later", never a verdict remembered against the module. Validation (wasmtime's validator under the agent engine's
 proposals) happens first, in-process: it is linear and turns an ill-typed module into a clear
 refusal before anything is compiled.
 """
@@ -34,6 +37,8 @@ DEFAULT_MEMORY_MIB = 1024  # ... and of its memory above the compiler's baseline
 STARTUP_SLACK = 5.0  # wall seconds allowed for the child to start Python and wasmtime, outside the budget
 _HEADER = struct.Struct("<I")
 OVER_TIME = 124  # the child's exit code when its wall-clock watchdog fires
+WATCH_INTERVAL = 0.02  # how often the child's watchdog reads its CPU time and the clock
+NICE_WALL_FACTOR = 4.0  # a niced compile may take this many times its CPU budget in wall-clock time
 
 
 @dataclass(frozen=True)
@@ -101,31 +106,40 @@ def validate(wasm: bytes, fuel: bool) -> None:
         raise CompileRefused("invalid", f"not a valid WebAssembly module for this platform: {_cause(exc)}") from None
 
 
-def compile_bounded(wasm: bytes, fuel: bool, budget: CompileBudget, *,
-                    validated: bool = False) -> tuple[bytes, CompileReport]:
-    """Validate (unless the caller just did), then compile in a bounded child: (serialized module, cost)."""
+def compile_bounded(wasm: bytes, fuel: bool, budget: CompileBudget, *, validated: bool = False,
+                    nice: int = 0) -> tuple[bytes, CompileReport]:
+    """Validate (unless the caller just did), then compile in a bounded child: (serialized module, cost).
+
+    `nice` > 0 runs the child at that lower priority (a node's background compiles): the wall clock
+    then allows NICE_WALL_FACTOR times the budget, and running out of it before the CPU budget is
+    CompileRefused("unavailable"), the node's load, not the module's fault.
+    """
     if not validated:
         validate(wasm, fuel)
+    wall = budget.seconds * (NICE_WALL_FACTOR if nice > 0 else 1.0)
     started = time.perf_counter()
     try:  # -P: the working directory is not put on sys.path, so no file there can stand in for ours
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "agentfactory.wasmcompile", "1" if fuel else "0", repr(budget.seconds),
-             str(budget.memory_mib)],
+             str(budget.memory_mib), repr(wall), str(max(0, nice))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True)
     except OSError as exc:  # the host, not the module: not remembered against the module
         raise CompileRefused("unavailable", f"cannot start the compile process: {exc.strerror}") from None
     try:
-        out, err = proc.communicate(wasm, timeout=budget.seconds + STARTUP_SLACK)
+        out, err = proc.communicate(wasm, timeout=wall + STARTUP_SLACK)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
         took = time.perf_counter() - started
+        if nice > 0:
+            raise CompileRefused("unavailable", f"the node was too busy to finish compiling within {took:.1f} s "
+                                 "wall clock at background priority") from None
         raise CompileRefused("over-budget", f"compiling took more than its budget of {budget.seconds:g} s "
                              f"(stopped after {took:.1f} s wall clock)",
                              CompileReport(took, took, 0.0, 0.0)) from None
     took = time.perf_counter() - started
     if proc.returncode != 0 or len(out) < _HEADER.size:
-        raise _child_failure(proc.returncode, err, budget, took)
+        raise _child_failure(proc.returncode, err, budget, took, niced=nice > 0)
     (size,) = _HEADER.unpack_from(out)
     head = json.loads(out[_HEADER.size:_HEADER.size + size])
     report = CompileReport(head["seconds"], head["cpuSeconds"], head["memoryMiB"], head["peakRssMiB"])
@@ -143,12 +157,17 @@ def _validator(fuel: bool) -> Any:
     return wasmtime.Engine(make_config(fuel, parallel=False))
 
 
-def _child_failure(code: int, err: bytes, budget: CompileBudget, took: float) -> CompileRefused:
+def _child_failure(code: int, err: bytes, budget: CompileBudget, took: float, *, niced: bool = False) -> CompileRefused:
     text = err.decode("utf-8", "replace").strip().splitlines()
     last = text[-1] if text else ""
     report = CompileReport(took, took, 0.0, 0.0)
     if code == OVER_TIME and last.startswith("over-time"):
-        mib = float(last.split()[1])
+        fields = last.split()
+        mib, cpu = float(fields[1]), float(fields[2]) if len(fields) > 2 else budget.seconds
+        if niced and cpu < budget.seconds:  # starved by the node's own work: not the module's verdict
+            return CompileRefused("unavailable", f"the node was too busy to finish compiling within {took:.1f} s "
+                                  f"wall clock at background priority ({cpu:.1f} s of CPU used of its "
+                                  f"{budget.seconds:g} s budget)")
         return CompileRefused("over-budget", f"compiling took more than its budget of {budget.seconds:g} s "
                               f"(stopped at {budget.seconds:g} s, {mib:.0f} MiB in use)",
                               CompileReport(budget.seconds, budget.seconds, mib, 0.0))
@@ -177,9 +196,19 @@ def _vm_bytes() -> int:
     return 0
 
 
-def _over_time(baseline_kib: int) -> None:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    sys.stderr.write(f"over-time {max(0, peak - baseline_kib) / 1024:.1f}\n")
+def _watch(done: threading.Event, seconds: float, wall: float, started: float, baseline_kib: int,
+           cpu_before: float) -> None:
+    """Stop the compile at `seconds` of CPU or `wall` seconds of wall clock, whichever comes first."""
+    while not done.wait(WATCH_INTERVAL):
+        used = resource.getrusage(resource.RUSAGE_SELF)
+        if used.ru_utime + used.ru_stime - cpu_before >= seconds or time.perf_counter() - started >= wall:
+            _over_time(baseline_kib, cpu_before)
+
+
+def _over_time(baseline_kib: int, cpu_before: float) -> None:
+    used = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = used.ru_utime + used.ru_stime - cpu_before
+    sys.stderr.write(f"over-time {max(0, used.ru_maxrss - baseline_kib) / 1024:.1f} {cpu:.3f}\n")
     sys.stderr.flush()
     os._exit(OVER_TIME)
 
@@ -189,6 +218,9 @@ def _child(argv: list[str]) -> int:
     import wasmtime
 
     fuel, seconds, memory_mib = argv[0] == "1", float(argv[1]), int(argv[2])
+    wall, nice = (float(argv[3]), int(argv[4])) if len(argv) > 4 else (seconds, 0)
+    if nice > 0:
+        os.nice(nice)
     engine = wasmtime.Engine(make_config(fuel, parallel=False))
     wasm = sys.stdin.buffer.read()
     used = resource.getrusage(resource.RUSAGE_SELF)
@@ -199,8 +231,9 @@ def _child(argv: list[str]) -> int:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     baseline_kib = used.ru_maxrss
     started = time.perf_counter()
-    watchdog = threading.Timer(seconds, _over_time, (baseline_kib,))  # ctypes releases the GIL while compiling
-    watchdog.daemon = True
+    done = threading.Event()  # ctypes releases the GIL while compiling, so the watchdog runs beside it
+    watchdog = threading.Thread(target=_watch, args=(done, seconds, wall, started, baseline_kib, cpu_before),
+                                daemon=True)
     watchdog.start()
     try:
         module = wasmtime.Module(engine, wasm)
@@ -212,7 +245,7 @@ def _child(argv: list[str]) -> int:
         print("out of memory", file=sys.stderr)
         return 4
     took = time.perf_counter() - started
-    watchdog.cancel()
+    done.set()
     end = resource.getrusage(resource.RUSAGE_SELF)
     head = json.dumps({"seconds": took, "cpuSeconds": end.ru_utime + end.ru_stime - cpu_before,
                        "memoryMiB": max(0, end.ru_maxrss - baseline_kib) / 1024,

@@ -5,7 +5,9 @@ function's size) or ill-typed (`wat2wasm` does not validate). Each compile there
 child process under a budget (agentfactory.wasmcompile: validation first, then RLIMIT_CPU,
 RLIMIT_AS, one core, a wall-clock watchdog), at most `workers` at a time on the node, and a
 refusal is remembered per (digest, engine settings) in a bounded negative cache, so that every
-later request for that digest is refused at once instead of compiling again.
+later request for that digest is refused at once instead of compiling again. The children run at
+a lower CPU priority (BACKGROUND_NICE): invocations of agents already compiled keep the CPU, and
+a compile bomb gets what they leave idle.
 
 The node budget comes from AGENTFACTORY_COMPILE_SECONDS and AGENTFACTORY_COMPILE_MIB (defaults
 10 s and 1024 MiB, agentfactory.wasmcompile.ceiling); the pipeline compiles every module under the
@@ -26,14 +28,16 @@ from .engine import Engines
 from .sandbox import SandboxRefusal
 
 MAX_FAILURES = 1024
+BACKGROUND_NICE = 10  # CFS weight 110 against 1024: a compile takes about a tenth of a busy core
 
 
 class CompilePool:
     """Bounded compilation of verified bytes into modules of this node's engines."""
 
     def __init__(self, engines: Engines, budget: CompileBudget | None = None, workers: int | None = None,
-                 max_failures: int = MAX_FAILURES) -> None:
+                 max_failures: int = MAX_FAILURES, nice: int = BACKGROUND_NICE) -> None:
         self.engines = engines
+        self.nice = nice
         self.budget = budget or ceiling()
         self.workers = workers or max(1, (os.cpu_count() or 2) // 2)
         self._slots = threading.BoundedSemaphore(self.workers)
@@ -53,7 +57,8 @@ class CompilePool:
             with self._slots:
                 with self._lock:
                     self.compiles += 1
-                payload, _report = compile_bounded(verified_wasm, fuel, self.budget, validated=True)
+                payload, _report = compile_bounded(verified_wasm, fuel, self.budget, validated=True,
+                                                   nice=self.nice)
         except CompileRefused as exc:
             if exc.reason == "unavailable":
                 raise SandboxRefusal("compile-unavailable", f"{exc}; retry later") from None

@@ -128,6 +128,7 @@ def test_the_node_stops_a_signed_compile_bomb_once_and_remembers(signed: Signed,
                                                                  tmp_path: Path) -> None:
     sign_raw(signed, tmp_path / "forged", "bomb", wasmtime.wat2wasm(compile_bomb()), wat_manifest("bomb"))
     publish(signed, tmp_path / "t", {"ok": (wat_manifest("ok"), {"src/main.wat": OK_WAT})})
+    runtime.modules.pool.nice = 0  # the verdict, not the priority (test_a_busy_node_... below): same on a busy CI
     started = time.monotonic()
     with pytest.raises(Refused) as first:
         runtime.invoke("bomb", Invocation())
@@ -156,3 +157,43 @@ def test_the_node_refuses_an_ill_typed_module_once(signed: Signed, runtime: Runt
         assert "type mismatch: expected i32, found i64" in str(refused.value)
         assert ("not compiled again" in str(refused.value)) == (attempt > 0)
     assert runtime.modules.pool.compiles == 0  # refused by the validator, before any compile child
+
+
+def test_a_node_compiles_at_background_priority(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The node's compile children are niced: a bomb gets only the CPU the invocations leave idle."""
+    import subprocess
+
+    from agentfactory import wasmcompile
+
+    seen: list[list[str]] = []
+    real = subprocess.Popen
+
+    def spy(argv: list[str], **kw: object) -> subprocess.Popen[bytes]:
+        seen.append(list(argv))
+        return real(argv, **kw)  # type: ignore[call-overload, no-any-return]
+
+    monkeypatch.setattr(wasmcompile.subprocess, "Popen", spy)
+    from sandbox_runtime.compilepool import BACKGROUND_NICE, CompilePool
+    from sandbox_runtime.engine import Engines
+
+    pool = CompilePool(Engines(), wasmcompile.CompileBudget(5.0, 256))
+    pool.compile("sha256:" + "0" * 64, "s", wasmtime.wat2wasm(OK_WAT), fuel=False)
+    assert BACKGROUND_NICE > 0 and seen[-1][-1] == str(BACKGROUND_NICE)
+    payload, _ = wasmcompile.compile_bounded(wasmtime.wat2wasm(OK_WAT), False, wasmcompile.CompileBudget(5.0, 256))
+    assert payload and seen[-1][-1] == "0"  # the pipeline's compile check is not niced
+
+
+def test_a_busy_node_retries_a_starved_compile_instead_of_condemning_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wall clock running out before the CPU budget is the node's load: "unavailable", never remembered."""
+    from agentfactory import wasmcompile
+
+    monkeypatch.setattr(wasmcompile, "NICE_WALL_FACTOR", 0.2)  # 0.2 s of wall clock for a 1 s CPU budget
+    bomb = wasmtime.wat2wasm(compile_bomb())
+    with pytest.raises(wasmcompile.CompileRefused) as starved:
+        wasmcompile.compile_bounded(bomb, False, wasmcompile.CompileBudget(1.0, 1024), nice=5)
+    assert starved.value.reason == "unavailable", starved.value
+    assert "too busy to finish compiling" in str(starved.value) and "of its 1 s budget" in str(starved.value)
+    with pytest.raises(wasmcompile.CompileRefused) as spent:  # the same bomb given its wall clock: the verdict
+        monkeypatch.setattr(wasmcompile, "NICE_WALL_FACTOR", 30.0)
+        wasmcompile.compile_bounded(bomb, False, wasmcompile.CompileBudget(1.0, 1024), nice=5)
+    assert spent.value.reason == "over-budget", spent.value
