@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # zig's prebuilt wasi-libc is shared by test runs (toolchain output only, never agents).
 export AGENTFACTORY_TEST_TOOLCHAIN_CACHE ?= $(CURDIR)/.agentfactory/cache/toolchain-tests
 
-.PHONY: demo test lint bench system-deps clean
+.PHONY: demo test lint bench system-deps tools clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -202,8 +202,13 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	  else echo "missing:$$missing; install with: sudo apt-get install$$missing"; exit 1; fi; fi
 
+## tools: build the real OPA, cosign, rekor-cli, Grype and Trivy from their Go modules at the versions
+## pinned in tools/versions.txt into .agentfactory/tools/bin/ (a tool already at its pin is skipped)
+tools:
+	bash tools/install.sh
+
 ## test: install everything the tests need, lint, and run the whole suite
-test: $(STAMP) system-deps lint
+test: $(STAMP) system-deps tools lint
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
