@@ -188,6 +188,8 @@ class RekorClient(TransparencyLog):
             query["publicKey"] = {"format": "x509", "content": base64.b64encode(public_key_pem).decode()}
         if not query:
             raise InputError("search", "give a sha256 digest, a public key or both")
+        if len(query) == 2:
+            query["operator"] = "and"  # what the port promises; a Rekor server's default is "or"
         data, url = self._expect("POST", "/api/v1/index/retrieve", body=query)
         try:
             found = json.loads(data)

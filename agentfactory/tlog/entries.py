@@ -11,6 +11,9 @@ sigstore clients (cosign, sigstore-python) can read our entries. Deliberate narr
 * dsse: exactly one verifier per proposed entry, and every envelope signature must verify with it
   (Rekor accepts several verifiers and maps each signature to the one that verifies it).
 
+An entry's UUID is its leaf hash; a server names it by Rekor's entry ID, the log's tree id in 16 hex digits
+and then the UUID (`tree_id_hex`, `split_entry_id`), which rekor-cli requires. Records we keep use the UUID.
+
 The SET is Rekor's inclusion promise: the log's ECDSA signature over the canonical JSON of
 ``{body, integratedTime, logID, logIndex}`` (pkg/api/entries.go `signEntry`; sigstore-python
 `TransparencyLogEntry._encode_canonical`).
@@ -43,6 +46,11 @@ MAX_SIGNATURE_BYTES = 2048  # RSA-16384 would be 2 KiB; ECDSA P-384 DER is ~104 
 MAX_PROOF_HASHES = 64  # a tree of 2**63 leaves needs 63
 MIN_RSA_BITS = 2048
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+TREE_ID_HEX_CHARS = 16  # Rekor's sharding.TreeIDHexStringLen
+UUID_HEX_CHARS = 64
+ENTRY_ID_HEX_CHARS = TREE_ID_HEX_CHARS + UUID_HEX_CHARS
+_ENTRY_ID = re.compile(r"([0-9a-f]{16})?([0-9a-f]{64})")
+_DECIMAL_TREE_ID = re.compile(r"[1-9][0-9]{0,18}")
 
 Kind = Literal["hashedrekord", "dsse"]
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -79,6 +87,26 @@ def _jcs(value: Any) -> str:
 def entry_uuid(body_bytes: bytes) -> str:
     """Rekor's entry UUID: the RFC 6962 leaf hash of the canonical body, in hex."""
     return hashlib.sha256(b"\x00" + body_bytes).hexdigest()
+
+
+def tree_id_hex(tree_id: str) -> str:
+    """A decimal tree id (as `/api/v1/log` spells it) as the 16 hex digits that prefix Rekor's entry IDs.
+
+    Rekor's sharding code (`pkg/sharding`) takes a tree id only when it is a positive int64."""
+    if not _DECIMAL_TREE_ID.fullmatch(tree_id) or not 0 < int(tree_id) <= MAX_TREE_SIZE:
+        raise ValueError(f"tree id {tree_id[:40]!r} is not a positive 64-bit decimal integer")
+    return f"{int(tree_id):0{TREE_ID_HEX_CHARS}x}"
+
+
+def split_entry_id(value: str, where: str) -> tuple[str, str]:
+    """(tree id hex or "", UUID) of an entry ID: the 64-hex UUID, or Rekor's EntryID, 16 hex digits of tree id
+    then the UUID (what Rekor answers since it sharded, and what rekor-cli requires). Upper case is accepted
+    as Rekor's hex decoding does; anything else is an InputError naming `where`."""
+    m = _ENTRY_ID.fullmatch(value.lower()) if len(value) in (UUID_HEX_CHARS, ENTRY_ID_HEX_CHARS) else None
+    if m is None:
+        raise InputError(where, f"{value[:100]!r} is not an entry UUID: give {UUID_HEX_CHARS} hex digits, or "
+                                f"{ENTRY_ID_HEX_CHARS} with the {TREE_ID_HEX_CHARS}-digit tree id first")
+    return m.group(1) or "", m.group(2)
 
 
 def load_public_key(pem: bytes, where: str) -> PublicKey:
@@ -294,18 +322,23 @@ class LogEntry:
     def body_b64(self) -> str:
         return _b64e(self.body)
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, tree_id: str = "") -> dict[str, Any]:
+        """`{uuid: entry}`, or Rekor's `{entryID: entry}` given the log's tree id (hex, `tree_id_hex`): the key
+        a server answers with. Records we keep use the plain UUID; `parse_log_entry` reads both."""
+        if tree_id and len(tree_id) != TREE_ID_HEX_CHARS:
+            raise ValueError(f"a tree id prefix is {TREE_ID_HEX_CHARS} hex digits, got {tree_id[:40]!r}")
         verification: dict[str, Any] = {"signedEntryTimestamp": _b64e(self.signed_entry_timestamp)}
         if self.inclusion_proof is not None:
             p = self.inclusion_proof
             verification["inclusionProof"] = {"checkpoint": p.checkpoint, "hashes": list(p.hashes),
                                               "logIndex": p.log_index, "rootHash": p.root_hash,
                                               "treeSize": p.tree_size}
-        return {self.uuid: {"body": self.body_b64, "integratedTime": self.integrated_time, "logID": self.log_id,
-                            "logIndex": self.log_index, "verification": verification}}
+        return {tree_id + self.uuid: {"body": self.body_b64, "integratedTime": self.integrated_time,
+                                      "logID": self.log_id, "logIndex": self.log_index,
+                                      "verification": verification}}
 
-    def to_json(self) -> bytes:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+    def to_json(self, tree_id: str = "") -> bytes:
+        return json.dumps(self.to_dict(tree_id), sort_keys=True, separators=(",", ":")).encode()
 
 
 def _int(doc: dict[str, Any], where: str, field: str, upper: int = MAX_TREE_SIZE) -> int:
@@ -339,10 +372,13 @@ def _parse_proof(doc: dict[str, Any], where: str) -> InclusionProof:
 
 
 def parse_log_entry(doc: Any, where: str) -> LogEntry:
-    """A `{uuid: entry}` response, strictly; the uuid must be the leaf hash of the body."""
+    """A `{uuid: entry}` response, strictly; the uuid (or the UUID part of an `{entryID: entry}` key, after
+    the 16-hex tree id Rekor puts first) must be the leaf hash of the body."""
     if not isinstance(doc, dict) or len(doc) != 1:
         raise InputError(where, "log entry response must be an object with exactly one entry")
-    ((uuid, entry),) = doc.items()
+    ((key, entry),) = doc.items()
+    uuid = key[TREE_ID_HEX_CHARS:] if isinstance(key, str) and _ENTRY_ID.fullmatch(key) and \
+        len(key) == ENTRY_ID_HEX_CHARS else key
     if not isinstance(entry, dict):
         raise InputError(where, "log entry is not a JSON object")
     body = b64decode_strict(entry.get("body"), f"{where}: body")

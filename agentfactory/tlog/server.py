@@ -1,8 +1,17 @@
-"""The Rekor v1 HTTP API over an `EmbeddedLog`, so cosign, sigstore clients and our own client can use it.
+"""The Rekor v1 HTTP API over an `EmbeddedLog`, so cosign, rekor-cli, sigstore clients and our own client can use it.
 
-Shapes and status codes follow Rekor's openapi.yaml. Every error is JSON `{"code", "message"}` as Rekor's
-are (FastAPI's own 404/405/422 bodies included), and a 500 never carries a traceback. Bodies are read with a
-cap before any parsing, so an oversized request costs at most the cap.
+Shapes and status codes follow Rekor's openapi.yaml and what rekor-cli v1.5.4 checks. Every error is JSON
+`{"code", "message"}` as Rekor's are (FastAPI's own 404/405/422 bodies included), and a 500 never carries a
+traceback. Bodies are read with a cap before any parsing, so an oversized request costs at most the cap.
+
+Entries are keyed, located and searched by Rekor's entry ID: the log's tree id in 16 hex digits, then the
+64-hex UUID (the leaf hash). rekor-cli refuses an answer keyed by a plain UUID ("cannot get treeID from plain
+UUID"), and asks for the log's key by that tree id. Both forms are accepted in requests; an entry ID naming
+another tree is not found here, as on a sharded Rekor. The `treeID` parameters of the proof and public-key
+routes must name this log's tree when given.
+
+One deliberate difference: an index query giving both a hash and a public key without `operator` intersects
+them (`and`), as this log always has; Rekor's default is `or`, which is answered when asked for.
 """
 
 from __future__ import annotations
@@ -21,7 +30,15 @@ from ..errors import InputError, NotFoundError
 from ..httpserve import BodyTooLarge, read_body
 from ..jsonsafe import load_json_object
 from .base import EntryRejected, LogError
-from .entries import MAX_ENTRY_BYTES, MAX_PUBLIC_KEY_BYTES, LogEntry, canonical, parse_proposed_entry
+from .entries import (
+    MAX_ENTRY_BYTES,
+    MAX_PUBLIC_KEY_BYTES,
+    LogEntry,
+    canonical,
+    parse_proposed_entry,
+    split_entry_id,
+    tree_id_hex,
+)
 from .log import MAX_SEARCH_RESULTS, EmbeddedLog
 from .merkle import leaf_hash
 from .note import MAX_TREE_SIZE
@@ -47,10 +64,6 @@ def _json(doc: Any, status: int = 200, headers: dict[str, str] | None = None) ->
 
 def _error(code: int, message: str, headers: dict[str, str] | None = None) -> Response:
     return _json({"code": code, "message": message}, code, headers)
-
-
-def _entry_response(entry: LogEntry, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(entry.to_json(), status_code=status, headers=headers, media_type="application/json")
 
 
 def _int_param(request: Request, name: str, default: int | None = None, low: int = 0) -> int:
@@ -101,8 +114,35 @@ def _list(doc: dict[str, Any], field: str) -> list[Any]:
     return value
 
 
+def _tree_param(request: Request, tree_id: str) -> None:
+    """A `treeID` query parameter (rekor-cli always sends one) must be this log's decimal tree id; 400 otherwise,
+    as Rekor answers for a tree it does not serve. Serving our key for any tree would vouch for a log we are not."""
+    values = request.query_params.getlist("treeID")
+    if len(values) > 1:
+        raise _BadRequest(f"query parameter treeID is given {len(values)} times; give it once")
+    if values and values[0] != tree_id:
+        raise _BadRequest(f"treeID {values[0][:40]!r} is not a tree of this log; its tree id is {tree_id}")
+
+
 def create_app(log: EmbeddedLog) -> FastAPI:
     app = FastAPI(title="agentfactory tlog", docs_url=None, redoc_url=None, openapi_url=None)
+    tree_hex = tree_id_hex(log.tree_id)
+
+    def _entry_id(entry: LogEntry) -> str:
+        return tree_hex + entry.uuid
+
+    def _entry_response(entry: LogEntry, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+        return Response(entry.to_json(tree_hex), status_code=status, headers=headers, media_type="application/json")
+
+    def _find(raw: str, where: str) -> LogEntry:
+        """The entry a UUID or entry ID names; _BadRequest when malformed, NotFoundError when not here."""
+        try:
+            tree, uuid = split_entry_id(raw, where)
+        except InputError as e:
+            raise _BadRequest(str(e)) from None
+        if tree and tree != tree_hex:
+            raise NotFoundError(f"no entry with UUID {raw}: tree {tree} is not this log's ({tree_hex})")
+        return log.entry(uuid)
 
     @app.exception_handler(_BadRequest)
     async def bad_request(_request: Request, exc: _BadRequest) -> Response:
@@ -127,12 +167,12 @@ def create_app(log: EmbeddedLog) -> FastAPI:
             added = await run_in_threadpool(log.add, doc)
         except (InputError, EntryRejected) as e:
             return _error(400, str(e))
-        uuid = added.entry.uuid
-        location = f"{ENTRIES}/{uuid}"
+        entry_id = _entry_id(added.entry)
+        location = f"{ENTRIES}/{entry_id}"
         if added.existed:
-            return _error(409, f"an equivalent entry already exists in the transparency log with UUID {uuid}",
+            return _error(409, f"an equivalent entry already exists in the transparency log with UUID {entry_id}",
                           {"Location": location})
-        return _entry_response(added.entry, 201, {"Location": location, "ETag": uuid})
+        return _entry_response(added.entry, 201, {"Location": location, "ETag": entry_id})
 
     @app.get(ENTRIES)
     def entry_by_index(request: Request) -> Response:
@@ -144,20 +184,18 @@ def create_app(log: EmbeddedLog) -> FastAPI:
 
     @app.get(ENTRIES + "/{uuid}")
     def entry_by_uuid(uuid: str) -> Response:
-        if len(uuid) not in (64, 80) or any(c not in "0123456789abcdefABCDEF" for c in uuid):
-            return _error(400, "entryUUID must be 64 hex digits (or 80 with a tree id prefix)")
         try:
-            return _entry_response(log.entry(uuid.lower()))
-        except NotFoundError:
-            return _error(404, f"no entry with UUID {uuid}")
+            return _entry_response(_find(uuid, "entryUUID"))
+        except NotFoundError as e:
+            return _error(404, str(e) if len(uuid) > 64 else f"no entry with UUID {uuid}")
 
     def _retrieve(doc: dict[str, Any]) -> list[dict[str, Any]]:
         found: list[LogEntry] = []
-        for uuid in _list(doc, "entryUUIDs"):
+        for i, uuid in enumerate(_list(doc, "entryUUIDs")):
             if not isinstance(uuid, str):
                 raise _BadRequest("entryUUIDs must be strings")
             try:
-                found.append(log.entry(uuid.lower()))
+                found.append(_find(uuid, f"entryUUIDs[{i}]"))
             except NotFoundError:
                 continue  # as Rekor: unknown entries are left out, not an error
         for i, raw in enumerate(_list(doc, "logIndexes")):
@@ -177,7 +215,7 @@ def create_app(log: EmbeddedLog) -> FastAPI:
                 found.append(log.entry(leaf_hash(body).hex()))
             except NotFoundError:
                 continue
-        return [e.to_dict() for e in found]
+        return [e.to_dict(tree_hex) for e in found]
 
     @app.post(ENTRIES + "/retrieve")
     async def retrieve(request: Request) -> Response:
@@ -185,9 +223,12 @@ def create_app(log: EmbeddedLog) -> FastAPI:
         return _json(await run_in_threadpool(_retrieve, doc))
 
     def _search(doc: dict[str, Any]) -> list[str]:
-        unsupported = sorted(k for k in ("email", "operator") if doc.get(k) not in (None, "", "and"))
+        unsupported = sorted(k for k in ("email", "subject") if doc.get(k) not in (None, ""))
         if unsupported:
-            raise _BadRequest(f"this log searches by hash and publicKey only (operator 'and'); not {unsupported}")
+            raise _BadRequest(f"this log searches by hash and publicKey only, not by {', '.join(unsupported)}")
+        operator = doc.get("operator") or "and"  # Rekor's default is "or": see the module docstring
+        if operator not in ("and", "or"):
+            raise _BadRequest(f"operator must be 'and' or 'or', got {str(operator)[:40]!r}")
         sha = doc.get("hash")
         if sha is not None and not isinstance(sha, str):
             raise _BadRequest("hash must be a string sha256:<hex>")
@@ -205,13 +246,16 @@ def create_app(log: EmbeddedLog) -> FastAPI:
         if sha is None and pem is None:
             raise _BadRequest("give a hash, a publicKey or both")
         try:
-            found = log.search(sha256=sha, public_key_pem=pem)
+            if operator == "or" and sha is not None and pem is not None:
+                found = list(dict.fromkeys(log.search(sha256=sha) + log.search(public_key_pem=pem)))
+            else:
+                found = log.search(sha256=sha, public_key_pem=pem)
         except LogError as e:
             raise _BadRequest(str(e)) from None
         if len(found) > MAX_SEARCH_RESULTS:  # say so: a silently shortened answer hides entries from audits
             raise _BadRequest(f"the search matches {len(found)} entries, more than this log answers at once "
                               f"({MAX_SEARCH_RESULTS}); read the log by index range instead", 422)
-        return found
+        return [tree_hex + uuid for uuid in found]
 
     @app.post("/api/v1/index/retrieve")
     async def index_retrieve(request: Request) -> Response:
@@ -226,6 +270,7 @@ def create_app(log: EmbeddedLog) -> FastAPI:
 
     @app.get("/api/v1/log/proof")
     def consistency(request: Request) -> Response:
+        _tree_param(request, log.tree_id)
         first = _int_param(request, "firstSize", 1, low=1)
         last = _int_param(request, "lastSize", low=1)
         size = log.info().tree_size
@@ -237,7 +282,8 @@ def create_app(log: EmbeddedLog) -> FastAPI:
         return _json({"rootHash": log.root_at(last).hex(), "hashes": hashes})
 
     @app.get("/api/v1/log/publicKey")
-    def public_key() -> Response:
+    def public_key(request: Request) -> Response:
+        _tree_param(request, log.tree_id)
         return Response(log.public_key_pem(), media_type="application/x-pem-file")
 
     @app.get("/healthz")
