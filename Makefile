@@ -216,21 +216,11 @@ lint: $(STAMP)
 	mkdir -p .agentfactory/mypy && ln -sfn ../../sandbox-runtime .agentfactory/mypy/sandbox_runtime
 	$(BIN)/mypy
 
-## bench: run the benchmarks and write benchmarks/results/
+## bench: run every benchmarks/bench_*.py and write benchmarks/results/ (each page says pass or fail per target)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_pipeline.py
-	$(BIN)/python benchmarks/bench_sbom.py
-	$(BIN)/python benchmarks/bench_signing.py
-	$(BIN)/python benchmarks/bench_verify.py
-	$(BIN)/python benchmarks/bench_registry.py
-	$(BIN)/python benchmarks/bench_policy.py
-	$(BIN)/python benchmarks/bench_policy_fuzz.py
-	$(BIN)/python benchmarks/bench_runtime.py
-	$(BIN)/python benchmarks/bench_hostile.py
-	$(BIN)/python benchmarks/bench_admission.py
-	$(BIN)/python benchmarks/bench_tlog_storage.py
-	$(BIN)/python benchmarks/bench_tlog.py
-	$(BIN)/python benchmarks/bench_scan.py
+	@failed=""; for script in benchmarks/bench_*.py; do echo "== $$script"; \
+	  $(BIN)/python $$script || failed="$$failed $$script"; done; \
+	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
 
 clean:
 	rm -rf .agentfactory .pytest_cache .mypy_cache .ruff_cache

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import TRIVIAL_WAT, bench_home, ms, percentile, stop, summary_ms, write_results  # noqa: E402
+from common import TRIVIAL_WAT, bench_home, ms, percentile, sized, stop, summary_ms, verdict, write_results  # noqa: E402
 
 from admission.cli import build_admitter  # noqa: E402
 from admission.config import load_config  # noqa: E402
@@ -52,16 +52,18 @@ TEMPLATES = ROOT / "templates"
 EXAMPLES = sorted(p.name for p in TEMPLATES.iterdir() if (p / "agent.yaml").is_file())
 CACHED_AGENT = "wordstats"
 UNSIGNED = "unsigned"
-INPROC_WARMUP, INPROC_RUNS, INPROC_VARYING_RUNS, FIRST_SIGHT_SAMPLES = 200, 3000, 1000, 20
-CLOSED_WARMUP_S, CLOSED_MEASURE_S = 0.5, 3.0
+INPROC_WARMUP, INPROC_RUNS, INPROC_VARYING_RUNS, FIRST_SIGHT_SAMPLES = sized((200, 3000, 1000, 20), (5, 30, 10, 2))
+CLOSED_WARMUP_S, CLOSED_MEASURE_S = sized((0.5, 3.0), (0.1, 0.3))
 # (client processes, threads each): one keep-alive connection per thread
-CLOSED_LEVELS: tuple[tuple[int, int], ...] = ((1, 1), (1, 4), (2, 4))
-OPEN_RATE, OPEN_WARMUP_S, OPEN_MEASURE_S = 1000.0, 1.0, 5.0
+CLOSED_LEVELS: tuple[tuple[int, int], ...] = sized(((1, 1), (1, 4), (2, 4)), ((1, 1), (1, 4)))
+OPEN_RATE = 1000.0
+OPEN_WARMUP_S, OPEN_MEASURE_S = sized((1.0, 5.0), (0.1, 0.3))
 OPEN_PROCESSES, OPEN_THREADS = 2, 8  # 16 connections, each one request every 16 ms at 1000/s
-OPEN_RUNS = 5  # over TLS; the target is judged on every run
-MISS_RATES = (400.0, 1000.0)  # open loop, every review in a new namespace (admission.rego evaluated on each)
-OPEN_GRACE_S = 5.0  # a request not sent within this long after the window is counted as not sent
-TLS_FIRST_RESTARTS = 3
+OPEN_RUNS = sized(5, 1)  # over TLS; the target is judged on every run
+# open loop, every review in a new namespace (admission.rego evaluated on each); a smoke run keeps the judged rate
+MISS_RATES = sized((400.0, 1000.0), (1000.0,))
+OPEN_GRACE_S = sized(5.0, 1.0)  # a request not sent within this long after the window is counted as not sent
+TLS_FIRST_RESTARTS = sized(3, 1)
 TARGET_P99_MS, TARGET_RATE, TARGET_FIRST_MS = 5.0, 1000.0, 20.0
 # The load generator, run as separate processes so that the client does not share the server's GIL.
 # argv[1]: a JSON spec; prints one JSON line. One keep-alive connection per thread. Closed loop: each thread
@@ -646,10 +648,6 @@ def one_review(server: Server, ctx: ssl.SSLContext | None, body: bytes, expect: 
 
 
 # -- report -----------------------------------------------------------------------------------------
-def verdict(ok: bool) -> str:
-    return "**pass**" if ok else "**FAIL**"
-
-
 def markdown(result: dict[str, Any]) -> list[str]:
     m, ip, w = result["machine"], result["in_process"], result["wire"]
     runs, fs, pl = w["open_runs"], w["first_sight"], w["plain_http"]
@@ -726,7 +724,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
         f"**Client and server share the machine's {m['cpus']} CPUs**: the client's own CPU time is in every "
         "figure below, and the CPU columns show who used what (1.0 = one CPU).",
         "",
-        f"### Closed loop ({CLOSED_WARMUP_S:.1f} s warm-up, {CLOSED_MEASURE_S:.0f} s measured)",
+        f"### Closed loop ({CLOSED_WARMUP_S:g} s warm-up, {CLOSED_MEASURE_S:g} s measured)",
         "",
         "| clients | connections | reviews/s | p50 | p99 | p99.9 | max | errors | server CPU/review | server CPU | "
         "client CPU |",
@@ -740,7 +738,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
             f"{lv['server_cpu_util']:.2f} | {lv['client_cpu_util']:.2f} |")
     lines += [
         "",
-        f"### Open loop at {op['target_rate']:.0f} reviews/s ({OPEN_WARMUP_S:.0f} s warm-up, {OPEN_MEASURE_S:.0f} s "
+        f"### Open loop at {op['target_rate']:.0f} reviews/s ({OPEN_WARMUP_S:g} s warm-up, {OPEN_MEASURE_S:g} s "
         "measured)",
         "",
         f"Request i is due at t0 + i/{op['target_rate']:.0f} s and goes to connection i mod {op['connections']} "

@@ -37,22 +37,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import TRIVIAL_WAT, bench_home, ms, percentile, stop, write_results  # noqa: E402
+from common import TRIVIAL_WAT, bench_home, ms, percentile, sized, stop, verdict, write_results  # noqa: E402
 
 from agentfactory.provenance import DEFAULT_BUILDER_ID  # noqa: E402
 from agentfactory.trust import to_yaml  # noqa: E402
 
 WORKERS = 4
-WARMUP_S, MEASURE_S = 1.0, 8.0
-HOSTILE_LEAD_S = 2.0  # the mix starts this long before normal traffic is measured
-NORMAL_PROCESSES, NORMAL_THREADS = 2, 2
-SLOWLORIS_PER_ADDRESS, SLOWLORIS_ADDRESSES = 60, ("127.0.0.2", "127.0.0.3")
-SLOW_BODIES, NON_READERS = 16, 8
+WARMUP_S, MEASURE_S = sized((1.0, 8.0), (0.2, 0.6))
+HOSTILE_LEAD_S = sized(2.0, 0.3)  # the mix starts this long before normal traffic is measured
+PAUSE_S = sized(1.0, 0.1)  # between phases
+NORMAL_PROCESSES, NORMAL_THREADS = sized((2, 2), (1, 2))
+SLOWLORIS_PER_ADDRESS, SLOWLORIS_ADDRESSES = sized(60, 2), ("127.0.0.2", "127.0.0.3")
+SLOW_BODIES, NON_READERS = sized((16, 8), (1, 1))
 HOSTILE_SOURCE = "127.0.0.4"  # slow bodies, non-readers and the flood
 TARGET_LOSS_PCT = 20.0
 SLEEPERS = WORKERS // 2  # in the mix; the `sleeper_all` phase uses WORKERS
-HEAVY_LOCALS = 1200  # about 3 s of Cranelift on one core (see tests/security/test_attack_compile_on_request_path.py)
-HEAVY_PER_PHASE = 3  # distinct compile-heavy versions per phase that asks for them: about 9 s of compiles
+# about 3 s of Cranelift on one core (see tests/security/test_attack_compile_on_request_path.py); a smoke run's
+# heavy agent compiles quickly: it checks the path (503 `compiling`, then 200), not the cost
+HEAVY_LOCALS = sized(1200, 40)
+HEAVY_PER_PHASE = sized(3, 1)  # distinct compile-heavy versions per phase that asks for them: about 9 s of compiles
 
 SLEEPER_WAT = """(module
   (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
@@ -459,9 +462,18 @@ def phase(port: int, pid: int, kinds: tuple[str, ...], heavy: list[str] | None =
     stats = json.loads(attack.communicate(timeout=60)[0]) if attack is not None else None
     seconds = stop_at - warm_until
     return {"kinds": list(kinds), "requests_per_s": len(latencies) / seconds,
-            "p50_ms": ms(percentile(latencies, 0.5)), "p99_ms": ms(percentile(latencies, 0.99)), "errors": errors,
+            "p50_ms": latency_ms(latencies, 0.5), "p99_ms": latency_ms(latencies, 0.99), "errors": errors,
             "requests": len(latencies), "rss_mib_max": max(samples) / 2**20,
             "server_cpu_per_s": server_cpu / (time.time() - warm_until + WARMUP_S), "hostile": stats}
+
+
+def latency_ms(latencies: list[float], q: float) -> float | None:
+    """The q-quantile in ms; None when no normal request succeeded in the window (the attack won: a result)."""
+    return ms(percentile(latencies, q)) if latencies else None
+
+
+def fmt_ms(value: float | None) -> str:
+    return "none succeeded" if value is None else f"{value:.2f} ms"
 
 
 def markdown(r: dict[str, Any]) -> list[str]:
@@ -475,8 +487,8 @@ def markdown(r: dict[str, Any]) -> list[str]:
         name = ", ".join(p["kinds"]) or "alone"
         kept = 100.0 * p["requests_per_s"] / r["baseline_requests_per_s"]
         attacker_cpu = f"{p['hostile']['cpu_s']:.1f} s" if p["hostile"] else "-"
-        rows.append(f"| {name} | {p['requests_per_s']:.0f} ({kept:.0f} %) | {p['p50_ms']:.2f} ms | "
-                    f"{p['p99_ms']:.2f} ms | {p['errors']} | {p['rss_mib_max']:.0f} MiB | "
+        rows.append(f"| {name} | {p['requests_per_s']:.0f} ({kept:.0f} %) | {fmt_ms(p['p50_ms'])} | "
+                    f"{fmt_ms(p['p99_ms'])} | {p['errors']} | {p['rss_mib_max']:.0f} MiB | "
                     f"{p['server_cpu_per_s']:.2f} | {attacker_cpu} |")
     return [
         "# The node under a hostile mix",
@@ -486,8 +498,8 @@ def markdown(r: dict[str, Any]) -> list[str]:
         "256 connections, 64 per client address), on loopback, "
         f"{r['machine']['cpus']} CPUs shared by the server, the normal clients and the attacker. Normal traffic: "
         f"{NORMAL_PROCESSES} client processes x {NORMAL_THREADS} keep-alive connections invoking a trivial agent "
-        f"(`POST /v1/agents/trivial/invoke`), {MEASURE_S:.0f} s measured after {WARMUP_S:.0f} s warm-up; the "
-        f"hostile mix starts {HOSTILE_LEAD_S:.0f} s earlier, from its own process and other loopback addresses. "
+        f"(`POST /v1/agents/trivial/invoke`), {MEASURE_S:g} s measured after {WARMUP_S:g} s warm-up; the "
+        f"hostile mix starts {HOSTILE_LEAD_S:g} s earlier, from its own process and other loopback addresses. "
         "Normal traffic alone is measured first and last; \"kept\" is against their mean. The machine is shared "
         f"(1-minute load average {r['machine']['loadavg_1m_before']:.1f} before, "
         f"{r['machine']['loadavg_1m_after']:.1f} after): compare rows of one run, not runs.",
@@ -497,12 +509,12 @@ def markdown(r: dict[str, Any]) -> list[str]:
         *rows,
         "",
         f"Throughput kept beside the whole mix: **{100 - r['throughput_loss_pct']:.0f} %** (goal: at most "
-        f"{TARGET_LOSS_PCT:.0f} % lost: **{'pass' if r['throughput_pass'] else 'fail'}**). Per hostile kind: "
+        f"{TARGET_LOSS_PCT:.0f} % lost: {verdict(r['throughput_pass'])}). Per hostile kind: "
         + "; ".join(f"{k}: {100 - v:.0f} % kept ({'pass' if v <= TARGET_LOSS_PCT else 'fail'})"
                     for k, v in r["phase_loss_pct"].items()) + ". Node RSS: idle "
         f"{r['rss_idle_mib']:.0f} MiB, at most {r['rss_mib_max']:.0f} MiB in any phase, i.e. "
         f"{r['rss_mib_max'] - r['rss_idle_mib']:.0f} MiB above idle against a budget of {r['memory_budget_mib']} "
-        f"MiB: **{'pass' if r['rss_pass'] else 'fail'}**.",
+        f"MiB: {verdict(r['rss_pass'])}.",
         "",
         "What the whole mix did, and what the node did about it:",
         "",
@@ -559,9 +571,9 @@ def markdown(r: dict[str, Any]) -> list[str]:
         "",
         "| server | requests/s | p50 | p99 | errors | server CPU/s |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
-        f"| `runtime serve` (hardened http.server) | {calm['requests_per_s']:.0f} | {calm['p50_ms']:.2f} ms | "
-        f"{calm['p99_ms']:.2f} ms | {calm['errors']} | {calm['server_cpu_per_s']:.2f} |",
-        f"| uvicorn prototype | {u['requests_per_s']:.0f} | {u['p50_ms']:.2f} ms | {u['p99_ms']:.2f} ms | "
+        f"| `runtime serve` (hardened http.server) | {calm['requests_per_s']:.0f} | {fmt_ms(calm['p50_ms'])} | "
+        f"{fmt_ms(calm['p99_ms'])} | {calm['errors']} | {calm['server_cpu_per_s']:.2f} |",
+        f"| uvicorn prototype | {u['requests_per_s']:.0f} | {fmt_ms(u['p50_ms'])} | {fmt_ms(u['p99_ms'])} | "
         f"{u['errors']} | {u['server_cpu_per_s']:.2f} |",
         "",
     ]
@@ -593,7 +605,7 @@ def main() -> None:
                 if "compile_heavy" in kinds:  # versions never asked for before: each one compiles now
                     digests, heavy = heavy[:HEAVY_PER_PHASE], heavy[HEAVY_PER_PHASE:]
                 phases.append(phase(port, proc.pid, kinds, digests))
-                time.sleep(1.0)
+                time.sleep(PAUSE_S)
         finally:
             stop(proc)
         alt = subprocess.Popen([sys.executable, "-c", UVICORN, str(h.store_path), str(trust_file),

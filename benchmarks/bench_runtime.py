@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import TRIVIAL_WAT, bench_home, ms, percentile, stop, summary_ms, write_results  # noqa: E402
+from common import TRIVIAL_WAT, bench_home, ms, percentile, sized, stop, summary_ms, verdict, write_results  # noqa: E402
 
 from agentfactory.policy import RegoEngine  # noqa: E402
 from agentfactory.provenance import DEFAULT_BUILDER_ID  # noqa: E402
@@ -49,12 +49,14 @@ from sandbox_runtime.engine import make_config  # noqa: E402
 from sandbox_runtime.runtime import Runtime, RuntimeConfig  # noqa: E402
 from sandbox_runtime.sandbox import Invocation  # noqa: E402
 
-REPS = 5  # runs of each kernel on each side
-SANDBOX_WARMUP, SANDBOX_RUNS = 300, 3000
-PREPARE_WARM_RUNS, PREPARE_TTL_RUNS, PREPARE_COLD_RUNS = 5000, 100, 5
-HTTP_WARMUP_S, HTTP_MEASURE_S = 1.0, 5.0
+REPS = sized(5, 1)  # runs of each kernel on each side
+# the work per kernel run; a smoke run's sizes are those of tests/integration/test_bench_kernels.py
+SIZES: dict[str, int] = sized(dict(KERNELS), {"sha256": 3, "nbody": 1000, "sort": 3, "strings": 3})
+SANDBOX_WARMUP, SANDBOX_RUNS = sized((300, 3000), (5, 20))
+PREPARE_WARM_RUNS, PREPARE_TTL_RUNS, PREPARE_COLD_RUNS = sized((5000, 100, 5), (20, 3, 1))
+HTTP_WARMUP_S, HTTP_MEASURE_S = sized((1.0, 5.0), (0.2, 0.5))
 # (client processes, threads each); the target is judged at 4 or more connections, 1 and 2 show the trend
-HTTP_LEVELS: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (1, 4), (1, 8), (2, 4))
+HTTP_LEVELS: tuple[tuple[int, int], ...] = sized(((1, 1), (1, 2), (1, 4), (1, 8), (2, 4)), ((1, 1), (1, 4)))
 HTTP_JUDGED_CONNECTIONS = 4
 TARGET_OVERHEAD_PCT, TARGET_SANDBOX_P50_MS, TARGET_RPS = 20.0, 1.0, 1000.0
 
@@ -106,7 +108,9 @@ print(json.dumps({"latencies": latencies, "errors": errors[0], "samples": sample
 
 # -- the agents ------------------------------------------------------------------------------------
 def _agent_yaml(name: str, language: str, source: str, memory_mib: int, timeout_ms: int, output_kib: int,
-                description: str) -> str:
+                description: str, no_tests: str = "") -> str:
+    """A template manifest; `no_tests` is the reason it has no tests/cases.yaml (a template needs one or the other)."""
+    tests = f"  tests:\n    none: {json.dumps(no_tests)}\n" if no_tests else ""
     return f"""\
 apiVersion: agentfactory.dev/v1alpha1
 kind: AgentTemplate
@@ -129,7 +133,7 @@ spec:
     timeoutMs: {timeout_ms}
     maxOutputKiB: {output_kib}
   dependencies: []
-"""
+{tests}"""
 
 
 def kernel_agent(kernel: str) -> str:
@@ -144,7 +148,9 @@ def write_templates(folder: Path) -> None:
         shutil.copyfile(KERNEL_DIR / f"{kernel}.c", t / "src" / f"{kernel}.c")
         shutil.copyfile(KERNEL_DIR / "harness.h", t / "src" / "harness.h")
         (t / "agent.yaml").write_text(_agent_yaml(kernel_agent(kernel), "c", f"src/{kernel}.c", 64, 30000, 4,
-                                                  f"Benchmark kernel {kernel}: prints its checksum and compute time."))
+                                                  f"Benchmark kernel {kernel}: prints its checksum and compute time.",
+                                                  "a benchmark kernel: bench_runtime runs it and compares its "
+                                                  "checksum with the native build's"))
     t = folder / TRIVIAL
     (t / "src").mkdir(parents=True)
     (t / "tests").mkdir()
@@ -171,7 +177,7 @@ def run_no_epoch(engine: wasmtime.Engine, module: wasmtime.Module, kernel: str) 
         return len(data)
 
     wasi = wasmtime.WasiConfig()
-    wasi.argv = [kernel, str(KERNELS[kernel])]
+    wasi.argv = [kernel, str(SIZES[kernel])]
     wasi.stdout_custom = write
     store = wasmtime.Store(engine)
     store.set_wasi(wasi)
@@ -194,7 +200,7 @@ def bench_overhead(rt: Runtime, store: ArtifactStore, native_dir: Path) -> dict[
         rt.prepare(kernel_agent(k))  # verify, compile and link outside the timed runs
 
     def native(kernel: str) -> tuple[str, int]:
-        proc = subprocess.run([str(natives[kernel]), str(KERNELS[kernel])], capture_output=True, text=True,
+        proc = subprocess.run([str(natives[kernel]), str(SIZES[kernel])], capture_output=True, text=True,
                               timeout=120, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"native {kernel}: exit {proc.returncode}: {proc.stderr}")
@@ -203,7 +209,7 @@ def bench_overhead(rt: Runtime, store: ArtifactStore, native_dir: Path) -> dict[
     invoke_seconds: dict[str, list[float]] = {k: [] for k in KERNELS}
 
     def wasm(kernel: str) -> tuple[str, int]:
-        result = rt.invoke(kernel_agent(kernel), Invocation(args=(str(KERNELS[kernel]),)))
+        result = rt.invoke(kernel_agent(kernel), Invocation(args=(str(SIZES[kernel]),)))
         ex = result.execution
         if ex.outcome != "ok":
             raise RuntimeError(f"wasm {kernel}: {ex.outcome}: {ex.reason}: {ex.stderr.decode(errors='replace')}")
@@ -227,7 +233,7 @@ def bench_overhead(rt: Runtime, store: ArtifactStore, native_dir: Path) -> dict[
         if len(checksums) != 1:
             raise RuntimeError(f"{kernel}: native and wasm disagree: checksums {sorted(checksums)}")
         med = {side: statistics.median(ns for _, ns in r) / 1e6 for side, r in runs[kernel].items()}
-        kernels[kernel] = {"size": KERNELS[kernel], "checksum": checksums.pop(), "native_ms": med["native"],
+        kernels[kernel] = {"size": SIZES[kernel], "checksum": checksums.pop(), "native_ms": med["native"],
                            "wasm_ms": med["wasm"], "overhead_pct": (med["wasm"] / med["native"] - 1) * 100,
                            "wasm_no_epoch_ms": med["wasm_no_epoch"],
                            "overhead_no_epoch_pct": (med["wasm_no_epoch"] / med["native"] - 1) * 100,
@@ -405,10 +411,6 @@ def bench_http(store_path: Path, trust_file: Path) -> dict[str, Any]:
 
 
 # -- report -------------------------------------------------------------------------------------------
-def verdict(ok: bool) -> str:
-    return "**pass**" if ok else "**FAIL**"
-
-
 def markdown(result: dict[str, Any]) -> list[str]:
     m, o, s, v, h = (result["machine"], result["wasi_overhead"], result["sandbox_creation"],
                      result["verification"], result["http"])
@@ -488,7 +490,7 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "",
         f"`agentfactory runtime serve --workers {h['server_workers']}` in its own process; load from separate "
         f"Python client processes, one keep-alive `http.client` connection per thread, `POST "
-        f"/v1/agents/{TRIVIAL}/invoke` with an empty body, {h['warmup_s']:.0f} s warm-up then {h['measure_s']:.0f} s "
+        f"/v1/agents/{TRIVIAL}/invoke` with an empty body, {h['warmup_s']:g} s warm-up then {h['measure_s']:g} s "
         f"measured. Client and server share the machine's {m['cpus']} CPUs.",
         "",
         "| clients | connections | requests/s | p50 | p99 | errors |",

@@ -26,15 +26,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import write_results  # noqa: E402
+from common import NO_TARGET, sized, write_results  # noqa: E402
 
 from agentfactory.errors import InputError  # noqa: E402
 from agentfactory.template import Dependency, Template, load_template  # noqa: E402
 from pipelines import sbom  # noqa: E402
 from pipelines.toolchain import identity  # noqa: E402
 
-REPEAT = 9
-REPEAT_LARGE = 5
+REPEAT = sized(9, 1)
+REPEAT_LARGE = sized(5, 1)
+SYNTHETIC = sized((100, 1000), (10, 50))  # vendored dependencies of the synthetic templates
+FRESH_RUNS = sized(3, 1)  # fresh interpreters per one-off cost
 DIGEST = "sha256:" + "ab" * 32
 EPOCH = 1_700_000_000
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -85,7 +87,9 @@ def bench_hostile() -> dict[str, Any]:
         return json.dumps({"bomFormat": "CycloneDX", "specVersion": "1.6", "version": 1,
                            "components": components}).encode()
 
-    at_limit, over = doc(sbom.MAX_ARRAY_ITEMS), doc(2 * sbom.MAX_ARRAY_ITEMS)
+    # the worst case takes seconds to validate: a smoke run validates a small array, and refuses a real oversized one
+    admitted = sized(sbom.MAX_ARRAY_ITEMS, 100)
+    at_limit, over = doc(admitted), doc(2 * sbom.MAX_ARRAY_ITEMS)
 
     def refuse() -> None:
         try:
@@ -96,7 +100,8 @@ def bench_hostile() -> dict[str, Any]:
 
     limit_med, _ = median_s(lambda: sbom.validate_sbom(at_limit, "at-limit"), REPEAT_LARGE)
     refuse_med, _ = median_s(refuse, REPEAT)
-    return {"max_array_items": sbom.MAX_ARRAY_ITEMS, "at_limit_bytes": len(at_limit), "at_limit_validate_s": limit_med,
+    return {"max_array_items": sbom.MAX_ARRAY_ITEMS, "at_limit_items": admitted, "at_limit_bytes": len(at_limit),
+            "at_limit_validate_s": limit_med,
             "over_limit_bytes": len(over), "over_limit_refuse_s": refuse_med}
 
 
@@ -107,7 +112,7 @@ def fresh_interpreter_s(code: str, env: dict[str, str] | None = None) -> float:
         subprocess.run([sys.executable, "-c", src], cwd=ROOT, check=True, env={**os.environ, **(env or {})})
         return time.perf_counter() - start
 
-    runs = [run(code) - run("pass") for _ in range(3)]
+    runs = [run(code) - run("pass") for _ in range(FRESH_RUNS)]
     return max(0.0, statistics.median(runs))
 
 
@@ -130,7 +135,7 @@ def main() -> None:
     examples = sorted(p for p in (ROOT / "templates").iterdir() if (p / "agent.yaml").is_file())
     rows = [bench_template(p.name, load_template(p)) for p in examples]
     wordstats = load_template(ROOT / "templates" / "wordstats")
-    rows += [bench_template(f"synthetic, {n} deps", synthetic(wordstats, n)) for n in (100, 1000)]
+    rows += [bench_template(f"synthetic, {n} deps", synthetic(wordstats, n)) for n in SYNTHETIC]
     hostile = bench_hostile()
     once = one_off_costs()
     result = {
@@ -142,7 +147,7 @@ def main() -> None:
         "hostile": hostile,
         "one_off": once,
     }
-    large = rows[-1]
+    small, large = rows[-2], rows[-1]
     lines = [
         "# SBOM benchmark",
         "",
@@ -155,12 +160,12 @@ def main() -> None:
         *(f"| {r['template']} | {r['dependencies']} | {r['bytes'] / 1024:.1f} KiB | {ms(r['build_s'])} | "
           f"{ms(r['validate_s'])} | {ms(r['subject_s'])} |" for r in rows),
         "",
-        f"- 1000 dependencies: build {ms(large['build_s'])}, strict schema validation "
-        f"{ms(large['validate_s'])} ({large['validate_s'] / large['build_s']:.1f}x the build); from 100 to 1000 "
-        f"dependencies validation grows {large['validate_s'] / rows[-2]['validate_s']:.0f}x: the schema's "
-        "uniqueItems compares array objects pairwise.",
+        f"- {large['dependencies']} dependencies: build {ms(large['build_s'])}, strict schema validation "
+        f"{ms(large['validate_s'])} ({large['validate_s'] / large['build_s']:.1f}x the build); from "
+        f"{small['dependencies']} to {large['dependencies']} dependencies validation grows "
+        f"{large['validate_s'] / small['validate_s']:.0f}x: the schema's uniqueItems compares array objects pairwise.",
         f"- Hence the bound in `validate_sbom` ({hostile['max_array_items']} objects per array): the worst document "
-        f"it admits ({hostile['max_array_items']} tiny components, {hostile['at_limit_bytes'] / 1024:.0f} KiB) "
+        f"it admits ({hostile['at_limit_items']} tiny components, {hostile['at_limit_bytes'] / 1024:.0f} KiB) "
         f"validates in {ms(hostile['at_limit_validate_s'])}; twice as many are refused in "
         f"{ms(hostile['over_limit_refuse_s'])} (unbounded, 4000 took 11 s and 16 MiB would take days).",
         f"- One-off, per process: the validator's first use (schema load + compile) "
@@ -170,6 +175,8 @@ def main() -> None:
         "and costs about 1 s, which is why the project depends on the library without that extra); "
         f"`import pipelines.sbom` {ms(once['import_pipelines_sbom_s'])} (it imports agentfactory.template, "
         "hence jsonschema).",
+        "",
+        f"{NO_TARGET} these figures size the SBOM step and explain the array bound; nothing here is judged.",
         "",
     ]
     write_results("sbom", result, lines)

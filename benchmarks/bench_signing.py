@@ -28,15 +28,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "tests"))  # bao_server: the same OpenBao launcher the tests use
 
 from bao_server import running_openbao  # noqa: E402
-from common import percentile, write_results  # noqa: E402
+from common import NO_TARGET, percentile, sized, write_results  # noqa: E402
 from cryptography.hazmat.primitives import hashes  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils  # noqa: E402
 
 from agentfactory.keys import KeyProvider, LocalKeyring  # noqa: E402
 from agentfactory.keys.vault import TransitKeyProvider  # noqa: E402
 
-N = 300
-WARMUP = 20
+N = sized(300, 12)
+WARMUP = sized(20, 2)
 ROUNDS = 3  # the N signatures of each provider are split in rounds that alternate, to share any drift
 
 
@@ -127,6 +127,8 @@ def main() -> None:
         "(reading keyring.json, permission and identity checks of the key file on every signature).",
         "- A pipeline run makes a handful of signatures per template, so either provider costs "
         "milliseconds per template.",
+        "",
+        f"{NO_TARGET} a comparison of the two key providers in one run; nothing here is judged.",
         "",
     ]
     write_results("signing", result, lines)
