@@ -15,6 +15,7 @@ import click
 
 from agentfactory.cli.common import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, err, handle_errors, print_json
 from agentfactory.errors import InputError
+from agentfactory.policy_select import policy_engine_options
 
 from .config import AdmissionConfig, load_config
 
@@ -30,7 +31,7 @@ def build_admitter(config: AdmissionConfig) -> Any:
     """The Admitter for a config: store, trust policy, policies and audit trail opened once."""
     from agentfactory.audit import AuditLog
     from agentfactory.cli.verify_cmd import default_policy
-    from agentfactory.policy import RegoEngine
+    from agentfactory.policy_select import open_engine
     from agentfactory.store import open_store
     from agentfactory.trust import load_trust_policy
 
@@ -38,7 +39,7 @@ def build_admitter(config: AdmissionConfig) -> Any:
 
     trust = load_trust_policy(config.trust_policy) if config.trust_policy else default_policy(config.key_provider)
     audit = AuditLog(config.audit_log) if config.audit_log else None
-    return Admitter(config, open_store(config.store), trust, RegoEngine(config.policies), audit)
+    return Admitter(config, open_store(config.store), trust, open_engine(config.policies), audit)
 
 
 config_option = click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=Path),
@@ -62,6 +63,7 @@ def admission() -> None:
               help="Its private key (PEM).")
 @config_option
 @store_override
+@policy_engine_options
 @handle_errors
 def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, store_url: str | None) -> None:
     """Serve POST /validate and /validate/warn, GET /healthz, /readyz and /metrics over TLS."""
@@ -137,6 +139,7 @@ def certs(out: Path, service: str, namespace: str, days: int) -> None:
 @click.option("--warn", "warn_mode", is_flag=True, help="Judge as in a namespace in warn mode.")
 @config_option
 @store_override
+@policy_engine_options
 @handle_errors
 def review_cmd(file: Any, warn_mode: bool, config_path: Path | None, store_url: str | None) -> None:
     """Answer one AdmissionReview from FILE ('-': stdin) as the webhook would, without a server.

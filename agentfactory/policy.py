@@ -93,6 +93,11 @@ class PolicyEngine(abc.ABC):
     can skip it. Engines implement `judge`, never `decide`.
     """
 
+    # The policy data the engine judges with (data.json with the config overrides applied): the planes read
+    # their own settings from it (the stages, the namespace map, the scan gate), so that they and the
+    # policies agree.
+    data: dict[str, Any]
+
     @final
     def decide(self, policy: str, document: dict[str, Any]) -> Decision:
         try:
@@ -215,24 +220,34 @@ def _messages(rs: Any, node: Any, name: str) -> tuple[str, ...]:
 def _text(rs: Any, node: Any) -> str:
     """A message, for people to read (the decision is already made: this cannot change it).
 
-    rego-cpp keeps some strings JSON-escaped inside `"…"` (literals, sprintf with a raw-string
-    format) and others raw, and does not escape the input it copies into either: the node's JSON
-    text is decoded when it is a JSON string, as the engine's own output would be; otherwise the
-    raw value is shown.
+    rego-cpp keeps the literal parts of a string JSON-escaped (a format's `"` as `\\"`), sometimes
+    inside `"…"`, and copies the input into it raw, unescaped: `spec.agent: \\"q"q\\" is not pinned`.
+    So every JSON escape sequence is decoded and every other character kept as it is, which gives
+    OPA's text exactly unless an input string copied into the message holds a backslash (then its
+    `\\n` or `\\"` reads as an escape: docs/policy.md, OPA and regopy).
     """
     try:
         if rs.rego_node_type(node) != rs.NodeKind.String:
             return str(rs.rego_node_json(node))
-        try:
-            shown = json.loads(rs.rego_node_json(node), strict=False)
-        except ValueError:
-            shown = None
-        if isinstance(shown, str):
-            return shown
         text = str(rs.rego_node_value(node))
     except (UnicodeDecodeError, ValueError, rs.RegoError):
         return "(a message that cannot be read)"
-    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
+    if len(text) >= 2 and text[0] == text[-1] == '"':
+        text = text[1:-1]
+    return _ESCAPE.sub(_unescape, text) if "\\" in text else text
+
+
+_ESCAPE = re.compile(r'\\(?:u[0-9a-fA-F]{4}(?:\\u[0-9a-fA-F]{4})?|["\\/bfnrt])')
+
+
+def _unescape(match: re.Match[str]) -> str:
+    """One JSON escape sequence decoded (a lone or mismatched surrogate is kept as written)."""
+    try:
+        decoded = json.loads(f'"{match.group(0)}"')
+        decoded.encode("utf-8")
+    except (ValueError, UnicodeEncodeError):
+        return match.group(0)
+    return str(decoded)
 
 
 def _error_text(rs: Any, output: Any) -> str:
@@ -335,6 +350,9 @@ class RegoEngine(PolicyEngine):
         if policy not in POLICY_NAMES:
             return Decision(policy, False, (f"unknown policy {policy!r} (known: {', '.join(POLICY_NAMES)})",),
                             refused=True)
+        quoted = quoted_string(document)
+        if quoted:
+            return Decision(policy, False, (quoted,), refused=True)
         import regopy
         from regopy import rego_shared
 
@@ -415,6 +433,49 @@ class RegoEngine(PolicyEngine):
             report.results.append(TestResult(package_name, name, value is True,
                                              "" if value is True else f"evaluated to {value!r}"))
         return report
+
+
+def quoted_string(document: Any) -> str:
+    """Why rego-cpp cannot judge `document`, when a string in it (or a key) is itself a JSON string literal,
+    quotes included (`"CREATE"`, `""`); else "".
+
+    rego-cpp takes such a string for the JSON text of the string inside the quotes: the operation
+    `"CREATE"` (eight characters) equals CREATE, the licence `"MIT"` is on the allowlist, `""` is
+    empty, where OPA compares the characters as they are. RegoEngine refuses the decision rather
+    than judge something else than the plane will use; OPA judges it (docs/policy.md, OPA and regopy).
+    A string that only starts and ends with `"` (`"]},"z":["`, not a JSON literal) is judged: its
+    inside cannot equal a word of the policies, and only its echo in a message loses the quotes.
+    """
+    stack: list[tuple[Any, str]] = [(document, "input")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, dict):
+            for key, item in value.items():
+                here = f"{where}.{key}" if isinstance(key, str) else f"{where}[{key!r}]"
+                if isinstance(key, str) and _json_literal(key):
+                    return _quoted(f"{where} has the key {key[:60]!r}")
+                stack.append((item, here))
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}[{i}]") for i, item in enumerate(value))
+        elif isinstance(value, str) and _json_literal(value):
+            return _quoted(f"{where} is {value[:60]!r}{'…' if len(value) > 60 else ''}")
+    return ""
+
+
+def _json_literal(text: str) -> bool:
+    """Whether `text` is a whole JSON string literal, its quotes included."""
+    if len(text) < 2 or text[0] != '"' or text[-1] != '"':
+        return False
+    try:
+        return isinstance(json.loads(text), str)
+    except ValueError:
+        return False
+
+
+def _quoted(what: str) -> str:
+    return (f"{what}: a string that is a JSON string literal, quotes included, which the embedded policy "
+            "engine (rego-cpp) would read as the string inside the quotes; the decision is refused: remove the "
+            "quotes, or judge with --policy-engine opa")
 
 
 def plain_text(text: Any) -> str:

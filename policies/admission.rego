@@ -31,6 +31,12 @@ default allow := false
 
 allow if count(deny) == 0
 
+# The whole decision as one document: what the OPA engine asks an OPA server for (POST
+# /v1/data/agentfactory/admission/decision, agentfactory/policy_opa.py). One query evaluates only the
+# rules it needs and answers with the messages alone, where the package's document would also
+# evaluate and return every helper rule (the input's parts, the config).
+decision := {"allow": allow, "deny": deny, "warn": warn}
+
 cfg := obj(object.get(obj(data.agentfactory.config), "admission", null))
 
 obj(x) := x if {

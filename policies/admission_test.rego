@@ -47,6 +47,15 @@ admission_allow(request, agent, verdict) := a if {
 		with input.verdict as verdict
 }
 
+# stages_config(key, value): the policy data's config with admission.<key> replaced as a whole. OPA
+# merges an object given to `with data.agentfactory.config.admission.namespace_stages as {…}` into
+# the one it replaces when a rule reads data.agentfactory.config (rego-cpp replaces it): the tests
+# replace the whole config, which both engines read the same way (docs/policy.md, OPA and regopy).
+stages_config(key, value) := object.union(
+	object.remove(data.agentfactory.config, ["admission"]),
+	{"admission": object.union(object.remove(data.agentfactory.config.admission, [key]), {key: value})},
+)
+
 req(changes) := object.union(good_request, changes)
 
 ag(changes) := object.union(good_agent, changes)
@@ -60,6 +69,24 @@ test_good_reference_admitted if {
 	admission_deny(good_request, good_agent, good_verdict) == set()
 	admission_warn(good_request, good_agent, good_verdict) == set()
 	admission_allow(good_request, good_agent, good_verdict) == true
+}
+
+# The decision document the OPA engine asks a server for: allow, deny and warn, as the rules say.
+test_decision_document if {
+	r := good_request
+	a := good_agent
+	v := {"allowed": true, "score": 9.0, "checks": good_checks}
+	d := data.agentfactory.admission.decision with input.request as r
+		with input.agent as a
+		with input.verdict as v
+	d.allow == true
+	d.deny == set()
+	count(d.warn) == 1
+	u := unpinned
+	d2 := data.agentfactory.admission.decision with input.request as r
+		with input.agent as u
+		with input.verdict as null
+	d2 == {"allow": false, "deny": admission_deny(r, u, null), "warn": set()}
 }
 
 test_good_reference_admitted_on_update_and_in_every_stage if {
@@ -231,25 +258,26 @@ test_ad4_unmatched_namespace_any_known_stage if {
 }
 
 test_ad4_exact_name_wins_over_glob if {
-	rules := {"prod-eu": "canary", "prod-*": "prod", "prod-eu-*": "dev", "*": "canary"}
-	d := admission_deny(req({"namespace": "prod-eu"}), ag({"stage": "prod"}), good_verdict) with data.agentfactory.config.admission.namespace_stages as rules
+	c := stages_config("namespace_stages", {"prod-eu": "canary", "prod-*": "prod", "prod-eu-*": "dev", "*": "canary"})
+	d := admission_deny(req({"namespace": "prod-eu"}), ag({"stage": "prod"}), good_verdict) with data.agentfactory.config as c
 	d == {ad4_mismatch("prod-eu", "canary", "prod")}
 }
 
 test_ad4_longest_glob_wins if {
-	rules := {"prod-*": "prod", "prod-eu-*": "dev", "*": "canary", "prod-e*": "canary"}
-	d := admission_deny(req({"namespace": "prod-eu-2"}), ag({"stage": "prod"}), good_verdict) with data.agentfactory.config.admission.namespace_stages as rules
+	c := stages_config("namespace_stages", {"prod-*": "prod", "prod-eu-*": "dev", "*": "canary", "prod-e*": "canary"})
+	d := admission_deny(req({"namespace": "prod-eu-2"}), ag({"stage": "prod"}), good_verdict) with data.agentfactory.config as c
 	d == {ad4_mismatch("prod-eu-2", "dev", "prod")}
-	admission_deny(req({"namespace": "prod-us"}), ag({"stage": "prod"}), good_verdict) == set() with data.agentfactory.config.admission.namespace_stages as rules
-	admission_deny(req({"namespace": "prod-es"}), ag({"stage": "canary"}), good_verdict) == set() with data.agentfactory.config.admission.namespace_stages as rules
-	admission_deny(req({"namespace": "team-a"}), ag({"stage": "canary"}), good_verdict) == set() with data.agentfactory.config.admission.namespace_stages as rules
+	admission_deny(req({"namespace": "prod-us"}), ag({"stage": "prod"}), good_verdict) == set() with data.agentfactory.config as c
+	admission_deny(req({"namespace": "prod-es"}), ag({"stage": "canary"}), good_verdict) == set() with data.agentfactory.config as c
+	admission_deny(req({"namespace": "team-a"}), ag({"stage": "canary"}), good_verdict) == set() with data.agentfactory.config as c
 }
 
 test_ad4_follows_config if {
-	rules := {"team-*": "dev"}
-	count(admission_deny(good_request, good_agent, good_verdict)) == 1 with data.agentfactory.config.admission.namespace_stages as rules
-	admission_deny(req({"namespace": "prod"}), ag({"stage": "dev"}), good_verdict) == set() with data.agentfactory.config.admission.namespace_stages as rules
-	admission_deny(req({"namespace": "prod"}), ag({"stage": "dev"}), good_verdict) == set() with data.agentfactory.config.admission.namespace_stages as {}
+	c := stages_config("namespace_stages", {"team-*": "dev"})
+	empty := stages_config("namespace_stages", {})
+	count(admission_deny(good_request, good_agent, good_verdict)) == 1 with data.agentfactory.config as c
+	admission_deny(req({"namespace": "prod"}), ag({"stage": "dev"}), good_verdict) == set() with data.agentfactory.config as c
+	admission_deny(req({"namespace": "prod"}), ag({"stage": "dev"}), good_verdict) == set() with data.agentfactory.config as empty
 }
 
 test_ad4_object_may_ask_for_its_namespace_stage_or_a_lower_one if {
@@ -276,7 +304,8 @@ test_ad4_stage_order_follows_config if {
 }
 
 test_ad4_bad_glob_in_config_denied if {
-	d := admission_deny(good_request, good_agent, good_verdict) with data.agentfactory.config.admission.namespace_stages as {"prod-*-eu": "prod"}
+	c := stages_config("namespace_stages", {"prod-*-eu": "prod"})
+	d := admission_deny(good_request, good_agent, good_verdict) with data.agentfactory.config as c
 	d == {`config admission.namespace_stages: the key "prod-*-eu" has a * elsewhere than at its end; only a namespace name or a prefix glob with a single trailing * (e.g. prod-*) is supported: fix policies/data.json`}
 }
 

@@ -10,7 +10,8 @@
 #
 # Every deny message names the field it is about and says what to change. Rule ids: A1..A8.
 # rego-cpp compatibility: see the notes at the top of template.rego (no %q; txt() around every
-# string argument of sprintf).
+# string argument of sprintf; a field a negation reads is read with object.get, so that OPA and
+# rego-cpp agree when it is missing).
 package agentfactory.artifact
 
 import rego.v1
@@ -18,6 +19,12 @@ import rego.v1
 default allow := false
 
 allow if count(deny) == 0
+
+# The whole decision as one document: what the OPA engine asks an OPA server for (POST
+# /v1/data/agentfactory/artifact/decision, agentfactory/policy_opa.py). One query evaluates only the
+# rules it needs and answers with the messages alone, where the package's document would also
+# evaluate and return every helper rule (the input's parts, the config).
+decision := {"allow": allow, "deny": deny}
 
 cfg := data.agentfactory.config
 
@@ -316,11 +323,13 @@ deny contains msg if {
 	msg := sprintf(`agent.capabilities.wasi.preopens[%d].hostPath "%s" is the host root or the sensitive host path %s or below it (config sensitive_host_paths); map a dedicated data folder instead`, [i, txt(hp), txt(s)])
 }
 
-host_under(hp, "/") if trim_right(hp, "/") == ""
+# Regular expressions, not trim_right(hp, "/"): rego-cpp's trim_* builtins raise an error on a string
+# holding a backslash that is not a JSON escape, where OPA trims it (see template.rego, normalised).
+host_under(hp, "/") if regex.match(`^/*$`, hp)
 
 host_under(hp, s) if {
 	s != "/"
-	trim_right(hp, "/") == s
+	regex.replace(hp, `/+$`, "") == s
 }
 
 host_under(hp, s) if {
@@ -349,7 +358,7 @@ deny contains msg if {
 
 agent_output_kib := k if {
 	k := agent_limits.maxOutputKiB
-} else := cfg.node.default_output_kib
+} else := object.get(node_config, "default_output_kib", null)
 
 deny contains msg if {
 	is_object(input.agent)
@@ -369,7 +378,7 @@ deny contains msg if {
 
 deny contains msg if {
 	is_object(input.agent)
-	not is_number(agent_output_kib)
+	not is_number(object.get(agent_limits, "maxOutputKiB", 0))
 	msg := "agent.limits.maxOutputKiB is not a number: the run contract must state the per-stream output cap in KiB (or leave it out for the default)"
 }
 
@@ -626,12 +635,12 @@ deny contains msg if {
 	some i, pattern in trusted_repositories
 	is_string(pattern)
 	pattern != ""
-	trim_left(pattern, "*") == ""
+	regex.match(`^[*]+$`, pattern) # not trim_left: see host_under
 	msg := sprintf(`trust.repositories[%d] is "%s": the trust policy trusts every source repository, and stage "%s" requires it to name the repositories agents may be built from (config refuse_any_repository); list them in spec.repositories of the trust policy (e.g. https://github.com/your-org/agents)`, [i, txt(pattern), txt(stage)])
 }
 
 deny contains msg if {
 	"refuse_any_repository" in switched_on
-	not is_array(input.trust.repositories)
+	not is_array(object.get(obj(object.get(input, "trust", null)), "repositories", null))
 	msg := sprintf(`trust.repositories is missing: stage "%s" requires the trust policy to name the repositories agents may be built from (config refuse_any_repository); the verifier must pass them`, [txt(stage)])
 }

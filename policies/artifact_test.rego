@@ -64,12 +64,23 @@ checks_with(name, replacement) := [c |
 	c := pick(c0, name, replacement)
 ]
 
-pick(c0, name, replacement) := c0 if c0.name != name
+pick(c0, name, _) := c0 if c0.name != name
 
 pick(c0, name, replacement) := replacement if {
 	c0.name == name
 	replacement != null
 }
+
+# config_with(key, value): the policy data's config with `key` replaced as a whole. An object given
+# to `with data.agentfactory.config.<key> as {…}` is merged by OPA into the object it replaces
+# when a rule reads data.agentfactory.config (rego-cpp replaces it), so a test that overrides an
+# object replaces the whole config instead, which both engines read the same way (docs/policy.md,
+# OPA and regopy). The value is bound to a local before `with` (see decide).
+config_with(key, value) := object.union(object.remove(data.agentfactory.config, [key]), {key: value})
+
+# agent_with(key, value): good_agent with `key` replaced as a whole (OPA's object.union merges nested
+# objects, rego-cpp's replaces them: neither is used on a nested value).
+agent_with(key, value) := object.union(object.remove(good_agent, [key]), {key: value})
 
 sbom_of(licenses) := {"components": [{"name": "dep", "version": "2.1.0", "purl": "pkg:generic/x/dep@2.1.0", "licenses": licenses}]}
 
@@ -80,6 +91,24 @@ test_good_artifact_allowed_in_every_stage if {
 		decide(stage, good_verdict, good_sbom, null) == set()
 		allowed(stage, good_verdict, good_sbom, null) == true
 	}
+}
+
+# The decision document the OPA engine asks a server for: allow and deny, as the rules say.
+test_decision_document if {
+	v := {"score": 5.0, "checks": good_checks}
+	sb := good_sbom
+	d := data.agentfactory.artifact.decision with input.stage as "dev"
+		with input.verdict as v
+		with input.sbom as sb
+		with input.scan as null
+	d.allow == false
+	d.deny == decide("dev", v, good_sbom, null)
+	count(d.deny) == 1
+	g := good_verdict
+	data.agentfactory.artifact.decision.allow with input.stage as "dev"
+		with input.verdict as g
+		with input.sbom as sb
+		with input.scan as null
 }
 
 test_missing_input_denied if {
@@ -150,7 +179,8 @@ test_a2_unknown_stage_uses_default if {
 }
 
 test_a2_follows_config if {
-	d := decide("qa", {"score": 9.5, "checks": good_checks}, good_sbom, null) with data.agentfactory.config.min_score as {"default": 8.0, "qa": 10.0}
+	c := config_with("min_score", {"default": 8.0, "qa": 10.0})
+	d := decide("qa", {"score": 9.5, "checks": good_checks}, good_sbom, null) with data.agentfactory.config as c
 	count(d) == 1
 }
 
@@ -273,27 +303,27 @@ test_a5_good_contract_allowed if {
 }
 
 test_a5_dangerous_tool_denied if {
-	d := decide_agent(object.union(good_agent, {"tools": ["clock.now_ms", "shell.exec"]}))
+	d := decide_agent(agent_with("tools", ["clock.now_ms", "shell.exec"]))
 	d == {`agent.tools[1]: "shell.exec" is a dangerous tool (config dangerous_tools) and is never granted; rebuild the agent without it`}
 }
 
 test_a5_writable_preopen_denied if {
 	caps := {"wasi": {"preopens": [{"guestPath": "/data", "hostPath": "/srv/x", "readOnly": false}], "env": []}}
-	d := decide_agent(object.union(good_agent, {"capabilities": caps}))
+	d := decide_agent(agent_with("capabilities", caps))
 	d == {"agent.capabilities.wasi.preopens[0].readOnly is not true: agents get read-only folders only; rebuild with readOnly: true"}
 }
 
 test_a5_sensitive_or_root_host_path_denied if {
 	every hp in ["/", "/etc", "/etc/ssl", "/proc/self", "/run/"] {
 		caps := {"wasi": {"preopens": [{"guestPath": "/data", "hostPath": hp}], "env": []}}
-		count(decide_agent(object.union(good_agent, {"capabilities": caps}))) > 0
+		count(decide_agent(agent_with("capabilities", caps))) > 0
 	}
 	caps := {"wasi": {"preopens": [{"guestPath": "/data", "hostPath": "/etcetera"}], "env": []}}
-	decide_agent(object.union(good_agent, {"capabilities": caps})) == set()
+	decide_agent(agent_with("capabilities", caps)) == set()
 }
 
 test_a5_limits_over_ceiling_denied if {
-	d := decide_agent(object.union(good_agent, {"limits": {"memoryMiB": 4096, "timeoutMs": 600000}}))
+	d := decide_agent(agent_with("limits", {"memoryMiB": 4096, "timeoutMs": 600000}))
 	# memory and time over the config ceilings; 4096 MiB also cannot fit the node's budget (A5 node ceilings)
 	count(d) == 3
 	"agent.limits.memoryMiB is 4096, above the ceiling of 256 MiB (config max_memory_mib); rebuild with a lower spec.limits.memoryMiB" in d
@@ -301,23 +331,23 @@ test_a5_limits_over_ceiling_denied if {
 }
 
 test_a5_output_over_node_ceiling_denied if {
-	d := decide_agent(object.union(good_agent, {"limits": {"memoryMiB": 16, "timeoutMs": 2000, "maxOutputKiB": 16385}}))
+	d := decide_agent(agent_with("limits", {"memoryMiB": 16, "timeoutMs": 2000, "maxOutputKiB": 16385}))
 	d == {"agent.limits.maxOutputKiB is 16385, above the node ceiling of 16384 KiB (config node.max_output_kib, the runtime's AGENTFACTORY_RUNTIME_MAX_OUTPUT_KIB): no node would run it; rebuild with spec.limits.maxOutputKiB at most 16384"}
-	decide_agent(object.union(good_agent, {"limits": {"memoryMiB": 16, "timeoutMs": 2000, "maxOutputKiB": 16384}})) == set()
+	decide_agent(agent_with("limits", {"memoryMiB": 16, "timeoutMs": 2000, "maxOutputKiB": 16384})) == set()
 }
 
 test_a5_output_absent_is_the_schema_default if {
-	d := decide_agent(object.union(good_agent, {"limits": {"memoryMiB": 16, "timeoutMs": 2000}})) with data.agentfactory.config.node.max_output_kib as 1000
+	d := decide_agent(agent_with("limits", {"memoryMiB": 16, "timeoutMs": 2000})) with data.agentfactory.config.node.max_output_kib as 1000
 	d == {"agent.limits.maxOutputKiB is 1024, above the node ceiling of 1000 KiB (config node.max_output_kib, the runtime's AGENTFACTORY_RUNTIME_MAX_OUTPUT_KIB): no node would run it; rebuild with spec.limits.maxOutputKiB at most 1000"}
 }
 
 test_a5_output_not_a_number_denied if {
-	d := decide_agent(object.union(good_agent, {"limits": {"memoryMiB": 16, "timeoutMs": 2000, "maxOutputKiB": "64"}}))
+	d := decide_agent(agent_with("limits", {"memoryMiB": 16, "timeoutMs": 2000, "maxOutputKiB": "64"}))
 	d == {"agent.limits.maxOutputKiB is not a number: the run contract must state the per-stream output cap in KiB (or leave it out for the default)"}
 }
 
 # memoryMiB 100 and maxOutputKiB 1000 need 107440 KiB (104.9 MiB): they fit 105 MiB, not 104 MiB.
-budget_agent := object.union(good_agent, {"limits": {"memoryMiB": 100, "timeoutMs": 2000, "maxOutputKiB": 1000}})
+budget_agent := agent_with("limits", {"memoryMiB": 100, "timeoutMs": 2000, "maxOutputKiB": 1000})
 
 test_a5_caps_over_the_node_memory_budget_denied if {
 	d := decide_agent(budget_agent) with data.agentfactory.config.node.memory_budget_mib as 104
@@ -350,8 +380,11 @@ test_a4_unknown_severity_passes_dev_by_default if {
 }
 
 test_a4_unknown_severity_switch_follows_config if {
-	count(decide("dev", good_verdict, good_sbom, unknown_scan)) == 1 with data.agentfactory.config.unknown_severity_as_high as {"default": true}
-	decide("prod", good_verdict, good_sbom, unknown_scan) == set() with data.agentfactory.config.unknown_severity_as_high as {"default": true, "prod": false}
+	c1 := config_with("unknown_severity_as_high", {"default": true})
+	count(decide("dev", good_verdict, good_sbom, unknown_scan)) == 1 with data.agentfactory.config as c1
+	count(decide("prod", good_verdict, good_sbom, unknown_scan)) == 1 with data.agentfactory.config as c1
+	c2 := config_with("unknown_severity_as_high", {"default": true, "prod": false})
+	decide("prod", good_verdict, good_sbom, unknown_scan) == set() with data.agentfactory.config as c2
 	decide("prod", good_verdict, good_sbom, unknown_scan) == set() with data.agentfactory.config.unknown_severity_as_high as null
 }
 
@@ -432,8 +465,10 @@ test_a6_a_scan_from_the_future_denied if {
 }
 
 test_a6_follows_config if {
-	decide("prod", good_verdict, good_sbom, scan_at("2026-12-01T00:00:00Z")) == set() with data.agentfactory.config.scan_max_age_hours as {"canary": 1}
-	count(decide("dev", good_verdict, good_sbom, scan_at("2026-12-06T06:00:00Z"))) == 1 with data.agentfactory.config.scan_max_age_hours as {"dev": 1.5}
+	c1 := config_with("scan_max_age_hours", {"canary": 1})
+	decide("prod", good_verdict, good_sbom, scan_at("2026-12-01T00:00:00Z")) == set() with data.agentfactory.config as c1
+	c2 := config_with("scan_max_age_hours", {"dev": 1.5})
+	count(decide("dev", good_verdict, good_sbom, scan_at("2026-12-06T06:00:00Z"))) == 1 with data.agentfactory.config as c2
 }
 
 # --- A7 scan coverage ----------------------------------------------------------------------------
@@ -473,9 +508,11 @@ test_a7_a_component_without_purl_needs_scanning if {
 test_a7_fail_on_unscanned_switch if {
 	scan := unscanned(["pkg:npm/left-pad@x"])
 	decide("dev", good_verdict, npm_sbom, scan) == set()
-	d := decide("dev", good_verdict, npm_sbom, scan) with data.agentfactory.config.fail_on_unscanned as {"default": true}
+	c1 := config_with("fail_on_unscanned", {"default": true})
+	d := decide("dev", good_verdict, npm_sbom, scan) with data.agentfactory.config as c1
 	d == {`scan.unscanned[0]: pkg:npm/left-pad@x was not scanned (unknown version) and stage "dev" refuses unscanned components (config fail_on_unscanned); give it a purl an advisory database knows and rebuild`}
-	decide("dev", good_verdict, npm_sbom, scan) == set() with data.agentfactory.config.fail_on_unscanned as {"default": true, "dev": false}
+	c2 := config_with("fail_on_unscanned", {"default": true, "dev": false})
+	decide("dev", good_verdict, npm_sbom, scan) == set() with data.agentfactory.config as c2
 }
 
 # --- A8 build provenance and trust defaults -----------------------------------------------------------
@@ -528,9 +565,11 @@ test_a8_prod_accepts_a_clean_build_under_named_repositories if {
 }
 
 test_a8_follows_config if {
-	decide_build("prod", object.union(good_provenance, {"dirty": true}), {"repositories": ["*"]}) == set() with data.agentfactory.config.refuse_dirty_provenance as {"default": false}
-		with data.agentfactory.config.refuse_any_repository as {}
-	count(decide_build("canary", object.union(good_provenance, {"dirty": true}), good_trust)) == 1 with data.agentfactory.config.refuse_dirty_provenance as {"canary": true}
+	c1 := object.union(object.remove(data.agentfactory.config, ["refuse_dirty_provenance", "refuse_any_repository"]), {"refuse_dirty_provenance": {"default": false}, "refuse_any_repository": {}})
+	decide_build("prod", object.union(good_provenance, {"dirty": true}), {"repositories": ["*"]}) == set() with data.agentfactory.config as c1
+	c2 := config_with("refuse_dirty_provenance", {"canary": true})
+	count(decide_build("canary", object.union(good_provenance, {"dirty": true}), good_trust)) == 1 with data.agentfactory.config as c2
+	decide_build("prod", object.union(good_provenance, {"dirty": true}), good_trust) == set() with data.agentfactory.config as c2
 }
 
 # --- A3 a licence entry naming no id ----------------------------------------------------------------

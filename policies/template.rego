@@ -19,6 +19,10 @@
 # - its semver builtins are lax and order pre-releases wrongly: T10 validates and compares
 #   versions itself;
 # - a string bound to a variable reaches sprintf/json.patch with its JSON quotes: txt() below;
+# - OPA (issue open-policy-agent/opa#1877) rewrites `not f(x.y)` to `v := x.y; not f(v)`, so the
+#   negation is undefined, not true, when x.y is undefined: a rule that denies on a missing field
+#   must read it with object.get(x, "y", null) (rego-cpp negates the whole call; the two agree only
+#   when the argument is always defined). tests/integration/test_opa_differential.py holds them to it;
 # - a builtin error makes the rule undefined (or, with strict builtin errors as the engine runs it,
 #   the whole decision an error), so builtins are only called on values whose type has been
 #   checked first (valid_semver before comparing, regex.is_valid before regex.match).
@@ -29,6 +33,12 @@ import rego.v1
 default allow := false
 
 allow if count(deny) == 0
+
+# The whole decision as one document: what the OPA engine asks an OPA server for (POST
+# /v1/data/agentfactory/template/decision, agentfactory/policy_opa.py). One query evaluates only the
+# rules it needs and answers with the messages alone, where the package's document would also
+# evaluate and return every helper rule (the input's parts, the config).
+decision := {"allow": allow, "deny": deny}
 
 cfg := data.agentfactory.config
 
@@ -100,8 +110,12 @@ deny contains msg if {
 deny contains msg if {
 	some i, imp in imports
 	imp.module in cfg.blocked_import_modules
-	msg := sprintf(`module.imports[%d]: the module imports %s.%s; module "%s" is a blocked host API (config blocked_import_modules); build for plain wasm32-wasi (%s) and remove the code that needs it`, [i, txt(imp.module), txt(imp.name), txt(imp.module), txt(cfg.wasi_module)])
+	msg := sprintf(`module.imports[%d]: the module imports %s.%s; module "%s" is a blocked host API (config blocked_import_modules); build for plain wasm32-wasi (%s) and remove the code that needs it`, [i, txt(imp.module), import_name(imp), txt(imp.module), txt(cfg.wasi_module)])
 }
+
+# import_name(imp): the import's function name as message text ("null" when it has none: the rule
+# must still deny, and a missing field would leave the message, hence the rule, undefined).
+import_name(imp) := txt(object.get(obj(imp), "name", null))
 
 # --- T3: imports must be allowed WASI functions or declared tools ---------------------------
 #
@@ -118,20 +132,20 @@ deny contains msg if {
 deny contains msg if {
 	some i, imp in imports
 	imp.module == cfg.wasi_module
-	not imp.name in cfg.allowed_wasi_functions
-	msg := sprintf(`module.imports[%d]: %s.%s is not an allowed WASI function (config allowed_wasi_functions: stdio, clocks, randomness and read-only files; no sockets, file changes or signals); remove the code that calls it`, [i, txt(imp.module), txt(imp.name)])
+	not object.get(obj(imp), "name", null) in cfg.allowed_wasi_functions
+	msg := sprintf(`module.imports[%d]: %s.%s is not an allowed WASI function (config allowed_wasi_functions: stdio, clocks, randomness and read-only files; no sockets, file changes or signals); remove the code that calls it`, [i, txt(imp.module), import_name(imp)])
 }
 
 deny contains msg if {
 	some i, imp in imports
 	imp.module == cfg.tool_module
-	not imp.name in tools
-	msg := sprintf(`module.imports[%d]: the module imports host tool "%s" from "%s" but spec.tools does not declare it; add "%s" to spec.tools (the policy decides whether it is allowed) or remove the call`, [i, txt(imp.name), txt(imp.module), txt(imp.name)])
+	not object.get(obj(imp), "name", null) in tools
+	msg := sprintf(`module.imports[%d]: the module imports host tool "%s" from "%s" but spec.tools does not declare it; add "%s" to spec.tools (the policy decides whether it is allowed) or remove the call`, [i, import_name(imp), txt(imp.module), import_name(imp)])
 }
 
 deny contains msg if {
 	some i, entry in imports
-	not entry.module in known_modules
+	not object.get(obj(entry), "module", null) in known_modules
 	imp := obj(entry)
 	mod := object.get(imp, "module", "?")
 	msg := sprintf(`module.imports[%d]: the module imports %s.%s from unknown module "%s"; agents may import only %s functions and declared tools from "%s"; remove the import`, [i, txt(mod), txt(object.get(imp, "name", "?")), txt(mod), txt(cfg.wasi_module), txt(cfg.tool_module)])
@@ -143,13 +157,18 @@ deny contains msg if {
 known_modules := (({m | m := cfg.wasi_module} | {m | m := cfg.tool_module}) | {m | some m in cfg.blocked_import_modules})
 
 # --- T4: memory ceiling -----------------------------------------------------------------------
+#
+# A ceiling is compared on numbers only: OPA orders values of different types (null < booleans <
+# numbers < strings, so "x" > 256) where rego-cpp does not; a value that is not a number is denied
+# by the rule that says so.
 
 deny contains msg if {
-	not is_number(limits.memoryMiB)
+	not is_number(object.get(limits, "memoryMiB", null))
 	msg := sprintf("spec.limits.memoryMiB is missing or not a number: set the agent's memory ceiling in MiB (at most %v)", [cfg.max_memory_mib])
 }
 
 deny contains msg if {
+	is_number(limits.memoryMiB)
 	limits.memoryMiB > cfg.max_memory_mib
 	msg := sprintf("spec.limits.memoryMiB is %v, above the ceiling of %v MiB (config max_memory_mib); lower spec.limits.memoryMiB to at most %v", [limits.memoryMiB, cfg.max_memory_mib, cfg.max_memory_mib])
 }
@@ -157,18 +176,26 @@ deny contains msg if {
 deny contains msg if {
 	is_number(limits.memoryMiB)
 	wanted := module.initialMemoryBytes
+	is_number(wanted)
 	wanted > limits.memoryMiB * 1048576
 	msg := sprintf("module.initialMemoryBytes: the module asks for %v bytes of memory at start, more than spec.limits.memoryMiB (%v MiB); raise spec.limits.memoryMiB or make the module smaller (static data, stack)", [wanted, limits.memoryMiB])
+}
+
+deny contains msg if {
+	is_object(module)
+	not is_number(object.get(module, "initialMemoryBytes", null))
+	msg := "module.initialMemoryBytes is missing or not a number: the engine must pass the memory the module asks for at start, in bytes"
 }
 
 # --- T5: time ceiling -------------------------------------------------------------------------
 
 deny contains msg if {
-	not is_number(limits.timeoutMs)
+	not is_number(object.get(limits, "timeoutMs", null))
 	msg := sprintf("spec.limits.timeoutMs is missing or not a number: set the wall-clock deadline in milliseconds (at most %v)", [cfg.max_timeout_ms])
 }
 
 deny contains msg if {
+	is_number(limits.timeoutMs)
 	limits.timeoutMs > cfg.max_timeout_ms
 	msg := sprintf("spec.limits.timeoutMs is %v, above the ceiling of %v ms (config max_timeout_ms); lower spec.limits.timeoutMs to at most %v", [limits.timeoutMs, cfg.max_timeout_ms, cfg.max_timeout_ms])
 }
@@ -183,14 +210,15 @@ deny contains msg if {
 # body. Config node mirrors those defaults (invocation_overhead_kib = 16 + 1024; the body is left
 # out: with an empty body the agent still does not fit). Such an agent could never run on a node,
 # so it is refused here, where it is built. maxOutputKiB absent: the schema default
-# (node.default_output_kib, 1024).
+# (node.default_output_kib, 1024). output_kib is always defined (null when the config has no
+# default: the node config rule below reports that).
 
 output_kib := k if {
 	k := limits.maxOutputKiB
-} else := cfg.node.default_output_kib
+} else := object.get(node_config, "default_output_kib", null)
 
 deny contains msg if {
-	not is_number(output_kib)
+	not is_number(object.get(limits, "maxOutputKiB", 0))
 	msg := "spec.limits.maxOutputKiB is not a number: set the per-stream output cap in KiB, or leave it out for the default of 1024"
 }
 
@@ -286,9 +314,12 @@ host_path(p) := hp if {
 	is_string(hp)
 }
 
+# normalised(hp): hp without its trailing slashes ("/" for the root). A regular expression, not
+# trim_right(hp, "/"): rego-cpp's trim_* builtins raise an error on a string holding a backslash
+# that is not a JSON escape ("/srv\\a"), where OPA trims it (docs/policy.md, OPA and regopy).
 normalised(hp) := "/" if {
-	trim_right(hp, "/") == ""
-} else := trim_right(hp, "/")
+	regex.match(`^/*$`, hp)
+} else := regex.replace(hp, `/+$`, "")
 
 under(path, s) if path == s
 
@@ -351,7 +382,18 @@ deny contains msg if {
 has_owner if {
 	some o in arr(object.get(metadata, "owners", null))
 	is_string(o)
+	not regex.match(`\\`, o)
 	trim_space(o) != ""
+}
+
+# A backslash is not white space: such an owner is not blank. rego-cpp's trim_space raises an error
+# on a backslash that is not a JSON escape, where OPA trims, so it is not called on these; and the
+# backslash is found with a regular expression: rego-cpp's contains(o, `\`) looks for two of them
+# (a literal's escapes are compared as written). docs/policy.md, OPA and regopy.
+has_owner if {
+	some o in arr(object.get(metadata, "owners", null))
+	is_string(o)
+	regex.match(`\\`, o)
 }
 
 # --- T10: the version increases whenever the template changes --------------------------------

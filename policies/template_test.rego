@@ -118,6 +118,26 @@ test_good_template_allowed_before_build if {
 	allow_for(good, null, null, []) == true
 }
 
+# The decision document the OPA engine asks a server for: allow and deny, as the rules say.
+test_decision_document if {
+	tpl := good
+	d := data.agentfactory.template.decision with input.template as tpl
+		with input.path as "templates/wordstats"
+		with input.module as null
+		with input.base as null
+		with input.findings as []
+	d == {"allow": true, "deny": set()}
+	bad := patched("/spec/tools", ["shell.exec"])
+	d2 := data.agentfactory.template.decision with input.template as bad
+		with input.path as "templates/wordstats"
+		with input.module as null
+		with input.base as null
+		with input.findings as []
+	d2.allow == false
+	d2.deny == denies(bad)
+	count(d2.deny) == 1
+}
+
 test_good_template_allowed_after_build if {
 	denies_module(good, good_module) == set()
 	allow_for(good, good_module, null, []) == true
@@ -232,6 +252,19 @@ test_t3_declared_tool_allowed if {
 
 test_t3_unknown_module_denied if {
 	denies_module(good, module_with("env", "host_log")) == {`module.imports[8]: the module imports env.host_log from unknown module "env"; agents may import only wasi_snapshot_preview1 functions and declared tools from "agentfactory"; remove the import`}
+}
+
+# An import without a name or a module still denies (a missing field must not leave the rule, or its
+# message, undefined; OPA and rego-cpp agree on this only when the field is read with object.get).
+test_t3_import_without_name_or_module_denied if {
+	nameless := {"module": "wasi_snapshot_preview1", "kind": "func"}
+	mod := {"imports": array.concat(good_imports, [nameless]), "exports": good_module.exports, "initialMemoryBytes": 131072}
+	denies_module(good, mod) == {"module.imports[8]: wasi_snapshot_preview1.null is not an allowed WASI function (config allowed_wasi_functions: stdio, clocks, randomness and read-only files; no sockets, file changes or signals); remove the code that calls it"}
+	tool := {"module": "agentfactory", "kind": "func"}
+	count(denies_module(good, {"imports": [tool], "exports": [], "initialMemoryBytes": 0})) == 1
+	no_module := {"name": "fd_read", "kind": "func"}
+	some msg in denies_module(good, {"imports": [no_module], "exports": [], "initialMemoryBytes": 0})
+	contains(msg, "from unknown module")
 }
 
 # --- T4 memory ceiling ------------------------------------------------------------------------

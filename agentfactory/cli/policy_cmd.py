@@ -9,7 +9,8 @@ import click
 
 from ..errors import InputError
 from ..jsonsafe import load_json_object
-from ..policy import POLICY_NAMES, RegoEngine
+from ..policy import POLICY_NAMES
+from ..policy_select import open_engine, policy_engine_options
 from ..yamlsafe import load_yaml
 from .common import (
     EXIT_OK,
@@ -33,11 +34,12 @@ def policy() -> None:
 
 @policy.command("test")
 @policies_option
+@policy_engine_options
 @json_option
 @handle_errors
 def test(policies_dir: Path | None, as_json: bool) -> None:
     """Run the Rego unit tests (test_* rules in *_test.rego). Exit 1 if any fails."""
-    report = RegoEngine(policies_dir).run_tests()
+    report = open_engine(policies_dir).run_tests()
     if as_json:
         print_json({"ok": report.ok, "errors": report.errors,
                     "results": [r.__dict__ for r in report.results]})
@@ -57,6 +59,7 @@ def test(policies_dir: Path | None, as_json: bool) -> None:
               help="The input document (JSON or YAML).")
 @click.option("--policy", "policy_name", type=click.Choice(POLICY_NAMES), default="template", show_default=True)
 @policies_option
+@policy_engine_options
 @json_option
 @handle_errors
 def evaluate(input_path: Path, policy_name: str, policies_dir: Path | None, as_json: bool) -> None:
@@ -71,7 +74,7 @@ def evaluate(input_path: Path, policy_name: str, policies_dir: Path | None, as_j
         document = load_yaml(raw, str(input_path)).data
     if not isinstance(document, dict):
         raise InputError(str(input_path), "the input must be a mapping (JSON object)")
-    decision = RegoEngine(policies_dir).decide(policy_name, document)
+    decision = open_engine(policies_dir).decide(policy_name, document)
     if as_json:
         print_json(decision.to_json())
     else:
@@ -79,3 +82,21 @@ def evaluate(input_path: Path, policy_name: str, policies_dir: Path | None, as_j
         for message in decision.deny:
             out.print(f"  - {message}", highlight=False)
     sys.exit(EXIT_OK if decision.allow else EXIT_PROBLEMS)
+
+
+@policy.command("bundle")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the bundle (.tar.gz) for `opa run --server --bundle FILE`.")
+@policies_option
+@json_option
+@handle_errors
+def bundle(output: Path, policies_dir: Path | None, as_json: bool) -> None:
+    """Build the OPA bundle of the policies (its revision is their digest, checked by --policy-engine opa)."""
+    from ..policy import default_policy_dir
+    from ..policy_bundle import build_bundle
+
+    revision = build_bundle(policies_dir or default_policy_dir(), output)
+    if as_json:
+        print_json({"bundle": str(output), "revision": revision})
+    else:
+        out.print(f"{output}  revision {revision}", highlight=False)

@@ -9,6 +9,7 @@ import click
 
 from ..digest import tree_sha256
 from ..errors import AgentFactoryError, ValidationFailed
+from ..policy_select import policy_engine_options
 from ..template import MANIFEST, folder_name_problem, load_template
 from .common import EXIT_PROBLEMS, SuggestingGroup, err, handle_errors, json_option, out, policies_option, print_json
 
@@ -21,15 +22,17 @@ def template() -> None:
 @template.command("validate")
 @click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
 @policies_option
+@policy_engine_options
 @json_option
 @handle_errors
 def validate(folders: tuple[Path, ...], policies_dir: Path | None, as_json: bool) -> None:
     """Check each template FOLDER without building it: the schema, the source rules, the static
     security checks and the template policy."""
-    from ..policy import RegoEngine, template_input
+    from ..policy import template_input
+    from ..policy_select import open_engine
     from ..sourcescan import scan_template
 
-    engine = RegoEngine(policies_dir)
+    engine = open_engine(policies_dir)
     report = []
     for folder in folders:
         try:

@@ -227,7 +227,7 @@ def check(templates_dir: Path, base: str, *, policies_dir: Path | None = None, o
           jobs: int | None = None) -> CheckReport:
     """Run the pipeline on what changed since `base`, without publishing, and compare with the base."""
     from agentfactory.keys.local import LocalKeyring
-    from agentfactory.policy import RegoEngine
+    from agentfactory.policy_select import open_engine
     from agentfactory.store.oci_layout import OCILayoutStore
 
     from ..run import Scanning, Signing, TemplateResult, run_pipeline
@@ -294,7 +294,7 @@ def check(templates_dir: Path, base: str, *, policies_dir: Path | None = None, o
     with tempfile.TemporaryDirectory(prefix="af-ci-") as tmp:
         store = OCILayoutStore(Path(tmp) / "store")
         signing = Signing(LocalKeyring(Path(tmp) / "keys"), tlog=None, scanning=Scanning(osv_db=osv_db))
-        engine = RegoEngine(policies_dir)
+        engine = open_engine(policies_dir)
         if recheck:  # every template, without a base: their versions need not change
             results.update((Path(t.path).name, t) for t in run_pipeline(templates_dir, store, jobs=jobs,
                                                                          signing=signing, engine=engine).templates)

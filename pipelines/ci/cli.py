@@ -22,6 +22,7 @@ from agentfactory.cli.common import (
     print_json,
 )
 from agentfactory.fsutil import atomic_write
+from agentfactory.policy_select import policy_engine_options
 from agentfactory.scan.base import OSV_DB_ENV
 
 
@@ -39,6 +40,7 @@ def ci() -> None:
               help=f"OSV database folder (default: ${OSV_DB_ENV}, else $AGENTFACTORY_HOME/osv).")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=None, help="Parallel builds (default: CPUs).")
 @policies_option
+@policy_engine_options
 @json_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "sarif", "junit"]), default=None,
               help="What to print: the summary (text, default), the JSON report, SARIF 2.1.0 (GitHub code scanning) "

@@ -28,6 +28,7 @@ from agentfactory.cli.common import (
     store_option,
 )
 from agentfactory.cli.verify_cmd import default_policy, policy_option, provider_option
+from agentfactory.policy_select import open_engine, policy_engine_options
 
 from .envrepo import PromotionConflict
 from .promote import Context, Outcome, Refused
@@ -46,8 +47,8 @@ env_option = click.option("--env-repo", type=click.Path(file_okay=False, path_ty
 def environment_options(func: F) -> F:
     """What every command deciding on the environment takes: the stage graph, the environment
     repository, the trust policy and its keys, the Rego policies, the store, --json; errors handled."""
-    for decorate in (handle_errors, json_option, store_option, policies_option, provider_option, policy_option,
-                     env_option, stages_option):
+    for decorate in (handle_errors, json_option, store_option, policies_option, policy_engine_options,
+                     provider_option, policy_option, env_option, stages_option):
         func = decorate(func)
     return func
 
@@ -70,7 +71,6 @@ def with_tlog(func: F) -> F:
 def _context(stages_path: Path | None, env_repo: Path, store_url: str | None, policy_path: Path | None,
              provider: str | None, policies_dir: Path | None, branch: str | None = None,
              push: bool = False, tlog_url: str | None = None, tlog_key: Path | None = None) -> Context:
-    from agentfactory.policy import RegoEngine
     from agentfactory.store import open_store
     from agentfactory.trust import load_trust_policy
 
@@ -88,7 +88,7 @@ def _context(stages_path: Path | None, env_repo: Path, store_url: str | None, po
             raise ConfigError("--tlog none: a promotion must be recorded in a transparency log (every plane orders "
                               "promotions by the log); use embedded or a Rekor URL")
         log, _ = open_tlog(tlog_url, tlog_key)
-    return Context(graph, EnvRepo(env_repo, graph), open_store(store_url), trust, RegoEngine(policies_dir),
+    return Context(graph, EnvRepo(env_repo, graph), open_store(store_url), trust, open_engine(policies_dir),
                    branch=branch, push=push, tlog=log)
 
 
