@@ -22,15 +22,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import write_results  # noqa: E402
+from common import sized, verdict, write_results  # noqa: E402
 
 from agentfactory.scan.osv import OsvDatabase  # noqa: E402
 from agentfactory.scan.report import Gate, VexSource, scan  # noqa: E402
 from agentfactory.scan.vex import parse_vex  # noqa: E402
 
-RECORDS_PER_ECOSYSTEM = 4000
-COMPONENTS = 1000
-REPEAT = 5
+RECORDS_PER_ECOSYSTEM = sized(4000, 100)
+COMPONENTS = sized(1000, 50)
+REPEAT = sized(5, 1)
 ECOSYSTEMS = (("PyPI", "pypi"), ("npm", "npm"), ("crates.io", "cargo"))
 VECTOR = "CVSS:3.1/AV:N/AC:L/PR:N/UI:N/S:U/C:H/I:H/A:N"
 
@@ -154,7 +154,7 @@ def main() -> None:
         "| --- | --- |",
         f"| index build, cold (read and validate every record, write the cache) | {cold:.3f} |",
         f"| open, warm (fingerprint the folder, read the {cache_bytes // 1024} KiB cache) | {warm_s:.4f} |",
-        f"| scan of the {COMPONENTS}-component SBOM (target ≤ 1 s) | {scan_s:.4f} |",
+        f"| scan of the {COMPONENTS}-component SBOM (target ≤ 1 s) | {scan_s:.4f} ({verdict(scan_s <= 1.0)}) |",
         f"| the same, whole: match, merge, {len(findings) // 2} VEX statements applied, gate, attestation "
         f"predicate ({suppressed} suppressed) | {whole_s:.4f} |",
         "",

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import abc
 import os
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,53 +87,68 @@ class OsvScanner(Scanner):
 
 
 class _ExternalScanner(Scanner):
+    """A real scanner binary (`make tools`), run offline against its own database folder."""
+
     program: str
 
     def available(self) -> bool:
-        return shutil.which(self.program) is not None
-
-    def version(self) -> str:
-        from .common import run_scanner
-        from .errors import ScannerFailed
+        from .errors import ScannerUnavailable
+        from .peerscan import scanner_binary
 
         try:
-            text = run_scanner(["version"], self.program, timeout=60).decode("utf-8", "replace")
-        except ScannerFailed:
-            return "unknown"
-        for line in text.splitlines():
-            if line.lower().startswith("version:"):
-                return line.split(":", 1)[1].strip()
-        return text.strip().splitlines()[0][:64] if text.strip() else "unknown"
+            scanner_binary(self.program)
+        except ScannerUnavailable:
+            return False
+        return True
+
+    def has_database(self) -> bool:
+        raise NotImplementedError
+
+    def require(self) -> None:
+        """ScannerUnavailable naming `make tools` when the binary is missing."""
+        from .peerscan import scanner_binary
+
+        scanner_binary(self.program)
 
 
 class GrypeScanner(_ExternalScanner):
     name = program = "grype"
 
-    def scan(self, bom: dict[str, Any], sbom_path: Path) -> ScanResult:
-        from .grype import run_grype
+    def has_database(self) -> bool:
+        from .grype import grype_db_dir
 
-        findings = run_grype(sbom_path)
-        return ScanResult(findings, [], ScannerInfo("grype", self.version(), {"uri": "grype db (its own)"}))
+        return (grype_db_dir() / "6" / "vulnerability.db").is_file()
+
+    def scan(self, bom: dict[str, Any], sbom_path: Path) -> ScanResult:
+        from .grype import scan_grype
+
+        r = scan_grype(sbom_path)
+        return ScanResult(r.findings, [], ScannerInfo("grype", r.version, r.database))
 
 
 class TrivyScanner(_ExternalScanner):
     name = program = "trivy"
 
-    def scan(self, bom: dict[str, Any], sbom_path: Path) -> ScanResult:
-        from .trivy import run_trivy
+    def has_database(self) -> bool:
+        from .trivy import trivy_cache_dir
 
-        findings = run_trivy(sbom_path)
-        return ScanResult(findings, [], ScannerInfo("trivy", self.version(), {"uri": "trivy db (its own)"}))
+        return (trivy_cache_dir() / "db" / "trivy.db").is_file()
+
+    def scan(self, bom: dict[str, Any], sbom_path: Path) -> ScanResult:
+        from .trivy import scan_trivy
+
+        r = scan_trivy(sbom_path)
+        return ScanResult(r.findings, [], ScannerInfo("trivy", r.version, r.database))
 
 
 def open_scanners(names: tuple[str, ...] | list[str] | None = None, *, osv_db: Path | None = None) -> list[Scanner]:
-    """The scanners to run. None: the embedded OSV matcher, plus Grype and Trivy when on PATH.
-
-    Named explicitly, a scanner that cannot run is an error rather than skipped.
+    """The scanners to run. None: the embedded OSV matcher, plus Grype and Trivy when installed (`make
+    tools`) and given a database (docs/scanning.md): a scanner without its database is left out by
+    default, since it could only fail closed. Named explicitly, a scanner that cannot run is an error.
     """
     if not names:
         scanners: list[Scanner] = [OsvScanner(osv_db)]
-        scanners += [s for s in (GrypeScanner(), TrivyScanner()) if s.available()]
+        scanners += [s for s in (GrypeScanner(), TrivyScanner()) if s.available() and s.has_database()]
         return scanners
     out: list[Scanner] = []
     for name in dict.fromkeys(names):
@@ -142,10 +156,7 @@ def open_scanners(names: tuple[str, ...] | list[str] | None = None, *, osv_db: P
             out.append(OsvScanner(osv_db))
         elif name in ("grype", "trivy"):
             scanner: _ExternalScanner = GrypeScanner() if name == "grype" else TrivyScanner()
-            if not scanner.available():
-                from .errors import ScannerUnavailable
-
-                raise ScannerUnavailable(f"{name} is not on PATH; install it, or leave it out of --scanner")
+            scanner.require()  # a missing database is the scan's own failure, naming how to build one
             out.append(scanner)
         else:
             raise ConfigError(f"unknown scanner {name!r} (known: {', '.join(SCANNER_NAMES)})")

@@ -184,7 +184,7 @@ def _zip_records(path: Path, warnings: list[str]) -> Iterator[tuple[str, bytes]]
             yield where, data
 
 
-def _iter_records(folder: Path, warnings: list[str]) -> Iterator[dict[str, Any]]:
+def iter_records(folder: Path, warnings: list[str]) -> Iterator[dict[str, Any]]:
     """Every valid record under `folder`, recursively, including those inside `*.zip` files."""
     for rel, _, _ in _listing(folder):
         path = folder / rel
@@ -219,7 +219,7 @@ def _cvss(severities: list[Any]) -> tuple[float, str] | None:
     return None
 
 
-def _severity(doc: dict[str, Any], aff: dict[str, Any]) -> dict[str, Any]:
+def record_severity(doc: dict[str, Any], aff: dict[str, Any]) -> dict[str, Any]:
     """The severity of one affected entry: its own CVSS, the record's, GHSA's label, else unknown."""
     sev = aff.get("severity") if isinstance(aff.get("severity"), list) else doc.get("severity", [])
     scored = _cvss(sev or [])
@@ -243,7 +243,7 @@ def _entries(doc: dict[str, Any]) -> Iterator[tuple[tuple[str, str], dict[str, A
             "summary": doc.get("summary") if isinstance(doc.get("summary"), str) else ""}
     for aff in doc.get("affected", []):
         pkg = aff.get("package", {})
-        entry = {**base, **_severity(doc, aff), "ranges": [{"type": r["type"], "events": r["events"]}
+        entry = {**base, **record_severity(doc, aff), "ranges": [{"type": r["type"], "events": r["events"]}
                                                            for r in aff.get("ranges", [])],
                  "versions": aff.get("versions", [])}
         eco, name = pkg.get("ecosystem", ""), pkg.get("name", "")
@@ -307,7 +307,7 @@ class OsvDatabase:
 
     def _build(self) -> None:
         self.rebuilt = True
-        for doc in _iter_records(self.folder, self.warnings):
+        for doc in iter_records(self.folder, self.warnings):
             for key, entry in _entries(doc):
                 self.index.setdefault(key, []).append(entry)
 
@@ -463,7 +463,7 @@ def import_osv(src: Path, dest: Path, *, allow_empty: bool = False) -> tuple[int
     src, dest = Path(src), Path(dest)
     warnings: list[str] = []
     if src.is_dir():
-        docs: Iterator[dict[str, Any]] = _iter_records(src, warnings)
+        docs: Iterator[dict[str, Any]] = iter_records(src, warnings)
     elif src.is_file():
         docs = (d for where, data in _zip_records(src, warnings)
                 if (d := parse_record(data, where, warnings)) is not None)

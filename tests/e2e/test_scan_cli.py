@@ -237,11 +237,12 @@ def test_an_sbom_without_a_product_needs_product_for_vex(tmp_path: Path, sbom: P
 
 
 @pytest.mark.parametrize("name", ["grype", "trivy"])
-def test_a_named_scanner_that_is_not_installed(tmp_path: Path, sbom: Path, name: str) -> None:
-    if shutil.which(name):
-        pytest.skip(f"{name} is installed here")
+def test_a_named_scanner_that_is_not_installed(tmp_path: Path, sbom: Path, name: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTFACTORY_TOOLS_BIN", str(tmp_path / "no-tools"))
+    monkeypatch.setenv("PATH", f"{tmp_path / 'empty'}:/usr/bin:/bin")  # git, not the scanner
     proc = af(tmp_path, "scan", str(sbom), "--scanner", name)
-    assert proc.returncode == 2 and f"{name} is not on PATH" in proc.stderr
+    assert proc.returncode == 2 and f"{name} is not installed: run `make tools`" in proc.stderr
 
 
 # --- vex sign ---------------------------------------------------------------------------------

@@ -509,11 +509,15 @@ def test_open_scanners(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("scanner", [GrypeScanner, TrivyScanner])
-def test_an_external_scanner_named_but_not_installed_is_an_error(scanner: type[GrypeScanner | TrivyScanner]) -> None:
-    if scanner().available():
-        pytest.skip(f"{scanner.program} is installed here")
-    with pytest.raises(ScannerUnavailable, match=f"{scanner.program} is not on PATH"):
+def test_an_external_scanner_named_but_not_installed_is_an_error(
+        scanner: type[GrypeScanner | TrivyScanner], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AGENTFACTORY_TOOLS_BIN", str(tmp_path / "no-tools"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert not scanner().available()
+    with pytest.raises(ScannerUnavailable, match=f"{scanner.program} is not installed: run `make tools`"):
         open_scanners([scanner.program])
+    (default,) = open_scanners()  # left out of the default set, never a silent "0 findings"
+    assert isinstance(default, OsvScanner)
 
 
 @pytest.mark.parametrize(("config", "fail_on", "unfixed", "severities"), [
