@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # zig's prebuilt wasi-libc is shared by test runs (toolchain output only, never agents).
 export AGENTFACTORY_TEST_TOOLCHAIN_CACHE ?= $(CURDIR)/.agentfactory/cache/toolchain-tests
 
-.PHONY: demo test lint bench system-deps tools clean
+.PHONY: demo test lint bench system-deps tools e2e-kube clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -210,6 +210,16 @@ tools:
 ## test: install everything the tests need, lint, and run the whole suite
 test: $(STAMP) system-deps tools lint
 	$(BIN)/pytest -q
+
+## e2e-kube: a real kube-apiserver calls the admission webhook (tests/e2e_kube; docs/admission.md "Checking
+## against a real API server"): etcd (Debian etcd-server), kube-apiserver + kubectl built by tools/build-kube.sh
+## at the pin in tools/versions.txt (cached in .agentfactory/tools/bin/; the first build takes about 20 minutes)
+e2e-kube: $(STAMP)
+	@command -v etcd >/dev/null 2>&1 || { if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server; \
+	  else echo "missing: etcd; install with: sudo apt-get install etcd-server"; exit 1; fi; }
+	bash tools/build-kube.sh
+	$(BIN)/pytest -q -m e2e_kube tests/e2e_kube
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

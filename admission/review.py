@@ -85,12 +85,19 @@ def uid_of(body: bytes) -> str:
         return ""
 
 
+_REASONS = {400: "BadRequest", 403: "Forbidden", 413: "RequestEntityTooLarge", 422: "Invalid",
+            429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable"}  # metav1.StatusReason
+
+
 def response(uid: str, allowed: bool, *, code: int | None = None, message: str = "",
              warnings: list[str] | None = None) -> dict[str, Any]:
     """The AdmissionReview to send back."""
     resp: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if code is not None or message:
         status: dict[str, Any] = {"code": code or (200 if allowed else 403)}
+        reason = _REASONS.get(status["code"])
+        if reason and not allowed:  # kubectl prints "(Forbidden)"; clients' IsForbidden() reads it
+            status["reason"] = reason
         if message:
             status["message"] = message if len(message) <= MAX_MESSAGE_CHARS else message[:MAX_MESSAGE_CHARS] + "…"
         resp["status"] = status

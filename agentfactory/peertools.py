@@ -16,6 +16,7 @@ from .errors import ConfigError
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
 VERSIONS_FILE = _CHECKOUT / "tools" / "versions.txt"
+KUBE_TOOLS = frozenset({"kube-apiserver", "kubectl"})  # built by tools/build-kube.sh (`make e2e-kube`)
 
 
 def pins(versions_file: Path = VERSIONS_FILE) -> dict[str, tuple[str, str]]:
@@ -45,7 +46,8 @@ def find(name: str) -> Path:
         return Path(on_path)
     pin = pins().get(name)
     what = f"{name} {pin[1]} (from {pin[0]})" if pin else name
-    raise ConfigError(f"{name} is not installed: run `make tools`, which builds {what} into {tools_bin()}, "
+    target = "`make e2e-kube` (tools/build-kube.sh)" if name in KUBE_TOOLS else "`make tools`"
+    raise ConfigError(f"{name} is not installed: run {target}, which builds {what} into {tools_bin()}, "
                       f"or put {name} on PATH")
 
 
