@@ -312,7 +312,8 @@ def monitor(log: TransparencyLog, log_key: ec.EllipticCurvePublicKey, state: Pat
         return MonitorResult(False, old_size, new.size, f"{ALARM}: the log reports size {info.tree_size} and root "
                                                         f"{info.root_hash[:16]}… but its checkpoint says otherwise")
     if old is not None:
-        if old.checkpoint.origin != new.origin:
+        if old.checkpoint.origin != new.origin and not note.is_origin_upgrade(old.checkpoint.origin, new.origin,
+                                                                              note.log_id_of(log_key)):
             return MonitorResult(False, old.size, new.size,
                                  f"{ALARM}: the origin changed from {old.checkpoint.origin!r} to {new.origin!r}")
         if new.size < old.size:

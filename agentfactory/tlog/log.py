@@ -5,20 +5,29 @@ ECDSA P-256 key, `note.LogKey`). Entries are checked (shape and signature) befor
 log never vouches for a signature that does not verify.
 
 The search index (artifact sha256 and public-key fingerprint -> entry) is a `search_index` table in the same
-`tree.db`, written on a connection of our own right after the leaf commits. It is derived data, never the
-source of truth: what it needs beyond the canonical body (the in-toto subject digests of a dsse payload,
-which the body does not keep) is stored with the leaf in its `extra` column, in the leaf's own transaction.
-At open, and whenever a write fell behind, the rows of any leaf past the indexed size are rebuilt from the
-leaves, so a crash between the two commits loses nothing. Index commits skip the fsync for that reason.
+`tree.db`. It is derived data, never the source of truth: what it needs beyond the canonical body (the
+in-toto subject digests of a dsse payload, which the body does not keep) is stored with the leaf in its
+`extra` column. Its rows are written in the leaves' own transaction (a savepoint: a failing index write never
+costs the leaves); when that could not happen, they are rebuilt from the leaves after the commit, and at
+every open for any leaf past the indexed size, so nothing is lost to a crash or a failed write.
 
-Thread safety: one lock serialises writers; reads go through a second `TreeStorage` handle on the same file
-so that a GET never queues behind an append's fsync (WAL readers see every committed row, and rows below a
-published size never change).
+Group commit: durability costs one fsync per transaction, so concurrent adds share one. An add checks its
+entry (shape, signature) and queues it; a caller that finds no commit running leads one: it takes everything
+queued (up to MAX_BATCH) into one transaction (`TreeStorage.append_batch`) with the batch's index rows and one
+checkpoint signed for the tree the batch leaves, hands the lead to whoever queued meanwhile, then computes its
+batch's inclusion proofs (together: their paths overlap) and wakes its callers, who sign their own SETs.
+No add returns before the COMMIT (WAL, synchronous=FULL: the fsync) that holds its entry, so an acknowledged
+entry survives SIGKILL or power loss; a failed commit fails every add in it, none of which was acknowledged.
+
+Thread safety: the queue is the only shared write state (one small lock); reads go through a second
+`TreeStorage` handle on the same file so that a GET never queues behind an append's fsync (WAL readers see
+every committed row, and rows below a published size never change).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import json
 import random
@@ -26,6 +35,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Generator, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,21 +58,22 @@ from .entries import (
     verify_entry_signature,
 )
 from .note import DEFAULT_LOG_NAME, MAX_TREE_SIZE, Checkpoint, LogKey
-from .storage import BUSY_TIMEOUT_S, DuplicateEntry, StoredLeaf, TreeStorage
+from .storage import BUSY_TIMEOUT_S, BatchResult, Placed, StoredLeaf, TreeStorage
 
 TREE_FILE = "tree.db"
 KEY_FILE = "log-key.pem"
 PUBLIC_KEY_FILE = "log-public-key.pem"
 MAX_SEARCH_RESULTS = 100_000  # the most UUIDs one HTTP index answer carries; more is a 422, never a cut
 SAMPLE = 256  # leaves whose index rows a quick `check` compares
+MAX_BATCH = 256  # entries one group commit carries at most: bounds a transaction's size, not its callers
 
 _INDEX_SQL = (
     "CREATE TABLE IF NOT EXISTS search_index (key TEXT NOT NULL, idx INTEGER NOT NULL, PRIMARY KEY (key, idx)) "
     "WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS search_index_size (one INTEGER PRIMARY KEY CHECK (one = 1), size INTEGER NOT NULL)",
     # The largest checkpoint this log has signed: a tree found smaller, or with another root at that size,
-    # was truncated or rewritten under the log (`EmbeddedLog.check`). Kept with the index (no fsync of its
-    # own): it can lag by the last append after a crash, never run ahead of the durable tree.
+    # was truncated or rewritten under the log (`EmbeddedLog.check`). Written with the index, in the leaves'
+    # transaction (or just after it, catching up): it can lag the durable tree, never run ahead of it.
     "CREATE TABLE IF NOT EXISTS latest_checkpoint (one INTEGER PRIMARY KEY CHECK (one = 1), size INTEGER NOT NULL, "
     "note TEXT NOT NULL)",
 )
@@ -73,6 +84,7 @@ def default_tlog_dir() -> Path:
     return home() / "tlog"
 
 
+@functools.lru_cache(maxsize=1024)  # a log has few signers; parsing a PEM costs more than the rest of indexing
 def key_fingerprint(public_key_pem: bytes, where: str = "publicKey") -> str:
     """Hex SHA-256 of the DER SubjectPublicKeyInfo: one index key per signer, whatever the PEM spelling."""
     key = load_public_key(public_key_pem, where)
@@ -122,8 +134,44 @@ def index_keys(body: bytes, extra: dict[str, Any] | None) -> set[str]:
     return keys
 
 
+def _held_lock() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
+@dataclass(eq=False)
+class _Pending:
+    """One add waiting for a group commit; the commit's leader fills in where it landed, or why it did not."""
+
+    body: bytes
+    extra: dict[str, Any] | None
+    wake: threading.Lock = field(default_factory=_held_lock)  # released once: answered, or handed the lead
+    done: bool = False
+    placed: Placed | None = None
+    integrated_time: int = 0
+    head: tuple[int, bytes, str] | None = None  # (size, root, signed checkpoint) of the tree it was committed in
+    path: list[bytes] | None = None  # its inclusion proof in that tree
+    error: BaseException | None = None
+
+
+def _write_index(db: sqlite3.Connection, size: int, rows: Iterable[tuple[int, Iterable[str]]],
+                 checkpoint: tuple[int, str] | None) -> int:
+    """Insert index rows past `size` (and the checkpoint, if larger than the one kept); the new indexed size."""
+    top = size - 1
+    for idx, keys in rows:
+        db.executemany("INSERT OR IGNORE INTO search_index (key, idx) VALUES (?, ?)", [(k, idx) for k in keys])
+        top = max(top, idx)
+    db.execute("INSERT OR REPLACE INTO search_index_size (one, size) VALUES (1, ?)", (top + 1,))
+    if checkpoint is not None:
+        db.execute("INSERT INTO latest_checkpoint (one, size, note) VALUES (1, ?, ?) ON CONFLICT (one) DO UPDATE "
+                   "SET size = excluded.size, note = excluded.note WHERE excluded.size > latest_checkpoint.size",
+                   checkpoint)
+    return top + 1
+
+
 class _Index:
-    """The search_index table on its own connection (see the module docstring for why it may lag)."""
+    """The search_index table (see the module docstring for when it may lag the leaves, and why that is safe)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -137,24 +185,33 @@ class _Index:
         self.size = 0 if row is None else int(row[0])  # leaves [0, size) are indexed
 
     def add(self, rows: Iterable[tuple[int, Iterable[str]]], checkpoint: tuple[int, str] | None = None) -> None:
+        """Index `rows` (and remember `checkpoint`) in a transaction of our own: catching up with the leaves."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                top = self.size - 1
-                for idx, keys in rows:
-                    self._db.executemany("INSERT OR IGNORE INTO search_index (key, idx) VALUES (?, ?)",
-                                         [(k, idx) for k in keys])
-                    top = max(top, idx)
-                self._db.execute("INSERT OR REPLACE INTO search_index_size (one, size) VALUES (1, ?)", (top + 1,))
-                if checkpoint is not None:
-                    self._db.execute("INSERT INTO latest_checkpoint (one, size, note) VALUES (1, ?, ?) "
-                                     "ON CONFLICT (one) DO UPDATE SET size = excluded.size, note = excluded.note "
-                                     "WHERE excluded.size > latest_checkpoint.size", checkpoint)
+                size = _write_index(self._db, self.size, rows, checkpoint)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
-            self.size = top + 1
+            self.size = size
+
+    def stage(self, db: sqlite3.Connection, rows: list[tuple[int, set[str]]],
+              checkpoint: tuple[int, str]) -> int | None:
+        """Write `rows` and `checkpoint` inside the leaves' own transaction on `db` (a savepoint, so a failing
+        index write never costs the leaves); the indexed size to publish once it commits, or None when the
+        index is behind (or the write failed) and must catch up from the leaves after the commit."""
+        if not rows or rows[0][0] != self.size:
+            return None
+        db.execute("SAVEPOINT search_index")
+        try:
+            size = _write_index(db, self.size, rows, checkpoint)
+        except sqlite3.Error:
+            db.execute("ROLLBACK TO search_index")
+            db.execute("RELEASE search_index")
+            return None
+        db.execute("RELEASE search_index")
+        return size
 
     def find(self, key: str) -> set[int]:
         """Every indexed entry found by `key`: the whole answer (a cap would hide entries from an audit)."""
@@ -224,15 +281,30 @@ class EmbeddedLog(TransparencyLog):
         self._writer = TreeStorage(self.folder / TREE_FILE)
         self._reader = TreeStorage(self.folder / TREE_FILE)
         self._index = _Index(self.folder / TREE_FILE)
-        self._write_lock = threading.Lock()
         self._sth_lock = threading.Lock()
         self._sth: tuple[int, bytes, str] | None = None  # (size, root, signed note): signing once per size
-        with self._write_lock:
-            self._catch_up_index()
+        self._queue_lock = threading.Lock()  # guards the two below
+        self._queue: list[_Pending] = []
+        self._committing = False  # a leader is committing; what queues meanwhile waits for it to hand over
+        self.commits = 0  # group commits (transactions, fsyncs) that appended entries; for benchmarks
+        self.committed = 0  # entries those commits appended
+        self._catch_up_index()
 
     @property
     def log_id(self) -> str:
         return self.key.log_id
+
+    @property
+    def waiting(self) -> int:
+        """Adds queued for the next group commit (not yet durable, so not yet answered)."""
+        with self._queue_lock:
+            return len(self._queue)
+
+    @property
+    def committing(self) -> bool:
+        """Whether a group commit is under way: adds arriving now queue for the next one."""
+        with self._queue_lock:
+            return self._committing
 
     @property
     def tree_id(self) -> str:
@@ -275,23 +347,109 @@ class EmbeddedLog(TransparencyLog):
         if existing is not None:
             return Added(self._entry(existing), existed=True)
         subjects = _subjects(entry)
-        extra = {"subjects": subjects} if subjects else None
-        with self._write_lock:
+        pending = _Pending(body, {"subjects": subjects} if subjects else None)
+        self._group_commit(pending)
+        if pending.error is not None:
+            err = pending.error
+            if isinstance(err, StoreError):
+                raise StoreError(str(err)) from err  # a fresh exception per caller: they share the commit's
+            raise LogError(f"{self.folder}: the entry was not logged: {type(err).__name__}: {err}") from err
+        placed, head = pending.placed, pending.head
+        assert placed is not None and head is not None, "a finished commit left an add without an answer"
+        if placed.existed:  # earlier in the same batch, or logged between our look-up and the commit
+            return Added(self._entry(self._reader.leaf(placed.index)), existed=True)
+        leaf = StoredLeaf(placed.index, placed.leaf_hash, body, pending.integrated_time, pending.extra)
+        return Added(self._entry(leaf, head, pending.path))
+
+    def _group_commit(self, pending: _Pending) -> None:
+        """Return once a commit made `pending` durable or failed it (see the module docstring).
+
+        A caller that finds no commit running leads one at once; others wait on their own lock (one wake-up
+        each, no herd). A leader commits its batch, hands the lead to the first caller that queued meanwhile
+        (whose commit carries everything queued by then), and only then prepares its batch's proofs, so the
+        next fsync overlaps that work. Nobody is answered before the fsync that holds their entry."""
+        with self._queue_lock:
+            self._queue.append(pending)
+            lead = not self._committing
+            self._committing = True
+        if not lead:
+            pending.wake.acquire()
+            if pending.done:
+                return
+        with self._queue_lock:  # a leader's own entry is first in the queue: handed the lead, or found none
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        assert batch[0] is pending, "a group commit leader is not first in its own batch"
+        try:
             try:
-                index, _ = self._writer.append(body, int(time.time()), extra)
-            except DuplicateEntry as dup:  # another writer got there between our look-up and the append
-                return Added(self._entry(self._reader.leaf(dup.index)), existed=True)
-            size = self._reader.size()
-            _, note = self._signed_tree_head(size)  # what the entry's proof is checked against, remembered
-            try:
-                if self._index.size == index:
-                    self._index.add([(index, index_keys(body, extra))], (size, note))
-                else:
-                    self._catch_up_index()
-                    self._index.add([], (size, note))
+                result, head = self._commit(batch)
+            finally:
+                self._hand_over()
+            self._prepare_answers(batch, result, head)
+        except Exception as e:  # every caller in the batch hears of it (the leader is just one of them)
+            self._fail(batch, e)
+        except BaseException as e:
+            self._fail(batch, e)
+            raise
+        finally:
+            for p in batch:
+                p.done = True
+                if p is not pending:
+                    p.wake.release()
+
+    def _hand_over(self) -> None:
+        """Let the first caller queued behind this commit lead the next one (or note that nobody waits)."""
+        with self._queue_lock:
+            successor = self._queue[0] if self._queue else None
+            self._committing = successor is not None
+        if successor is not None:
+            successor.wake.release()
+
+    @staticmethod
+    def _fail(batch: list[_Pending], error: BaseException) -> None:
+        for p in batch:
+            if p.head is None:
+                p.error = error
+
+    def _commit(self, batch: list[_Pending]) -> tuple[BatchResult, tuple[int, bytes, str]]:
+        """One transaction and one fsync for `batch`: its leaves and nodes, their index rows, and the checkpoint
+        signed for the tree it leaves (remembered as the latest, so a later truncation is seen)."""
+        now = int(time.time())
+        staged: list[tuple[tuple[int, bytes, str], int | None]] = []
+
+        def derived(db: sqlite3.Connection, result: BatchResult) -> None:
+            note = Checkpoint(origin=self.key.origin, size=result.size, root_hash=result.root).sign(self.key)
+            rows = [(placed.index, index_keys(p.body, p.extra))
+                    for p, placed in zip(batch, result.placed, strict=True) if not placed.existed]
+            staged.append(((result.size, result.root, note), self._index.stage(db, rows, (result.size, note))))
+
+        result = self._writer.append_batch([(p.body, now, p.extra) for p in batch], derived)
+        head, indexed = staged[-1]
+        new = sum(not placed.existed for placed in result.placed)
+        if indexed is not None:
+            self._index.size = indexed
+        elif new:
+            try:  # the index was behind (an earlier write failed, or another process appended): rebuild it
+                self._catch_up_index()
+                self._index.add([], (head[0], head[2]))
             except (sqlite3.Error, StoreError):
-                pass  # the leaf is durable; the next add or the next open rebuilds the missing rows
-        return Added(self._entry(self._reader.leaf(index)))
+                pass  # the leaves are durable; the next commit or the next open rebuilds the missing rows
+        with self._sth_lock:
+            if self._sth is None or self._sth[0] <= head[0]:
+                self._sth = head
+        self.commits += 1 if new else 0
+        self.committed += new
+        for p, placed in zip(batch, result.placed, strict=True):
+            p.placed, p.integrated_time = placed, now
+        return result, head
+
+    def _prepare_answers(self, batch: list[_Pending], result: BatchResult, head: tuple[int, bytes, str]) -> None:
+        """Every new entry's inclusion proof in the batch's tree, computed together (their paths overlap)."""
+        fresh = [(p, placed.index) for p, placed in zip(batch, result.placed, strict=True) if not placed.existed]
+        paths = self._reader.inclusion_proofs([index for _, index in fresh], head[0])
+        for (p, _), path in zip(fresh, paths, strict=True):
+            p.path = path
+        for p in batch:
+            p.head = head
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -307,10 +465,17 @@ class EmbeddedLog(TransparencyLog):
                 self._sth = (size, root, note)
         return root, note
 
-    def _entry(self, leaf: StoredLeaf) -> LogEntry:
-        size = self._reader.size()
-        root, note = self._signed_tree_head(size)
-        path = self._reader.inclusion_proof(leaf.index, size)
+    def _entry(self, leaf: StoredLeaf, head: tuple[int, bytes, str] | None = None,
+               path: list[bytes] | None = None) -> LogEntry:
+        """The entry with a proof against `head` (size, root, checkpoint; `path` when already computed), or
+        against the current tree."""
+        if head is None:
+            size = self._reader.size()
+            root, note = self._signed_tree_head(size)
+        else:
+            size, root, note = head
+        if path is None:
+            path = self._reader.inclusion_proof(leaf.index, size)
         proof = InclusionProof(leaf.index, root.hex(), size, tuple(h.hex() for h in path), note)
         body_b64 = base64.b64encode(leaf.body).decode()
         sig = sign_set(self.key, body_b64, leaf.integrated_time, self.log_id, leaf.index)
@@ -395,7 +560,10 @@ class EmbeddedLog(TransparencyLog):
         if stored is None:
             return None
         try:
-            return note.verify(stored[1], self.key.public_key, self.key.origin, "latest_checkpoint")
+            found = note.verify(stored[1], self.key.public_key, None, "latest_checkpoint")
+            if found.origin not in (self.key.origin, self.key.legacy_origin):
+                raise InputError("latest_checkpoint", f"wrong origin {found.origin!r}; expected {self.key.origin!r}")
+            return found
         except InputError:
             return Checkpoint(origin="?", size=-1, root_hash=b"")  # check_against names it
 

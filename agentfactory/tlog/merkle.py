@@ -48,6 +48,19 @@ def root_from_leaves(leaf_hashes: Sequence[bytes]) -> bytes:
     return node_hash(root_from_leaves(leaf_hashes[:k]), root_from_leaves(leaf_hashes[k:]))
 
 
+def root_from_right_edge(perfect: Sequence[bytes]) -> bytes:
+    """The root of a tree from the roots of the perfect subtrees it decomposes into, largest (leftmost) first.
+
+    RFC 9162 splits at the largest power of two, so the root is those subtrees folded from the right: what a
+    writer that keeps its right edge knows after an append without reading anything back."""
+    if not perfect:
+        return EMPTY_ROOT
+    root = perfect[-1]
+    for h in reversed(perfect[:-1]):
+        root = node_hash(h, root)
+    return root
+
+
 def inclusion_path(index: int, size: int, subtree: Subtree) -> list[bytes]:
     """RFC 9162 PATH(index, D[0:size]): sibling hashes from the leaf's level up to the root's children."""
     if size <= 0 or not 0 <= index < size:

@@ -10,8 +10,11 @@ spec where they differ, because sigstore clients check Rekor's way:
 * the signature is ECDSA P-256 over SHA-256 of the body, DER encoded (C2SP defines Ed25519 only);
 * the key hint is the first 4 bytes of SHA-256 of the DER SubjectPublicKeyInfo, which are also the
   first 4 bytes of the log id (C2SP hashes ``name || 0x0A || type || key`` instead);
-* the origin is ``<name> - <tree id>`` (``rekor.sigstore.dev - 1193050959916656506``); ours is
-  ``<name> - <first 16 hex digits of the log id>``, and the signature line carries ``<name>``.
+* the origin is ``<name> - <tree id>`` (``rekor.sigstore.dev - 1193050959916656506``), ours too: the
+  decimal tree id is the first 60 bits of the log id (cosign's sigstore-go reads a checkpoint as
+  Rekor v1's only when its origin ends in `` - <decimal>``); logs before 0.3 wrote
+  ``<name> - <first 16 hex digits of the log id>`` (`legacy_origin`), still accepted for the same
+  key; the signature line carries ``<name>``.
 
 Parsing is strict and bounded: a note is untrusted input until its signature verifies.
 """
@@ -51,6 +54,17 @@ _SIG_LINE = re.compile(EM_DASH + r" (\S+) (\S+)")
 
 def spki_der(public_key: ec.EllipticCurvePublicKey) -> bytes:
     return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def tree_id_of(log_id: str) -> str:
+    """The decimal tree id Rekor's API and checkpoints spell: the first 60 bits of the log id."""
+    return str(int(log_id[:15], 16))
+
+
+def is_origin_upgrade(old: str, new: str, log_id: str) -> bool:
+    """Whether `old` is the pre-0.3 hex origin of the same log whose origin is now `new` (not a new log)."""
+    name, sep, suffix = old.rpartition(" - ")
+    return bool(sep) and suffix == log_id[:16] and new == f"{name} - {tree_id_of(log_id)}"
 
 
 def log_id_of(public_key: ec.EllipticCurvePublicKey) -> str:
@@ -113,7 +127,12 @@ class LogKey:
 
     @property
     def origin(self) -> str:
-        """``<name> - <log id prefix>``, shaped like Rekor's ``rekor.sigstore.dev - <tree id>``."""
+        """``<name> - <decimal tree id>``, as Rekor's ``rekor.sigstore.dev - <tree id>``."""
+        return f"{self.name} - {tree_id_of(self.log_id)}"
+
+    @property
+    def legacy_origin(self) -> str:
+        """The origin checkpoints had before 0.3 (``<name> - <16 hex digits of the log id>``)."""
         return f"{self.name} - {self.log_id[:16]}"
 
     def public_pem(self) -> bytes:

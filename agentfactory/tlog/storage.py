@@ -9,6 +9,9 @@ Layout: `leaves(idx, leaf_hash, body, integrated_time, extra)` holds the entries
 leaves [i*2^k, (i+1)*2^k)); `meta` holds the schema version. Any root or proof is then O(log n) primary-key
 lookups, never a rehash of the log.
 
+Durability costs one fsync per transaction, so a service appends concurrent submissions together
+(`append_batch`: one transaction, one fsync, per-entry duplicate answers) rather than one transaction each.
+
 Concurrency: a `TreeStorage` serialises its own calls on one lock (safe to share between threads); appends
 also run in `BEGIN IMMEDIATE` transactions, so several processes may write to the same file. Readers that
 must not queue behind a writer open their own `TreeStorage` on the same path: WAL lets them read while a
@@ -22,7 +25,7 @@ import os
 import random
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +59,24 @@ class DuplicateEntry(StoreError):
         self.index = index
         self.leaf_hash = leaf_hash
         super().__init__(f"entry {leaf_hash.hex()} is already in the log at index {index}")
+
+
+@dataclass(frozen=True)
+class Placed:
+    """Where one entry of a batch landed: its index, and whether it was logged before (then nothing was added)."""
+
+    index: int
+    leaf_hash: bytes
+    existed: bool
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """A committed batch: where each entry landed, and the tree it left (size and root, from the right edge)."""
+
+    placed: list[Placed]
+    size: int
+    root: bytes
 
 
 @dataclass(frozen=True)
@@ -155,38 +176,70 @@ class TreeStorage:
             self._frontier, self._frontier_size = frontier, size
         return done
 
+    def append_batch(self, items: Sequence[tuple[bytes, int, dict[str, Any] | None]],
+                     derived: Callable[[sqlite3.Connection, BatchResult], None] | None = None) -> BatchResult:
+        """Add every entry not already logged, in one transaction (one fsync); durable once it returns.
+
+        This is group commit's storage half: a duplicate (of a logged entry, or of an earlier one in the same
+        batch) is answered with where it already is instead of failing the whole batch, since the batch
+        carries other callers' entries. Any other failure adds none of them. `derived`, when given, runs
+        inside the transaction once the leaves are in, with the connection and the batch's result, to write
+        rows of the caller's own tables (never leaves or nodes) that must commit with them and cost no fsync
+        of their own; if it raises, nothing is added."""
+        with self._lock:
+            try:
+                with self._transaction():
+                    frontier, size, placed = self._append(items, skip_duplicates=True)
+                    result = BatchResult(placed, size, merkle.root_from_right_edge([h for _, h in frontier]))
+                    if derived is not None:
+                        derived(self._db, result)
+            except sqlite3.OperationalError as e:  # a database that turned read-only after it was opened
+                raise _read_only_error(self.path, e) or StoreError(f"{self.path}: cannot append: {e}") from e
+            self._frontier, self._frontier_size = frontier, size
+        return result
+
     def _append_many(
         self, items: Iterable[tuple[bytes, int, dict[str, Any] | None]]
     ) -> tuple[list[tuple[int, bytes]], int, list[tuple[int, bytes]]]:
         with self._transaction():
-            size = self._size()
-            if size != self._frontier_size:
-                self._load_frontier(size)
-            frontier = list(self._frontier)
-            done: list[tuple[int, bytes]] = []
-            for body, integrated_time, extra in items:
-                h = merkle.leaf_hash(body)
-                extra_text = None if extra is None else json.dumps(extra, sort_keys=True, separators=(",", ":"))
-                try:
-                    self._db.execute("INSERT INTO leaves (idx, leaf_hash, body, integrated_time, extra) "
-                                     "VALUES (?, ?, ?, ?, ?)", (size, h, body, int(integrated_time), extra_text))
-                except sqlite3.IntegrityError:
-                    row = self._db.execute("SELECT idx FROM leaves WHERE leaf_hash = ?", (h,)).fetchone()
-                    if row is None:
-                        raise
+            frontier, size, placed = self._append(items, skip_duplicates=False)
+        return frontier, size, [(p.index, p.leaf_hash) for p in placed]
+
+    def _append(
+        self, items: Iterable[tuple[bytes, int, dict[str, Any] | None]], *, skip_duplicates: bool
+    ) -> tuple[list[tuple[int, bytes]], int, list[Placed]]:
+        """Insert `items` inside the caller's transaction; (new right edge, new size, where each landed)."""
+        size = self._size()
+        if size != self._frontier_size:
+            self._load_frontier(size)
+        frontier = list(self._frontier)
+        placed: list[Placed] = []
+        for body, integrated_time, extra in items:
+            h = merkle.leaf_hash(body)
+            extra_text = None if extra is None else json.dumps(extra, sort_keys=True, separators=(",", ":"))
+            try:
+                self._db.execute("INSERT INTO leaves (idx, leaf_hash, body, integrated_time, extra) "
+                                 "VALUES (?, ?, ?, ?, ?)", (size, h, body, int(integrated_time), extra_text))
+            except sqlite3.IntegrityError:  # SQLite undoes the statement only; the transaction goes on
+                row = self._db.execute("SELECT idx FROM leaves WHERE leaf_hash = ?", (h,)).fetchone()
+                if row is None:
+                    raise
+                if not skip_duplicates:
                     raise DuplicateEntry(row[0], h) from None
-                done.append((size, h))
-                # Pair the new leaf with the right edge: each merge completes one perfect subtree.
-                level, node, idx = 0, h, size
-                while idx & 1:
-                    left_level, left = frontier.pop()
-                    assert left_level == level, "right edge out of step with the tree size"
-                    node = merkle.node_hash(left, node)
-                    level, idx = level + 1, idx >> 1
-                    self._db.execute("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", (level, idx, node))
-                frontier.append((level, node))
-                size += 1
-        return frontier, size, done
+                placed.append(Placed(int(row[0]), h, existed=True))
+                continue
+            placed.append(Placed(size, h, existed=False))
+            # Pair the new leaf with the right edge: each merge completes one perfect subtree.
+            level, node, idx = 0, h, size
+            while idx & 1:
+                left_level, left = frontier.pop()
+                assert left_level == level, "right edge out of step with the tree size"
+                node = merkle.node_hash(left, node)
+                level, idx = level + 1, idx >> 1
+                self._db.execute("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", (level, idx, node))
+            frontier.append((level, node))
+            size += 1
+        return frontier, size, placed
 
     def _load_frontier(self, size: int) -> None:
         self._frontier = [(level, self._perfect(level, start >> level)) for start, level in _decompose(size)]
@@ -248,6 +301,14 @@ class TreeStorage:
         with self._lock:
             self._check_size(size)
             return merkle.inclusion_path(index, size, self._oracle())
+
+    def inclusion_proofs(self, indices: Sequence[int], size: int) -> list[list[bytes]]:
+        """Inclusion proofs of several entries in the tree of `size`, sharing look-ups: a group commit's entries
+        sit side by side, so their paths share most subtrees."""
+        with self._lock:
+            self._check_size(size)
+            subtree = self._oracle()
+            return [merkle.inclusion_path(index, size, subtree) for index in indices]
 
     def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """RFC 9162 consistency proof that the tree of `new_size` extends the tree of `old_size`."""

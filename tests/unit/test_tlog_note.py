@@ -48,7 +48,8 @@ def test_log_key_is_created_once_with_mode_0600_and_reloaded(tmp_path: Path) -> 
     assert first.log_id == hashlib.sha256(der).hexdigest()
     assert first.key_hint == hashlib.sha256(der).digest()[:4] == bytes.fromhex(first.log_id)[:4]
     assert load_log_public_key(first.public_pem(), "k").public_numbers() == first.public_key.public_numbers()
-    assert first.origin == f"agentfactory.dev/tlog - {first.log_id[:16]}"
+    assert first.origin == f"agentfactory.dev/tlog - {int(first.log_id[:15], 16)}"  # Rekor: the decimal tree id
+    assert first.legacy_origin == f"agentfactory.dev/tlog - {first.log_id[:16]}"
 
 
 def test_log_key_refuses_group_readable_file(tmp_path: Path) -> None:
