@@ -1,0 +1,183 @@
+"""The compiled-policy cache: rego-cpp bundles saved on disk so a command does not recompile the policies.
+
+Compiling the Rego policies costs ~250 ms a process (parsing every module, then planning a policy), loading
+a saved bundle ~6 ms. A bundle is saved in rego-cpp's binary format under
+`$AGENTFACTORY_HOME/cache/policy/<key>/`, where the key is the SHA-256 of everything a bundle is made from:
+the regopy version, each policy file's name and digest, the data with the config overrides applied, and the
+plan format. A change to any of them is a new key, so a stale bundle is never found.
+
+Every file is authenticated before it reaches rego-cpp's loader: it opens with the HMAC-SHA256 of the bundle
+(one hex line), under a random key kept in the cache folder (mode 0600), so tag and bundle are written in one
+atomic rename. A file whose tag does not match (flipped, truncated,
+swapped, copied from another home) is refused: deleted and rebuilt from the sources, never loaded. The tag
+protects against corruption and against someone who can write the cache but not read the key; the cache is
+otherwise as trusted as $AGENTFACTORY_HOME. The verified bytes are loaded from a private copy, so the file
+cannot change between the check and the load. Any cache failure (read-only disk, a refused file) only costs
+a compile: decisions never depend on the cache being usable.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .config import cache_dir
+from .fsutil import atomic_write
+
+CACHE_ENV = "AGENTFACTORY_POLICY_CACHE"  # "0" or "off": compile every time (the cache is never read or written)
+PLAN_FORMAT = "agentfactory-policy-plan/1"  # bump when the queries or entrypoints of a bundle change
+_KEY_FILE = "hmac.key"
+_KEY_BYTES = 32
+_STAMP = "compiled"  # written once the sources compiled: a later process need not compile to know it
+
+
+def enabled() -> bool:
+    return os.environ.get(CACHE_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def cache_key(sources: dict[str, str], data: Any, regopy_version: str) -> str:
+    """The SHA-256 naming what a bundle is compiled from (file names and contents, data, regopy, plan format)."""
+    h = hashlib.sha256()
+    parts = {"format": PLAN_FORMAT, "regopy": regopy_version,
+             "sources": sorted((Path(name).name, hashlib.sha256(text.encode("utf-8")).hexdigest())
+                               for name, text in sources.items()),
+             "data": hashlib.sha256(json.dumps(data, sort_keys=True, separators=(",", ":"),
+                                               ensure_ascii=False).encode("utf-8")).hexdigest()}
+    h.update(json.dumps(parts, sort_keys=True).encode("utf-8"))
+    return h.hexdigest()
+
+
+class PolicyCache:
+    """The bundles of one key. `load` returns a verified bundle or None; `save` never raises on disk errors."""
+
+    def __init__(self, key: str, root: Path | None = None) -> None:
+        self.root = root or cache_dir("policy")
+        self.key = key
+        self.folder = self.root / key
+        self.refused: list[str] = []  # why files were refused (for tests and diagnostics)
+        self._secret: bytes | None = None
+
+    def _mac_key(self) -> bytes:
+        """The HMAC key, created on first use (0600); a key file of the wrong size is replaced, which only
+        invalidates the entries tagged with it."""
+        if self._secret is None:
+            path = self.root / _KEY_FILE
+            try:
+                secret = path.read_bytes()
+            except FileNotFoundError:
+                secret = b""
+            if not secret:
+                secret = self._create_key(path)
+            if len(secret) != _KEY_BYTES:  # never a short or empty (guessable) key
+                secret = secrets.token_bytes(_KEY_BYTES)
+                atomic_write(path, secret, mode=0o600)
+            self._secret = secret
+        return self._secret
+
+    @staticmethod
+    def _create_key(path: Path) -> bytes:
+        """A new key, linked into place only if none exists: two processes starting together agree on one."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".hmac.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(_KEY_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            os.unlink(tmp)
+        return path.read_bytes()
+
+    def _tag(self, name: str, payload: bytes) -> str:
+        """The tag binds the bytes to this key and file name: a valid file cannot be moved to another entry."""
+        return hmac.new(self._mac_key(), f"{self.key}/{name}\n".encode() + payload, hashlib.sha256).hexdigest()
+
+    def _split(self, name: str, raw: bytes) -> bytes | None:
+        """The bundle inside a cache file whose first line is its valid tag; None when it is not."""
+        tag, newline, payload = raw.partition(b"\n")
+        if not newline or len(tag) != 64:
+            return None
+        return payload if hmac.compare_digest(tag, self._tag(name, payload).encode("ascii")) else None
+
+    def _refuse(self, name: str, why: str) -> None:
+        self.refused.append(f"{self.folder / name}: {why}")
+        with contextlib.suppress(OSError):
+            (self.folder / name).unlink()
+
+    def compiled(self) -> bool:
+        """Whether a process already compiled these sources (an authenticated stamp, not just a file)."""
+        try:
+            return self._split(_STAMP, (self.folder / _STAMP).read_bytes()) == b""
+        except OSError:
+            return False
+
+    def mark_compiled(self) -> None:
+        with contextlib.suppress(OSError):
+            atomic_write(self.folder / _STAMP, self._tag(_STAMP, b"").encode("ascii") + b"\n", mode=0o600)
+
+    def load(self, name: str, interpreter: Any) -> Any | None:
+        """The bundle `name` loaded into `interpreter`, or None (absent, refused, unreadable)."""
+        import regopy
+
+        path = self.folder / name
+        try:
+            raw = path.read_bytes()
+            payload = self._split(name, raw)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            self.refused.append(f"{path}: unreadable ({exc})")
+            return None
+        if payload is None:
+            self._refuse(name, "its HMAC does not match (tampered, truncated or from another cache): refused, "
+                               "rebuilt from the policies")
+            return None
+        private = ""
+        try:  # a private (0600, O_EXCL) copy in the temporary folder: the cache may be read-only
+            fd, private = tempfile.mkstemp(prefix="agentfactory-policy-", suffix=".rbb")
+            with os.fdopen(fd, "wb") as f:
+                f.write(payload)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                if private:
+                    os.unlink(private)
+            self.refused.append(f"{path}: no private copy to load it from ({exc}): compiled instead")
+            return None
+        try:
+            bundle = interpreter.load_bundle(private, regopy.BundleFormat.Binary)
+            if not bundle.ok():
+                raise regopy.RegoError("the bundle did not load")
+            return bundle
+        except (regopy.RegoError, RuntimeError) as exc:
+            self._refuse(name, f"authentic but not loadable ({exc}): rebuilt from the policies")
+            return None
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(private)
+
+    def save(self, name: str, interpreter: Any, bundle: Any) -> None:
+        """Write the tag and `bundle` in one file, atomically: a reader sees the whole entry or none."""
+        import regopy
+
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
+            os.close(fd)
+            try:
+                interpreter.save_bundle(tmp, bundle, regopy.BundleFormat.Binary)
+                payload = Path(tmp).read_bytes()
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            atomic_write(self.folder / name, self._tag(name, payload).encode("ascii") + b"\n" + payload, mode=0o600)
+        except Exception:  # the cache is an optimisation: the next process compiles again
+            return
