@@ -50,6 +50,11 @@ demo: $(STAMP)
 	printf '{"b":[1,2],"a":true}' | $(BIN)/agentfactory run jsonfmt --stdin -
 	printf 'abc' | $(BIN)/agentfactory run sha256sum --stdin -
 	printf 'hello' | $(BIN)/agentfactory run base64 --stdin -
+	@echo "A Python agent (examples/python/ticket-triage): componentize-py builds a WebAssembly component of the project's WIT world:"
+	$(BIN)/agentfactory pipeline run --templates examples/python
+	$(BIN)/agentfactory verify ticket-triage
+	printf '{"subject": "Site down", "body": "The dashboard is not loading, 503 for everyone."}' | \
+	  $(BIN)/agentfactory run ticket-triage --stdin -
 	@echo "The same agents through the node service (agentfactory runtime serve) over HTTP:"
 	@$(BIN)/agentfactory runtime serve --listen 127.0.0.1:0 --audit-log $(DEMO)/audit.jsonl 2>$(DEMO)/runtime.log & \
 	  pid=$$!; $(BIN)/python -c "$$DEMO_HTTP" $(DEMO)/runtime.log; rc=$$?; kill $$pid; wait $$pid; exit $$rc
@@ -97,12 +102,13 @@ for _ in range(200):
         break
     time.sleep(0.05)
 url = json.loads(text.splitlines()[0])["listening"]
-for _ in range(600):  # ready once the warm pool compiled every agent it may run (503 `compiling` before)
+for _ in range(1800):  # ready once the warm pool compiled every agent it may run (503 `compiling` before)
     if httpx.get(f"{url}/readyz").status_code == 200:
         break
     time.sleep(0.1)
 print("readyz:", httpx.get(f"{url}/readyz").text.strip())
-inputs = {"wordstats": b"served over HTTP\n", "jsonfmt": b"[3,2,1]", "sha256sum": b"abc", "base64": b"hello"}
+inputs = {"wordstats": b"served over HTTP\n", "jsonfmt": b"[3,2,1]", "sha256sum": b"abc", "base64": b"hello",
+          "ticket-triage": b'{"subject": "Charged twice", "body": "Please refund."}'}
 for name, body in inputs.items():
     r = httpx.post(f"{url}/v1/agents/{name}/invoke", content=body)
     head = {k: v for k, v in r.headers.items() if k.startswith("x-agent-") and k != "x-agent-digest"}

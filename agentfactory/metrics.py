@@ -83,6 +83,13 @@ WASI_DURATION = Histogram(
     ["agent", "digest", "stage", "namespace"],
     buckets=_FAST,
 )
+WASI_HTTP_REQUESTS = Counter(
+    "agent_factory_wasi_http_requests_total",
+    "Outbound requests agents made through the host's http.fetch tool (each redirect hop counts), by agent, host "
+    "(the matched allow pattern's host, '-' when none matched: bounded by the run contracts, never the URL) and "
+    "code (the HTTP status, or the refusal reason: not-allowed, address, plain-http, too-large, …).",
+    ["agent", "host", "code"],
+)
 RUNTIME_REQUESTS = Counter(
     "agent_factory_runtime_requests_total",
     "Data-plane HTTP requests to the node runtime, by endpoint and status code.",

@@ -26,7 +26,7 @@ from typing import Any
 from . import __version__, config
 from .dsse import INTOTO_PAYLOAD_TYPE, Envelope, sign_envelope
 from .errors import ConfigError, InputError
-from .intoto import SLSA_VSA_V1, make_statement
+from .intoto import SLSA_VSA_V1
 from .keys.base import KeyProvider
 from .keys.local import LocalKeyring
 
@@ -173,12 +173,13 @@ class Signed:
 def sign_and_attach(store: Any, agent: Any, pred: dict[str, Any], signer: KeyProvider, log: Any) -> Signed:
     """Sign the statement with the promoter key, log it (required: an unlogged promotion proves nothing)
     and attach the envelope and its log record to the agent. Nothing is attached when logging fails."""
-    from .evidence import attach_attestations, proposed_for_envelope
+    from .evidence import agent_statement, attach_attestations, proposed_for_envelope
 
     if log is None:
         raise ConfigError("a promotion must be recorded in a transparency log (its order is the log's): "
                           "give --tlog embedded or a Rekor URL, not none")
-    statement = make_statement(agent.name, agent.digest, PROMOTION_VSA, pred)
+    # About the wasm digest and the OCI manifest: `cosign verify-attestation --type` finds it on the image.
+    statement = agent_statement(agent.name, agent.digest, PROMOTION_VSA, pred, getattr(agent, "manifest_digest", None))
     envelope = sign_envelope(INTOTO_PAYLOAD_TYPE, statement, signer)
     key_id = envelope.signatures[0].keyid
     pem = {k.key_id: k.pem for k in signer.public_keys()}[key_id]

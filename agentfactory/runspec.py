@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 
 from .errors import InputError
+from .httpgrant import HttpGrant, from_spec, grant_problems
 from .template import Limits, Preopen, Template, schema
 
 DEFAULT_OUTPUT_KIB = 1024
@@ -31,13 +32,14 @@ class RunSpec:
     preopens: tuple[Preopen, ...]
     env: tuple[str, ...]
     limits: Limits
+    http: HttpGrant | None = None  # spec.http and spec.secrets: what http.fetch may reach (absent: nothing)
 
     def to_json(self) -> dict[str, Any]:
         limits: dict[str, Any] = {"memoryMiB": self.limits.memory_mib, "timeoutMs": self.limits.timeout_ms,
                                   "maxOutputKiB": self.limits.max_output_kib}
         if self.limits.fuel is not None:
             limits["fuel"] = self.limits.fuel
-        return {
+        doc: dict[str, Any] = {
             "entrypoint": self.entrypoint,
             "tools": list(self.tools),
             "capabilities": {"wasi": {
@@ -46,10 +48,14 @@ class RunSpec:
                 "env": list(self.env)}},
             "limits": limits,
         }
+        if self.http is not None:  # absent for agents without http: their contracts (and digests) are unchanged
+            doc.update(self.http.to_json())
+        return doc
 
 
 def from_template(t: Template) -> RunSpec:
-    return RunSpec(entrypoint=t.entrypoint, tools=t.tools, preopens=t.preopens, env=t.env, limits=t.limits)
+    return RunSpec(entrypoint=t.entrypoint, tools=t.tools, preopens=t.preopens, env=t.env, limits=t.limits,
+                   http=t.http)
 
 
 @functools.cache
@@ -59,7 +65,7 @@ def _validator() -> jsonschema.Draft202012Validator:
         "type": "object",
         "additionalProperties": False,
         "required": ["entrypoint", "tools", "capabilities", "limits"],
-        "properties": {k: spec[k] for k in ("entrypoint", "tools", "capabilities", "limits")},
+        "properties": {k: spec[k] for k in ("entrypoint", "tools", "capabilities", "limits", "http", "secrets")},
         "$defs": schema().get("$defs", {}),
     })
 
@@ -69,6 +75,8 @@ def parse_runspec(doc: Any, where: str) -> RunSpec:
     for err in _validator().iter_errors(doc):
         field = ".".join(str(p) for p in err.absolute_path) or "(document)"
         raise InputError(where, f"{field}: {err.message}")
+    for path, message in grant_problems(doc.get("http"), doc.get("secrets")):
+        raise InputError(where, f"{'.'.join(str(p) for p in path[1:])}: {message}")
     wasi = doc["capabilities"].get("wasi", {})
     lim = doc["limits"]
     return RunSpec(
@@ -79,6 +87,7 @@ def parse_runspec(doc: Any, where: str) -> RunSpec:
         env=tuple(wasi.get("env", [])),
         limits=Limits(memory_mib=lim["memoryMiB"], timeout_ms=lim["timeoutMs"], fuel=lim.get("fuel"),
                       max_output_kib=lim.get("maxOutputKiB", DEFAULT_OUTPUT_KIB)),
+        http=from_spec(doc.get("http"), doc.get("secrets")),
     )
 
 

@@ -22,6 +22,7 @@ import jsonschema
 
 from .digest import sha256_bytes, sha256_file, tree_sha256
 from .errors import InputError, TemplateError, ValidationFailed
+from .httpgrant import HttpGrant, from_spec, grant_problems
 from .yamlsafe import Located, load_yaml
 
 MANIFEST = "agent.yaml"
@@ -29,7 +30,8 @@ SCHEMA_NAME = "agent-template.schema.json"
 MAX_MANIFEST_BYTES = 64 * 1024
 MAX_SOURCE_BYTES = 1024 * 1024
 MAX_TOTAL_SOURCE_BYTES = 16 * 1024 * 1024
-LANG_SUFFIXES = {"c": {".c", ".h"}, "wat": {".wat"}}
+LANG_SUFFIXES = {"c": {".c", ".h"}, "wat": {".wat"}, "python": {".py"}}
+PYTHON_ENTRYPOINT = "run"  # the export of the project's WIT world (agentfactory.wit)
 CASES_FILE = "tests/cases.yaml"
 DNS_LABEL = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
 
@@ -87,6 +89,9 @@ class Template:
     manifest_sha256: str
     labels: dict[str, str] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    python_module: str | None = None  # python: the module defining the agent (spec.python.module)
+    python_paths: tuple[str, ...] = ()  # python: folders on its import path, in order (spec.python.paths)
+    http: HttpGrant | None = None  # spec.http and spec.secrets: what http.fetch may reach, with which secrets
 
     @property
     def manifest_path(self) -> Path:
@@ -249,6 +254,71 @@ def _check_dependencies(folder: Path, data: dict[str, Any], doc: Located, where:
     return deps
 
 
+def _check_http(data: dict[str, Any], doc: Located, where: str, problems: list[InputError]) -> None:
+    """spec.http and spec.secrets beyond the schema: the URL grammar, secret bindings, and the http.fetch tool."""
+    spec = data["spec"]
+    http, declared = spec.get("http"), "http.fetch" in spec.get("tools", [])
+    for path, message in grant_problems(http, spec.get("secrets")):
+        problems.append(InputError(f"{where}:{doc.line_of(path) or 0}", f"{_field(path)}: {message}"))
+    if http is not None and not declared:
+        problems.append(InputError(f"{where}:{doc.line_of(('spec', 'http')) or 0}",
+                                   "spec.http: declared, but spec.tools does not list http.fetch; add it"))
+    if http is None and declared:
+        problems.append(InputError(f"{where}:{doc.line_of(('spec', 'tools')) or 0}",
+                                   "spec.tools lists http.fetch but there is no spec.http saying which URLs it may "
+                                   "reach; add spec.http.allow"))
+
+
+def _check_python(folder: Path, data: dict[str, Any], doc: Located, where: str, problems: list[InputError],
+                  sources: list[SourceFile]) -> tuple[str, ...]:
+    """A python template's contract: spec.python names a module among its sources, on its import path;
+    the entrypoint is the WIT world's `run`; and no WASI capabilities, because a component is built with
+    every WASI import stubbed out (its only way out is the host tools it declares)."""
+    spec = data["spec"]
+    if spec["language"] != "python":
+        if "python" in spec:
+            problems.append(InputError(f"{where}:{doc.line_of(('spec', 'python'))}",
+                                       "spec.python is only for python templates (spec.language: python)"))
+        return ()
+    if "python" not in spec:
+        problems.append(InputError(f"{where}:{doc.line_of(('spec', 'language'))}",
+                                   "spec.python is required for a python template: name the module that defines "
+                                   "the agent (spec.python.module)"))
+        return ()
+    if spec.get("entrypoint", PYTHON_ENTRYPOINT) != PYTHON_ENTRYPOINT:
+        problems.append(InputError(f"{where}:{doc.line_of(('spec', 'entrypoint'))}",
+                                   f"spec.entrypoint: a python agent exports {PYTHON_ENTRYPOINT!r} (the WIT world's "
+                                   f"export), not {spec['entrypoint']!r}; remove spec.entrypoint"))
+    wasi = spec.get("capabilities", {}).get("wasi", {})
+    for key in ("preopens", "env"):
+        if wasi.get(key):
+            problems.append(InputError(
+                f"{where}:{doc.line_of(('spec', 'capabilities', 'wasi', key))}",
+                f"spec.capabilities.wasi.{key}: a python agent gets no WASI (its component is built with every "
+                "WASI import stubbed out); remove it and pass what the agent needs as its input, or use a tool"))
+    first = Path(spec["sources"][0]).parent.as_posix()
+    paths = [Path(p).as_posix() for p in spec["python"].get("paths", [first])]
+    for i, rel in enumerate(spec["python"].get("paths", [])):
+        loc = f"{where}:{doc.line_of(('spec', 'python', 'paths', i))}"
+        path, problem = _confined(folder, rel, loc, "python path")
+        if problem:
+            problems.append(problem)
+        elif path is not None and not path.is_dir():
+            problems.append(InputError(loc, f"python path {rel!r} is not a folder"))
+    module = spec["python"]["module"]
+    candidates = {("" if p == "." else p + "/") + module + ".py" for p in paths}
+    if sources and not any(s.path in candidates for s in sources):
+        problems.append(InputError(f"{where}:{doc.line_of(('spec', 'python', 'module'))}",
+                                   f"spec.python.module {module!r}: none of {', '.join(sorted(candidates))} is "
+                                   "listed in spec.sources"))
+    for s in sources:
+        if not any(p == "." or s.path.startswith(p + "/") for p in paths):
+            problems.append(InputError(f"{where}:{doc.line_of(('spec', 'sources'))}",
+                                       f"source {s.path!r} is not under a folder of spec.python.paths "
+                                       f"({', '.join(paths)}), so the agent could not import it"))
+    return tuple(paths)
+
+
 def untested_problem(folder: Path, data: dict[str, Any], where: str) -> InputError | None:
     """Why a template may not be built for want of tests: no tests/cases.yaml and no `spec.tests.none`
     giving a reason. Without this, moving the cases file out of a template (a rename the
@@ -298,6 +368,8 @@ def load_template(folder: Path, display: str | None = None) -> Template:
     data: dict[str, Any] = doc.data
     sources = _check_sources(folder, data, doc, where, problems)
     deps = _check_dependencies(folder, data, doc, where, problems)
+    _check_http(data, doc, where, problems)
+    python_paths = _check_python(folder, data, doc, where, problems, sources)
     untested = untested_problem(folder, data, where)
     if untested is not None:
         problems.append(untested)
@@ -316,7 +388,7 @@ def load_template(folder: Path, display: str | None = None) -> Template:
         language=spec["language"],
         sources=tuple(sources),
         include_dirs=tuple(Path(p).as_posix() for p in spec.get("includeDirs", [])),
-        entrypoint=spec.get("entrypoint", "_start"),
+        entrypoint=spec.get("entrypoint", PYTHON_ENTRYPOINT if spec["language"] == "python" else "_start"),
         tools=tuple(spec.get("tools", [])),
         preopens=tuple(Preopen(p["guestPath"], p["hostPath"], p.get("readOnly", True))
                        for p in wasi.get("preopens", [])),
@@ -326,6 +398,9 @@ def load_template(folder: Path, display: str | None = None) -> Template:
         dependencies=tuple(deps),
         manifest_sha256=sha256_bytes(text),
         raw=data,
+        python_module=spec["python"]["module"] if "python" in spec else None,
+        python_paths=python_paths,
+        http=from_spec(spec.get("http"), spec.get("secrets")),
     )
 
 

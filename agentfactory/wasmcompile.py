@@ -12,11 +12,20 @@ leave idle; its budget is then CPU seconds, and a wall clock stretched by a busy
 later", never a verdict remembered against the module. Validation (wasmtime's validator under the agent engine's
 proposals) happens first, in-process: it is linear and turns an ill-typed module into a clear
 refusal before anything is compiled.
+
+Components (Python agents, componentize-py) compile the same way with the component model switched
+on (`make_component_config`; wasmtime-py has no in-process validator for them, so the child validates
+while it compiles). A component carries a whole CPython: ~12 s of CPU where a C agent takes
+milliseconds. Rather than let a template ask for its own budget, a node has one ceiling per kind:
+AGENTFACTORY_COMPILE_SECONDS for core modules and AGENTFACTORY_COMPONENT_COMPILE_SECONDS (default 60)
+for components, the same on the build machine and the node, so a module can never buy itself the
+components' larger budget; memory is AGENTFACTORY_COMPILE_MIB for both.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import math
 import os
@@ -30,9 +39,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import AgentFactoryError, ConfigError
-from .wasmconfig import make_config
+from .wasmconfig import make_config, settings_key
 
 DEFAULT_SECONDS = 10.0  # the ceiling of one compilation, pipeline and node alike (AGENTFACTORY_COMPILE_SECONDS)
+DEFAULT_COMPONENT_SECONDS = 60.0  # ... of one component's (AGENTFACTORY_COMPONENT_COMPILE_SECONDS)
 DEFAULT_MEMORY_MIB = 1024  # ... and of its memory above the compiler's baseline (AGENTFACTORY_COMPILE_MIB)
 STARTUP_SLACK = 5.0  # wall seconds allowed for the child to start Python and wasmtime, outside the budget
 _HEADER = struct.Struct("<I")
@@ -76,11 +86,26 @@ class CompileRefused(AgentFactoryError):
         self.report = report
 
 
-def ceiling() -> CompileBudget:
-    """The compile ceiling from the environment (the same on the build machine and the node)."""
-    seconds = _env_number("AGENTFACTORY_COMPILE_SECONDS", DEFAULT_SECONDS)
+def ceiling(component: bool = False) -> CompileBudget:
+    """The compile ceiling from the environment (the same on the build machine and the node): for a core
+    module, or for a component (its own, larger, time ceiling)."""
+    seconds = (_env_number("AGENTFACTORY_COMPONENT_COMPILE_SECONDS", DEFAULT_COMPONENT_SECONDS) if component
+               else _env_number("AGENTFACTORY_COMPILE_SECONDS", DEFAULT_SECONDS))
     memory = _env_number("AGENTFACTORY_COMPILE_MIB", DEFAULT_MEMORY_MIB)
     return CompileBudget(seconds=seconds, memory_mib=max(1, int(memory)))
+
+
+def make_component_config(fuel: bool, *, parallel: bool = True) -> Any:
+    """The agents' engine settings (agentfactory.wasmconfig) with the component model on: the same proposals
+    for the core modules inside a component, plus the component layer around them."""
+    config = make_config(fuel, parallel=parallel)
+    config.wasm_component_model = True
+    return config
+
+
+def component_settings_key(fuel: bool) -> str:
+    """What a compiled component depends on besides its bytes: the module settings, plus the component model."""
+    return hashlib.sha256(f"{settings_key(fuel)}+component-model".encode()).hexdigest()[:16]
 
 
 def _env_number(name: str, default: float) -> float:
@@ -107,21 +132,24 @@ def validate(wasm: bytes, fuel: bool) -> None:
 
 
 def compile_bounded(wasm: bytes, fuel: bool, budget: CompileBudget, *, validated: bool = False,
-                    nice: int = 0) -> tuple[bytes, CompileReport]:
+                    nice: int = 0, component: bool = False) -> tuple[bytes, CompileReport]:
     """Validate (unless the caller just did), then compile in a bounded child: (serialized module, cost).
+
+    `component`: `wasm` is a component (validated by the child as it compiles); the payload is then a
+    serialized `wasmtime.component.Component`.
 
     `nice` > 0 runs the child at that lower priority (a node's background compiles): the wall clock
     then allows NICE_WALL_FACTOR times the budget, and running out of it before the CPU budget is
     CompileRefused("unavailable"), the node's load, not the module's fault.
     """
-    if not validated:
+    if not validated and not component:
         validate(wasm, fuel)
     wall = budget.seconds * (NICE_WALL_FACTOR if nice > 0 else 1.0)
     started = time.perf_counter()
     try:  # -P: the working directory is not put on sys.path, so no file there can stand in for ours
         proc = subprocess.Popen(
             [sys.executable, "-P", "-m", "agentfactory.wasmcompile", "1" if fuel else "0", repr(budget.seconds),
-             str(budget.memory_mib), repr(wall), str(max(0, nice))],
+             str(budget.memory_mib), repr(wall), str(max(0, nice)), *(["component"] if component else [])],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, close_fds=True)
     except OSError as exc:  # the host, not the module: not remembered against the module
         raise CompileRefused("unavailable", f"cannot start the compile process: {exc.strerror}") from None
@@ -219,9 +247,11 @@ def _child(argv: list[str]) -> int:
 
     fuel, seconds, memory_mib = argv[0] == "1", float(argv[1]), int(argv[2])
     wall, nice = (float(argv[3]), int(argv[4])) if len(argv) > 4 else (seconds, 0)
+    component = len(argv) > 5 and argv[5] == "component"
     if nice > 0:
         os.nice(nice)
-    engine = wasmtime.Engine(make_config(fuel, parallel=False))
+    engine = wasmtime.Engine(make_component_config(fuel, parallel=False) if component
+                             else make_config(fuel, parallel=False))
     wasm = sys.stdin.buffer.read()
     used = resource.getrusage(resource.RUSAGE_SELF)
     cpu_before = used.ru_utime + used.ru_stime
@@ -236,8 +266,12 @@ def _child(argv: list[str]) -> int:
                                 daemon=True)
     watchdog.start()
     try:
-        module = wasmtime.Module(engine, wasm)
-        payload = bytes(module.serialize())
+        if component:
+            from wasmtime.component import Component
+
+            payload = bytes(Component(engine, wasm).serialize())
+        else:
+            payload = bytes(wasmtime.Module(engine, wasm).serialize())
     except wasmtime.WasmtimeError as exc:
         print(f"invalid: {_cause(exc)}", file=sys.stderr)
         return 3

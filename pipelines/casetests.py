@@ -7,6 +7,11 @@ timer, since signals cannot interrupt wasm, and the same deadline-aware WASI hos
 agentfactory.wasihost), and stdout/stderr captured in memory and capped as they are written. No
 case touches the disk, and all the cases of a template share one time budget (MAX_TEST_SECONDS),
 so a broken or hostile template cannot hang, fill or flood the build machine.
+
+A component (a Python agent) is run the way a node runs it (agentfactory.wit.host): a fresh store per
+case with the template's limits, the declared tools of the world that the test stage provides (log.write,
+clock.now_ms), `run(stdin)`; its ok text is the case's stdout (exit code 0) and its err text the stderr
+(exit code 1). A component takes no arguments.
 """
 
 from __future__ import annotations
@@ -114,6 +119,8 @@ def run_cases(template: Template, compiled: Compiled, cases: list[dict[str, Any]
     """Run every case; a failure says what differed. Cases past the template's time budget fail."""
     import wasmtime
 
+    if compiled.component:
+        return _run_component_cases(template, compiled, cases, budget_seconds)
     engine, module = compiled.engine, compiled.module
     linker = wasmtime.Linker(engine)
     wasihost.define_wasi(linker)
@@ -161,6 +168,85 @@ def run_cases(template: Template, compiled: Compiled, cases: list[dict[str, Any]
                               cap))
         del store
     return results
+
+
+def _run_component_cases(template: Template, compiled: Compiled, cases: list[dict[str, Any]],
+                         budget_seconds: float) -> list[CaseResult]:
+    """Each case in a fresh store of the component, `run(stdin)` under the template's limits."""
+    import wasmtime
+
+    from agentfactory.wit import host
+
+    assert compiled.info is not None
+    cap = template.limits.max_output_kib * 1024
+    ends = time.monotonic() + budget_seconds
+    results = []
+    for case in cases:
+        left = ends - time.monotonic()
+        if left <= 0:
+            results.append(CaseResult(case["name"], False, f"not run: the test stage's budget of {budget_seconds:g} s "
+                                      "for this template's cases is spent"))
+            continue
+        if case.get("args"):
+            results.append(CaseResult(case["name"], False, "args: a component agent takes no arguments (its input "
+                                      "is stdin, given to run)"))
+            continue
+        try:
+            text = _stdin(case).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            results.append(CaseResult(case["name"], False, f"stdin is not UTF-8 (byte {exc.start}): a component "
+                                      "agent's input is a string"))
+            continue
+        log = host.CappedLog()
+        functions = {name: fn for name, fn in {"log": host.log_tool(log.append), "now-ms": host.now_ms_tool()}.items()
+                     if name in {t.wit_name for t in _world_tools(template)}}
+        linker = host.make_linker(compiled.engine, functions)
+        seconds = min(template.limits.timeout_ms / 1000, left)
+        store = wasmtime.Store(compiled.engine)
+        store.set_limits(**host.store_limits(compiled.info, template.limits.memory_mib))
+        if template.limits.fuel is not None:
+            store.set_fuel(template.limits.fuel)
+        store.set_epoch_deadline(1)
+        deadline = wasihost.Deadline(seconds)
+        wasihost.bind(deadline)
+        code, trap, out, err = 0, "", b"", b""
+        with _Deadline(compiled.engine, seconds):
+            try:
+                tag, payload = host.call_run(linker, compiled.module, store, text)
+                if tag == "ok":
+                    out = payload.encode("utf-8")
+                else:
+                    code, err = 1, payload.encode("utf-8")
+            except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+                trap = _component_trap_reason(exc, template, deadline.hit, seconds)
+            except RuntimeError as exc:
+                trap = str(exc)
+            finally:
+                wasihost.bind(None)
+        overflow = len(out) > cap or len(err) > cap
+        results.append(_judge(case, code, trap, None if overflow else out, None if overflow else err, cap))
+        del store
+    return results
+
+
+def _component_trap_reason(exc: Exception, template: Template, deadline_hit: bool, seconds: float) -> str:
+    """As _trap_reason, for a trap inside a component call (which wasmtime reports without a trap code)."""
+    from agentfactory.wit import host
+
+    kind = host.trap_kind(exc)
+    if deadline_hit or kind == "interrupt":
+        if seconds < template.limits.timeout_ms / 1000:
+            return f"deadline exceeded (the test stage's budget left {seconds:.1f} s for this case)"
+        return f"deadline exceeded (spec.limits.timeoutMs = {template.limits.timeout_ms})"
+    if kind == "fuel":
+        return f"out of fuel (spec.limits.fuel = {template.limits.fuel})"
+    return _trap_reason(exc, template, False, seconds)
+
+
+def _world_tools(template: Template) -> tuple[Any, ...]:
+    from agentfactory import wit
+
+    return wit.tools_for(template.tools)
 
 
 def _stdin(case: dict[str, Any]) -> bytes:

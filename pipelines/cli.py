@@ -22,9 +22,10 @@ from agentfactory.cli.common import (
     print_json,
     store_option,
 )
+from agentfactory.cli.keys_cmd import cosign_key_context_option, cosign_key_of
 from agentfactory.errors import ConfigError
 from agentfactory.keys import KEYLESS, LocalKeyring, open_provider
-from agentfactory.policy import RegoEngine
+from agentfactory.policy_select import open_engine, policy_engine_options
 from agentfactory.provenance import DEFAULT_BUILDER_ID
 from agentfactory.scan.base import OSV_DB_ENV, SCANNER_NAMES
 from agentfactory.scan.report import FAIL_ON, Gate
@@ -82,10 +83,12 @@ def summary_table(report: PipelineReport) -> Table:
 @click.option("--changed-since", metavar="GIT_REF", help="Only templates changed since this Git ref.")
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=None, help="Parallel builds (default: CPUs).")
 @click.option("--no-tests", is_flag=True, help="Skip the templates' tests/cases.yaml.")
-@click.option("--key-provider", "provider", type=click.Choice(["local", "vault", KEYLESS]), default=None,
+@click.option("--key-provider", "provider", type=click.Choice(["local", "vault", "cosign", KEYLESS]), default=None,
               envvar="AGENTFACTORY_KEY_PROVIDER",
-              help="Who signs: the local keyring (default), Vault Transit, or sigstore (keyless, with the CI's "
+              help="Who signs: the local keyring (default), Vault Transit, cosign (the cosign binary with a cosign "
+                   "key file or hashivault://NAME: --cosign-key), or sigstore (keyless, with the CI's "
                    "OIDC identity: GitHub Actions with id-token: write).")
+@cosign_key_context_option
 @click.option("--sigstore-instance", type=click.Choice(["production", "staging"]), default="production",
               envvar="AGENTFACTORY_SIGSTORE_INSTANCE", show_default=True,
               help="The Sigstore instance that certifies and logs keyless signatures.")
@@ -118,6 +121,7 @@ def summary_table(report: PipelineReport) -> Table:
 @click.option("--ignore-unfixed", is_flag=True, default=None,
               help="Let findings with no published fix through (the artifact policy's ignore_unfixed).")
 @policies_option
+@policy_engine_options
 @store_option
 @json_option
 @handle_errors
@@ -140,7 +144,7 @@ def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tes
     if ignore_unfixed:
         overrides["ignore_unfixed"] = True
     # A policy that does not compile refuses every template, saying why.
-    engine = RegoEngine(policies_dir, config=overrides)
+    engine = open_engine(policies_dir, config=overrides)
     if not no_sign:
         # The human report shows the gate the artifact policy will apply (its config, with the overrides).
         gate = Gate.from_policy(engine.data.get("agentfactory", {}).get("config") if isinstance(engine.data, dict)
@@ -154,7 +158,10 @@ def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tes
                               resign=resign)
         else:
             tlog, tlog_pem = open_tlog(tlog_url, tlog_key)
-            signing = Signing(open_provider(provider), builder_id, sbom_dir, tlog, tlog_pem, scanning, resign=resign)
+            keys = open_provider(provider, cosign_key=cosign_key_of())
+            if keys.name == "cosign":  # before building: a key cosign cannot use (password, file, Vault, ECDSA)
+                keys.public_keys()
+            signing = Signing(keys, builder_id, sbom_dir, tlog, tlog_pem, scanning, resign=resign)
     board = _LiveBoard() if not as_json and err.is_terminal else None
     if board:
         with board.live:

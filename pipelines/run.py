@@ -18,14 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from agentfactory import __version__, evidence
-from agentfactory.artifact import ANN_DESCRIPTION, ANN_REVISION, build_agent_artifact
+from agentfactory.artifact import ANN_DESCRIPTION, ANN_REVISION, AgentArtifact, build_agent_artifact
 from agentfactory.config import cache_dir, toolchain_cache
 from agentfactory.digest import digest_of
-from agentfactory.dsse import INTOTO_PAYLOAD_TYPE, Envelope, sign_envelope
+from agentfactory.dsse import INTOTO_PAYLOAD_TYPE, sign_envelope
 from agentfactory.errors import AgentFactoryError, BuildError, InputError, NotFoundError, ValidationFailed
 from agentfactory.evidence import ArtifactSignature, Evidence
 from agentfactory.fsutil import atomic_write
 from agentfactory.intoto import CYCLONEDX_BOM, SCAN_V1, SLSA_PROVENANCE_V1, make_statement
+from agentfactory.key_bundles import COSIGN_SIGN_V1
 from agentfactory.keys.base import KeyProvider
 from agentfactory.keys.sigstore_keyless import KeylessSigner
 from agentfactory.policy import PolicyEngine, template_input
@@ -41,7 +42,7 @@ from agentfactory.trust import TrustPolicy, from_public_keys
 from agentfactory.verifier import record_decision, verify
 from agentfactory.wasm import ModuleInfo, inspect
 
-from . import casetests, compilecheck, toolchain
+from . import casetests, compilecheck, pybuild, toolchain
 from .cache import BuildCache, CacheEntry, cache_key
 from .gitinfo import GitView, Origin
 from .publishguard import refuse_republish
@@ -165,15 +166,17 @@ class Signing:
 
 @dataclass
 class _Made:
-    """The evidence the sign stage made in memory, before publication: an RSA signature and DSSE
-    envelopes (with their log records), or keyless bundles and the identity that signed them."""
+    """The evidence the sign stage made in memory, before publication: Sigstore bundles (an RSA signature
+    and DSSE envelopes, each with its log entry; or keyless ones, with the identity that signed them)."""
 
     signature: ArtifactSignature | None
-    attestations: list[tuple[str, Envelope]]
     sbom: bytes
-    records: list[bytes] = field(default_factory=list)
     bundles: list[tuple[str | None, bytes]] = field(default_factory=list)  # (predicate type or None, bundle)
     keyless: KeylessPolicy | None = None
+
+    def evidence(self) -> Evidence:
+        """The evidence exactly as the store will hold it, read back as `collect` reads it."""
+        return evidence.from_bundles([(f"pipeline (bundle: {p or 'signature'})", b) for p, b in self.bundles])
 
 
 def run_pipeline(templates_dir: Path, store: ArtifactStore, *, changed_since: str | None = None,
@@ -303,14 +306,14 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
         stored = store.resolve(f"{t.name}@{hit.digest}")
         if tagged != hit.digest:
             refuse_republish(store, t.name, t.version, hit.digest, f"{job.display}/{MANIFEST}")
-            stored = _publish(t, store, store.fetch_wasm(hit.digest)[1], origin)
+            stored = _publish(t, store, _artifact(t, store.fetch_wasm(hit.digest)[1], origin))
         if signing is not None:
             why = _resign_reason(hit, signing, store, stored)
             if why is None:
                 r.evidence = {"signed": True, "reused": True}
             else:  # never signed (a crash, an unsigned run), its key revoked or rotated away, or --resign
                 wasm = store.fetch_wasm(f"{t.name}@{hit.digest}")[1]
-                again = _make_evidence(job, t, hit.digest, hit.build, signing, notify, store.url)
+                again = _make_evidence(job, t, wasm, hit.build, signing, notify, store.url, stored.manifest_digest)
                 if engine is None or _artifact_gate(job, t, hit.digest, wasm, again, signing, engine):
                     _attach(job, t, stored, store, again, signing)
                     r.evidence["resigned"] = why
@@ -322,7 +325,8 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
     notify(job.display, "build")
     started = time.time()
     built = toolchain.build(t, origin.epoch, build_root)
-    info = inspect(built.wasm, f"{job.display} (built module)")
+    info = (pybuild.judge_component(t, built.wasm, f"{job.display} (built component)") if t.language == "python"
+            else inspect(built.wasm, f"{job.display} (built module)"))
     if not info.exported(t.entrypoint):
         raise BuildError(job.display, f"the module does not export the entrypoint {t.entrypoint!r} "
                                       "(spec.entrypoint)")
@@ -364,12 +368,13 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
     # One version, one artifact: refused before signing, so a refused build leaves no signature behind.
     refuse_republish(store, t.name, t.version, digest, f"{job.display}/{MANIFEST}")
     made: _Made | None = None
+    artifact = _artifact(t, built.wasm, origin)  # its manifest digest is what the image signature signs
     if signing is not None:
-        made = _make_evidence(job, t, digest, r.build, signing, notify, store.url)
+        made = _make_evidence(job, t, built.wasm, r.build, signing, notify, store.url, artifact.manifest.digest)
         if engine is not None and not _artifact_gate(job, t, digest, built.wasm, made, signing, engine):
             return  # refused before publication: nothing reaches the store
     notify(job.display, "publish")
-    stored = _publish(t, store, built.wasm, origin)
+    stored = _publish(t, store, artifact)
     r.status, r.digest, r.size, r.ref = "built", stored.digest, stored.size, stored.ref
     if signing is not None and made is not None:
         _attach(job, t, stored, store, made, signing)
@@ -415,14 +420,21 @@ def _signature_keys(store: ArtifactStore, stored: StoredAgent) -> set[str]:
     return found
 
 
-def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], signing: Signing,
-                   notify: Progress, store_url: str) -> _Made:
+def _make_evidence(job: _Job, t: Template, wasm: bytes, build: dict[str, Any], signing: Signing,
+                   notify: Progress, store_url: str, manifest_digest: str) -> _Made:
     """The sbom and sign stages, in memory: SBOM, provenance, the signatures over them, and (with a
-    transparency log) the log's record of each signature, taken before anything is published."""
+    transparency log) the log's record of each signature, taken before anything is published.
+
+    Key-based evidence is made as Sigstore bundles (docs/evidence.md): the signature over the wasm digest,
+    each attestation about the wasm digest and the OCI manifest digest `manifest_digest` (so `cosign
+    verify-attestation` finds them on the image), and an image signature (cosign's sign/v1 statement about
+    both digests) that `cosign verify` accepts; each logged and bundled with its log entry."""
     # Imported here: cyclonedx and prometheus cost ~90 ms at start-up, and unchanged runs never sign.
     from agentfactory.metrics import SIGNATURES
 
     from .sbom import build_sbom, validate_sbom
+
+    digest = digest_of(wasm)
 
     notify(job.display, "sbom")
     sbom = build_sbom(t, digest=digest, toolchain=build["toolchain"], epoch=build["sourceDateEpoch"],
@@ -438,15 +450,17 @@ def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], s
     if signing.keyless is not None:
         return _sign_keyless(job, t, digest, predicates, sbom, signing.keyless)
     provider = signing.provider
-    signature = provider.sign_digest(bytes.fromhex(digest.split(":", 1)[1]))
+    # The module's bytes, not their digest: the same RSA signature over the same SHA-256 digest for every
+    # provider, and the only input the cosign provider can sign (`cosign sign-blob` hashes what it signs).
+    signature = provider.sign(wasm)
     SIGNATURES.labels(provider=provider.name, kind="artifact").inc()
     attestations = []
-    for predicate_type, predicate in predicates:
-        statement = make_statement(t.name, digest, predicate_type, predicate)
+    for predicate_type, predicate in (*predicates, (COSIGN_SIGN_V1, {})):
+        statement = evidence.agent_statement(t.name, digest, predicate_type, predicate, manifest_digest)
         attestations.append((predicate_type, sign_envelope(INTOTO_PAYLOAD_TYPE, statement, provider)))
         SIGNATURES.labels(provider=provider.name, kind="attestation").inc()
     job.result.evidence = {"signed": True, "keyId": signature.key_id, "provider": provider.name,
-                           "attestations": [p for p, _ in attestations]}
+                           "attestations": [p for p, _ in predicates], "manifestDigest": manifest_digest}
     art = ArtifactSignature.from_signature(digest, signature)
     try:  # before logging or publishing: every log entry the pipeline causes has its line (audit keys)
         signing_record.record_signing(store_url, t.name, t.version, digest, signature.key_id,
@@ -466,7 +480,11 @@ def _make_evidence(job: _Job, t: Template, digest: str, build: dict[str, Any], s
             raise BuildError(job.display, f"the transparency log {signing.tlog.url} refused or failed: {exc}") from None
         records = [a.entry.to_json() for a in added]
         job.result.evidence["tlog"] = {"log": signing.tlog.url, "indexes": [a.entry.log_index for a in added]}
-    return _Made(art, attestations, sbom, records)
+    try:
+        bundles = evidence.key_bundles(art, attestations, records)
+    except AgentFactoryError as exc:  # a log that answered with entries of something else
+        raise BuildError(job.display, f"the transparency log's entries do not match what was signed: {exc}") from None
+    return _Made(art, sbom, bundles)
 
 
 def _sign_keyless(job: _Job, t: Template, digest: str, predicates: tuple[tuple[str, Any], ...], sbom: bytes,
@@ -485,8 +503,7 @@ def _sign_keyless(job: _Job, t: Template, digest: str, predicates: tuple[tuple[s
     job.result.evidence = {"signed": True, "provider": signer.name, "identity": signed.identity.subject,
                            "issuer": signed.identity.issuer, "attestations": [p for p, _ in statements],
                            "tlog": {"log": f"sigstore {signer.instance} rekor", "indexes": signed.log_indexes}}
-    return _Made(None, [], sbom, bundles=signed.bundles,
-                 keyless=KeylessPolicy((signed.identity,), signer.instance))
+    return _Made(None, sbom, bundles=signed.bundles, keyless=KeylessPolicy((signed.identity,), signer.instance))
 
 
 def _scan(job: _Job, bom: dict[str, Any], signing: Signing) -> dict[str, Any]:
@@ -514,10 +531,7 @@ def _artifact_gate(job: _Job, t: Template, digest: str, wasm: bytes, made: _Made
 
     Keyless: the trust is the identity that signed (as the certificate names it) and the instance's
     trusted root, verified offline like everywhere else."""
-    found = Evidence(signatures=[("pipeline", made.signature.to_json())] if made.signature else [],
-                     attestations=[(f"pipeline ({p})", e.to_json()) for p, e in made.attestations],
-                     tlog=[("pipeline (tlog)", r) for r in made.records],
-                     bundles=[(f"pipeline (bundle: {p or 'signature'})", b) for p, b in made.bundles])
+    found = made.evidence()  # the bundles as they will be attached, read back as the verifier reads a store
     trust = from_public_keys([] if made.keyless else signing.provider.public_keys(), builders=(signing.builder_id,),
                              log_keys=[signing.tlog_key_pem] if signing.tlog_key_pem and not made.keyless else None,
                              keyless=made.keyless)
@@ -530,21 +544,24 @@ def _artifact_gate(job: _Job, t: Template, digest: str, wasm: bytes, made: _Made
 def _attach(job: _Job, t: Template, stored: StoredAgent, store: ArtifactStore, made: _Made, signing: Signing) -> None:
     from .sbom import release_path
 
-    if made.signature is not None:
-        evidence.attach(store, stored, made.signature, made.attestations, tlog_records=made.records)
     evidence.attach_bundles(store, stored, made.bundles)
     if signing.sbom_dir is not None:
         atomic_write(release_path(signing.sbom_dir, t.name, t.version), made.sbom)
 
 
-def _publish(t: Template, store: ArtifactStore, wasm: bytes, origin: Origin) -> StoredAgent:
+def _artifact(t: Template, wasm: bytes, origin: Origin) -> AgentArtifact:
+    """The agent's OCI artifact: deterministic, so its manifest digest is known before it is published
+    (the image signature and attestations name it)."""
     # Only what is the same in every clone goes into the manifest: the remote URL and HEAD
     # belong to provenance, the template's own last commit identifies its sources.
     annotations = {ANN_DESCRIPTION: t.description}
     if origin.template_commit:
         annotations[ANN_REVISION] = origin.template_commit
-    artifact = build_agent_artifact(wasm, name=t.name, version=t.version, created_epoch=origin.epoch,
-                                    annotations=annotations)
+    return build_agent_artifact(wasm, name=t.name, version=t.version, created_epoch=origin.epoch,
+                                annotations=annotations)
+
+
+def _publish(t: Template, store: ArtifactStore, artifact: AgentArtifact) -> StoredAgent:
     return store.push_agent(artifact, name=t.name, version=t.version)
 
 

@@ -1,4 +1,5 @@
-"""The pinned WASI toolchain: `zig cc` (C → wasm32-wasi) and wasmtime's `wat2wasm` (WAT).
+"""The pinned WASI toolchain: `zig cc` (C → wasm32-wasi), wasmtime's `wat2wasm` (WAT) and componentize-py
+(Python → a WebAssembly component of the project's WIT world: pipelines/pybuild.py).
 
 Builds are hermetic and reproducible: a scrubbed environment, fixed flags, paths mapped
 to `.` so the checkout location never reaches the binary, debug info stripped, and
@@ -68,6 +69,10 @@ def wasmtime_version() -> str:
 
 def identity(language: str) -> dict[str, Any]:
     """What the cache key and the provenance record of the toolchain for `language`."""
+    if language == "python":
+        from . import pybuild
+
+        return pybuild.identity()
     if language == "c":
         return {"name": "zig cc", "version": zig_version(), "package": f"ziglang=={zig_version()}",
                 "target": "wasm32-wasi", "libc": "wasi-libc (bundled with zig)", "flags": list(C_FLAGS)}
@@ -223,11 +228,25 @@ def build_wat(template: Template, epoch: int) -> BuildResult:
                        source_date_epoch=epoch)
 
 
+def build_python(template: Template, epoch: int, cache_root: Path) -> BuildResult:
+    """Build a Python template into a component with componentize-py (pipelines/pybuild.py)."""
+    from agentfactory.digest import sha256_bytes
+
+    from . import pybuild
+
+    built = pybuild.build_python(template, epoch, cache_root, zig_dir() / "zig")
+    record = {**identity("python"), "templateWorldSha256": sha256_bytes(built.world.encode()),
+              "reproducibility": built.reproducible}
+    return BuildResult(wasm=built.wasm, toolchain=record, inputs=built.inputs, source_date_epoch=epoch)
+
+
 def build(template: Template, epoch: int, cache_root: Path) -> BuildResult:
     """Build `template` with the toolchain for its language."""
     if template.language == "c":
         return build_c(template, epoch, cache_root)
     if template.language == "wat":
         return build_wat(template, epoch)
+    if template.language == "python":
+        return build_python(template, epoch, cache_root)
     raise BuildError(template.folder.name, f"no toolchain for language {template.language!r}")
 

@@ -32,17 +32,19 @@ from agentfactory.cli.common import (
 )
 from agentfactory.cli.verify_cmd import default_policy, entry_stage_option, policy_option, provider_option
 from agentfactory.errors import InputError
-from agentfactory.policy import RegoEngine
+from agentfactory.policy_select import open_engine, policy_engine_options
 from agentfactory.stages import check_stage
 from agentfactory.store import open_store, split_reference
 from agentfactory.trust import TrustPolicy, load_trust_policy
+
+from .http_node import http_node_options, node_from_context, settings_from_context
 
 EXIT_STOPPED, EXIT_REFUSED = 124, 125
 
 
 def _runtime_options(func: Any) -> Any:
-    for option in reversed([
-        policy_option, provider_option, policies_option, store_option,
+    options: list[Any] = [
+        policy_option, provider_option, policies_option, policy_engine_options, store_option,
         click.option("--stage", default="dev", show_default=True, envvar="AGENTFACTORY_STAGE",
                      help="Stage this node runs: its artifact policy, and only agents promoted to it (a bare name "
                           "is the version promoted here)."),
@@ -57,7 +59,9 @@ def _runtime_options(func: Any) -> Any:
         click.option("--allow-host-path", "host_roots", multiple=True,
                      type=click.Path(file_okay=False, path_type=Path),
                      help="Host folder agents may preopen read-only (repeatable; default: none)."),
-    ]):
+        http_node_options,
+    ]
+    for option in reversed(options):
         func = option(func)
     return func
 
@@ -75,7 +79,8 @@ def _node_config() -> dict[str, Any]:
     limits = ServerLimits.from_env()
     return {"node": {"max_output_kib": limits.max_output_kib, "memory_budget_mib": limits.memory_budget_mib,
                      "invocation_overhead_kib": (TOOL_LOG_BYTES + INVOCATION_OVERHEAD) // 1024,
-                     "default_output_kib": 1024}}
+                     "default_output_kib": 1024,
+                     "http": settings_from_context().policy_config()}}  # http.rego: this node's http.fetch
 
 
 def _open_runtime(store_url: str | None, policy_path: Path | None, provider: str | None, policies_dir: Path | None,
@@ -85,8 +90,9 @@ def _open_runtime(store_url: str | None, policy_path: Path | None, provider: str
 
     roots = tuple(p.resolve() for p in host_roots)
     config = RuntimeConfig(stage=stage, cache_dir=cache_dir, node_key=node_key, host_roots=roots,
-                           audit_log=audit_log, entry_stage=entry_stage, background_compile=background_compile)
-    engine = RegoEngine(policies_dir, config=_node_config())
+                           audit_log=audit_log, entry_stage=entry_stage, background_compile=background_compile,
+                           http=node_from_context())
+    engine = open_engine(policies_dir, config=_node_config())
     check_stage(stage, engine)  # a typo'd stage is exit 2 with the closest name, not a node that refuses all
     check_stage(entry_stage, engine, option="--entry-stage")
     return Runtime(open_store(store_url, existing=True), _trust(policy_path, provider), engine, config)

@@ -5,7 +5,9 @@ and a single ticker thread bumps the epoch of every engine at a fixed interval: 
 all invocations, rather than a timer per call. Fuel changes the generated code, so agents that
 declare a fuel budget run on a second engine; the engine settings are part of the compiled-module
 cache key. The settings themselves (proposals included) live in agentfactory.wasmconfig, because
-the pipeline validates, compiles and tests every module under exactly the same ones.
+the pipeline validates, compiles and tests every module under exactly the same ones. Components
+(Python agents) get two more engines with the component model on (agentfactory.wasmcompile), ticked
+by the same thread.
 """
 
 from __future__ import annotations
@@ -15,23 +17,26 @@ import threading
 
 import wasmtime
 
+from agentfactory.wasmcompile import component_settings_key, make_component_config
 from agentfactory.wasmconfig import MAX_WASM_STACK, SETTINGS, make_config, settings_key
 
 TICK_SECONDS = 0.005
 
 
 class Engines:
-    """Two engines (with and without fuel metering) and the epoch ticker that serves both."""
+    """Engines with and without fuel metering, for core modules and for components, and the one epoch ticker."""
 
     def __init__(self, tick_seconds: float = TICK_SECONDS) -> None:
         self.tick_seconds = tick_seconds
         self._engines = {False: wasmtime.Engine(make_config(False)), True: wasmtime.Engine(make_config(True))}
+        self._components = {False: wasmtime.Engine(make_component_config(False)),
+                            True: wasmtime.Engine(make_component_config(True))}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._tick, name="epoch-ticker", daemon=True)
         self._thread.start()
 
-    def get(self, fuel: bool) -> wasmtime.Engine:
-        return self._engines[fuel]
+    def get(self, fuel: bool, component: bool = False) -> wasmtime.Engine:
+        return self._components[fuel] if component else self._engines[fuel]
 
     def deadline_ticks(self, timeout_ms: int) -> int:
         """Ticks for a wall-clock deadline of `timeout_ms`: never early, at most one tick late."""
@@ -39,7 +44,7 @@ class Engines:
 
     def _tick(self) -> None:
         while not self._stop.wait(self.tick_seconds):
-            for engine in self._engines.values():
+            for engine in (*self._engines.values(), *self._components.values()):
                 engine.increment_epoch()
 
     def close(self) -> None:
@@ -47,4 +52,9 @@ class Engines:
         self._thread.join(timeout=1)
 
 
-__all__ = ["MAX_WASM_STACK", "SETTINGS", "Engines", "make_config", "settings_key"]
+def kind_settings_key(fuel: bool, component: bool = False) -> str:
+    """The compiled-code cache key of the engine settings for a core module or a component."""
+    return component_settings_key(fuel) if component else settings_key(fuel)
+
+
+__all__ = ["MAX_WASM_STACK", "SETTINGS", "Engines", "kind_settings_key", "make_config", "settings_key"]

@@ -8,7 +8,9 @@ violation: it is deleted, counted and the module is compiled again from the veri
 An entry made under another node key (the key is regenerated with the pod) is simply stale.
 An entry is opened without following links and without blocking (a FIFO planted at its path
 would otherwise hang the load) and must be a regular file. Compiling is the pool's job
-(compilepool.py): bounded, and a refusal is remembered per digest.
+(compilepool.py): bounded, and a refusal is remembered per digest. Components (Python agents) are
+cached the same way, under the settings key of the component engines (`component=True`): the bytes
+say which kind a digest is, and the key keeps the two kinds of compiled code apart.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import wasmtime
 
@@ -33,7 +36,7 @@ from agentfactory.fsutil import atomic_write
 from agentfactory.metrics import MODULE_CACHE, WASI_VIOLATIONS
 
 from .compilepool import CompilePool
-from .engine import Engines, settings_key
+from .engine import Engines, kind_settings_key
 from .sandbox import SandboxRefusal
 
 MAGIC = b"AFCWASM1"
@@ -85,7 +88,7 @@ class ModuleCache:
         self.disk = disk
         self._key = key or b""
         self._key_id = hashlib.sha256(b"agentfactory-node-key:" + self._key).digest()
-        self._memory: OrderedDict[tuple[str, str], wasmtime.Module] = OrderedDict()
+        self._memory: OrderedDict[tuple[str, str], Any] = OrderedDict()  # wasmtime.Module or Component
         self._max = max_in_memory
         self._lock = threading.Lock()
         self._on_event = on_event or (lambda _e: None)
@@ -93,23 +96,23 @@ class ModuleCache:
         if disk is not None:
             disk.mkdir(parents=True, exist_ok=True)
 
-    def module(self, digest: str, verified_wasm: bytes, fuel: bool) -> tuple[wasmtime.Module, str]:
-        """The compiled module of `digest` and where it came from: memory, disk or compiled.
+    def module(self, digest: str, verified_wasm: bytes, fuel: bool, component: bool = False) -> tuple[Any, str]:
+        """The compiled module (or component) of `digest` and where it came from: memory, disk or compiled.
 
         The caller passes bytes the verifier accepted for `digest`; nothing else is compiled. This
         compiles on the caller's thread: the node's service asks `cached` and compiles in the
         background instead (warmpool.py); `agentfactory run` compiles here.
         """
-        found = self.cached(digest, fuel)
+        found = self.cached(digest, fuel, component)
         if found is not None:
             return found
-        module = self.pool.compile(digest, settings_key(fuel), verified_wasm, fuel)
-        self.keep(digest, fuel, module)
+        module = self.pool.compile(digest, kind_settings_key(fuel, component), verified_wasm, fuel, component)
+        self.keep(digest, fuel, module, component)
         return module, "compiled"
 
-    def cached(self, digest: str, fuel: bool) -> tuple[wasmtime.Module, str] | None:
+    def cached(self, digest: str, fuel: bool, component: bool = False) -> tuple[Any, str] | None:
         """The module of `digest` from memory or the authenticated disk cache, or None: never compiles."""
-        settings = settings_key(fuel)
+        settings = kind_settings_key(fuel, component)
         key = (digest, settings)
         with self._lock:
             cached = self._memory.get(key)
@@ -119,31 +122,31 @@ class ModuleCache:
                 return cached, "memory"
         if self.disk is None:
             return None
-        module = self._load(digest, settings, fuel)
+        module = self._load(digest, settings, fuel, component)
         if module is None:
             return None
         MODULE_CACHE.labels(source="disk").inc()
         self._remember(key, module)
         return module, "disk"
 
-    def has(self, digest: str, fuel: bool) -> bool:
+    def has(self, digest: str, fuel: bool, component: bool = False) -> bool:
         """Whether the module of `digest` is in memory now (no disk read, no count)."""
         with self._lock:
-            return (digest, settings_key(fuel)) in self._memory
+            return (digest, kind_settings_key(fuel, component)) in self._memory
 
-    def keep(self, digest: str, fuel: bool, module: wasmtime.Module) -> None:
+    def keep(self, digest: str, fuel: bool, module: Any, component: bool = False) -> None:
         """Keep a module this node compiled from verified bytes: in memory, and on disk when there is one."""
-        settings = settings_key(fuel)
+        settings = kind_settings_key(fuel, component)
         if self.disk is not None:
             self._store(digest, settings, module)
         MODULE_CACHE.labels(source="compiled").inc()
         self._remember((digest, settings), module)
 
-    def failure(self, digest: str, fuel: bool) -> SandboxRefusal | None:
+    def failure(self, digest: str, fuel: bool, component: bool = False) -> SandboxRefusal | None:
         """The remembered compile refusal of `digest` (the negative cache), if any."""
-        return self.pool.failure(digest, settings_key(fuel))
+        return self.pool.failure(digest, kind_settings_key(fuel, component))
 
-    def _remember(self, key: tuple[str, str], module: wasmtime.Module) -> None:
+    def _remember(self, key: tuple[str, str], module: Any) -> None:
         with self._lock:
             self._memory[key] = module
             self._memory.move_to_end(key)
@@ -165,7 +168,7 @@ class ModuleCache:
         return hmac.new(self._key, MAGIC + digest.encode() + b"\0" + settings.encode() + b"\0" + payload,
                         hashlib.sha256).digest()
 
-    def _load(self, digest: str, settings: str, fuel: bool) -> wasmtime.Module | None:
+    def _load(self, digest: str, settings: str, fuel: bool, component: bool = False) -> Any:
         path = self.path(digest, settings)
         try:
             data = _read_regular(path)
@@ -183,11 +186,15 @@ class ModuleCache:
         if not hmac.compare_digest(mac, self._mac(digest, settings, payload)):
             return self._reject(path, "the HMAC does not match: the entry was modified or swapped in")
         try:
+            if component:
+                from wasmtime.component import Component
+
+                return Component.deserialize(self.engines.get(fuel, component=True), payload)
             return wasmtime.Module.deserialize(self.engines.get(fuel), payload)
         except wasmtime.WasmtimeError:
             return None  # authentic but from another wasmtime build: recompile
 
-    def _reject(self, path: Path, why: str) -> wasmtime.Module | None:
+    def _reject(self, path: Path, why: str) -> None:
         """Count, delete and report a bad entry; None, so the caller compiles again."""
         WASI_VIOLATIONS.labels(reason="cache-tampered").inc()
         with contextlib.suppress(OSError):
@@ -196,7 +203,7 @@ class ModuleCache:
                                         "it was deleted and the module compiled again from verified bytes"))
         return None
 
-    def _store(self, digest: str, settings: str, module: wasmtime.Module) -> None:
+    def _store(self, digest: str, settings: str, module: Any) -> None:
         payload = bytes(module.serialize())
         with contextlib.suppress(OSError):  # a full or read-only disk costs a recompile next start, nothing else
             atomic_write(self.path(digest, settings),

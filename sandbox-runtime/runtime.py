@@ -10,6 +10,10 @@ With `background_compile` (the node's service) nothing is compiled on the caller
 not in the cache is queued on the background compiler (warmpool.py) and `Compiling` (503, retry) is
 raised at once; the warm pool's scans call `warm`, which verifies quietly and queues the compile.
 `agentfactory run` (one invocation) compiles on the spot.
+
+Components (Python agents) take the same path: read by the bounded reader, held to the WIT world and
+the run contract before anything is compiled (component_sandbox.check), compiled in the background
+under the components' ceiling, cached with an HMAC, run under the same limits, counted and audited.
 """
 
 from __future__ import annotations
@@ -41,10 +45,11 @@ from agentfactory.store import ArtifactStore, StoredAgent
 from agentfactory.store.base import MislabelledAgent
 from agentfactory.trust import TrustPolicy
 from agentfactory.verifier import Verdict, refuse
-from agentfactory.wasm import inspect
+from agentfactory.wasm import ComponentInfo, inspect_any
 
-from . import sandbox
+from . import component_sandbox, sandbox
 from .engine import Engines
+from .http_fetch import HttpNode
 from .modcache import CacheEvent, ModuleCache, load_node_key
 from .sandbox import Execution, Invocation, Linked, SandboxRefusal
 from .warmpool import BackgroundCompiler, Job, JobKey
@@ -69,6 +74,7 @@ class RuntimeConfig:
     # The node's service: a module not compiled yet is compiled in the background (warmpool.py) and the
     # request answered 503 `compiling`; False (`agentfactory run`, one invocation): compile on the caller.
     background_compile: bool = False
+    http: HttpNode | None = None  # the node's http.fetch (settings, secrets); None: the refusing defaults
 
 
 class Refused(AgentFactoryError):
@@ -129,6 +135,9 @@ class Runtime:
         self.config = config or RuntimeConfig()
         self.engines = Engines()
         self.audit = AuditLog(self.config.audit_log) if self.config.audit_log else None
+        self.http = self.config.http or HttpNode()
+        if self.http.audit is None:  # every outbound request is a record in this node's trail
+            self.http.audit = self._audit
         key = None
         if self.config.cache_dir is not None:
             key = load_node_key(self.config.node_key or self.config.cache_dir / "node.key")
@@ -259,9 +268,13 @@ class Runtime:
             report("unverified", agent.name, agent, message, verdict)
             raise Refused("unverified", message, verdict, agent)
         try:
-            inspect(data, f"{agent.name}@{agent.digest}")  # bounded parse: a clear error before the compiler
-            module, source = self._module(agent, verdict, data)
-            linked = sandbox.link(self.engines, module, verdict.runspec, self.config.host_roots)
+            info = inspect_any(data, f"{agent.name}@{agent.digest}")  # bounded parse: a clear error before the compiler
+            component = isinstance(info, ComponentInfo)
+            if isinstance(info, ComponentInfo):
+                component_sandbox.check(info, verdict.runspec)  # the world and the contract, before compiling
+            module, source = self._module(agent, verdict, data, component)
+            linked = sandbox.link(self.engines, module, verdict.runspec, self.config.host_roots,
+                                  info if isinstance(info, ComponentInfo) else None, agent.name, http=self.http)
         except InputError as exc:
             report("bad-module", agent.name, agent, f"not a valid WebAssembly module: {exc}", verdict)
             raise Refused("bad-module", f"not a valid WebAssembly module: {exc}", verdict, agent) from None
@@ -274,18 +287,18 @@ class Runtime:
                         score=verdict.score, stage=self.config.stage, module=source)
         return Prepared(agent=agent, verdict=verdict, linked=linked, module_source=source)
 
-    def _module(self, agent: StoredAgent, verdict: Verdict, data: bytes) -> tuple[Any, str]:
+    def _module(self, agent: StoredAgent, verdict: Verdict, data: bytes, component: bool = False) -> tuple[Any, str]:
         """The compiled module: compiled here (no background compiler), or from the caches; else its compile
         is queued (or already running) off the request path and Compiling is raised. A remembered compile
         refusal is a SandboxRefusal (403 at once)."""
         assert verdict.runspec is not None
         fuel = verdict.runspec.limits.fuel is not None
         if self.compiler is None:
-            return self.modules.module(agent.digest, data, fuel)
-        found = self.modules.cached(agent.digest, fuel)
+            return self.modules.module(agent.digest, data, fuel, component)
+        found = self.modules.cached(agent.digest, fuel, component)
         if found is not None:
             return found
-        raise Compiling(self.compiler.submit(agent.name, agent.digest, data, fuel), verdict, agent)
+        raise Compiling(self.compiler.submit(agent.name, agent.digest, data, fuel, component), verdict, agent)
 
     def warm(self, ref: str) -> tuple[str, JobKey | None]:
         """Verify `ref` and start its compile in the background, quietly (the warm pool's scan): ready,
@@ -332,6 +345,8 @@ class Runtime:
         _check_invocation(invocation)
         started = time.perf_counter()
         prepared = self.prepare(ref)
+        if prepared.linked.component is not None:
+            check_component_invocation(invocation)
         extra = sorted(set(invocation.env) - set(prepared.linked.runspec.env))
         if extra:
             allowed = ", ".join(prepared.linked.runspec.env) or "empty"
@@ -376,6 +391,18 @@ def check_ref(ref: str) -> None:
     _, colon, version = head.partition(":")
     if colon and not is_semver(version):
         raise InputError(ref[:80], f"version {version[:64]!r} is not a semantic version (MAJOR.MINOR.PATCH)")
+
+
+def check_component_invocation(inv: Invocation) -> None:
+    """A component agent's input is one UTF-8 string (stdin) given to `run`: no arguments, no environment."""
+    if inv.args:
+        raise InputError("args", "a component agent takes no arguments: its input is stdin, given to run")
+    if inv.env:
+        raise InputError("env", "a component agent gets no environment variables")
+    try:
+        inv.stdin.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError("stdin", f"a component agent's input is UTF-8 text (invalid byte at {exc.start})") from None
 
 
 def _check_invocation(inv: Invocation) -> None:

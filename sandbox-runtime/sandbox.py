@@ -13,6 +13,9 @@
 
 Linking is done once per verified module (`link` → InstancePre); each invocation then only
 creates a store and instantiates, which is what the sandbox-creation benchmark measures.
+
+A component (a Python agent) goes through the same `link` and `run`, which hand it to
+component_sandbox.py: the same limits, checked against the project's WIT world instead of WASI.
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ import wasmtime
 from agentfactory import wasihost
 from agentfactory.errors import AgentFactoryError
 from agentfactory.runspec import RunSpec
+from agentfactory.wasm import ComponentInfo
 
-from . import tools
+from . import component_sandbox, tools
+from .component_sandbox import ComponentLink
 from .engine import Engines
+from .http_fetch import HttpNode
 
 WASI_MODULE = wasihost.WASI_MODULE
 PAGE = 65536
@@ -77,10 +83,20 @@ class Execution:
 class Linked:
     """A verified module linked against its contract: ready to instantiate many times."""
 
-    pre: wasmtime.InstancePre
+    pre: wasmtime.InstancePre | None  # None for a component
     engine: wasmtime.Engine
     runspec: RunSpec
     preopens: tuple[tuple[str, str], ...]  # (host path, guest path)
+    http: HttpNode | None = None  # the node's http.fetch, when the contract grants http
+    component: ComponentLink | None = None  # a component agent's linker and limits (component_sandbox.py)
+
+
+def new_tool_context(linked: Linked, name: str = "agent") -> tools.ToolContext:
+    """The tool context of one invocation of `linked`, for core modules and components alike: its own
+    http.fetch session when the contract grants http (caps and secrets are per invocation)."""
+    spec = linked.runspec
+    http = linked.http.session(name, spec.http) if linked.http is not None and spec.http is not None else None
+    return tools.ToolContext(http=http)
 
 
 def check_imports(module: wasmtime.Module, runspec: RunSpec) -> list[str]:
@@ -127,8 +143,17 @@ def check_preopens(runspec: RunSpec, host_roots: tuple[Path, ...]) -> tuple[tupl
     return tuple(out)
 
 
-def link(engines: Engines, module: wasmtime.Module, runspec: RunSpec, host_roots: tuple[Path, ...]) -> Linked:
-    """Check the module against its contract and pre-link it: WASI plus exactly the declared tools."""
+def link(engines: Engines, module: Any, runspec: RunSpec, host_roots: tuple[Path, ...],
+         info: ComponentInfo | None = None, name: str = "agent", http: HttpNode | None = None) -> Linked:
+    """Check the module against its contract and pre-link it: WASI plus exactly the declared tools. A component
+    (`info` is its bounded reading) is linked with the world's tools instead (component_sandbox.link)."""
+    if runspec.http is not None:  # the node judges the signed grant again: its own settings, ceilings, secrets
+        problems = http.check_grant(runspec.http) if http is not None else ["this node offers no http.fetch"]
+        if problems:
+            raise SandboxRefusal("http-grant", "the agent's http.fetch grant (spec.http, spec.secrets) is refused "
+                                 "by this node: " + "; ".join(problems))
+    if info is not None:
+        return component_sandbox.link(engines, module, runspec, info, name)
     names = check_imports(module, runspec)
     if not any(e.name == runspec.entrypoint and isinstance(e.type, wasmtime.FuncType) for e in module.exports):
         raise SandboxRefusal("bad-module", f"the module does not export the entrypoint {runspec.entrypoint!r} "
@@ -143,11 +168,15 @@ def link(engines: Engines, module: wasmtime.Module, runspec: RunSpec, host_roots
     except wasmtime.WasmtimeError as exc:
         raise SandboxRefusal("undeclared-tool", f"the module's imports do not match what the node provides: "
                              f"{_last_line(exc)}") from None
-    return Linked(pre=pre, engine=engine, runspec=runspec, preopens=preopens)
+    return Linked(pre=pre, engine=engine, runspec=runspec, preopens=preopens,
+                  http=http if runspec.http is not None else None)
 
 
 def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> Execution:
     """Run the agent once in a fresh store. Never raises for what the guest does."""
+    if linked.component is not None:
+        return component_sandbox.run(engines, linked, invocation)
+    assert linked.pre is not None
     started = time.perf_counter()
     spec = linked.runspec
     cap = spec.limits.max_output_kib * 1024
@@ -166,7 +195,7 @@ def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> 
     if spec.limits.fuel is not None:
         store.set_fuel(spec.limits.fuel)
     store.set_wasi(wasi)
-    ctx = tools.ToolContext()
+    ctx = new_tool_context(linked, name)
     tools.bind(ctx)
     store.set_epoch_deadline(engines.deadline_ticks(spec.limits.timeout_ms))
     deadline = wasihost.Deadline(spec.limits.timeout_ms / 1000)

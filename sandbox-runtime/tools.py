@@ -6,10 +6,15 @@ the invocation they serve through a thread-local context (a wasmtime store runs 
 Every tool checks the invocation's deadline before it works (agentfactory.wasihost): epoch
 interruption fires only in wasm code, so a host call must not start, nor return into the guest,
 past the deadline. A tool that could wait must bound its wait by `wasihost.current().remaining()`.
+
+`http.fetch` (http_fetch.py) is the one tool that reaches outside: its grant and counters are the
+invocation's `FetchSession` (`ToolContext.http`, made by the sandbox from the signed contract);
+`bind` makes it the session http_fetch serves, for core modules and components alike.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -19,6 +24,8 @@ from typing import Any
 import wasmtime
 
 from agentfactory import wasihost
+
+from . import http_fetch
 
 TOOL_MODULE = "agentfactory"
 MAX_TOOL_LOG = 16 * 1024
@@ -31,6 +38,7 @@ class ToolContext:
     log: bytearray = field(default_factory=bytearray)
     log_truncated: bool = False
     calls: dict[str, int] = field(default_factory=dict)
+    http: http_fetch.FetchSession | None = None  # the agent's http.fetch grant, when its contract has one
 
 
 _current = threading.local()
@@ -45,6 +53,7 @@ def current() -> ToolContext:
 
 def bind(ctx: ToolContext | None) -> None:
     _current.ctx = ctx
+    http_fetch.bind(ctx.http if ctx is not None else None)
 
 
 @dataclass(frozen=True)
@@ -83,12 +92,44 @@ def _log_write(caller: wasmtime.Caller, ptr: int, length: int) -> int:
     return 0 if not ctx.log_truncated else -1
 
 
+HTTP_MIN_OUT = 512  # room for any error document: a smaller output buffer is refused before the request
+
+
+def _http_fetch(caller: wasmtime.Caller, req_ptr: int, req_len: int, out_ptr: int, out_cap: int) -> int:
+    """http.fetch for core modules: JSON request at [req_ptr, +req_len), JSON answer written at out_ptr.
+
+    Returns the answer's length (a response or an `{"error": …}` document); -1 when a range is outside
+    the guest's memory or out_cap < 512 (nothing was sent). An answer longer than out_cap is replaced by
+    an error document of reason `buffer` (the request was made and counts).
+    """
+    ctx = current()
+    ctx.calls["http.fetch"] = ctx.calls.get("http.fetch", 0) + 1
+    memory = caller.get("memory")
+    req_ptr, req_len, out_ptr, out_cap = (v & 0xFFFFFFFF for v in (req_ptr, req_len, out_ptr, out_cap))
+    if not isinstance(memory, wasmtime.Memory) or out_cap < HTTP_MIN_OUT:
+        return -1
+    size = memory.data_len(caller)
+    if req_ptr + req_len > size or out_ptr + out_cap > size or req_len > http_fetch.MAX_REQUEST_JSON:
+        return -1
+    answer = http_fetch.call_json(bytes(memory.read(caller, req_ptr, req_ptr + req_len)))
+    if len(answer) > out_cap:
+        answer = json.dumps({"error": {"reason": "buffer", "message": (
+            f"http.fetch: the answer is {len(answer)} bytes and the output buffer {out_cap}; give a larger "
+            "buffer (the request was made and counts)")}}).encode()
+    wasihost.check()  # the deadline may have passed while the request ran: never write into the guest then
+    memory.write(caller, answer, out_ptr)
+    return len(answer)
+
+
 _I32, _I64 = wasmtime.ValType.i32(), wasmtime.ValType.i64()
 
 TOOLS: dict[str, Tool] = {t.name: t for t in (
     Tool("clock.now_ms", (), (_I64,), _clock_now_ms, False, "wall-clock time in milliseconds since the epoch"),
     Tool("log.write", (_I32, _I32), (_I32,), _log_write, True,
          f"append bytes from guest memory to the invocation's log (at most {MAX_TOOL_LOG} bytes)"),
+    Tool("http.fetch", (_I32, _I32, _I32, _I32), (_I32,), _http_fetch, True,
+         "an HTTP request to a host the contract allows (spec.http), secrets injected by the node "
+         "(docs/runtime.md, http.fetch)"),
 )}
 
 

@@ -8,7 +8,9 @@ the warm pool lists the agents this node may run at its stage (beyond the entry 
 promoted to it; at the entry stage: the newest version of each name), verifies each and queues its
 compile, so that traffic meets compiled modules; `/readyz` says not ready until that first set is
 compiled or refused. A refusal is remembered per digest by the compile pool (the negative cache):
-it is answered 403 at once, and never compiled again.
+it is answered 403 at once, and never compiled again. A component (a Python agent, ~12 s of CPU to
+compile) takes exactly this path: its first request after admission or promotion is a 503 `compiling`
+unless the warm pool got to it first, never a 25-second wait.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentfactory.errors import AgentFactoryError
 
-from .engine import settings_key
+from .engine import kind_settings_key
 from .modcache import ModuleCache
 from .sandbox import SandboxRefusal
 
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 MAX_QUEUED = 256  # compiles queued or running at once; past it a request gets 503 compile-unavailable
 MAX_QUEUED_BYTES = 256 * 1024 * 1024  # verified wasm bytes held by those jobs (one job always fits)
 RETRY_AFTER = 2  # seconds a client is told to wait for a compile in progress
-JobKey = tuple[str, bool]  # (wasm digest, fuel metering)
+JobKey = tuple[str, bool, bool]  # (wasm digest, fuel metering, component)
 
 
 @dataclass
@@ -45,10 +47,11 @@ class Job:
     fuel: bool
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
+    component: bool = False
 
     @property
     def key(self) -> JobKey:
-        return (self.digest, self.fuel)
+        return (self.digest, self.fuel, self.component)
 
     def describe(self, now: float | None = None) -> str:
         now = time.monotonic() if now is None else now
@@ -74,14 +77,14 @@ class BackgroundCompiler:
         self._lock = threading.Lock()
         self._closed = False
 
-    def submit(self, name: str, digest: str, verified_wasm: bytes, fuel: bool) -> Job:
+    def submit(self, name: str, digest: str, verified_wasm: bytes, fuel: bool, component: bool = False) -> Job:
         """The job compiling `digest` (queued now, or already); SandboxRefusal when its compile failed before
         (remembered: 403) or the queue is full (compile-unavailable: 503)."""
-        known = self.modules.failure(digest, fuel)
+        known = self.modules.failure(digest, fuel, component)
         if known is not None:
             raise known
         with self._lock:
-            job = self._jobs.get((digest, fuel))
+            job = self._jobs.get((digest, fuel, component))
             if job is not None:
                 return job
             if self._closed:
@@ -90,7 +93,7 @@ class BackgroundCompiler:
                 raise SandboxRefusal("compile-unavailable", f"{len(self._jobs)} compiles ({self._bytes} bytes of wasm) "
                                                             f"are queued on this node (at most {self.max_queued}, "
                                                             f"{self.max_bytes} bytes); retry later")
-            job = Job(name, digest, fuel)
+            job = Job(name, digest, fuel, component=component)
             self._jobs[job.key] = job
             self._bytes += len(verified_wasm)
         self._executor.submit(self._run, job, verified_wasm)
@@ -110,9 +113,10 @@ class BackgroundCompiler:
         job.started_at = time.monotonic()
         refusal: SandboxRefusal | None = None
         try:
-            if not self.modules.has(job.digest, job.fuel):  # a job just finished may have compiled it
-                module = self.modules.pool.compile(job.digest, settings_key(job.fuel), data, job.fuel)
-                self.modules.keep(job.digest, job.fuel, module)
+            if not self.modules.has(job.digest, job.fuel, job.component):  # a job just finished may have compiled it
+                module = self.modules.pool.compile(job.digest, kind_settings_key(job.fuel, job.component), data,
+                                                   job.fuel, job.component)
+                self.modules.keep(job.digest, job.fuel, module, job.component)
         except SandboxRefusal as exc:
             refusal = exc
         except Exception as exc:  # a bug or a closed engine: not the agent's fault, not remembered

@@ -10,6 +10,8 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
 EXAMPLE_OSV = ROOT / "examples" / "scanning" / "osv"
 EXAMPLES_SCANNING = ROOT / "examples" / "scanning"
+# The Python example: outside templates/, so the many tests that build templates/ do not pay its ~25 s build
+PYTHON_EXAMPLE = ROOT / "examples" / "python" / "ticket-triage"
 EXAMPLES = sorted(p.name for p in TEMPLATES.iterdir() if (p / "agent.yaml").is_file())
 
 

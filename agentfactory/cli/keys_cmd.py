@@ -1,15 +1,17 @@
 """`agentfactory keys`: create, list, export, rotate and revoke signing keys.
 
-Every command works on one provider: `--key-provider local|vault` (the spelling of every other command;
-`--provider` still works) (default `$AGENTFACTORY_KEY_PROVIDER`,
-else the local keyring). Key ids may be abbreviated to a unique prefix of at least 8 hex digits.
+Every command works on one provider: `--key-provider local|vault|cosign` (the spelling of every other command;
+`--provider` still works) (default `$AGENTFACTORY_KEY_PROVIDER`, else the local keyring); `cosign` names its
+key with `--cosign-key REF` or `$AGENTFACTORY_COSIGN_KEY`. Key ids may be abbreviated to a unique prefix of at
+least 8 hex digits.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 from rich.table import Table
@@ -34,15 +36,54 @@ class _FirstNameOption(click.Option):
         return names, text
 
 
-provider_option = click.option(
+F = TypeVar("F", bound=Callable[..., Any])
+
+_provider_name_option = click.option(
     "--key-provider", "--provider", "provider", cls=_FirstNameOption, type=click.Choice(PROVIDERS),
     envvar=PROVIDER_ENV, default=None,
-    help="Key provider: local keyring folder or Vault/OpenBao Transit (default: $AGENTFACTORY_KEY_PROVIDER or local).")
+    help="Key provider: local keyring folder, Vault/OpenBao Transit, or cosign (a cosign key file or "
+         "hashivault://NAME, signed through the cosign binary) (default: $AGENTFACTORY_KEY_PROVIDER or local).")
+# No envvar here: the cosign provider reads $AGENTFACTORY_COSIGN_KEY itself, so a shell that exports it
+# can still use the other providers.
+_cosign_key_option = click.option(
+    "--cosign-key", "cosign_key", default=None, metavar="REF",
+    help="With --key-provider cosign: a cosign key file (password in COSIGN_PASSWORD) or hashivault://NAME "
+         "(default: $AGENTFACTORY_COSIGN_KEY).")
+
+
+def provider_option(f: F) -> F:
+    """--key-provider and --cosign-key: which provider, and for cosign which key."""
+    return _provider_name_option(_cosign_key_option(f))
+
+
+_COSIGN_KEY_META = "agentfactory.cosign_key"
+
+
+def _remember_cosign_key(ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    ctx.meta[_COSIGN_KEY_META] = value
+    return value
+
+
+# For commands owned elsewhere (pipeline run, vex sign): the value goes to the context, not to a
+# parameter, so adding it changes no function signature; `cosign_key_of()` reads it back.
+cosign_key_context_option = click.option(
+    "--cosign-key", default=None, metavar="REF", expose_value=False, callback=_remember_cosign_key,
+    help="With --key-provider cosign: a cosign key file (password in COSIGN_PASSWORD) or hashivault://NAME "
+         "(default: $AGENTFACTORY_COSIGN_KEY).")
+
+
+def cosign_key_of(ctx: click.Context | None = None) -> str | None:
+    """The --cosign-key of the running command (cosign_key_context_option), if one was given."""
+    ctx = ctx or click.get_current_context()
+    value = ctx.meta.get(_COSIGN_KEY_META)
+    return value if isinstance(value, str) else None
 
 
 def _where(provider: KeyProvider) -> str:
     if isinstance(provider, LocalKeyring):
         return str(provider.folder)
+    if provider.name == "cosign":
+        return str(getattr(provider, "where", provider.name))
     key_path = getattr(provider, "key_path", "")
     where = getattr(provider, "where", "")
     return f"{key_path} on {where}" if key_path else provider.name
@@ -74,7 +115,7 @@ def _resolve(keys: list[PublicKey], wanted: str, where: str) -> PublicKey:
 
 @click.group(cls=SuggestingGroup)
 def keys() -> None:
-    """Signing keys: local keyring (default) or Vault/OpenBao Transit. See docs/keys.md."""
+    """Signing keys: local keyring (default), Vault/OpenBao Transit, or cosign. See docs/keys.md."""
 
 
 @keys.command("create")
@@ -82,17 +123,19 @@ def keys() -> None:
 @provider_option
 @json_option
 @handle_errors
-def create(name: str | None, provider: str | None, as_json: bool) -> None:
+def create(name: str | None, provider: str | None, cosign_key: str | None, as_json: bool) -> None:
     """Create a key: the active one if there is none, else an enabled (staged) one.
 
-    With Vault, creates the Transit key (rsa-2048, auto-rotated) if it does not exist.
+    With Vault, creates the Transit key (rsa-2048, auto-rotated) if it does not exist. With cosign,
+    imports a new RSA-2048 key into the --cosign-key file (cosign import-key-pair, COSIGN_PASSWORD) if it
+    does not exist; a hashivault:// key is created in Vault, not here.
     """
-    p = open_provider(provider)
+    p = open_provider(provider, cosign_key=cosign_key)
     if isinstance(p, LocalKeyring):
         k = p.create(name)
     elif name is not None:
         raise ConfigError("--name applies to the local keyring only: the Transit key is named by "
-                          "AGENTFACTORY_TRANSIT_KEY")
+                          "AGENTFACTORY_TRANSIT_KEY, a cosign key by --cosign-key")
     else:
         k = p.create()
     if as_json:
@@ -106,9 +149,9 @@ def create(name: str | None, provider: str | None, as_json: bool) -> None:
 @provider_option
 @json_option
 @handle_errors
-def list_(provider: str | None, as_json: bool) -> None:
+def list_(provider: str | None, cosign_key: str | None, as_json: bool) -> None:
     """List every key with its status: active (signs), enabled (verifies), revoked."""
-    p = open_provider(provider)
+    p = open_provider(provider, cosign_key=cosign_key)
     found = p.public_keys()
     if as_json:
         print_json({"provider": p.name, "where": _where(p), "keys": [_as_json(k) for k in found]})
@@ -134,11 +177,12 @@ def list_(provider: str | None, as_json: bool) -> None:
               help="Write to FILE instead of stdout.")
 @provider_option
 @handle_errors
-def export(key_id: str | None, all_: bool, output: Path | None, provider: str | None) -> None:
+def export(key_id: str | None, all_: bool, output: Path | None, provider: str | None,
+           cosign_key: str | None) -> None:
     """Print public keys (SubjectPublicKeyInfo PEM): KEY_ID, every usable key (--all), or the active one."""
     if key_id and all_:
         raise ConfigError("give KEY_ID or --all, not both")
-    p = open_provider(provider)
+    p = open_provider(provider, cosign_key=cosign_key)
     found = p.public_keys()
     if all_:
         chosen = [k for k in found if k.status != "revoked"]
@@ -164,9 +208,9 @@ def export(key_id: str | None, all_: bool, output: Path | None, provider: str | 
 @provider_option
 @json_option
 @handle_errors
-def rotate(provider: str | None, as_json: bool) -> None:
+def rotate(provider: str | None, cosign_key: str | None, as_json: bool) -> None:
     """Make a new key (Transit: a new key version) active; the previous one stays enabled."""
-    p = open_provider(provider)
+    p = open_provider(provider, cosign_key=cosign_key)
     k = p.rotate()
     if as_json:
         print_json(_as_json(k, pem=True))
@@ -181,13 +225,13 @@ def rotate(provider: str | None, as_json: bool) -> None:
 @provider_option
 @json_option
 @handle_errors
-def revoke(key_id: str, provider: str | None, as_json: bool) -> None:
+def revoke(key_id: str, provider: str | None, cosign_key: str | None, as_json: bool) -> None:
     """Revoke KEY_ID: what it signed no longer verifies. The active key is refused (rotate first).
 
     With Vault, this revokes that key version AND EVERY OLDER VERSION of the Transit key
     (Transit revokes by raising min_decryption_version).
     """
-    p = open_provider(provider)
+    p = open_provider(provider, cosign_key=cosign_key)
     before = p.public_keys()
     target = _resolve(before, key_id, _where(p))
     k = p.revoke(target.key_id)

@@ -20,6 +20,7 @@ from ..intoto import parse_statement
 from ..scan.base import OSV_DB_ENV, SCANNER_NAMES, osv_db_dir
 from ..scan.report import FAIL_ON, Gate, ScanReport
 from .common import EXIT_OK, EXIT_PROBLEMS, err, handle_errors, json_option, out, print_json, store_option
+from .keys_cmd import cosign_key_context_option, cosign_key_of
 from .verify_cmd import default_policy, policy_option, provider_option
 
 osv_db_option = click.option("--osv-db", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -192,14 +193,15 @@ def _attest(store: Any, agent: Any, report: ScanReport, provider: str | None, tl
             tlog_key: Path | None) -> dict[str, Any]:
     """Sign the scan as an in-toto attestation about the agent, log it, attach it."""
     from ..dsse import INTOTO_PAYLOAD_TYPE, sign_envelope
-    from ..evidence import attach_attestations, proposed_for_envelope
-    from ..intoto import SCAN_V1, make_statement
+    from ..evidence import agent_statement, attach_attestations, proposed_for_envelope
+    from ..intoto import SCAN_V1
     from ..keys import open_provider
     from ..tlog.connect import open_tlog
     from ..tlog.signing_record import record_signing
 
     keys = open_provider(provider)
-    statement = make_statement(agent.name, agent.digest, SCAN_V1, report.to_predicate())
+    # The OCI manifest digest first, as the pipeline's attestations: `cosign verify-attestation` finds it on the image
+    statement = agent_statement(agent.name, agent.digest, SCAN_V1, report.to_predicate(), agent.manifest_digest)
     envelope = sign_envelope(INTOTO_PAYLOAD_TYPE, statement, keys)
     key_id = envelope.signatures[0].keyid
     # Before logging, like the pipeline: `audit keys` accounts every log entry by our keys by this record.
@@ -274,9 +276,10 @@ def vex() -> None:
 @click.argument("document", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the signed envelope here (default: DOCUMENT with .dsse.json).")
-@click.option("--key-provider", "provider", type=click.Choice(["local", "vault", "sigstore"]), default=None,
-              help="Who signs: the local keyring (default), Vault Transit, or Sigstore keyless (GitHub Actions OIDC; "
-                   "writes a Sigstore bundle).")
+@click.option("--key-provider", "provider", type=click.Choice(["local", "vault", "cosign", "sigstore"]), default=None,
+              help="Who signs: the local keyring (default), Vault Transit, cosign (--cosign-key), or Sigstore keyless "
+                   "(GitHub Actions OIDC; writes a Sigstore bundle).")
+@cosign_key_context_option
 @click.option("--sigstore-instance", type=click.Choice(["production", "staging"]), default="production",
               show_default=True, help="With --key-provider sigstore: the Sigstore instance.")
 @json_option
@@ -306,7 +309,7 @@ def vex_sign(document: Path, output: Path | None, provider: str | None, sigstore
     from ..dsse import parse_envelope
     from ..tlog.signing_record import record_signing
 
-    keys = open_provider(provider)
+    keys = open_provider(provider, cosign_key=cosign_key_of())
     if not keys.public_keys():
         keys.create()
     signed = sign_vex(data, str(document), keys)

@@ -5,15 +5,16 @@ from __future__ import annotations
 import hashlib
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
-from rich.table import Table
 
 from ..errors import AgentFactoryError, NotFoundError, ValidationFailed
 from ..evidence import Evidence, collect
 from ..fetchverify import is_bare_name, resolve_in_stage, verify_stored
 from ..fsutil import atomic_write
-from ..policy import PolicyEngine, RegoEngine
+from ..policy import PolicyEngine
+from ..policy_select import open_engine, policy_engine_options
 from ..promotion import DEFAULT_ENTRY_STAGE
 from ..sigstore_bundles import KeylessIdentity, KeylessPolicy
 from ..stages import check_stage
@@ -40,19 +41,30 @@ policy_option = click.option("--policy", "policy_path", type=click.Path(dir_okay
 entry_stage_option = click.option(
     "--entry-stage", default=DEFAULT_ENTRY_STAGE, show_default=True, envvar="AGENTFACTORY_ENTRY_STAGE",
     help="The stage fed from the store, which needs no promotion (the stage graph's first stage).")
-provider_option = click.option("--key-provider", "provider", type=click.Choice(["local", "vault"]), default=None,
-                               envvar="AGENTFACTORY_KEY_PROVIDER", help="Where the keys live (default: local).")
+def provider_option(func: Any) -> Any:
+    """`--key-provider local|vault|cosign` and, for cosign, `--cosign-key REF`."""
+    from .keys_cmd import cosign_key_context_option
+
+    func = cosign_key_context_option(func)
+    return click.option("--key-provider", "provider", type=click.Choice(["local", "vault", "cosign"]), default=None,
+                        envvar="AGENTFACTORY_KEY_PROVIDER", help="Where the keys live (default: local).")(func)
+
+
+def _open_provider(provider: str | None) -> Any:
+    from ..keys import open_provider
+    from .keys_cmd import cosign_key_of
+
+    return open_provider(provider, cosign_key=cosign_key_of())
 
 
 def default_policy(provider: str | None) -> TrustPolicy:
     """The key provider's keys as build keys, the embedded promoter keyring's keys as promoters (its first
     key made on first use, so a node started before the first promotion trusts it), and the embedded
     transparency log's key when that log exists here."""
-    from ..keys import open_provider
     from ..promotion import promoter_keyring
     from ..tlog.log import PUBLIC_KEY_FILE, default_tlog_dir
 
-    p = open_provider(provider)
+    p = _open_provider(provider)
     pem_path = default_tlog_dir() / PUBLIC_KEY_FILE
     logs = [pem_path.read_bytes()[:16384]] if pem_path.is_file() else None
     promoters = promoter_keyring(create=True).public_keys()
@@ -93,6 +105,8 @@ def _in_store(store: ArtifactStore, ref: str) -> bool:
 
 
 def print_verdict(ref: str, verdict: Verdict, policy_source: str) -> None:
+    from rich.table import Table  # only for people: `--json` does not import it
+
     table = Table(title=f"{ref}  {verdict.digest}", title_justify="left")
     table.add_column("check")
     table.add_column("ok")
@@ -112,6 +126,7 @@ def print_verdict(ref: str, verdict: Verdict, policy_source: str) -> None:
               help="Judge the artifact policy for this stage, and prove the artifact promoted to it.")
 @entry_stage_option
 @policies_option
+@policy_engine_options
 @store_option
 @json_option
 @handle_errors
@@ -124,7 +139,7 @@ def verify_cmd(ref: str, policy_path: Path | None, provider: str | None, stage: 
     or the stage is unknown (the verdict is printed all the same).
     """
     ref_store, ref = split_reference(ref)
-    engine = RegoEngine(policies_dir)
+    engine = open_engine(policies_dir)
     check_stage(stage, engine)
     check_stage(entry_stage, engine, option="--entry-stage")
     store = open_store(ref_store or store_url, existing=True)
@@ -172,11 +187,10 @@ def trust_init(provider: str | None, output: Path | None, builders: tuple[str, .
                repositories: tuple[str, ...], tlog_keys: tuple[Path, ...], keyless: tuple[str, ...]) -> None:
     """Write a TrustPolicy that trusts the key provider's current keys, the local promoter key as the only
     promoter (made on first use), and the given transparency logs."""
-    from ..keys import open_provider
     from ..promotion import promoter_keyring
     from ..provenance import DEFAULT_BUILDER_ID
 
-    keys = open_provider(provider).public_keys()
+    keys = _open_provider(provider).public_keys()
     promoters = promoter_keyring(create=True).public_keys()
     from ..tlog.note import load_log_public_key
 

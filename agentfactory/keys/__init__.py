@@ -1,8 +1,9 @@
-"""Signing-key providers: local keyring (embedded default) and Vault/OpenBao Transit.
+"""Signing-key providers: local keyring (embedded default), Vault/OpenBao Transit, and cosign.
 
-`open_provider()` picks one by name or `$AGENTFACTORY_KEY_PROVIDER`. The Transit provider is
-imported only when asked for: hvac (and requests) cost ~0.1 s of start-up that the local
-keyring, the webhook and the runtime do not need.
+`open_provider()` picks one by name or `$AGENTFACTORY_KEY_PROVIDER`. The Transit and cosign
+providers are imported only when asked for: hvac (and requests) cost ~0.1 s of start-up that the
+local keyring, the webhook and the runtime do not need. `cosign` signs through the cosign binary
+with a cosign key file or `hashivault://NAME` (`--cosign-key`, `$AGENTFACTORY_COSIGN_KEY`).
 
 Keyless Sigstore signing (`sigstore`, `sigstore_keyless.KeylessSigner`) is not a key provider: it
 holds no keys. The pipeline takes it with `--key-provider sigstore`; here the name is refused with
@@ -19,23 +20,33 @@ from .base import KeyProvider, KeyStatus, PublicKey, Signature, key_id
 from .local import LocalKeyring
 
 if TYPE_CHECKING:
+    from .cosign import CosignKeyProvider
     from .vault import TransitKeyProvider
 
-__all__ = ["KEYLESS", "PROVIDERS", "PROVIDER_ENV", "KeyProvider", "KeyStatus", "LocalKeyring", "PublicKey", "Signature",
-           "TransitKeyProvider", "key_id", "open_provider"]
+__all__ = ["COSIGN_KEY_ENV", "KEYLESS", "PROVIDERS", "PROVIDER_ENV", "CosignKeyProvider", "KeyProvider", "KeyStatus",
+           "LocalKeyring", "PublicKey", "Signature", "TransitKeyProvider", "key_id", "open_provider"]
 
 PROVIDER_ENV = "AGENTFACTORY_KEY_PROVIDER"
-PROVIDERS = ("local", "vault")
+PROVIDERS = ("local", "vault", "cosign")
+COSIGN_KEY_ENV = "AGENTFACTORY_COSIGN_KEY"  # the cosign key reference (cosign.COSIGN_KEY_ENV, without importing it)
 KEYLESS = "sigstore"  # the pipeline's keyless signing; not a key provider
 
 
-def open_provider(name: str | None = None) -> KeyProvider:
+def open_provider(name: str | None = None, *, cosign_key: str | None = None) -> KeyProvider:
     """The provider named `name`, else `$AGENTFACTORY_KEY_PROVIDER`, else the local keyring.
 
     `vault` reads its settings (VAULT_ADDR, credentials, Transit mount and key) from the
-    environment; see docs/keys.md.
+    environment; `cosign` signs with `cosign_key` (`--cosign-key`), else `$AGENTFACTORY_COSIGN_KEY`;
+    see docs/keys.md. A `cosign_key` given for another provider is refused, not ignored.
     """
     chosen = (name or os.environ.get(PROVIDER_ENV) or "local").strip().lower()
+    if cosign_key is not None and chosen != "cosign":
+        raise ConfigError(f"--cosign-key {cosign_key!r} names a cosign key, but the key provider is {chosen!r}: "
+                          "add --key-provider cosign, or leave --cosign-key out")
+    if chosen == "cosign":
+        from .cosign import CosignKeyProvider
+
+        return CosignKeyProvider(cosign_key)
     if chosen == "local":
         return LocalKeyring()
     if chosen == "vault":
@@ -55,4 +66,8 @@ def __getattr__(attr: str) -> Any:
         from .vault import TransitKeyProvider
 
         return TransitKeyProvider
+    if attr == "CosignKeyProvider":
+        from .cosign import CosignKeyProvider
+
+        return CosignKeyProvider
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -221,7 +221,7 @@ def test_the_revocation_runbook(af_home: Path, published: Path, tmp_path: Path) 
     forced = run("--templates", str(published), "--resign")
     new_key = forced["templates"][0]["evidence"]["keyId"]
     assert forced["templates"][0]["evidence"]["resigned"] == "--resign" and new_key != old
-    assert len(forced["templates"][0]["evidence"]["tlog"]["indexes"]) == 4  # new signature, three attestations
+    assert len(forced["templates"][0]["evidence"]["tlog"]["indexes"]) == 5  # signature, 3 attestations, image
 
     assert af("audit", "monitor", "--init", "--tlog-key", str(log_key)).returncode == 0
     audited = step("agentfactory audit keys --tlog-key LOG_KEY.pem", **{"LOG_KEY.pem": str(log_key)})

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from helpers import EXAMPLES, git
+from helpers import EXAMPLES, PYTHON_EXAMPLE, git
 
 pytestmark = pytest.mark.toolchain
 
 
 def test_two_clones_at_different_paths_give_identical_digests(repo: Path, tmp_path: Path) -> None:
+    shutil.copytree(PYTHON_EXAMPLE, repo / "templates" / PYTHON_EXAMPLE.name)  # a Python agent (componentize-py) too
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "the Python example")
     a = tmp_path / "a" / "clone"
     b = tmp_path / "somewhere" / "much" / "deeper" / "other-clone"
     b.parent.mkdir(parents=True)
@@ -35,6 +39,6 @@ def test_two_clones_at_different_paths_give_identical_digests(repo: Path, tmp_pa
         results.append(({t["name"]: t["digest"] for t in report["templates"]},
                         {x["name"]: x["manifest"] for x in listing["agents"]}))
     (digests_a, manifests_a), (digests_b, manifests_b) = results
-    assert sorted(digests_a) == EXAMPLES
+    assert sorted(digests_a) == sorted([*EXAMPLES, PYTHON_EXAMPLE.name])
     assert digests_a == digests_b
     assert manifests_a == manifests_b  # the OCI manifests too, not only the wasm bytes

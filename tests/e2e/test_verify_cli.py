@@ -44,7 +44,7 @@ def test_every_example_verifies(repo: Path, built: dict) -> None:  # type: ignor
         assert {c["name"] for c in v["checks"]} == {"digest", "signature", "key-status", "sbom", "provenance",
                                                     "scan", "builder", "source", "tlog", "policy"}
         assert row["evidence"]["tlog"]["log"].startswith("file://")  # the embedded log, by default
-        assert len(row["evidence"]["tlog"]["indexes"]) == 4  # the signature and the three attestations
+        assert len(row["evidence"]["tlog"]["indexes"]) == 5  # the signature, three attestations, image signature
         sbom = json.loads((repo / "sbom" / name / f"{row['version']}.cdx.json").read_text())
         assert sbom["metadata"]["component"]["hashes"][0]["content"] == row["digest"][7:]
     human = af(repo, "verify", f"{EXAMPLES[0]}:1.0.0")

@@ -28,13 +28,13 @@ def test_every_signature_is_logged_and_verified_offline(af_home: Path, tmp_path:
     report = run_pipeline(tmp_path / "t", s.store, run_tests=False, engine=s.engine,
                           signing=Signing(s.keyring, tlog=log, tlog_key_pem=pem))
     assert report.ok, [t.errors for t in report.templates]
-    assert log.info().tree_size == 8  # two agents: a signature and three attestations each
+    assert log.info().tree_size == 10  # two agents: a signature, three attestations and an image signature each
     trust = from_public_keys(s.keyring.public_keys(), log_keys=[pem])
     for t in report.templates:
-        assert len(t.evidence["tlog"]["indexes"]) == 4
+        assert len(t.evidence["tlog"]["indexes"]) == 5
         agent = s.store.resolve(t.name)
         found = collect(s.store, agent)
-        assert len(found.tlog) == 4
+        assert len(found.tlog) == 5  # one entry inside each bundle
         wasm = s.store.fetch_wasm(t.name)[1]
         verdict = verify(agent.digest, wasm, found, trust, engine=s.engine, name=agent.name, version=agent.version)
         assert verdict.allowed, verdict.reasons

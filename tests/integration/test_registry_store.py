@@ -72,7 +72,7 @@ def test_publish_list_fetch_verify(tmp_path: Path, registry: Registry) -> None:
     assert allowed(store, "alpha:1.0.0")
     assert allowed(store, f"alpha@{names['alpha'].digest}")
     # evidence lives beside the agent, found through the referrers tag schema (distribution 2.8 has no API)
-    assert len(store.referrers(names["alpha"])) == 4
+    assert len(store.referrers(names["alpha"])) == 5  # Sigstore bundles: signature, 3 attestations, image
     # publishing the same thing again is a no-op that still succeeds
     again = run_pipeline(templates(tmp_path, "alpha", "beta"), store, signing=Signing(open_provider("local")))
     assert again.ok
@@ -98,7 +98,7 @@ def test_copy_layout_to_registry_and_back(tmp_path: Path, registry: Registry) ->
     agent = layout.resolve("delta")
     remote = open_store(f"oci://{registry.host}/copies?plain-http=true")
     first = copy_agent(layout, remote, agent)
-    assert first.blobs_copied >= 2 and first.referrers == 4 and not first.errors
+    assert first.blobs_copied >= 2 and first.referrers == 5 and not first.errors
     again = copy_agent(layout, remote, agent)
     assert again.blobs_copied == 0 and again.blobs_present >= 2, "a second copy must be a no-op"
     assert allowed(remote, f"delta@{agent.digest}")
@@ -118,7 +118,7 @@ def test_cli_store_copy_and_ls(tmp_path: Path, registry: Registry) -> None:
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     (row,) = json.loads(proc.stdout)["agents"]
-    assert row["referrers"] == 4
+    assert row["referrers"] == 5
     ls = subprocess.run([str(exe), "store", "ls", "--store", dst, "--json"], capture_output=True, text=True,
                         env=env, timeout=120)
     assert [a["name"] for a in json.loads(ls.stdout)["agents"]] == ["epsilon"]
@@ -132,7 +132,7 @@ def test_resumable_copy(tmp_path: Path, registry: Registry) -> None:
     # an interrupted earlier copy left the module behind, nothing else
     remote.put_blob(layout.get_blob(agent.digest, 1 << 20), agent.digest, name="zeta")
     report = copy_agent(layout, remote, agent)
-    assert report.blobs_present >= 1 and report.referrers == 4
+    assert report.blobs_present >= 1 and report.referrers == 5
     assert allowed(remote, "zeta:1.0.0")
 
 

@@ -368,5 +368,6 @@ def test_no_scan_attestation_fails_the_required_check(world: World) -> None:
     verdict = verify(agent.digest, world.store.fetch_wasm(agent.digest)[1], evidence, world.trust, engine=world.engine,
                      name=agent.name, version=agent.version)
     ok, reason = check(verdict, "scan")
-    assert not ok and reason == f"no {SCAN_V1} attestation (found: https://cyclonedx.org/bom, https://slsa.dev/provenance/v1)"
+    found = "https://cyclonedx.org/bom, https://sigstore.dev/cosign/sign/v1, https://slsa.dev/provenance/v1"
+    assert not ok and reason == f"no {SCAN_V1} attestation (found: {found})"  # with the image signature, for cosign
     assert not verdict.allowed

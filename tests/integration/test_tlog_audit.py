@@ -55,18 +55,19 @@ def test_search_by_digest_key_agent_and_range(af_home: Path, tmp_path: Path) -> 
     doc = json.loads(by_digest.output)
     assert doc["failed"] == 0
     kinds = sorted(e["kind"] for e in doc["entries"])
-    assert kinds == ["dsse", "dsse", "dsse", "hashedrekord"]  # the signature and the three attestations
+    # the signature, the three attestations and the image signature (cosign's sign/v1)
+    assert kinds == ["dsse", "dsse", "dsse", "dsse", "hashedrekord"]
     assert all(e["verified"] and not e["reason"] for e in doc["entries"])  # dsse envelopes found in the store
 
     key = s.keyring.public_keys()[0]
     by_key = json.loads(audit("search", "--key", key.key_id[:12], "--json").output)
-    assert len(by_key["entries"]) == 8 and all(e["keyId"] == key.key_id for e in by_key["entries"])
+    assert len(by_key["entries"]) == 10 and all(e["keyId"] == key.key_id for e in by_key["entries"])
     key_file = tmp_path / "key.pem"
     key_file.write_bytes(key.pem)
-    assert len(json.loads(audit("search", "--key-file", str(key_file), "--json").output)["entries"]) == 8
+    assert len(json.loads(audit("search", "--key-file", str(key_file), "--json").output)["entries"]) == 10
 
     by_agent = json.loads(audit("search", "--agent", "two", "--json").output)
-    assert len(by_agent["entries"]) == 4 and by_agent["failed"] == 0
+    assert len(by_agent["entries"]) == 5 and by_agent["failed"] == 0
     assert any(e["subject"] == two for e in by_agent["entries"])
 
     table = audit("search", "--from", "1", "--to", "3")
@@ -89,11 +90,11 @@ def test_monitor_proves_consistency_and_alarms_on_a_rewritten_history(af_home: P
     assert missing.exit_code == 1 and "--init" in missing.output
     first = audit("monitor", "--init")
     assert first.exit_code == 0 and "trusting the current checkpoint" in first.output
-    assert json.loads(state.read_text())["size"] == 4
+    assert json.loads(state.read_text())["size"] == 5
     publish(s, tmp_path / "t2", ["beta"])
     second = audit("monitor", "--json")
     assert second.exit_code == 0, second.output
-    assert json.loads(second.output)["added"] == 4
+    assert json.loads(second.output)["added"] == 5
     kept = state.read_bytes()
 
     # Another history of a larger size, signed by the same log key: the checkpoint verifies, the proof cannot.
@@ -102,7 +103,7 @@ def test_monitor_proves_consistency_and_alarms_on_a_rewritten_history(af_home: P
     forged.mkdir()
     shutil.copy(tlog / "log-key.pem", forged / "log-key.pem")
     with EmbeddedLog(forged) as log:
-        for i in range(10):
+        for i in range(12):  # the genuine history has 10 (two agents, five entries each)
             digest = hashlib.sha256(b"x%d" % i).digest()
             sig = s.keyring.sign_digest(digest)
             art = ArtifactSignature.from_signature("sha256:" + digest.hex(), sig)
@@ -118,7 +119,7 @@ def test_monitor_proves_consistency_and_alarms_on_a_rewritten_history(af_home: P
     same.mkdir()
     shutil.copy(forged / "log-key.pem", same / "log-key.pem")
     with EmbeddedLog(same) as log:
-        for i in range(8):
+        for i in range(10):
             digest = hashlib.sha256(b"y%d" % i).digest()
             art = ArtifactSignature.from_signature("sha256:" + digest.hex(), s.keyring.sign_digest(digest))
             log.add(proposed_for_signature(art, s.keyring.public_keys()[0].pem))
@@ -126,7 +127,7 @@ def test_monitor_proves_consistency_and_alarms_on_a_rewritten_history(af_home: P
     shutil.copytree(same, tlog)
     fork = audit("monitor", "--json")
     assert fork.exit_code == 1
-    assert "two different roots for size 8" in json.loads(fork.output)["message"]
+    assert "two different roots for size 10" in json.loads(fork.output)["message"]
     assert state.read_bytes() == kept
 
     # A whole new log, with its own key: the recorded checkpoint no longer verifies.
@@ -165,7 +166,7 @@ def test_keys_flags_unaccounted_and_unlogged_signatures(af_home: Path, tmp_path:
     unlogged = audit("keys")
     assert unlogged.exit_code == 1
     assert "UNLOGGED: the signature of delta:1.0.0" in unlogged.output
-    assert unlogged.output.count("UNLOGGED: an attestation of delta") == 3
+    assert unlogged.output.count("UNLOGGED: an attestation of delta") == 4  # with the image signature
 
 
 def test_verify_names_a_tampered_row(af_home: Path, tmp_path: Path) -> None:

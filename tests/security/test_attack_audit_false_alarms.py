@@ -85,7 +85,8 @@ def test_signatures_for_another_store_are_said_not_alarmed(two_stores: tuple[Pat
         code, report = keys(log_key, "--store", audited)
         assert code == 0 and report["ok"], report
         assert report["unaccounted"] == [] and report["interrupted"] == []
-        assert len(report["signedElsewhere"]) == 4, report["signedElsewhere"]  # beta's signature, 3 attestations
+        # beta's signature, its 3 attestations and its image signature (for cosign)
+        assert len(report["signedElsewhere"]) == 5, report["signedElsewhere"]
         assert all(line.startswith(f"SIGNED FOR {other}: ") and theirs in line for line in report["signedElsewhere"])
     text = af("audit", "keys", "--tlog-key", str(log_key))
     assert text.returncode == 0 and "stolen" not in text.stdout
@@ -103,13 +104,13 @@ def test_a_run_stopped_after_logging_is_interrupted_not_stolen(two_stores: tuple
     assert af("store", "ls", "--json").stdout.count('"gamma"') == 0  # never published
     code, report = keys(log_key)
     assert code == 0 and report["ok"], report
-    assert len(report["interrupted"]) == 4, report["interrupted"]
+    assert len(report["interrupted"]) == 5, report["interrupted"]  # signature, 3 attestations, image signature
     for line in report["interrupted"]:
         assert line.startswith("INTERRUPTED: ") and "gamma:1.0.0" in line and "never published" in line
         assert "signed and logged at 20" in line and "stolen key at work" not in line
     code, report = keys(log_key, "--store", side)  # from the side store: the main store's business
     assert code == 0 and report["interrupted"] == []
-    assert sum(f"SIGNED FOR {main}: " in line and "gamma:1.0.0" in line for line in report["signedElsewhere"]) == 4
+    assert sum(f"SIGNED FOR {main}: " in line and "gamma:1.0.0" in line for line in report["signedElsewhere"]) == 5
 
 
 def test_a_signature_with_no_record_line_still_alarms_in_every_store(af_home: Path,

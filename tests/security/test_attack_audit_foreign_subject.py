@@ -112,7 +112,8 @@ def test_the_record_says_what_was_signed(af_home: Path, world: Signed) -> None:
     s = world
     agent = s.store.resolve("benign")
     lines = [json.loads(line) for line in default_record_path().read_text().splitlines()]
-    assert [x["kind"] for x in lines] == ["hashedrekord", "dsse", "dsse", "dsse"]
+    # the signature, the SBOM, provenance and scan attestations, and the image signature (cosign's sign/v1)
+    assert [x["kind"] for x in lines] == ["hashedrekord", "dsse", "dsse", "dsse", "dsse"]
     assert all(x["digest"] == agent.digest and x["store"] == s.store.url and x["agent"] == "benign" for x in lines)
     assert lines[0]["signed"] == agent.digest
     assert all(x["signed"].startswith("sha256:") and len(x["payloadHash"]) == 64 for x in lines[1:])

@@ -32,7 +32,7 @@ from helpers import EXAMPLE_OSV, EXAMPLES_SCANNING, ROOT
 from agentfactory.artifact import INDEX_MEDIA_TYPE
 from agentfactory.digest import digest_of
 from agentfactory.dsse import INTOTO_PAYLOAD_TYPE, parse_envelope, sign_envelope
-from agentfactory.evidence import collect, proposed_for_envelope
+from agentfactory.evidence import collect, from_bundles, proposed_for_envelope
 from agentfactory.intoto import CYCLONEDX_BOM, SCAN_V1, Statement, make_statement, parse_statement
 from agentfactory.keys.local import LocalKeyring
 from agentfactory.policy import RegoEngine
@@ -221,12 +221,16 @@ class Rolled:
 def _remove_referrer(store: ArtifactStore, agent: StoredAgent, envelope: bytes) -> None:
     """What the attacker does with write access to the store: drop one referrer from the index."""
     index = store.referrers_index(agent)
-    kept = [m for m in index["manifests"]
-            if store.referrer_payload(agent, _ref(m)) != envelope]
+    kept = [m for m in index["manifests"] if not _holds(store.referrer_payload(agent, _ref(m)), envelope)]
     assert len(kept) == len(index["manifests"]) - 1
     data = canonical_json({**index, "manifests": kept})
     store.put_manifest(data, digest_of(data), name=agent.name, media_type=INDEX_MEDIA_TYPE,
                        tag=referrers_tag(agent.manifest_digest), annotations={})
+
+
+def _holds(payload: bytes, envelope: bytes) -> bool:
+    """Whether a referrer is that envelope: a Sigstore bundle of it, or (the format before bundles) itself."""
+    return payload == envelope or [d for _, d in from_bundles([("referrer", payload)]).attestations] == [envelope]
 
 
 def _ref(m: dict[str, Any]) -> Any:

@@ -30,7 +30,8 @@ from agentfactory.tlog.storage import TreeStorage
 pytestmark = pytest.mark.toolchain
 
 FLOOD = 10_000
-THIEF_INDEX = 10_004  # 4 entries of the genuine agent, then the flood
+GENUINE = 5  # the genuine agent's entries: signature, SBOM, provenance, scan, image signature (for cosign)
+THIEF_INDEX = FLOOD + GENUINE  # the genuine agent's entries, then the flood
 
 
 def dsse_body(envelope_text: str, pem: bytes) -> bytes:
@@ -57,7 +58,7 @@ def test_a_stolen_key_signature_after_10000_entries_is_found(af_home: Path, tmp_
     evil = hashlib.sha256(b"the thief's agent").digest()
     thief = canonical(hashedrekord_body(evil.hex(), s.keyring.sign_digest(evil).signature, key.pem))
     with TreeStorage(af_home / "tlog" / "tree.db") as storage:
-        assert storage.size() == 4
+        assert storage.size() == GENUINE
         for start in range(0, FLOOD, 2500):
             storage.append_many(copies(start, 2500))
         ((index, _),) = storage.append_many([(thief, int(time.time()), None)])
@@ -68,7 +69,7 @@ def test_a_stolen_key_signature_after_10000_entries_is_found(af_home: Path, tmp_
 
     code, report = keys_report()
     assert code == 1
-    assert len(report["entries"]) == 4 + FLOOD + 11
+    assert len(report["entries"]) == GENUINE + FLOOD + 11
     assert [u for u in report["unaccounted"] if f"log entry {THIEF_INDEX} " in u and evil.hex() in u]
     assert len(report["unaccounted"]) == 1 and not report["failed"] and not report["problems"], report["problems"]
 
@@ -81,7 +82,7 @@ def test_a_stolen_key_signature_after_10000_entries_is_found(af_home: Path, tmp_
         r = httpx.post(url + "/api/v1/index/retrieve", timeout=60,
                        json={"publicKey": {"format": "x509", "content": base64.b64encode(key.pem).decode()}})
         assert r.status_code == 200
-        assert len(r.json()) == 4 + FLOOD + 11 and thief_uuid in {u[-64:] for u in r.json()}
+        assert len(r.json()) == GENUINE + FLOOD + 11 and thief_uuid in {u[-64:] for u in r.json()}
 
 
 def test_a_server_that_must_cut_its_answer_refuses_instead(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -39,11 +39,13 @@ from agentfactory.tlog.witness import check_witnessed, load_state
 from agentfactory.trust import load_trust_policy
 
 pytestmark = pytest.mark.toolchain
+GENUINE = 5  # an agent's entries: signature, SBOM, provenance, scan, image signature (for cosign)
+THIEF = GENUINE  # the thief's entry comes next
 
 
 @pytest.fixture
 def world(af_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Signed:
-    """An honest agent logged (entries 0-3), the key pinned by policy, the monitor initialised at size 4."""
+    """An honest agent logged (entries 0-4), the key pinned by policy, the monitor initialised at size 5."""
     s = publish_logged(af_home, tmp_path / "t", ["honest"])
     policy = pin_log(af_home / "tlog", s.keyring.public_keys(), tmp_path / "trust.yaml")
     monkeypatch.setenv("AGENTFACTORY_TRUST_POLICY", str(policy))
@@ -57,7 +59,7 @@ def thief_logs(s: Signed, folder: Path) -> bytes:
     art = ArtifactSignature.from_signature("sha256:" + digest.hex(), s.keyring.sign_digest(digest))
     with tlog_server(folder) as url:
         r = httpx.post(url + "/api/v1/log/entries", json=proposed_for_signature(art, s.keyring.public_keys()[0].pem))
-    assert r.status_code == 201 and r.json()[next(iter(r.json()))]["logIndex"] == 4
+    assert r.status_code == 201 and r.json()[next(iter(r.json()))]["logIndex"] == THIEF
     return r.content
 
 
@@ -82,37 +84,38 @@ def truncate(db_path: Path, size: int, *, thorough: bool) -> None:
 def test_deleted_index_rows_are_found_by_every_check(af_home: Path, world: Signed) -> None:
     thief_logs(world, af_home / "tlog")
     with sqlite3.connect(af_home / "tlog" / "tree.db") as db:
-        assert db.execute("DELETE FROM search_index WHERE idx = 4").rowcount >= 2
+        assert db.execute("DELETE FROM search_index WHERE idx = ?", (THIEF,)).rowcount >= 2
     db.close()
 
     verify = audit("verify")
-    assert verify.exit_code == 1 and "search_index: entry 4 cannot be found" in verify.output
+    assert verify.exit_code == 1 and f"search_index: entry {THIEF} cannot be found" in verify.output
     code, out = tlog_check()
-    assert code == 1 and "search_index: entry 4" in out
+    assert code == 1 and f"search_index: entry {THIEF}" in out
     monitor = audit("monitor")
     assert monitor.exit_code == 1 and "search index hides entries" in monitor.output
     code, report = keys_report()  # the audit reads the leaves: the hidden entry is found, and flagged
-    assert code == 1 and any("log entry 4 " in u for u in report["unaccounted"])
-    assert any(p.startswith("INDEX: log entry 4,") for p in report["problems"])
+    assert code == 1 and any(f"log entry {THIEF} " in u for u in report["unaccounted"])
+    assert any(p.startswith(f"INDEX: log entry {THIEF},") for p in report["problems"])
     key_id = world.keyring.public_keys()[0].key_id
     search = json.loads(audit("search", "--key", key_id[:12], "--json").output)
-    assert 4 in [e["logIndex"] for e in search["entries"]] and search["problems"]
+    assert THIEF in [e["logIndex"] for e in search["entries"]] and search["problems"]
 
 
 def test_a_truncated_tail_is_found(af_home: Path, world: Signed) -> None:
     thief_logs(world, af_home / "tlog")
-    assert audit("monitor").exit_code == 0  # the monitor saw size 5, thief included
+    assert audit("monitor").exit_code == 0  # the monitor saw size 6, thief included
     db = af_home / "tlog" / "tree.db"
 
-    truncate(db, 4, thorough=False)
-    code, out = tlog_check()  # the log remembers signing a checkpoint of 5 entries
-    assert code == 1 and "entries 4..4 were removed" in out
+    truncate(db, GENUINE, thorough=False)
+    code, out = tlog_check()  # the log remembers signing a checkpoint of 6 entries
+    assert code == 1 and f"entries {THIEF}..{THIEF} were removed" in out
 
-    truncate(db, 4, thorough=True)  # ... and now it does not: the log's own checks cannot know
+    truncate(db, GENUINE, thorough=True)  # ... and now it does not: the log's own checks cannot know
     verify = audit("verify")  # the monitor's checkpoint, kept outside the log's folder, does
     assert verify.exit_code == 1 and "were removed" in verify.output and "monitor" in verify.output
     monitor = audit("monitor")
-    assert monitor.exit_code == 1 and "ALARM" in monitor.output and "shrank from 5 to 4" in monitor.output
+    assert monitor.exit_code == 1 and "ALARM" in monitor.output
+    assert f"shrank from {GENUINE + 1} to {GENUINE}" in monitor.output
 
     # Deleting the monitor's state is no way out: a missing state is an alarm, not a first use.
     state = af_home / "tlog-monitor.json"
@@ -129,7 +132,7 @@ def test_a_split_view_is_refused_by_the_witness(af_home: Path, tmp_path: Path, w
     """The monitor never saw the thief's entry (truncated before its next run): every audit is green, the thief's
     saved proof verifies on its own — and the witness check refuses it."""
     proof = thief_logs(world, af_home / "tlog")
-    truncate(af_home / "tlog" / "tree.db", 4, thorough=True)
+    truncate(af_home / "tlog" / "tree.db", GENUINE, thorough=True)
     assert audit("verify").exit_code == 0 and audit("monitor").exit_code == 0  # the limit of storage checks
 
     with EmbeddedLog(af_home / "tlog") as log:
@@ -144,7 +147,7 @@ def test_a_split_view_is_refused_by_the_witness(af_home: Path, tmp_path: Path, w
     s = publish_logged(af_home, tmp_path / "t2", ["later"])
     assert audit("monitor").exit_code == 0
     state = load_state(af_home / "tlog-monitor.json", log_key)
-    assert state.size == 8
+    assert state.size == 2 * GENUINE
     with EmbeddedLog(af_home / "tlog") as log:
         with pytest.raises(InputError, match="split view"):
             check_witnessed(entry, state, log)
@@ -152,7 +155,7 @@ def test_a_split_view_is_refused_by_the_witness(af_home: Path, tmp_path: Path, w
             check_witnessed(entry, state)
         # Genuine records pass, offline and with the log.
         records = [parse_record(r, "r").entry for _, r in collect(s.store, s.store.resolve("later")).tlog]
-        assert sorted(r.log_index for r in records) == [4, 5, 6, 7]
+        assert sorted(r.log_index for r in records) == list(range(GENUINE, 2 * GENUINE))  # after the truncation
         for r in records:
             check_witnessed(r, state)
             check_witnessed(r, state, log)

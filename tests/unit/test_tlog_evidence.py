@@ -4,6 +4,7 @@ artifact) fails the `tlog` check with its reason; a trust policy without logs ju
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -14,7 +15,6 @@ from typing import Any
 import pytest
 from helpers import hello_manifest, write_template
 
-from agentfactory import evidence
 from agentfactory.dsse import parse_envelope
 from agentfactory.errors import InputError, ValidationFailed
 from agentfactory.evidence import (
@@ -76,27 +76,26 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
                    files={"m.wat": WAT})
     store = OCILayoutStore(tmp / "store")
     keyring = LocalKeyring(tmp / "keys")
-    report = run_pipeline(tmp / "templates", store, signing=Signing(keyring), jobs=1)
+    log = EmbeddedLog(tmp / "tlog")
+    # The sign stage logs the signature and each attestation and bundles each with its entry.
+    report = run_pipeline(tmp / "templates", store, signing=Signing(keyring, tlog=log,
+                                                                    tlog_key_pem=log.public_key_pem()), jobs=1)
     assert report.ok, [t.errors for t in report.templates]
     (agent,) = store.list_agents()
-    log = EmbeddedLog(tmp / "tlog")
     world = World(store, keyring, agent, log, {}, tmp)
-    # What the pipeline's sign stage will do: log the signature and each attestation, attach the records.
     ev = collect(store, agent)
-    (sig_doc,) = [doc for _, doc in ev.signatures]
-    sig = parse_artifact_signature(sig_doc, "signature")
-    world.records["signature"] = log.add(proposed_for_signature(sig, world.pem(sig.keyid))).entry.to_json()
-    attestations = []
-    for where, doc in ev.attestations:
-        envelope = parse_envelope(doc, where)
-        predicate = parse_statement(envelope.payload, where).predicate_type
-        name = "sbom" if "cyclonedx" in predicate else "scan" if "attestation/scan" in predicate else "provenance"
-        added = log.add(proposed_for_envelope(doc, world.pem(envelope.signatures[0].keyid)))
-        world.records[name] = added.entry.to_json()
-        attestations.append((predicate, envelope))
-    # Fresh proofs against the final tree, as the pipeline would fetch after its last add.
+    names = {"https://cyclonedx.org/bom": "sbom", "https://agentfactory.dev/attestation/scan/v1": "scan",
+             "https://slsa.dev/provenance/v1": "provenance",
+             "https://sigstore.dev/cosign/sign/v1": "image"}  # the image signature, for cosign
+    by_envelope = {hashlib.sha256(doc).hexdigest(): names[parse_statement(parse_envelope(doc, w).payload, w)
+                                                          .predicate_type] for w, doc in ev.attestations}
+    for _, record in ev.tlog:  # name each record by what it logs
+        body = json.loads(base64.b64decode(next(iter(json.loads(record).values()))["body"]))
+        name = "signature" if body["kind"] == "hashedrekord" else by_envelope[body["spec"]["envelopeHash"]["value"]]
+        world.records[name] = record
+    assert sorted(world.records) == ["image", "provenance", "sbom", "scan", "signature"]
+    # Fresh proofs against the final tree (the bundles hold each entry's proof at its own tree size).
     world.records = {k: log.entry(json.loads(v).popitem()[0]).to_json() for k, v in world.records.items()}
-    evidence.attach(store, agent, sig, attestations, tlog_records=list(world.records.values()))
     return world
 
 
@@ -118,7 +117,8 @@ def edit(record: bytes, change: Callable[[dict[str, Any]], None]) -> bytes:
 
 def test_logged_evidence_verifies_offline(world: World) -> None:
     stored = collect(world.store, world.agent)
-    assert sorted(doc for _, doc in stored.tlog) == sorted(world.records.values())
+    assert sorted(next(iter(json.loads(doc))) for _, doc in stored.tlog) == sorted(
+        next(iter(json.loads(doc))) for doc in world.records.values())  # the same entries (uuids)
     verdict = world.verify()
     assert verdict.allowed, verdict.reasons
     assert [c.name for c in verdict.checks if c.name in CHECKS or c.name == "tlog"] == [*CHECKS, "tlog"]
@@ -128,7 +128,7 @@ def test_logged_evidence_verifies_offline(world: World) -> None:
 
 
 def test_a_policy_without_logs_has_no_tlog_check(world: World) -> None:
-    for ev in (world.evidence(), world.evidence(signature=None, sbom=None, provenance=None, scan=None)):
+    for ev in (world.evidence(), world.evidence(signature=None, sbom=None, provenance=None, scan=None, image=None)):
         verdict = world.verify(ev, from_public_keys(world.keyring.public_keys()))
         assert verdict.allowed and [c.name for c in verdict.checks] == CHECKS
 
@@ -138,7 +138,7 @@ def test_a_missing_record_names_what_is_not_logged(world: World) -> None:
     assert "not in a trusted transparency log: the artifact signature by key" in reason
     reason = failed(world.verify(world.evidence(provenance=None)))
     assert reason.startswith("not in a trusted transparency log: the provenance attestation")
-    reason = failed(world.verify(world.evidence(signature=None, sbom=None, provenance=None, scan=None)))
+    reason = failed(world.verify(world.evidence(signature=None, sbom=None, provenance=None, scan=None, image=None)))
     assert "the artifact signature" in reason and "the sbom attestation" in reason
     assert "the evidence holds no transparency-log records" in reason
 
