@@ -28,6 +28,7 @@ from typing import Any
 
 from .dsse import MAX_ENVELOPE_BYTES, MAX_SIGNATURES, Envelope, EnvelopeSignature
 from .errors import InputError
+from .jsonsafe import no_duplicate_keys
 from .tlog.entries import (
     API_VERSION,
     KINDS,
@@ -139,21 +140,13 @@ def dsse_bundle(envelope: Envelope, entries: Sequence[LogEntry] = ()) -> bytes:
 # ------------------------------------------------------------------------------------------ reading
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in doc:
-            raise ValueError(f"the key {key!r} appears twice in one object")
-        doc[key] = value
-    return doc
-
 
 def load_bundle_json(data: bytes, where: str) -> dict[str, Any]:
     """A bundle's JSON object, bounded, with duplicate keys refused (two parsers must see one document)."""
     if len(data) > MAX_DSSE_BUNDLE_BYTES:
         raise InputError(where, f"the Sigstore bundle is {len(data)} bytes; the limit is {MAX_DSSE_BUNDLE_BYTES}")
     try:
-        doc = json.loads(data, object_pairs_hook=_no_duplicates)
+        doc = json.loads(data, object_pairs_hook=no_duplicate_keys)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InputError(where, f"the Sigstore bundle is not JSON ({exc})") from None
     if not isinstance(doc, dict):

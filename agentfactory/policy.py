@@ -120,6 +120,25 @@ class PolicyEngine(abc.ABC):
     def run_tests(self) -> TestReport: ...
 
 
+def load_policy_data(folder: Path, overrides: dict[str, Any], default: Any) -> Any:
+    """`folder`/data.json (or `default` when absent) with `overrides` applied to agentfactory.config: the
+    same data for every engine (the OPA engine checks that its server holds exactly this config)."""
+    data = default
+    data_path = folder / "data.json"
+    if data_path.exists():
+        try:
+            data = json.loads(data_path.read_text("utf-8"))
+        except ValueError as exc:
+            raise PolicyError(f"{data_path}: not valid JSON ({exc})") from None
+    if overrides:
+        root = data.setdefault("agentfactory", {}) if isinstance(data, dict) else None
+        config = root.setdefault("config", {}) if isinstance(root, dict) else None
+        if not isinstance(config, dict):
+            raise PolicyError(f"{data_path}: agentfactory.config is not an object")
+        config.update(overrides)
+    return data
+
+
 def default_policy_dir() -> Path:
     """`$AGENTFACTORY_POLICIES`, else `./policies`, else the policies beside this checkout."""
     if os.environ.get(POLICIES_ENV):
@@ -328,18 +347,7 @@ class RegoEngine(PolicyEngine):
             (self.tests if path.name.endswith("_test.rego") else self.sources)[str(path)] = text
         if not self.sources:
             raise PolicyError(f"{self.folder}: no .rego policies")
-        data_path = self.folder / "data.json"
-        if data_path.exists():
-            try:
-                self.data = json.loads(data_path.read_text("utf-8"))
-            except ValueError as exc:
-                raise PolicyError(f"{data_path}: not valid JSON ({exc})") from None
-        if self.overrides:
-            root = self.data.setdefault("agentfactory", {}) if isinstance(self.data, dict) else None
-            config = root.setdefault("config", {}) if isinstance(root, dict) else None
-            if not isinstance(config, dict):
-                raise PolicyError(f"{data_path}: agentfactory.config is not an object")
-            config.update(self.overrides)
+        self.data = load_policy_data(self.folder, self.overrides, self.data)
 
     def _interpreter_with(self, modules: dict[str, str]) -> Any:
         import regopy

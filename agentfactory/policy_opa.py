@@ -47,6 +47,7 @@ from .policy import (
     TestReport,
     TestResult,
     default_policy_dir,
+    load_policy_data,
 )
 from .policy_bundle import BUNDLE_ROOT, policy_revision
 
@@ -247,18 +248,7 @@ class OPAEngine(PolicyEngine):
 
     def _load(self) -> None:
         self.revision = policy_revision(self.folder)
-        data_path = self.folder / "data.json"
-        if data_path.exists():
-            try:
-                self.data = json.loads(data_path.read_text("utf-8"))
-            except ValueError as exc:
-                raise PolicyError(f"{data_path}: not valid JSON ({exc})") from None
-        if self.overrides:
-            root = self.data.setdefault("agentfactory", {}) if isinstance(self.data, dict) else None
-            config = root.setdefault("config", {}) if isinstance(root, dict) else None
-            if not isinstance(config, dict):
-                raise PolicyError(f"{data_path}: agentfactory.config is not an object")
-            config.update(self.overrides)
+        self.data = load_policy_data(self.folder, self.overrides, self.data)
 
     # --- HTTP ------------------------------------------------------------------------------------
 

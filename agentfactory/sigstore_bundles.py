@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 from .digest import DIGEST_RE
 from .dsse import MAX_ENVELOPE_BYTES
+from .jsonsafe import no_duplicate_keys
 
 if TYPE_CHECKING:
     from cryptography.x509 import Certificate
@@ -163,7 +164,7 @@ def _parse(bundle_json: bytes, where: str, max_bytes: int) -> _Parsed | str:
     if len(bundle_json) > max_bytes:
         return f"{where}: the Sigstore bundle is {len(bundle_json)} bytes; the limit is {max_bytes}"
     try:  # duplicate keys refused: sigstore-python's parser and this one must see the same document
-        doc = json.loads(bundle_json, object_pairs_hook=_no_duplicates)
+        doc = json.loads(bundle_json, object_pairs_hook=no_duplicate_keys)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         return f"{where}: the Sigstore bundle is not JSON ({exc})"
     if not isinstance(doc, dict):
@@ -181,14 +182,6 @@ def _parse(bundle_json: bytes, where: str, max_bytes: int) -> _Parsed | str:
         return f"{where}: {problem}"
     return _Parsed(bundle, doc)
 
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    doc: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in doc:
-            raise ValueError(f"the key {key!r} appears twice in one object")
-        doc[key] = value
-    return doc
 
 
 def _proof_against_checkpoint(doc: dict[str, Any]) -> str | None:

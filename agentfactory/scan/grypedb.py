@@ -202,23 +202,10 @@ def build_grype_db(osv_folder: Path, out: Path, *, now: datetime | None = None) 
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m agentfactory.scan.grypedb OSV_FOLDER OUT.db`: build, print what was written (JSON); 2 on bad input."""
-    import argparse
-    import sys
+    from .osvexport import builder_main
 
-    from ..errors import AgentFactoryError
-
-    parser = argparse.ArgumentParser(prog="python -m agentfactory.scan.grypedb",
-                                     description="Build a Grype v6 database file from an OSV folder; load it with "
-                                                 "`grype db import OUT.db`.")
-    parser.add_argument("osv_folder", type=Path)
-    parser.add_argument("out", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        print(json.dumps(build_grype_db(args.osv_folder, args.out), indent=1))
-    except (AgentFactoryError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return builder_main("python -m agentfactory.scan.grypedb", "Build a Grype v6 database file from an OSV folder; "
+                        "load it with `grype db import OUT.db`.", "out", build_grype_db, argv)
 
 
 if __name__ == "__main__":

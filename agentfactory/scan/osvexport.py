@@ -17,7 +17,7 @@ version, as trivy-db does.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,3 +158,25 @@ def export(folder: Path) -> Export:
                                       "match nothing")
     out.digest = "sha256:" + digest.hexdigest()
     return out
+
+
+def builder_main(prog: str, description: str, out_name: str, build: Callable[[Path, Path], dict[str, Any]],
+                 argv: list[str] | None) -> int:
+    """The `python -m` entry of a scanner-database builder: OSV_FOLDER OUT; prints what was written (JSON);
+    2 on bad input."""
+    import argparse
+    import json
+    import sys
+
+    from ..errors import AgentFactoryError
+
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("osv_folder", type=Path)
+    parser.add_argument(out_name, type=Path)
+    args = parser.parse_args(argv)
+    try:
+        print(json.dumps(build(args.osv_folder, getattr(args, out_name)), indent=1))
+    except (AgentFactoryError, ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -183,23 +183,11 @@ def _swap(new: Path, target: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m agentfactory.scan.trivydb OSV_FOLDER CACHE_DIR`: build, print the manifest (JSON); 2 on bad input."""
-    import argparse
-    import sys
+    from .osvexport import builder_main
 
-    from ..errors import AgentFactoryError
-
-    parser = argparse.ArgumentParser(prog="python -m agentfactory.scan.trivydb",
-                                     description="Build a Trivy database (CACHE_DIR/db) from an OSV folder; scan "
-                                                 "with `trivy --cache-dir CACHE_DIR --skip-db-update`.")
-    parser.add_argument("osv_folder", type=Path)
-    parser.add_argument("cache_dir", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        print(json.dumps(build_trivy_db(args.osv_folder, args.cache_dir), indent=1))
-    except (AgentFactoryError, ValueError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return builder_main("python -m agentfactory.scan.trivydb", "Build a Trivy database (CACHE_DIR/db) from an OSV "
+                        "folder; scan with `trivy --cache-dir CACHE_DIR --skip-db-update`.", "cache_dir",
+                        build_trivy_db, argv)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 from admission_attack_fixtures import admission_world, served
+from http_fetch_helpers import Ca, Server, dns_serving, make_ca, serving
 from runtime_helpers import Signed
 
 
@@ -26,3 +27,28 @@ def server(world: tuple[Signed, dict[str, str]],
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, Path]]:
     with served(world[0], tmp_path_factory.mktemp("webhook")) as running:
         yield running
+
+
+# http.fetch attacks (test_attack_http_fetch_*.py): a CA, an HTTPS and a plain HTTP server on loopback, and a
+# DNS server answering api.test and other.test with loopback (each test module gets its own).
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> Ca:
+    return make_ca(tmp_path_factory.mktemp("ca"))
+
+
+@pytest.fixture(scope="module")
+def https(ca: Ca) -> Iterator[Server]:
+    with serving(ca) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def plain() -> Iterator[Server]:
+    with serving(None) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dns() -> Iterator[int]:
+    with dns_serving({"api.test": [["127.0.0.1"]], "other.test": [["127.0.0.1"]]}) as server:
+        yield server.port

@@ -5,7 +5,6 @@ hop again; the template policy refuses such hosts by name and literal at build."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -19,25 +18,12 @@ from http_fetch_helpers import (
     grant_of,
     invocation,
     load_http_template,
-    make_ca,
     policy_denials,
-    serving,
 )
 
 from agentfactory.httpgrant import HttpGrant
 from sandbox_runtime.http_fetch import FetchError, FetchRequest, HttpNode, HttpSettings
 from sandbox_runtime.http_resolve import DnsServerResolver, SystemResolver, classify, literal
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> Ca:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def https(ca: Ca) -> Iterator[Server]:
-    with serving(ca) as server:
-        yield server
 
 
 def grant(port: int) -> HttpGrant:

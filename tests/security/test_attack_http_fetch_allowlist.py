@@ -4,7 +4,6 @@ naming it at build (template loader and template policy) and again at the node (
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,42 +12,16 @@ from http_fetch_helpers import (
     Server,
     audit_records,
     audit_sink,
-    dns_serving,
     grant_of,
     invocation,
     load_http_template,
-    make_ca,
     policy_denials,
-    serving,
 )
 
 from agentfactory.errors import ValidationFailed
 from agentfactory.httpgrant import UrlError, parse_pattern, parse_url
 from sandbox_runtime.http_fetch import FetchError, FetchRequest, HttpNode, HttpSettings
 from sandbox_runtime.http_resolve import DnsServerResolver
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> Ca:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def https(ca: Ca) -> Iterator[Server]:
-    with serving(ca) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def plain() -> Iterator[Server]:
-    with serving(None) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def dns() -> Iterator[int]:
-    with dns_serving({"api.test": [["127.0.0.1"]], "other.test": [["127.0.0.1"]]}) as server:
-        yield server.port
 
 
 def node(ca: Ca, dns: int, tmp_path: Path, **settings: bool) -> HttpNode:

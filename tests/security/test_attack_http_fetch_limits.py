@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,23 +18,10 @@ from http_fetch_helpers import (
     grant_of,
     invocation,
     load_http_template,
-    make_ca,
     policy_denials,
-    serving,
 )
 
 from sandbox_runtime.http_fetch import FetchError, FetchRequest, HttpNode, HttpSettings
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> Ca:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def https(ca: Ca) -> Iterator[Server]:
-    with serving(ca) as server:
-        yield server
 
 
 def session_for(ca: Ca, https: Server, tmp_path: Path, limits: dict[str, int], **ceilings: int) -> object:

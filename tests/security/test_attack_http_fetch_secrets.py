@@ -24,15 +24,12 @@ from http_fetch_helpers import (
     Server,
     audit_records,
     audit_sink,
-    dns_serving,
     grant_of,
     invocation,
     load_http_template,
-    make_ca,
     policy_denials,
     run_fetch_guest,
     secret_forms,
-    serving,
 )
 
 from agentfactory.errors import ValidationFailed
@@ -67,23 +64,6 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
         root.sys.create_or_update_policy("agentfactory-node", NODE_POLICY)
         token = root.auth.token.create(policies=["agentfactory-node"], ttl="1h")["auth"]["client_token"]
         yield Vault(bao.addr, token, root, value)
-
-
-@pytest.fixture(scope="module")
-def ca(tmp_path_factory: pytest.TempPathFactory) -> Ca:
-    return make_ca(tmp_path_factory.mktemp("ca"))
-
-
-@pytest.fixture(scope="module")
-def https(ca: Ca) -> Iterator[Server]:
-    with serving(ca) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def dns() -> Iterator[int]:
-    with dns_serving({"api.test": [["127.0.0.1"]], "other.test": [["127.0.0.1"]]}) as server:
-        yield server.port
 
 
 BINDING = {"name": "api-key", "header": "Authorization", "format": "Bearer {value}", "hosts": ["api.test"]}
