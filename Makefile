@@ -50,14 +50,21 @@ demo: $(STAMP)
 	printf '{"b":[1,2],"a":true}' | $(BIN)/agentfactory run jsonfmt --stdin -
 	printf 'abc' | $(BIN)/agentfactory run sha256sum --stdin -
 	printf 'hello' | $(BIN)/agentfactory run base64 --stdin -
-	@echo "A Python agent (examples/python/ticket-triage): componentize-py builds a WebAssembly component of the project's WIT world:"
+	@echo "A Python agent (examples/python/ticket-triage): componentize-py builds a WebAssembly component of the project's WIT world;"
+	@echo "its test cases answer its http.fetch calls from tests/cases.yaml (the build never reaches the network):"
 	$(BIN)/agentfactory pipeline run --templates examples/python
 	$(BIN)/agentfactory verify ticket-triage
-	printf '{"subject": "Site down", "body": "The dashboard is not loading, 503 for everyone."}' | \
+	@echo "It asks a model server over HTTPS with an API key: a stand-in on loopback with its own CA, the key in OpenBao,"
+	@echo "read by the node (a read-only token) and added to the request; the agent never sees it (examples/python/demo_services.py):"
+	$(BIN)/python examples/python/demo_services.py start $(DEMO)/services --ttl 900
+	set -a; . $(DEMO)/services/node.env; set +a; \
+	  printf '{"subject": "Site down", "body": "The dashboard is not loading, 503 for everyone."}' | \
 	  $(BIN)/agentfactory run ticket-triage --stdin -
 	@echo "The same agents through the node service (agentfactory runtime serve) over HTTP:"
-	@$(BIN)/agentfactory runtime serve --listen 127.0.0.1:0 --audit-log $(DEMO)/audit.jsonl 2>$(DEMO)/runtime.log & \
-	  pid=$$!; $(BIN)/python -c "$$DEMO_HTTP" $(DEMO)/runtime.log; rc=$$?; kill $$pid; wait $$pid; exit $$rc
+	@set -a; . $(DEMO)/services/node.env; set +a; \
+	  $(BIN)/agentfactory runtime serve --listen 127.0.0.1:0 --audit-log $(DEMO)/audit.jsonl 2>$(DEMO)/runtime.log & \
+	  pid=$$!; $(BIN)/python -c "$$DEMO_HTTP" $(DEMO)/runtime.log; rc=$$?; kill $$pid; wait $$pid; \
+	  $(BIN)/python examples/python/demo_services.py stop $(DEMO)/services; exit $$rc
 	@echo "A valid but unsigned agent must be refused before it is compiled (exit 125):"
 	@$(BIN)/agentfactory pipeline run --templates tests/fixtures/runtime-templates --no-sign \
 	  --store oci-layout:$(DEMO)/unsigned-store >/dev/null

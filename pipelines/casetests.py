@@ -10,7 +10,8 @@ so a broken or hostile template cannot hang, fill or flood the build machine.
 
 A component (a Python agent) is run the way a node runs it (agentfactory.wit.host): a fresh store per
 case with the template's limits, the declared tools of the world that the test stage provides (log.write,
-clock.now_ms), `run(stdin)`; its ok text is the case's stdout (exit code 0) and its err text the stderr
+clock.now_ms, and http.fetch answered from the case's `http` list, never the network: casehttp.py),
+`run(stdin)`; its ok text is the case's stdout (exit code 0) and its err text the stderr
 (exit code 1). A component takes no arguments.
 """
 
@@ -31,6 +32,7 @@ from agentfactory.errors import InputError
 from agentfactory.template import Template
 from agentfactory.yamlsafe import load_yaml
 
+from .casehttp import FIXTURE_SCHEMA, CaseHttp, check_fixtures
 from .compilecheck import Compiled
 
 CASES_FILE = "tests/cases.yaml"
@@ -53,6 +55,7 @@ CASES_SCHEMA: dict[str, Any] = {
             "stdoutContains": {"type": "array", "items": {"type": "string"}},
             "stderrContains": {"type": "array", "items": {"type": "string"}},
             "exitCode": {"type": "integer", "minimum": 0, "maximum": 255},
+            "http": FIXTURE_SCHEMA,
         },
     }}},
 }
@@ -91,6 +94,12 @@ def load_cases(template: Template, display: str) -> list[dict[str, Any]]:
         except (binascii.Error, ValueError):
             raise InputError(f"{where}:{doc.line_of(('cases', i, 'stdinBase64'))}",
                              "stdinBase64 is not valid base64") from None
+        if "http" in case:
+            if template.language != "python":
+                raise InputError(f"{where}:{doc.line_of(('cases', i, 'http'))}", "http: the test stage answers "
+                                 "http.fetch for component agents (language python); test a module's requests on "
+                                 "a node")
+            check_fixtures(template.http, case["http"], f"{where}:{doc.line_of(('cases', i, 'http'))}")
     names = [c["name"] for c in doc.data["cases"]]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
@@ -198,8 +207,11 @@ def _run_component_cases(template: Template, compiled: Compiled, cases: list[dic
                                       "agent's input is a string"))
             continue
         log = host.CappedLog()
-        functions = {name: fn for name, fn in {"log": host.log_tool(log.append), "now-ms": host.now_ms_tool()}.items()
-                     if name in {t.wit_name for t in _world_tools(template)}}
+        http = CaseHttp(template.http, case.get("http", [])) if template.http is not None else None
+        provided = {"log": host.log_tool(log.append), "now-ms": host.now_ms_tool()}
+        if http is not None:
+            provided["http-fetch"] = _http_tool(http)
+        functions = {name: fn for name, fn in provided.items() if name in {t.wit_name for t in _world_tools(template)}}
         linker = host.make_linker(compiled.engine, functions)
         seconds = min(template.limits.timeout_ms / 1000, left)
         store = wasmtime.Store(compiled.engine)
@@ -224,9 +236,28 @@ def _run_component_cases(template: Template, compiled: Compiled, cases: list[dic
             finally:
                 wasihost.bind(None)
         overflow = len(out) > cap or len(err) > cap
-        results.append(_judge(case, code, trap, None if overflow else out, None if overflow else err, cap))
+        result = _judge(case, code, trap, None if overflow else out, None if overflow else err, cap)
+        unused = http.unused() if http is not None else []
+        if result.ok and unused:
+            result = CaseResult(case["name"], False, f"http: the agent never requested {', '.join(unused)}")
+        results.append(result)
         del store
     return results
+
+
+def _http_tool(http: CaseHttp) -> Any:
+    """The WIT `http-fetch` of the test stage: the case's answers (casehttp.py) as `response` records."""
+    from agentfactory.wit import host
+
+    def http_fetch(_store: Any, req: Any) -> Any:
+        try:
+            status, headers, body = http.fetch(str(req.method), str(req.url),
+                                               [(str(n), str(v)) for n, v in req.headers],
+                                               bytes(req.body) if req.body is not None else None)
+        except ValueError as exc:
+            return str(exc)
+        return host.response_record(status, headers, body)
+    return http_fetch
 
 
 def _component_trap_reason(exc: Exception, template: Template, deadline_hit: bool, seconds: float) -> str:

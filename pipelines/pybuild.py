@@ -122,7 +122,9 @@ def check_import_path(template: Template, staged: Path) -> dict[str, str]:
 def check_sources(template: Template, staged: Path) -> None:
     """Refuse, naming file and line, a source that imports a WIT interface outside the world or calls a tool
     its template did not declare (the build would fail later, or the agent at its first call)."""
-    allowed = {t.wit_name.replace("-", "_"): t for t in wit.tools_for(template.tools)}
+    declared = wit.tools_for(template.tools)
+    allowed: set[str] = {t.wit_name.replace("-", "_") for t in declared}
+    allowed |= {name.title().replace("-", "") for t in declared for name in t.types}  # records: tools.Request
     every = {t.wit_name.replace("-", "_"): t for t in wit.TOOLS}
     for source in template.sources:
         path = staged / source.path

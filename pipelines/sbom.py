@@ -163,6 +163,18 @@ def _tools(language: str, toolchain: dict[str, Any]) -> list[Component]:
         tools.append(Component(type=ComponentType.APPLICATION, name="wat2wasm", version=version,
                                purl=PackageURL(type="pypi", name="wasmtime", version=version),
                                description="wat2wasm from wasmtime-py"))
+    elif name == "componentize-py":
+        tools.append(Component(type=ComponentType.APPLICATION, name="componentize-py", version=version,
+                               purl=PackageURL(type="pypi", name="componentize-py", version=version),
+                               description="componentize-py, from the pinned wheel: built the component",
+                               properties=[Property(name="agentfactory:world", value=str(toolchain.get("world", "")))]))
+        cpython = str(toolchain.get("cpython", "unknown"))
+        tools.append(Component(type=ComponentType.LIBRARY, name="cpython", version=cpython,
+                               description=f"CPython {cpython} (interpreter and standard library) as bundled with "
+                                           f"componentize-py {version}; linked into the component"))
+        tools.append(Component(type=ComponentType.LIBRARY, name="wasi-libc", version=f"componentize-py-{version}",
+                               description=f"wasi-libc as bundled with componentize-py {version}; linked into the "
+                                           "component"))
     elif name:
         tools.append(Component(type=ComponentType.APPLICATION, name=str(name), version=version))
     return tools

@@ -30,6 +30,7 @@ from . import component_tools, tools
 
 if TYPE_CHECKING:
     from .engine import Engines
+    from .http_fetch import HttpNode
     from .sandbox import Execution, Invocation, Linked
 
 
@@ -65,7 +66,8 @@ def check(info: ComponentInfo, runspec: RunSpec) -> None:
                              + "; ".join(problems) + "; refusing to compile it")
 
 
-def link(engines: Engines, component: Any, runspec: RunSpec, info: ComponentInfo, name: str) -> Linked:
+def link(engines: Engines, component: Any, runspec: RunSpec, info: ComponentInfo, name: str,
+         http: HttpNode | None = None) -> Linked:
     """Check `component` against its contract and make its linker: exactly the declared tools of the world."""
     from .sandbox import Linked
 
@@ -75,10 +77,11 @@ def link(engines: Engines, component: Any, runspec: RunSpec, info: ComponentInfo
     linker = host.make_linker(engine, component_tools.functions(env, runspec.tools))
     limits = host.store_limits(info, runspec.limits.memory_mib)
     return Linked(pre=None, engine=engine, runspec=runspec, preopens=(),
+                  http=http if runspec.http is not None else None,
                   component=ComponentLink(component=component, linker=linker, limits=limits))
 
 
-def run(engines: Engines, linked: Linked, invocation: Invocation) -> Execution:
+def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> Execution:
     """Run the component once in a fresh store. Never raises for what the guest does."""
     from .sandbox import Execution, new_tool_context
 
@@ -91,7 +94,7 @@ def run(engines: Engines, linked: Linked, invocation: Invocation) -> Execution:
     store.set_limits(**linked.component.limits)
     if spec.limits.fuel is not None:
         store.set_fuel(spec.limits.fuel)
-    ctx = new_tool_context(linked)
+    ctx = new_tool_context(linked, name)
     tools.bind(ctx)
     store.set_epoch_deadline(engines.deadline_ticks(spec.limits.timeout_ms))
     deadline = wasihost.Deadline(spec.limits.timeout_ms / 1000)

@@ -66,8 +66,28 @@ def _now_ms(_env: ToolEnv) -> HostFunction:
     return now_ms
 
 
-# WIT function name -> builder. http.fetch's builder (http_fetch.py) adds "http-fetch" here.
-BUILDERS: dict[str, Builder] = {"log": _log, "now-ms": _now_ms}
+def _http_fetch(_env: ToolEnv) -> HostFunction:
+    """`http-fetch(req) -> result<response, string>`: the invocation's http.fetch session (http_fetch.py)
+    judges and sends the request; a refusal or failure is the error string, which never holds a secret."""
+    from agentfactory.wit.host import response_record
+
+    from . import http_fetch
+
+    def http_fetch_tool(_store: Any, req: Any) -> Any:
+        _count("http.fetch")
+        try:
+            request = http_fetch.FetchRequest(method=req.method, url=req.url,
+                                              headers=tuple((str(n), str(v)) for n, v in req.headers),
+                                              body=bytes(req.body) if req.body is not None else None)
+            response = http_fetch.fetch(request)
+        except http_fetch.FetchError as exc:
+            return str(exc)
+        return response_record(response.status, list(response.headers), response.body)
+    return http_fetch_tool
+
+
+# WIT function name -> builder: the world's tools this node provides to components.
+BUILDERS: dict[str, Builder] = {"log": _log, "now-ms": _now_ms, "http-fetch": _http_fetch}
 
 
 def register(wit_name: str, builder: Builder) -> None:

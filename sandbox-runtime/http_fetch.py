@@ -114,6 +114,13 @@ class HttpSettings:
     max_timeout_ms: int = 30_000
     max_redirects: int = 5
     ca_file: Path | None = None  # trust roots for outbound TLS (default: the system's)
+    # (host, port) -> (address, port): connect there instead of resolving (curl's --connect-to); the
+    # address is judged like any resolved one, and TLS is still verified for the URL's host name
+    connect_to: tuple[tuple[str, int, str, int], ...] = ()
+
+    def connect_target(self, host: str, port: int) -> tuple[str, int] | None:
+        """The (address, port) the node's --http-connect-to sends `host:port` to, or None."""
+        return next(((a, p) for h, hp, a, p in self.connect_to if (h, hp) == (host, port)), None)
 
     def policy_config(self) -> dict[str, Any]:
         """`config.node.http` for the template policy (policies/http.rego), so it judges by this node."""
@@ -182,6 +189,7 @@ class _Hop:
     host: str = "-"
     recorded: bool = True
     address: str | None = None
+    port: int = 0  # the port connected to: the URL's, unless the node's --http-connect-to says otherwise
     status: int | None = None
     sent: int = 0
     received: int = 0
@@ -291,11 +299,14 @@ class FetchSession:
         if bindings and url.scheme != "https":
             raise FetchError("secret", f"http.fetch: {url.shown()}{via}: secrets are sent over https only")
         hop.secrets = tuple(b.name for b in bindings)
-        hop.address = self._address(url, via)
+        hop.address, hop.port = self._address(url, via)
 
-    def _address(self, url: Url, via: str) -> str:
+    def _address(self, url: Url, via: str) -> tuple[str, int]:
         s = self.node.settings
-        fixed = literal(url.host)
+        fixed, port = literal(url.host), url.port
+        target = s.connect_target(url.host, url.port)
+        if target is not None:
+            fixed, port = literal(target[0]), target[1]
         if fixed is not None:
             addresses = [fixed]
         else:
@@ -307,7 +318,7 @@ class FetchSession:
             why = refusal(address, allow_loopback=s.allow_loopback, allow_private=s.allow_private)
             if why is not None:
                 raise FetchError("address", f"http.fetch: {url.shown()}{via}: {url.host} resolves to {why}")
-        return str(addresses[0])
+        return str(addresses[0]), port
 
     def _time_left(self, url: Url) -> float:
         left = min(self.timeout, wasihost.current().remaining())
@@ -321,7 +332,7 @@ class FetchSession:
         assert url is not None and hop.address is not None
         injected = self._inject(url)
         timeout = self._time_left(url)
-        conn = _PinnedConnection(url.host, url.port, hop.address, timeout,
+        conn = _PinnedConnection(url.host, url.port, (hop.address, hop.port), timeout,
                                  self.node.tls if url.scheme == "https" else None)
         watchdog = threading.Timer(timeout, conn.abort)
         watchdog.daemon = True
@@ -485,14 +496,15 @@ class _PinnedConnection(http.client.HTTPConnection):
     """HTTP(S) to `host` over a connection to the already-judged `address`: no second DNS lookup, TLS
     verified (and SNI sent) for the host name. `abort` (the watchdog) shuts the socket down at the deadline."""
 
-    def __init__(self, host: str, port: int, address: str, timeout: float, tls: ssl.SSLContext | None) -> None:
+    def __init__(self, host: str, port: int, address: tuple[str, int], timeout: float,
+                 tls: ssl.SSLContext | None) -> None:
         super().__init__(host, port, timeout=timeout)
         self._address, self._tls = address, tls
         self._raw: socket.socket | None = None
         self.aborted = False
 
     def connect(self) -> None:
-        raw = socket.create_connection((self._address, self.port), self.timeout)
+        raw = socket.create_connection(self._address, self.timeout)
         self._raw = raw
         if self.aborted:
             raw.close()

@@ -13,6 +13,7 @@ policy reads as `config.node.http`, so the policy judges by this node's settings
 | `--http-allow-private` | `AGENTFACTORY_HTTP_ALLOW_PRIVATE` | off |
 | `--http-ca-file` | `AGENTFACTORY_HTTP_CA_FILE` | the system's trust roots |
 | `--http-dns-server IP[:PORT]` | `AGENTFACTORY_HTTP_DNS_SERVER` | the system resolver |
+| `--http-connect-to HOST:PORT=IP:PORT` (repeatable) | `AGENTFACTORY_HTTP_CONNECT_TO` (space-separated) | none |
 | `--http-max-requests`, `--http-max-response-kib` | `AGENTFACTORY_HTTP_MAX_…` | 32, 4096 |
 | `--http-max-request-kib`, `--http-max-timeout-ms` | `AGENTFACTORY_HTTP_MAX_…` | 1024, 30000 |
 | `--secrets none\\|vault\\|env` | `AGENTFACTORY_SECRETS` | none |
@@ -70,6 +71,11 @@ def http_node_options(func: F) -> F:
         click.option("--http-dns-server", default=None, metavar="IP[:PORT]", envvar="AGENTFACTORY_HTTP_DNS_SERVER",
                      expose_value=False, callback=_remember("dns_server"),
                      help="Resolve agents' hosts with this DNS server (UDP) instead of the system resolver."),
+        click.option("--http-connect-to", multiple=True, metavar="HOST:PORT=IP:PORT",
+                     envvar="AGENTFACTORY_HTTP_CONNECT_TO", expose_value=False, callback=_remember("connect_to"),
+                     help="Send agents' requests for HOST:PORT to IP:PORT instead of resolving HOST (as curl's "
+                          "--connect-to; a sidecar, a test server). The address is judged like a resolved one and "
+                          "TLS is still verified for HOST. Repeatable."),
         _number("max_requests", "AGENTFACTORY_HTTP_MAX_REQUESTS", 1, 100_000, 32,
                 "Ceiling on spec.http.limits.maxRequests (requests per invocation)."),
         _number("max_response_kib", "AGENTFACTORY_HTTP_MAX_RESPONSE_KIB", 1, 1_048_576, 4096,
@@ -115,7 +121,37 @@ def settings_from_context() -> HttpSettings:
         max_response_kib=v.get("max_response_kib") or defaults.max_response_kib,
         max_request_kib=v.get("max_request_kib") or defaults.max_request_kib,
         max_timeout_ms=v.get("max_timeout_ms") or defaults.max_timeout_ms,
-        ca_file=v.get("ca_file"))
+        ca_file=v.get("ca_file"), connect_to=tuple(parse_connect_to(t) for t in v.get("connect_to") or ()))
+
+
+def parse_connect_to(text: str) -> tuple[str, int, str, int]:
+    """`HOST:PORT=IP:PORT` (an IPv6 address in brackets) as (host, port, address, port); ConfigError naming it."""
+    import ipaddress
+
+    from agentfactory.httpgrant import UrlError, parse_binding_host
+
+    def port_of(value: str) -> int:
+        if not (value.isdigit() and 0 < int(value) < 65536):
+            raise ConfigError(f"--http-connect-to {text!r}: port {value!r} is not a number from 1 to 65535")
+        return int(value)
+
+    source, eq, target = text.partition("=")
+    host, _, port = source.rpartition(":")
+    address, _, to_port = target.rpartition(":")
+    if not (eq and host and address):
+        raise ConfigError(f"--http-connect-to {text!r}: write HOST:PORT=IP:PORT, e.g. "
+                          "models.example.com:443=127.0.0.1:8443")
+    try:
+        name, _ = parse_binding_host(host)
+    except UrlError as exc:
+        raise ConfigError(f"--http-connect-to {text!r}: host {host!r}: {exc}") from None
+    if name.startswith("*."):
+        raise ConfigError(f"--http-connect-to {text!r}: name one host, not a wildcard")
+    try:
+        ip = ipaddress.ip_address(address[1:-1] if address.startswith("[") and address.endswith("]") else address)
+    except ValueError:
+        raise ConfigError(f"--http-connect-to {text!r}: {address!r} is not an IP address") from None
+    return name, port_of(port), str(ip), port_of(to_port)
 
 
 def secrets_from(kind: str, mount: str = DEFAULT_MOUNT, prefix: str = DEFAULT_PREFIX) -> SecretSource | None:

@@ -153,7 +153,7 @@ def link(engines: Engines, module: Any, runspec: RunSpec, host_roots: tuple[Path
             raise SandboxRefusal("http-grant", "the agent's http.fetch grant (spec.http, spec.secrets) is refused "
                                  "by this node: " + "; ".join(problems))
     if info is not None:
-        return component_sandbox.link(engines, module, runspec, info, name)
+        return component_sandbox.link(engines, module, runspec, info, name, http)
     names = check_imports(module, runspec)
     if not any(e.name == runspec.entrypoint and isinstance(e.type, wasmtime.FuncType) for e in module.exports):
         raise SandboxRefusal("bad-module", f"the module does not export the entrypoint {runspec.entrypoint!r} "
@@ -175,7 +175,7 @@ def link(engines: Engines, module: Any, runspec: RunSpec, host_roots: tuple[Path
 def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> Execution:
     """Run the agent once in a fresh store. Never raises for what the guest does."""
     if linked.component is not None:
-        return component_sandbox.run(engines, linked, invocation)
+        return component_sandbox.run(engines, linked, name, invocation)
     assert linked.pre is not None
     started = time.perf_counter()
     spec = linked.runspec

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATES = ROOT / "templates"
@@ -70,3 +71,16 @@ def dependency_yaml(sha: str, path: str = "vendor/lib", *, include_dirs: bool = 
       path: {path}
       sha256: {sha}
 """
+
+
+def load_example_module(path: Path) -> Any:
+    """The Python file `path` (an example's script, outside any package) imported as a module of its own name."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    spec.loader.exec_module(module)
+    return module

@@ -85,6 +85,15 @@ def store_limits(info: ComponentInfo, memory_mib: int) -> dict[str, int]:
             "memories": max(1, len(info.memories)), "tables": MAX_TABLES, "table_elements": MAX_TABLE_ELEMENTS}
 
 
+def response_record(status: int, headers: list[tuple[str, str]], body: bytes) -> Any:
+    """The WIT `response` record that `http-fetch` returns (wasmtime lowers it by its field names)."""
+    from wasmtime.component import Record
+
+    record = Record()
+    record.__dict__.update(status=status, headers=headers, body=body)
+    return record
+
+
 def call_run(linker: Any, component: Any, store: Any, text: str) -> tuple[str, str]:
     """Instantiate `component` in `store` and call `run(text)`: ("ok" | "err", the agent's text)."""
     instance = linker.instantiate(store, component)

@@ -55,8 +55,10 @@ def problems(folder: Path) -> list[str]:
 def test_the_example_python_template_is_valid() -> None:
     t = load_template(PYTHON_EXAMPLE, "ticket-triage/agent.yaml")
     assert t.language == "python" and t.entrypoint == "run" and t.python_module == "triage"
-    assert t.python_paths == ("src", "vendor") and t.tools == ("log.write",)
+    assert t.python_paths == ("src", "vendor") and t.tools == ("log.write", "http.fetch")
     assert [d.purl for d in t.dependencies] == ["pkg:generic/agentfactory/triagerules@1.0.0"]
+    assert t.http is not None and [r.pattern.text for r in t.http.rules] == ["https://models.example.com/v1/*"]
+    assert [(s.name, s.hosts) for s in t.http.secrets] == [("model-api-key", ("models.example.com",))]
 
 
 def test_a_minimal_python_template(tmp_path: Path) -> None:
