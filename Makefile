@@ -59,7 +59,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/python/demo_services.py start $(DEMO)/services --ttl 900
 	set -a; . $(DEMO)/services/node.env; set +a; \
 	  printf '{"subject": "Site down", "body": "The dashboard is not loading, 503 for everyone."}' | \
-	  $(BIN)/agentfactory run ticket-triage --stdin -
+	  $(BIN)/agentfactory run ticket-triage --stdin - && echo
 	@echo "The same agents through the node service (agentfactory runtime serve) over HTTP:"
 	@set -a; . $(DEMO)/services/node.env; set +a; \
 	  $(BIN)/agentfactory runtime serve --listen 127.0.0.1:0 --audit-log $(DEMO)/audit.jsonl 2>$(DEMO)/runtime.log & \
