@@ -5,6 +5,9 @@ same compiler with the same optimisation: so the flags come from `pipelines.tool
 every agent is built with), and only the target and the wasm-only linker flags differ. zig is run
 the way the pipeline runs it (the pinned wheel's binary, a scrubbed environment) and shares the
 pipeline's zig global cache, so wasi-libc and the host libc are built once, not per benchmark run.
+
+Flags that only exist for wasm are dropped natively: `-msimd128` is the wasm build's counterpart of the
+host's own SIMD, which a native build gets anyway (zig builds for this CPU, AVX2 included).
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ KERNELS: dict[str, int] = {
 Target = Literal["native", "wasm"]
 TARGETS: tuple[Target, ...] = ("native", "wasm")
 
-# Flags that only make sense for the wasm build: the target itself and the wasm linker's stack size.
-_WASM_ONLY_PREFIXES = ("-Wl,-z,stack-size=",)
+# Flags that only make sense for the wasm build: the target itself, the wasm linker's stack size and wasm SIMD.
+_WASM_ONLY_PREFIXES = ("-Wl,-z,stack-size=", "-msimd128")
 _OUTPUT = re.compile(r"checksum=(?P<checksum>[0-9a-f]{16}) ns=(?P<ns>\d+)")
 
 
@@ -77,17 +80,24 @@ def _env(global_cache: Path, local_cache: Path) -> dict[str, str]:
             "ZIG_LOCAL_CACHE_DIR": str(local_cache), "HOME": str(local_cache)}
 
 
-def build(kernel: str, target: Target, out_dir: Path, *, cache_root: Path | None = None) -> Path:
+def build(kernel: str, target: Target, out_dir: Path, *, cache_root: Path | None = None,
+          without: tuple[str, ...] = ()) -> Path:
     """Compile benchmarks/kernels/<kernel>.c for `target` into `out_dir`; returns the binary's path.
 
     `<out_dir>/<kernel>.wasm` for wasm, `<out_dir>/<kernel>` natively. zig's global cache lives under
     `cache_root` (default: the pipeline's toolchain cache, `$AGENTFACTORY_TOOLCHAIN_CACHE`), in the same
     `zig-global` folder the pipeline uses, so a warm pipeline cache makes kernel builds fast too.
+    `without` names pinned flags to leave out, each of which must be one: the benchmark prices a flag by
+    building without it.
     """
     source = KERNEL_DIR / f"{kernel}.c"
     if kernel not in KERNELS or not source.is_file():
         raise KernelBuildError(f"unknown kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
     flags = flags_for(target)
+    unknown = [f for f in without if f not in flags]
+    if unknown:
+        raise KernelBuildError(f"kernel {kernel} ({target}): {', '.join(unknown)} is not among its flags")
+    flags = [f for f in flags if f not in without]
     out_dir = Path(out_dir).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     out = out_dir / (f"{kernel}.wasm" if target == "wasm" else kernel)
