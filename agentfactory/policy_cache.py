@@ -32,7 +32,7 @@ from .config import cache_dir
 from .fsutil import atomic_write
 
 CACHE_ENV = "AGENTFACTORY_POLICY_CACHE"  # "0" or "off": compile every time (the cache is never read or written)
-PLAN_FORMAT = "agentfactory-policy-plan/1"  # bump when the queries or entrypoints of a bundle change
+PLAN_FORMAT = "agentfactory-policy-plan/2"  # bump when what a bundle is built from changes (2: its modules)
 _KEY_FILE = "hmac.key"
 _KEY_BYTES = 32
 _STAMP = "compiled"  # written once the sources compiled: a later process need not compile to know it
@@ -124,10 +124,9 @@ class PolicyCache:
         with contextlib.suppress(OSError):
             atomic_write(self.folder / _STAMP, self._tag(_STAMP, b"").encode("ascii") + b"\n", mode=0o600)
 
-    def load(self, name: str, interpreter: Any) -> Any | None:
-        """The bundle `name` loaded into `interpreter`, or None (absent, refused, unreadable)."""
-        import regopy
-
+    def read(self, name: str) -> bytes | None:
+        """The verified bytes of bundle `name`, or None (absent, refused, unreadable): what every worker of a
+        RegoEngine loads its own copy from (load_bytes), so the file is read and checked once."""
         path = self.folder / name
         try:
             raw = path.read_bytes()
@@ -140,44 +139,74 @@ class PolicyCache:
         if payload is None:
             self._refuse(name, "its HMAC does not match (tampered, truncated or from another cache): refused, "
                                "rebuilt from the policies")
-            return None
-        private = ""
-        try:  # a private (0600, O_EXCL) copy in the temporary folder: the cache may be read-only
-            fd, private = tempfile.mkstemp(prefix="agentfactory-policy-", suffix=".rbb")
-            with os.fdopen(fd, "wb") as f:
-                f.write(payload)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                if private:
-                    os.unlink(private)
-            self.refused.append(f"{path}: no private copy to load it from ({exc}): compiled instead")
+        return payload
+
+    def load(self, name: str, interpreter: Any) -> Any | None:
+        """The bundle `name` loaded into `interpreter`, or None (absent, refused, unreadable)."""
+        payload = self.read(name)
+        if payload is None:
             return None
         try:
-            bundle = interpreter.load_bundle(private, regopy.BundleFormat.Binary)
-            if not bundle.ok():
-                raise regopy.RegoError("the bundle did not load")
-            return bundle
-        except (regopy.RegoError, RuntimeError) as exc:
+            return load_bytes(interpreter, payload)
+        except PolicyCacheError as exc:
             self._refuse(name, f"authentic but not loadable ({exc}): rebuilt from the policies")
             return None
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(private)
 
     def save(self, name: str, interpreter: Any, bundle: Any) -> None:
         """Write the tag and `bundle` in one file, atomically: a reader sees the whole entry or none."""
-        import regopy
-
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.folder)
-            os.close(fd)
-            try:
-                interpreter.save_bundle(tmp, bundle, regopy.BundleFormat.Binary)
-                payload = Path(tmp).read_bytes()
-            finally:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-            atomic_write(self.folder / name, self._tag(name, payload).encode("ascii") + b"\n" + payload, mode=0o600)
+            self.write(name, bundle_bytes(interpreter, bundle))
         except Exception:  # the cache is an optimisation: the next process compiles again
             return
+
+    def write(self, name: str, payload: bytes) -> None:
+        """Write the tag and `payload` (a bundle's bytes) in one file, atomically; never raises on disk errors."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.folder / name, self._tag(name, payload).encode("ascii") + b"\n" + payload, mode=0o600)
+        except OSError:  # the cache is an optimisation: the next process compiles again
+            return
+
+
+class PolicyCacheError(Exception):
+    """A bundle's bytes that rego-cpp cannot load (or save)."""
+
+
+def bundle_bytes(interpreter: Any, bundle: Any) -> bytes:
+    """`bundle` in rego-cpp's binary format (rego-cpp writes bundles only to files: a private temporary one)."""
+    import regopy
+
+    fd, tmp = tempfile.mkstemp(prefix="agentfactory-policy-", suffix=".rbb")
+    os.close(fd)
+    try:
+        interpreter.save_bundle(tmp, bundle, regopy.BundleFormat.Binary)
+        return Path(tmp).read_bytes()
+    except (regopy.RegoError, RuntimeError) as exc:
+        raise PolicyCacheError(f"the bundle could not be saved ({exc})") from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def load_bytes(interpreter: Any, payload: bytes) -> Any:
+    """A bundle loaded into `interpreter` from `payload`, through a private (0600, O_EXCL) copy in the temporary
+    folder (rego-cpp loads only from a path; the cache itself may be read-only): the bytes checked are the bytes
+    loaded. Raises PolicyCacheError when rego-cpp refuses them."""
+    import regopy
+
+    try:
+        fd, private = tempfile.mkstemp(prefix="agentfactory-policy-", suffix=".rbb")
+    except OSError as exc:
+        raise PolicyCacheError(f"no private copy to load it from ({exc})") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+        bundle = interpreter.load_bundle(private, regopy.BundleFormat.Binary)
+        if not bundle.ok():
+            raise PolicyCacheError("the bundle did not load")
+        return bundle
+    except (regopy.RegoError, RuntimeError, OSError) as exc:
+        raise PolicyCacheError(str(exc)) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(private)
