@@ -38,7 +38,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import TRIVIAL_WAT, bench_home, ms, percentile, sized, stop, summary_ms, verdict, write_results  # noqa: E402
+from common import (  # noqa: E402
+    TRIVIAL_WAT,
+    bench_home,
+    ms,
+    percentile,
+    run_threads,
+    sized,
+    stop,
+    summary_ms,
+    verdict,
+    write_results,
+)
 
 from admission.cli import build_admitter  # noqa: E402
 from admission.config import load_config  # noqa: E402
@@ -284,19 +295,13 @@ def miss_throughput(admitter: Admitter, ref: str) -> list[dict[str, Any]]:
                   for k in range(threads)]
         errors: list[BaseException] = []
 
-        def run(mine: list[bytes], errors: list[BaseException]) -> None:
+        def run(mine: list[bytes], errors: list[BaseException] = errors) -> None:
             try:
                 timed_reviews(admitter, mine, True)
             except BaseException as exc:  # reported below: a wrong answer fails the benchmark
                 errors.append(exc)
 
-        pool = [threading.Thread(target=run, args=(b, errors)) for b in bodies]
-        cpu0, start = time.process_time(), time.perf_counter()
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-        wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+        wall, cpu = run_threads(run, bodies)
         if errors:
             raise RuntimeError(f"non-memoised reviews in {threads} threads: {errors[0]}")
         n = sum(len(b) for b in bodies)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import statistics
 import sys
-import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from common import sized, verdict, write_results  # noqa: E402
+from common import run_threads, sized, verdict, write_results  # noqa: E402
 
 from agentfactory.policy import RegoEngine, template_input  # noqa: E402
 from agentfactory.policy_input import check_input  # noqa: E402
@@ -101,13 +100,7 @@ def throughput(engine: RegoEngine, threads: int) -> dict[str, float]:
             if not decision.allow:
                 denied.append(decision.deny[0] if decision.deny else "denied")
 
-    pool = [threading.Thread(target=run, args=(d,)) for d in docs]
-    cpu0, start = time.process_time(), time.perf_counter()
-    for t in pool:
-        t.start()
-    for t in pool:
-        t.join()
-    wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
+    wall, cpu = run_threads(run, docs)
     if denied:
         raise SystemExit(f"the admission policy denies the benchmark's input: {denied[0]}")
     return {"threads": threads, "decisions_per_s": per * threads / wall, "cpu_util": cpu / wall}

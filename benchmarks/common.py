@@ -13,7 +13,7 @@ import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -192,3 +192,16 @@ TRIVIAL_WAT = """\
     (i32.store (i32.const 4) (i32.const 3))
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
 """
+
+
+def run_threads(target: Callable[[Any], None], shares: Sequence[Any]) -> tuple[float, float]:
+    """Run `target(share)` in one thread per share, all at once: (wall seconds, process CPU seconds)."""
+    import threading
+
+    pool = [threading.Thread(target=target, args=(share,)) for share in shares]
+    cpu0, start = time.process_time(), time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return time.perf_counter() - start, time.process_time() - cpu0

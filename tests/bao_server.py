@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 
 class BaoStartError(RuntimeError):
@@ -120,3 +121,34 @@ def running_openbao(home: Path, *, tls: bool = False) -> Iterator[OpenBao]:
         yield OpenBao(addr=addr, root_token=token, log=log, cacert=cacert)
     finally:
         stop(proc)
+
+
+AGENT_SECRETS_READER = 'path "secret/data/agentfactory/agents/*" { capabilities = ["read"] }'
+
+
+@dataclass(frozen=True)
+class AgentSecrets:
+    """An OpenBao holding one agent's secrets, and a node token that can only read agents' secrets."""
+
+    addr: str
+    root: Any  # hvac client with the root token, for the test to rotate or delete
+    node_token: str
+
+
+@contextlib.contextmanager
+def openbao_with_agent_secrets(home: Path, agent: str, values: dict[str, str]) -> Iterator[AgentSecrets]:
+    """OpenBao (a failed start fails the test) with `values` at secret/agentfactory/agents/<agent>."""
+    import hvac
+    import pytest
+
+    with contextlib.ExitStack() as stack:
+        try:
+            bao = stack.enter_context(running_openbao(home))
+        except BaoStartError as exc:
+            pytest.fail(str(exc))
+        root = hvac.Client(url=bao.addr, token=bao.root_token, timeout=10)
+        root.secrets.kv.v2.create_or_update_secret(path=f"agentfactory/agents/{agent}", mount_point="secret",
+                                                   secret=values)
+        root.sys.create_or_update_policy("agentfactory-node", AGENT_SECRETS_READER)
+        token = root.auth.token.create(policies=["agentfactory-node"], ttl="1h")["auth"]["client_token"]
+        yield AgentSecrets(bao.addr, root, token)

@@ -11,7 +11,6 @@ The build takes ~40 s and the first compile ~12 s of CPU, so the module builds o
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import secrets
 import shutil
@@ -22,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hvac
 import pytest
-from bao_server import BaoStartError, running_openbao
+from bao_server import openbao_with_agent_secrets
 from helpers import PYTHON_EXAMPLE, git, load_example_module
 from runtime_helpers import Signed, signed_store
 
@@ -40,7 +38,6 @@ from sandbox_runtime.sandbox import Invocation
 pytestmark = pytest.mark.toolchain
 
 TICKET = b'{"subject": "Site down", "body": "The dashboard is not loading, 503 for everyone."}'
-NODE_POLICY = 'path "secret/data/agentfactory/agents/*" { capabilities = ["read"] }'
 model_server = load_example_module(PYTHON_EXAMPLE.parent / "model_server.py")
 
 
@@ -57,20 +54,12 @@ class ModelApi:
 @pytest.fixture(scope="module")
 def model_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelApi]:
     key = "sk-model-" + secrets.token_hex(16)
-    with contextlib.ExitStack() as stack:
-        try:
-            bao = stack.enter_context(running_openbao(tmp_path_factory.mktemp("bao")))
-        except BaoStartError as exc:
-            pytest.fail(str(exc))
-        root = hvac.Client(url=bao.addr, token=bao.root_token, timeout=10)
-        root.secrets.kv.v2.create_or_update_secret(path="agentfactory/agents/ticket-triage", mount_point="secret",
-                                                   secret={"model-api-key": key})
-        root.sys.create_or_update_policy("agentfactory-node", NODE_POLICY)
-        token = root.auth.token.create(policies=["agentfactory-node"], ttl="1h")["auth"]["client_token"]
-        server = stack.enter_context(model_server.serving(tmp_path_factory.mktemp("model"), key))
+    with openbao_with_agent_secrets(tmp_path_factory.mktemp("bao"), "ticket-triage", {"model-api-key": key}) as bao, \
+            model_server.serving(tmp_path_factory.mktemp("model"), key) as server:
         settings = HttpSettings(allow_loopback=True, ca_file=server.ca_file,
                                 connect_to=(("models.example.com", 443, "127.0.0.1", server.port),))
-        yield ModelApi(server, HttpNode(settings, VaultKV2Secrets(bao.addr, token, timeout=5, ttl=0)), key, root)
+        node = HttpNode(settings, VaultKV2Secrets(bao.addr, bao.node_token, timeout=5, ttl=0))
+        yield ModelApi(server, node, key, bao.root)
 
 
 @pytest.fixture(scope="module")

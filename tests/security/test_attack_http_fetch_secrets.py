@@ -6,7 +6,6 @@ stdout, the audit trail or an error message, even when the API echoes the header
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
 import socket
@@ -16,9 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import hvac
 import pytest
-from bao_server import BaoStartError, running_openbao
+from bao_server import openbao_with_agent_secrets
 from http_fetch_helpers import (
     Ca,
     Server,
@@ -39,8 +37,6 @@ from sandbox_runtime.http_fetch import FetchError, FetchRequest, HttpNode, HttpS
 from sandbox_runtime.http_node import secrets_from
 from sandbox_runtime.http_resolve import DnsServerResolver
 
-NODE_POLICY = 'path "secret/data/agentfactory/agents/*" { capabilities = ["read"] }'
-
 
 @dataclass(frozen=True)
 class Vault:
@@ -52,18 +48,10 @@ class Vault:
 
 @pytest.fixture(scope="module")
 def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
-    with contextlib.ExitStack() as stack:
-        try:
-            bao = stack.enter_context(running_openbao(tmp_path_factory.mktemp("bao")))
-        except BaoStartError as exc:
-            pytest.fail(str(exc))
-        root = hvac.Client(url=bao.addr, token=bao.root_token, timeout=10)
-        value = "sk-test-" + secrets.token_hex(20)
-        root.secrets.kv.v2.create_or_update_secret(path="agentfactory/agents/triage", mount_point="secret",
-                                                   secret={"api-key": value, "short": "abc"})
-        root.sys.create_or_update_policy("agentfactory-node", NODE_POLICY)
-        token = root.auth.token.create(policies=["agentfactory-node"], ttl="1h")["auth"]["client_token"]
-        yield Vault(bao.addr, token, root, value)
+    value = "sk-test-" + secrets.token_hex(20)
+    with openbao_with_agent_secrets(tmp_path_factory.mktemp("bao"), "triage", {"api-key": value, "short": "abc"}) \
+            as bao:
+        yield Vault(bao.addr, bao.node_token, bao.root, value)
 
 
 BINDING = {"name": "api-key", "header": "Authorization", "format": "Bearer {value}", "hosts": ["api.test"]}

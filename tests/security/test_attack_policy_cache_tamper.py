@@ -10,21 +10,12 @@ import shutil
 from pathlib import Path
 
 import pytest
+from policy_texts import MINI_TEMPLATE_POLICY
 
 from agentfactory import policy_cache
 from agentfactory.policy import RegoEngine
 
-POLICY = """package agentfactory.template
-import rego.v1
-default allow := false
-allow if count(deny) == 0
-deny := violations(input)
-violations(inp) := {msg |
-    some tool in inp.template.spec.tools
-    tool in data.agentfactory.config.dangerous_tools
-    msg := sprintf("spec.tools: '%s' is not allowed", [tool])
-}
-"""
+POLICY = MINI_TEMPLATE_POLICY
 STRICT = {"agentfactory": {"config": {"dangerous_tools": ["shell.exec"]}}}
 LAX: dict[str, object] = {"agentfactory": {"config": {"dangerous_tools": []}}}
 SHELL = {"template": {"spec": {"tools": ["shell.exec"]}}}

@@ -7,22 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+from policy_texts import MINI_TEMPLATE_POLICY
 
 from agentfactory.policy import MAX_INPUT_BYTES, MAX_INPUT_DEPTH, Decision, PolicyEngine, RegoEngine
 from agentfactory.policy import TestReport as Report
 from agentfactory.policy_input import MAX_STRING_BYTES, MAX_STRINGS, PolicyInputError, check_input
 
-GOOD = """package agentfactory.template
-import rego.v1
-default allow := false
-allow if count(deny) == 0
-deny := violations(input)
-violations(inp) := {msg |
-    some tool in inp.template.spec.tools
-    tool in data.agentfactory.config.dangerous_tools
-    msg := sprintf("spec.tools: '%s' is not allowed", [tool])
-}
-"""
+GOOD = MINI_TEMPLATE_POLICY
 
 
 def folder(tmp_path: Path, files: dict[str, str], data: object | None = None) -> Path:

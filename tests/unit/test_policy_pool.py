@@ -9,22 +9,13 @@ import threading
 from pathlib import Path
 
 import pytest
+from policy_texts import MINI_TEMPLATE_POLICY
 
 from agentfactory.policy import WORKERS_ENV, RegoEngine, policy_modules
 
 ROOT = Path(__file__).resolve().parents[2]
 
-TEMPLATE = """package agentfactory.template
-import rego.v1
-default allow := false
-allow if count(deny) == 0
-deny := violations(input)
-violations(inp) := {msg |
-    some tool in inp.template.spec.tools
-    tool in data.agentfactory.config.dangerous_tools
-    msg := sprintf("spec.tools: '%s' is not allowed", [tool])
-}
-"""
+TEMPLATE = MINI_TEMPLATE_POLICY
 ADMISSION = """package agentfactory.admission
 import rego.v1
 default allow := false
