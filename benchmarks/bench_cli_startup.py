@@ -89,6 +89,7 @@ def import_breakdown(cmd: list[str], env: dict[str, str], cwd: Path, top: int = 
 
 
 def main() -> None:
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="af-bench-startup-") as tmp:
         base = Path(tmp)
         templates = base / "templates"
@@ -123,9 +124,11 @@ def main() -> None:
         bare = series([sys.executable, "-c", "pass"], env, base)
         engine_cold = engine_times(env, base, cache, cold=True)
         engine_warm = engine_times(env, base, cache, cold=False)
+    load_after = os.getloadavg()
     judged = ("agentfactory verify wordstats | warm", "agentfactory pipeline run (unchanged) | warm")
     verdicts = {k: v["p50_ms"] <= GOAL_MS for k, v in rows.items()}
     result = {"machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+              "load_average_1m": {"before": load_before[0], "after": load_after[0]},
               "runs": RUNS, "goal_p50_ms": GOAL_MS,
               "commands": {k: {**v, "goal_met": verdicts[k]} for k, v in rows.items()},
               "python_c_pass": bare, "imports_warm": imports,
@@ -135,7 +138,8 @@ def main() -> None:
              f"Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}. Each command run {RUNS} times as "
              "a new process (wall time, hyperfine-style); bytecode cached as for an installed package; "
              "`warm` = the compiled-policy cache filled by an earlier run, `cold` = its folder deleted before each "
-             "run (the policies compiled again).", "",
+             f"run (the policies compiled again). Load average (1 min) {load_before[0]:.2f} before the runs, "
+             f"{load_after[0]:.2f} after: other work on the machine slows every row alike.", "",
              "| command | policy cache | p50 | p90 | min | goal ≤ 250 ms p50 |",
              "| --- | --- | ---: | ---: | ---: | --- |"]
     for key, row in rows.items():

@@ -6,9 +6,9 @@ import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-from rich.live import Live
 from rich.table import Table
 
 from agentfactory.cli.common import (
@@ -32,7 +32,8 @@ from agentfactory.scan.report import FAIL_ON, Gate
 from agentfactory.store import open_store
 from agentfactory.tlog.connect import open_tlog
 
-from .run import PipelineReport, Scanning, Signing, run_pipeline
+if TYPE_CHECKING:
+    from .run import PipelineReport, Scanning, Signing
 
 _STYLE = {"built": "green", "unchanged": "cyan", "failed": "red"}
 
@@ -48,6 +49,8 @@ class _LiveBoard:
     def __init__(self) -> None:
         self.rows: dict[str, str] = {}
         self.lock = threading.Lock()
+        from rich.live import Live  # only on a terminal
+
         self.live = Live(self._render(), console=err, transient=True, refresh_per_second=8)
 
     def _render(self) -> Table:
@@ -136,6 +139,9 @@ def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tes
     """
     if resign and no_sign:
         raise click.UsageError("--resign and --no-sign contradict each other: give one")
+    # Here, not at the top: `agentfactory --help` imports this module for its one-line help (issue 23).
+    from .run import Scanning, Signing, run_pipeline
+
     store = open_store(store_url)
     signing = None
     overrides: dict[str, object] = {}
@@ -187,6 +193,8 @@ def _keyless_signing(instance: str, builder_id: str, sbom_dir: Path | None, tlog
     """Keyless signing: the ambient OIDC identity is read now, so a job that cannot sign fails before
     building. Every bundle is logged in the instance's Rekor by the signing itself: no --tlog."""
     from agentfactory.keys.sigstore_keyless import KeylessSigner
+
+    from .run import Signing
 
     source = click.get_current_context().get_parameter_source("tlog_url")
     explicit = (click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT)

@@ -1,7 +1,8 @@
 """What Git knows about a template: the commit, its time, and what changed since a ref.
 
-Through gitpython. A templates folder outside any Git repository still builds: it gets
-SOURCE_DATE_EPOCH from the environment (or 0) and no commit.
+Through `git` plumbing run as a subprocess: importing GitPython cost ~50 ms of every `pipeline run`,
+more than the few Git commands a run needs. A templates folder outside any Git repository still
+builds: it gets SOURCE_DATE_EPOCH from the environment (or 0) and no commit.
 
 Every list of paths is read NUL-separated (`-z`): without it Git quotes a path holding a non-ASCII
 byte, a quote, a backslash or a control character (`"templates/x/konfig\\303\\274.h"`), and a parser
@@ -12,6 +13,7 @@ them (`os.fsdecode`), so a name that is not UTF-8 still names its file.
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +22,38 @@ from agentfactory.errors import ConfigError
 
 if TYPE_CHECKING:
     import git
+
+_NOT_A_REPOSITORY = "not a git repository"
+
+
+class GitFailed(ConfigError):
+    """A `git` command exited non-zero; the message carries its stderr."""
+
+
+def run_git(cwd: Path, *args: str) -> bytes:
+    """Stdout of `git ARGS` run in `cwd`; GitFailed with Git's own message when it fails.
+
+    Messages are in English (LC_ALL=C) so that callers may recognise them, as GitPython did.
+    """
+    env = {**os.environ, "LC_ALL": "C", "LANGUAGE": "C"}
+    try:
+        proc = subprocess.run(["git", *args], cwd=cwd, env=env, capture_output=True, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        raise ConfigError("git is not installed (or not on PATH), but the templates are in a Git repository: "
+                          "install git (Debian: apt-get install git)") from None
+    if proc.returncode != 0:
+        message = proc.stderr.decode(errors="replace").strip() or f"exit status {proc.returncode}"
+        raise GitFailed(f"git {' '.join(args[:2])} in {cwd}: {message}")
+    return proc.stdout
+
+
+def work_tree_of(repo: git.Repo | Path) -> Path:
+    """The folder Git commands run in: a GitPython Repo's work tree, or a path inside the work tree."""
+    if isinstance(repo, Path):
+        return repo
+    if repo.working_tree_dir is None:
+        raise ConfigError(f"{repo.git_dir}: a bare repository has no work tree to compare")
+    return Path(repo.working_tree_dir)
 
 
 @dataclass(frozen=True)
@@ -61,11 +95,11 @@ def parse_name_status_z(data: bytes) -> list[Change]:
     return out
 
 
-def diff_changes(repo: git.Repo, ref: str) -> list[Change]:
+def diff_changes(repo: git.Repo | Path, ref: str) -> list[Change]:
     """Every change since `ref`: committed, staged and unstaged (renames and copies detected), then
-    the untracked files as additions."""
-    raw = repo.git.diff("--name-status", "-z", "-M", "-C", "--no-ext-diff", "--no-textconv", ref, "--",
-                        stdout_as_string=False, strip_newline_in_stdout=False)
+    the untracked files as additions. `repo` is a GitPython Repo or its work tree."""
+    raw = run_git(work_tree_of(repo), "diff", "--name-status", "-z", "-M", "-C", "--no-ext-diff", "--no-textconv",
+                  ref, "--")
     return parse_name_status_z(raw) + [Change("A", p) for p in untracked(repo)]
 
 
@@ -74,10 +108,12 @@ def literal(path: str) -> str:
     return f":(literal){path}"
 
 
-def untracked(repo: git.Repo) -> list[str]:
-    """Untracked files not ignored, NUL-separated (gitpython's `untracked_files` parses quoted output)."""
-    return split_z(repo.git.ls_files("-z", "--others", "--exclude-standard", stdout_as_string=False,
-                                     strip_newline_in_stdout=False))
+def untracked(repo: git.Repo | Path) -> list[str]:
+    """Untracked files not ignored, NUL-separated (gitpython's `untracked_files` parses quoted output).
+
+    Paths are relative to the work tree's root, whichever folder of it `repo` names."""
+    return split_z(run_git(work_tree_of(repo), "ls-files", "-z", "--others", "--exclude-standard", "--full-name",
+                           ":/"))
 
 
 @dataclass(frozen=True)
@@ -92,59 +128,89 @@ class Origin:
     epoch: int
 
 
+def _inside_a_repository(start: Path) -> bool:
+    """Whether `start` or a parent holds `.git`: asked only when git itself cannot be run."""
+    return any((folder / ".git").exists() for folder in (start, *start.parents))
+
+
+def _find_root(start: Path) -> Path | None:
+    """The work tree `start` lies in, or None outside any repository (or for a path that does not exist)."""
+    if not start.is_dir():
+        return None
+    try:
+        out = run_git(start, "rev-parse", "--show-toplevel")
+    except GitFailed as exc:
+        if _NOT_A_REPOSITORY in str(exc):
+            return None
+        raise
+    except ConfigError:  # git is not installed: fine outside a repository, refused inside one
+        if _inside_a_repository(start.resolve()):
+            raise
+        return None
+    top = os.fsdecode(out.rstrip(b"\n"))
+    if not top:  # inside .git itself, or a bare repository: no work tree
+        return None
+    return Path(top).resolve()
+
+
 class GitView:
     """One repository, opened once per pipeline run."""
 
     def __init__(self, start: Path) -> None:
-        import git
-
-        self._git = git
-        try:
-            self.repo: git.Repo | None = git.Repo(start, search_parent_directories=True)
-        except (git.InvalidGitRepositoryError, git.NoSuchPathError):
-            self.repo = None
-        self.root = Path(self.repo.working_tree_dir).resolve() if self.repo and self.repo.working_tree_dir \
-            else None
+        self.root = _find_root(Path(start))
         self._head: str | None = None
-        if self.repo is not None:
+        if self.root is not None:
             try:
-                self._head = self.repo.head.commit.hexsha
-            except ValueError:  # no commits yet
+                self._head = self._git("rev-parse", "--verify", "--quiet", "HEAD^{commit}").decode().strip() or None
+            except GitFailed:  # no commits yet
                 self._head = None
+
+    def _git(self, *args: str) -> bytes:
+        assert self.root is not None
+        return run_git(self.root, *args)
 
     def _rel(self, path: Path) -> str:
         assert self.root is not None
         return path.resolve().relative_to(self.root).as_posix()
 
+    def _remote_url(self) -> str | None:
+        """The first URL of the first remote in the configuration (as GitPython's `remotes[0].urls`)."""
+        try:
+            names = self._git("config", "--local", "--null", "--get-regexp", r"^remote\..*\.url$")
+        except GitFailed:  # exit 1: no remote configured
+            return None
+        first = names.split(b"\0", 1)[0].split(b"\n", 1)[0].decode(errors="replace")  # "remote.NAME.url"
+        name = first.removeprefix("remote.").removesuffix(".url")
+        try:
+            urls = self._git("remote", "get-url", "--all", name).decode(errors="replace").split()
+        except GitFailed:
+            return None
+        return urls[0] if urls else None
+
     def origin(self, folder: Path) -> Origin:
         """Commit, epoch and cleanliness of one template folder."""
         env_epoch = int(os.environ.get("SOURCE_DATE_EPOCH", "0") or 0)
-        if self.repo is None or self.root is None or not folder.resolve().is_relative_to(self.root):
+        if self.root is None or not folder.resolve().is_relative_to(self.root):
             return Origin(None, None, None, folder.name, dirty=True, epoch=env_epoch)
         rel = self._rel(folder)
         epoch, last = env_epoch, None
         if self._head:
-            out = self.repo.git.log("-1", "--format=%H %ct", "--", literal(rel)).split()
+            out = self._git("log", "-1", "--format=%H %ct", "--", literal(rel)).decode().split()
             if len(out) == 2:
                 last, epoch = out[0], int(out[1])
-        dirty = bool(self.repo.git.status("--porcelain", "-z", "--", literal(rel)).strip())
-        remote = None
-        if self.repo.remotes:
-            try:
-                remote = next(iter(self.repo.remotes[0].urls), None)
-            except self._git.GitCommandError:
-                remote = None
+        dirty = bool(self._git("status", "--porcelain", "-z", "--", literal(rel)).strip())
+        remote = self._remote_url()
         return Origin(remote or self.root.as_uri(), self._head, last, rel, dirty, epoch)
 
     def changed_since(self, ref: str, folders: list[Path]) -> set[Path]:
         """The template folders with any change (committed, staged, unstaged or untracked) since `ref`."""
-        if self.repo is None or self.root is None:
+        if self.root is None:
             raise ConfigError("--changed-since needs the templates folder to be inside a Git repository")
         try:
-            self.repo.git.rev_parse("--verify", "--quiet", f"{ref}^{{commit}}")
-        except self._git.GitCommandError:
+            self._git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}")
+        except GitFailed:
             raise ConfigError(f"--changed-since {ref}: not a commit in {self.root}") from None
-        changed = {p for c in diff_changes(self.repo, ref) for p in c.paths()}
+        changed = {p for c in diff_changes(self.root, ref) for p in c.paths()}
         out = set()
         for folder in folders:
             rel = self._rel(folder) + "/"
@@ -154,11 +220,11 @@ class GitView:
 
     def version_at(self, ref: str, folder: Path) -> str | None:
         """`metadata.version` of the template's agent.yaml at `ref`, or None when it did not exist."""
-        if self.repo is None or self.root is None or not folder.resolve().is_relative_to(self.root):
+        if self.root is None or not folder.resolve().is_relative_to(self.root):
             return None
         try:
-            text = self.repo.git.show(f"{ref}:{self._rel(folder)}/agent.yaml")
-        except self._git.GitCommandError:
+            text = self._git("show", f"{ref}:{self._rel(folder)}/agent.yaml").decode(errors="replace")
+        except GitFailed:
             return None
         import yaml
 

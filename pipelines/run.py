@@ -12,10 +12,9 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentfactory import __version__, evidence
 from agentfactory.artifact import ANN_DESCRIPTION, ANN_REVISION, AgentArtifact, build_agent_artifact
@@ -40,12 +39,17 @@ from agentfactory.tlog import signing_record
 from agentfactory.tlog.base import LogError, TransparencyLog
 from agentfactory.trust import TrustPolicy, from_public_keys
 from agentfactory.verifier import record_decision, verify
-from agentfactory.wasm import ModuleInfo, inspect
 
-from . import casetests, compilecheck, pybuild, toolchain
+from . import casetests, toolchain
 from .cache import BuildCache, CacheEntry, cache_key
 from .gitinfo import GitView, Origin
 from .publishguard import refuse_republish
+
+if TYPE_CHECKING:
+    from agentfactory.wasm import ModuleInfo
+
+# Imported where used, not here: a run whose templates are all unchanged builds, inspects and compiles
+# nothing (concurrent.futures, agentfactory.wasm, pipelines.pybuild and compilecheck: issue 23).
 
 STAGES = ("validate", "build", "test", "sbom", "scan", "sign", "log", "publish")
 Progress = Callable[[str, str], None]  # (template display path, stage or final status)
@@ -233,6 +237,8 @@ def run_pipeline(templates_dir: Path, store: ArtifactStore, *, changed_since: st
     if workers == 1:
         results = [process(j) for j in work]
     else:
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="build") as pool:
             results = list(pool.map(process, work))
     return PipelineReport(templates=results, store=store.url, skipped=skipped)
@@ -320,6 +326,10 @@ def _build_test_publish(job: _Job, t: Template, origin: Origin, store: ArtifactS
                     if again.signature is not None:
                         cache.put(key, replace(hit, signed_by={**hit.signed_by, store.url: again.signature.keyid}))
         return
+
+    from agentfactory.wasm import inspect
+
+    from . import compilecheck, pybuild
 
     cases = casetests.load_cases(t, job.display) if run_tests else []  # parsed only when building
     notify(job.display, "build")

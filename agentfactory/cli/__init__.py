@@ -3,6 +3,10 @@
 The trust core owns `store`, `template`, `keys`, `trust` and `verify`; `pipelines`, `admission` and `sandbox_runtime`
 register theirs through the `agentfactory.cli` entry-point group, so that this package never
 imports them (dependencies point inwards).
+
+Start-up is user-visible (issue 23), so a command's module is imported only when that command runs:
+`--help` lists the core commands from CORE_HELP, and the planes' entry points are read by
+`plugins.find_commands` without importlib.metadata.
 """
 
 from __future__ import annotations
@@ -33,6 +37,24 @@ CORE_COMMANDS = {
     "vex": "agentfactory.cli.scan_cmd:vex",
     "cosign": "agentfactory.cli.cosign_cmd:cosign",
 }
+# The first paragraph of each core command's help, for `agentfactory --help` without importing them all
+# (~0.15 s); tests/unit/test_cli_lazy.py checks it against the commands' own docstrings.
+CORE_HELP = {
+    "store": "List and fetch agents in the artifact store.",
+    "template": "Validate templates and compute vendored-source hashes.",
+    "keys": "Signing keys: local keyring (default), Vault/OpenBao Transit, or cosign. See docs/keys.md.",
+    "verify": "May REF run? REF: name@sha256:…, name:version, name, a path to a .wasm file, or a full registry "
+              "reference oci://HOST/PREFIX/NAME@sha256:….",
+    "trust": "Trust policies: which keys, builders and repositories the verifier trusts.",
+    "policy": "Rego policies: unit tests and decisions.",
+    "tlog": "The embedded transparency log (Rekor v1 compatible).",
+    "audit": "Audit the transparency log: search and verify entries, monitor its history, account for our keys.",
+    "scan": "Scan TARGET for known vulnerabilities: a CycloneDX SBOM file, or a stored agent (name@sha256:…, "
+            "name:version, name), whose signed SBOM is verified first.",
+    "osv": "The embedded matcher's offline OSV database.",
+    "vex": "VEX documents: say, and sign, why a vulnerability does not affect an agent.",
+    "cosign": "Interoperability with cosign and the Sigstore ecosystem (docs/evidence.md).",
+}
 
 
 class LazyGroup(SuggestingGroup):
@@ -46,10 +68,10 @@ class LazyGroup(SuggestingGroup):
     def _find_plugins(self) -> None:
         if not self._plugins_found:
             self._plugins_found = True
-            from importlib.metadata import entry_points  # ~30 ms: only when a plane's command is asked for
+            from .plugins import find_commands  # only when a plane's command is asked for
 
-            for ep in entry_points(group="agentfactory.cli"):
-                self.lazy.setdefault(ep.name, ep.value)
+            for name, target in find_commands().items():
+                self.lazy.setdefault(name, target)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         self._find_plugins()
@@ -71,6 +93,24 @@ class LazyGroup(SuggestingGroup):
             return None
         self.add_command(command, name)
         return command  # type: ignore[no-any-return]
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list of `--help`: core commands from CORE_HELP, unimported; the planes' commands
+        (whose help only their modules hold) are imported, as click does for every command."""
+        shown: dict[str, click.Command] = {}
+        for name in self.list_commands(ctx):
+            if name in CORE_HELP and name not in self.commands:  # a stand-in that only carries the help
+                shown[name] = click.Command(name, help=CORE_HELP[name])
+                continue
+            command = self.get_command(ctx, name)
+            if command is not None and not command.hidden:
+                shown[name] = command
+        if not shown:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in shown)
+        rows = [(name, command.get_short_help_str(limit)) for name, command in shown.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

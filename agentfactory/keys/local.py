@@ -12,6 +12,12 @@ RSA-2048, or whose key id is not its name (a swapped file) stops signing with a 
 the file and the fix. Writers take the lock and replace files atomically; readers need no lock
 because they always see a whole old or a whole new keyring.json, and a PEM is written before
 keyring.json names it.
+
+Listing public keys (every `verify` does, for the trust policy) runs all those checks but skips
+OpenSSL's RSA consistency check of the private half (p·q = n and the CRT values, ~35 ms a key):
+only n and e are used, they are read from the same content-addressed file and their key id must
+be its name, so nothing can be trusted that signing would not also check. Signing loads the key
+with the full check.
 """
 
 from __future__ import annotations
@@ -95,9 +101,9 @@ class LocalKeyring(KeyProvider):
     def __init__(self, folder: Path | None = None) -> None:
         self.folder = Path(folder) if folder is not None else default_folder()
         # Parsed private keys, keyed by key id and by the file's identity (device, inode, mtime,
-        # size): loading an RSA key validates it (milliseconds), so it is done once per file
-        # version, while the permission and name checks still run on every use.
-        self._loaded: dict[str, tuple[tuple[int, int, int, int], rsa.RSAPrivateKey]] = {}
+        # size) and whether OpenSSL validated the RSA key (tens of milliseconds, needed only to
+        # sign): parsing is done once per file version, the permission and name checks on every use.
+        self._loaded: dict[str, tuple[tuple[int, int, int, int], bool, rsa.RSAPrivateKey]] = {}
         self._mutex = threading.Lock()
 
     # ------------------------------------------------------------------ paths and state
@@ -211,8 +217,12 @@ class LocalKeyring(KeyProvider):
 
     # ------------------------------------------------------------------ private keys
 
-    def _load_private(self, kid: str) -> rsa.RSAPrivateKey:
-        """Open `<kid>.pem` and check permissions, size, type and that it holds key `kid`."""
+    def _load_private(self, kid: str, *, validate: bool = True) -> rsa.RSAPrivateKey:
+        """Open `<kid>.pem` and check permissions, size, type and that it holds key `kid`.
+
+        `validate=False` skips OpenSSL's RSA consistency check of the private values: the key's
+        public half (n, e) is then as trustworthy as with it, but it must not sign.
+        """
         path = self.pem_path(kid)
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -238,13 +248,14 @@ class LocalKeyring(KeyProvider):
             identity = (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
             with self._mutex:
                 cached = self._loaded.get(kid)
-            if cached is not None and cached[0] == identity:
-                return cached[1]
+            if cached is not None and cached[0] == identity and (cached[1] or not validate):
+                return cached[2]
             raw = f.read(MAX_PEM_BYTES + 1)
         if len(raw) > MAX_PEM_BYTES:
             raise KeyProviderError(f"private key {path} is larger than {MAX_PEM_BYTES:,} bytes: not an RSA-2048 key")
         try:
-            private = serialization.load_pem_private_key(raw, password=None)
+            private = serialization.load_pem_private_key(raw, password=None,
+                                                         unsafe_skip_rsa_key_validation=not validate)
         except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise KeyProviderError(f"private key {path} is not an unencrypted PKCS#8 PEM private key ({exc}): "
                                    f"restore it from a backup") from None
@@ -261,11 +272,13 @@ class LocalKeyring(KeyProvider):
                 f"the file was replaced or swapped (tampering?). Restore the original from a backup; do not "
                 f"rename files to make them match")
         with self._mutex:
-            self._loaded[kid] = (identity, private)
+            cached = self._loaded.get(kid)
+            if cached is None or cached[0] != identity or not cached[1]:  # never replace a validated parse
+                self._loaded[kid] = (identity, validate, private)
         return private
 
     def _public(self, entry: _Entry) -> PublicKey:
-        pem = public_pem(self._load_private(entry.key_id).public_key())
+        pem = public_pem(self._load_private(entry.key_id, validate=False).public_key())
         return PublicKey(key_id=entry.key_id, pem=pem, status=entry.status, provider=self.name,
                          name=entry.name, created=entry.created)
 
