@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from importlib.metadata import version
 from typing import Any
+
+from .distversion import installed_version as version
 
 MAX_WASM_STACK = 512 * 1024  # bytes of native stack a guest may use: deep recursion traps
 

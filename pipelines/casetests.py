@@ -22,7 +22,7 @@ import binascii
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
@@ -33,7 +33,9 @@ from agentfactory.template import Template
 from agentfactory.yamlsafe import load_yaml
 
 from .casehttp import FIXTURE_SCHEMA, CaseHttp, check_fixtures
-from .compilecheck import Compiled
+
+if TYPE_CHECKING:
+    from .compilecheck import Compiled
 
 CASES_FILE = "tests/cases.yaml"
 MAX_TEST_SECONDS = 120.0  # wall clock for all the cases of one template

@@ -16,9 +16,9 @@ CPU); the module of the result is then a `wasmtime.component.Component`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib.metadata import version
 from typing import Any
 
+from agentfactory.distversion import installed_version as version
 from agentfactory.errors import BuildError
 from agentfactory.template import Template
 from agentfactory.wasm import ComponentInfo, inspect_component, is_component

@@ -34,12 +34,12 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from importlib.metadata import version
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from agentfactory import wit
 from agentfactory.digest import sha256_bytes, sha256_file
+from agentfactory.distversion import installed_version as version
 from agentfactory.errors import BuildError
 from agentfactory.fsutil import atomic_write
 from agentfactory.template import Template

@@ -59,16 +59,16 @@ def zig_dir() -> Path:
 @functools.cache
 def zig_version() -> str:
     """The pinned wheel's version, which is zig's own (no subprocess on the unchanged path)."""
-    from importlib.metadata import version
+    from agentfactory.distversion import installed_version
 
-    return version("ziglang")
+    return installed_version("ziglang")
 
 
 @functools.cache
 def wasmtime_version() -> str:
-    from importlib.metadata import version
+    from agentfactory.distversion import installed_version
 
-    return version("wasmtime")
+    return installed_version("wasmtime")
 
 
 def identity(language: str) -> dict[str, Any]:
