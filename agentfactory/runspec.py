@@ -5,7 +5,8 @@ the template's entrypoint, tools, WASI capabilities and limits in the SLSA prove
 (`buildDefinition.externalParameters.agent`), which is signed with the rest of the evidence; the
 runtime reads them back only from provenance the verifier accepted. The attested document is
 checked against the same JSON Schema fragments as the template, so it cannot ask for more than a
-template could.
+template could (by agentfactory.jsonsubset: the fragments use a handful of keywords, and importing
+jsonschema would cost every verify more than the check).
 """
 
 from __future__ import annotations
@@ -14,8 +15,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
-
+from . import jsonsubset
 from .errors import InputError
 from .httpgrant import HttpGrant, from_spec, grant_problems
 from .template import Limits, Preopen, Template, schema
@@ -59,22 +59,24 @@ def from_template(t: Template) -> RunSpec:
 
 
 @functools.cache
-def _validator() -> jsonschema.Draft202012Validator:
+def contract_schema() -> dict[str, Any]:
+    """The run contract's JSON Schema: the template schema's fragments for the fields it carries."""
     spec = schema()["properties"]["spec"]["properties"]
-    return jsonschema.Draft202012Validator({
+    found: dict[str, Any] = {
         "type": "object",
         "additionalProperties": False,
         "required": ["entrypoint", "tools", "capabilities", "limits"],
         "properties": {k: spec[k] for k in ("entrypoint", "tools", "capabilities", "limits", "http", "secrets")},
-        "$defs": schema().get("$defs", {}),
-    })
+    }
+    jsonsubset.check_schema(found)  # a keyword the subset does not check is refused, never skipped
+    return found
 
 
 def parse_runspec(doc: Any, where: str) -> RunSpec:
     """A RunSpec from its JSON form; InputError naming the field when it is malformed."""
-    for err in _validator().iter_errors(doc):
-        field = ".".join(str(p) for p in err.absolute_path) or "(document)"
-        raise InputError(where, f"{field}: {err.message}")
+    for path, message in jsonsubset.iter_errors(contract_schema(), doc):
+        field = ".".join(str(p) for p in path) or "(document)"
+        raise InputError(where, f"{field}: {message}")
     for path, message in grant_problems(doc.get("http"), doc.get("secrets")):
         raise InputError(where, f"{'.'.join(str(p) for p in path[1:])}: {message}")
     wasi = doc["capabilities"].get("wasi", {})

@@ -18,8 +18,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from .digest import sha256_bytes, sha256_file, tree_sha256
 from .errors import InputError, TemplateError, ValidationFailed
 from .httpgrant import HttpGrant, from_spec, grant_problems
@@ -107,7 +105,9 @@ def schema() -> dict[str, Any]:
 
 
 @functools.cache
-def _validator() -> jsonschema.Draft202012Validator:
+def _validator() -> Any:  # jsonschema.Draft202012Validator; imported here, off the verify path
+    import jsonschema
+
     return jsonschema.Draft202012Validator(schema())
 
 
