@@ -109,15 +109,16 @@ def in_process(folder: Path, threads: int, one_at_a_time: bool = False) -> dict[
                     log.add(doc)
 
         workers = [threading.Thread(target=run, args=(share,)) for share in shares]
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         for w in workers:
             w.start()
         for w in workers:
             w.join()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
         commits, committed = log.commits, log.committed
     return {"threads": threads, "one_commit_per_add": one_at_a_time, "entries": IN_PROCESS,
-            "adds_per_s": IN_PROCESS / elapsed, "commits": commits, "mean_batch": committed / max(commits, 1)}
+            "adds_per_s": IN_PROCESS / elapsed, "cpu_ms_per_add": cpu * 1000 / IN_PROCESS,
+            "commits": commits, "mean_batch": committed / max(commits, 1)}
 
 
 def client(url: str, bodies: list[bytes], start_at: float, out: Any, counter: Any = None) -> None:
@@ -347,7 +348,8 @@ def measure(base: Path) -> None:
         f"the end of the run | {raw_before:,.0f}/s / {raw_after:,.0f}/s |",
         *(f"| `EmbeddedLog.add` in process, {r['threads']} thread(s)"
           f"{', one at a time (a commit each: no group commit)' if r['one_commit_per_add'] else ''} "
-          f"({r['entries']} entries; {r['commits']} commits, mean batch {r['mean_batch']:.1f}) "
+          f"({r['entries']} entries; {r['commits']} commits, mean batch {r['mean_batch']:.1f}; CPU per add "
+          f"{r['cpu_ms_per_add']:.2f} ms) "
           f"| {r['adds_per_s']:,.0f}/s |" for r in local),
         *(f"| POST /api/v1/log/entries, {r['clients']} client process(es), keep-alive ({r['entries']} entries, "
           f"{r['errors']} errors); raw append+fsync just before / after: {r['raw_fsync_per_s'][0]:,.0f}/s / "
@@ -365,10 +367,14 @@ def measure(base: Path) -> None:
         f"{'yes' if crash['largest_proved_tree_is_prefix'] else 'NO'} |",
         "",
         "What bounds the HTTP rate in this run: the server's CPU per add "
-        f"({cpu_text(at_target['server_cpu_ms_per_add'])} with {TARGET_CLIENTS} clients), not the disk: in process, "
-        "where there is no HTTP stack, 16 threads reach "
+        f"({cpu_text(at_target['server_cpu_ms_per_add'])} with {TARGET_CLIENTS} clients), and the disk, whose raw "
+        f"fsync rate was {min(at_target['raw_fsync_per_s']):,.0f}-{max(at_target['raw_fsync_per_s']):,.0f}/s around "
+        "that phase (group commit carries several adds per fsync). In process, where there is no HTTP stack, "
+        "16 threads reach "
         f"{local[-1]['adds_per_s']:,.0f}/s with group commit against {local[1]['adds_per_s']:,.0f}/s one commit at a "
-        "time. One `tlog serve` process runs Python on one core at a time; the clients share the machine.",
+        "time. One `tlog serve` process runs Python on one core at a time; the clients share the machine: at "
+        f"this cost, {TARGET_PER_S:,}/s needs {TARGET_PER_S * (at_target['server_cpu_ms_per_add'] or 0) / 1000:.1f} "
+        f"cores of server CPU alone, on a {os.cpu_count()}-CPU machine whose load average was {load_before:.1f}.",
         "",
     ]
     if SMOKE:

@@ -134,6 +134,16 @@ def index_keys(body: bytes, extra: dict[str, Any] | None) -> set[str]:
     return keys
 
 
+def _entry_keys(entry: ProposedEntry, subjects: list[str]) -> set[str]:
+    """`index_keys` of the entry's canonical body and extra, from the parsed entry (no second parse)."""
+    if entry.kind == "hashedrekord":
+        artifact = entry.digest_hex
+    else:
+        assert entry.envelope is not None, "a parsed dsse entry has its envelope"
+        artifact = hashlib.sha256(entry.envelope.payload).hexdigest()
+    return {"sha256:" + artifact, "pk:" + key_fingerprint(entry.public_key_pem), *subjects}
+
+
 def _held_lock() -> threading.Lock:
     lock = threading.Lock()
     lock.acquire()
@@ -141,11 +151,13 @@ def _held_lock() -> threading.Lock:
 
 
 @dataclass(eq=False)
-class _Pending:
-    """One add waiting for a group commit; the commit's leader fills in where it landed, or why it did not."""
+class PreparedEntry:
+    """A checked entry (`EmbeddedLog.prepare`) on its way through a group commit (`EmbeddedLog.commit`); the
+    commit's leader fills in where it landed, or why it did not, for `EmbeddedLog.answer`."""
 
     body: bytes
     extra: dict[str, Any] | None
+    keys: set[str] | None = None  # its search index keys (`index_keys` of body and extra), when known already
     wake: threading.Lock = field(default_factory=_held_lock)  # released once: answered, or handed the lead
     done: bool = False
     placed: Placed | None = None
@@ -284,7 +296,7 @@ class EmbeddedLog(TransparencyLog):
         self._sth_lock = threading.Lock()
         self._sth: tuple[int, bytes, str] | None = None  # (size, root, signed note): signing once per size
         self._queue_lock = threading.Lock()  # guards the two below
-        self._queue: list[_Pending] = []
+        self._queue: list[PreparedEntry] = []
         self._committing = False  # a leader is committing; what queues meanwhile waits for it to hand over
         self.commits = 0  # group commits (transactions, fsyncs) that appended entries; for benchmarks
         self.committed = 0  # entries those commits appended
@@ -335,6 +347,16 @@ class EmbeddedLog(TransparencyLog):
             self._index.add(batch)
 
     def add(self, proposed: dict[str, Any]) -> Added:
+        pending = self.prepare(proposed)
+        existing = self._reader.leaf_by_hash(merkle.leaf_hash(pending.body))
+        if existing is not None:
+            return Added(self._entry(existing), existed=True)
+        self.commit([pending])
+        return self.answer(pending)
+
+    def prepare(self, proposed: dict[str, Any]) -> PreparedEntry:
+        """The CPU half of an add, with no I/O and no lock: check the entry (shape, signature), make its
+        canonical body and index keys. EntryRejected when the log refuses it."""
         try:
             entry = parse_proposed_entry(proposed, "proposed entry")
             verify_entry_signature(entry, "proposed entry")
@@ -343,39 +365,52 @@ class EmbeddedLog(TransparencyLog):
             raise EntryRejected(str(e)) from None
         except ValueError as e:  # canonical() refuses what JSON cannot carry exactly
             raise EntryRejected(f"proposed entry: {e}") from None
-        existing = self._reader.leaf_by_hash(merkle.leaf_hash(body))
-        if existing is not None:
-            return Added(self._entry(existing), existed=True)
         subjects = _subjects(entry)
-        pending = _Pending(body, {"subjects": subjects} if subjects else None)
-        self._group_commit(pending)
+        return PreparedEntry(body, {"subjects": subjects} if subjects else None, _entry_keys(entry, subjects))
+
+    def answer(self, pending: PreparedEntry) -> Added:
+        """The answer to a committed add: the entry with its proof, checkpoint and a fresh SET; the commit's
+        error (StoreError or LogError) when it failed. Reads only for an entry that was already logged."""
         if pending.error is not None:
             err = pending.error
             if isinstance(err, StoreError):
                 raise StoreError(str(err)) from err  # a fresh exception per caller: they share the commit's
             raise LogError(f"{self.folder}: the entry was not logged: {type(err).__name__}: {err}") from err
         placed, head = pending.placed, pending.head
-        assert placed is not None and head is not None, "a finished commit left an add without an answer"
+        if placed is None or head is None:
+            raise LogError(f"{self.folder}: answer() asked about an entry no commit has finished")
         if placed.existed:  # earlier in the same batch, or logged between our look-up and the commit
             return Added(self._entry(self._reader.leaf(placed.index)), existed=True)
-        leaf = StoredLeaf(placed.index, placed.leaf_hash, body, pending.integrated_time, pending.extra)
+        leaf = StoredLeaf(placed.index, placed.leaf_hash, pending.body, pending.integrated_time, pending.extra)
         return Added(self._entry(leaf, head, pending.path))
 
-    def _group_commit(self, pending: _Pending) -> None:
-        """Return once a commit made `pending` durable or failed it (see the module docstring).
+    def commit(self, pendings: list[PreparedEntry]) -> None:
+        """Return once group commits made every one of `pendings` durable or failed it (see the module
+        docstring); `answer` then says which. Several at once cost one call (a server's event loop hands over
+        what arrived during the last commit): they queue together and go into the same transaction.
 
         A caller that finds no commit running leads one at once; others wait on their own lock (one wake-up
-        each, no herd). A leader commits its batch, hands the lead to the first caller that queued meanwhile
-        (whose commit carries everything queued by then), and only then prepares its batch's proofs, so the
-        next fsync overlaps that work. Nobody is answered before the fsync that holds their entry."""
+        each, no herd). A leader commits its batch, hands the lead to the first entry queued meanwhile (whose
+        commit carries everything queued by then), and only then prepares its batch's proofs, so the next
+        fsync overlaps that work. Nobody is answered before the fsync that holds their entry. The queue is
+        first in, first out, so a caller's entries are taken in order, and only the first of them not yet
+        committed can be handed the lead."""
+        if not pendings:
+            return
         with self._queue_lock:
-            self._queue.append(pending)
-            lead = not self._committing
+            self._queue.extend(pendings)
+            lead = not self._committing  # nothing committing: the queue was empty, so ours is first in it
             self._committing = True
-        if not lead:
-            pending.wake.acquire()
-            if pending.done:
-                return
+        for pending in pendings:
+            if not lead:
+                pending.wake.acquire()
+                if pending.done:
+                    continue
+            lead = False
+            self._lead(pending)
+
+    def _lead(self, pending: PreparedEntry) -> None:
+        """Commit everything queued from `pending` (first in the queue) on, up to MAX_BATCH, and answer it."""
         with self._queue_lock:  # a leader's own entry is first in the queue: handed the lead, or found none
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         assert batch[0] is pending, "a group commit leader is not first in its own batch"
@@ -405,12 +440,12 @@ class EmbeddedLog(TransparencyLog):
             successor.wake.release()
 
     @staticmethod
-    def _fail(batch: list[_Pending], error: BaseException) -> None:
+    def _fail(batch: list[PreparedEntry], error: BaseException) -> None:
         for p in batch:
             if p.head is None:
                 p.error = error
 
-    def _commit(self, batch: list[_Pending]) -> tuple[BatchResult, tuple[int, bytes, str]]:
+    def _commit(self, batch: list[PreparedEntry]) -> tuple[BatchResult, tuple[int, bytes, str]]:
         """One transaction and one fsync for `batch`: its leaves and nodes, their index rows, and the checkpoint
         signed for the tree it leaves (remembered as the latest, so a later truncation is seen)."""
         now = int(time.time())
@@ -418,7 +453,7 @@ class EmbeddedLog(TransparencyLog):
 
         def derived(db: sqlite3.Connection, result: BatchResult) -> None:
             note = Checkpoint(origin=self.key.origin, size=result.size, root_hash=result.root).sign(self.key)
-            rows = [(placed.index, index_keys(p.body, p.extra))
+            rows = [(placed.index, index_keys(p.body, p.extra) if p.keys is None else p.keys)
                     for p, placed in zip(batch, result.placed, strict=True) if not placed.existed]
             staged.append(((result.size, result.root, note), self._index.stage(db, rows, (result.size, note))))
 
@@ -442,10 +477,11 @@ class EmbeddedLog(TransparencyLog):
             p.placed, p.integrated_time = placed, now
         return result, head
 
-    def _prepare_answers(self, batch: list[_Pending], result: BatchResult, head: tuple[int, bytes, str]) -> None:
-        """Every new entry's inclusion proof in the batch's tree, computed together (their paths overlap)."""
+    def _prepare_answers(self, batch: list[PreparedEntry], result: BatchResult, head: tuple[int, bytes, str]) -> None:
+        """Every new entry's inclusion proof in the batch's tree, computed together (their paths overlap) from the
+        nodes the commit already holds in memory (`BatchResult.nodes`): no reads."""
         fresh = [(p, placed.index) for p, placed in zip(batch, result.placed, strict=True) if not placed.existed]
-        paths = self._reader.inclusion_proofs([index for _, index in fresh], head[0])
+        paths = self._reader.inclusion_proofs([index for _, index in fresh], head[0], known=result.nodes)
         for (p, _), path in zip(fresh, paths, strict=True):
             p.path = path
         for p in batch:
@@ -647,4 +683,4 @@ def _index_mismatch(idx: int, want: set[str], got: set[str]) -> list[str]:
     return problems
 
 
-__all__ = ["EmbeddedLog", "default_tlog_dir", "index_keys", "key_fingerprint", "normalise_sha256"]
+__all__ = ["EmbeddedLog", "PreparedEntry", "default_tlog_dir", "index_keys", "key_fingerprint", "normalise_sha256"]

@@ -27,7 +27,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,17 @@ class Placed:
 
 @dataclass(frozen=True)
 class BatchResult:
-    """A committed batch: where each entry landed, and the tree it left (size and root, from the right edge)."""
+    """A committed batch: where each entry landed, and the tree it left (size and root, from the right edge).
+
+    `nodes` holds the perfect subtrees {(level, index): hash} the batch touched: the right edge it started
+    from, its new leaves and every node they completed. That is every hash an inclusion proof of one of its
+    entries in the tree it left needs (a left sibling wholly before the batch is a node of the old right
+    edge), so proofs for the batch's callers cost no reads (`inclusion_proofs(..., known=nodes)`)."""
 
     placed: list[Placed]
     size: int
     root: bytes
+    nodes: dict[tuple[int, int], bytes] = field(default_factory=dict, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -189,8 +195,9 @@ class TreeStorage:
         with self._lock:
             try:
                 with self._transaction():
-                    frontier, size, placed = self._append(items, skip_duplicates=True)
-                    result = BatchResult(placed, size, merkle.root_from_right_edge([h for _, h in frontier]))
+                    nodes: dict[tuple[int, int], bytes] = {}
+                    frontier, size, placed = self._append(items, skip_duplicates=True, nodes=nodes)
+                    result = BatchResult(placed, size, merkle.root_from_right_edge([h for _, h in frontier]), nodes)
                     if derived is not None:
                         derived(self._db, result)
             except sqlite3.OperationalError as e:  # a database that turned read-only after it was opened
@@ -206,13 +213,18 @@ class TreeStorage:
         return frontier, size, [(p.index, p.leaf_hash) for p in placed]
 
     def _append(
-        self, items: Iterable[tuple[bytes, int, dict[str, Any] | None]], *, skip_duplicates: bool
+        self, items: Iterable[tuple[bytes, int, dict[str, Any] | None]], *, skip_duplicates: bool,
+        nodes: dict[tuple[int, int], bytes] | None = None,
     ) -> tuple[list[tuple[int, bytes]], int, list[Placed]]:
-        """Insert `items` inside the caller's transaction; (new right edge, new size, where each landed)."""
+        """Insert `items` inside the caller's transaction; (new right edge, new size, where each landed).
+        `nodes`, when given, collects the perfect subtrees touched (see `BatchResult.nodes`)."""
         size = self._size()
         if size != self._frontier_size:
             self._load_frontier(size)
         frontier = list(self._frontier)
+        known: dict[tuple[int, int], bytes] = {} if nodes is None else nodes
+        for (start, level), (_, h) in zip(_decompose(size), frontier, strict=True):
+            known[(level, start >> level)] = h
         placed: list[Placed] = []
         for body, integrated_time, extra in items:
             h = merkle.leaf_hash(body)
@@ -229,6 +241,7 @@ class TreeStorage:
                 placed.append(Placed(int(row[0]), h, existed=True))
                 continue
             placed.append(Placed(size, h, existed=False))
+            known[(0, size)] = h
             # Pair the new leaf with the right edge: each merge completes one perfect subtree.
             level, node, idx = 0, h, size
             while idx & 1:
@@ -237,6 +250,7 @@ class TreeStorage:
                 node = merkle.node_hash(left, node)
                 level, idx = level + 1, idx >> 1
                 self._db.execute("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", (level, idx, node))
+                known[(level, idx)] = node
             frontier.append((level, node))
             size += 1
         return frontier, size, placed
@@ -265,9 +279,11 @@ class TreeStorage:
             raise StoreError(f"{self.path}: nodes(level={level}, idx={idx}) is missing: the database is damaged")
         return bytes(row[0])
 
-    def _oracle(self) -> merkle.Subtree:
-        """subtree(start, end) from stored perfect nodes; memoised, since proofs ask for overlapping ranges."""
+    def _oracle(self, known: dict[tuple[int, int], bytes] | None = None) -> merkle.Subtree:
+        """subtree(start, end) from perfect nodes (`known` ones first, then stored ones); memoised, since proofs
+        ask for overlapping ranges."""
         memo: dict[tuple[int, int], bytes] = {}
+        given = known or {}
 
         def subtree(start: int, end: int) -> bytes:
             key = (start, end)
@@ -275,7 +291,8 @@ class TreeStorage:
                 n = end - start
                 if n & (n - 1) == 0 and start % n == 0:
                     level = n.bit_length() - 1
-                    memo[key] = self._perfect(level, start >> level)
+                    node = given.get((level, start >> level))
+                    memo[key] = node if node is not None else self._perfect(level, start >> level)
                 else:
                     mid = start + merkle.split_point(n)
                     memo[key] = merkle.node_hash(subtree(start, mid), subtree(mid, end))
@@ -302,9 +319,15 @@ class TreeStorage:
             self._check_size(size)
             return merkle.inclusion_path(index, size, self._oracle())
 
-    def inclusion_proofs(self, indices: Sequence[int], size: int) -> list[list[bytes]]:
+    def inclusion_proofs(self, indices: Sequence[int], size: int,
+                         known: dict[tuple[int, int], bytes] | None = None) -> list[list[bytes]]:
         """Inclusion proofs of several entries in the tree of `size`, sharing look-ups: a group commit's entries
-        sit side by side, so their paths share most subtrees."""
+        sit side by side, so their paths share most subtrees. `known`: a committed batch's `BatchResult.nodes`
+        for the tree of `size` it left; proofs of its entries then read nothing (any node it lacks is read)."""
+        if known is not None:
+            subtree = self._oracle(known)
+            with self._lock:  # held only when a node is missing from `known` and must be read
+                return [merkle.inclusion_path(index, size, subtree) for index in indices]
         with self._lock:
             self._check_size(size)
             subtree = self._oracle()

@@ -1,0 +1,226 @@
+"""The shortcuts that make an add cheap give exactly what the long ways give: canonical JSON through the C
+encoder, SET payloads written directly, index keys from the parsed entry, inclusion proofs from a batch's
+nodes in memory, several entries committed in one call, and the server's own POST route (body cap, error
+bodies, status codes)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from agentfactory.dsse import INTOTO_PAYLOAD_TYPE, sign_envelope
+from agentfactory.intoto import make_statement
+from agentfactory.keys.local import LocalKeyring
+from agentfactory.tlog import merkle
+from agentfactory.tlog.base import EntryRejected
+from agentfactory.tlog.entries import MAX_ENTRY_BYTES, _jcs, canonical, load_public_key, set_payload
+from agentfactory.tlog.log import MAX_BATCH, EmbeddedLog, index_keys
+from agentfactory.tlog.server import create_app
+from agentfactory.tlog.storage import TreeStorage
+
+ENTRIES = "/api/v1/log/entries"
+rfc8785 = pytest.importorskip("rfc8785")
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def hashedrekord(ring: LocalKeyring, pem: bytes, name: str) -> dict[str, Any]:
+    digest = hashlib.sha256(name.encode()).digest()
+    sig = ring.sign_digest(digest).signature
+    return {"apiVersion": "0.0.1", "kind": "hashedrekord", "spec": {
+        "data": {"hash": {"algorithm": "sha256", "value": digest.hex()}},
+        "signature": {"content": b64(sig), "publicKey": {"content": b64(pem)}}}}
+
+
+def dsse(ring: LocalKeyring, pem: bytes, name: str) -> dict[str, Any]:
+    statement = make_statement(name, "sha256:" + hashlib.sha256(name.encode()).hexdigest(),
+                               "https://slsa.dev/provenance/v1", {"x": 1})
+    envelope = sign_envelope(INTOTO_PAYLOAD_TYPE, statement, ring)
+    return {"apiVersion": "0.0.1", "kind": "dsse", "spec": {
+        "proposedContent": {"envelope": envelope.to_json().decode(), "verifiers": [b64(pem)]}}}
+
+
+# --- canonical JSON and the SET payload ---------------------------------------------------------------------
+
+
+def _random_text(rng: random.Random) -> str:
+    alphabet = "az\"\\/\n\t\x00\x1f\x7fé\u2028\u20ac\ud7ff\ue000\uffff\U0001f600"
+    return "".join(rng.choice(alphabet) for _ in range(rng.randrange(6)))
+
+
+def _random_doc(rng: random.Random, depth: int = 0) -> Any:
+    pick = rng.randrange(7 if depth < 4 else 4)
+    if pick == 0:
+        return _random_text(rng)
+    if pick == 1:
+        return rng.choice([0, -1, 2**53 - 1, -(2**53 - 1), 123456789])
+    if pick == 2:
+        return rng.choice([True, False, None])
+    if pick == 3:
+        return rng.randrange(-1000, 1000)
+    if pick in (4, 5):
+        return {_random_text(rng): _random_doc(rng, depth + 1) for _ in range(rng.randrange(5))}
+    return [_random_doc(rng, depth + 1) for _ in range(rng.randrange(4))]
+
+
+def test_canonical_matches_rfc8785_on_random_documents() -> None:
+    """Keys above U+D800 (where UTF-16 order is not code-point order) take the slow path; both must agree."""
+    rng = random.Random(6962)
+    for _ in range(2000):
+        doc = _random_doc(rng)
+        assert canonical(doc) == rfc8785.dumps(doc) == _jcs(doc).encode()
+
+
+def test_canonical_orders_keys_by_utf16_where_code_points_disagree() -> None:
+    doc = {"\ue000": 1, "\U0001f600": 2, "a": 3}  # UTF-16: a < U+1F600 (surrogates D83D..) < U+E000
+    assert canonical(doc) == '{"a":3,"\U0001f600":2,"\ue000":1}'.encode()
+
+
+@pytest.mark.parametrize("doc", [{"a": 1.5}, {"a": [2**53]}, {"a": {"b": -(2**53)}}, {1: "x"}, {"a": {2.0}}])
+def test_canonical_still_refuses_what_json_cannot_carry_exactly(doc: Any) -> None:
+    with pytest.raises(ValueError):
+        canonical(doc)
+
+
+def test_set_payload_written_directly_is_the_canonical_json() -> None:
+    rng = random.Random(9162)
+    for _ in range(500):
+        body = b64(rng.randbytes(rng.randrange(200)))
+        args = (body, rng.randrange(2**53), hashlib.sha256(body.encode()).hexdigest(), rng.randrange(2**53))
+        expected = canonical({"body": args[0], "integratedTime": args[1], "logID": args[2], "logIndex": args[3]})
+        assert set_payload(*args) == expected
+    odd = ("a\"b", -5, "é", 2**53 - 1)  # needs escaping or is not base64: the canonical path answers
+    assert set_payload(*odd) == canonical({"body": odd[0], "integratedTime": odd[1], "logID": odd[2],
+                                           "logIndex": odd[3]})
+    with pytest.raises(ValueError):
+        set_payload("Ym9keQ==", 2**53, "ab" * 32, 0)
+
+
+def test_a_parsed_key_is_cached_but_a_refusal_names_each_caller(pem: bytes) -> None:
+    assert load_public_key(pem, "one") is load_public_key(pem, "two")
+    for where in ("first place", "second place"):
+        with pytest.raises(Exception, match=where):
+            load_public_key(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n", where)
+
+
+# --- the log: index keys, proofs from memory, several entries per commit -----------------------------------
+
+
+def test_index_keys_from_the_parsed_entry_are_those_of_its_body(tmp_path: Path, ring: LocalKeyring,
+                                                                 pem: bytes) -> None:
+    with EmbeddedLog(tmp_path) as log:
+        for doc in (hashedrekord(ring, pem, "hr"), dsse(ring, pem, "agent-with-subject")):
+            pending = log.prepare(doc)
+            assert pending.keys == index_keys(pending.body, pending.extra)
+            assert len(pending.keys) >= 2
+
+
+@pytest.mark.parametrize("before", [0, 1, 5, 8, 13, 64])
+def test_batch_proofs_from_memory_need_no_reads_and_equal_stored_ones(tmp_path: Path, before: int) -> None:
+    path = tmp_path / "tree.db"
+    with TreeStorage(path) as store:
+        for i in range(before):
+            store.append(b"old %d" % i, 1)
+        result = store.append_batch([(b"new %d" % i, 1, None) for i in range(11)])
+        indices = [p.index for p in result.placed]
+        stored = store.inclusion_proofs(indices, result.size)
+    # Closed: any read would raise, so these come from the batch's nodes alone.
+    assert store.inclusion_proofs(indices, result.size, known=result.nodes) == stored
+    leaves = [merkle.leaf_hash(b"old %d" % i) for i in range(before)]
+    leaves += [merkle.leaf_hash(b"new %d" % i) for i in range(11)]
+    for index, path_ in zip(indices, stored, strict=True):
+        merkle.verify_inclusion(leaves[index], index, result.size, path_, merkle.root_from_leaves(leaves))
+
+
+def test_one_commit_call_carries_many_entries_in_order_across_batches(tmp_path: Path, ring: LocalKeyring,
+                                                                      pem: bytes) -> None:
+    with EmbeddedLog(tmp_path) as log:
+        pendings = [log.prepare(hashedrekord(ring, pem, f"many {i}")) for i in range(MAX_BATCH + 10)]
+        pendings.append(log.prepare(hashedrekord(ring, pem, "many 3")))  # a duplicate within the call
+        log.commit(pendings)
+        answers = [log.answer(p) for p in pendings]
+        assert [a.entry.log_index for a in answers[:-1]] == list(range(MAX_BATCH + 10))
+        assert answers[-1].existed and answers[-1].entry.log_index == 3
+        assert log.commits == 2  # MAX_BATCH, then the rest
+        for a in answers:
+            proof = a.entry.inclusion_proof
+            assert proof is not None
+            merkle.verify_inclusion(merkle.leaf_hash(a.entry.body), a.entry.log_index, proof.tree_size,
+                                    [bytes.fromhex(h) for h in proof.hashes], bytes.fromhex(proof.root_hash))
+        assert log.check(full=True) == []
+        with pytest.raises(EntryRejected):
+            log.prepare({"kind": "hashedrekord"})
+
+
+# --- the server's own POST route ----------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, EmbeddedLog]]:
+    log = EmbeddedLog(tmp_path / "tlog")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(log), log_level="critical", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the log server did not start"
+        time.sleep(0.01)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client, log
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        log.close()
+
+
+def test_post_answers_201_then_409_with_rekor_headers(served: tuple[httpx.Client, EmbeddedLog],
+                                                      ring: LocalKeyring, pem: bytes) -> None:
+    client, log = served
+    doc = hashedrekord(ring, pem, "posted")
+    first = client.post(ENTRIES, json=doc)
+    assert first.status_code == 201 and first.headers["content-type"] == "application/json"
+    ((entry_id, entry),) = first.json().items()
+    assert first.headers["etag"] == entry_id and first.headers["location"] == f"{ENTRIES}/{entry_id}"
+    assert entry["logIndex"] == 0 and entry["verification"]["inclusionProof"]["treeSize"] == 1
+    again = client.post(ENTRIES, json=doc)
+    assert again.status_code == 409 and again.headers["location"] == f"{ENTRIES}/{entry_id}"
+    assert again.json() == {"code": 409, "message": "an equivalent entry already exists in the transparency log "
+                                                    f"with UUID {entry_id}"}
+    assert log.info().tree_size == 1
+
+
+def test_post_refusals_are_rekor_json_errors(served: tuple[httpx.Client, EmbeddedLog]) -> None:
+    client, log = served
+    bad_json = client.post(ENTRIES, content=b"{not json", headers={"content-type": "application/json"})
+    assert bad_json.status_code == 400 and bad_json.json()["code"] == 400
+    assert "not JSON" in bad_json.json()["message"]
+    wrong_kind = client.post(ENTRIES, json={"apiVersion": "0.0.1", "kind": "rpm", "spec": {}})
+    assert wrong_kind.status_code == 400 and "unknown kind" in wrong_kind.json()["message"]
+
+    def chunks() -> Iterator[bytes]:  # no content-length: the cap must hold while streaming
+        for _ in range(MAX_ENTRY_BYTES // 65536 + 2):
+            yield b" " * 65536
+
+    streamed = client.post(ENTRIES, content=chunks())
+    assert streamed.status_code == 413 and streamed.json() == {
+        "code": 413, "message": f"the proposed entry is larger than {MAX_ENTRY_BYTES} bytes"}
+    assert log.info().tree_size == 0
+    assert client.get(ENTRIES + "?logIndex=x").json()["code"] == 400  # other routes: FastAPI, same error shape
+    assert json.loads(client.put(ENTRIES).content)["code"] == 405
