@@ -37,6 +37,8 @@ REFUSAL_BURST = 10  # full refusal records per reason per window
 REFUSAL_WINDOW_SECONDS = 1.0
 REFUSAL_FIELD_CHARS = 256
 REFUSAL_RECORD_BYTES = 4096
+# One encoder for every record: json.dumps with options builds a new encoder per call, on the request path.
+_ENCODE = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 REFUSAL_REASONS = 32  # distinct reason keys tracked; any further reason is counted as "other"
 SUMMARY_AGENTS = 10  # agent names named in a summary (the most frequent), each cut to 64 characters
 
@@ -49,12 +51,16 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_KEPT = frozenset({int, float, bool, type(None)})  # values _clip returns as they are
+
+
 def _clip(value: Any, chars: int = MAX_FIELD_CHARS, items: int = 100) -> Any:
     """Keep records bounded: long strings (a guest's error text) are cut, structures walked."""
     if isinstance(value, str):
         return value if len(value) <= chars else value[:chars] + "…"
-    if isinstance(value, dict):
-        return {str(k)[:chars]: _clip(v, chars, items) for k, v in list(value.items())[:items]}
+    if isinstance(value, dict):  # a record's fields: short strings and numbers kept without a call each
+        return {str(k)[:chars]: v if type(v) in _KEPT or (type(v) is str and len(v) <= chars)
+                else _clip(v, chars, items) for k, v in list(value.items())[:items]}
     if isinstance(value, (list, tuple)):
         return [_clip(v, chars, items) for v in value[:items]]
     return value
@@ -138,7 +144,7 @@ class AuditLog:
                 self._write(doc, {}, REFUSAL_RECORD_BYTES)
 
     def _write(self, doc: dict[str, Any], fields: dict[str, Any], limit: int) -> dict[str, Any]:
-        line = json.dumps(doc, sort_keys=False, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        line = _ENCODE(doc).encode() + b"\n"
         if len(line) > limit:
             doc = {"time": doc["time"], "event": doc["event"], "truncated": True, "prev": self._prev,
                    **{k: _clip(fields[k], REFUSAL_FIELD_CHARS) for k in ("agent", "digest", "allowed", "outcome",

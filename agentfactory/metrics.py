@@ -7,8 +7,38 @@ nothing when nobody scrapes it.
 from __future__ import annotations
 
 import os
+from typing import Generic, TypeVar
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+class LabelCache(Generic[M]):
+    """One labelled metric's children by label values, for a request path.
+
+    `metric.labels(...)` checks the names, converts every value and takes the metric's lock on each call
+    (about 5 µs); the node runtime asks for the same few children several times per invocation. The
+    metric keeps every child it ever made, so a cached child is always the one `labels` would return;
+    the cache is bounded anyway (cleared when full) since label values can come from agents' names.
+    """
+
+    MAX = 4096
+
+    def __init__(self, metric: M) -> None:
+        self.metric = metric
+        self._children: dict[tuple[str, ...], M] = {}
+
+    def get(self, *values: str) -> M:
+        """The child for `values`, in the metric's label order."""
+        child = self._children.get(values)
+        if child is None:
+            child = self.metric.labels(*values)
+            if len(self._children) >= self.MAX:
+                self._children.clear()
+            self._children[values] = child
+        return child
 
 SIGNATURES = Counter(
     "agent_factory_security_signatures_total",

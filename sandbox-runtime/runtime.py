@@ -36,6 +36,7 @@ from agentfactory.metrics import (
     WASI_EXECUTIONS,
     WASI_OVERHEAD,
     WASI_VIOLATIONS,
+    LabelCache,
     node_namespace,
 )
 from agentfactory.policy import PolicyEngine
@@ -60,6 +61,11 @@ MAX_ARG_CHARS = 4096
 MAX_NAMES = 1024  # resolved references kept (least recently used evicted): callers choose the strings
 MAX_PREPARED = 256  # verified, linked agents kept (least recently used evicted)
 MAX_REF_CHARS = 256
+# Each invocation counts into these children (by outcome; by agent, digest, stage, namespace and outcome).
+_EXECUTIONS = LabelCache(WASI_EXECUTIONS)
+_AGENT_EXECUTIONS = LabelCache(WASI_AGENT_EXECUTIONS)
+_DURATION = LabelCache(WASI_DURATION)
+_VIOLATIONS = LabelCache(WASI_VIOLATIONS)
 
 
 @dataclass(frozen=True)
@@ -340,11 +346,14 @@ class Runtime:
             self.audit.record(event, plane="runtime", **fields)
 
     # -- executions ------------------------------------------------------------------------------
-    def invoke(self, ref: str, invocation: Invocation) -> Result:
-        """Verify (or reuse a fresh verdict), then run once; Refused when it may not run."""
+    def invoke(self, ref: str, invocation: Invocation, prepared: Prepared | None = None) -> Result:
+        """Verify (or reuse a fresh verdict), then run once; Refused when it may not run. `prepared`: what
+        `prepare(ref)` has just returned to this caller (the service prepares before it admits the request),
+        so that it is not looked up twice."""
         _check_invocation(invocation)
         started = time.perf_counter()
-        prepared = self.prepare(ref)
+        if prepared is None:
+            prepared = self.prepare(ref)
         if prepared.linked.component is not None:
             check_component_invocation(invocation)
         extra = sorted(set(invocation.env) - set(prepared.linked.runspec.env))
@@ -354,16 +363,13 @@ class Runtime:
                                     f"({allowed}; spec.capabilities.wasi.env)")
         execution = sandbox.run(self.engines, prepared.linked, prepared.agent.name, invocation)
         seconds = time.perf_counter() - started
-        WASI_EXECUTIONS.labels(result=execution.outcome).inc()
-        WASI_AGENT_EXECUTIONS.labels(agent=prepared.agent.name, digest=prepared.agent.digest,
-                                     stage=self.config.stage, namespace=node_namespace(),
-                                     result=execution.outcome).inc()
-        if execution.outcome in ("timeout", "fuel", "memory", "stack", "output"):
-            WASI_VIOLATIONS.labels(reason=execution.outcome).inc()
+        a, outcome, namespace = prepared.agent, execution.outcome, node_namespace()
+        _EXECUTIONS.get(outcome).inc()
+        _AGENT_EXECUTIONS.get(a.name, a.digest, self.config.stage, namespace, outcome).inc()
+        if outcome in ("timeout", "fuel", "memory", "stack", "output"):
+            _VIOLATIONS.get(outcome).inc()
         WASI_OVERHEAD.observe(max(0.0, seconds - execution.guest_seconds))
-        WASI_DURATION.labels(agent=prepared.agent.name, digest=prepared.agent.digest, stage=self.config.stage,
-                             namespace=node_namespace()).observe(seconds)
-        a = prepared.agent
+        _DURATION.get(a.name, a.digest, self.config.stage, namespace).observe(seconds)
         self._audit("execution", agent=a.name, version=a.version, digest=a.digest, outcome=execution.outcome,
                     exitCode=execution.exit_code, durationMs=round(seconds * 1000, 3),
                     limitsHit=list(execution.limits_hit), reason=execution.reason)

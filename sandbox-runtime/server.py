@@ -22,13 +22,18 @@ headers and body, bodies read in chunks charged to a node-wide memory budget tha
 invocation and its response, responses streamed under a deadline, refusals paced per client
 address, and an overflow lane that still answers /healthz and /readyz when every slot is taken.
 Every header the service reads and the query are parsed strictly; anything malformed is a 400,
-never a traceback. docs/runtime.md says why this server rather than uvicorn.
+never a traceback. Header fields are read by server_io.read_headers (http.server's limits, no email
+parser; a space before the colon or a folded line is a 400) and responses are written as one head
+with cached metric children and Date: the per-request work outside the sandbox is what bounds the
+node's throughput on few cores (benchmarks/results/runtime.md). docs/runtime.md says why this server
+rather than uvicorn.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import email.utils
 import io
 import json
 import re
@@ -44,12 +49,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agentfactory.audit import AuditError
 from agentfactory.errors import AgentFactoryError, InputError
-from agentfactory.metrics import RUNTIME_REQUESTS, WASI_VIOLATIONS
+from agentfactory.metrics import RUNTIME_REQUESTS, WASI_VIOLATIONS, LabelCache
 from agentfactory.semver import SEMVER_RE
 
 from .runtime import MAX_STDIN, Prepared, Refused, Result, Runtime
 from .sandbox import Invocation
-from .server_io import CHUNK, DeadlineReader, DeadlineWriter, json_document, streams_json
+from .server_io import CHUNK, DeadlineReader, DeadlineWriter, HeaderError, json_document, read_headers, streams_json
 from .server_limits import MIB, ClientSlots, MemoryBudget, RefusalPacer, ServerLimits
 from .warmpool import RETRY_AFTER, WarmPool
 from .worker_shares import NoWorker, WorkerPool
@@ -63,6 +68,27 @@ STOPPED = {"timeout", "fuel", "memory", "stack", "output", "trap"}
 TOOL_LOG_BYTES = 16 * 1024
 INVOCATION_OVERHEAD = 1 * MIB  # a store, an instance and WASI state, beyond the guest's linear memory
 SMALL_BODY = 64 * 1024  # head and body in one write below this (one segment: keep-alive throughput)
+_REQUESTS = LabelCache(RUNTIME_REQUESTS)  # by endpoint and code: counted once per response
+_DATE: tuple[int, str] = (0, "")  # the Date header of the current second: formatting it per response costs
+
+
+def _http_date() -> str:
+    """The Date header for now (RFC 9110 IMF-fixdate), formatted once per second."""
+    global _DATE
+    now = int(time.time())
+    if _DATE[0] != now:
+        _DATE = (now, email.utils.formatdate(now, usegmt=True))
+    return _DATE[1]
+
+
+def _http_version(version: str) -> tuple[int, int] | None:
+    """(major, minor) of `HTTP/x.y` as http.server reads it (RFC 2145: digits, at most 10 each); None if not."""
+    if not version.startswith("HTTP/"):
+        return None
+    numbers = version[5:].split(".")
+    if len(numbers) != 2 or not all(n.isdigit() and n.isascii() and len(n) <= 10 for n in numbers):
+        return None
+    return int(numbers[0]), int(numbers[1])
 
 
 def _streams(stdout: bytes, stderr: bytes) -> dict[str, str]:
@@ -143,6 +169,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "agentfactory-runtime"
     sys_version = ""
     overflow = False
+    raw_requestline: bytes  # set by http.server's handle_one_request
 
     def __init__(self, request: Any, client_address: Any, server: RuntimeServer, overflow_reason: str = "") -> None:
         self.overflow_reason = overflow_reason
@@ -183,6 +210,52 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the audit trail and the metrics are the record; no per-request stderr noise
+
+    def parse_request(self) -> bool:
+        """http.server's request-line rules, then the header fields by server_io.read_headers (its limits,
+        stricter, without the email parser). False: answered (or nothing to answer), close."""
+        self.command = None  # type: ignore[assignment]  # set in case of an error on the first line
+        self.request_version = version = self.default_request_version
+        self.close_connection = True
+        self.requestline = requestline = str(self.raw_requestline, "iso-8859-1").rstrip("\r\n")
+        words = requestline.split()
+        if not words:
+            return False
+        if len(words) >= 3:  # enough to determine the protocol version
+            version = words[-1]
+            number = _http_version(version)
+            if number is None:
+                self.send_error(400, f"Bad request version ({version!r})")
+                return False
+            if number >= (2, 0):
+                self.send_error(505, f"Invalid HTTP version ({version[5:]})")
+                return False
+            self.close_connection = number < (1, 1)
+            self.request_version = version
+        if not 2 <= len(words) <= 3:
+            self.send_error(400, f"Bad request syntax ({requestline!r})")
+            return False
+        command, path = words[:2]
+        if len(words) == 2:
+            self.close_connection = True
+            if command != "GET":
+                self.send_error(400, f"Bad HTTP/0.9 request type ({command!r})")
+                return False
+        self.command, self.path = command, ("/" + path.lstrip("/") if path.startswith("//") else path)  # gh-87389
+        try:
+            self.headers = read_headers(self.rfile)  # type: ignore[assignment]  # get and get_all, as used here
+        except HeaderError as exc:
+            self.send_error(exc.code, str(exc))
+            return False
+        connection = (self.headers.get("Connection") or "").lower()
+        if connection == "close":
+            self.close_connection = True
+        elif connection == "keep-alive":
+            self.close_connection = False
+        expect = (self.headers.get("Expect") or "").lower()
+        if expect == "100-continue" and self.request_version >= "HTTP/1.1":
+            return self.handle_expect_100()
+        return True
 
     # -- routing ---------------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -252,7 +325,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             prepared = self.server.runtime.prepare(ref)
             self._admit(prepared, len(invocation.stdin))
-            result = self.server.runtime.invoke(ref, invocation)
+            result = self.server.runtime.invoke(ref, invocation, prepared)
         except InputError as exc:
             raise _Answer(400, str(exc)) from None
         except AuditError as exc:  # nothing runs, or is answered, unrecorded
@@ -452,27 +525,25 @@ class _Handler(BaseHTTPRequestHandler):
     def _send(self, endpoint: str, code: int, body: bytes | Iterable[bytes], content_type: str,
               headers: dict[str, str] | None = None, *, length: int | None = None) -> None:
         """Head, then the body (bytes, or chunks of `length` bytes in all), all within the response deadline."""
-        RUNTIME_REQUESTS.labels(endpoint=endpoint, code=str(code)).inc()
+        _REQUESTS.get(endpoint, str(code)).inc()
         if isinstance(body, bytes):
             length = len(body)
         assert length is not None
         self.writer.deadline = time.monotonic() + (self.server.limits.overflow_timeout if self.overflow
                                                    else self.server.limits.response_timeout)
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(length))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
+        lines = [f"{self.protocol_version} {code} {self.responses[code][0]}\r\nServer: {self.version_string()}\r\n"
+                 f"Date: {_http_date()}\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n"]
+        lines += [f"{k}: {v}\r\n" for k, v in (headers or {}).items()]
         if self.close_connection:
-            self.send_header("Connection", "close")
-        head: list[bytes] = self._headers_buffer  # type: ignore[attr-defined]  # filled by send_header
-        head.append(b"\r\n")
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("latin-1")  # strict, as send_header: every value here is ASCII
+        if self.request_version == "HTTP/0.9":  # no status line, no header fields (as send_response_only)
+            head = b""
         if isinstance(body, bytes) and len(body) <= SMALL_BODY:
-            self.wfile.write(b"".join(head) + body)  # one segment per small response (keep-alive throughput)
-            head.clear()
+            self.wfile.write(head + body)  # one segment per small response (keep-alive throughput)
             return
-        self.wfile.write(b"".join(head))
-        head.clear()
+        self.wfile.write(head)
         if isinstance(body, bytes):
             with memoryview(body) as view:  # no copy of a large body
                 for start in range(0, len(body), 4 * CHUNK):

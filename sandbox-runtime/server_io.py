@@ -1,9 +1,19 @@
-"""Socket reads and writes under a deadline, and agent output encoded into JSON without amplification.
+"""Socket reads and writes under a deadline, request header fields, and agent output encoded into JSON
+without amplification.
 
 A socket timeout bounds one `recv`; a client that sends one byte just before each timeout holds a
-connection forever. `DeadlineReader` re-arms the timeout with what is left of the request's deadline
-before every `recv`, so headers and body have a whole-request deadline. `DeadlineWriter` does the same
-for the response: a client that does not read is dropped when its deadline passes.
+connection forever. `DeadlineReader` makes sure before every `recv` that the socket's timeout is no
+longer than what is left of the request's deadline, so headers and body have a whole-request deadline.
+`DeadlineWriter` does the same for each `send` of the response: a client that does not read is dropped
+when its deadline passes. Setting a timeout is a system call that releases the GIL, so it is only done
+when the one already set is too long for the deadline (or much shorter than it): on a keep-alive
+connection the timeout set for the first request serves the next ones, and a `recv` or `send` that
+times out before its deadline is simply tried again with the timeout re-armed.
+
+`read_headers` reads a request's header fields strictly (http.client's limits: 100 fields of at most
+64 KiB each) without the email parser the standard library uses, which cost more than the rest of the
+request's parsing; a field the email parser would have taken in a way a proxy may not (a space before
+the colon, a folded line) is a 400.
 
 `json_document` encodes stdout and stderr as JSON text only when that costs at most what base64
 would (plus a little), else as base64: a guest that prints control bytes (6 bytes each as
@@ -18,6 +28,7 @@ import codecs
 import io
 import json
 import math
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -32,6 +43,21 @@ NOT_ESCAPED = bytes(b for b in range(256) if b not in ESCAPED)
 TEXT_SLACK = 64  # small outputs stay readable text even when escaping makes them a little longer
 
 
+SLACK = 0.5  # an armed timeout is this much shorter than the deadline, so that the next request can reuse it
+MAX_LINE = 65536  # a header line, as http.client
+MAX_HEADERS = 100  # header fields in a request, as http.client
+FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+
+
+def arm(sock: socket.socket, left: float) -> None:
+    """Make the socket's timeout at most `left` seconds (what is left of a deadline), setting it only when
+    the current one is too long, unset, or so short that waiting in steps of it would spin."""
+    current = sock.gettimeout()
+    if current is not None and current <= left and current >= min(1.0, left / 2):
+        return
+    sock.settimeout(min(left - SLACK if left > 2 * SLACK else left, 3600.0))
+
+
 class DeadlineReader(io.RawIOBase):
     """The socket as a raw stream whose every `recv` ends by `deadline` (time.monotonic seconds)."""
 
@@ -44,11 +70,15 @@ class DeadlineReader(io.RawIOBase):
         return True
 
     def readinto(self, buffer: Any) -> int:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the request deadline passed")
-        self.sock.settimeout(min(left, 3600.0))
-        return self.sock.recv_into(buffer)
+        while True:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request deadline passed")
+            arm(self.sock, left)
+            try:
+                return self.sock.recv_into(buffer)
+            except TimeoutError:  # a timeout armed for an earlier request: try again with what is left
+                continue
 
 
 class DeadlineWriter(io.RawIOBase):
@@ -63,13 +93,64 @@ class DeadlineWriter(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("the response deadline passed")
-        self.sock.settimeout(min(left, 3600.0))
-        self.sock.sendall(data)  # the timeout bounds the whole sendall (Python >= 3.5)
         with memoryview(data) as view:
-            return view.nbytes
+            sent, total = 0, view.nbytes
+            while True:
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the response deadline passed")
+                arm(self.sock, left)
+                try:
+                    sent += self.sock.send(view[sent:])
+                except TimeoutError:  # nothing sent within the timeout, which may be shorter than the deadline
+                    continue
+                if sent >= total:
+                    return total
+
+
+class HeaderError(Exception):
+    """A request's header fields cannot be read: answer `code` and close."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Headers:
+    """A request's header fields by lower-case name, in the order sent (what the handlers read)."""
+
+    def __init__(self, fields: dict[str, list[str]]) -> None:
+        self._fields = fields
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        values = self._fields.get(name.lower())
+        return values[0] if values else default
+
+    def get_all(self, name: str) -> list[str] | None:
+        return self._fields.get(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._fields
+
+
+def read_headers(rfile: io.BufferedIOBase) -> Headers:
+    """The header fields up to the empty line; HeaderError (431 too many or too long, 400 malformed)."""
+    fields: dict[str, list[str]] = {}
+    for count in range(MAX_HEADERS + 1):
+        line = rfile.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE:
+            raise HeaderError(431, "Line too long")
+        if line in (b"\r\n", b"\n", b""):
+            return Headers(fields)
+        if count == MAX_HEADERS:
+            raise HeaderError(431, f"Too many headers: more than {MAX_HEADERS}")
+        text = line.decode("iso-8859-1").rstrip("\r\n")
+        name, colon, value = text.partition(":")
+        if not colon or not FIELD_NAME.fullmatch(name):
+            what = "a folded header line (obs-fold)" if text[:1] in (" ", "\t") else "a malformed header line"
+            raise HeaderError(400, f"{what}: {text[:80]!r}")
+        fields.setdefault(name.lower(), []).append(value.strip(" \t"))
+    raise AssertionError("unreachable")  # the loop returns or raises
 
 
 def _b64_length(n: int) -> int:

@@ -80,8 +80,9 @@ class MemoryBudget:
         self.total = total
         self.used = 0
         self._lock = threading.Lock()
+        self._used = BUDGET_BYTES.labels(state="used")  # set several times per request: the child, looked up once
         BUDGET_BYTES.labels(state="total").set(total)
-        BUDGET_BYTES.labels(state="used").set(0)
+        self._used.set(0)
 
     def reservation(self) -> Reservation:
         return Reservation(self)
@@ -91,13 +92,13 @@ class MemoryBudget:
             if self.used + n > self.total:
                 return False
             self.used += n
-            BUDGET_BYTES.labels(state="used").set(self.used)
+            self._used.set(self.used)
             return True
 
     def _give(self, n: int) -> None:
         with self._lock:
             self.used -= n
-            BUDGET_BYTES.labels(state="used").set(self.used)
+            self._used.set(self.used)
 
 
 class Reservation:
@@ -136,6 +137,7 @@ class ClientSlots:
         self.overflow = 0
         self.per_client: dict[str, int] = {}
         self._lock = threading.Lock()
+        self._gauges = {lane: CONNECTIONS.labels(lane=lane) for lane in ("main", "overflow")}
 
     def admit(self, client: str) -> tuple[str, str] | None:
         """(lane, why) for a new connection from `client`; None: close it at once."""
@@ -144,12 +146,12 @@ class ClientSlots:
             if self.total < self.limits.max_connections and mine < self.limits.max_connections_per_client:
                 self.total += 1
                 self.per_client[client] = mine + 1
-                CONNECTIONS.labels(lane="main").set(self.total)
+                self._gauges["main"].set(self.total)
                 return "main", ""
             if self.overflow >= self.limits.overflow_connections:
                 return None
             self.overflow += 1
-            CONNECTIONS.labels(lane="overflow").set(self.overflow)
+            self._gauges["overflow"].set(self.overflow)
             if mine >= self.limits.max_connections_per_client:
                 why = (f"{client} has {mine} connections open, the most this node serves to one client address "
                        f"({self.limits.max_connections_per_client})")
@@ -161,10 +163,10 @@ class ClientSlots:
         with self._lock:
             if lane == "overflow":
                 self.overflow -= 1
-                CONNECTIONS.labels(lane="overflow").set(self.overflow)
+                self._gauges["overflow"].set(self.overflow)
                 return
             self.total -= 1
-            CONNECTIONS.labels(lane="main").set(self.total)
+            self._gauges["main"].set(self.total)
             left = self.per_client.get(client, 1) - 1
             if left:
                 self.per_client[client] = left

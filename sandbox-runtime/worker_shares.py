@@ -59,8 +59,9 @@ class WorkerPool:
         self.held: dict[str, int] = {}
         self.queues: dict[str, deque[threading.Condition]] = {}  # each agent's waiting requests, oldest first
         self._lock = threading.Lock()
+        self._busy = WORKERS_HELD.labels(state="busy")  # set twice per invocation: the child, looked up once
         WORKERS_HELD.labels(state="total").set(workers)
-        WORKERS_HELD.labels(state="busy").set(0)
+        self._busy.set(0)
 
     def acquire(self, agent: str) -> None:
         """Take a worker for `agent`, waiting at most `agent_wait` for its share and `queue_wait` in all.
@@ -113,7 +114,7 @@ class WorkerPool:
             else:
                 del self.held[agent]
             self.free += 1
-            WORKERS_HELD.labels(state="busy").set(self.workers - self.free)
+            self._busy.set(self.workers - self.free)
             for name, queue in self.queues.items():  # wake the heads that may take it, not those at their share
                 if self.held.get(name, 0) < self.per_agent:
                     queue[0].notify()
@@ -125,7 +126,7 @@ class WorkerPool:
             return False
         self.held[agent] = mine + 1
         self.free -= 1
-        WORKERS_HELD.labels(state="busy").set(self.workers - self.free)
+        self._busy.set(self.workers - self.free)
         return True
 
     @staticmethod
