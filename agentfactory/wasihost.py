@@ -12,9 +12,14 @@ Epoch interruption stops a guest only while it runs wasm code: a host call that 
   or reads forever), so the node refuses such a preopen before the agent runs;
 - stdout and stderr are captured in memory by `CappedOutput`, which refuses bytes past the cap as
   they are written (no temporary file grows first); stdin is given as bytes (`stdin_bytes`).
+  `fd_write` is implemented here too: it writes fds 1 and 2 to the invocation's outputs on the
+  calling thread (wasmtime's own WASI hands each write to background threads and back, which cost a
+  trivial invocation a third of its time). Every other fd is read-only in an agent's sandbox (stdin,
+  read-only preopens), so a write to it is EBADF, as wasmtime answers.
 
-The deadline of the invocation running on this thread is bound with `bind` (a store runs on one
-thread); a host call made with no deadline bound fails closed.
+The deadline (and the outputs) of the invocation running on this thread are bound with `bind` (a
+store runs on one thread); a host call made with no deadline bound fails closed, and a write with no
+outputs bound is EBADF.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ WASI_MODULE = "wasi_snapshot_preview1"
 MAX_SUBSCRIPTIONS = 4096
 MAX_PREOPEN_ENTRIES = 10_000
 # WASI preview1 errno values
-_ESUCCESS, _EBADF, _EFAULT, _EINVAL = 0, 8, 21, 28
+_ESUCCESS, _EBADF, _EFAULT, _EFBIG, _EINVAL = 0, 8, 21, 22, 28
+MAX_IOVS = 1024  # IOV_MAX
 _SUBSCRIPTION = 48
 _EVENT = struct.Struct("<QHB5xQH6x")  # userdata, error, type, (pad), nbytes, flags, (pad): 32 bytes
 _CLOCK = struct.Struct("<I4xQQH")  # clock id, (pad), timeout, precision, flags: at offset 16
@@ -63,9 +69,11 @@ _current = threading.local()
 _EXPIRED = Deadline(-1.0)
 
 
-def bind(deadline: Deadline | None) -> None:
-    """Make `deadline` the one host calls on this thread respect (None when the invocation ends)."""
+def bind(deadline: Deadline | None, outputs: tuple[CappedOutput, CappedOutput] | None = None) -> None:
+    """Make `deadline` the one host calls on this thread respect, and `outputs` its (stdout, stderr) for
+    `fd_write` (None when the invocation ends)."""
     _current.deadline = deadline
+    _current.outputs = outputs
 
 
 def current() -> Deadline:
@@ -91,6 +99,7 @@ def define_wasi(linker: Any) -> None:
                        access_caller=True)
     linker.define_func(WASI_MODULE, "clock_time_get", wasmtime.FuncType([i32, i64, i32], [i32]), _clock_time_get,
                        access_caller=True)
+    linker.define_func(WASI_MODULE, "fd_write", wasmtime.FuncType([i32] * 4, [i32]), _fd_write, access_caller=True)
     linker.allow_shadowing = False
 
 
@@ -120,6 +129,33 @@ def _clock_time_get(caller: Any, clock_id: int, _precision: int, out: int) -> in
     if out + 8 > memory.data_len(caller):
         return _EFAULT
     memory.write(caller, struct.pack("<Q", now), out)
+    return _ESUCCESS
+
+
+def _fd_write(caller: Any, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
+    """fd_write: fds 1 and 2 to the invocation's CappedOutputs (EFBIG past the cap), any other fd EBADF."""
+    outputs: tuple[CappedOutput, CappedOutput] | None = getattr(_current, "outputs", None)
+    fd, iovs, iovs_len, nwritten = (v & 0xFFFFFFFF for v in (fd, iovs, iovs_len, nwritten))
+    if outputs is None or fd not in (1, 2):
+        return _EBADF
+    if iovs_len > MAX_IOVS:
+        return _EINVAL
+    memory = _memory(caller)
+    size = memory.data_len(caller)
+    if iovs + 8 * iovs_len > size or nwritten + 4 > size:
+        return _EFAULT
+    raw = memory.read(caller, iovs, iovs + 8 * iovs_len)
+    chunks = []
+    for i in range(iovs_len):
+        ptr, length = struct.unpack_from("<II", raw, 8 * i)
+        if ptr + length > size:
+            return _EFAULT
+        if length:
+            chunks.append(memory.read(caller, ptr, ptr + length))
+    written = outputs[fd - 1](b"".join(chunks))
+    if written < 0:
+        return _EFBIG
+    memory.write(caller, struct.pack("<I", written), nwritten)
     return _ESUCCESS
 
 

@@ -159,7 +159,7 @@ def run_cases(template: Template, compiled: Compiled, cases: list[dict[str, Any]
         store.set_epoch_deadline(1)
         store.set_wasi(wasi)
         deadline = wasihost.Deadline(seconds)
-        wasihost.bind(deadline)
+        wasihost.bind(deadline, (out, err))
         code, trap = 0, ""
         with _Deadline(engine, seconds):
             try:

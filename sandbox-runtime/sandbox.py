@@ -199,7 +199,7 @@ def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> 
     tools.bind(ctx)
     store.set_epoch_deadline(engines.deadline_ticks(spec.limits.timeout_ms))
     deadline = wasihost.Deadline(spec.limits.timeout_ms / 1000)
-    wasihost.bind(deadline)
+    wasihost.bind(deadline, (out, err))
     code: int | None = 0
     trap: BaseException | None = None
     instance: wasmtime.Instance | None = None

@@ -365,7 +365,7 @@ def run_fetch_guest(session: Any, request: dict[str, Any], seconds: float = 10.0
         store.set_wasi(wasi)
         store.set_epoch_deadline(engines.deadline_ticks(int(seconds * 1000)))
         tools.bind(tools.ToolContext(http=session))
-        wasihost.bind(wasihost.Deadline(seconds))
+        wasihost.bind(wasihost.Deadline(seconds), (out, wasihost.CappedOutput(1 << 20)))
         try:
             instance = linker.instantiate(store, module)
             start = instance.exports(store)["_start"]
