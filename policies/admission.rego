@@ -37,7 +37,13 @@ allow if count(deny) == 0
 # evaluate and return every helper rule (the input's parts, the config).
 decision := {"allow": allow, "deny": deny, "warn": warn}
 
-cfg := obj(object.get(obj(data.agentfactory.config), "admission", null))
+# The config and the input's parts are rules written without a function call: rego-cpp evaluates a
+# function again at every call and copies its arguments (obj(data.agentfactory.config) copied the
+# whole config at every decision); see artifact.rego, Cost.
+cfg := c if {
+	c := data.agentfactory.config.admission
+	is_object(c)
+} else := {}
 
 obj(x) := x if {
 	is_object(x)
@@ -52,13 +58,22 @@ txt(x) := substring(x, 0, -1) if {
 	is_string(x)
 } else := sprintf("%v", [x])
 
-request := obj(object.get(input, "request", null))
+request := x if {
+	x := input.request
+	is_object(x)
+} else := {}
 
-agent := obj(object.get(input, "agent", null))
+agent := x if {
+	x := input.agent
+	is_object(x)
+} else := {}
 
 raw_verdict := object.get(input, "verdict", null)
 
-verdict := obj(raw_verdict)
+verdict := x if {
+	x := raw_verdict
+	is_object(x)
+} else := {}
 
 operation := object.get(request, "operation", null)
 
@@ -197,7 +212,10 @@ deny contains msg if {
 # The stage the agent was verified at, and the one the object asks for (if any), are stages of the
 # config, so that the order below means something.
 
-known_stages := arr(object.get(cfg, "stages", null))
+known_stages := x if {
+	x := cfg.stages
+	is_array(x)
+} else := []
 
 agent_stage := object.get(agent, "stage", null)
 
@@ -232,7 +250,10 @@ deny contains msg if {
 # ask for the namespace's stage or a lower one (a prod namespace may run an agent whose manifest
 # says dev: it is judged as prod); asking for a higher one is refused, naming both.
 
-namespace_stages := obj(object.get(cfg, "namespace_stages", null))
+namespace_stages := x if {
+	x := cfg.namespace_stages
+	is_object(x)
+} else := {}
 
 # glob_prefix(k): the prefix of a glob key ("prod-*" -> "prod-"); undefined for an exact name.
 glob_prefix(k) := p if {

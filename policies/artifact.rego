@@ -4,7 +4,8 @@
 # "canary" | "prod" | <any stage named in config>, "verdict": {"score", "checks": [{"name", "ok",
 # "reason"}]}, "sbom": null | {"components": [{"name", "version", "purl", "licenses": [...]}]},
 # "scan": null | {"findings": [{"id", "severity", "package", "fixAvailable", "fixedVersions", "suppressed", …}],
-# "unscanned": [{"component", "reason"}], "scannedOn"}, "now": RFC 3339 decision time, "provenance": null |
+# "unscanned": [{"component", "reason"}], "scannedOn"}, "now": RFC 3339 decision time, "times": {<each
+# valid RFC 3339 string of now and scannedOn>: <its nanoseconds since the epoch>}, "provenance": null |
 # {"dirty", "repository", "builder"}, "trust": {"repositories": [...]}, "promotion": null | {...}}.
 # Tunables: data.agentfactory.config (policies/data.json).
 #
@@ -48,7 +49,7 @@ txt(x) := substring(x, 0, -1) if {
 # (~0.4 ms for one with every date range as an alternation), and indexing a rule with a computed
 # key (month_days[m]) cost ~4 ms where object.get(month_days, m, d) is cheap. So what many rules
 # read is a rule of its own (the input's parts, the checks reported, the licence entries split
-# once, the stage switches, the two times), loops call no function on the allowed path, and the
+# once, the stage switches, the two times looked up in input.times), loops call no function on the allowed path, and the
 # one pattern left on it is short. Functions (txt, label, component_label, remedy) are left in the
 # messages: they run only when a rule denies. benchmarks/bench_policy.py measures it; docs/policy.md
 # (rego-cpp notes) says how the costs were found.
@@ -100,7 +101,9 @@ required_checks := {name | some name in cfg.required_checks}
 # min_score.default.
 
 min_score := m if {
-	m := cfg.min_score[stage]
+	by_stage := cfg.min_score
+	is_object(by_stage)
+	m := object.get(by_stage, stage, null)
 	is_number(m)
 } else := cfg.min_score.default
 
@@ -230,31 +233,32 @@ severity_label(f, sev) := "unknown, judged as high for this stage (config unknow
 	sev != lower(txt(object.get(f, "severity", "")))
 } else := sev
 
-# switched_on: the per-stage booleans of config that are on for this stage (config[name][stage],
-# else config[name].default, else false; only `true` switches a rule on). A set computed once per
-# decision: rules test membership instead of calling a function each time.
-switched_on contains name if {
-	some name in stage_switches
-	switch := cfg[name]
+# The per-stage booleans of config (config[name][stage], else config[name].default, else false;
+# only `true` switches a rule on), one rule each, evaluated once per decision and only where a rule
+# asks (the unknown-severity switch only when there is a finding). Cost: every read of the config
+# costs rego-cpp ~20-40 µs; the set of all four switches, built for every decision, cost ~0.25 ms.
+switch_on(switch) if {
 	is_object(switch)
-	switch[stage] == true
-}
-
-switched_on contains name if {
-	some name in stage_switches
-	switch := cfg[name]
+	object.get(switch, stage, null) == true
+} else if {
 	is_object(switch)
 	object.get(switch, stage, null) == null
-	switch["default"] == true
+	object.get(switch, "default", null) == true
 }
 
-stage_switches := ["unknown_severity_as_high", "fail_on_unscanned", "refuse_dirty_provenance", "refuse_any_repository"]
+unknown_severity_as_high if switch_on(object.get(cfg, "unknown_severity_as_high", null))
+
+fail_on_unscanned if switch_on(object.get(cfg, "fail_on_unscanned", null))
+
+refuse_dirty_provenance if switch_on(object.get(cfg, "refuse_dirty_provenance", null))
+
+refuse_any_repository if switch_on(object.get(cfg, "refuse_any_repository", null))
 
 # An advisory without a severity ("unknown", or none at all) is judged as high where config
 # unknown_severity_as_high is on for the stage (on for prod by default): not knowing how bad a
 # vulnerability is must not make it harmless.
 effective_severity(f) := "high" if {
-	"unknown_severity_as_high" in switched_on
+	unknown_severity_as_high
 	lower(txt(object.get(f, "severity", ""))) in {"unknown", ""}
 } else := lower(txt(object.get(f, "severity", "")))
 
@@ -412,76 +416,42 @@ deny contains msg if {
 # --attest` (deploy/rescan runs it on a schedule). scan null: A1 reports the missing scan.
 
 max_scan_age_hours := h if {
-	h := cfg.scan_max_age_hours[stage]
+	by_stage := cfg.scan_max_age_hours
+	is_object(by_stage)
+	h := object.get(by_stage, stage, null)
 	is_number(h)
 }
 
-# RFC 3339, every field range-checked before time.parse_rfc3339_ns sees it: rego-cpp raises an
-# evaluation error (no message) for a date such as 2026-02-30 where OPA leaves the call undefined,
-# and misreads numbers with leading zeros, so nothing invalid may reach it. Years 1970-2261 (int64
-# nanoseconds end in 2262).
-#
-# Cost: the pattern that range-checked every field with alternations cost ~0.4 ms a time (half
-# the decision; this one ~0.2 ms). One short pattern fixes the shape (every field a run of digits
-# of its width), and the ranges are compared as strings: fixed-width runs of digits order as their
-# numbers do.
-rfc3339_shape := `^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})$`
+# input.times maps each RFC 3339 time string of the input (now, scan.scannedOn) to its nanoseconds
+# since the epoch. The input builder parses them (agentfactory/policy_input.py rfc3339_ns: years
+# 1970-2261, a day the month has, 29 February in leap years only, hours 00-23, minutes and seconds
+# 00-59, offsets up to 23:59) and leaves out a string that is not such a time. The policy looks a
+# string up instead of parsing it: the regular expression, substrings and time.parse_rfc3339_ns
+# cost rego-cpp ~0.9 ms of a ~3.4 ms decision. Fail closed: a time whose string is not a key of
+# input.times, or whose value is not an integral number, is not a time (A6 denies where a maximum
+# applies); keyed by the string, a value can never outlive an edit of the string it was parsed from.
+times := t if {
+	t := input.times
+	is_object(t)
+} else := {}
 
-# time_ns(t): nanoseconds since the epoch of an RFC 3339 time; undefined when it is not one.
-# Fields, for t of rfc3339_shape: year 1970-2261, month 01-12, a day the month has (29 February
-# only in a leap year: 2100 and 2200 are the century years in range that are not), hour 00-23,
-# minutes and seconds 00-59, offset 00:00-23:59. rego-cpp parses only
-# numeric offsets, so "Z" is spelled "+00:00" first (OPA takes both). No function calls and no
-# collection literals inside (rego-cpp builds a literal again at every call: the tables are rules);
-# the leap-year arithmetic runs only for 29 February, in the else branch.
-time_ns(t) := ns if {
+# now_ns, scanned_ns: the nanoseconds of input.now and input.scan.scannedOn; undefined when a time
+# is not one. Rules, not a function: rego-cpp evaluates a function again at every call.
+now_ns := ns if {
+	t := input.now
 	is_string(t)
-	regex.match(rfc3339_shape, t)
-	year := substring(t, 0, 4)
-	year >= "1970"
-	year <= "2261"
-	day := substring(t, 8, 2)
-	day >= "01"
-	day <= object.get(month_days, substring(t, 5, 2), "00")
-	substring(t, 5, 5) != "02-29"
-	substring(t, 11, 2) <= "23"
-	substring(t, 14, 1) <= "5"
-	substring(t, 17, 1) <= "5"
-	last := substring(t, count(t) - 1, 1)
-	object.get(utc_hours, last, substring(t, count(t) - 5, 2)) <= "23"
-	object.get(utc_minutes, last, substring(t, count(t) - 2, 1)) <= "5"
-	ns := time.parse_rfc3339_ns(concat("", [substring(t, 0, count(t) - 1), object.get(utc_suffix, last, last)]))
-} else := ns if {
-	is_string(t)
-	regex.match(rfc3339_shape, t)
-	year := substring(t, 0, 4)
-	year >= "1970"
-	year <= "2261"
-	substring(t, 5, 5) == "02-29"
-	to_number(year) % 4 == 0
-	not year in {"2100", "2200"}
-	substring(t, 11, 2) <= "23"
-	substring(t, 14, 1) <= "5"
-	substring(t, 17, 1) <= "5"
-	last := substring(t, count(t) - 1, 1)
-	object.get(utc_hours, last, substring(t, count(t) - 5, 2)) <= "23"
-	object.get(utc_minutes, last, substring(t, count(t) - 2, 1)) <= "5"
-	ns := time.parse_rfc3339_ns(concat("", [substring(t, 0, count(t) - 1), object.get(utc_suffix, last, last)]))
+	ns := object.get(times, t, null)
+	is_number(ns)
+	round(ns) == ns
 }
 
-# The last day of each month (February: 29, the else branch of time_ns checks the year).
-month_days := {
-	"01": "31", "02": "29", "03": "31", "04": "30", "05": "31", "06": "30",
-	"07": "31", "08": "31", "09": "30", "10": "31", "11": "30", "12": "31",
+scanned_ns := ns if {
+	t := scanned_on
+	is_string(t)
+	ns := object.get(times, t, null)
+	is_number(ns)
+	round(ns) == ns
 }
-
-# A time in UTC ("Z"): its offset hours and first digit of offset minutes, and the offset rego-cpp
-# parses.
-utc_hours := {"Z": "00", "z": "00"}
-
-utc_minutes := {"Z": "0", "z": "0"}
-
-utc_suffix := {"Z": "+00:00", "z": "+00:00"}
 
 # label(x): message text for a value that may be missing.
 label(x) := "(none)" if {
@@ -499,23 +469,18 @@ scan_unscanned := u if {
 	is_array(u)
 } else := []
 
-# Both times parsed once per decision (a function is evaluated again at every call).
-now_ns := time_ns(object.get(input, "now", null))
-
-scanned_ns := time_ns(scanned_on)
-
 deny contains msg if {
 	scan_present
 	max_scan_age_hours
 	not now_ns
-	msg := sprintf(`now: the decision time %s is missing or not an RFC 3339 time; stage "%s" has a maximum scan age (config scan_max_age_hours), which cannot be judged without it: the verifier must pass the decision time`, [label(object.get(input, "now", null)), txt(stage)])
+	msg := sprintf(`now: the decision time %s is missing or not an RFC 3339 time with its value in input.times; stage "%s" has a maximum scan age (config scan_max_age_hours), which cannot be judged without it: the verifier must pass the decision time`, [label(object.get(input, "now", null)), txt(stage)])
 }
 
 deny contains msg if {
 	scan_present
 	max_scan_age_hours
 	not scanned_ns
-	msg := sprintf(`scan.scannedOn: the scan's finish time %s is missing or not an RFC 3339 time; stage "%s" accepts scans at most %v hours old (config scan_max_age_hours): re-scan with "agentfactory scan AGENT --attest"`, [label(scanned_on), txt(stage), max_scan_age_hours])
+	msg := sprintf(`scan.scannedOn: the scan's finish time %s is missing or not an RFC 3339 time with its value in input.times; stage "%s" accepts scans at most %v hours old (config scan_max_age_hours): re-scan with "agentfactory scan AGENT --attest"`, [label(scanned_on), txt(stage), max_scan_age_hours])
 }
 
 deny contains msg if {
@@ -585,7 +550,7 @@ deny contains msg if {
 
 deny contains msg if {
 	scan_present
-	"fail_on_unscanned" in switched_on
+	fail_on_unscanned
 	some i, u in scan_unscanned
 	msg := sprintf(`scan.unscanned[%d]: %s was not scanned (%s) and stage "%s" refuses unscanned components (config fail_on_unscanned); give it a purl an advisory database knows and rebuild`, [i, txt(object.get(obj(u), "component", "?")), txt(object.get(obj(u), "reason", "no reason given")), txt(stage)])
 }
@@ -605,20 +570,20 @@ provenance := p if {
 } else := {}
 
 deny contains msg if {
-	"refuse_dirty_provenance" in switched_on
+	refuse_dirty_provenance
 	object.get(input, "provenance", null) == null
 	msg := sprintf(`provenance: there is no verified build provenance, and stage "%s" accepts only builds of a clean, committed tree (config refuse_dirty_provenance); build from a commit with the pipeline, which attests the tree`, [txt(stage)])
 }
 
 deny contains msg if {
-	"refuse_dirty_provenance" in switched_on
+	refuse_dirty_provenance
 	object.get(input, "provenance", null) != null
 	object.get(provenance, "dirty", null) == true
 	msg := sprintf(`provenance.dirty is true: the artifact was built from a tree with uncommitted changes, and stage "%s" accepts only builds of a clean, committed tree (config refuse_dirty_provenance); commit the template and rebuild`, [txt(stage)])
 }
 
 deny contains msg if {
-	"refuse_dirty_provenance" in switched_on
+	refuse_dirty_provenance
 	object.get(input, "provenance", null) != null
 	object.get(provenance, "dirty", null) != true
 	object.get(provenance, "dirty", null) != false
@@ -631,7 +596,7 @@ trusted_repositories := r if {
 } else := []
 
 deny contains msg if {
-	"refuse_any_repository" in switched_on
+	refuse_any_repository
 	some i, pattern in trusted_repositories
 	is_string(pattern)
 	pattern != ""
@@ -640,7 +605,7 @@ deny contains msg if {
 }
 
 deny contains msg if {
-	"refuse_any_repository" in switched_on
+	refuse_any_repository
 	not is_array(object.get(obj(object.get(input, "trust", null)), "repositories", null))
 	msg := sprintf(`trust.repositories is missing: stage "%s" requires the trust policy to name the repositories agents may be built from (config refuse_any_repository); the verifier must pass them`, [txt(stage)])
 }

@@ -24,6 +24,26 @@ good_sbom := {"components": [
 # its repositories: what prod requires (A6, A8).
 decision_time := "2026-12-06T08:00:00Z"
 
+# input.times as the input builder computes it (agentfactory/policy_input.py rfc3339_ns) for every
+# valid time string of these tests; tests/unit/test_policy_times.py checks these values. A string
+# missing here is not a time to the policy (A6).
+fixture_times := {
+	"2020-01-01T00:00:00Z": 1577836800000000000,
+	"2026-12-01T00:00:00Z": 1796083200000000000,
+	"2026-12-03T07:59:59Z": 1796284799000000000,
+	"2026-12-03T08:00:01Z": 1796284801000000000,
+	"2026-12-05T07:00:00Z": 1796454000000000000,
+	"2026-12-05T08:00:01.500Z": 1796457601500000000,
+	"2026-12-05T09:30:00+01:00": 1796459400000000000,
+	"2026-12-05T09:30:00+02:00": 1796455800000000000,
+	"2026-12-06T06:00:00Z": 1796536800000000000,
+	"2026-12-06T07:00:00.123Z": 1796540400123000000,
+	"2026-12-06T07:00:00Z": 1796540400000000000,
+	"2026-12-06T08:00:00Z": 1796544000000000000,
+	"2026-12-06T08:04:00Z": 1796544240000000000,
+	"2026-12-06T09:00:00Z": 1796547600000000000,
+}
+
 good_provenance := {"dirty": false, "repository": "https://github.com/example/agents", "builder": "https://agentfactory.dev/builders/pipeline@v1"}
 
 good_trust := {"repositories": ["https://github.com/example/*"]}
@@ -31,6 +51,7 @@ good_trust := {"repositories": ["https://github.com/example/*"]}
 decide(stage, verdict, sbom, scan) := d if {
 	# rego-cpp ignores `with … as <rule>`: the rules' values are bound to variables first
 	t := decision_time
+	tm := fixture_times
 	p := good_provenance
 	tr := good_trust
 	d := data.agentfactory.artifact.deny with input.artifact as {"name": "wordstats", "version": "1.0.0", "digest": "sha256:0000"}
@@ -39,6 +60,7 @@ decide(stage, verdict, sbom, scan) := d if {
 		with input.sbom as sbom
 		with input.scan as scan
 		with input.now as t
+		with input.times as tm
 		with input.provenance as p
 		with input.trust as tr
 }
@@ -46,6 +68,7 @@ decide(stage, verdict, sbom, scan) := d if {
 allowed(stage, verdict, sbom, scan) := a if {
 	# rego-cpp ignores `with … as <rule>`: the rules' values are bound to variables first
 	t := decision_time
+	tm := fixture_times
 	p := good_provenance
 	tr := good_trust
 	a := data.agentfactory.artifact.allow with input.artifact as {"name": "wordstats", "version": "1.0.0", "digest": "sha256:0000"}
@@ -54,6 +77,7 @@ allowed(stage, verdict, sbom, scan) := a if {
 		with input.sbom as sbom
 		with input.scan as scan
 		with input.now as t
+		with input.times as tm
 		with input.provenance as p
 		with input.trust as tr
 }
@@ -438,7 +462,50 @@ test_a6_missing_or_unparsable_time_denied_where_a_maximum_applies if {
 		startswith(msg, "scan.scannedOn: the scan's finish time")
 	}
 	some msg in decide("prod", good_verdict, good_sbom, {"findings": []})
-	contains(msg, `the scan's finish time (none) is missing or not an RFC 3339 time; stage "prod" accepts scans at most 24 hours old`)
+	contains(msg, `the scan's finish time (none) is missing or not an RFC 3339 time with its value in input.times; stage "prod" accepts scans at most 24 hours old`)
+}
+
+# decide_times: decide with input.times replaced (the other parts as in decide).
+decide_times(stage, scan, times) := d if {
+	t := decision_time
+	p := good_provenance
+	tr := good_trust
+	v := good_verdict
+	sb := good_sbom
+	d := data.agentfactory.artifact.deny with input.artifact as {"name": "wordstats", "version": "1.0.0", "digest": "sha256:0000"}
+		with input.stage as stage
+		with input.verdict as v
+		with input.sbom as sb
+		with input.scan as scan
+		with input.now as t
+		with input.times as times
+		with input.provenance as p
+		with input.trust as tr
+}
+
+# Fail closed on input.times: a time whose string is not a key, whose value is not an integral
+# number, or a times that is not an object, is not a time where a maximum scan age applies.
+test_a6_a_time_not_in_input_times_is_denied if {
+	scan := scan_at("2026-12-06T07:00:00Z")
+	decide_times("prod", scan, {"2026-12-06T08:00:00Z": 1796544000000000000, "2026-12-06T07:00:00Z": 1796540400000000000}) == set()
+	some msg in decide_times("prod", scan, {"2026-12-06T08:00:00Z": 1796544000000000000})
+	startswith(msg, "scan.scannedOn: the scan's finish time 2026-12-06T07:00:00Z is missing or not an RFC 3339 time")
+	some msg2 in decide_times("prod", scan, {"2026-12-06T07:00:00Z": 1796540400000000000})
+	startswith(msg2, "now: the decision time 2026-12-06T08:00:00Z is missing or not an RFC 3339 time")
+	decide_times("dev", scan, {}) == set()
+}
+
+test_a6_a_wrong_typed_time_is_denied if {
+	scan := scan_at("2026-12-06T07:00:00Z")
+	every bad in ["1796540400000000000", 1.5, null, true, [], {}] {
+		d := decide_times("prod", scan, {"2026-12-06T08:00:00Z": 1796544000000000000, "2026-12-06T07:00:00Z": bad})
+		count(d) == 1
+		some msg in d
+		startswith(msg, "scan.scannedOn: the scan's finish time 2026-12-06T07:00:00Z is missing or not an RFC 3339 time")
+	}
+	every times in [null, [], "x", 7] {
+		count(decide_times("prod", scan, times)) == 2
+	}
 }
 
 test_a6_missing_decision_time_denied_where_a_maximum_applies if {
@@ -446,10 +513,12 @@ test_a6_missing_decision_time_denied_where_a_maximum_applies if {
 	sb := good_sbom
 	p := good_provenance
 	tr := good_trust
+	tm := fixture_times
 	d := data.agentfactory.artifact.deny with input.stage as "prod"
 		with input.verdict as v
 		with input.sbom as sb
 		with input.scan as {"findings": [], "scannedOn": "2026-12-06T07:00:00Z"}
+		with input.times as tm
 		with input.provenance as p
 		with input.trust as tr
 	some msg in d
@@ -521,12 +590,14 @@ decide_build(stage, provenance, trust) := d if {
 	v := good_verdict
 	sb := good_sbom
 	t := decision_time
+	tm := fixture_times
 	d := data.agentfactory.artifact.deny with input.artifact as {"name": "wordstats", "version": "1.0.0", "digest": "sha256:0000"}
 		with input.stage as stage
 		with input.verdict as v
 		with input.sbom as sb
 		with input.scan as null
 		with input.now as t
+		with input.times as tm
 		with input.provenance as provenance
 		with input.trust as trust
 }

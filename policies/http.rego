@@ -18,17 +18,34 @@ package agentfactory.template
 
 import rego.v1
 
-http_spec := obj(object.get(spec, "http", null))
+# The parts read, as rules without a function call (rego-cpp evaluates a function again at every call;
+# template.rego, the input's parts).
+http_spec := x if {
+	x := spec.http
+	is_object(x)
+} else := {}
 
 http_declared if is_object(object.get(spec, "http", null))
 
-http_secrets := arr(object.get(spec, "secrets", null))
+http_secrets := x if {
+	x := spec.secrets
+	is_array(x)
+} else := []
 
-http_allow := arr(object.get(http_spec, "allow", null))
+http_allow := x if {
+	x := http_spec.allow
+	is_array(x)
+} else := []
 
-http_limits := obj(object.get(http_spec, "limits", null))
+http_limits := x if {
+	x := http_spec.limits
+	is_object(x)
+} else := {}
 
-http_cfg := obj(object.get(node_config, "http", null))
+http_cfg := x if {
+	x := node_config.http
+	is_object(x)
+} else := {}
 
 http_flag(name) if object.get(http_cfg, name, false) == true
 
