@@ -116,6 +116,18 @@ class _Walk:
         if self.size > MAX_INPUT_BYTES:
             raise _Refused(f"the input is more than {MAX_INPUT_BYTES} bytes of JSON; the limit is {MAX_INPUT_BYTES}")
 
+    def item(self, at: str | int, item: Any, depth: int) -> None:
+        """One member of a container at `depth` (scalars checked inline); a refusal learns where it was."""
+        check = _SCALARS.get(type(item))
+        try:
+            if check is not None and depth < MAX_INPUT_DEPTH:
+                check(self, item)
+            else:
+                self.value(item, depth + 1)
+        except _Refused as exc:
+            exc.path.append(at)
+            raise
+
     def value(self, value: Any, depth: int) -> None:
         if depth > MAX_INPUT_DEPTH:
             raise _Refused(f"the input nests deeper than {MAX_INPUT_DEPTH} levels")
@@ -128,27 +140,11 @@ class _Walk:
                 if not isinstance(key, str):
                     raise _Refused(f"a key of type {type(key).__name__} ({key!r:.60}); keys must be strings")
                 self.string(key)
-                check = _SCALARS.get(type(item))
-                try:
-                    if check is not None and depth < MAX_INPUT_DEPTH:
-                        check(self, item)
-                    else:
-                        self.value(item, depth + 1)
-                except _Refused as exc:
-                    exc.path.append(key)
-                    raise
+                self.item(key, item, depth)
         elif isinstance(value, (list, tuple)):
             self.size += 2
             for i, item in enumerate(value):
-                check = _SCALARS.get(type(item))
-                try:
-                    if check is not None and depth < MAX_INPUT_DEPTH:
-                        check(self, item)
-                    else:
-                        self.value(item, depth + 1)
-                except _Refused as exc:
-                    exc.path.append(i)
-                    raise
+                self.item(i, item, depth)
         elif isinstance(value, bool) or value is None:
             self.size += 5
         elif isinstance(value, str):
