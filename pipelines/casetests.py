@@ -142,8 +142,7 @@ def run_cases(template: Template, compiled: Compiled, cases: list[dict[str, Any]
     for case in cases:
         left = ends - time.monotonic()
         if left < MIN_CASE_SECONDS:  # a case with only milliseconds left could never finish
-            results.append(CaseResult(case["name"], False, f"not run: the test stage's budget of {budget_seconds:g} s "
-                                      "for this template's cases is spent"))
+            results.append(_spent(case, budget_seconds))
             continue
         seconds = min(template.limits.timeout_ms / 1000, left)
         out, err = wasihost.CappedOutput(cap), wasihost.CappedOutput(cap)
@@ -182,6 +181,11 @@ def run_cases(template: Template, compiled: Compiled, cases: list[dict[str, Any]
     return results
 
 
+def _spent(case: dict[str, Any], budget_seconds: float) -> CaseResult:
+    return CaseResult(case["name"], False, f"not run: the test stage's budget of {budget_seconds:g} s for this "
+                      "template's cases is spent")
+
+
 def _run_component_cases(template: Template, compiled: Compiled, cases: list[dict[str, Any]],
                          budget_seconds: float) -> list[CaseResult]:
     """Each case in a fresh store of the component, `run(stdin)` under the template's limits."""
@@ -196,8 +200,7 @@ def _run_component_cases(template: Template, compiled: Compiled, cases: list[dic
     for case in cases:
         left = ends - time.monotonic()
         if left < MIN_CASE_SECONDS:  # a case with only milliseconds left could never finish
-            results.append(CaseResult(case["name"], False, f"not run: the test stage's budget of {budget_seconds:g} s "
-                                      "for this template's cases is spent"))
+            results.append(_spent(case, budget_seconds))
             continue
         if case.get("args"):
             results.append(CaseResult(case["name"], False, "args: a component agent takes no arguments (its input "
