@@ -1,12 +1,13 @@
-"""A validator for the small subset of JSON Schema (draft 2020-12) that the run contract's schema uses.
+"""A validator for the subset of JSON Schema (draft 2020-12) that the template schema uses.
 
-Every `agentfactory verify` and every node start reads run contracts; importing the jsonschema package
-for them costs a CLI about 45 ms, more than the check. The contract's schema is fragments of the
-template schema (agentfactory/schemas) using only the keywords below, so this checks them directly,
-with jsonschema's semantics (a bool is not a number, 1.0 is an integer, `pattern` is a search, `enum`
-and `uniqueItems` tell `true` from `1`). A schema with any other keyword is refused when the validator
-is made: it can never be ignored silently. tests/unit/test_jsonsubset.py runs it beside jsonschema over
-mutations of real contracts and requires the same verdict for each.
+Every `agentfactory verify`, every node start and every `pipeline run` reads a schema-checked document;
+importing the jsonschema package costs a CLI about 45-55 ms, more than the check. The template schema
+(agentfactory/schemas) and the run contract cut from it use only the keywords below, so this checks them
+directly with jsonschema's semantics (a bool is not a number, 1.0 is an integer, `pattern` is a search,
+`enum`, `const` and `uniqueItems` tell `true` from `1`) and its messages, in its order. A schema with any
+other keyword, or a `$ref` that is not to its own `$defs`, is refused when checked: it can never be
+ignored silently. tests/unit/test_jsonsubset.py runs it beside jsonschema over mutations of real contracts
+and templates and requires the same errors, field by field.
 """
 
 from __future__ import annotations
@@ -14,11 +15,14 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
-CHECKED = frozenset(("type", "properties", "required", "additionalProperties", "items", "enum", "pattern",
-                     "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems", "uniqueItems"))
-ANNOTATIONS = frozenset(("description", "default", "title", "$comment", "examples", "$defs"))
+CHECKED = frozenset(("type", "properties", "required", "additionalProperties", "items", "enum", "const",
+                     "pattern", "minimum", "maximum", "minLength", "maxLength", "minItems", "maxItems",
+                     "uniqueItems", "maxProperties", "propertyNames", "$ref"))
+ANNOTATIONS = frozenset(("description", "default", "title", "$comment", "examples", "$defs", "$id", "$schema"))
+SUBSCHEMA_MAPS = frozenset(("properties", "$defs"))
+SUBSCHEMA_ONE = frozenset(("items", "additionalProperties", "propertyNames"))
 Path = tuple[str | int, ...]
 
 
@@ -26,85 +30,135 @@ class UnsupportedSchema(ValueError):
     """The schema uses a keyword this validator does not check."""
 
 
-def check_schema(schema: Any, where: str = "#") -> None:
-    """UnsupportedSchema naming the first keyword outside CHECKED and ANNOTATIONS."""
-    if not isinstance(schema, dict):
+class Problem(NamedTuple):
+    """One way an instance breaks a schema: jsonschema's ValidationError fields the callers read."""
+
+    path: Path  # absolute_path
+    message: str
+    keyword: str  # validator
+    value: Any  # validator_value
+    instance: Any
+    schema: Any  # the (sub)schema holding the keyword
+
+
+def check_schema(schema: Any, where: str = "#", root: Any = None) -> None:
+    """UnsupportedSchema naming the first keyword outside CHECKED and ANNOTATIONS, or a $ref we cannot follow."""
+    root = schema if root is None else root
+    if not isinstance(schema, dict):  # a boolean subschema too: jsonschema 4.26 reports its errors at the parent
         raise UnsupportedSchema(f"{where}: a schema is an object here")
     for key, value in schema.items():
         if key not in CHECKED and key not in ANNOTATIONS:
             raise UnsupportedSchema(f"{where}: keyword {key!r} is not supported")
-        if key == "properties":
+        if key in SUBSCHEMA_MAPS:
             for name, sub in value.items():
-                check_schema(sub, f"{where}/properties/{name}")
-        elif key == "items" or (key == "additionalProperties" and isinstance(value, dict)):
-            check_schema(value, f"{where}/{key}")
-        elif key == "$defs":
-            for name, sub in value.items():
-                check_schema(sub, f"{where}/$defs/{name}")
+                check_schema(sub, f"{where}/{key}/{name}", root)
+        elif key in SUBSCHEMA_ONE and not (key == "additionalProperties" and isinstance(value, bool)):
+            check_schema(value, f"{where}/{key}", root)
+        elif key == "$ref":
+            _resolve(root, value, where)
 
 
 def iter_errors(schema: dict[str, Any], instance: Any, path: Path = ()) -> Iterator[tuple[Path, str]]:
-    """(path, message) of each way `instance` breaks `schema`, in the schema's keyword order."""
+    """(path, message) of each way `instance` breaks `schema`, in jsonschema's order."""
+    for problem in iter_problems(schema, instance, path):
+        yield problem.path, problem.message
+
+
+def iter_problems(schema: Any, instance: Any, path: Path = (), root: Any = None) -> Iterator[Problem]:
+    """Each way `instance` breaks `schema`, as jsonschema's Draft202012Validator.iter_errors yields them."""
+    root = schema if root is None else root
     for key, want in schema.items():
         if key in ANNOTATIONS:
             continue
-        if key == "type":
-            if not any(_is_type(instance, t) for t in ([want] if isinstance(want, str) else want)):
-                yield path, f"{instance!r} is not of type {', '.join(repr(t) for t in _as_list(want))}"
-                return  # jsonschema goes on, but every other keyword would only restate this one
-        elif key == "enum":
-            if not any(_equal(instance, v) for v in want):
-                yield path, f"{instance!r} is not one of {want!r}"
-        elif isinstance(instance, str) and key in ("pattern", "minLength", "maxLength"):
-            if key == "pattern" and _regex(want).search(instance) is None:
-                yield path, f"{instance!r} does not match {want!r}"
-            elif key == "minLength" and len(instance) < want:
-                yield path, f"{instance!r} is too short"
-            elif key == "maxLength" and len(instance) > want:
-                yield path, f"{instance!r} is too long"
-        elif _is_type(instance, "number") and key in ("minimum", "maximum"):
-            if key == "minimum" and instance < want:
-                yield path, f"{instance!r} is less than the minimum of {want!r}"
-            elif key == "maximum" and instance > want:
-                yield path, f"{instance!r} is greater than the maximum of {want!r}"
-        elif isinstance(instance, list) and key in ("items", "minItems", "maxItems", "uniqueItems"):
-            yield from _array(key, want, instance, path)
-        elif isinstance(instance, dict) and key in ("properties", "required", "additionalProperties"):
-            yield from _object(key, want, schema, instance, path)
+        for message in _messages(key, want, instance, schema):
+            yield Problem(path, message, key, want, instance, schema)
+        if key == "$ref":
+            yield from iter_problems(_resolve(root, want, "#"), instance, path, root)
+        elif key == "items" and isinstance(instance, list):
+            for i, item in enumerate(instance):
+                yield from iter_problems(want, item, (*path, i), root)
+        elif key == "properties" and isinstance(instance, dict):
+            for name, sub in want.items():
+                if name in instance:
+                    yield from iter_problems(sub, instance[name], (*path, name), root)
+        elif key == "additionalProperties" and isinstance(instance, dict) and isinstance(want, dict):
+            for name in _extra(instance, schema):
+                yield from iter_problems(want, instance[name], (*path, name), root)
+        elif key == "propertyNames" and isinstance(instance, dict):
+            for name in instance:
+                yield from iter_problems(want, name, path, root)
 
 
-def _array(key: str, want: Any, instance: list[Any], path: Path) -> Iterator[tuple[Path, str]]:
-    if key == "items":
-        for i, item in enumerate(instance):
-            yield from iter_errors(want, item, (*path, i))
-    elif key == "minItems" and len(instance) < want:
-        yield path, f"{instance!r} should be non-empty" if want == 1 else f"{instance!r} is too short"
+def _messages(key: str, want: Any, instance: Any, schema: dict[str, Any]) -> Iterator[str]:
+    """The messages of one keyword that judges `instance` itself (not its members)."""
+    if key == "type":
+        if not any(_is_type(instance, t) for t in _as_list(want)):
+            yield f"{instance!r} is not of type {', '.join(repr(t) for t in _as_list(want))}"
+    elif key == "enum":
+        if not any(_equal(instance, v) for v in want):
+            yield f"{instance!r} is not one of {want!r}"
+    elif key == "const":
+        if not _equal(instance, want):
+            yield f"{want!r} was expected"
+    elif isinstance(instance, str):
+        yield from _string(key, want, instance)
+    elif _is_type(instance, "number"):
+        if key == "minimum" and instance < want:
+            yield f"{instance!r} is less than the minimum of {want!r}"
+        elif key == "maximum" and instance > want:
+            yield f"{instance!r} is greater than the maximum of {want!r}"
+    elif isinstance(instance, list):
+        yield from _array(key, want, instance)
+    elif isinstance(instance, dict):
+        yield from _object(key, want, instance, schema)
+
+
+def _string(key: str, want: Any, instance: str) -> Iterator[str]:
+    if key == "pattern" and _regex(want).search(instance) is None:
+        yield f"{instance!r} does not match {want!r}"
+    elif key == "minLength" and len(instance) < want:
+        yield f"{instance!r} should be non-empty" if want == 1 else f"{instance!r} is too short"
+    elif key == "maxLength" and len(instance) > want:
+        yield f"{instance!r} is expected to be empty" if want == 0 else f"{instance!r} is too long"
+
+
+def _array(key: str, want: Any, instance: list[Any]) -> Iterator[str]:
+    if key == "minItems" and len(instance) < want:
+        yield f"{instance!r} should be non-empty" if want == 1 else f"{instance!r} is too short"
     elif key == "maxItems" and len(instance) > want:
-        yield path, f"{instance!r} is too long"
+        yield f"{instance!r} is expected to be empty" if want == 0 else f"{instance!r} is too long"
     elif key == "uniqueItems" and want and any(_equal(a, b) for i, a in enumerate(instance)
                                                for b in instance[i + 1:]):
-        yield path, f"{instance!r} has non-unique elements"
+        yield f"{instance!r} has non-unique elements"
 
 
-def _object(key: str, want: Any, schema: dict[str, Any], instance: dict[str, Any],
-            path: Path) -> Iterator[tuple[Path, str]]:
-    if key == "properties":
-        for name, sub in want.items():
-            if name in instance:
-                yield from iter_errors(sub, instance[name], (*path, name))
-    elif key == "required":
+def _object(key: str, want: Any, instance: dict[str, Any], schema: dict[str, Any]) -> Iterator[str]:
+    if key == "required":
         for name in want:
             if name not in instance:
-                yield path, f"{name!r} is a required property"
-    elif key == "additionalProperties":
-        extra = [name for name in instance if name not in schema.get("properties", {})]
-        if want is False and extra:
-            shown = ", ".join(repr(name) for name in extra)
-            yield path, f"Additional properties are not allowed ({shown} {'was' if len(extra) == 1 else 'were'} " \
-                        "unexpected)"
-        elif isinstance(want, dict):
-            for name in extra:
-                yield from iter_errors(want, instance[name], (*path, name))
+                yield f"{name!r} is a required property"
+    elif key == "maxProperties" and len(instance) > want:
+        yield f"{instance!r} is expected to be empty" if want == 0 else f"{instance!r} has too many properties"
+    elif key == "additionalProperties" and want is False:
+        extra = _extra(instance, schema)
+        if extra:
+            shown = ", ".join(repr(name) for name in sorted(extra, key=str))
+            yield f"Additional properties are not allowed ({shown} {'was' if len(extra) == 1 else 'were'} unexpected)"
+
+
+def _extra(instance: dict[str, Any], schema: dict[str, Any]) -> list[str]:
+    known = schema.get("properties", {})
+    return [name for name in instance if name not in known]
+
+
+def _resolve(root: Any, ref: Any, where: str) -> Any:
+    """The schema a `#/$defs/<name>` reference names; UnsupportedSchema for any other reference."""
+    prefix = "#/$defs/"
+    name = ref[len(prefix):] if isinstance(ref, str) and ref.startswith(prefix) else None
+    defs = root.get("$defs", {}) if isinstance(root, dict) else {}
+    if name is None or "/" in name or "~" in name or name not in defs:
+        raise UnsupportedSchema(f"{where}: $ref {ref!r} is not one of this schema's own $defs")
+    return defs[name]
 
 
 def _as_list(value: Any) -> list[Any]:

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from . import jsonsubset
 from .digest import sha256_bytes, sha256_file, tree_sha256
 from .errors import InputError, TemplateError, ValidationFailed
 from .httpgrant import HttpGrant, from_spec, grant_problems
@@ -105,10 +106,11 @@ def schema() -> dict[str, Any]:
 
 
 @functools.cache
-def _validator() -> Any:  # jsonschema.Draft202012Validator; imported here, off the verify path
-    import jsonschema
-
-    return jsonschema.Draft202012Validator(schema())
+def _checked_schema() -> dict[str, Any]:
+    """The schema, once refused if it uses a keyword agentfactory.jsonsubset does not check."""
+    found = schema()
+    jsonsubset.check_schema(found)
+    return found
 
 
 def _field(path: tuple[str | int, ...]) -> str:
@@ -130,23 +132,23 @@ def _not_a_string(value: Any, path: tuple[str | int, ...]) -> str:
 
 def _schema_problems(doc: Located, where: str) -> list[InputError]:
     problems: list[tuple[int, InputError]] = []
-    for err in _validator().iter_errors(doc.data):
-        path = tuple(err.absolute_path)
+    for err in jsonsubset.iter_problems(_checked_schema(), doc.data):
+        path = err.path
         message = err.message
-        if err.validator == "additionalProperties":
+        if err.keyword == "additionalProperties":
             extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
             for name in extra:
                 line = doc.line_of((*path, name)) or 0
                 problems.append((line, InputError(f"{where}:{line}",
                                  f"{_field((*path, name))}: unknown field {name!r}")))
             continue
-        if err.validator == "type" and err.validator_value == "string" and not isinstance(err.instance, (dict, list)):
+        if err.keyword == "type" and err.value == "string" and not isinstance(err.instance, (dict, list)):
             message = _not_a_string(err.instance, path)
-        elif err.validator == "pattern" and path and path[-1] == "version":
+        elif err.keyword == "pattern" and path and path[-1] == "version":
             message = f"{err.instance!r} is not a semantic version (MAJOR.MINOR.PATCH, e.g. 1.4.0)"
-        elif err.validator == "pattern":
-            message = f"{err.instance!r} does not match the required format {err.validator_value}"
-        elif err.validator == "required":
+        elif err.keyword == "pattern":
+            message = f"{err.instance!r} does not match the required format {err.value}"
+        elif err.keyword == "required":
             message = message.replace(" is a required property", " is required")
         line = doc.line_of(path) or 0
         problems.append((line, InputError(f"{where}:{line}", f"{_field(path)}: {message}")))

@@ -24,8 +24,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import jsonschema
-
 from agentfactory import wasihost
 from agentfactory.digest import sha256_file
 from agentfactory.errors import InputError
@@ -86,6 +84,8 @@ def load_cases(template: Template, display: str) -> list[dict[str, Any]]:
     if path.stat().st_size > MAX_CASES_BYTES:
         raise InputError(where, f"larger than {MAX_CASES_BYTES} bytes")
     doc = load_yaml(path.read_bytes(), where)
+    import jsonschema  # here, not at the top: ~55 ms of every `pipeline run`, which reads cases only to build
+
     for err in jsonschema.Draft202012Validator(CASES_SCHEMA).iter_errors(doc.data):
         line = doc.line_of(tuple(err.absolute_path))
         raise InputError(f"{where}:{line}", err.message)

@@ -1,6 +1,7 @@
-"""agentfactory.jsonsubset must judge run contracts exactly as jsonschema does: the same verdict for every mutation
-of real contracts (each field removed, set to a value of every JSON type and to values at and past its bounds,
-an extra field added), and a schema keyword it does not check refused, never skipped."""
+"""agentfactory.jsonsubset must judge run contracts and templates exactly as jsonschema does: the same verdict for
+every mutation of real contracts, the same errors (field, keyword, message, in order) for every mutation of real
+template manifests (each field removed, set to a value of every JSON type and to values at and past its bounds,
+an extra field added), and a schema keyword or reference it does not check refused, never skipped."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from helpers import ROOT
 
 from agentfactory import jsonsubset
 from agentfactory.runspec import contract_schema, from_template
-from agentfactory.template import discover, load_template
+from agentfactory.template import MANIFEST, discover, load_template, schema
+from agentfactory.yamlsafe import load_yaml
 
 VALUES: list[Any] = [None, True, False, 0, 1, -1, 1.0, 1.5, 2**40, "", "x", "X Y", "a" * 300, "log.write",
                      "/data", "data", "https://api.example.com/v1/*", [], [1], ["log.write", "log.write"], ["x"] * 40,
@@ -96,9 +98,51 @@ def test_json_equality_and_types_follow_jsonschema() -> None:
         assert bool(list(jsonsubset.iter_errors(unanchored, text))) == want, text
 
 
+def manifests() -> list[dict[str, Any]]:
+    """The agent.yaml of every shipped template and example, as YAML reads it."""
+    found = []
+    for root in (ROOT / "templates", ROOT / "examples" / "python", ROOT / "examples" / "promotion" / "v1"):
+        for folder in discover(root):
+            found.append(load_yaml((folder / MANIFEST).read_bytes(), str(folder)).data)
+    return found
+
+
+def test_the_same_errors_as_jsonschema_for_every_mutation_of_a_template() -> None:
+    """Template validation (agentfactory.template) reads each error's path, keyword, value, instance and message."""
+    template_schema = schema()
+    jsonsubset.check_schema(template_schema)
+    reference = jsonschema.Draft202012Validator(template_schema)
+    checked = failing = 0
+    for doc in manifests():
+        for mutated in mutations(doc):
+            want = [(tuple(e.absolute_path), e.validator, e.message, repr(e.instance)) for e in
+                    reference.iter_errors(mutated)]
+            got = [(p.path, p.keyword, p.message, repr(p.instance)) for p in
+                   jsonsubset.iter_problems(template_schema, mutated)]
+            assert got == want, mutated
+            checked += 1
+            failing += bool(want)
+    assert checked > 3000 and failing > 1000, (checked, failing)
+
+
+def test_references_and_property_names_are_followed_as_jsonschema_does() -> None:
+    doc = {"$defs": {"name": {"type": "string", "maxLength": 0}},
+           "properties": {"a": {"$ref": "#/$defs/name"}, "b": {"const": None}}, "propertyNames": {"pattern": "^[ab]$"},
+           "maxProperties": 1}
+    for instance in ({"a": "x"}, {"a": ""}, {"b": 1}, {"c": 1, "a": 2}, {}, {"a": "", "b": None}):
+        want = [(tuple(e.absolute_path), e.validator, e.message) for e in
+                jsonschema.Draft202012Validator(doc).iter_errors(instance)]
+        got = [(p.path, p.keyword, p.message) for p in jsonsubset.iter_problems(doc, instance)]
+        assert got == want, instance
+
+
 @pytest.mark.parametrize("schema", [{"type": "string", "format": "email"}, {"anyOf": [{"type": "string"}]},
                                     {"properties": {"a": {"$ref": "#/$defs/x"}}},
-                                    {"items": {"type": "string", "const": "x"}}])
+                                    {"$defs": {"x": {}}, "items": {"$ref": "https://example.com/x.json"}},
+                                    {"$defs": {"x": {}}, "items": {"$ref": "#/properties/a"}},
+                                    {"items": {"type": "string", "contains": {"const": "x"}}},
+                                    {"properties": {"a": {"dependentRequired": {"b": ["c"]}}}},
+                                    {"properties": {"a": False}}, {"items": True}])
 def test_a_keyword_it_does_not_check_is_refused(schema: dict[str, Any]) -> None:
     with pytest.raises(jsonsubset.UnsupportedSchema):
         jsonsubset.check_schema(schema)
