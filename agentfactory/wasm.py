@@ -38,6 +38,7 @@ class ModuleInfo:
     exports: list[Export] = field(default_factory=list)
     custom_sections: list[str] = field(default_factory=list)
     memories: list[tuple[int, int | None]] = field(default_factory=list)  # (min, max) in 64 KiB pages
+    start: bool = False  # a start section: guest code that runs while the module is instantiated
 
     def exported(self, name: str, kind: str = "func") -> bool:
         return any(e.name == name and e.kind == kind for e in self.exports)
@@ -144,6 +145,8 @@ def _inspect_core(data: bytes, where: str, start: int, end: int) -> ModuleInfo:
         elif section_id == 5:
             for _ in range(s.u32()):
                 info.memories.append(s.limits())
+        elif section_id == 8:
+            info.start = True
         elif section_id == 7:
             for _ in range(s.u32()):
                 name, kind = s.name(), s.byte()

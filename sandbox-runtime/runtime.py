@@ -46,7 +46,7 @@ from agentfactory.store import ArtifactStore, StoredAgent
 from agentfactory.store.base import MislabelledAgent
 from agentfactory.trust import TrustPolicy
 from agentfactory.verifier import Verdict, refuse
-from agentfactory.wasm import ComponentInfo, inspect_any
+from agentfactory.wasm import ComponentInfo, ModuleInfo, inspect_any
 
 from . import component_sandbox, sandbox
 from .engine import Engines
@@ -280,7 +280,8 @@ class Runtime:
                 component_sandbox.check(info, verdict.runspec)  # the world and the contract, before compiling
             module, source = self._module(agent, verdict, data, component)
             linked = sandbox.link(self.engines, module, verdict.runspec, self.config.host_roots,
-                                  info if isinstance(info, ComponentInfo) else None, agent.name, http=self.http)
+                                  info if isinstance(info, ComponentInfo) else None, agent.name, http=self.http,
+                                  starts=not isinstance(info, ModuleInfo) or info.start)
         except InputError as exc:
             report("bad-module", agent.name, agent, f"not a valid WebAssembly module: {exc}", verdict)
             raise Refused("bad-module", f"not a valid WebAssembly module: {exc}", verdict, agent) from None

@@ -14,12 +14,21 @@
 Linking is done once per verified module (`link` → InstancePre); each invocation then only
 creates a store and instantiates, which is what the sandbox-creation benchmark measures.
 
+Sandbox creation and teardown run one thread at a time (HOST_LANE); the guest itself does not. They are
+some 40 short wasmtime C calls, and each ctypes call releases the GIL: with several worker threads doing
+them at once, every call handed the GIL to another thread (a futex wake and a context switch), and a
+run's CPU grew from ~130 µs to ~700 µs at 4 threads (benchmarks/results/runtime.md). Queued on one lock,
+the waiting threads sleep instead, and the one in the lane keeps the GIL across its calls. The guest's
+code (instantiation, which runs any start function, and the entrypoint) runs outside the lane, in
+parallel, so a long invocation never holds up another's creation.
+
 A component (a Python agent) goes through the same `link` and `run`, which hand it to
 component_sandbox.py: the same limits, checked against the project's WIT world instead of WASI.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +51,7 @@ WASI_MODULE = wasihost.WASI_MODULE
 PAGE = 65536
 # Outcomes, most specific first: what stopped the guest.
 OUTCOMES = ("ok", "error", "timeout", "fuel", "memory", "stack", "output", "trap")
+HOST_LANE = threading.Lock()  # sandbox creation and teardown, one thread at a time (see the module's doc)
 
 
 class SandboxRefusal(AgentFactoryError):
@@ -89,6 +99,7 @@ class Linked:
     preopens: tuple[tuple[str, str], ...]  # (host path, guest path)
     http: HttpNode | None = None  # the node's http.fetch, when the contract grants http
     component: ComponentLink | None = None  # a component agent's linker and limits (component_sandbox.py)
+    starts: bool = True  # the module may have a start function: instantiation runs guest code (not in HOST_LANE)
 
 
 def new_tool_context(linked: Linked, name: str = "agent") -> tools.ToolContext:
@@ -144,9 +155,11 @@ def check_preopens(runspec: RunSpec, host_roots: tuple[Path, ...]) -> tuple[tupl
 
 
 def link(engines: Engines, module: Any, runspec: RunSpec, host_roots: tuple[Path, ...],
-         info: ComponentInfo | None = None, name: str = "agent", http: HttpNode | None = None) -> Linked:
+         info: ComponentInfo | None = None, name: str = "agent", http: HttpNode | None = None,
+         starts: bool = True) -> Linked:
     """Check the module against its contract and pre-link it: WASI plus exactly the declared tools. A component
-    (`info` is its bounded reading) is linked with the world's tools instead (component_sandbox.link)."""
+    (`info` is its bounded reading) is linked with the world's tools instead (component_sandbox.link). `starts`
+    is False only when the module's bytes were read and hold no start section (ModuleInfo.start)."""
     if runspec.http is not None:  # the node judges the signed grant again: its own settings, ceilings, secrets
         problems = http.check_grant(runspec.http) if http is not None else ["this node offers no http.fetch"]
         if problems:
@@ -169,7 +182,7 @@ def link(engines: Engines, module: Any, runspec: RunSpec, host_roots: tuple[Path
         raise SandboxRefusal("undeclared-tool", f"the module's imports do not match what the node provides: "
                              f"{_last_line(exc)}") from None
     return Linked(pre=pre, engine=engine, runspec=runspec, preopens=preopens,
-                  http=http if runspec.http is not None else None)
+                  http=http if runspec.http is not None else None, starts=starts)
 
 
 def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> Execution:
@@ -178,6 +191,79 @@ def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> 
         return component_sandbox.run(engines, linked, name, invocation)
     assert linked.pre is not None
     started = time.perf_counter()
+    spec = linked.runspec
+    memory_limit = spec.limits.memory_mib * 1024 * 1024
+    code: int | None = 0
+    trap: BaseException | None = None
+    instance: wasmtime.Instance | None = None
+    exports: Any = None  # wrapping the exports costs ~7 % of a run: once per run
+    lane = _Lane()
+    lane.enter()
+    try:
+        store, out, err, ctx, deadline = _create(engines, linked, name, invocation)
+    except BaseException:
+        lane.leave()
+        raise
+    guest_started = time.perf_counter()
+    try:
+        if linked.starts:
+            lane.leave()  # the start function is guest code: it runs outside the lane
+        instance = linked.pre.instantiate(store)  # a start function runs here, under the same limits
+        exports = instance.exports(store)
+        entry = exports.get(spec.entrypoint)
+        lane.leave()
+        if isinstance(entry, wasmtime.Func):
+            guest_started = time.perf_counter()
+            entry(store)
+    except wasmtime.ExitTrap as exc:
+        code = exc.code
+    except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
+        code, trap = None, exc
+    finally:
+        lane.leave()
+        guest_seconds = time.perf_counter() - guest_started
+        tools.bind(None)
+        wasihost.bind(None)
+    lane.enter()
+    try:
+        memory_hit = _memory_hit(store, exports, memory_limit)
+    finally:
+        lane.leave()
+    outcome, reason = _judge(code, trap, spec, out.overflow or err.overflow, memory_hit, deadline.hit)
+    del instance, exports, store  # freeing the store is part of the sandbox's cost (outside the lane: a guest
+    # that touched all its memory takes a while to unmap)
+    limits = tuple(n for n, hit in (("timeout", outcome == "timeout"), ("fuel", outcome == "fuel"),
+                                    ("memory", memory_hit), ("stack", outcome == "stack"),
+                                    ("output", out.overflow or err.overflow)) if hit)
+    total = time.perf_counter() - started
+    return Execution(outcome=outcome, exit_code=code, reason=reason, stdout=out.value(), stderr=err.value(),
+                     limits_hit=limits, guest_seconds=guest_seconds, setup_seconds=total - guest_seconds,
+                     tool_log=bytes(ctx.log))
+
+
+class _Lane:
+    """One run's hold on HOST_LANE: `leave` on a lane this run does not hold is a no-op, so every exit path
+    can leave without counting."""
+
+    __slots__ = ("held",)
+
+    def __init__(self) -> None:
+        self.held = False
+
+    def enter(self) -> None:
+        HOST_LANE.acquire()
+        self.held = True
+
+    def leave(self) -> None:
+        if self.held:
+            self.held = False
+            HOST_LANE.release()
+
+
+def _create(engines: Engines, linked: Linked, name: str,
+            invocation: Invocation) -> tuple[wasmtime.Store, wasihost.CappedOutput, wasihost.CappedOutput, Any,
+                                             wasihost.Deadline]:
+    """A fresh store with the contract's limits, WASI and tools bound to this thread; run in HOST_LANE."""
     spec = linked.runspec
     cap = spec.limits.max_output_kib * 1024
     out, err = wasihost.CappedOutput(cap), wasihost.CappedOutput(cap)
@@ -200,36 +286,7 @@ def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> 
     store.set_epoch_deadline(engines.deadline_ticks(spec.limits.timeout_ms))
     deadline = wasihost.Deadline(spec.limits.timeout_ms / 1000)
     wasihost.bind(deadline, (out, err))
-    code: int | None = 0
-    trap: BaseException | None = None
-    instance: wasmtime.Instance | None = None
-    exports: Any = None  # wrapping the exports costs ~7 % of a run: once per run
-    guest_started = time.perf_counter()
-    try:
-        instance = linked.pre.instantiate(store)  # a start function runs here, under the same limits
-        exports = instance.exports(store)
-        entry = exports.get(spec.entrypoint)
-        if isinstance(entry, wasmtime.Func):
-            guest_started = time.perf_counter()
-            entry(store)
-    except wasmtime.ExitTrap as exc:
-        code = exc.code
-    except (wasmtime.Trap, wasmtime.WasmtimeError) as exc:
-        code, trap = None, exc
-    finally:
-        guest_seconds = time.perf_counter() - guest_started
-        tools.bind(None)
-        wasihost.bind(None)
-    memory_hit = _memory_hit(store, exports, memory_limit)
-    outcome, reason = _judge(code, trap, spec, out.overflow or err.overflow, memory_hit, deadline.hit)
-    limits = tuple(n for n, hit in (("timeout", outcome == "timeout"), ("fuel", outcome == "fuel"),
-                                    ("memory", memory_hit), ("stack", outcome == "stack"),
-                                    ("output", out.overflow or err.overflow)) if hit)
-    del instance, exports, store  # freeing the store is part of the sandbox's cost: count it
-    total = time.perf_counter() - started
-    return Execution(outcome=outcome, exit_code=code, reason=reason, stdout=out.value(), stderr=err.value(),
-                     limits_hit=limits, guest_seconds=guest_seconds, setup_seconds=total - guest_seconds,
-                     tool_log=bytes(ctx.log))
+    return store, out, err, ctx, deadline
 
 
 def _memory_hit(store: wasmtime.Store, exports: Any, limit: int) -> bool:
