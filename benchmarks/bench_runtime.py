@@ -697,11 +697,16 @@ def bound_markdown(h: dict[str, Any]) -> list[str]:
         "issue 23's changes: 4,200-4,500/s at 131-146 µs). Together they cost the server "
         f"{judged['server_cpu_us_per_request']:.0f} µs per request at its slowest judged level, against "
         f"{share['cpu_us_per_run']:.0f} µs plus about 80 µs for the parts alone. The rest is the threads handing "
-        "the GIL and the CPU to each other (in profiling: 110-270 µs of system time per request, against 7-12 µs "
-        "with the stub, and 8-15 thread switches per request): wasmtime-py makes some 30 ctypes calls per run, "
-        "each releasing and re-taking the GIL, which hands it to a connection thread; wasmtime's WASI runs the "
-        "custom stdout callback on its own tokio threads (about 6 of those switches); and the agent's share of "
-        "the workers (2 of 4) queues half of a single agent's requests, each a sleep and a wake-up. Other work "
+        "the GIL and the CPU to each other: wasmtime-py makes some 40 ctypes calls per run, and each releases the "
+        "GIL. Sandbox creation and teardown now run one thread at a time (`sandbox.HOST_LANE`), so worker threads "
+        "no longer trade the GIL at each of those calls (the runs alone, in runs for issue 23 on a shared "
+        "machine: 130-230 µs at 4 and 8 threads, against 290-750 µs before). A connection thread parsing a "
+        "request still takes the GIL at "
+        "the lane holder's next C call, and the server flips between two regimes from run to run: about 340 µs "
+        "of CPU per request (2,000-2,300/s at 4 and 8 connections) or 800-1,000 µs (1,000-1,300/s), with some "
+        "26 context switches and 65 futex calls per request in the slow one (perf stat); binding the short "
+        "wasmtime calls through ctypes.PyDLL (GIL kept) moved the slow regime by about 10 % and was not kept. "
+        "One process runs Python on one core at a time, and the client processes share the 2 CPUs. Other work "
         "on the machine's 2 CPUs moves every figure here from run to run.",
     ]
 
