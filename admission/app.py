@@ -20,14 +20,20 @@ from starlette.concurrency import run_in_threadpool
 from agentfactory.audit import AuditError
 from agentfactory.errors import InputError
 from agentfactory.httpserve import BodyTooLarge, read_body
-from agentfactory.metrics import CONTROL_PLANE_LATENCY, CONTROL_PLANE_REQUESTS
+from agentfactory.metrics import CONTROL_PLANE_LATENCY, CONTROL_PLANE_REQUESTS, LabelCache
 
 from .decide import Admitter, Answer, NotCached
 from .review import parse_review, response, uid_of
 
+_DECISIONS = LabelCache(CONTROL_PLANE_REQUESTS)  # the children by decision, not labels() on every review
+
+
+# One encoder for every answer: json.dumps with options builds a new encoder per call, on the request path.
+_ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+
 
 def _json(doc: dict[str, Any]) -> Response:
-    return Response(json.dumps(doc, separators=(",", ":")).encode(), media_type="application/json")
+    return Response(_ENCODE(doc).encode(), media_type="application/json")
 
 
 def create_app(admitter: Admitter) -> FastAPI:
@@ -65,13 +71,13 @@ def create_app(admitter: Admitter) -> FastAPI:
         except Exception as exc:  # fail closed on the unforeseen, with the reason
             return _deny("denied", started, review.uid, 500, f"internal error while judging: {type(exc).__name__}: "
                          f"{exc}; denied (fail closed)")
-        CONTROL_PLANE_REQUESTS.labels(decision=answer.decision).inc()
+        _DECISIONS.get(answer.decision).inc()
         CONTROL_PLANE_LATENCY.observe(time.perf_counter() - started)
         return _json(response(review.uid, answer.allowed, code=answer.code if not answer.allowed else None,
                               message=answer.message if not answer.allowed else "", warnings=answer.warnings))
 
     def _deny(decision: str, started: float, uid: str, code: int, message: str) -> Response:
-        CONTROL_PLANE_REQUESTS.labels(decision=decision).inc()
+        _DECISIONS.get(decision).inc()
         CONTROL_PLANE_LATENCY.observe(time.perf_counter() - started)
         return _json(response(uid, False, code=code, message=message))
 

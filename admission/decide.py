@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -34,6 +35,40 @@ from .subresources import ALLOW, REFUSE, UNKNOWN_WHY, rule_for
 from .verdicts import VerdictCache
 
 MAX_POLICY_DECISIONS = 10_000
+# What plain_text would change (a quote, a backslash, a control character): text without any is used as it is,
+# so a reference that needs no rewriting costs one regular-expression search instead of a walk per character.
+_NOT_PLAIN = re.compile(r'["\\\x00-\x1f]')
+# The memo key's encoder, made once (json.dumps with options builds a new encoder per call).
+_CANONICAL = json.JSONEncoder(sort_keys=True).encode
+
+
+def _plain(text: str) -> str:
+    """plain_text(text), without its per-character walk when there is nothing to rewrite."""
+    return plain_text(text) if _NOT_PLAIN.search(text) else text
+
+
+@dataclass(frozen=True)
+class Judged:
+    """A verdict with what every admission decision about it shares, built once when the verdict is computed and
+    cached with it (not once per review): the admission policy input's `verdict` member (reasons as plain text),
+    its canonical JSON (that member's part of the decision memo's key), and where each check's message goes.
+
+    Everything here is a function of the verdict alone, so it can never be staler than the cached verdict it
+    rides with; the policy input is shared by the decisions about that verdict and must not be mutated (the
+    engines only read their input)."""
+
+    verdict: Verdict
+    policy_input: dict[str, Any]
+    key: str
+    needles: tuple[tuple[str, int], ...]  # ("does not verify: <check>: ", its rank), in the verdict's order
+
+    @classmethod
+    def of(cls, verdict: Verdict) -> Judged:
+        part = {"allowed": verdict.allowed, "score": verdict.score,
+                "checks": [{**c.to_json(), "reason": _plain(c.reason)} for c in verdict.checks]}
+        rank = {c.name: i for i, c in enumerate(verdict.checks)}
+        return cls(verdict, part, _CANONICAL(part),
+                   tuple((f"does not verify: {name}: ", i) for name, i in rank.items()))
 
 
 class NotCached(Exception):
@@ -61,9 +96,11 @@ class Admitter:
         self.engine = engine
         self.audit = audit
         self.trust_id = trust.fingerprint or hashlib.sha256(repr(sorted(trust.keys)).encode()).hexdigest()[:16]
-        self.verdicts: VerdictCache[Verdict] = VerdictCache(config.cache_ttl, config.negative_cache_ttl,
-                                                            config.cache_max_entries, positive=lambda v: v.allowed)
-        self._decisions: OrderedDict[str, Decision] = OrderedDict()  # admission.rego answers, by input
+        self.verdicts: VerdictCache[Judged] = VerdictCache(config.cache_ttl, config.negative_cache_ttl,
+                                                           config.cache_max_entries,
+                                                           positive=lambda j: j.verdict.allowed)
+        # admission.rego answers, by input: (the canonical JSON of the input but its verdict, the verdict's)
+        self._decisions: OrderedDict[tuple[str, str], Decision] = OrderedDict()
         self._decisions_lock = threading.Lock()
         self._store_prefix = _store_prefix(store.url)
         self.stages = stage_map(engine, config.default_stage)  # the policy's own namespace → stage map
@@ -171,17 +208,17 @@ class Admitter:
         except InputError as exc:
             record["allowed"] = False
             return [f"{exc.where}: {exc.message}"], [], record
-        verdict: Verdict | None = None
+        judged: Judged | None = None
         denies: list[str] = []
         if parsed.pinned:
             foreign = self._foreign(parsed)
             if foreign:
                 denies.append(f"{ref.field}: {ref.ref!r} {foreign}")
             else:
-                verdict = self._verdict(parsed, stage, cached_only)  # the namespace's stage, never the object's
-                record["digest"], record["score"] = parsed.digest, verdict.score
-        decision = self._policy(review, ref, parsed, stage, verdict, mode, cached_only)
-        denies.extend(_in_check_order(decision.deny, verdict))
+                judged = self._verdict(parsed, stage, cached_only)  # the namespace's stage, never the object's
+                record["digest"], record["score"] = parsed.digest, judged.verdict.score
+        decision = self._policy(review, ref, parsed, stage, judged, mode, cached_only)
+        denies.extend(_in_check_order(decision.deny, judged))
         record["allowed"] = not denies
         return denies, list(decision.warn), record
 
@@ -192,7 +229,7 @@ class Admitter:
         return (f"names the registry {parsed.prefix}; agents are admitted from {self._store_prefix} only "
                 "(config store): copy it there with its evidence (agentfactory store copy)")
 
-    def _verdict(self, parsed: Parsed, stage: str, cached_only: bool) -> Verdict:
+    def _verdict(self, parsed: Parsed, stage: str, cached_only: bool) -> Judged:
         assert parsed.digest is not None
         key = f"{parsed.digest}|{parsed.name}|{stage}|{self.trust_id}"
         if cached_only:
@@ -201,7 +238,10 @@ class Admitter:
                 raise NotCached(key)
             return hit
 
-        def compute() -> Verdict:
+        def compute() -> Judged:
+            return Judged.of(verify())
+
+        def verify() -> Verdict:
             try:
                 agent = self.store.resolve(f"{parsed.name}@{parsed.digest}")
             except NotFoundError:
@@ -215,22 +255,21 @@ class Admitter:
 
         return self.verdicts.get(key, compute, timeout=self.config.deadline_ms / 1000)
 
-    def _policy(self, review: Review, ref: Reference, parsed: Parsed, stage: str, verdict: Verdict | None,
+    def _policy(self, review: Review, ref: Reference, parsed: Parsed, stage: str, judged: Judged | None,
                 mode: str, cached_only: bool) -> Decision:
-        document = {
+        head = {
             # no object name: the decision is about the agent in its namespace, and is memoised by its
             # input, so the Pods a ReplicaSet creates under new names reuse it (docs/policy-inputs.md)
             "request": {"operation": review.operation, "namespace": review.namespace, "kind": review.kind,
                         "dryRun": review.dry_run, "mode": mode},
-            "agent": {"ref": plain_text(ref.ref), "field": plain_text(ref.field), "pinned": parsed.pinned,
+            "agent": {"ref": _plain(ref.ref), "field": _plain(ref.field), "pinned": parsed.pinned,
                       "name": parsed.name,
                       "digest": parsed.digest, "stage": stage, "requested_stage": ref.requested_stage,
                       "requested_stage_field": ref.requested_stage_field},
-            "verdict": None if verdict is None else {
-                "allowed": verdict.allowed, "score": verdict.score,
-                "checks": [{**c.to_json(), "reason": plain_text(c.reason)} for c in verdict.checks]},
         }
-        key = json.dumps(document, sort_keys=True)
+        # the whole input, keyed canonically: the verdict's part was encoded once, with the verdict
+        key = (_CANONICAL(head), "null" if judged is None else judged.key)
+        document = {**head, "verdict": None if judged is None else judged.policy_input}
         with self._decisions_lock:
             cached = self._decisions.get(key)
             if cached is not None:
@@ -246,18 +285,18 @@ class Admitter:
         return decision
 
 
-def _in_check_order(messages: tuple[str, ...], verdict: Verdict | None) -> list[str]:
+def _in_check_order(messages: tuple[str, ...], judged: Judged | None) -> list[str]:
     """The policy's messages (a set, so sorted by text) in the verifier's order: digest and signature
     first, as a reader needs them, not `builder` first because it sorts first."""
-    if verdict is None:
+    if judged is None or not messages:
         return list(messages)
-    rank = {c.name: i for i, c in enumerate(verdict.checks)}
+    needles = judged.needles
 
     def key(message: str) -> int:
-        for name, i in rank.items():
-            if f"does not verify: {name}: " in message:
+        for needle, i in needles:
+            if needle in message:
                 return i
-        return len(rank)
+        return len(needles)
 
     return sorted(messages, key=key)
 

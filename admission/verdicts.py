@@ -15,9 +15,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Generic, TypeVar
 
-from agentfactory.metrics import ADMISSION_CACHE
+from agentfactory.metrics import ADMISSION_CACHE, LabelCache
 
 T = TypeVar("T")
+_COUNTS = LabelCache(ADMISSION_CACHE)  # one lookup per review: the children by result, not labels() each time
 
 
 class VerdictCache(Generic[T]):
@@ -37,7 +38,7 @@ class VerdictCache(Generic[T]):
             if hit is None or hit[0] <= time.monotonic():
                 return None
             self._entries.move_to_end(key)
-        ADMISSION_CACHE.labels(result="hit" if self._positive(hit[1]) else "negative-hit").inc()
+        _COUNTS.get("hit" if self._positive(hit[1]) else "negative-hit").inc()
         return hit[1]
 
     def get(self, key: str, compute: Callable[[], T], timeout: float | None = None) -> T:
@@ -47,7 +48,7 @@ class VerdictCache(Generic[T]):
             hit = self._entries.get(key)
             if hit is not None and hit[0] > now:
                 self._entries.move_to_end(key)
-                ADMISSION_CACHE.labels(result="hit" if self._positive(hit[1]) else "negative-hit").inc()
+                _COUNTS.get("hit" if self._positive(hit[1]) else "negative-hit").inc()
                 return hit[1]
             running = self._running.get(key)
             if running is None:
@@ -57,9 +58,9 @@ class VerdictCache(Generic[T]):
             else:
                 owner = False
         if not owner:
-            ADMISSION_CACHE.labels(result="coalesced").inc()
+            _COUNTS.get("coalesced").inc()
             return running.result(timeout=timeout)
-        ADMISSION_CACHE.labels(result="miss").inc()
+        _COUNTS.get("miss").inc()
         try:
             value = compute()
         except BaseException as exc:

@@ -12,6 +12,9 @@ TLS, on 2 cores, p99 ≤ 5 ms at 1000 reviews/s; first sight of a digest ≤ 20 
 3. Over TLS, first sight: digests the server has not seen, on one reused connection, after restarts.
 4. A denied review (unpinned reference, unsigned agent), cached, for comparison.
 5. Where the time goes: /healthz over the same TLS, the same app over plain HTTP, server CPU per review.
+
+AGENTFACTORY_BENCH_ONLY=threads runs only part 1's non-memoised reviews in threads, THREADS_ROUNDS times on one
+Admitter, and prints each round and the spread; it writes no results (a quick before/after on a shared machine).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import ssl
 import statistics
 import subprocess
@@ -77,6 +81,8 @@ MISS_RATES = sized((400.0, 1000.0), (1000.0,))
 OPEN_GRACE_S = sized(5.0, 1.0)  # a request not sent within this long after the window is counted as not sent
 TLS_FIRST_RESTARTS = sized(3, 1)
 TARGET_P99_MS, TARGET_RATE, TARGET_FIRST_MS = 5.0, 1000.0, 20.0
+ONLY_ENV = "AGENTFACTORY_BENCH_ONLY"
+THREADS_ROUNDS = sized(5, 1)  # AGENTFACTORY_BENCH_ONLY=threads: rounds of the non-memoised reviews in threads
 # The load generator, run as separate processes so that the client does not share the server's GIL.
 # argv[1]: a JSON spec; prints one JSON line. One keep-alive connection per thread. Closed loop: each thread
 # sends as soon as its previous answer arrived. Open loop: request i (of all processes) is due at
@@ -267,7 +273,7 @@ class EngineTimer:
                 self.seconds += time.perf_counter() - start
                 self.calls += 1
 
-        admitter.engine.decide = decide  # type: ignore[method-assign]
+        admitter.engine.decide = decide  # type: ignore[method-assign,misc]
 
 
 def timed_reviews(admitter: Admitter, bodies: list[bytes], expect: bool, cpu: list[float] | None = None) -> list[float]:
@@ -284,14 +290,15 @@ def timed_reviews(admitter: Admitter, bodies: list[bytes], expect: bool, cpu: li
     return out
 
 
-def miss_throughput(admitter: Admitter, ref: str) -> list[dict[str, Any]]:
+def miss_throughput(admitter: Admitter, ref: str, tag: str = "") -> list[dict[str, Any]]:
     """Reviews/s of reviews whose admission decision is not memoised (each from a new namespace), from 1 thread
     and from as many threads as the policy engine has workers (AGENTFACTORY_POLICY_WORKERS, one per CPU by
     default), with the process's CPU use: whether the decisions use more than one core."""
     workers = int(getattr(admitter.engine, "workers", 1) or 1)
     out = []
     for threads in sorted({1, workers, 2 * workers}):
-        bodies = [[body_of(ref, namespace=f"miss-{threads}-{k}-{i}") for i in range(MISS_THROUGHPUT_RUNS // threads)]
+        per_thread = MISS_THROUGHPUT_RUNS // threads
+        bodies = [[body_of(ref, namespace=f"miss-{tag}{threads}-{k}-{i}") for i in range(per_thread)]
                   for k in range(threads)]
         errors: list[BaseException] = []
 
@@ -924,7 +931,42 @@ def markdown(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def threads_only() -> None:
+    """Part 1's non-memoised reviews in threads alone, THREADS_ROUNDS rounds (each in namespaces of its own) on
+    one Admitter; prints every round and the spread per thread count, and writes no results."""
+    load_before = os.getloadavg()
+    with bench_home("af-bench-admission-threads-") as h:
+        templates = h.base / "templates"
+        shutil.copytree(TEMPLATES / CACHED_AGENT, templates / CACHED_AGENT)  # the one agent this part reviews
+        h.publish(templates)
+        ref = f"{CACHED_AGENT}@{h.store.resolve(CACHED_AGENT).digest}"
+        trust_file = h.base / "trust.yaml"
+        trust_file.write_text(to_yaml(h.keyring.public_keys(), (DEFAULT_BUILDER_ID,), ("*",)))
+        config_file = h.base / "webhook.yaml"
+        config_file.write_text(f"store: oci-layout:{h.store_path}\ntrustPolicy: {trust_file}\n"
+                               f"policies: {ROOT / 'policies'}\nauditLog: {h.base / 'audit.jsonl'}\n")
+        admitter = build_admitter(load_config(config_file))
+        timed_reviews(admitter, [body_of(ref) for _ in range(INPROC_WARMUP)], True)
+        rounds = [miss_throughput(admitter, ref, tag=f"r{i}-") for i in range(THREADS_ROUNDS)]
+    print(f"{ONLY_ENV}=threads: {THREADS_ROUNDS} round(s) of {MISS_THROUGHPUT_RUNS} non-memoised reviews per thread "
+          f"count; 1-minute load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")
+    print("| threads | reviews/s per round | median | CPU/review per round |")
+    print("| ---: | --- | ---: | --- |")
+    for i, first in enumerate(rounds[0]):
+        rps = [r[i]["rps"] for r in rounds]
+        cpu = [r[i]["cpu_us_per_review"] for r in rounds]
+        print(f"| {first['threads']} | {', '.join(f'{x:.0f}' for x in rps)} | {statistics.median(rps):.0f} | "
+              f"{', '.join(f'{x:.0f} µs' for x in cpu)} |")
+
+
 def main() -> None:
+    only = os.environ.get(ONLY_ENV, "")
+    if only not in ("", "threads"):
+        raise SystemExit(f"{ONLY_ENV}={only!r}: expected threads (the non-memoised reviews in threads alone) or "
+                         "nothing (every part)")
+    if only:
+        threads_only()
+        return
     load_before = os.getloadavg()
     with bench_home("af-bench-admission-") as h:
         base, store_path, store, keyring = h.base, h.store_path, h.store, h.keyring
