@@ -32,7 +32,8 @@ from .config import cache_dir
 from .fsutil import atomic_write
 
 CACHE_ENV = "AGENTFACTORY_POLICY_CACHE"  # "0" or "off": compile every time (the cache is never read or written)
-PLAN_FORMAT = "agentfactory-policy-plan/2"  # bump when what a bundle is built from changes (2: its modules)
+# Bump when what a bundle is built from changes (2: its modules; 3: config keys reordered per bundle).
+PLAN_FORMAT = "agentfactory-policy-plan/3"
 _KEY_FILE = "hmac.key"
 _KEY_BYTES = 32
 _STAMP = "compiled"  # written once the sources compiled: a later process need not compile to know it

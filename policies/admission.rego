@@ -29,7 +29,7 @@ import rego.v1
 
 default allow := false
 
-allow if count(deny) == 0
+allow if deny == set()
 
 # The whole decision as one document: what the OPA engine asks an OPA server for (POST
 # /v1/data/agentfactory/admission/decision, agentfactory/policy_opa.py). One query evaluates only the
@@ -39,7 +39,10 @@ decision := {"allow": allow, "deny": deny, "warn": warn}
 
 # The config and the input's parts are rules written without a function call: rego-cpp evaluates a
 # function again at every call and copies its arguments (obj(data.agentfactory.config) copied the
-# whole config at every decision); see artifact.rego, Cost.
+# whole config at every decision); see artifact.rego, Cost. Each type test of an input part is a rule
+# of its own with a default (`request_given`): it is evaluated once per decision and the rules read
+# it, where `not is_object(object.get(input, "request", null))` in each rule cost two builtin calls
+# each time (rego-cpp caches a rule only once it has a value, hence the defaults).
 cfg := c if {
 	c := data.agentfactory.config.admission
 	is_object(c)
@@ -58,27 +61,47 @@ txt(x) := substring(x, 0, -1) if {
 	is_string(x)
 } else := sprintf("%v", [x])
 
+default request_given := false
+
+request_given if is_object(input.request)
+
+default agent_given := false
+
+agent_given if is_object(input.agent)
+
+default verdict_given := false
+
+verdict_given if is_object(input.verdict)
+
 request := x if {
+	request_given
 	x := input.request
-	is_object(x)
 } else := {}
 
 agent := x if {
+	agent_given
 	x := input.agent
-	is_object(x)
 } else := {}
 
-raw_verdict := object.get(input, "verdict", null)
+raw_verdict := x if {
+	x := input.verdict
+} else := null
 
 verdict := x if {
-	x := raw_verdict
-	is_object(x)
+	verdict_given
+	x := input.verdict
 } else := {}
 
-operation := object.get(request, "operation", null)
+operation := x if {
+	x := request.operation
+} else := null
+
+default operation_is_string := false
+
+operation_is_string if is_string(operation)
 
 # Nothing is denied on DELETE (see the header).
-judged if operation != "DELETE"
+judged if not operation == "DELETE"
 
 # Where the reference was found (spec.agent, spec.containers[0].image, …), for the messages.
 field := f if {
@@ -89,56 +112,65 @@ field := f if {
 
 ref := txt(object.get(agent, "ref", ""))
 
+default namespace_is_string := false
+
+namespace_is_string if is_string(request.namespace)
+
 namespace := ns if {
+	namespace_is_string
 	ns := request.namespace
-	is_string(ns)
 } else := ""
 
 # --- malformed input -----------------------------------------------------------------------------
 
 deny contains msg if {
-	not is_object(object.get(input, "request", null))
+	not request_given
 	msg := "request: missing or not an object; the webhook must pass the admission request (operation, namespace, kind, dryRun, mode)"
 }
 
 deny contains msg if {
 	judged
-	not is_object(object.get(input, "agent", null))
+	not agent_given
 	msg := "agent: missing or not an object; the webhook must pass the agent reference it found (ref, field, pinned, name, digest, stage)"
 }
 
 deny contains msg if {
 	judged
-	is_object(object.get(input, "agent", null))
+	agent_given
+	not ref_given
 	r := object.get(agent, "ref", null)
-	not non_empty_string(r)
 	msg := sprintf("agent.ref is %s, not a non-empty string; the webhook must pass the agent reference as written in %s", [txt(r), txt(field)])
 }
 
+default ref_given := false
+
+ref_given if non_empty_string(agent.ref)
+
 deny contains msg if {
 	judged
-	raw_verdict != null
-	not is_object(raw_verdict)
+	not verdict_given
+	not raw_verdict == null
 	msg := "verdict: must be null (the artifact was not verified) or an object with allowed, score and checks"
 }
 
 deny contains msg if {
-	ns := object.get(request, "namespace", null)
-	ns != null
-	not is_string(ns)
+	not namespace_is_string
+	ns := request.namespace
+	not ns == null
 	msg := sprintf("request.namespace is %s, not a string; the webhook must pass the namespace of the object (empty for a cluster-scoped one)", [txt(ns)])
 }
 
 deny contains msg if {
-	m := object.get(request, "mode", null)
-	m != null
-	not m in {"enforce", "warn"}
+	m := request.mode
+	not m == null
+	not m == "enforce"
+	not m == "warn"
 	msg := sprintf(`request.mode "%s" is unknown; the webhook must pass "enforce" or "warn"`, [txt(m)])
 }
 
 non_empty_string(x) if {
 	is_string(x)
-	x != ""
+	not x == ""
 }
 
 # --- AD1: digest pinning -------------------------------------------------------------------------
@@ -148,8 +180,8 @@ non_empty_string(x) if {
 
 deny contains msg if {
 	judged
-	is_object(object.get(input, "agent", null))
-	object.get(agent, "pinned", false) != true
+	agent_given
+	not agent.pinned == true
 	msg := sprintf(`%s: "%s" is not pinned by digest; agents are admitted by digest only: write it as %s@sha256:<digest> (agentfactory store ls shows the digests)`, [txt(field), ref, txt(agent_name)])
 }
 
@@ -161,8 +193,8 @@ agent_name := n if {
 deny contains msg if {
 	judged
 	agent.pinned == true
-	d := object.get(agent, "digest", null)
-	not valid_digest(d)
+	not valid_digest(agent_digest)
+	d := agent_digest
 	msg := sprintf(`%s: "%s" is marked pinned but agent.digest is %s, not sha256:<64 lowercase hex digits>; the webhook must pass the digest named in the reference`, [txt(field), ref, txt(d)])
 }
 
@@ -170,6 +202,10 @@ valid_digest(d) if {
 	is_string(d)
 	regex.match(`^sha256:[0-9a-f]{64}$`, d)
 }
+
+agent_digest := d if {
+	d := agent.digest
+} else := null
 
 # --- AD2: verified -------------------------------------------------------------------------------
 #
@@ -179,30 +215,31 @@ valid_digest(d) if {
 failed_checks := [c |
 	some entry in arr(object.get(verdict, "checks", null))
 	c := obj(entry)
-	object.get(c, "ok", false) != true
+	not c.ok == true
 ]
 
 check_name(c) := txt(object.get(c, "name", "unnamed check"))
 
 deny contains msg if {
 	judged
-	is_object(raw_verdict)
-	object.get(verdict, "allowed", false) != true
+	verdict_given
+	not verdict.allowed == true
 	some c in failed_checks
 	msg := sprintf(`%s: "%s" does not verify: %s: %s`, [txt(field), ref, check_name(c), txt(object.get(c, "reason", "no reason given"))])
 }
 
 deny contains msg if {
 	judged
-	is_object(raw_verdict)
-	object.get(verdict, "allowed", false) != true
-	count(failed_checks) == 0
+	verdict_given
+	not verdict.allowed == true
+	failed_checks == []
 	msg := sprintf(`%s: "%s" does not verify: the verifier refused it without naming a failed check (verdict.allowed is %s); run agentfactory verify on the reference to see why, and fix the evidence it reports`, [txt(field), ref, txt(object.get(verdict, "allowed", null))])
 }
 
 deny contains msg if {
 	judged
 	agent.pinned == true
+	not verdict_given
 	raw_verdict == null
 	msg := sprintf(`%s: "%s" was not verified (no verdict); it is refused until the verifier judges it: make sure the digest is published in the store the webhook verifies against`, [txt(field), ref])
 }
@@ -217,9 +254,19 @@ known_stages := x if {
 	is_array(x)
 } else := []
 
-agent_stage := object.get(agent, "stage", null)
+agent_stage := s if {
+	s := agent.stage
+} else := null
 
-requested_stage := object.get(agent, "requested_stage", null)
+requested_stage := s if {
+	s := agent.requested_stage
+} else := null
+
+# known_stage(s): s is one of known_stages (`s in known_stages` is a builtin call; this is a scan).
+known_stage(s) if {
+	some known in known_stages
+	known == s
+}
 
 requested_field := f if {
 	f := agent.requested_stage_field
@@ -228,15 +275,15 @@ requested_field := f if {
 
 deny contains msg if {
 	judged
-	is_object(object.get(input, "agent", null))
-	not agent_stage in known_stages
+	agent_given
+	not known_stage(agent_stage)
 	msg := sprintf(`agent.stage "%s" is not a known stage (config admission.stages: %s); the webhook judges an agent at its namespace's stage (config admission.namespace_stages, else its defaultStage): make both name known stages`, [txt(agent_stage), txt(concat(", ", [txt(s) | some s in known_stages]))])
 }
 
 deny contains msg if {
 	judged
-	requested_stage != null
-	not requested_stage in known_stages
+	not requested_stage == null
+	not known_stage(requested_stage)
 	msg := sprintf(`%s: "%s" is not a known stage (config admission.stages: %s); ask for the namespace's stage or a lower one, or name none`, [txt(requested_field), txt(requested_stage), txt(concat(", ", [txt(s) | some s in known_stages]))])
 }
 
@@ -262,17 +309,28 @@ glob_prefix(k) := p if {
 	not contains(p, "*")
 }
 
-matching_prefixes := {p |
+# The keys with a `*` and the prefix of each glob among them, computed once per decision for the
+# match below and the rule that refuses a misplaced `*` (each key is looked at once, not per rule).
+star_keys := {k |
 	some k
 	namespace_stages[k]
+	contains(k, "*")
+}
+
+glob_prefixes := {k: p |
+	some k in star_keys
 	p := glob_prefix(k)
+}
+
+matching_prefixes := {p |
+	some p in glob_prefixes
 	startswith(namespace, p)
 }
 
 required_stage := s if {
 	s := namespace_stages[namespace]
 } else := s if {
-	count(matching_prefixes) > 0
+	not matching_prefixes == set()
 	longest := max({count(p) | some p in matching_prefixes})
 	some p in matching_prefixes
 	count(p) == longest
@@ -301,10 +359,8 @@ deny contains msg if {
 
 # A key with a `*` elsewhere than at its end would silently match nothing: refuse (fail closed).
 deny contains msg if {
-	some k
-	namespace_stages[k]
-	contains(k, "*")
-	not glob_prefix(k)
+	some k in star_keys
+	not glob_prefixes[k]
 	msg := sprintf(`config admission.namespace_stages: the key "%s" has a * elsewhere than at its end; only a namespace name or a prefix glob with a single trailing * (e.g. prod-*) is supported: fix policies/data.json`, [txt(k)])
 }
 
@@ -313,26 +369,36 @@ deny contains msg if {
 # The webhook is registered for CREATE and UPDATE; it allows DELETE itself (allowed here as well).
 
 deny contains msg if {
-	is_string(operation)
-	not operation in {"CREATE", "UPDATE", "DELETE"}
+	operation_is_string
+	not operation == "CREATE"
+	not operation == "UPDATE"
+	not operation == "DELETE"
 	msg := sprintf(`request.operation "%s" is unexpected: agents are admitted on CREATE and UPDATE only; register the webhook for CREATE and UPDATE`, [txt(operation)])
 }
 
 deny contains msg if {
-	is_object(object.get(input, "request", null))
-	not is_string(operation)
+	request_given
+	not operation_is_string
 	msg := sprintf("request.operation is %s, not a string: unexpected operation; the webhook must pass CREATE or UPDATE", [txt(operation)])
 }
 
 # --- warnings (admitted, with a message to the client) ---------------------------------------------
 
-warn contains msg if {
-	judged
-	verdict.allowed == true
+# score_below_ten: evaluated once for both warnings (a rule with a default is cached).
+default score_below_ten := false
+
+score_below_ten if {
 	score := verdict.score
 	is_number(score)
 	score < 10
-	count(failed_checks) > 0
+}
+
+warn contains msg if {
+	judged
+	verdict.allowed == true
+	score_below_ten
+	score := verdict.score
+	not failed_checks == []
 	names := concat(", ", [check_name(c) | some c in failed_checks])
 	msg := sprintf(`%s: "%s" is admitted with security score %v/10: %s did not pass; complete that evidence and verify again to raise the score`, [txt(field), ref, score, txt(names)])
 }
@@ -340,10 +406,9 @@ warn contains msg if {
 warn contains msg if {
 	judged
 	verdict.allowed == true
+	score_below_ten
 	score := verdict.score
-	is_number(score)
-	score < 10
-	count(failed_checks) == 0
+	failed_checks == []
 	msg := sprintf(`%s: "%s" is admitted with security score %v/10; add the missing optional evidence (trusted builder, source) and verify again to raise the score`, [txt(field), ref, score])
 }
 

@@ -19,7 +19,7 @@ import rego.v1
 
 default allow := false
 
-allow if count(deny) == 0
+allow if deny == set()
 
 # The whole decision as one document: what the OPA engine asks an OPA server for (POST
 # /v1/data/agentfactory/artifact/decision, agentfactory/policy_opa.py). One query evaluates only the
@@ -42,22 +42,29 @@ txt(x) := substring(x, 0, -1) if {
 	is_string(x)
 } else := sprintf("%v", [x])
 
-# Cost (rego-cpp 1.5 runs a compiled plan of an empty policy in ~0.5 ms; the rest is what the
-# rules do): a rule is evaluated once per decision, but a user function is evaluated again at every
-# call (~40 µs a call), a collection literal inside a function is built again at every call, a
-# regular expression is compiled again at every match, in time that grows with the pattern
-# (~0.4 ms for one with every date range as an alternation), and indexing a rule with a computed
-# key (month_days[m]) cost ~4 ms where object.get(month_days, m, d) is cheap. So what many rules
-# read is a rule of its own (the input's parts, the checks reported, the licence entries split
-# once, the stage switches, the two times looked up in input.times), loops call no function on the allowed path, and the
-# one pattern left on it is short. Functions (txt, label, component_label, remedy) are left in the
-# messages: they run only when a rule denies. benchmarks/bench_policy.py measures it; docs/policy.md
-# (rego-cpp notes) says how the costs were found.
+# Cost (rego-cpp 1.5.2; docs/policy.md, rego-cpp notes, has the measurements): every builtin call
+# copies the interpreter's whole state (~5-10 µs, more in a bigger bundle), a comparison or a lookup
+# in an object turns its operands or the object's keys into text, a set is rebuilt at every member
+# added, a rule is kept for the rest of the decision only once it has a value (so a rule used as a test
+# has a default), a user function is evaluated again at every call, a regular expression is compiled
+# again at every match, and an expression runs as soon as its variables are bound (a message that names
+# only an index would be built before the test on the element: `at`). So what many rules read is a rule
+# of its own (the input's parts typed once, the checks reported, the licence entries split once, the
+# stage switches, the two times looked up in input.times), tests use `==` and lookups rather than
+# builtins (`not x == null`, not `x != null`; `deny == set()`, not `count(deny) == 0`), and loops call
+# no function on the allowed path. Functions (txt, label, component_label, remedy) are left in the
+# messages: they run only when a rule denies. benchmarks/bench_policy.py measures it.
 
 verdict := v if {
 	v := input.verdict
 	is_object(v)
 } else := {}
+
+# verdict.score when it is a number, else null (typed once per decision).
+verdict_score := s if {
+	s := verdict.score
+	is_number(s)
+} else := null
 
 checks := c if {
 	c := input.verdict.checks
@@ -101,21 +108,19 @@ required_checks := {name | some name in cfg.required_checks}
 # min_score.default.
 
 min_score := m if {
-	by_stage := cfg.min_score
-	is_object(by_stage)
-	m := object.get(by_stage, stage, null)
+	m := cfg.min_score[stage]
 	is_number(m)
 } else := cfg.min_score.default
 
 deny contains msg if {
-	not is_number(object.get(verdict, "score", null))
+	verdict_score == null
 	msg := "verdict.score is missing or not a number: the verifier must score the evidence before the policy can judge it"
 }
 
 deny contains msg if {
-	score := verdict.score
-	is_number(score)
-	score < min_score
+	not verdict_score == null
+	verdict_score < min_score
+	score := verdict_score
 	msg := sprintf(`verdict.score %v is below the minimum %v for stage "%s" (config min_score); complete the missing or failed evidence (signature, SBOM, provenance, builder, source) to raise it`, [score, min_score, txt(stage)])
 }
 
@@ -132,28 +137,49 @@ components := c if {
 	is_array(c)
 } else := []
 
-allowed_ids := {lower(id) | some id in cfg.license_allowlist}
+# allowed_ids: the allowlist in lower case. Lowered as one string (three builtin calls instead of one
+# per entry); when an entry holds the separator the pieces do not match the entries (their count
+# differs) and each entry is lowered on its own.
+allowed_ids := ids if {
+	list := cfg.license_allowlist
+	ids := split(lower(concat("\n", list)), "\n")
+	count(ids) == count(list)
+} else := [lower(id) | some id in cfg.license_allowlist]
 
-operators := {"AND", "OR", "WITH", "and", "or", "with"}
-
-# string_licences: every licence string of every component, split once per decision into the
-# licence ids (and exception ids) it names: [component index, licence index, licence, ids].
-string_licences contains [i, j, lic, ids] if {
-	some i, entry in components
-	is_object(entry)
-	licenses := object.get(entry, "licenses", null)
+# licence_entries: every licence of every component that is an object with a licences array:
+# [component index, licence index, licence]. An array, built once: rego-cpp builds a set again at
+# every member it adds.
+licence_entries := [[i, j, lic] |
+	some i in object_indexes
+	licenses := components[i].licenses
 	is_array(licenses)
-	some j, lic in licenses
-	is_string(lic)
+	lic := licenses[j]
+]
+
+# object_indexes: the indexes of the components that are objects (each component tested once).
+object_indexes := [i |
+	entry := components[i]
+	is_object(entry)
+]
+
+# string_licences: every licence string, split once per decision into the licence ids (and
+# exception ids) it names: [component index, licence index, licence, ids]. No `==` inside these
+# comprehensions: rego-cpp compiles a comparison in a comprehension to a builtin call, where a lookup
+# in a set is a plain step (and `id` is never "", so `not words[id]` skips the empty piece).
+string_licences := [[e[0], e[1], e[2], ids] |
+	some e in licence_entries
+	is_string(e[2])
 	ids := [id |
-		some id in regex.split(`[\s()]+`, lic)
-		id != ""
-		not id in operators
+		some id in regex.split(`[\s()]+`, e[2])
+		not not_an_id[id]
 	]
-}
+]
+
+# The pieces of a split licence that are not ids: the empty string and the operators.
+not_an_id := {"", "AND", "OR", "WITH", "and", "or", "with"}
 
 # licensed: the indexes of the components with at least one licence that names an id.
-licensed := {e[0] | some e in string_licences; count(e[3]) > 0}
+licensed := {e[0] | some e in string_licences; e[3][0]}
 
 component_label(c) := sprintf("%s %s", [txt(object.get(c, "name", "?")), txt(object.get(c, "version", "?"))])
 
@@ -167,40 +193,40 @@ deny contains msg if {
 # it says nothing the allowlist can judge, so it must not ride along unjudged.
 deny contains msg if {
 	some e in string_licences
-	count(e[3]) == 0
+	e[3] == []
 	e[0] in licensed
 	msg := sprintf(`sbom.components[%d].licenses[%d] (%s) names no SPDX licence id; remove the empty entry or declare the dependency's SPDX licence (spec.dependencies[].license in agent.yaml) and rebuild`, [e[0], e[1], component_label(components[e[0]])])
 }
 
+# Every licence entry that is not a string (looked for only when some entry is not one).
 deny contains msg if {
-	some i, entry in components
-	is_object(entry)
-	licenses := object.get(entry, "licenses", null)
-	is_array(licenses)
-	some j, lic in licenses
-	not is_string(lic)
-	msg := sprintf(`sbom.components[%d].licenses[%d] (%s) is not a string: licences must be SPDX ids or expressions`, [i, j, component_label(entry)])
+	not count(string_licences) == count(licence_entries)
+	some e in licence_entries
+	not is_string(e[2])
+	msg := sprintf(`sbom.components[%d].licenses[%d] (%s) is not a string: licences must be SPDX ids or expressions`, [e[0], e[1], component_label(components[e[0]])])
 }
 
+# e[3][0] defined and e[3][1] not: one id (a test on the ids, not count: no builtin call).
 deny contains msg if {
 	some e in string_licences
-	count(e[3]) == 1
+	e[3][0]
+	not e[3][1]
 	not lower(e[3][0]) in allowed_ids
 	msg := sprintf(`sbom.components[%d].licenses[%d] (%s): licence "%s" is not on the licence allowlist (config license_allowlist); replace the dependency or have the licence approved and added to the allowlist`, [e[0], e[1], component_label(components[e[0]]), txt(e[2])])
 }
 
 deny contains msg if {
 	some e in string_licences
-	count(e[3]) > 1
+	e[3][1]
 	refused := [id | some id in e[3]; not lower(id) in allowed_ids]
 	count(refused) > 0
 	msg := sprintf(`sbom.components[%d].licenses[%d] (%s): licence expression "%s" names %s, not on the licence allowlist (config license_allowlist); every id in an expression must be allowed: declare only an allowed choice (e.g. MIT instead of MIT OR GPL-3.0-only) or replace the dependency`, [e[0], e[1], component_label(components[e[0]]), txt(e[2]), txt(concat(", ", refused))])
 }
 
 deny contains msg if {
-	s := object.get(input, "sbom", null)
-	s != null
+	s := input.sbom
 	not is_object(s)
+	not s == null
 	msg := "sbom: must be null (no verified SBOM) or an object with components"
 }
 
@@ -237,22 +263,31 @@ severity_label(f, sev) := "unknown, judged as high for this stage (config unknow
 # only `true` switches a rule on), one rule each, evaluated once per decision and only where a rule
 # asks (the unknown-severity switch only when there is a finding). Cost: every read of the config
 # costs rego-cpp ~20-40 µs; the set of all four switches, built for every decision, cost ~0.25 ms.
+# (switch[stage] reads the stage's entry of an object, and nothing of another type: a set holds no
+# value true, an array has no string index.)
 switch_on(switch) if {
-	is_object(switch)
-	object.get(switch, stage, null) == true
+	switch[stage] == true
 } else if {
+	switch["default"] == true
 	is_object(switch)
 	object.get(switch, stage, null) == null
-	object.get(switch, "default", null) == true
 }
 
-unknown_severity_as_high if switch_on(object.get(cfg, "unknown_severity_as_high", null))
+default unknown_severity_as_high := false
 
-fail_on_unscanned if switch_on(object.get(cfg, "fail_on_unscanned", null))
+unknown_severity_as_high if switch_on(cfg.unknown_severity_as_high)
 
-refuse_dirty_provenance if switch_on(object.get(cfg, "refuse_dirty_provenance", null))
+default fail_on_unscanned := false
 
-refuse_any_repository if switch_on(object.get(cfg, "refuse_any_repository", null))
+fail_on_unscanned if switch_on(cfg.fail_on_unscanned)
+
+default refuse_dirty_provenance := false
+
+refuse_dirty_provenance if switch_on(cfg.refuse_dirty_provenance)
+
+default refuse_any_repository := false
+
+refuse_any_repository if switch_on(cfg.refuse_any_repository)
 
 # An advisory without a severity ("unknown", or none at all) is judged as high where config
 # unknown_severity_as_high is on for the stage (on for prod by default): not knowing how bad a
@@ -277,9 +312,9 @@ affected(f) := sprintf(", in %s", [txt(p)]) if {
 } else := ""
 
 deny contains msg if {
-	s := object.get(input, "scan", null)
-	s != null
-	not is_object(s)
+	not scan_present
+	s := input.scan
+	not s == null
 	msg := "scan: must be null (not scanned) or an object with findings"
 }
 
@@ -315,8 +350,13 @@ deny contains msg if {
 deny contains msg if {
 	some i, p in agent_preopens
 	object.get(obj(p), "readOnly", true) != true
-	msg := sprintf("agent.capabilities.wasi.preopens[%d].readOnly is not true: agents get read-only folders only; rebuild with readOnly: true", [i])
+	msg := sprintf("agent.capabilities.wasi.preopens[%d].readOnly is not true: agents get read-only folders only; rebuild with readOnly: true", [at(i, p)])
 }
+
+# at(i, _): i, in a message about the element `_`. rego-cpp evaluates each expression of a rule as
+# soon as its variables are bound: a message that names only the index would be built for every
+# element, before the test on the element; naming the element makes it wait for the test.
+at(i, _) := i
 
 deny contains msg if {
 	some i, p in agent_preopens
@@ -341,15 +381,24 @@ host_under(hp, s) if {
 	startswith(hp, concat("", [s, "/"]))
 }
 
+# The agent's limits as the rules below read them (0 when absent), each read once per decision.
+agent_memory_mib := m if {
+	m := agent_limits.memoryMiB
+} else := 0
+
+agent_timeout_ms := t if {
+	t := agent_limits.timeoutMs
+} else := 0
+
 deny contains msg if {
-	m := object.get(agent_limits, "memoryMiB", 0)
+	m := agent_memory_mib
 	is_number(m)
 	m > cfg.max_memory_mib
 	msg := sprintf("agent.limits.memoryMiB is %v, above the ceiling of %v MiB (config max_memory_mib); rebuild with a lower spec.limits.memoryMiB", [m, cfg.max_memory_mib])
 }
 
 deny contains msg if {
-	t := object.get(agent_limits, "timeoutMs", 0)
+	t := agent_timeout_ms
 	is_number(t)
 	t > cfg.max_timeout_ms
 	msg := sprintf("agent.limits.timeoutMs is %v, above the ceiling of %v ms (config max_timeout_ms); rebuild with a lower spec.limits.timeoutMs", [t, cfg.max_timeout_ms])
@@ -364,9 +413,17 @@ agent_output_kib := k if {
 	k := agent_limits.maxOutputKiB
 } else := object.get(node_config, "default_output_kib", null)
 
+default agent_output_kib_number := false
+
+agent_output_kib_number if is_number(agent_output_kib)
+
+default agent_given := false
+
+agent_given if is_object(input.agent)
+
 deny contains msg if {
-	is_object(input.agent)
-	is_number(agent_output_kib)
+	agent_given
+	agent_output_kib_number
 	agent_output_kib > cfg.node.max_output_kib
 	msg := sprintf("agent.limits.maxOutputKiB is %v, above the node ceiling of %v KiB (config node.max_output_kib, the runtime's AGENTFACTORY_RUNTIME_MAX_OUTPUT_KIB): no node would run it; rebuild with spec.limits.maxOutputKiB at most %v", [agent_output_kib, cfg.node.max_output_kib, cfg.node.max_output_kib])
 }
@@ -380,9 +437,11 @@ deny contains msg if {
 	msg := sprintf("agent.limits: memoryMiB %v and maxOutputKiB %v need %v MiB of host memory per invocation (memoryMiB + 4 x maxOutputKiB + %v KiB of tool log and store), more than the node's whole memory budget of %v MiB (config node.memory_budget_mib, the runtime's AGENTFACTORY_RUNTIME_MEMORY_BUDGET_MIB): no node could ever run it; rebuild with a lower spec.limits.memoryMiB or spec.limits.maxOutputKiB", [m, agent_output_kib, round((need_kib * 10) / 1024) / 10, cfg.node.invocation_overhead_kib, cfg.node.memory_budget_mib])
 }
 
+# maxOutputKiB given (agent_output_kib is then that value) and not a number.
 deny contains msg if {
-	is_object(input.agent)
-	not is_number(object.get(agent_limits, "maxOutputKiB", 0))
+	agent_given
+	agent_limits.maxOutputKiB == agent_output_kib
+	not agent_output_kib_number
 	msg := "agent.limits.maxOutputKiB is not a number: the run contract must state the per-stream output cap in KiB (or leave it out for the default)"
 }
 
@@ -391,17 +450,33 @@ node_config := n if {
 	is_object(n)
 } else := {}
 
+# The four settings read once (four builtin calls), and only where there is an agent; each is named
+# only when one is missing. A rule of its own: in a body with a loop (`some key in …`), rego-cpp runs
+# the expressions without variables first, in no set order, so `agent_given` there would not keep the
+# check from running at every decision.
+node_config_complete if {
+	is_number(node_config.max_output_kib)
+	is_number(node_config.memory_budget_mib)
+	is_number(node_config.invocation_overhead_kib)
+	is_number(node_config.default_output_kib)
+}
+
+node_config_to_name if {
+	agent_given
+	not node_config_complete
+}
+
 deny contains msg if {
-	is_object(input.agent)
+	node_config_to_name
 	some key in ["max_output_kib", "memory_budget_mib", "invocation_overhead_kib", "default_output_kib"]
 	not is_number(object.get(node_config, key, null))
 	msg := sprintf("config node.%s is missing or not a number (policies/data.json): the node ceilings of the run contract (A5) cannot be judged without it", [txt(key)])
 }
 
 deny contains msg if {
-	a := object.get(input, "agent", null)
-	a != null
-	not is_object(a)
+	not agent_given
+	a := input.agent
+	not a == null
 	msg := "agent: must be null (no attested run contract) or an object with tools, capabilities and limits"
 }
 
@@ -416,9 +491,7 @@ deny contains msg if {
 # --attest` (deploy/rescan runs it on a schedule). scan null: A1 reports the missing scan.
 
 max_scan_age_hours := h if {
-	by_stage := cfg.scan_max_age_hours
-	is_object(by_stage)
-	h := object.get(by_stage, stage, null)
+	h := cfg.scan_max_age_hours[stage]
 	is_number(h)
 }
 
@@ -438,17 +511,13 @@ times := t if {
 # now_ns, scanned_ns: the nanoseconds of input.now and input.scan.scannedOn; undefined when a time
 # is not one. Rules, not a function: rego-cpp evaluates a function again at every call.
 now_ns := ns if {
-	t := input.now
-	is_string(t)
-	ns := object.get(times, t, null)
+	ns := times[input.now]
 	is_number(ns)
 	round(ns) == ns
 }
 
 scanned_ns := ns if {
-	t := scanned_on
-	is_string(t)
-	ns := object.get(times, t, null)
+	ns := times[scanned_on]
 	is_number(ns)
 	round(ns) == ns
 }
@@ -461,6 +530,8 @@ label(x) := "(none)" if {
 scanned_on := t if {
 	t := input.scan.scannedOn
 } else := null
+
+default scan_present := false
 
 scan_present if is_object(input.scan)
 
@@ -494,9 +565,13 @@ deny contains msg if {
 deny contains msg if {
 	scan_present
 	max_scan_age_hours
-	scanned_ns - now_ns > object.get(cfg, "scan_clock_skew_seconds", 300) * 1000000000
+	scanned_ns - now_ns > clock_skew_seconds * 1000000000
 	msg := sprintf(`scan.scannedOn: the scan claims to have finished at %s, after the decision time %s (beyond config scan_clock_skew_seconds): a scan from the future cannot be judged fresh; check the scanner's clock and re-scan`, [txt(scanned_on), txt(input.now)])
 }
+
+clock_skew_seconds := s if {
+	s := cfg.scan_clock_skew_seconds
+} else := 300
 
 # --- A7: scan coverage: a scan that looked at nothing is not a clean scan ----------------------
 #
@@ -519,32 +594,35 @@ first_party_prefixes := p if {
 	is_array(p)
 } else := []
 
-first_party_purls := {p |
-	some entry in components
-	p := entry.purl
+# first_party(p): p is a purl under one of the first-party prefixes.
+first_party(p) if {
 	is_string(p)
 	some prefix in first_party_prefixes
 	startswith(p, prefix)
 }
 
-# The purl of every component that needs scanning (null for a component without one).
-needs_scanning := array.concat(
-	[p |
-		some entry in components
-		is_object(entry)
-		p := object.get(entry, "purl", null)
-		not p in first_party_purls
-	],
-	[null | some entry in components; not is_object(entry)],
-)
+# The purl of every component object that needs scanning (null for one without a purl).
+object_purls := [p |
+	some i in object_indexes
+	p := object.get(components[i], "purl", null)
+	not first_party(p)
+]
+
+# The purl of every component that needs scanning (null for a component without one): a component
+# that is not an object has none.
+needs_scanning := object_purls if {
+	count(object_indexes) == count(components)
+} else := array.concat(object_purls, [null | some entry in components; not is_object(entry)])
 
 # A component without a purl cannot have been scanned (no scanner knows what it is).
-scanned_purls := [p | some p in needs_scanning; is_string(p); not p in unscanned_purls]
+scanned_purls := [p | some p in needs_scanning; is_string(p)] if {
+	unscanned_purls == set()
+} else := [p | some p in needs_scanning; is_string(p); not p in unscanned_purls]
 
 deny contains msg if {
 	scan_present
-	count(needs_scanning) > 0
-	count(scanned_purls) == 0
+	not needs_scanning == []
+	scanned_purls == []
 	msg := sprintf(`scan.unscanned: nothing was scanned: all %d component(s) of the SBOM that need scanning are unscanned (%s), so the scan found nothing because it looked at nothing; give each dependency a purl an advisory database knows (e.g. pkg:pypi/…, pkg:npm/…, or a generic purl with a vcs_url) and rebuild`, [count(needs_scanning), txt(concat(", ", sort([label(p) | some p in needs_scanning])))])
 }
 
@@ -569,43 +647,61 @@ provenance := p if {
 	is_object(p)
 } else := {}
 
+# input.provenance as given (null when absent), whether that is null (compared once: rego-cpp compares
+# values as text), and provenance.dirty (null when absent).
+raw_provenance := p if {
+	p := input.provenance
+} else := null
+
+default provenance_absent := false
+
+provenance_absent if raw_provenance == null
+
+provenance_dirty := d if {
+	d := provenance.dirty
+} else := null
+
 deny contains msg if {
 	refuse_dirty_provenance
-	object.get(input, "provenance", null) == null
+	provenance_absent
 	msg := sprintf(`provenance: there is no verified build provenance, and stage "%s" accepts only builds of a clean, committed tree (config refuse_dirty_provenance); build from a commit with the pipeline, which attests the tree`, [txt(stage)])
 }
 
 deny contains msg if {
 	refuse_dirty_provenance
-	object.get(input, "provenance", null) != null
-	object.get(provenance, "dirty", null) == true
+	not provenance_absent
+	provenance_dirty == true
 	msg := sprintf(`provenance.dirty is true: the artifact was built from a tree with uncommitted changes, and stage "%s" accepts only builds of a clean, committed tree (config refuse_dirty_provenance); commit the template and rebuild`, [txt(stage)])
 }
 
 deny contains msg if {
 	refuse_dirty_provenance
-	object.get(input, "provenance", null) != null
-	object.get(provenance, "dirty", null) != true
-	object.get(provenance, "dirty", null) != false
+	not provenance_absent
+	not provenance_dirty == true
+	not provenance_dirty == false
 	msg := sprintf(`provenance.dirty is not recorded: whether the tree was committed is unknown, and stage "%s" accepts only builds of a clean, committed tree (config refuse_dirty_provenance); rebuild from a Git commit with the pipeline, which records it`, [txt(stage)])
 }
 
+default trusted_repositories_given := false
+
+trusted_repositories_given if is_array(input.trust.repositories)
+
 trusted_repositories := r if {
+	trusted_repositories_given
 	r := input.trust.repositories
-	is_array(r)
 } else := []
 
 deny contains msg if {
 	refuse_any_repository
 	some i, pattern in trusted_repositories
 	is_string(pattern)
-	pattern != ""
+	not pattern == ""
 	regex.match(`^[*]+$`, pattern) # not trim_left: see host_under
 	msg := sprintf(`trust.repositories[%d] is "%s": the trust policy trusts every source repository, and stage "%s" requires it to name the repositories agents may be built from (config refuse_any_repository); list them in spec.repositories of the trust policy (e.g. https://github.com/your-org/agents)`, [i, txt(pattern), txt(stage)])
 }
 
 deny contains msg if {
 	refuse_any_repository
-	not is_array(object.get(obj(object.get(input, "trust", null)), "repositories", null))
+	not trusted_repositories_given
 	msg := sprintf(`trust.repositories is missing: stage "%s" requires the trust policy to name the repositories agents may be built from (config refuse_any_repository); the verifier must pass them`, [txt(stage)])
 }

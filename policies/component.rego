@@ -26,7 +26,9 @@ component_world := "agentfactory:agent@0.1.0"
 
 component_world_tools := {"log.write", "clock.now_ms", "http.fetch"}
 
-python_template if object.get(spec, "language", null) == "python"
+default python_template := false
+
+python_template if spec.language == "python"
 
 # --- C1: only the world's tools --------------------------------------------------------------------
 
@@ -68,7 +70,7 @@ deny contains msg if {
 
 deny contains msg if {
 	python_template
-	is_object(input.module)
+	module_given
 	not component_exports_run
 	msg := sprintf(`module.exports: the component does not export the function "run" of the WIT world %s; build it against that world (class WitWorld with run(self, input: str) -> str)`, [txt(component_world)])
 }

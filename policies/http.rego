@@ -19,13 +19,15 @@ package agentfactory.template
 import rego.v1
 
 # The parts read, as rules without a function call (rego-cpp evaluates a function again at every call;
-# template.rego, the input's parts).
-http_spec := x if {
-	x := spec.http
-	is_object(x)
-} else := {}
+# template.rego, the input's parts). http_declared has a default so that it is evaluated once.
+default http_declared := false
 
-http_declared if is_object(object.get(spec, "http", null))
+http_declared if is_object(spec.http)
+
+http_spec := x if {
+	http_declared
+	x := spec.http
+} else := {}
 
 http_secrets := x if {
 	x := spec.secrets
@@ -47,24 +49,37 @@ http_cfg := x if {
 	is_object(x)
 } else := {}
 
-http_flag(name) if object.get(http_cfg, name, false) == true
+http_flag(name) if http_cfg[name] == true
+
+# http_flag_at(_, name): http_flag(name), for a rule's loop. rego-cpp evaluates each expression of a
+# rule as soon as its variables are bound, so `not http_flag("allow_plain_http")` (no variable) ran
+# before the loop over spec.http.allow, at every decision; an argument bound by the loop keeps it there.
+http_flag_at(_, name) if http_flag(name)
+
+# http.fetch is in spec.tools (a loop, not `in`: one builtin call less per decision).
+default fetch_tool := false
+
+fetch_tool if {
+	some t in tools
+	t == "http.fetch"
+}
 
 # --- H1: spec.http and the http.fetch tool go together ----------------------------------------
 
 deny contains msg if {
 	http_declared
-	not "http.fetch" in tools
+	not fetch_tool
 	msg := "spec.http: declared, but spec.tools does not list http.fetch; add http.fetch to spec.tools (or remove spec.http)"
 }
 
 deny contains msg if {
-	"http.fetch" in tools
+	fetch_tool
 	not http_declared
 	msg := "spec.tools lists http.fetch but there is no spec.http: declare the URL patterns it may reach in spec.http.allow"
 }
 
 deny contains msg if {
-	count(http_secrets) > 0
+	not http_secrets == []
 	not http_declared
 	msg := "spec.secrets: declared without spec.http, so no request could carry them; declare the hosts in spec.http.allow"
 }
@@ -93,7 +108,7 @@ deny contains msg if {
 	some i, rule in http_allow
 	u := url_of(rule)
 	url_scheme(u) == "http"
-	not http_flag("allow_plain_http")
+	not http_flag_at(u, "allow_plain_http")
 	msg := sprintf(`spec.http.allow[%d].url "%s" is plain http, which the node refuses (config node.http.allow_plain_http, the runtime's --http-allow-plain-http); use https`, [i, txt(u)])
 }
 
@@ -107,7 +122,7 @@ deny contains msg if {
 deny contains msg if {
 	some i, rule in http_allow
 	not url_of(rule)
-	msg := sprintf("spec.http.allow[%d].url is missing or not a string: write the URL pattern, e.g. https://api.example.com/v1/*", [i])
+	msg := sprintf("spec.http.allow[%d].url is missing or not a string: write the URL pattern, e.g. https://api.example.com/v1/*", [at(i, rule)])
 }
 
 # --- H3: no loopback, private, link-local or metadata hosts unless the node allows them ---------

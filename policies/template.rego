@@ -32,7 +32,7 @@ import rego.v1
 
 default allow := false
 
-allow if count(deny) == 0
+allow if deny == set()
 
 # The whole decision as one document: what the OPA engine asks an OPA server for (POST
 # /v1/data/agentfactory/template/decision, agentfactory/policy_opa.py). One query evaluates only the
@@ -52,6 +52,11 @@ arr(x) := x if {
 	is_array(x)
 } else := []
 
+# at(i, _): i, in a message about the element `_`. rego-cpp evaluates each expression of a rule as
+# soon as its variables are bound: a message that names only the index would be built for every
+# element, before the test on the element; naming the element makes it wait for the test.
+at(i, _) := i
+
 # txt(x): x as message text. Always used for the string arguments of sprintf: rego-cpp 1.5 renders
 # a string bound from a literal or returned by lower/upper/concat/replace/object.get with its JSON
 # quotes (and unescaped, which breaks the JSON of the decision); substring(x, 0, -1) yields a
@@ -62,10 +67,16 @@ txt(x) := substring(x, 0, -1) if {
 
 # The input's parts, each a rule of its own (evaluated once per decision) written without a function
 # call (rego-cpp evaluates a function again at every call): the part when it has the right type,
-# else an empty one.
+# else an empty one. A rule that is used as a test has a default (`module_given`): rego-cpp keeps a
+# rule's value for the rest of the decision only once it has one, and evaluates an undefined rule
+# again at every use.
+default template_given := false
+
+template_given if is_object(input.template)
+
 template := x if {
+	template_given
 	x := input.template
-	is_object(x)
 } else := {}
 
 metadata := x if {
@@ -108,46 +119,55 @@ findings := x if {
 	is_array(x)
 } else := []
 
-# The built module, when there is one (null before the build).
-module := input.module if is_object(input.module)
+# The built module, when there is one (null before the build: then an empty object).
+default module_given := false
+
+module_given if is_object(input.module)
+
+module := x if {
+	module_given
+	x := input.module
+} else := {}
 
 imports := x if {
 	x := module.imports
 	is_array(x)
 } else := []
 
-base := input.base if is_object(input.base)
+base := x if {
+	x := input.base
+	is_object(x)
+} else := {}
 
 deny contains msg if {
-	not is_object(object.get(input, "template", null))
+	not template_given
 	msg := "input.template: the template document is missing or not an object; the engine must pass the parsed agent.yaml"
 }
 
 deny contains msg if {
-	m := object.get(input, "module", null)
-	m != null
-	not is_object(m)
+	not module_given
+	m := input.module
+	not m == null
 	msg := "input.module: must be null (before the build) or the module's imports and exports"
 }
 
 # --- the module's imports (T2, T3) ------------------------------------------------------------
 #
 # Cost: rego-cpp pays ~7 µs for every element a loop visits and reads a field of, so four rules each
-# looping over every import cost ~0.5 ms of a template decision. One comprehension finds the imports
-# that are plain allowed WASI functions, which no rule of T2 or T3 can deny (their module is
-# config wasi_module, their name is in allowed_wasi_functions, and that module is neither blocked
-# nor the tool module: plain_wasi_module); the rules below visit only the others (none for a
-# typical agent). Any other import, an entry that is not an object included, is looked at by every
+# looping over every import cost ~0.5 ms of a template decision. The imports that are plain allowed
+# WASI functions cannot be denied by any rule of T2 or T3 (their module is config wasi_module, their
+# name is in allowed_wasi_functions, and that module is neither blocked nor the tool module:
+# plain_wasi_module); other_imports holds the others, and the rules below visit only those (none for
+# a typical agent). Any other import, an entry that is not an object included, is looked at by every
 # rule, exactly as before.
 
 plain_wasi_module := m if {
 	m := cfg.wasi_module
 	not m in cfg.blocked_import_modules
-	m != cfg.tool_module
+	not m == cfg.tool_module
 }
 
-plain_wasi_imports contains i if {
-	some i, imp in imports
+plain_wasi_import(imp) if {
 	imp.module == plain_wasi_module
 	imp.name in allowed_wasi_functions
 }
@@ -155,9 +175,12 @@ plain_wasi_imports contains i if {
 # Read from the config once: every read of it in a loop costs rego-cpp ~20 µs, a rule's value ~6 µs.
 allowed_wasi_functions := cfg.allowed_wasi_functions
 
-import_indexes contains i if some i, _ in imports
-
-other_imports := import_indexes - plain_wasi_imports
+# The indexes of the other imports, an array: rego-cpp builds a set again at every member it adds (one
+# loop calling a function costs it less here than three loops without one).
+other_imports := [i |
+	imp := imports[i]
+	not plain_wasi_import(imp)
+]
 
 # --- T1: dangerous tools ----------------------------------------------------------------------
 
@@ -228,42 +251,58 @@ known_modules := (({m | m := cfg.wasi_module} | {m | m := cfg.tool_module}) | {m
 # numbers < strings, so "x" > 256) where rego-cpp does not; a value that is not a number is denied
 # by the rule that says so.
 
+# The limits as numbers, each typed once per decision (null when missing or not a number).
+memory_mib := m if {
+	m := limits.memoryMiB
+	is_number(m)
+} else := null
+
+timeout_ms := t if {
+	t := limits.timeoutMs
+	is_number(t)
+} else := null
+
+initial_memory_bytes := b if {
+	b := module.initialMemoryBytes
+	is_number(b)
+} else := null
+
 deny contains msg if {
-	not is_number(object.get(limits, "memoryMiB", null))
+	memory_mib == null
 	msg := sprintf("spec.limits.memoryMiB is missing or not a number: set the agent's memory ceiling in MiB (at most %v)", [cfg.max_memory_mib])
 }
 
 deny contains msg if {
-	is_number(limits.memoryMiB)
-	limits.memoryMiB > cfg.max_memory_mib
-	msg := sprintf("spec.limits.memoryMiB is %v, above the ceiling of %v MiB (config max_memory_mib); lower spec.limits.memoryMiB to at most %v", [limits.memoryMiB, cfg.max_memory_mib, cfg.max_memory_mib])
+	not memory_mib == null
+	memory_mib > cfg.max_memory_mib
+	msg := sprintf("spec.limits.memoryMiB is %v, above the ceiling of %v MiB (config max_memory_mib); lower spec.limits.memoryMiB to at most %v", [memory_mib, cfg.max_memory_mib, cfg.max_memory_mib])
 }
 
 deny contains msg if {
-	is_number(limits.memoryMiB)
-	wanted := module.initialMemoryBytes
-	is_number(wanted)
-	wanted > limits.memoryMiB * 1048576
-	msg := sprintf("module.initialMemoryBytes: the module asks for %v bytes of memory at start, more than spec.limits.memoryMiB (%v MiB); raise spec.limits.memoryMiB or make the module smaller (static data, stack)", [wanted, limits.memoryMiB])
+	not memory_mib == null
+	not initial_memory_bytes == null
+	initial_memory_bytes > memory_mib * 1048576
+	wanted := initial_memory_bytes
+	msg := sprintf("module.initialMemoryBytes: the module asks for %v bytes of memory at start, more than spec.limits.memoryMiB (%v MiB); raise spec.limits.memoryMiB or make the module smaller (static data, stack)", [wanted, memory_mib])
 }
 
 deny contains msg if {
-	is_object(module)
-	not is_number(object.get(module, "initialMemoryBytes", null))
+	module_given
+	initial_memory_bytes == null
 	msg := "module.initialMemoryBytes is missing or not a number: the engine must pass the memory the module asks for at start, in bytes"
 }
 
 # --- T5: time ceiling -------------------------------------------------------------------------
 
 deny contains msg if {
-	not is_number(object.get(limits, "timeoutMs", null))
+	timeout_ms == null
 	msg := sprintf("spec.limits.timeoutMs is missing or not a number: set the wall-clock deadline in milliseconds (at most %v)", [cfg.max_timeout_ms])
 }
 
 deny contains msg if {
-	is_number(limits.timeoutMs)
-	limits.timeoutMs > cfg.max_timeout_ms
-	msg := sprintf("spec.limits.timeoutMs is %v, above the ceiling of %v ms (config max_timeout_ms); lower spec.limits.timeoutMs to at most %v", [limits.timeoutMs, cfg.max_timeout_ms, cfg.max_timeout_ms])
+	not timeout_ms == null
+	timeout_ms > cfg.max_timeout_ms
+	msg := sprintf("spec.limits.timeoutMs is %v, above the ceiling of %v ms (config max_timeout_ms); lower spec.limits.timeoutMs to at most %v", [timeout_ms, cfg.max_timeout_ms, cfg.max_timeout_ms])
 }
 
 # --- T12: node ceilings: the output cap and the node's memory budget (issue 18) --------------------
@@ -283,23 +322,29 @@ output_kib := k if {
 	k := limits.maxOutputKiB
 } else := object.get(node_config, "default_output_kib", null)
 
+default output_kib_number := false
+
+output_kib_number if is_number(output_kib)
+
+# maxOutputKiB given (output_kib is then that value) and not a number.
 deny contains msg if {
-	not is_number(object.get(limits, "maxOutputKiB", 0))
+	limits.maxOutputKiB == output_kib
+	not output_kib_number
 	msg := "spec.limits.maxOutputKiB is not a number: set the per-stream output cap in KiB, or leave it out for the default of 1024"
 }
 
 deny contains msg if {
-	is_number(output_kib)
+	output_kib_number
 	output_kib > cfg.node.max_output_kib
 	msg := sprintf("spec.limits.maxOutputKiB is %v, above the node ceiling of %v KiB (config node.max_output_kib, the runtime's AGENTFACTORY_RUNTIME_MAX_OUTPUT_KIB): no node would run it; lower spec.limits.maxOutputKiB to at most %v", [output_kib, cfg.node.max_output_kib, cfg.node.max_output_kib])
 }
 
 deny contains msg if {
-	is_number(limits.memoryMiB)
-	is_number(output_kib)
-	need_kib := ((limits.memoryMiB * 1024) + (4 * output_kib)) + node_config.invocation_overhead_kib
+	not memory_mib == null
+	output_kib_number
+	need_kib := ((memory_mib * 1024) + (4 * output_kib)) + node_config.invocation_overhead_kib
 	need_kib > node_config.memory_budget_mib * 1024
-	msg := sprintf("spec.limits: memoryMiB %v and maxOutputKiB %v need %v MiB of host memory per invocation (memoryMiB + 4 x maxOutputKiB + %v KiB of tool log and store), more than the node's whole memory budget of %v MiB (config node.memory_budget_mib, the runtime's AGENTFACTORY_RUNTIME_MEMORY_BUDGET_MIB): no node could ever run it; lower spec.limits.memoryMiB or spec.limits.maxOutputKiB", [limits.memoryMiB, output_kib, round((need_kib * 10) / 1024) / 10, cfg.node.invocation_overhead_kib, cfg.node.memory_budget_mib])
+	msg := sprintf("spec.limits: memoryMiB %v and maxOutputKiB %v need %v MiB of host memory per invocation (memoryMiB + 4 x maxOutputKiB + %v KiB of tool log and store), more than the node's whole memory budget of %v MiB (config node.memory_budget_mib, the runtime's AGENTFACTORY_RUNTIME_MEMORY_BUDGET_MIB): no node could ever run it; lower spec.limits.memoryMiB or spec.limits.maxOutputKiB", [memory_mib, output_kib, round((need_kib * 10) / 1024) / 10, cfg.node.invocation_overhead_kib, cfg.node.memory_budget_mib])
 }
 
 node_config := n if {
@@ -340,7 +385,7 @@ deny contains msg if {
 	some i, p in preopens
 	hp := object.get(obj(p), "hostPath", null)
 	not is_string(hp)
-	msg := sprintf("spec.capabilities.wasi.preopens[%d].hostPath is missing or not a string: set the absolute host folder to map", [i])
+	msg := sprintf("spec.capabilities.wasi.preopens[%d].hostPath is missing or not a string: set the absolute host folder to map", [at(i, hp)])
 }
 
 deny contains msg if {
@@ -448,13 +493,20 @@ deny contains msg if {
 # A backslash is not white space: such an owner is not blank. rego-cpp's trim_space raises an error
 # on a backslash that is not a JSON escape, where OPA trims, so it is not called on these; and the
 # backslash is found with a regular expression: rego-cpp's contains(o, `\`) looks for two of them
-# (a literal's escapes are compared as written). docs/policy.md, OPA and regopy. The two bodies are
-# an else: the second is evaluated only when no owner passed the first (the same result, half the work).
+# (a literal's escapes are compared as written). docs/policy.md, OPA and regopy. The bodies are an
+# else chain, each evaluated only when the ones before it found no owner (the same result, less work):
+# the first owner alone (rego-cpp would otherwise test every owner), then every owner, then every
+# owner that holds a backslash.
 has_owner if {
+	o := owners[0]
+	is_string(o)
+	not regex.match(`\\`, o)
+	not trim_space(o) == ""
+} else if {
 	some o in owners
 	is_string(o)
 	not regex.match(`\\`, o)
-	trim_space(o) != ""
+	not trim_space(o) == ""
 } else if {
 	some o in owners
 	is_string(o)
