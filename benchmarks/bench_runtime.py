@@ -648,7 +648,9 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "`Runtime.prepare` of the trivial agent. Warm: a fresh verdict (within `verdict_ttl`) is reused, nothing "
         "is read. TTL expired: resolve, fetch, hash, signatures and policy again, module from memory. First "
         "sight: a new `Runtime` (construction not counted), with a fresh on-disk module cache (compile, serialize, "
-        "write) or a warm one (HMAC check, deserialize); the policy engine is shared, so Rego is already loaded.",
+        "write) or a warm one (HMAC check, deserialize); the policy engine is shared, so Rego is already loaded. "
+        "A compile runs in a child process under its CPU, memory and wall-clock budget (the compile-bomb defence "
+        "of issue 18), so most of a first sight without the disk cache is starting that process.",
         "",
         "| case | p50 | p99 |",
         "| --- | ---: | ---: |",
@@ -699,13 +701,14 @@ def bound_markdown(h: dict[str, Any]) -> list[str]:
         f"{share['cpu_us_per_run']:.0f} µs plus about 80 µs for the parts alone. The rest is the threads handing "
         "the GIL and the CPU to each other: wasmtime-py makes some 40 ctypes calls per run, and each releases the "
         "GIL. Sandbox creation and teardown now run one thread at a time (`sandbox.HOST_LANE`), so worker threads "
-        "no longer trade the GIL at each of those calls (the runs alone, in runs for issue 23 on a shared "
-        "machine: 130-230 µs at 4 and 8 threads, against 290-750 µs before). A connection thread parsing a "
-        "request still takes the GIL at "
-        "the lane holder's next C call, and the server flips between two regimes from run to run: about 340 µs "
-        "of CPU per request (2,000-2,300/s at 4 and 8 connections) or 800-1,000 µs (1,000-1,300/s), with some "
-        "26 context switches and 65 futex calls per request in the slow one (perf stat); binding the short "
-        "wasmtime calls through ctypes.PyDLL (GIL kept) moved the slow regime by about 10 % and was not kept. "
+        "no longer trade the GIL at each of those calls; but the runs, alone or behind the server, flip between "
+        "two regimes from one process start to the next on this machine: 130-230 µs of CPU per run at 2 to 8 "
+        "threads (2,000-2,300 requests/s at 4 and 8 connections, about 340 µs per request) or 600-650 µs per "
+        "run (1,000-1,300/s, 800-1,000 µs per request), with some 26 context switches and 65 futex calls per "
+        "request in the slow one (perf stat). A run in one thread costs 140-150 µs in both. Tried for issue 23 "
+        "and not kept, none of which left the slow regime: the short wasmtime calls bound through ctypes.PyDLL "
+        "(the GIL kept: about 10 % better), a token held through the whole run that guest code past 2 ms gives "
+        "up (400 µs per run alone, no better over HTTP), and a slower epoch ticker. "
         "One process runs Python on one core at a time, and the client processes share the 2 CPUs. Other work "
         "on the machine's 2 CPUs moves every figure here from run to run.",
     ]
