@@ -61,7 +61,7 @@ def test_a_start_section_is_read_and_keeps_instantiation_out_of_the_lane(signed:
 @pytest.mark.parametrize("wat", [SPIN_IN_START, SPIN_IN_ENTRY], ids=["start-function", "entrypoint"])
 def test_a_guest_spinning_to_its_deadline_never_stalls_another_agent(signed: Signed, runtime: Runtime,
                                                                     tmp_path: Path, wat: str) -> None:
-    publish(signed, tmp_path / "t", {"spinner": (wat_manifest("spinner", timeout_ms=4000), {"src/main.wat": wat}),
+    publish(signed, tmp_path / "t", {"spinner": (wat_manifest("spinner", timeout_ms=2000), {"src/main.wat": wat}),
                                      "ok": (wat_manifest("ok"), {"src/main.wat": OK_WAT})})
     runtime.prepare("spinner")
     runtime.prepare("ok")
@@ -69,7 +69,7 @@ def test_a_guest_spinning_to_its_deadline_never_stalls_another_agent(signed: Sig
     spinner = threading.Thread(target=lambda: outcome.append(runtime.invoke("spinner", Invocation())
                                                              .execution.outcome))
     spinner.start()
-    time.sleep(0.5)  # the spinner is in its guest code now (its deadline is 4 s away)
+    time.sleep(0.3)  # the spinner is in its guest code now (its deadline is 2 s away)
     assert spinner.is_alive()
     for _ in range(5):
         ex = runtime.invoke("ok", Invocation()).execution
