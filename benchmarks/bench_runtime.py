@@ -13,7 +13,9 @@ store; writes benchmarks/results/runtime.{json,md}.
 3. Verification per invocation: `Runtime.prepare` with a fresh verdict, after the verdict TTL, and on first
    sight (new Runtime) with and without the on-disk compiled-module cache.
 4. Invocations per second: `agentfactory runtime serve` on loopback, load from separate client processes
-   with keep-alive connections; the server's CPU per request, and the same load with the audit trail on.
+   with keep-alive connections; the server's CPU per request, the same load with the audit trail on, and
+   with `--host-cpu off` (the price of the node's CPU placement, side by side); `sandbox.run` alone with this
+   process's threads spread and on one CPU.
 
 AGENTFACTORY_BENCH_ONLY=http runs part 4 alone (only the trivial agent is published) and replaces only the
 HTTP section of the committed results, keeping the other sections' figures.
@@ -63,6 +65,7 @@ from agentfactory.store import ArtifactStore  # noqa: E402
 from agentfactory.trust import TrustPolicy, from_public_keys, to_yaml  # noqa: E402
 from benchmarks.kernels.build import KERNEL_DIR, KERNELS, build, flags_for, parse_output  # noqa: E402
 from sandbox_runtime import sandbox  # noqa: E402
+from sandbox_runtime.cpu_home import CpuHome  # noqa: E402
 from sandbox_runtime.engine import make_config  # noqa: E402
 from sandbox_runtime.runtime import Runtime, RuntimeConfig  # noqa: E402
 from sandbox_runtime.sandbox import Invocation  # noqa: E402
@@ -391,12 +394,12 @@ def bench_prepare(store: ArtifactStore, trust: TrustPolicy, engine: RegoEngine, 
 
 
 # -- 4. HTTP ------------------------------------------------------------------------------------------
-def start_server(store_path: Path, trust_file: Path, workers: int,
-                 audit_log: Path | None = None) -> tuple[subprocess.Popen[str], str, int]:
+def start_server(store_path: Path, trust_file: Path, workers: int, audit_log: Path | None = None,
+                 host_cpu: str = "auto") -> tuple[subprocess.Popen[str], str, int]:
     exe = Path(sys.executable).parent / "agentfactory"
     cmd = [str(exe) if exe.exists() else "agentfactory", "runtime", "serve", "--listen", "127.0.0.1:0",
            "--store", f"oci-layout:{store_path}", "--policies", str(ROOT / "policies"),
-           "--policy", str(trust_file), "--workers", str(workers)]
+           "--policy", str(trust_file), "--workers", str(workers), "--host-cpu", host_cpu]
     if audit_log is not None:
         cmd += ["--audit-log", str(audit_log)]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -492,10 +495,20 @@ def load(host: str, port: int, processes: int, threads: int, server_pid: int | N
             "judged": processes * threads >= HTTP_JUDGED_CONNECTIONS, "pass": rps >= TARGET_RPS and errors == 0}
 
 
-def sandbox_ceiling(rt: Runtime, threads: int) -> dict[str, Any]:
+def sandbox_ceiling(rt: Runtime, threads: int, home: bool = False) -> dict[str, Any]:
     """`sandbox.run` of the trivial agent in `threads` threads at once, nothing else: what the service's
     invocations cost without HTTP, verification, metrics or audit (in this process, as many threads as the
-    agent may hold workers)."""
+    agent may hold workers). `home`: every thread of this process on one CPU meanwhile, as `runtime serve`
+    keeps its own (sandbox-runtime/cpu_home.py); otherwise where the scheduler puts them."""
+    placement = CpuHome.choose("auto") if home else CpuHome.off()
+    placement.pin_process()
+    try:
+        return {**_ceiling_runs(rt, threads), "home_cpu": placement.active}
+    finally:
+        placement.unpin_process()
+
+
+def _ceiling_runs(rt: Runtime, threads: int) -> dict[str, Any]:
     linked = rt.prepare(TRIVIAL).linked
     inv = Invocation()
     counts = [0] * threads
@@ -531,12 +544,18 @@ def bench_http(store: ArtifactStore, store_path: Path, trust: TrustPolicy, engin
     workers = 2 * (os.cpu_count() or 1)
     rt = Runtime(store, trust, engine, RuntimeConfig())
     try:
-        ceiling = [sandbox_ceiling(rt, n) for n in sorted({share_of(workers, 0.5), workers})]
+        ceiling = [sandbox_ceiling(rt, n, home) for home in (False, True)
+                   for n in sorted({share_of(workers, 0.5), workers})]
     finally:
         rt.close()
     proc, host, port = start_server(store_path, trust_file, workers)
     try:
         levels = [load(host, port, p, t, proc.pid) for p, t in HTTP_LEVELS]
+    finally:
+        stop(proc)
+    proc, host, port = start_server(store_path, trust_file, workers, host_cpu="off")
+    try:  # the price of placement, side by side: the same judged load with the threads left to the scheduler
+        spread = load(host, port, *HTTP_AUDIT_LEVEL, proc.pid)
     finally:
         stop(proc)
     proc, host, port = start_server(store_path, trust_file, workers, audit_log=base / "http-audit.jsonl")
@@ -546,7 +565,7 @@ def bench_http(store: ArtifactStore, store_path: Path, trust: TrustPolicy, engin
         stop(proc)
     judged = [level for level in levels if level["judged"]]
     return {"server_workers": workers, "warmup_s": HTTP_WARMUP_S, "measure_s": HTTP_MEASURE_S, "levels": levels,
-            "with_audit_log": audited, "sandbox_alone": ceiling,
+            "with_audit_log": audited, "host_cpu_off": spread, "sandbox_alone": ceiling,
             "best_rps": max(level["rps"] for level in levels), "judged_connections": HTTP_JUDGED_CONNECTIONS,
             "worst_judged_rps": min(level["rps"] for level in judged), "target_rps": TARGET_RPS,
             "pass": all(level["pass"] for level in judged) and all(level["errors"] == 0 for level in levels)}
@@ -682,35 +701,37 @@ def _level_row(label: str, lv: dict[str, Any]) -> str:
 
 
 def bound_markdown(h: dict[str, Any]) -> list[str]:
-    """What bounds the rate: the sandbox alone in the agent's share of the workers, against the server's CPU."""
+    """What bounds the rate: the server's CPU per request on one core, and what placement on one CPU buys."""
     alone = h.get("sandbox_alone")
     if not alone:
         return []
     judged = min((lv for lv in h["levels"] if lv["judged"]), key=lambda lv: lv["rps"])
-    runs = "; ".join(f"{a['threads']} threads: {a['runs_per_s']:.0f} runs/s, {a['cpu_us_per_run']:.0f} µs of CPU per "
-                     f"run ({a['cores']:.2f} cores)" for a in alone)
-    share = alone[0]
+
+    def runs(home: bool) -> str:
+        return "; ".join(f"{a['threads']} threads: {a['runs_per_s']:.0f} runs/s at {a['cpu_us_per_run']:.0f} µs of CPU "
+                         f"per run ({a['cores']:.2f} cores)" for a in alone if a.get("home_cpu", False) == home)
+
+    off = h.get("host_cpu_off")
+    spread = (f" With `--host-cpu off`, the same load as the judged 4-connection level answered {off['rps']:.0f}/s at "
+              f"{off['server_cpu_us_per_request']:.0f} µs per request." if off else "")
     return [
         "",
-        f"What bounds it. `sandbox.run` of the same agent alone, in this benchmark's process, with no HTTP, "
-        f"verification, metrics or audit ({h['measure_s']:g} s each): {runs}. With "
-        "`sandbox.run` replaced by a stub (profiling for issue 23, same load, same machine) the server answered "
-        "5,900-6,500 requests/s at 70-85 µs of CPU per request, where the Python client became the limit (before "
-        "issue 23's changes: 4,200-4,500/s at 131-146 µs). Together they cost the server "
-        f"{judged['server_cpu_us_per_request']:.0f} µs per request at its slowest judged level, against "
-        f"{share['cpu_us_per_run']:.0f} µs plus about 80 µs for the parts alone. The rest is the threads handing "
-        "the GIL and the CPU to each other: wasmtime-py makes some 40 ctypes calls per run, and each releases the "
-        "GIL. Sandbox creation and teardown now run one thread at a time (`sandbox.HOST_LANE`), so worker threads "
-        "no longer trade the GIL at each of those calls; but the runs, alone or behind the server, flip between "
-        "two regimes from one process start to the next on this machine: 130-230 µs of CPU per run at 2 to 8 "
-        "threads (2,000-2,300 requests/s at 4 and 8 connections, about 340 µs per request) or 600-650 µs per "
-        "run (1,000-1,300/s, 800-1,000 µs per request), with some 26 context switches and 65 futex calls per "
-        "request in the slow one (perf stat). A run in one thread costs 140-150 µs in both. Tried for issue 23 "
-        "and not kept, none of which left the slow regime: the short wasmtime calls bound through ctypes.PyDLL "
-        "(the GIL kept: about 10 % better), a token held through the whole run that guest code past 2 ms gives "
-        "up (400 µs per run alone, no better over HTTP), and a slower epoch ticker. "
-        "One process runs Python on one core at a time, and the client processes share the 2 CPUs. Other work "
-        "on the machine's 2 CPUs moves every figure here from run to run.",
+        f"What bounds it. The server runs its Python on one core at a time (server cores about 1.0 above), at "
+        f"{judged['server_cpu_us_per_request']:.0f} µs of CPU per request at its slowest judged level: about "
+        f"{1e6 / judged['server_cpu_us_per_request']:,.0f} requests/s at most from one process. That CPU is mostly "
+        "`sandbox.run` (about 40 wasmtime calls, each through ctypes, and the WASI calls wasmtime hands to its "
+        "tokio worker threads) and the HTTP, verification, metrics and audit around it (70-85 µs with the sandbox "
+        "replaced by a stub, profiling for issue 23). "
+        "Placement is the large lever: these threads hand the GIL and the work to each other dozens of times per "
+        "request, and a hand-off to a thread on the other CPU wakes that CPU. `runtime serve` keeps every thread "
+        "on one home CPU and lets only guest calls older than 2 ms onto every CPU (`--host-cpu`, "
+        f"sandbox-runtime/cpu_home.py).{spread} `sandbox.run` of the same agent alone in this benchmark's process "
+        f"({h['measure_s']:g} s each), with no HTTP, verification, metrics or audit: threads where the scheduler "
+        f"puts them: {runs(False)}; every thread on one CPU: {runs(True)}. "
+        "Before this placement, the same server flipped between about 1,000-1,300/s and 2,000-2,300/s from one "
+        "start to the next (perf stat: some 26 context switches and 65 futex calls per request in the slow one). "
+        "The client processes share the machine's CPUs with the server; other work on them moves every figure "
+        "here from run to run.",
     ]
 
 
@@ -734,6 +755,10 @@ def http_markdown(h: dict[str, Any], m: dict[str, Any]) -> list[str]:
     if a is not None:
         lines.append(_level_row(f"{a['client_processes']} process(es) x {a['threads_per_process']} threads, "
                                 "`--audit-log` (a file)", a))
+    o = h.get("host_cpu_off")
+    if o is not None:
+        lines.append(_level_row(f"{o['client_processes']} process(es) x {o['threads_per_process']} threads, "
+                                "`--host-cpu off` (threads left to the scheduler; not judged)", o))
     lines += bound_markdown(h)
     lines += ["", f"Target ≥ {h['target_rps']:.0f} invocations/s at every level with {h['judged_connections']} or more "
                   f"connections, no errors: {verdict(h['pass'])} (lowest of those {h['worst_judged_rps']:.0f}/s, "

@@ -85,13 +85,14 @@ def _node_config() -> dict[str, Any]:
 
 def _open_runtime(store_url: str | None, policy_path: Path | None, provider: str | None, policies_dir: Path | None,
                   stage: str, cache_dir: Path | None, node_key: Path | None, audit_log: Path | None,
-                  host_roots: tuple[Path, ...], entry_stage: str, background_compile: bool = False) -> Any:
+                  host_roots: tuple[Path, ...], entry_stage: str, background_compile: bool = False,
+                  cpu: Any = None) -> Any:
     from .runtime import Runtime, RuntimeConfig
 
     roots = tuple(p.resolve() for p in host_roots)
     config = RuntimeConfig(stage=stage, cache_dir=cache_dir, node_key=node_key, host_roots=roots,
                            audit_log=audit_log, entry_stage=entry_stage, background_compile=background_compile,
-                           http=node_from_context())
+                           http=node_from_context(), cpu=cpu)
     engine = open_engine(policies_dir, config=_node_config())
     check_stage(stage, engine)  # a typo'd stage is exit 2 with the closest name, not a node that refuses all
     check_stage(entry_stage, engine, option="--entry-stage")
@@ -211,24 +212,31 @@ def runtime() -> None:
 @click.option("--warm-interval", type=click.FloatRange(1, 86400), default=60.0, show_default=True,
               envvar="AGENTFACTORY_RUNTIME_WARM_INTERVAL",
               help="Seconds between scans of the agents this node may run (verified and compiled before traffic).")
+@click.option("--host-cpu", default="auto", show_default=True, metavar="auto|off|CPU",
+              envvar="AGENTFACTORY_RUNTIME_HOST_CPU",
+              help="Keep the node's own threads on one CPU (auto: the last it may use); a guest running past 2 ms "
+                   "may use every CPU. off: leave placement to the scheduler.")
 @_runtime_options
 @handle_errors
-def serve(listen: str, workers: int | None, warm_interval: float, store_url: str | None,
+def serve(listen: str, workers: int | None, warm_interval: float, host_cpu: str, store_url: str | None,
           policy_path: Path | None, provider: str | None,
           policies_dir: Path | None, stage: str, entry_stage: str, cache_dir: Path | None, node_key: Path | None,
           audit_log: Path | None, host_roots: tuple[Path, ...]) -> None:
     """Serve POST /v1/agents/NAME/invoke, GET /healthz, /readyz and /metrics until SIGTERM."""
+    from .cpu_home import CpuHome
     from .server import RuntimeServer
     from .warmpool import WarmPool
 
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise InputError("--listen", f"{listen!r}: write HOST:PORT (e.g. 127.0.0.1:8080)")
+    cpu = CpuHome.choose(host_cpu)
     rt = _open_runtime(store_url, policy_path, provider, policies_dir, stage, cache_dir, node_key, audit_log,
-                       host_roots, entry_stage, background_compile=True)
+                       host_roots, entry_stage, background_compile=True, cpu=cpu)
     warm = WarmPool(rt, warm_interval)  # compiles off the request path; /readyz waits for its first scan
     server = RuntimeServer((host.strip("[]"), int(port)), rt, workers=workers or 2 * (os.cpu_count() or 1),
                            warm=warm)
+    cpu.pin_process()  # every thread so far; those started later inherit the home CPU from their maker
     stop = threading.Event()
 
     signals: list[int] = []
@@ -242,7 +250,7 @@ def serve(listen: str, workers: int | None, warm_interval: float, store_url: str
     signal.signal(signal.SIGINT, _terminate)
     bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
     err.print(json.dumps({"listening": f"http://{bound_host}:{bound_port}", "stage": stage,
-                          "store": rt.store.url, "trust": rt.trust.source}), markup=False)
+                          "store": rt.store.url, "trust": rt.trust.source, **cpu.describe()}), markup=False)
     server.ready.set()
     warm.start()
     try:

@@ -65,9 +65,10 @@ class CompilePool:
             with self._slots:
                 with self._lock:
                     self.compiles += 1
-                payload, _report = compile_bounded(verified_wasm, fuel, self.component_budget if component
-                                                   else self.budget, validated=True, nice=self.nice,
-                                                   component=component)
+                with self.engines.cpu.unpinned():  # the child inherits this thread's CPUs: all of them
+                    payload, _report = compile_bounded(verified_wasm, fuel, self.component_budget if component
+                                                       else self.budget, validated=True, nice=self.nice,
+                                                       component=component)
         except CompileRefused as exc:
             if exc.reason == "unavailable":
                 raise SandboxRefusal("compile-unavailable", f"{exc}; retry later") from None

@@ -101,11 +101,13 @@ def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> 
     wasihost.bind(deadline)
     tag, payload, trap = "", "", None
     guest_started = time.perf_counter()
+    placed = engines.cpu.enter_guest()  # a long guest is let off the home CPU (cpu_home.py)
     try:
         tag, payload = host.call_run(linked.component.linker, linked.component.component, store, text)
     except (wasmtime.Trap, wasmtime.WasmtimeError, RuntimeError) as exc:
         trap = exc
     finally:
+        engines.cpu.leave_guest(placed)
         guest_seconds = time.perf_counter() - guest_started
         tools.bind(None)
         wasihost.bind(None)

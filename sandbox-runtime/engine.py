@@ -7,7 +7,7 @@ declare a fuel budget run on a second engine; the engine settings are part of th
 cache key. The settings themselves (proposals included) live in agentfactory.wasmconfig, because
 the pipeline validates, compiles and tests every module under exactly the same ones. Components
 (Python agents) get two more engines with the component model on (agentfactory.wasmcompile), ticked
-by the same thread.
+by the same thread, which also lets long guest calls off the node's home CPU (cpu_home.py).
 """
 
 from __future__ import annotations
@@ -20,14 +20,17 @@ import wasmtime
 from agentfactory.wasmcompile import component_settings_key, make_component_config
 from agentfactory.wasmconfig import MAX_WASM_STACK, SETTINGS, make_config, settings_key
 
+from .cpu_home import CpuHome
+
 TICK_SECONDS = 0.005
 
 
 class Engines:
     """Engines with and without fuel metering, for core modules and for components, and the one epoch ticker."""
 
-    def __init__(self, tick_seconds: float = TICK_SECONDS) -> None:
+    def __init__(self, tick_seconds: float = TICK_SECONDS, cpu: CpuHome | None = None) -> None:
         self.tick_seconds = tick_seconds
+        self.cpu = cpu or CpuHome.off()
         self._engines = {False: wasmtime.Engine(make_config(False)), True: wasmtime.Engine(make_config(True))}
         self._components = {False: wasmtime.Engine(make_component_config(False)),
                             True: wasmtime.Engine(make_component_config(True))}
@@ -46,6 +49,7 @@ class Engines:
         while not self._stop.wait(self.tick_seconds):
             for engine in (*self._engines.values(), *self._components.values()):
                 engine.increment_epoch()
+            self.cpu.sweep()
 
     def close(self) -> None:
         self._stop.set()

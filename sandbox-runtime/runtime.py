@@ -49,6 +49,7 @@ from agentfactory.verifier import Verdict, refuse
 from agentfactory.wasm import ComponentInfo, ModuleInfo, inspect_any
 
 from . import component_sandbox, sandbox
+from .cpu_home import CpuHome
 from .engine import Engines
 from .http_fetch import HttpNode
 from .modcache import CacheEvent, ModuleCache, load_node_key
@@ -81,6 +82,7 @@ class RuntimeConfig:
     # request answered 503 `compiling`; False (`agentfactory run`, one invocation): compile on the caller.
     background_compile: bool = False
     http: HttpNode | None = None  # the node's http.fetch (settings, secrets); None: the refusing defaults
+    cpu: CpuHome | None = None  # `runtime serve`: its threads on one home CPU (cpu_home.py); None: left alone
 
 
 class Refused(AgentFactoryError):
@@ -139,7 +141,7 @@ class Runtime:
         self.trust = trust
         self.policy = engine
         self.config = config or RuntimeConfig()
-        self.engines = Engines()
+        self.engines = Engines(cpu=self.config.cpu)
         self.audit = AuditLog(self.config.audit_log) if self.config.audit_log else None
         self.http = self.config.http or HttpNode()
         if self.http.audit is None:  # every outbound request is a record in this node's trail

@@ -20,7 +20,9 @@ them at once, every call handed the GIL to another thread (a futex wake and a co
 run's CPU grew from ~130 µs to ~700 µs at 4 threads (benchmarks/results/runtime.md). Queued on one lock,
 the waiting threads sleep instead, and the one in the lane keeps the GIL across its calls. The guest's
 code (instantiation, which runs any start function, and the entrypoint) runs outside the lane, in
-parallel, so a long invocation never holds up another's creation.
+parallel, so a long invocation never holds up another's creation. Under `runtime serve` every thread stays
+on one home CPU, and a guest call still running after a couple of milliseconds is let onto every CPU until
+it returns (cpu_home.py).
 
 A component (a Python agent) goes through the same `link` and `run`, which hand it to
 component_sandbox.py: the same limits, checked against the project's WIT world instead of WASI.
@@ -205,6 +207,7 @@ def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> 
         lane.leave()
         raise
     guest_started = time.perf_counter()
+    placed = engines.cpu.enter_guest()  # a long guest is let off the home CPU (cpu_home.py)
     try:
         if linked.starts:
             lane.leave()  # the start function is guest code: it runs outside the lane
@@ -221,6 +224,7 @@ def run(engines: Engines, linked: Linked, name: str, invocation: Invocation) -> 
         code, trap = None, exc
     finally:
         lane.leave()
+        engines.cpu.leave_guest(placed)
         guest_seconds = time.perf_counter() - guest_started
         tools.bind(None)
         wasihost.bind(None)

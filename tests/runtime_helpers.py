@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import wasmtime
 from helpers import ROOT, write_template
 
 from agentfactory import evidence
@@ -87,6 +88,18 @@ OK_WAT = f"""(module {WASI_WRITE}
   (data (i32.const 64) "ok\\n")
   (func (export "_start") (call $print (i32.const 64) (i32.const 3))))
 """
+
+
+def slow_to_compile(locals_: int = 1200, depth: int = 100) -> bytes:
+    """About 13 KB that Cranelift takes about 3 s to compile (one core): `locals_` i64 locals live across
+    `depth` nested loops. Compiles in well under the 60 s budget; the pipeline would sign it."""
+    body = "".join(f"(local.set {i} (i64.add (local.get {i}) (local.get {(i + 1) % locals_})))"
+                   for i in range(locals_))
+    for j in range(depth):
+        body = f"(loop $l{j} {body} (br_if $l{j} (i64.eqz (local.get {j % locals_}))))"
+    return wasmtime.wat2wasm(f'(module (memory (export "memory") 1) (func $f (local {" ".join(["i64"] * locals_)}) '
+                             f'{body}) (func (export "_start")))')
+
 
 
 TWENTY_S = 20_000_000_000

@@ -22,23 +22,22 @@ from pathlib import Path
 import pytest
 import wasmtime
 from runtime_attack_fixtures import SPIN_WAT, get, post
-from runtime_helpers import OK_WAT, Signed, publish, readyz, serve_process, sign_raw, signed_store, wat_manifest
+from runtime_helpers import (
+    OK_WAT,
+    Signed,
+    publish,
+    readyz,
+    serve_process,
+    sign_raw,
+    signed_store,
+    slow_to_compile,
+    wat_manifest,
+)
 
 pytestmark = pytest.mark.toolchain
 
 BUDGET = {"AGENTFACTORY_COMPILE_SECONDS": "60", "AGENTFACTORY_COMPILE_MIB": "1024"}
 QUICK = 1.0  # seconds: an answer that did not wait for a compile, on a busy 2-core machine
-
-
-def slow_to_compile(locals_: int = 1200, depth: int = 100) -> bytes:
-    """About 13 KB that Cranelift takes about 3 s to compile (one core): `locals_` i64 locals live across
-    `depth` nested loops. Compiles in well under the 60 s budget; the pipeline would sign it."""
-    body = "".join(f"(local.set {i} (i64.add (local.get {i}) (local.get {(i + 1) % locals_})))"
-                   for i in range(locals_))
-    for j in range(depth):
-        body = f"(loop $l{j} {body} (br_if $l{j} (i64.eqz (local.get {j % locals_}))))"
-    return wasmtime.wat2wasm(f'(module (memory (export "memory") 1) (func $f (local {" ".join(["i64"] * locals_)}) '
-                             f'{body}) (func (export "_start")))')
 
 
 ILL_TYPED = """(module (memory (export "memory") 1)
