@@ -5,7 +5,8 @@ event loop and a commit thread, connection threads and native libraries' own wor
 threads sit on different CPUs, each hand-off wakes the other CPU, which costs far more than the hand-off
 itself; kept on one CPU they cost little, and the process loses little it could use, since its Python runs
 on one core at a time anyway. Measured on 2 CPUs, the node runtime answered 850 trivial invocations/s at 4
-connections with its threads spread and 2,800/s with them on one CPU (benchmarks/results/runtime.md).
+connections with its threads spread and 2,800/s with them on one CPU; the transparency log 999 and 1,266
+appends/s with 4 clients (benchmarks/results/runtime.md, tlog.md).
 
 The services take `--host-cpu auto|off|CPU`: `auto` picks the highest-numbered CPU the process may use when it
 may use two or more (CPU 0 usually takes the most interrupts), `off` leaves placement to the scheduler.

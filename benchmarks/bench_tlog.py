@@ -12,7 +12,9 @@ Measured in one run, so the rows compare with each other (the disk and the CPUs 
 3. POST /api/v1/log/entries over loopback to `agentfactory tlog serve` (its own process) from 1, 4 and 16 client
    processes, one keep-alive connection each (http.client), posting distinct hashedrekord entries signed before
    the clock starts. Every add verifies the signature, is answered only after the fsync that holds it, and
-   carries a fresh inclusion proof, signed checkpoint and SET. Clients and server share the machine.
+   carries a fresh inclusion proof, signed checkpoint and SET. Clients and server share the machine. The
+   server keeps its threads on one CPU (`--host-cpu auto`, its default); the 4-client phase is run again on a
+   server started with `--host-cpu off`, side by side, to price that placement.
 4. GET latency (random entries by index, fresh proof and checkpoint each) and offline verification of a record.
 5. SIGKILL at full rate: 16 clients post until the server is killed -9 mid-stream; the log is then reopened and
    every acknowledged entry looked up, the whole tree re-hashed (`check(full=True)`), and the largest tree an
@@ -162,12 +164,12 @@ def client(url: str, bodies: list[bytes], start_at: float, out: Any, counter: An
     conn.close()
 
 
-def start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(folder: Path, host_cpu: str = "auto") -> tuple[subprocess.Popen[bytes], str]:
     import httpx
 
     exe = Path(sys.executable).with_name("agentfactory")
-    server = subprocess.Popen([str(exe), "tlog", "serve", "--listen", "127.0.0.1:0", "--dir", str(folder)],
-                              stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    server = subprocess.Popen([str(exe), "tlog", "serve", "--listen", "127.0.0.1:0", "--dir", str(folder),
+                               "--host-cpu", host_cpu], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert server.stderr is not None
     line = server.stderr.readline()
     if not line:
@@ -212,23 +214,7 @@ def over_http(folder: Path) -> dict[str, Any]:
     try:
         rates: dict[str, Any] = {}
         for n in CLIENT_COUNTS:
-            bodies = proposals(HTTP_ENTRIES, f"http {n}")
-            raw_before = raw_fsync_rate(folder.parent / "raw")  # the disk's rate varies: measured around each
-            cpu_before = cpu_seconds(server.pid)
-            procs, queue = post_from(url, [bodies[k::n] for k in range(n)])
-            results = [queue.get(timeout=600) for _ in procs]
-            for p in procs:
-                p.join()
-            cpu_after = cpu_seconds(server.pid)
-            raw_after = raw_fsync_rate(folder.parent / "raw")
-            ok = sum(r[0] for r in results)
-            wall = max(r[3] for r in results) - min(r[2] for r in results)
-            cpu_ms = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) * 1000 / ok
-            rates[str(n)] = {"clients": n, "entries": ok, "errors": sum(r[1] for r in results), "seconds": wall,
-                             "adds_per_s": ok / wall, "raw_fsync_per_s": [raw_before, raw_after],
-                             "server_cpu_ms_per_add": cpu_ms}
-            print(f"HTTP, {n} clients: {ok / wall:.0f}/s (raw fsync before/after: {raw_before:.0f}/{raw_after:.0f}/s)",
-                  flush=True)
+            rates[str(n)] = http_phase(folder, server, url, n, f"http {n}")
 
         samples = []
         records: list[bytes] = []
@@ -253,11 +239,36 @@ def over_http(folder: Path) -> dict[str, Any]:
             begin = time.perf_counter()
             check_record(record, trusted, "record")
             checks.append((time.perf_counter() - begin) * 1000)
-        return {"by_clients": rates, "tree_size": size,
-                "get_p50_ms": percentile(samples, 0.5), "get_p99_ms": percentile(samples, 0.99),
-                "verify_p50_ms": percentile(checks, 0.5), "verify_p99_ms": percentile(checks, 0.99)}
     finally:
         stop(server)
+    server, url = start_server(folder, host_cpu="off")  # the price of placement, side by side, same log
+    try:
+        spread = http_phase(folder, server, url, TARGET_CLIENTS, "http off")
+    finally:
+        stop(server)
+    return {"by_clients": rates, "host_cpu_off": spread, "tree_size": size,
+            "get_p50_ms": percentile(samples, 0.5), "get_p99_ms": percentile(samples, 0.99),
+            "verify_p50_ms": percentile(checks, 0.5), "verify_p99_ms": percentile(checks, 0.99)}
+
+
+def http_phase(folder: Path, server: subprocess.Popen[bytes], url: str, n: int, seed: str) -> dict[str, Any]:
+    """`n` client processes post HTTP_ENTRIES distinct entries between them: the rate, errors and server CPU."""
+    bodies = proposals(HTTP_ENTRIES, seed)
+    raw_before = raw_fsync_rate(folder.parent / "raw")  # the disk's rate varies: measured around each phase
+    cpu_before = cpu_seconds(server.pid)
+    procs, queue = post_from(url, [bodies[k::n] for k in range(n)])
+    results = [queue.get(timeout=600) for _ in procs]
+    for p in procs:
+        p.join()
+    cpu_after = cpu_seconds(server.pid)
+    raw_after = raw_fsync_rate(folder.parent / "raw")
+    ok = sum(r[0] for r in results)
+    wall = max(r[3] for r in results) - min(r[2] for r in results)
+    cpu_ms = None if cpu_before is None or cpu_after is None else (cpu_after - cpu_before) * 1000 / ok
+    print(f"HTTP ({seed}), {n} clients: {ok / wall:.0f}/s (raw fsync before/after: {raw_before:.0f}/{raw_after:.0f}/s)",
+          flush=True)
+    return {"clients": n, "entries": ok, "errors": sum(r[1] for r in results), "seconds": wall,
+            "adds_per_s": ok / wall, "raw_fsync_per_s": [raw_before, raw_after], "server_cpu_ms_per_add": cpu_ms}
 
 
 def sigkill_at_full_rate(folder: Path) -> dict[str, Any]:
@@ -355,6 +366,9 @@ def measure(base: Path) -> None:
           f"{r['errors']} errors); raw append+fsync just before / after: {r['raw_fsync_per_s'][0]:,.0f}/s / "
           f"{r['raw_fsync_per_s'][1]:,.0f}/s; server CPU per add: {cpu_text(r['server_cpu_ms_per_add'])} "
           f"| {r['adds_per_s']:,.0f}/s |" for r in http["by_clients"].values()),
+        f"| the same with {http['host_cpu_off']['clients']} client processes, `tlog serve --host-cpu off` (its "
+        f"threads left to the scheduler; not judged): {http['host_cpu_off']['errors']} errors, server CPU per add "
+        f"{cpu_text(http['host_cpu_off']['server_cpu_ms_per_add'])} | {http['host_cpu_off']['adds_per_s']:,.0f}/s |",
         f"| GET /api/v1/log/entries?logIndex (fresh proof + checkpoint + SET), tree of {http['tree_size']} "
         f"| p50 {http['get_p50_ms']:.2f} ms, p99 {http['get_p99_ms']:.2f} ms |",
         f"| verification of one record offline (SET, checkpoint signature, inclusion proof), tree of "
@@ -372,7 +386,10 @@ def measure(base: Path) -> None:
         "that phase (group commit carries several adds per fsync). In process, where there is no HTTP stack, "
         "16 threads reach "
         f"{local[-1]['adds_per_s']:,.0f}/s with group commit against {local[1]['adds_per_s']:,.0f}/s one commit at a "
-        "time. One `tlog serve` process runs Python on one core at a time; the clients share the machine: at "
+        "time. `tlog serve` keeps its threads (the event loop, the commit thread) on one CPU (`--host-cpu`, "
+        "agentfactory/cpuplace.py): they hand each batch to each other, and a hand-off to the other CPU wakes it; "
+        "the row with `--host-cpu off` prices that. One `tlog serve` process runs Python on one core at a time; "
+        "the clients share the machine: at "
         f"this cost, {TARGET_PER_S:,}/s needs {TARGET_PER_S * (at_target['server_cpu_ms_per_add'] or 0) / 1000:.1f} "
         f"cores of server CPU alone, on a {os.cpu_count()}-CPU machine whose load average was {load_before:.1f}.",
         "",

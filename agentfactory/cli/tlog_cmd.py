@@ -66,16 +66,22 @@ def tlog() -> None:
               help="Serve HTTPS with this certificate (PEM); plain HTTP without it.")
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
               help="The certificate's private key (PEM).")
+@click.option("--host-cpu", default="auto", show_default=True, metavar="auto|off|CPU",
+              envvar="AGENTFACTORY_TLOG_HOST_CPU",
+              help="Keep the server's threads on one CPU (auto: the last it may use); off: leave them to the "
+                   "scheduler.")
 @handle_errors
-def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path | None) -> None:
+def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path | None, host_cpu: str) -> None:
     """Serve the Rekor v1 API (entries, index, log info, proofs, public key) and GET /healthz."""
 
     import uvicorn
 
+    from ..cpuplace import choose_home, place_every_thread
     from ..tlog.server import create_app
 
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
+    home = choose_home(host_cpu, "--host-cpu")  # the event loop and the commit thread hand off per batch
     sock = bind(listen, "127.0.0.1:3000")
     log = open_embedded_log(folder)
     # The public key exported once, for `trust init --tlog-key` (log-key.pem is private). Clients pin the key
@@ -85,8 +91,11 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
         create_app(log), log_level="warning", access_log=False, timeout_keep_alive=30, limit_concurrency=1000,
         server_header=False, ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None))
+    if home is not None:
+        place_every_thread(home)
     sys.stderr.write(json.dumps({"listening": url_of(sock, "https" if tls_cert else "http"), "logID": log.log_id,
-                                 "publicKey": str(public_pem)}) + "\n")
+                                 "publicKey": str(public_pem),
+                                 "hostCpu": sorted(home) if home is not None else "off"}) + "\n")
     sys.stderr.flush()
     try:
         server.run(sockets=[sock])

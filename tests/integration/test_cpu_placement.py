@@ -1,4 +1,5 @@
-"""The node's CPU placement (sandbox-runtime/cpu_home.py): host threads on one home CPU, long guests anywhere.
+"""CPU placement of the services (agentfactory/cpuplace.py, sandbox-runtime/cpu_home.py): their threads on one
+home CPU, and for the node runtime, long guests on any CPU.
 
 `runtime serve` keeps its threads on one CPU, because its host work hands the GIL from thread to thread
 dozens of times per invocation and each hand-off across CPUs costs a wake-up of the other CPU (3-6x the CPU
@@ -6,7 +7,8 @@ per trivial invocation, benchmarks/results/runtime.md). What must still hold, ch
 server through /proc: every thread is at home while the node idles; a guest that runs long is let onto every
 CPU the node may use (two compute-bound agents use two cores, and a spinner does not sit on the CPU the node
 answers on) and comes home when it returns, trapped or not; a compile child gets every CPU; and a CPU the
-process may not use is refused at start, naming the flag.
+process may not use is refused at start, naming the flag. `tlog serve` keeps its event loop and commit thread
+on one CPU the same way (they hand every batch to each other).
 """
 
 from __future__ import annotations
@@ -98,6 +100,15 @@ def _invoke(url: str, agent: str, conn: http.client.HTTPConnection | None = None
             conn.close()
 
 
+def _answers(netloc: str) -> bool:
+    try:
+        conn = http.client.HTTPConnection(netloc, timeout=5)
+        conn.request("GET", "/healthz")
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+
+
 def _wait_for(condition: object, what: str, seconds: float = 30) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -187,3 +198,50 @@ def test_serve_refuses_a_cpu_it_may_not_use(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2, done.stderr
     assert f"--host-cpu {max(CPUS) + 1}" in done.stderr
+
+
+def _hashedrekord() -> bytes:
+    """A distinct, validly signed hashedrekord proposal: what makes the log start its commit thread."""
+    import base64
+    import hashlib
+
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    digest = hashlib.sha256(os.urandom(16)).digest()
+    signature = key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+    return json.dumps({"apiVersion": "0.0.1", "kind": "hashedrekord", "spec": {
+        "data": {"hash": {"algorithm": "sha256", "value": digest.hex()}},
+        "signature": {"content": base64.b64encode(signature).decode(),
+                      "publicKey": {"content": base64.b64encode(pem).decode()}}}}).encode()
+
+
+@needs_two
+def test_tlog_serve_keeps_its_threads_home_and_refuses_a_cpu_it_may_not_use(tmp_path: Path) -> None:
+    exe = str(Path(sys.executable).with_name("agentfactory"))
+    proc = subprocess.Popen([exe, "tlog", "serve", "--listen", "127.0.0.1:0", "--dir", str(tmp_path / "log")],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        started = json.loads(proc.stderr.readline())
+        home = frozenset(started["hostCpu"])
+        assert home == {max(CPUS)}, started
+        netloc = urlsplit(started["listening"]).netloc
+        _wait_for(lambda: _answers(netloc), "tlog serve answering /healthz")
+        conn = http.client.HTTPConnection(netloc, timeout=30)
+        conn.request("POST", "/api/v1/log/entries", body=_hashedrekord(), headers={"content-type": "application/json"})
+        reply = conn.getresponse()
+        assert reply.status == 201, reply.read()
+        reply.read()
+        conn.close()
+        placed = _cpus_of(proc.pid)
+        assert len(placed) >= 2 and set(placed.values()) == {home}, placed  # the commit thread among them
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    refused = subprocess.run([exe, "tlog", "serve", "--listen", "127.0.0.1:0", "--dir", str(tmp_path / "log"),
+                              "--host-cpu", str(max(CPUS) + 1)], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and f"--host-cpu {max(CPUS) + 1}" in refused.stderr, refused.stderr
