@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
+import os
 from typing import Any
 
 from .distversion import installed_version as version
@@ -56,6 +56,7 @@ def make_config(fuel: bool, *, epoch: bool = True, parallel: bool = True) -> Any
 
 def settings_key(fuel: bool) -> str:
     """What a compiled module depends on besides its bytes: wasmtime, the settings, the host CPU."""
+    host = os.uname()  # what platform.machine() and .system() return on POSIX, without importing platform
     doc = {"wasmtime": version("wasmtime"), "settings": SETTINGS, "fuel": fuel,
-           "machine": platform.machine(), "system": platform.system()}
+           "machine": host.machine, "system": host.sysname}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
