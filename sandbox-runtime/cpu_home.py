@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from agentfactory.cpuplace import allowed_cpus, choose_home, place_every_thread
 
 WIDEN_AFTER = 0.002  # seconds a guest runs before its thread may leave the home CPU
+REPIN_EVERY = 1.0  # seconds between sweeps that bring stray threads home (see `sweep`)
 
 
 class CpuHome:
@@ -42,8 +43,10 @@ class CpuHome:
         self.widen_after = widen_after
         self._lock = threading.Lock()
         self._running: dict[int, float] = {}  # native thread id -> when its guest call began (monotonic)
-        self._widened: set[int] = set()
+        self._widened: set[int] = set()  # let out on purpose: a long guest, or a thread starting a child
         self.widened_total = 0  # guest calls let onto every CPU since start
+        self.strays_repinned = 0  # threads found off the home CPU by the periodic sweep, and brought home
+        self._next_repin = 0.0
 
     @classmethod
     def off(cls) -> CpuHome:
@@ -88,10 +91,19 @@ class CpuHome:
                 os.sched_setaffinity(0, self.home)
 
     def sweep(self) -> None:
-        """From the epoch ticker: let every guest call older than `widen_after` onto every allowed CPU."""
-        if self.home is None or not self._running:
+        """From the epoch ticker: let every guest call older than `widen_after` onto every allowed CPU; and
+        every REPIN_EVERY seconds bring home any other thread found elsewhere. A thread inherits the CPUs of
+        the thread that starts it, so one started from a let-out guest thread (wasmtime starts worker
+        threads on demand) would otherwise stay off the home CPU for good, and every hand-off to it would
+        cost a cross-CPU wake-up again."""
+        if self.home is None:
             return
         now = time.monotonic()
+        if now >= self._next_repin:
+            self._next_repin = now + REPIN_EVERY
+            self._repin_strays()
+        if not self._running:
+            return
         with self._lock:
             for tid, began in self._running.items():
                 if tid not in self._widened and now - began >= self.widen_after:
@@ -102,17 +114,36 @@ class CpuHome:
                     self._widened.add(tid)
                     self.widened_total += 1
 
+    def _repin_strays(self) -> None:
+        assert self.home is not None
+        with self._lock:
+            for task in os.listdir("/proc/self/task"):
+                tid = int(task)
+                if tid in self._widened:
+                    continue
+                try:
+                    if os.sched_getaffinity(tid) != self.home:
+                        os.sched_setaffinity(tid, self.home)
+                        self.strays_repinned += 1
+                except OSError:  # a thread that just ended
+                    continue
+
     @contextlib.contextmanager
     def unpinned(self) -> Iterator[None]:
         """The calling thread on every allowed CPU for the block: a child process started here gets them all."""
         if self.home is None:
             yield
             return
-        os.sched_setaffinity(0, self.allowed)
+        tid = threading.get_native_id()
+        with self._lock:  # marked let out, so that the periodic sweep does not bring it home meanwhile
+            self._widened.add(tid)
+            os.sched_setaffinity(0, self.allowed)
         try:
             yield
         finally:
-            os.sched_setaffinity(0, self.home)
+            with self._lock:
+                self._widened.discard(tid)
+                os.sched_setaffinity(0, self.home)
 
     def describe(self) -> dict[str, object]:
         """For the node's start-up line: the home CPU set, or that placement is left to the scheduler."""

@@ -167,9 +167,30 @@ with cpu.unpinned():
     child = json.loads(subprocess.run(probe, capture_output=True, text=True, check=True).stdout)
 plain = json.loads(subprocess.run(probe, capture_output=True, text=True, check=True).stdout)
 now = sorted(os.sched_getaffinity(0))
+# a thread started from a let-out thread inherits every CPU: the periodic sweep brings it home, and leaves
+# alone a thread that is let out on purpose (inside `unpinned`)
+import threading, time
+ready, done = threading.Event(), threading.Event()
+def stray():
+    os.sched_setaffinity(0, cpu.allowed)
+    ready.set()
+    done.wait()
+t = threading.Thread(target=stray)
+t.start()
+ready.wait()
+stray_before = sorted(os.sched_getaffinity(t.native_id))
+with cpu.unpinned():
+    cpu._next_repin = 0.0
+    cpu.sweep()
+    starter = sorted(os.sched_getaffinity(0))
+stray_after = sorted(os.sched_getaffinity(t.native_id))
+done.set()
+t.join()
 cpu.unpin_process()
 print(json.dumps({"before": before, "moved": moved, "child": child, "plain": plain,
-                  "home": sorted(cpu.home), "now": now, "unpinned": sorted(os.sched_getaffinity(0))}))
+                  "home": sorted(cpu.home), "now": now, "unpinned": sorted(os.sched_getaffinity(0)),
+                  "stray_before": stray_before, "stray_after": stray_after, "starter": starter,
+                  "strays": cpu.strays_repinned}))
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     doc = json.loads(out.stdout)
@@ -178,6 +199,8 @@ print(json.dumps({"before": before, "moved": moved, "child": child, "plain": pla
     assert doc["child"] == CPUS  # started inside `unpinned`: every CPU, as a compile child must have
     assert doc["plain"] == doc["home"] == doc["now"]  # anything else inherits the home CPU
     assert doc["unpinned"] == CPUS
+    assert doc["stray_before"] == CPUS and doc["stray_after"] == doc["home"] and doc["strays"] == 1
+    assert doc["starter"] == CPUS  # let out on purpose: not brought home by the sweep
 
 
 def test_a_cpu_setting_is_checked() -> None:
