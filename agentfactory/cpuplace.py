@@ -8,8 +8,9 @@ on one core at a time anyway. Measured on 2 CPUs, the node runtime answered 850 
 connections with its threads spread and 2,800/s with them on one CPU; the transparency log 999 and 1,266
 appends/s with 4 clients (benchmarks/results/runtime.md, tlog.md).
 
-The services take `--host-cpu auto|off|CPU`: `auto` picks the highest-numbered CPU the process may use when it
-may use two or more (CPU 0 usually takes the most interrupts), `off` leaves placement to the scheduler.
+The services take `--host-cpu auto|off|CPU`: `auto` keeps the process on the CPU the scheduler started it on,
+when it may use two or more (so that several services on one machine, each allowed every CPU, spread as the
+scheduler spread them, rather than all choosing the same one); `off` leaves placement to the scheduler.
 Threads started after `place_every_thread` inherit the CPUs of the thread that starts them.
 """
 
@@ -38,13 +39,25 @@ def choose_home(setting: str, flag: str = "--host-cpu") -> frozenset[int] | None
         return None
     cpus = allowed_cpus()
     if setting == "auto":
-        return frozenset({max(cpus)}) if len(cpus) >= 2 else None
+        if len(cpus) < 2:
+            return None
+        here = current_cpu()
+        return frozenset({here if here in cpus else max(cpus)})
     if not setting.isascii() or not setting.isdigit():
         raise ConfigError(f"{flag} {setting!r}: expected auto, off or a CPU number")
     cpu = int(setting)
     if cpus and cpu not in cpus:
         raise ConfigError(f"{flag} {cpu}: this process may run only on CPUs {','.join(map(str, sorted(cpus)))}")
     return frozenset({cpu}) if len(cpus) >= 2 else None
+
+
+def current_cpu() -> int | None:
+    """The CPU the calling thread runs on now (field 39 of /proc/thread-self/stat), or None."""
+    try:
+        stat = Path("/proc/thread-self/stat").read_text()
+        return int(stat.rpartition(")")[2].split()[36])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def place_every_thread(cpus: frozenset[int]) -> int:

@@ -214,7 +214,7 @@ def runtime() -> None:
               help="Seconds between scans of the agents this node may run (verified and compiled before traffic).")
 @click.option("--host-cpu", default="auto", show_default=True, metavar="auto|off|CPU",
               envvar="AGENTFACTORY_RUNTIME_HOST_CPU",
-              help="Keep the node's own threads on one CPU (auto: the last it may use); a guest running past 2 ms "
+              help="Keep the node's own threads on one CPU (auto: the one it started on); a guest running past 2 ms "
                    "may use every CPU. off: leave placement to the scheduler.")
 @_runtime_options
 @handle_errors

@@ -15,7 +15,7 @@ began, has its thread let onto every CPU the node may use; the thread goes home 
 A compile child is started from a thread let onto every CPU as well (`unpinned`), since it inherits its
 parent's CPUs.
 
-`--host-cpu` is read by agentfactory.cpuplace ("auto": the highest-numbered CPU the process may use, when it
+`--host-cpu` is read by agentfactory.cpuplace ("auto": the CPU the scheduler started the process on, when it
 may use two or more); "off" leaves the scheduler alone, as a `Runtime` made in process always does (a library
 must not move its caller's threads).
 """

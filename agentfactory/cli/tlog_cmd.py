@@ -68,7 +68,7 @@ def tlog() -> None:
               help="The certificate's private key (PEM).")
 @click.option("--host-cpu", default="auto", show_default=True, metavar="auto|off|CPU",
               envvar="AGENTFACTORY_TLOG_HOST_CPU",
-              help="Keep the server's threads on one CPU (auto: the last it may use); off: leave them to the "
+              help="Keep the server's threads on one CPU (auto: the one it started on); off: leave them to the "
                    "scheduler.")
 @handle_errors
 def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path | None, host_cpu: str) -> None:
