@@ -163,7 +163,7 @@ def run(templates_dir: Path, changed_since: str | None, jobs: int | None, no_tes
             signing = replace(_keyless_signing(sigstore_instance, builder_id, sbom_dir, tlog_url, scanning),
                               resign=resign)
         else:
-            tlog, tlog_pem = open_tlog(tlog_url, tlog_key)
+            tlog, tlog_pem = open_tlog(tlog_url, tlog_key, defer=True)  # opened when something is signed
             keys = open_provider(provider, cosign_key=cosign_key_of())
             if keys.name == "cosign":  # before building: a key cosign cannot use (password, file, Vault, ECDSA)
                 keys.public_keys()

@@ -21,7 +21,14 @@ from agentfactory.artifact import ANN_DESCRIPTION, ANN_REVISION, AgentArtifact, 
 from agentfactory.config import cache_dir, toolchain_cache
 from agentfactory.digest import digest_of
 from agentfactory.dsse import INTOTO_PAYLOAD_TYPE, sign_envelope
-from agentfactory.errors import AgentFactoryError, BuildError, InputError, NotFoundError, ValidationFailed
+from agentfactory.errors import (
+    AgentFactoryError,
+    BuildError,
+    InputError,
+    NotFoundError,
+    StoreError,
+    ValidationFailed,
+)
 from agentfactory.evidence import ArtifactSignature, Evidence
 from agentfactory.fsutil import atomic_write
 from agentfactory.intoto import CYCLONEDX_BOM, SCAN_V1, SLSA_PROVENANCE_V1, make_statement
@@ -166,6 +173,13 @@ class Signing:
     keyless: KeylessSigner | None = None
     signing_record: Path | None = None  # None: $AGENTFACTORY_SIGNING_RECORD or the state folder's
     resign: bool = False  # sign unchanged artifacts again (new signature, attestations and log entries)
+
+    def log_key_pem(self) -> bytes | None:
+        """The log's public key as pinned, or the log's own (the embedded log opened at its first use,
+        agentfactory.tlog.connect.DeferredLog, is asked only when something was signed)."""
+        if self.tlog_key_pem is not None or self.tlog is None:
+            return self.tlog_key_pem
+        return self.tlog.public_key_pem()
 
 
 @dataclass
@@ -488,6 +502,9 @@ def _make_evidence(job: _Job, t: Template, wasm: bytes, build: dict[str, Any], s
             added = [signing.tlog.add(p) for p in proposals]
         except LogError as exc:  # nothing is published unlogged when a log is configured
             raise BuildError(job.display, f"the transparency log {signing.tlog.url} refused or failed: {exc}") from None
+        except StoreError as exc:  # the embedded log, opened at its first use (DeferredLog), cannot be opened
+            raise BuildError(job.display, f"the transparency log cannot be opened, so nothing is published: {exc}") \
+                from None
         records = [a.entry.to_json() for a in added]
         job.result.evidence["tlog"] = {"log": signing.tlog.url, "indexes": [a.entry.log_index for a in added]}
     try:
@@ -542,9 +559,9 @@ def _artifact_gate(job: _Job, t: Template, digest: str, wasm: bytes, made: _Made
     Keyless: the trust is the identity that signed (as the certificate names it) and the instance's
     trusted root, verified offline like everywhere else."""
     found = made.evidence()  # the bundles as they will be attached, read back as the verifier reads a store
+    log_key = None if made.keyless else signing.log_key_pem()
     trust = from_public_keys([] if made.keyless else signing.provider.public_keys(), builders=(signing.builder_id,),
-                             log_keys=[signing.tlog_key_pem] if signing.tlog_key_pem and not made.keyless else None,
-                             keyless=made.keyless)
+                             log_keys=[log_key] if log_key else None, keyless=made.keyless)
     verdict = verify(digest, wasm, found, trust, engine=engine, stage="dev", name=t.name, version=t.version)
     job.result.evidence["score"] = verdict.score
     job.result.errors.extend(f"{job.display}: {reason}" for reason in verdict.reasons)
