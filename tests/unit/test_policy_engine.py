@@ -108,6 +108,25 @@ test_wrong if { count(template.violations({"template": {"spec": {"tools": ["shel
     assert not report.ok
 
 
+@pytest.mark.parametrize(("body", "why"), [
+    ("nosuchfn(1)", "an unknown function: the tests do not compile"),
+    ("y == 1", "an unsafe variable: the test is undefined"),
+])  # rego-cpp accepts a call with too many arguments, with or without the load-time check; OPA refuses it
+    # (`opa check --strict` and `opa test` over policies/, tests/integration/test_opa_reference.py)
+def test_a_test_that_does_not_compile_fails_the_run(tmp_path: Path, body: str, why: str) -> None:
+    """`policy test` compiles the policies with their tests once (the bundle), not also at load: whatever
+    rego-cpp cannot compile must still make the run fail, never pass or vanish."""
+    tests = f"""package agentfactory.template_test
+import rego.v1
+import data.agentfactory.template
+test_fine if {{ count(template.violations({{"template": {{"spec": {{"tools": ["log"]}}}}}})) == 0 }}
+test_broken if {{ {body} }}
+"""
+    report = RegoEngine(folder(tmp_path, {"template.rego": GOOD, "template_test.rego": tests})).run_tests()
+    assert not report.ok, why
+    assert report.errors or ("test_broken", False) in {(r.name, r.ok) for r in report.results}, why
+
+
 @pytest.mark.parametrize("policy", ["template", "artifact"])
 def test_project_policies_compile(policy: str) -> None:
     engine = RegoEngine(Path(__file__).resolve().parents[2] / "policies")
