@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from ..config import home
 from ..errors import AgentFactoryError
 from .entries import LogEntry
 
@@ -79,3 +81,8 @@ class TransparencyLog(abc.ABC):
     @abc.abstractmethod
     def public_key_pem(self) -> bytes:
         """GET /api/v1/log/publicKey: the log's public key (the caller pins it; it is not trusted from here)."""
+
+
+def default_tlog_dir() -> Path:
+    """`$AGENTFACTORY_HOME/tlog`: where the embedded log lives unless told otherwise."""
+    return home() / "tlog"

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
-from .base import Added, LogInfo, TransparencyLog
+from .base import Added, LogInfo, TransparencyLog, default_tlog_dir
 
 if TYPE_CHECKING:
     from .entries import LogEntry
@@ -20,10 +21,12 @@ def open_tlog(url: str, key: Path | None, *, defer: bool = False) -> tuple[Trans
 
     `defer`: the embedded log without a pinned key is opened at its first use (`DeferredLog`), so a run
     that logs nothing (every template unchanged) neither imports nor opens it; its public key is then the
-    log's own, read when asked. A pinned key is still checked against the log at once."""
+    log's own, read when asked. A pinned key is still checked against the log at once, and so is a log
+    whose folder cannot be written (a read-only home is a usage error before anything is built, as it
+    always was)."""
     if url == "none":
         return None, None
-    if url == "embedded" and key is None and defer:
+    if url == "embedded" and key is None and defer and _writable(default_tlog_dir()):
         return DeferredLog(_open_embedded), None
     if url == "embedded":
         from agentfactory.tlog.log import EmbeddedLog
@@ -46,6 +49,14 @@ def _same_log_key(pinned: bytes, actual: bytes) -> bool:
     from .note import load_log_public_key, log_id_of
 
     return log_id_of(load_log_public_key(pinned, "--tlog-key")) == log_id_of(load_log_public_key(actual, "log key"))
+
+
+def _writable(folder: Path) -> bool:
+    """Whether `folder` (or, before it exists, the nearest folder above it) can be written now."""
+    target = folder
+    while not target.exists() and target.parent != target:
+        target = target.parent
+    return os.access(target, os.W_OK)
 
 
 def _open_embedded() -> TransparencyLog:

@@ -41,12 +41,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ..config import home
 from ..errors import InputError, NotFoundError, StoreError
 from ..fsutil import atomic_write
 from ..intoto import parse_statement
 from . import merkle, note
-from .base import Added, EntryRejected, LogError, LogInfo, TransparencyLog
+from .base import Added, EntryRejected, LogError, LogInfo, TransparencyLog, default_tlog_dir
 from .entries import (
     InclusionProof,
     LogEntry,
@@ -77,11 +76,6 @@ _INDEX_SQL = (
     "CREATE TABLE IF NOT EXISTS latest_checkpoint (one INTEGER PRIMARY KEY CHECK (one = 1), size INTEGER NOT NULL, "
     "note TEXT NOT NULL)",
 )
-
-
-def default_tlog_dir() -> Path:
-    """`$AGENTFACTORY_HOME/tlog`: where the embedded log lives unless told otherwise."""
-    return home() / "tlog"
 
 
 @functools.lru_cache(maxsize=1024)  # a log has few signers; parsing a PEM costs more than the rest of indexing
