@@ -2,9 +2,10 @@
 
 Compiling the Rego policies costs ~250 ms a process (parsing every module, then planning a policy), loading
 a saved bundle ~6 ms. A bundle is saved in rego-cpp's binary format under
-`$AGENTFACTORY_HOME/cache/policy/<key>/`, where the key is the SHA-256 of everything a bundle is made from:
-the regopy version, each policy file's name and digest, the data with the config overrides applied, and the
-plan format. A change to any of them is a new key, so a stale bundle is never found.
+`$AGENTFACTORY_HOME/cache/policy/<key>/` (or `$AGENTFACTORY_POLICY_CACHE/<key>/` when that names a
+folder), where the key is the SHA-256 of everything a bundle is made from: the regopy version, each policy
+file's name and digest, the data with the config overrides applied, and the plan format. A change to any
+of them is a new key, so a stale bundle is never found.
 
 Every file is authenticated before it reaches rego-cpp's loader: it opens with the HMAC-SHA256 of the bundle
 (one hex line), under a random key kept in the cache folder (mode 0600), so tag and bundle are written in one
@@ -31,7 +32,11 @@ from typing import Any
 from .config import cache_dir
 from .fsutil import atomic_write
 
-CACHE_ENV = "AGENTFACTORY_POLICY_CACHE"  # "0" or "off": compile every time (the cache is never read or written)
+# "0"/"off": compile every time (the cache is never read or written); a folder: keep the cache there instead of
+# under $AGENTFACTORY_HOME (shared by several state folders, as the toolchain cache can be: CI, the test suite)
+CACHE_ENV = "AGENTFACTORY_POLICY_CACHE"
+_OFF = ("0", "off", "false", "no")
+_ON = ("", "1", "on", "true", "yes")
 # Bump when what a bundle is built from changes (2: its modules; 3: config keys reordered per bundle).
 PLAN_FORMAT = "agentfactory-policy-plan/3"
 _KEY_FILE = "hmac.key"
@@ -40,7 +45,15 @@ _STAMP = "compiled"  # written once the sources compiled: a later process need n
 
 
 def enabled() -> bool:
-    return os.environ.get(CACHE_ENV, "1").strip().lower() not in ("0", "off", "false", "no")
+    return os.environ.get(CACHE_ENV, "1").strip().lower() not in _OFF
+
+
+def cache_root() -> Path:
+    """The folder named by $AGENTFACTORY_POLICY_CACHE, else `$AGENTFACTORY_HOME/cache/policy`."""
+    raw = os.environ.get(CACHE_ENV, "").strip()
+    if raw.lower() in _ON or raw.lower() in _OFF:
+        return cache_dir("policy")
+    return Path(raw).expanduser().resolve()
 
 
 def cache_key(sources: dict[str, str], data: Any, regopy_version: str) -> str:
@@ -59,7 +72,7 @@ class PolicyCache:
     """The bundles of one key. `load` returns a verified bundle or None; `save` never raises on disk errors."""
 
     def __init__(self, key: str, root: Path | None = None) -> None:
-        self.root = root or cache_dir("policy")
+        self.root = root or cache_root()
         self.key = key
         self.folder = self.root / key
         self.refused: list[str] = []  # why files were refused (for tests and diagnostics)

@@ -11,6 +11,7 @@ import pytest
 from helpers import EXAMPLE_OSV, TEMPLATES, git
 
 from agentfactory.keys.local import LocalKeyring
+from agentfactory.policy_cache import CACHE_ENV as POLICY_CACHE_ENV
 
 # The pipeline scans every SBOM: the committed example database (real OSV records) stands in for an
 # imported one, for module-scoped fixtures and CLI subprocesses too. Tests of the database point elsewhere.
@@ -21,6 +22,22 @@ os.environ["AGENTFACTORY_OSV_DB"] = str(EXAMPLE_OSV)
 def toolchain_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # zig builds wasi-libc once (~20 s); every test in the session reuses it.
     return Path(os.environ.get("AGENTFACTORY_TEST_TOOLCHAIN_CACHE") or tmp_path_factory.mktemp("toolchain"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_policy_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One compiled-policy cache for the session, as a CI machine keeps one (AGENTFACTORY_POLICY_CACHE): every
+    test has a state folder of its own, and compiling the policies again in each cost the suite minutes.
+    Set before module-scoped fixtures and inherited by CLI subprocesses; the cache's own tests use their
+    state folder's (tests/security/test_attack_policy_cache_tamper.py)."""
+    folder = tmp_path_factory.mktemp("policy-cache")
+    previous = os.environ.get(POLICY_CACHE_ENV)
+    os.environ[POLICY_CACHE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(POLICY_CACHE_ENV, None)
+    else:
+        os.environ[POLICY_CACHE_ENV] = previous
 
 
 @pytest.fixture(autouse=True)

@@ -21,6 +21,26 @@ LAX: dict[str, object] = {"agentfactory": {"config": {"dangerous_tools": []}}}
 SHELL = {"template": {"spec": {"tools": ["shell.exec"]}}}
 
 
+@pytest.fixture(autouse=True)
+def home_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cache in each test's own state folder (the default), not the session's shared one (conftest)."""
+    monkeypatch.delenv(policy_cache.CACHE_ENV, raising=False)
+
+
+def test_the_cache_folder_can_be_named(tmp_path: Path, af_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """AGENTFACTORY_POLICY_CACHE=<folder>: the cache (key and bundles) there, none under the state folder."""
+    shared = tmp_path / "shared-cache"
+    monkeypatch.setenv(policy_cache.CACHE_ENV, str(shared))
+    folder = policies(tmp_path / "strict")
+    assert not RegoEngine(folder).decide("template", SHELL).allow
+    assert sorted(shared.glob("*/template-*.rbb")) and (shared / "hmac.key").is_file()
+    assert cached(af_home) == []
+    assert not RegoEngine(folder).decide("template", SHELL).allow  # read back from there
+    for on in ("1", "on", ""):
+        monkeypatch.setenv(policy_cache.CACHE_ENV, on)
+        assert policy_cache.cache_root() == af_home.resolve() / "cache" / "policy"
+
+
 def policies(where: Path, data: object = STRICT, text: str = POLICY) -> Path:
     where.mkdir(parents=True, exist_ok=True)
     (where / "template.rego").write_text(text)
