@@ -33,6 +33,7 @@ import json
 import os
 import queue
 import re
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -339,8 +340,7 @@ class RegoEngine(PolicyEngine):
         try:
             self._pool = _Pool(workers if workers is not None else pool_size())
             self._load()
-            import regopy
-
+            regopy = _import_regopy()
             if policy_cache.enabled():
                 self._cache = PolicyCache(policy_cache.cache_key(self.sources, self.data, regopy.__version__))
             if self._cache is None or not self._cache.compiled():
@@ -545,6 +545,30 @@ class RegoEngine(PolicyEngine):
             report.results.append(TestResult(package_name, name, value is True,
                                              "" if value is True else f"evaluated to {value!r}"))
         return report
+
+
+def _import_regopy() -> Any:
+    """regopy, imported without the `uname -p` child process its import would start.
+
+    regopy's loader reads `platform.uname()[0]` (to look for Windows), and indexing that result computes its
+    `processor` field, which Python gets on Linux by running `uname -p`: 7 ms of every CLI start-up
+    (benchmarks/results/cli-startup.md). For the import only, the field is set to "" (regopy never reads
+    it); then it is forgotten again, so anyone asking platform for the processor later gets the real answer.
+    """
+    if "regopy" in sys.modules:
+        return sys.modules["regopy"]
+    import platform
+
+    fields = platform.uname().__dict__  # `processor` is a functools.cached_property kept here
+    primed = "processor" not in fields
+    if primed:
+        fields["processor"] = ""
+    try:
+        import regopy
+    finally:
+        if primed:
+            fields.pop("processor", None)
+    return regopy
 
 
 WORKERS_ENV = "AGENTFACTORY_POLICY_WORKERS"
