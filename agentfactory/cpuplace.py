@@ -4,9 +4,9 @@ A Python service does its work under one GIL, handed from thread to thread many 
 event loop and a commit thread, connection threads and native libraries' own worker threads). When those
 threads sit on different CPUs, each hand-off wakes the other CPU, which costs far more than the hand-off
 itself; kept on one CPU they cost little, and the process loses little it could use, since its Python runs
-on one core at a time anyway. Measured on 2 CPUs, the node runtime answered 850 trivial invocations/s at 4
-connections with its threads spread and 2,800/s with them on one CPU; the transparency log 999 and 1,266
-appends/s with 4 clients (benchmarks/results/runtime.md, tlog.md).
+on one core at a time anyway. Measured on 2 CPUs, the node runtime answered 850-1,000 trivial invocations/s at 4
+connections with its threads spread and 2,500-2,900/s with them on one CPU; the transparency log 882 and
+1,208 appends/s with 4 clients (benchmarks/results/runtime.md, tlog.md).
 
 The services take `--host-cpu auto|off|CPU`: `auto` keeps the process on the CPU the scheduler started it on,
 when it may use two or more (so that several services on one machine, each allowed every CPU, spread as the

@@ -4,7 +4,7 @@ Why. A node's host work (HTTP, verification, sandbox creation, the WASI calls wa
 worker threads) is Python under one GIL plus short native calls, handed from thread to thread dozens of
 times per invocation. When those threads sit on different CPUs, every hand-off wakes the other CPU (an
 inter-processor interrupt, often a core leaving its idle state), and a trivial invocation costs three to six
-times the CPU: on 2 CPUs, 850-1,000 invocations/s over HTTP at 4 connections against about 2,800/s with
+times the CPU: on 2 CPUs, 850-1,000 invocations/s over HTTP at 4 connections against 2,500-2,900/s with
 the same threads kept on one CPU (benchmarks/results/runtime.md). So `runtime serve` keeps every thread of
 the process on a home CPU.
 
