@@ -15,7 +15,8 @@ store; writes benchmarks/results/runtime.{json,md}.
 4. Invocations per second: `agentfactory runtime serve` on loopback, load from separate client processes
    with keep-alive connections; the server's CPU per request, the same load with the audit trail on, and
    with `--host-cpu off` (the price of the node's CPU placement, side by side); `sandbox.run` alone with this
-   process's threads spread and on one CPU.
+   process's threads spread and on one CPU; and one compute-bound kernel agent alone against two at once, on
+   both servers (guest code must still use two CPUs under the placement).
 
 AGENTFACTORY_BENCH_ONLY=http runs part 4 alone (only the trivial agent is published) and replaces only the
 HTTP section of the committed results, keeping the other sections' figures.
@@ -80,6 +81,7 @@ HTTP_WARMUP_S, HTTP_MEASURE_S = sized((1.0, 5.0), (0.2, 0.5))
 # (client processes, threads each); the target is judged at 4 or more connections, 1 and 2 show the trend
 HTTP_LEVELS: tuple[tuple[int, int], ...] = sized(((1, 1), (1, 2), (1, 4), (1, 8), (2, 4)), ((1, 1), (1, 4)))
 HTTP_JUDGED_CONNECTIONS = 4
+PARALLEL_KERNEL, PARALLEL_RUNS = "sha256", sized(3, 1)  # two compute-bound guests at once (see parallel_guests)
 HTTP_AUDIT_LEVEL = (1, 4)  # the same load on a node writing its audit trail (as deployed: --audit-log)
 TARGET_OVERHEAD_PCT, TARGET_SANDBOX_P50_MS, TARGET_RPS = 20.0, 1.0, 2000.0  # issue 23: 2,000/s on 2 cores
 ONLY_ENV = "AGENTFACTORY_BENCH_ONLY"
@@ -495,6 +497,39 @@ def load(host: str, port: int, processes: int, threads: int, server_pid: int | N
             "judged": processes * threads >= HTTP_JUDGED_CONNECTIONS, "pass": rps >= TARGET_RPS and errors == 0}
 
 
+def parallel_guests(host: str, port: int) -> dict[str, float]:
+    """One compute-bound invocation alone, then two at once (median of PARALLEL_RUNS each): whether guest code
+    still runs on two CPUs under the node's placement (a guest past 2 ms is let off the home CPU)."""
+    import http.client
+
+    path = f"/v1/agents/{kernel_agent(PARALLEL_KERNEL)}/invoke?arg={SIZES[PARALLEL_KERNEL]}"
+
+    def one() -> None:
+        conn = http.client.HTTPConnection(host, port, timeout=300)
+        try:
+            conn.request("POST", path, body=b"")
+            reply = conn.getresponse()
+            reply.read()
+            if reply.status != 200:
+                raise RuntimeError(f"{path}: HTTP {reply.status}")
+        finally:
+            conn.close()
+
+    def timed(concurrent: int) -> float:
+        pool = [threading.Thread(target=one) for _ in range(concurrent)]
+        started = time.perf_counter()
+        for t in pool:
+            t.start()
+        for t in pool:
+            t.join()
+        return time.perf_counter() - started
+
+    one()  # warm: verified, compiled, linked
+    alone = statistics.median(timed(1) for _ in range(PARALLEL_RUNS))
+    pair = statistics.median(timed(2) for _ in range(PARALLEL_RUNS))
+    return {"alone_ms": ms(alone), "two_at_once_ms": ms(pair), "ratio": pair / alone}
+
+
 def sandbox_ceiling(rt: Runtime, threads: int, home: bool = False) -> dict[str, Any]:
     """`sandbox.run` of the trivial agent in `threads` threads at once, nothing else: what the service's
     invocations cost without HTTP, verification, metrics or audit (in this process, as many threads as the
@@ -551,11 +586,13 @@ def bench_http(store: ArtifactStore, store_path: Path, trust: TrustPolicy, engin
     proc, host, port = start_server(store_path, trust_file, workers)
     try:
         levels = [load(host, port, p, t, proc.pid) for p, t in HTTP_LEVELS]
+        parallel = parallel_guests(host, port)
     finally:
         stop(proc)
     proc, host, port = start_server(store_path, trust_file, workers, host_cpu="off")
     try:  # the price of placement, side by side: the same judged load with the threads left to the scheduler
         spread = load(host, port, *HTTP_AUDIT_LEVEL, proc.pid)
+        parallel_off = parallel_guests(host, port)
     finally:
         stop(proc)
     proc, host, port = start_server(store_path, trust_file, workers, audit_log=base / "http-audit.jsonl")
@@ -566,6 +603,8 @@ def bench_http(store: ArtifactStore, store_path: Path, trust: TrustPolicy, engin
     judged = [level for level in levels if level["judged"]]
     return {"server_workers": workers, "warmup_s": HTTP_WARMUP_S, "measure_s": HTTP_MEASURE_S, "levels": levels,
             "with_audit_log": audited, "host_cpu_off": spread, "sandbox_alone": ceiling,
+            "parallel_guests": {"auto": parallel, "off": parallel_off, "kernel": kernel_agent(PARALLEL_KERNEL),
+                                "work": SIZES[PARALLEL_KERNEL]},
             "best_rps": max(level["rps"] for level in levels), "judged_connections": HTTP_JUDGED_CONNECTIONS,
             "worst_judged_rps": min(level["rps"] for level in judged), "target_rps": TARGET_RPS,
             "pass": all(level["pass"] for level in judged) and all(level["errors"] == 0 for level in levels)}
@@ -760,6 +799,17 @@ def http_markdown(h: dict[str, Any], m: dict[str, Any]) -> list[str]:
         lines.append(_level_row(f"{o['client_processes']} process(es) x {o['threads_per_process']} threads, "
                                 "`--host-cpu off` (threads left to the scheduler; not judged)", o))
     lines += bound_markdown(h)
+    par = h.get("parallel_guests")
+    if par is not None:
+        a, o = par["auto"], par["off"]
+        lines += ["", f"Compute-bound guests under the placement: `{par['kernel']}` (work {par['work']}) invoked "
+                      f"alone, then two at once (median of {PARALLEL_RUNS}): {a['alone_ms']:.0f} ms alone and "
+                      f"{a['two_at_once_ms']:.0f} ms for two at once ({a['ratio']:.2f}x) on the default server; "
+                      f"{o['alone_ms']:.0f} and {o['two_at_once_ms']:.0f} ms ({o['ratio']:.2f}x) with "
+                      "`--host-cpu off`. "
+                      + ("Near 1x: the two guests ran on two CPUs at once (a guest past 2 ms is let off the home CPU); "
+                         "confined to one CPU they would take about 2x." if a["ratio"] < 1.5 else
+                         "Near 2x: the two guests did not run on two CPUs at once in this run.")]
     lines += ["", f"Target ≥ {h['target_rps']:.0f} invocations/s at every level with {h['judged_connections']} or more "
                   f"connections, no errors: {verdict(h['pass'])} (lowest of those {h['worst_judged_rps']:.0f}/s, "
                   f"best of all levels {h['best_rps']:.0f}/s, on {m['cpus']} CPUs)."]
@@ -777,7 +827,7 @@ def http_only() -> None:
         templates = h.base / "templates"
         write_templates(templates)
         for other in templates.iterdir():
-            if other.name != TRIVIAL:
+            if other.name not in (TRIVIAL, kernel_agent(PARALLEL_KERNEL)):
                 shutil.rmtree(other)
         h.publish(templates)
         trust_file = h.base / "trust.yaml"
