@@ -53,6 +53,7 @@ from common import (  # noqa: E402
     ms,
     percentile,
     results_dir,
+    run_threads,
     sized,
     stop,
     summary_ms,
@@ -516,13 +517,7 @@ def parallel_guests(host: str, port: int) -> dict[str, float]:
             conn.close()
 
     def timed(concurrent: int) -> float:
-        pool = [threading.Thread(target=one) for _ in range(concurrent)]
-        started = time.perf_counter()
-        for t in pool:
-            t.start()
-        for t in pool:
-            t.join()
-        return time.perf_counter() - started
+        return run_threads(lambda _: one(), range(concurrent))[0]
 
     one()  # warm: verified, compiled, linked
     alone = statistics.median(timed(1) for _ in range(PARALLEL_RUNS))
