@@ -44,7 +44,7 @@ def choose_home(setting: str, flag: str = "--host-cpu") -> frozenset[int] | None
         here = current_cpu()
         return frozenset({here if here in cpus else max(cpus)})
     if not setting.isascii() or not setting.isdigit():
-        raise ConfigError(f"{flag} {setting!r}: expected auto, off or a CPU number")
+        raise ConfigError(f"{flag} {setting[:40]!r}: expected auto, off or a CPU number")
     cpu = int(setting)
     if cpus and cpu not in cpus:
         raise ConfigError(f"{flag} {cpu}: this process may run only on CPUs {','.join(map(str, sorted(cpus)))}")

@@ -88,7 +88,7 @@ class CpuHome:
             widened = tid in self._widened
             self._widened.discard(tid)
             if widened and self.home is not None:
-                os.sched_setaffinity(0, self.home)
+                _place_self(self.home)
 
     def sweep(self) -> None:
         """From the epoch ticker: let every guest call older than `widen_after` onto every allowed CPU; and
@@ -137,13 +137,13 @@ class CpuHome:
         tid = threading.get_native_id()
         with self._lock:  # marked let out, so that the periodic sweep does not bring it home meanwhile
             self._widened.add(tid)
-            os.sched_setaffinity(0, self.allowed)
+            _place_self(self.allowed)
         try:
             yield
         finally:
             with self._lock:
                 self._widened.discard(tid)
-                os.sched_setaffinity(0, self.home)
+                _place_self(self.home)
 
     def describe(self) -> dict[str, object]:
         """For the node's start-up line: the home CPU set, or that placement is left to the scheduler."""
@@ -151,3 +151,9 @@ class CpuHome:
             return {"hostCpu": "off"}
         return {"hostCpu": sorted(self.home), "guestCpus": sorted(self.allowed)}
 
+
+def _place_self(cpus: frozenset[int]) -> None:
+    """The calling thread onto `cpus`, or nowhere new: placement is for speed, so a CPU set the kernel no longer
+    allows (a cpuset shrunk under the node) never fails the invocation or the compile that asked for it."""
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, cpus)
