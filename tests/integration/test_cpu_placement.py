@@ -63,6 +63,46 @@ def _cpus_of(pid: int) -> dict[int, frozenset[int]]:
     return out
 
 
+class _BrokenPlacement(CpuHome):
+    """A placement whose every sweep fails, as if /proc or the kernel refused it."""
+
+    def __init__(self) -> None:
+        super().__init__(None, frozenset())
+        self.sweeps = 0
+
+    def sweep(self) -> None:
+        self.sweeps += 1
+        raise OSError("no /proc here")
+
+
+@pytest.mark.toolchain
+def test_a_failing_placement_never_stops_the_deadlines(tmp_path: Path) -> None:
+    """The epoch ticker also sweeps placement; were a sweep's error to end the ticker, no deadline would
+    fire again and a spinning guest would hold its worker for good."""
+    from sandbox_runtime.runtime import Runtime, RuntimeConfig
+    from sandbox_runtime.sandbox import Invocation
+
+    signed = signed_store(tmp_path / "home")
+    publish(signed, tmp_path / "t", {"spin": (wat_manifest("spin", timeout_ms=200), {"src/main.wat": SPIN})})
+    broken = _BrokenPlacement()
+    rt = Runtime(signed.store, signed.trust, signed.engine, RuntimeConfig(cpu=broken))
+    outcomes: list[str] = []
+
+    def spin_twice() -> None:
+        for _ in range(2):
+            outcomes.append(rt.invoke("spin", Invocation()).execution.outcome)
+
+    try:  # in a thread: without deadlines the guest would spin for good, and the test must fail, not hang
+        runner = threading.Thread(target=spin_twice, daemon=True)
+        runner.start()
+        runner.join(timeout=60)
+        assert outcomes == ["timeout", "timeout"], f"the guests were not stopped at their deadline: {outcomes}"
+        assert broken.sweeps > 10 and rt.engines._thread.is_alive()
+    finally:
+        if not runner.is_alive():
+            rt.close()
+
+
 def _compile_children(pid: int, seen: list[frozenset[int]]) -> bool:
     """Record the CPUs of each compile child `pid` has now; whether there was one."""
     for task in Path(f"/proc/{pid}/task").iterdir():
