@@ -19,6 +19,7 @@ import sys
 import click
 
 from .. import __version__
+from . import collector
 from .common import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_PROBLEMS, EXIT_USAGE, SuggestingGroup, err, os_error_message
 
 # Subcommands are imported only when invoked: each brings heavy libraries (cryptography,
@@ -77,6 +78,14 @@ class LazyGroup(SuggestingGroup):
         self._find_plugins()
         return sorted(set(super().list_commands(ctx)) | set(self.lazy))
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                              list[str]]:
+        """The subcommand, its module imported: start-up is over, so the collector runs again (collector.py)."""
+        try:
+            return super().resolve_command(ctx, args)
+        finally:
+            collector.resume()
+
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
         if name in self.commands:
             return self.commands[name]
@@ -133,11 +142,15 @@ def _reader_gone() -> None:
 def main() -> None:
     """The console script. Click's standalone mode would turn Ctrl-C into `Aborted!` and exit 1, which
     scripts cannot tell from "found problems": an interrupted command exits 130 (128 + SIGINT), every
-    command alike, including plugin ones and long-running servers."""
+    command alike, including plugin ones and long-running servers.
+
+    The collector is paused until the subcommand is imported (collector.py): a command runs with it on."""
+    collector.pause()
     try:
         try:
             rv = cli.main(standalone_mode=False)
         finally:
+            collector.resume()  # a run that never reached a subcommand (`--help`, a usage error)
             sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at shutdown
     except click.exceptions.Abort as exc:
         if isinstance(exc.__cause__, KeyboardInterrupt):
