@@ -28,7 +28,7 @@ from agentfactory.keys import KEYLESS, LocalKeyring, open_provider
 from agentfactory.policy_select import open_engine, policy_engine_options
 from agentfactory.provenance import DEFAULT_BUILDER_ID
 from agentfactory.scan.base import OSV_DB_ENV, SCANNER_NAMES
-from agentfactory.scan.report import FAIL_ON, Gate
+from agentfactory.scan.gate import FAIL_ON, Gate
 from agentfactory.store import open_store
 from agentfactory.tlog.connect import open_tlog
 

@@ -539,7 +539,8 @@ def _scan(job: _Job, bom: dict[str, Any], signing: Signing) -> dict[str, Any]:
     The report goes into the template's result whatever the gate decides, so a refusal is explained
     finding by finding; the decision itself is the artifact policy's, on the signed attestation.
     """
-    from agentfactory.scan.report import Gate, render_text, scan, subject_of
+    from agentfactory.scan.gate import Gate
+    from agentfactory.scan.report import render_text, scan, subject_of
     from agentfactory.scan.vexdocs import load_vex
 
     cfg = signing.scanning

@@ -18,7 +18,8 @@ from ..errors import InputError
 from ..fsutil import atomic_write
 from ..intoto import parse_statement
 from ..scan.base import OSV_DB_ENV, SCANNER_NAMES, osv_db_dir
-from ..scan.report import FAIL_ON, Gate, ScanReport
+from ..scan.gate import FAIL_ON, Gate
+from ..scan.report import ScanReport
 from .common import EXIT_OK, EXIT_PROBLEMS, err, handle_errors, json_option, out, print_json, store_option
 from .keys_cmd import cosign_key_context_option, cosign_key_of
 from .verify_cmd import default_policy, policy_option, provider_option

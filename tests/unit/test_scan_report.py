@@ -20,8 +20,9 @@ from agentfactory.errors import ConfigError, InputError
 from agentfactory.scan.attestation import finished_on, sbom_digest, sbom_digest_of, scan_input
 from agentfactory.scan.base import GrypeScanner, OsvScanner, TrivyScanner, open_scanners
 from agentfactory.scan.errors import ScannerUnavailable
+from agentfactory.scan.gate import Gate
 from agentfactory.scan.model import Finding, Suppression
-from agentfactory.scan.report import Gate, ScanReport, merge_findings, render_text, scan, subject_of
+from agentfactory.scan.report import ScanReport, merge_findings, render_text, scan, subject_of
 from agentfactory.scan.vexdocs import load_vex
 
 PRODUCT = "pkg:oci/demo@sha256:" + "ab" * 32
