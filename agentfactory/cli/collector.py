@@ -1,8 +1,9 @@
 """Python's cyclic garbage collector during a console-script process's start-up.
 
-Importing a command creates some hundred thousand objects (modules, classes, functions, compiled
-regexes) that live until the process ends. While they are being created, each collection walks all of
-them again, and the last collection at interpreter exit walks them once more: about 30 ms of a 260 ms
+Importing a command creates tens of thousands of objects the collector tracks (about 30,000 when
+`pipeline run` starts its work: modules, classes, functions, their dicts and tuples) that live until the
+process ends. While they are being created, each collection walks all of them again, and the last
+collection at interpreter exit walks them once more: about 30 ms of a 260 ms
 `pipeline run` (issue 23, benchmarks/results/cli-startup.md). So `main()` pauses collection while the
 command is found and imported, then freezes what exists (`gc.freeze`: never traced again, never freed,
 as it would not be anyway) and turns collection back on before the command's own work begins. A
