@@ -167,13 +167,19 @@ class _Committer:
         asyncio.get_running_loop().call_soon(self._start)
 
     def _start(self) -> None:
+        """Hand the batch to the commit thread. This runs as a loop callback, where an exception would only be
+        logged and leave `_running` set, so that every later entry waited for ever: a batch that cannot even be
+        handed over fails with the reason instead (a 500 for each of its requests), and the next one is tried."""
         batch, self._waiting = self._waiting, []
-        call = asyncio.get_running_loop().run_in_executor(self._pool, self._log.commit, [p for p, _ in batch])
-        call.add_done_callback(lambda done: self._finished(batch, done))
+        try:
+            call = asyncio.get_running_loop().run_in_executor(self._pool, self._log.commit, [p for p, _ in batch])
+        except Exception as exc:  # the executor is shut down (the server is stopping), or the loop is closing
+            self._finished(batch, exc)
+            return
+        call.add_done_callback(lambda done: self._finished(batch, None if done.cancelled() else done.exception()))
 
-    def _finished(self, batch: list[tuple[PreparedEntry, asyncio.Future[None]]], done: asyncio.Future[None]) -> None:
+    def _finished(self, batch: list[tuple[PreparedEntry, asyncio.Future[None]]], error: BaseException | None) -> None:
         self._running = False
-        error = None if done.cancelled() else done.exception()
         for _, future in batch:
             if not future.done():
                 if error is None:

@@ -266,3 +266,27 @@ def test_entries_that_arrive_together_share_one_commit(tmp_path: Path, ring: Loc
         for _, doc in answers:
             ((_, entry),) = doc.items()
             assert entry["verification"]["inclusionProof"]["treeSize"] == together
+
+
+def test_a_batch_that_cannot_reach_the_commit_thread_is_refused_not_left_waiting(tmp_path: Path, ring: LocalKeyring,
+                                                                                 pem: bytes) -> None:
+    """The commit starts from a loop callback: if handing it to the thread fails (its executor shut down), each
+    request of the batch is answered 500 with the reason and nothing is logged, and a later request is not left
+    waiting behind a commit that never started."""
+    import asyncio
+
+    with EmbeddedLog(tmp_path) as log:
+        app = create_app(log)
+        answers: list[tuple[int, dict[str, Any]]] = []
+
+        async def refused() -> None:
+            app._committer()._pool.shutdown()  # what a stopping server's executor does
+            for round_ in range(2):
+                await asyncio.wait_for(asyncio.gather(
+                    *(_post(app, hashedrekord(ring, pem, f"refused {round_} {i}"), answers) for i in range(3)),
+                    return_exceptions=True), timeout=60)  # a guard against hanging, not a speed limit
+
+        asyncio.run(refused())
+        assert [status for status, _ in answers] == [500] * 6
+        assert all(doc == {"code": 500, "message": "internal error: RuntimeError"} for _, doc in answers)
+        assert log.info().tree_size == 0 and log.commits == 0
