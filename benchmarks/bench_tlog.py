@@ -14,7 +14,9 @@ Measured in one run, so the rows compare with each other (the disk and the CPUs 
    the clock starts. Every add verifies the signature, is answered only after the fsync that holds it, and
    carries a fresh inclusion proof, signed checkpoint and SET. Clients and server share the machine. The
    server keeps its threads on one CPU (`--host-cpu auto`, its default); the 4-client phase is run again on a
-   server started with `--host-cpu off`, side by side, to price that placement.
+   server started with `--host-cpu off`, side by side, to price that placement; and in interleaved pairs on
+   servers started with the default `--batch-wait-ms` and with `--batch-wait-ms 0` (a commit never waits for the
+   entries the last batch predicts), to price that wait.
 4. GET latency (random entries by index, fresh proof and checkpoint each) and offline verification of a record.
 5. SIGKILL at full rate: 16 clients post until the server is killed -9 mid-stream; the log is then reopened and
    every acknowledged entry looked up, the whole tree re-hashed (`check(full=True)`), and the largest tree an
@@ -48,6 +50,10 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import NO_TARGET, SMOKE, percentile, sized, stop, verdict, write_results  # noqa: E402
 
+from agentfactory.tlog.server import BATCH_WAIT_S  # noqa: E402
+
+BATCH_WAIT_MS = BATCH_WAIT_S * 1000
+
 ENTRIES = "/api/v1/log/entries"
 RAW = sized(500, 30)  # single-entry transactions timed for the raw fsync rate
 IN_PROCESS = sized(2000, 60)
@@ -58,6 +64,7 @@ KILL_CLIENTS = sized(16, 4)
 KILL_AFTER = sized(3000, 100)  # acknowledged entries before the SIGKILL
 KILL_POOL = 2 * KILL_AFTER + 1000  # what the clients may post: more than they get through before the kill
 TARGET_PER_S = 2000
+WAIT_PAIRS = sized(3, 1)  # interleaved pairs of 4-client phases: default batch wait, then none
 TARGET_CLIENTS = 4
 
 
@@ -164,12 +171,12 @@ def client(url: str, bodies: list[bytes], start_at: float, out: Any, counter: An
     conn.close()
 
 
-def start_server(folder: Path, host_cpu: str = "auto") -> tuple[subprocess.Popen[bytes], str]:
+def start_server(folder: Path, host_cpu: str = "auto", *extra: str) -> tuple[subprocess.Popen[bytes], str]:
     import httpx
 
     exe = Path(sys.executable).with_name("agentfactory")
     server = subprocess.Popen([str(exe), "tlog", "serve", "--listen", "127.0.0.1:0", "--dir", str(folder),
-                               "--host-cpu", host_cpu], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+                               "--host-cpu", host_cpu, *extra], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
     assert server.stderr is not None
     line = server.stderr.readline()
     if not line:
@@ -246,7 +253,17 @@ def over_http(folder: Path) -> dict[str, Any]:
         spread = http_phase(folder, server, url, TARGET_CLIENTS, "http off")
     finally:
         stop(server)
-    return {"by_clients": rates, "host_cpu_off": spread, "tree_size": size,
+    pairs = []
+    for k in range(WAIT_PAIRS):  # interleaved: the machine's other work moves both sides of a pair alike
+        pair = {}
+        for label, extra in (("wait", ()), ("no wait", ("--batch-wait-ms", "0"))):
+            server, url = start_server(folder, "auto", *extra)
+            try:
+                pair[label] = http_phase(folder, server, url, TARGET_CLIENTS, f"pair {k} {label}")
+            finally:
+                stop(server)
+        pairs.append(pair)
+    return {"by_clients": rates, "host_cpu_off": spread, "batch_wait_pairs": pairs, "tree_size": size,
             "get_p50_ms": percentile(samples, 0.5), "get_p99_ms": percentile(samples, 0.99),
             "verify_p50_ms": percentile(checks, 0.5), "verify_p99_ms": percentile(checks, 0.99)}
 
@@ -369,6 +386,13 @@ def measure(base: Path) -> None:
         f"| the same with {http['host_cpu_off']['clients']} client processes, `tlog serve --host-cpu off` (its "
         f"threads left to the scheduler; not judged): {http['host_cpu_off']['errors']} errors, server CPU per add "
         f"{cpu_text(http['host_cpu_off']['server_cpu_ms_per_add'])} | {http['host_cpu_off']['adds_per_s']:,.0f}/s |",
+        *(f"| pair {k + 1} of {len(http['batch_wait_pairs'])}, {TARGET_CLIENTS} client processes, a server each: "
+          f"`--batch-wait-ms` {BATCH_WAIT_MS:g} (the default) / `0` (a commit never waits for the entries it expects); "
+          f"server CPU per add {cpu_text(p['wait']['server_cpu_ms_per_add'])} / "
+          f"{cpu_text(p['no wait']['server_cpu_ms_per_add'])}; errors {p['wait']['errors']} / {p['no wait']['errors']} "
+          f"| {p['wait']['adds_per_s']:,.0f}/s / {p['no wait']['adds_per_s']:,.0f}/s "
+          f"({p['wait']['adds_per_s'] / p['no wait']['adds_per_s']:.2f}x) |"
+          for k, p in enumerate(http["batch_wait_pairs"])),
         f"| GET /api/v1/log/entries?logIndex (fresh proof + checkpoint + SET), tree of {http['tree_size']} "
         f"| p50 {http['get_p50_ms']:.2f} ms, p99 {http['get_p99_ms']:.2f} ms |",
         f"| verification of one record offline (SET, checkpoint signature, inclusion proof), tree of "
@@ -388,7 +412,10 @@ def measure(base: Path) -> None:
         f"{local[-1]['adds_per_s']:,.0f}/s with group commit against {local[1]['adds_per_s']:,.0f}/s one commit at a "
         "time. `tlog serve` keeps its threads (the event loop, the commit thread) on one CPU (`--host-cpu`, "
         "agentfactory/cpuplace.py): they hand each batch to each other, and a hand-off to the other CPU wakes it; "
-        "the row with `--host-cpu off` prices that. One `tlog serve` process runs Python on one core at a time; "
+        "the row with `--host-cpu off` prices that. A commit waits (at most `--batch-wait-ms`) for as many entries "
+        "as the last batch carried plus those already waiting when it ended: the clients just answered are about to "
+        "send again, and a commit costs far more CPU than an entry; the pairs price that wait. "
+        "One `tlog serve` process runs Python on one core at a time; "
         "the clients share the machine: at "
         f"this cost, {TARGET_PER_S:,}/s needs {TARGET_PER_S * (at_target['server_cpu_ms_per_add'] or 0) / 1000:.1f} "
         f"cores of server CPU alone, on a {os.cpu_count()}-CPU machine whose load average was {load_before:.1f}.",

@@ -70,17 +70,24 @@ def tlog() -> None:
               envvar="AGENTFACTORY_TLOG_HOST_CPU",
               help="Keep the server's threads on one CPU (auto: the one it started on); off: leave them to the "
                    "scheduler.")
+@click.option("--batch-wait-ms", type=float, default=2.0, show_default=True, metavar="MS",
+              envvar="AGENTFACTORY_TLOG_BATCH_WAIT_MS",
+              help="How long a commit may wait for the entries it expects (as many as the last batch carried) "
+                   "before it starts with fewer; 0: never wait. At most 100.")
 @handle_errors
-def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path | None, host_cpu: str) -> None:
+def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path | None, host_cpu: str,
+          batch_wait_ms: float) -> None:
     """Serve the Rekor v1 API (entries, index, log info, proofs, public key) and GET /healthz."""
 
     import uvicorn
 
     from ..cpuplace import choose_home, place_every_thread
-    from ..tlog.server import create_app
+    from ..tlog.server import MAX_BATCH_WAIT_S, create_app
 
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
+    if not 0 <= batch_wait_ms <= MAX_BATCH_WAIT_S * 1000:  # NaN fails both tests
+        raise ConfigError(f"--batch-wait-ms {batch_wait_ms}: must be from 0 to {MAX_BATCH_WAIT_S * 1000:g}")
     home = choose_home(host_cpu, "--host-cpu")  # the event loop and the commit thread hand off per batch
     sock = bind(listen, "127.0.0.1:3000")
     log = open_embedded_log(folder)
@@ -88,14 +95,15 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
     # their trust policy lists, never this file: it lives where the log's writer can replace it.
     public_pem = log.folder / PUBLIC_KEY_FILE
     server = uvicorn.Server(uvicorn.Config(
-        create_app(log), log_level="warning", access_log=False, timeout_keep_alive=30, limit_concurrency=1000,
-        server_header=False, ssl_certfile=str(tls_cert) if tls_cert else None,
+        create_app(log, batch_wait_ms / 1000), log_level="warning", access_log=False, timeout_keep_alive=30,
+        limit_concurrency=1000, server_header=False, ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None))
     if home is not None:
         place_every_thread(home)
     sys.stderr.write(json.dumps({"listening": url_of(sock, "https" if tls_cert else "http"), "logID": log.log_id,
                                  "publicKey": str(public_pem),
-                                 "hostCpu": sorted(home) if home is not None else "off"}) + "\n")
+                                 "hostCpu": sorted(home) if home is not None else "off",
+                                 "batchWaitMs": batch_wait_ms}) + "\n")
     sys.stderr.flush()
     try:
         server.run(sockets=[sock])

@@ -290,3 +290,82 @@ def test_a_batch_that_cannot_reach_the_commit_thread_is_refused_not_left_waiting
         assert [status for status, _ in answers] == [500] * 6
         assert all(doc == {"code": 500, "message": "internal error: RuntimeError"} for _, doc in answers)
         assert log.info().tree_size == 0 and log.commits == 0
+
+
+async def _one_at_a_time(app: Any, docs: list[dict[str, Any]], answers: list[tuple[int, dict[str, Any]]]) -> None:
+    """Post `docs` as clients that arrive one after another: each request is read, checked and queued (and, with
+    nothing to wait for, its commit under way in the thread) before the next one arrives."""
+    import asyncio
+
+    tasks = []
+    for doc in docs:
+        tasks.append(asyncio.ensure_future(_post(app, doc, answers)))
+        await asyncio.sleep(0.02)  # the order of arrival, not a speed limit: nothing is timed
+    await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)  # a guard against hanging
+
+
+@pytest.mark.parametrize("wait_s", [30.0, 0.0])
+def test_a_commit_waits_for_the_entries_the_last_batch_predicts(tmp_path: Path, ring: LocalKeyring, pem: bytes,
+                                                               wait_s: float) -> None:
+    """Clients just answered are about to send again: after a batch of 4, the next commit waits until 4 entries
+    are in (or its wait ends), so 4 clients that come back one after another share one fsync, where each used to
+    start a commit of its own. With the wait set to 0 (`--batch-wait-ms 0`) it never waits: the old behaviour."""
+    import asyncio
+
+    with EmbeddedLog(tmp_path) as log:
+        app = create_app(log, batch_wait_s=wait_s)
+        answers: list[tuple[int, dict[str, Any]]] = []
+        later: list[tuple[int, dict[str, Any]]] = []
+
+        async def run() -> None:  # one event loop: the server's, whose committer remembers the last batch
+            await asyncio.gather(*(_post(app, hashedrekord(ring, pem, f"first {i}"), answers) for i in range(4)))
+            assert (log.commits, log.committed) == (1, 4)
+            await _one_at_a_time(app, [hashedrekord(ring, pem, f"later {i}") for i in range(4)], later)
+
+        asyncio.run(run())
+        assert [status for status, _ in later] == [201] * 4
+        sizes = {next(iter(doc.values()))["verification"]["inclusionProof"]["treeSize"] for _, doc in later}
+        if wait_s:
+            assert (log.commits, sizes) == (2, {8})  # one commit for the four, each proved in the tree of 8
+        else:
+            assert log.commits > 2 and min(sizes) < 8  # the first came alone and was committed alone
+
+
+def test_a_commit_waits_no_longer_than_its_wait_and_then_expects_less(tmp_path: Path, ring: LocalKeyring,
+                                                                      pem: bytes) -> None:
+    """The clients that made a batch of 4 stop: the one entry that comes is committed once the wait is over
+    (never left waiting for entries that are not coming), alone, and the batch after it expects one entry, so a
+    single client never waits."""
+    import asyncio
+
+    with EmbeddedLog(tmp_path) as log:
+        app = create_app(log, batch_wait_s=0.05)
+        answers: list[tuple[int, dict[str, Any]]] = []
+
+        async def run() -> None:
+            await asyncio.gather(*(_post(app, hashedrekord(ring, pem, f"four {i}"), answers) for i in range(4)))
+            committer = app._committer()
+            assert committer._expect == 4
+            await asyncio.wait_for(_post(app, hashedrekord(ring, pem, "alone"), answers), timeout=60)
+            assert (log.commits, committer._expect) == (2, 1)
+            for i in range(3):  # one client: each entry is all the next batch expects, so no wait is armed
+                post = asyncio.ensure_future(_post(app, hashedrekord(ring, pem, f"single {i}"), answers))
+                await asyncio.sleep(0)
+                assert committer._timer is None
+                await asyncio.wait_for(post, timeout=60)
+
+        asyncio.run(run())
+        assert [status for status, _ in answers] == [201] * 8
+        assert (log.commits, log.committed) == (5, 8)
+
+
+@pytest.mark.parametrize("value", ["-1", "100.5", "nan", "inf"])
+def test_serve_refuses_a_batch_wait_out_of_range(tmp_path: Path, value: str) -> None:
+    from click.testing import CliRunner
+
+    from agentfactory.cli import cli
+
+    result = CliRunner().invoke(cli, ["tlog", "serve", "--dir", str(tmp_path / "log"), "--listen", "127.0.0.1:0",
+                                      "--batch-wait-ms", value])
+    assert result.exit_code == 2, result.output
+    assert "--batch-wait-ms" in result.output and "from 0 to 100" in result.output
