@@ -50,10 +50,6 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import NO_TARGET, SMOKE, percentile, sized, stop, verdict, write_results  # noqa: E402
 
-from agentfactory.tlog.server import BATCH_WAIT_S  # noqa: E402
-
-BATCH_WAIT_MS = BATCH_WAIT_S * 1000
-
 ENTRIES = "/api/v1/log/entries"
 RAW = sized(500, 30)  # single-entry transactions timed for the raw fsync rate
 IN_PROCESS = sized(2000, 60)
@@ -130,8 +126,9 @@ def in_process(folder: Path, threads: int, one_at_a_time: bool = False) -> dict[
             "commits": commits, "mean_batch": committed / max(commits, 1)}
 
 
-def client(url: str, bodies: list[bytes], start_at: float, out: Any, counter: Any = None) -> None:
+def client(url: str, bodies: list[bytes], ready: Any, start: Any, out: Any, counter: Any = None) -> None:
     """One keep-alive connection; http.client, not httpx: a lighter client leaves the shared CPUs to the server.
+    Says it is connected on `ready`, then posts once `start` is set (every client is connected by then).
 
     Puts (ok, errors, begin, end, acknowledged entry ids, the last 201 body) on `out`. Stops at the first
     transport error (the server was killed): what was in flight then was never acknowledged."""
@@ -149,7 +146,8 @@ def client(url: str, bodies: list[bytes], start_at: float, out: Any, counter: An
         conn.getresponse().read()
     except (OSError, http.client.HTTPException):
         bodies = []  # started after the server was killed: nothing to say but that
-    time.sleep(max(0.0, start_at - time.time()))
+    ready.put(None)
+    start.wait(600)
     begin = time.time()
     for body in bodies:
         try:
@@ -206,11 +204,13 @@ def cpu_seconds(pid: int) -> float | None:
 def post_from(url: str, shares: list[list[bytes]], counter: Any = None) -> tuple[list[Any], Any]:
     """Start one client process per share; (their processes, the queue their results arrive on)."""
     ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    start_at = time.time() + 1.0 + 0.1 * len(shares)  # every client connected before the clock starts
-    procs = [ctx.Process(target=client, args=(url, share, start_at, queue, counter)) for share in shares]
+    queue, ready, start = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=client, args=(url, share, ready, start, queue, counter)) for share in shares]
     for p in procs:
         p.start()
+    for _ in procs:  # the clock starts once every client has started and connected, however slow that was
+        ready.get(timeout=600)
+    start.set()
     return procs, queue
 
 
@@ -342,6 +342,8 @@ def main() -> None:
 
 
 def measure(base: Path) -> None:
+    from agentfactory.tlog.server import BATCH_WAIT_S  # here, not at the top: every client process imports this file
+
     load_before = os.getloadavg()[0]
     raw_before = raw_fsync_rate(base / "raw")
     local = [in_process(base / "in-process-1", 1), in_process(base / "in-process-16-serial", 16, True),
@@ -387,7 +389,8 @@ def measure(base: Path) -> None:
         f"threads left to the scheduler; not judged): {http['host_cpu_off']['errors']} errors, server CPU per add "
         f"{cpu_text(http['host_cpu_off']['server_cpu_ms_per_add'])} | {http['host_cpu_off']['adds_per_s']:,.0f}/s |",
         *(f"| pair {k + 1} of {len(http['batch_wait_pairs'])}, {TARGET_CLIENTS} client processes, a server each: "
-          f"`--batch-wait-ms` {BATCH_WAIT_MS:g} (the default) / `0` (a commit never waits for the entries it expects); "
+          f"`--batch-wait-ms` {BATCH_WAIT_S * 1000:g} (the default) / `0` (a commit never waits for the entries it "
+          "expects); "
           f"server CPU per add {cpu_text(p['wait']['server_cpu_ms_per_add'])} / "
           f"{cpu_text(p['no wait']['server_cpu_ms_per_add'])}; errors {p['wait']['errors']} / {p['no wait']['errors']} "
           f"| {p['wait']['adds_per_s']:,.0f}/s / {p['no wait']['adds_per_s']:,.0f}/s "
