@@ -82,12 +82,11 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
     import uvicorn
 
     from ..cpuplace import choose_home, place_every_thread
-    from ..tlog.server import MAX_BATCH_WAIT_S, create_app
+    from ..tlog.server import batch_wait_seconds, create_app
 
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
-    if not 0 <= batch_wait_ms <= MAX_BATCH_WAIT_S * 1000:  # NaN fails both tests
-        raise ConfigError(f"--batch-wait-ms {batch_wait_ms}: must be from 0 to {MAX_BATCH_WAIT_S * 1000:g}")
+    batch_wait_s = batch_wait_seconds(batch_wait_ms, "--batch-wait-ms")
     home = choose_home(host_cpu, "--host-cpu")  # the event loop and the commit thread hand off per batch
     sock = bind(listen, "127.0.0.1:3000")
     log = open_embedded_log(folder)
@@ -95,7 +94,7 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
     # their trust policy lists, never this file: it lives where the log's writer can replace it.
     public_pem = log.folder / PUBLIC_KEY_FILE
     server = uvicorn.Server(uvicorn.Config(
-        create_app(log, batch_wait_ms / 1000), log_level="warning", access_log=False, timeout_keep_alive=30,
+        create_app(log, batch_wait_s), log_level="warning", access_log=False, timeout_keep_alive=30,
         limit_concurrency=1000, server_header=False, ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None))
     if home is not None:

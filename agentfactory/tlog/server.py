@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..dsse import b64decode_strict
-from ..errors import InputError, NotFoundError
+from ..errors import ConfigError, InputError, NotFoundError
 from ..httpserve import BodyTooLarge, read_body
 from ..jsonsafe import load_json_object
 from .base import EntryRejected, LogError
@@ -143,6 +143,14 @@ Send = Callable[[Message], Awaitable[None]]
 
 BATCH_WAIT_S = 0.002  # how long a commit may wait for the entries it expects (`tlog serve --batch-wait-ms`)
 MAX_BATCH_WAIT_S = 0.1
+
+
+def batch_wait_seconds(ms: float, where: str) -> float:
+    """`ms` milliseconds of batch wait as seconds; ConfigError naming `where` unless it is from 0 to 100 (NaN and
+    infinities included: a wait that never ends would hold every entry, one below 0 means nothing)."""
+    if not 0 <= ms <= MAX_BATCH_WAIT_S * 1000:  # NaN fails both comparisons
+        raise ConfigError(f"{where} {ms}: must be from 0 to {MAX_BATCH_WAIT_S * 1000:g} (milliseconds)")
+    return ms / 1000
 
 
 class _Committer:
@@ -316,6 +324,7 @@ async def _send_error(send: Send, code: int, message: str, headers: list[tuple[b
 
 def create_app(log: EmbeddedLog, batch_wait_s: float = BATCH_WAIT_S) -> TlogApp:
     """The Rekor v1 app over `log`; `batch_wait_s`: how long a commit may wait for the entries it expects."""
+    batch_wait_s = batch_wait_seconds(batch_wait_s * 1000, "batch_wait_s")
     app = FastAPI(title="agentfactory tlog", docs_url=None, redoc_url=None, openapi_url=None)
     tree_hex = tree_id_hex(log.tree_id)
 
