@@ -133,6 +133,16 @@ class PolicyEngine(abc.ABC):
     def run_tests(self) -> TestReport: ...
 
 
+def refused_up_front(policy: str, broken: str | None) -> Decision | None:
+    """The refusal every engine gives before judging: policies that do not load, or a policy of no known name."""
+    if broken:
+        return Decision(policy, False, (broken,), refused=True)
+    if policy not in POLICY_NAMES:
+        return Decision(policy, False, (f"unknown policy {policy!r} (known: {', '.join(POLICY_NAMES)})",),
+                        refused=True)
+    return None
+
+
 def load_policy_data(folder: Path, overrides: dict[str, Any], default: Any) -> Any:
     """`folder`/data.json (or `default` when absent) with `overrides` applied to agentfactory.config: the
     same data for every engine (the OPA engine checks that its server holds exactly this config)."""
@@ -409,9 +419,9 @@ class RegoEngine(PolicyEngine):
     def _judge(self, policy: str, document: dict[str, Any], quoted: str) -> Decision:
         if self.broken or self._pool is None:
             return Decision(policy, False, (self.broken or "the policy engine is not set up",), refused=True)
-        if policy not in POLICY_NAMES:
-            return Decision(policy, False, (f"unknown policy {policy!r} (known: {', '.join(POLICY_NAMES)})",),
-                            refused=True)
+        up_front = refused_up_front(policy, None)
+        if up_front is not None:
+            return up_front
         if quoted:
             return Decision(policy, False, (quoted,), refused=True)
         names = ("allow", "deny", "warn") if policy in WARN_POLICIES else ("allow", "deny")

@@ -39,7 +39,6 @@ from typing import Any
 
 from .errors import ConfigError
 from .policy import (
-    POLICY_NAMES,
     WARN_POLICIES,
     Decision,
     PolicyEngine,
@@ -48,6 +47,7 @@ from .policy import (
     TestResult,
     default_policy_dir,
     load_policy_data,
+    refused_up_front,
 )
 from .policy_bundle import BUNDLE_ROOT, policy_revision
 
@@ -181,7 +181,24 @@ def read_decision(policy: str, body: bytes) -> tuple[bool, tuple[str, ...], tupl
     if "result" not in doc:
         raise OPAAnswerError(f"data.{BUNDLE_ROOT}.{policy}.decision is undefined on the server (is the bundle of "
                              "policies/ loaded?)")
-    result = doc["result"]
+    allow, deny, warn = decision_fields(policy, doc["result"])
+    return allow, deny, warn, provenance if isinstance(provenance, dict) else {}
+
+
+def read_result(policy: str, body: bytes) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """(allow, deny, warn) from an OPA Wasm module's result set (`[{"result": decision}]`, `[]` when undefined),
+    read as strictly as a server's answer."""
+    doc = strict_json(body)
+    if doc == []:
+        raise OPAAnswerError(f"data.{BUNDLE_ROOT}.{policy}.decision is undefined")
+    if not (isinstance(doc, list) and len(doc) == 1 and isinstance(doc[0], dict) and set(doc[0]) == {"result"}):
+        raise OPAAnswerError(f"the result set is not one result ({json.dumps(doc)[:80]})")
+    return decision_fields(policy, doc[0]["result"])
+
+
+def decision_fields(policy: str, result: Any) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+    """(allow, deny, warn) of a decision document: exactly allow (a boolean), deny (and warn for admission)
+    (arrays of strings), nothing else; OPAAnswerError otherwise. The one reader of OPA's decisions."""
     names = ("allow", "deny", "warn") if policy in WARN_POLICIES else ("allow", "deny")
     if not isinstance(result, dict):
         raise OPAAnswerError(f"the decision is a JSON {type(result).__name__}, not an object with {', '.join(names)}")
@@ -196,7 +213,7 @@ def read_decision(policy: str, body: bytes) -> tuple[bool, tuple[str, ...], tupl
         raise OPAAnswerError(f"allow is a JSON {type(allow).__name__} ({json.dumps(allow)[:40]}), not a boolean")
     deny = _messages(result["deny"], "deny")
     warn = _messages(result["warn"], "warn") if "warn" in names else ()
-    return allow, deny, warn, provenance if isinstance(provenance, dict) else {}
+    return allow, deny, warn
 
 
 def _messages(value: Any, name: str) -> tuple[str, ...]:
@@ -377,11 +394,9 @@ class OPAEngine(PolicyEngine):
     # --- the port --------------------------------------------------------------------------------
 
     def judge(self, policy: str, document: dict[str, Any]) -> Decision:
-        if self.broken:
-            return Decision(policy, False, (self.broken,), refused=True)
-        if policy not in POLICY_NAMES:
-            return Decision(policy, False, (f"unknown policy {policy!r} (known: {', '.join(POLICY_NAMES)})",),
-                            refused=True)
+        up_front = refused_up_front(policy, self.broken)
+        if up_front is not None:
+            return up_front
         where = f"OPA at {self.url}"
         try:
             bundle = self._check_server()
@@ -430,34 +445,38 @@ class OPAEngine(PolicyEngine):
 
     def run_tests(self) -> TestReport:
         """The Rego unit tests, run by the local OPA binary (`opa test`): a server does not run tests."""
-        from .peertools import find
+        return opa_test_report(self.folder, self.broken)
 
-        report = TestReport()
-        if self.broken:
-            report.errors.append(self.broken)
-            return report
-        try:
-            proc = subprocess.run([str(find("opa")), "test", "--format=json", str(self.folder)], capture_output=True,
-                                  timeout=600, check=False)
-        except (ConfigError, OSError, subprocess.TimeoutExpired) as exc:
-            report.errors.append(f"opa test could not run: {exc}")
-            return report
-        try:
-            results = json.loads(proc.stdout or b"null")
-        except ValueError:
-            results = None
-        if not isinstance(results, list):
-            report.errors.append(f"opa test exited {proc.returncode}: {(proc.stderr or proc.stdout)[:2000]!r}")
-            return report
-        for r in results:
-            package = str(r.get("package", "")).removeprefix("data.")
-            failed = bool(r.get("fail")) or bool(r.get("error"))
-            detail = str(r.get("error") or ("failed" if failed else ""))[:500]
-            report.results.append(TestResult(package, str(r.get("name", "")), not failed and not r.get("skip"),
-                                             detail))
-        if proc.returncode not in (0, 2) or (proc.returncode == 2 and all(t.ok for t in report.results)):
-            report.errors.append(f"opa test exited {proc.returncode}: {proc.stderr[:2000]!r}")
+
+def opa_test_report(folder: Path, broken: str | None = None) -> TestReport:
+    """The Rego unit tests of `folder`, run by the local OPA binary (`opa test`), as a TestReport."""
+    from .peertools import find
+
+    report = TestReport()
+    if broken:
+        report.errors.append(broken)
         return report
+    try:
+        proc = subprocess.run([str(find("opa")), "test", "--format=json", str(folder)], capture_output=True,
+                              timeout=600, check=False)
+    except (ConfigError, OSError, subprocess.TimeoutExpired) as exc:
+        report.errors.append(f"opa test could not run: {exc}")
+        return report
+    try:
+        results = json.loads(proc.stdout or b"null")
+    except ValueError:
+        results = None
+    if not isinstance(results, list):
+        report.errors.append(f"opa test exited {proc.returncode}: {(proc.stderr or proc.stdout)[:2000]!r}")
+        return report
+    for r in results:
+        package = str(r.get("package", "")).removeprefix("data.")
+        failed = bool(r.get("fail")) or bool(r.get("error"))
+        detail = str(r.get("error") or ("failed" if failed else ""))[:500]
+        report.results.append(TestResult(package, str(r.get("name", "")), not failed and not r.get("skip"), detail))
+    if proc.returncode not in (0, 2) or (proc.returncode == 2 and all(t.ok for t in report.results)):
+        report.errors.append(f"opa test exited {proc.returncode}: {proc.stderr[:2000]!r}")
+    return report
 
 
 def _served_revision(provenance: dict[str, Any], bundle: str) -> Any:

@@ -1,7 +1,8 @@
-"""Which policy engine a command judges with: regopy in-process (default) or an OPA server.
+"""Which policy engine a command judges with: regopy in-process (default), an OPA server, or the policies
+compiled to Wasm by OPA and evaluated in-process (`opa-wasm`, agentfactory/policy_wasm.py).
 
 Every command that judges (template, verify, policy, pipeline, promote, admission, run, ci check)
-takes `--policy-engine [rego|opa]` and `--opa-url URL` (`policy_engine_options`; environment
+takes `--policy-engine [rego|opa|opa-wasm]` and `--opa-url URL` (`policy_engine_options`; environment
 AGENTFACTORY_POLICY_ENGINE and AGENTFACTORY_OPA_URL) and builds its engine with `open_engine`.
 The options remember their values in the click context, so a command's own code only swaps
 `RegoEngine(...)` for `open_engine(...)`; outside a command (or one without the options) the
@@ -23,7 +24,7 @@ from .policy import PolicyEngine, RegoEngine
 ENGINE_ENV = "AGENTFACTORY_POLICY_ENGINE"
 OPA_URL_ENV = "AGENTFACTORY_OPA_URL"
 OPA_TIMEOUT_ENV = "AGENTFACTORY_OPA_TIMEOUT"
-ENGINES = ("rego", "opa")
+ENGINES = ("rego", "opa", "opa-wasm")
 _ENGINE_KEY = "agentfactory.policy_engine"
 _URL_KEY = "agentfactory.opa_url"
 
@@ -32,7 +33,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def open_engine(policies_dir: Path | None, *, engine: str | None = None, opa_url: str | None = None,
                 config: dict[str, Any] | None = None) -> PolicyEngine:
-    """The engine asked for: `engine` ("rego" or "opa"), else the command's --policy-engine, else
+    """The engine asked for: `engine` ("rego", "opa" or "opa-wasm"), else the command's --policy-engine, else
     $AGENTFACTORY_POLICY_ENGINE, else "rego". With "opa", the server is `opa_url`, else the command's
     --opa-url, else $AGENTFACTORY_OPA_URL, else http://localhost:8181. `config` overrides keys of
     data.agentfactory.config for either engine (an OPA server must already hold them: policy_opa).
@@ -48,6 +49,14 @@ def open_engine(policies_dir: Path | None, *, engine: str | None = None, opa_url
                               f"--policy-engine opa (or {ENGINE_ENV}=opa) to judge through that OPA server, "
                               "or drop the URL")
         return RegoEngine(policies_dir, config=config)
+    if chosen == "opa-wasm":
+        if url:
+            raise ConfigError(f"--opa-url / ${OPA_URL_ENV} is set ({url}) but the policy engine is opa-wasm (in this "
+                              "process, no server): use --policy-engine opa to judge through that server, or drop "
+                              "the URL")
+        from .policy_wasm import OPAWasmEngine
+
+        return OPAWasmEngine(policies_dir, config=config)
     from .policy_opa import DEFAULT_OPA_URL, DEFAULT_TIMEOUT_S, OPAEngine, token_from_env
 
     return OPAEngine(url or DEFAULT_OPA_URL, policies_dir, config=config, timeout=_timeout(DEFAULT_TIMEOUT_S),
@@ -82,7 +91,7 @@ def _remember(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
 
 
 def policy_engine_options(func: F) -> F:
-    """`--policy-engine [rego|opa]` and `--opa-url URL`, read by open_engine (the command's
+    """`--policy-engine [rego|opa|opa-wasm]` and `--opa-url URL`, read by open_engine (the command's
     function does not receive them)."""
     func = click.option("--opa-url", metavar="URL", envvar=OPA_URL_ENV, default=None, expose_value=False,
                         callback=_remember(_URL_KEY),
@@ -90,5 +99,6 @@ def policy_engine_options(func: F) -> F:
                              "it must run the bundle of the policies (docs/policy.md).")(func)
     func = click.option("--policy-engine", type=click.Choice(ENGINES), envvar=ENGINE_ENV, default="rego",
                         show_default=True, expose_value=False, callback=_remember(_ENGINE_KEY),
-                        help="Judge with regopy in this process, or through an OPA server's REST API.")(func)
+                        help="Judge with regopy in this process, through an OPA server's REST API, or with the "
+                             "policies compiled to Wasm by OPA (`make tools`) in this process.")(func)
     return func

@@ -239,3 +239,35 @@ def test_engine_difference_is_pinned(name: str, opa: Path, tmp_path: Path) -> No
     got = out["result"][0]["expressions"][0]["value"] if out.get("result") else None
     assert got == in_opa, f"OPA: {got!r}"
     assert _regopy_value(module, document) == in_regopy
+
+
+# --- the opa-wasm engine: OPA's own compilation, so no difference at all is allowed -----------------
+
+
+def exact_difference(answer: Answer, wasm: Decision) -> str:
+    """Why the opa-wasm engine's decision is not OPA's exactly (allow, every message, the refusal), or ""."""
+    opa = as_decision(wasm.policy, answer)
+    if opa.refused or wasm.refused:
+        if opa.refused and wasm.refused:
+            return ""
+        return f"refused: OPA {opa.deny[0][:200] if opa.refused else 'no'}, " \
+               f"opa-wasm {wasm.deny[0][:200] if wasm.refused else 'no'}"
+    if (opa.allow, opa.deny, opa.warn) != (wasm.allow, wasm.deny, wasm.warn):
+        return f"OPA {(opa.allow, opa.deny, opa.warn)!r:.600}\n   opa-wasm {(wasm.allow, wasm.deny, wasm.warn)!r:.600}"
+    return ""
+
+
+def test_the_opa_wasm_engine_decides_exactly_as_opa_on_the_whole_corpus(
+        judged: list[tuple[Case, Decision, Answer]], opa: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every case of the corpus, hostile strings included: the same allow, the same messages word for word (the
+    host's sprintf is Go's), the same refusals. The engine compiles with the same OPA binary."""
+    from agentfactory.policy_wasm import OPAWasmEngine
+
+    monkeypatch.setenv("AGENTFACTORY_POLICY_CACHE", str(tmp_path / "cache"))
+    engine = OPAWasmEngine(ROOT / "policies", opa=opa)
+    assert engine.broken is None, engine.broken
+    differences = [f"{c.policy}/{c.name}: {why}" for c, _, answer in judged
+                   if (why := exact_difference(answer, engine.decide(c.policy, c.document)))]
+    assert not differences, f"{len(differences)} of {len(judged)} cases differ:\n" + "\n".join(differences[:25])
+    assert exact_difference({"allow": True, "deny": [], "warn": []}, Decision("admission", False, ("x",)))
