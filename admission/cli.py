@@ -64,15 +64,22 @@ def admission() -> None:
 @config_option
 @store_override
 @policy_engine_options
+@click.option("--host-cpu", default="auto", show_default=True, metavar="auto|off|CPU",
+              envvar="AGENTFACTORY_ADMISSION_HOST_CPU",
+              help="Keep the webhook's threads on one CPU (auto: the one it started on); off: leave them to the "
+                   "scheduler.")
 @handle_errors
-def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, store_url: str | None) -> None:
+def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, store_url: str | None,
+          host_cpu: str) -> None:
     """Serve POST /validate and /validate/warn, GET /healthz, /readyz and /metrics over TLS."""
     import uvicorn
 
+    from agentfactory.cpuplace import choose_home, place_every_thread
     from agentfactory.httpserve import bind, url_of
 
     from .app import create_app
 
+    home = choose_home(host_cpu, "--host-cpu")  # the event loop and the worker threads hand off per review
     sock = bind(listen, "0.0.0.0:8443")
     admitter = build_admitter(_config(config_path, store_url))
     contexts: list[ssl.SSLContext] = []
@@ -89,8 +96,11 @@ def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, 
         ssl_context_factory=tls_context))
     threading.Thread(target=_reload_certificate, args=(contexts, tls_cert, tls_key), daemon=True,
                      name="tls-reload").start()
+    if home is not None:
+        place_every_thread(home)
     err.print(json.dumps({"listening": url_of(sock, "https"), "config": admitter.config.source,
-                          "store": admitter.store.url, "trust": admitter.trust.source}), markup=False)
+                          "store": admitter.store.url, "trust": admitter.trust.source,
+                          "hostCpu": sorted(home) if home is not None else "off"}), markup=False)
     server.run(sockets=[sock])
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from admission_helpers import review, wasm_agent
 from runtime_helpers import (
     OK_WAT,
     Signed,
@@ -322,3 +323,58 @@ def test_tlog_serve_keeps_its_threads_home_and_refuses_a_cpu_it_may_not_use(tmp_
     refused = subprocess.run([exe, "tlog", "serve", "--listen", "127.0.0.1:0", "--dir", str(tmp_path / "log"),
                               "--host-cpu", str(max(CPUS) + 1)], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and f"--host-cpu {max(CPUS) + 1}" in refused.stderr, refused.stderr
+
+
+@needs_two
+def test_admission_serve_keeps_its_threads_home_and_refuses_a_cpu_it_may_not_use(tmp_path: Path) -> None:
+    """The webhook's event loop and the worker threads that judge a review not memoised hand each review to
+    each other: on one CPU (benchmarks/results/admission.md), the worker threads started after the start line
+    included."""
+    exe = str(Path(sys.executable).with_name("agentfactory"))
+    env = {**os.environ, "AGENTFACTORY_HOME": str(tmp_path / "home")}
+    subprocess.run([exe, "admission", "certs", "--out", str(tmp_path / "tls")], check=True, capture_output=True,
+                   env=env, timeout=120)
+    argv = [exe, "admission", "serve", "--listen", "127.0.0.1:0", "--tls-cert", str(tmp_path / "tls/tls.crt"),
+            "--tls-key", str(tmp_path / "tls/tls.key")]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        assert proc.stderr is not None
+        started = json.loads(proc.stderr.readline())
+        home = frozenset(started["hostCpu"])
+        assert len(home) == 1 and home <= set(CPUS), started
+        netloc = urlsplit(started["listening"]).netloc
+        import ssl
+
+        trust = ssl.create_default_context(cafile=str(tmp_path / "tls/ca.crt"))
+
+        # a digest never seen: verified in a worker thread (and denied: the store does not hold it)
+        body = json.dumps(review(wasm_agent("wordstats@sha256:" + "0" * 64), group="agentfactory.dev",
+                                 version="v1alpha1", kind="WasmAgent")).encode()
+
+        def answers() -> bool:
+            try:
+                conn = http.client.HTTPSConnection(netloc, timeout=5, context=trust)
+                conn.request("POST", "/validate", body=body, headers={"content-type": "application/json"})
+                answer = json.loads(conn.getresponse().read())
+                conn.close()
+                return answer["response"]["allowed"] is False
+            except OSError:
+                return False
+
+        _wait_for(answers, "admission serve answering /validate")
+        placed = _cpus_of(proc.pid)
+        assert len(placed) >= 3 and set(placed.values()) == {home}, placed  # the loop, tls-reload, workers
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    refused = subprocess.run([*argv, "--host-cpu", str(max(CPUS) + 1)], capture_output=True, text=True, timeout=120,
+                             env=env)
+    assert refused.returncode == 2 and f"--host-cpu {max(CPUS) + 1}" in refused.stderr, refused.stderr
+    off = subprocess.Popen([*argv, "--host-cpu", "off"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE, env=env)
+    try:
+        assert off.stderr is not None and json.loads(off.stderr.readline())["hostCpu"] == "off"
+        assert set(_cpus_of(off.pid).values()) == {frozenset(CPUS)}
+    finally:
+        off.terminate()
+        off.wait(timeout=30)
