@@ -7,7 +7,8 @@ string in any policy input can change a decision": every string leaf of real inp
 policies is replaced in turn by each hostile string (policy_injection_cases.HOSTILE: quotes,
 backslashes, the payload and its variants, newlines, NUL, U+2028, lone surrogates, 64 KiB strings,
 JSON and Rego text), and no decision may be more permissive than the one for a benign string.
-The throughput of these cases is benchmarks/bench_policy_fuzz.py's.
+Every engine that runs in-process is attacked: regopy, and the policies compiled to Wasm by OPA (`opa-wasm`,
+whose messages pass through the host's own sprintf). The throughput of these cases is benchmarks/bench_policy_fuzz.py's.
 """
 
 from __future__ import annotations
@@ -28,16 +29,24 @@ from policy_injection_cases import (
     run,
 )
 
-from agentfactory.policy import RegoEngine
+from agentfactory.policy import PolicyEngine, RegoEngine
 
 ROOT = Path(__file__).resolve().parents[2]
 BASES = bases()
 
 
-@pytest.fixture(scope="module")
-def engine() -> RegoEngine:
-    e = RegoEngine(ROOT / "policies")
-    assert e.broken is None, e.broken
+@pytest.fixture(scope="module", params=["rego", "opa-wasm"])
+def engine(request: pytest.FixtureRequest) -> PolicyEngine:
+    e: PolicyEngine
+    if request.param == "rego":
+        e = RegoEngine(ROOT / "policies")
+    else:
+        from peer_tools import require
+
+        from agentfactory.policy_wasm import OPAWasmEngine
+
+        e = OPAWasmEngine(ROOT / "policies", opa=require("opa"))
+    assert getattr(e, "broken", None) is None, getattr(e, "broken", None)
     return e
 
 
@@ -48,7 +57,7 @@ def test_the_suite_has_at_least_ten_thousand_cases_over_the_three_policies() -> 
     assert sum(counts.values()) >= 10_000, counts
 
 
-def test_the_bases_include_denied_decisions_the_payload_must_not_turn_into_allows(engine: RegoEngine) -> None:
+def test_the_bases_include_denied_decisions_the_payload_must_not_turn_into_allows(engine: PolicyEngine) -> None:
     decisions = {(b.policy, b.name): engine.decide(b.policy, b.document) for b in BASES}
     for policy in ("template", "artifact", "admission"):
         assert any(not d.allow and not d.refused for (p, _), d in decisions.items() if p == policy), policy
@@ -56,13 +65,13 @@ def test_the_bases_include_denied_decisions_the_payload_must_not_turn_into_allow
 
 
 @pytest.mark.parametrize("base", BASES, ids=lambda b: f"{b.policy}-{b.name}")
-def test_no_hostile_string_makes_a_decision_more_permissive(engine: RegoEngine, base: Base) -> None:
+def test_no_hostile_string_makes_a_decision_more_permissive(engine: PolicyEngine, base: Base) -> None:
     outcome = run(engine, base)
     assert outcome.cases == len(list(leaves(base.document))) * len(HOSTILE)
     assert not outcome.failures, "\n".join(outcome.failures[:20])
 
 
-def test_the_payload_in_a_denied_finding_is_still_denied_and_quoted_back(engine: RegoEngine) -> None:
+def test_the_payload_in_a_denied_finding_is_still_denied_and_quoted_back(engine: PolicyEngine) -> None:
     """The reported attack on the template policy, as a unit: T11 echoes a finding's file name."""
     base = next(b for b in BASES if b.name == "t11-static-finding")
     path = next(p for p in leaves(base.document) if p[:1] == ("findings",) and p[-1] == "file")
@@ -71,7 +80,7 @@ def test_the_payload_in_a_denied_finding_is_still_denied_and_quoted_back(engine:
     assert any(PAYLOAD in m for m in decision.deny), decision.deny  # read as a value, shown as written
 
 
-def test_comparison_flags_a_flipped_allow_and_a_lost_denial(engine: RegoEngine) -> None:
+def test_comparison_flags_a_flipped_allow_and_a_lost_denial(engine: PolicyEngine) -> None:
     """The property's own check must be able to fail (a test that cannot fail proves nothing)."""
     base = next(b for b in BASES if b.name == "t1-dangerous-tool")
     tools = next(p for p in leaves(base.document) if p[:3] == ("template", "spec", "tools"))
@@ -80,7 +89,7 @@ def test_comparison_flags_a_flipped_allow_and_a_lost_denial(engine: RegoEngine) 
     assert more_permissive(without_tool, denied)  # dropping shell.exec is "more permissive": it is seen
 
 
-def test_a_licence_entry_naming_no_id_is_not_ignored(engine: RegoEngine) -> None:
+def test_a_licence_entry_naming_no_id_is_not_ignored(engine: PolicyEngine) -> None:
     """Found by the property: A3 ignored a licence entry naming no SPDX id (" ", "()", a newline) when the
     component had another, allowed licence, where an unknown id is refused."""
     base = artifact_bases()[0]
