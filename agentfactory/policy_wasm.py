@@ -197,7 +197,8 @@ class _Native:
     thirty of them (the function's type, each parameter's, the memory's address and size): with two threads
     deciding, each release hands the GIL to the other thread, and the CPU per decision doubled (benchmarks/
     results/policy.md). Here the short calls keep it; `opa_eval`, the evaluation, is called through wasmtime-py's
-    own handle, which releases it, so another thread's Python runs meanwhile. The signatures are wasmtime-py's.
+    own handle, which releases it, so another thread's Python runs meanwhile; the ABI's short functions that
+the host builtins call (a few µs each) keep it. The signatures are wasmtime-py's.
     """
 
     def __init__(self) -> None:
@@ -214,6 +215,7 @@ class _Native:
         self.memory_data = bound("wasmtime_memory_data")
         self.memory_data_size = bound("wasmtime_memory_data_size")
         self.func_call = _bindings._wasmtime_func_call  # releases the GIL: the evaluation itself
+        self.func_call_short = bound("wasmtime_func_call")  # keeps it: opa_malloc, opa_json_parse and _dump
         self.val_array = _ffi.wasmtime_val_t * 7
         self.result_array = _ffi.wasmtime_val_t * 1
         self.trap_pointer = ctypes.POINTER(_ffi.wasm_trap_t)
@@ -306,15 +308,15 @@ class _Instance:
         ctypes.memmove(self._address() + addr, raw, len(raw))
 
     def _value(self, raw: bytes) -> int:
-        addr = self._malloc(self.store, len(raw))
+        addr = self._call(self._malloc, len(raw))
         self._write(addr, raw)
-        value = self._parse(self.store, addr, len(raw))
+        value = self._call(self._parse, addr, len(raw))
         if not value:
             raise PolicyError("the policy module could not parse the policy data")
         return int(value)
 
     def _json(self, value_addr: int) -> Any:
-        return json.loads(self._text(self._dump(self.store, value_addr)))
+        return json.loads(self._text(self._call(self._dump, value_addr)))
 
     # --- imports ---------------------------------------------------------------------------------
 
@@ -332,14 +334,14 @@ class _Instance:
             arity, implementation = HOST_BUILTINS[name]
             if len(args) != arity:
                 raise WasmPolicyError(f"{name} called with {len(args)} arguments, not {arity}")
-            values = [loads_numbers_as_text(self._text(self._dump(self.store, a)).decode("utf-8")) for a in args]
+            values = [loads_numbers_as_text(self._text(self._call(self._dump, a)).decode("utf-8")) for a in args]
             if name != "sprintf" and not all(isinstance(v, str) for v in values):  # regex builtins: strings
                 raise WasmPolicyError(f"{name} takes strings")
             result = implementation(*values)
             raw = json.dumps(result, ensure_ascii=False).encode("utf-8")
-            addr = self._malloc(self.store, len(raw))
+            addr = self._call(self._malloc, len(raw))
             self._write(addr, raw)
-            return int(self._parse(self.store, addr, len(raw)))
+            return self._call(self._parse, addr, len(raw))
         except (WasmPolicyError, FormatError, re.error, ValueError, KeyError) as exc:
             self.failure = exc  # the trap's own message is wasmtime's: keep ours for the decision
             self.raised = WasmPolicyError(f"builtin {name}: {exc}")
@@ -347,28 +349,39 @@ class _Instance:
 
     # --- a decision ------------------------------------------------------------------------------
 
-    def evaluate(self, entrypoint: int, raw_input: bytes) -> bytes:
-        """opa_eval(0, entrypoint, data, input, length, heap, JSON): the result set's JSON text."""
+    def _call(self, func: Any, *args: int, long: bool = False) -> int:
+        """An exported function of i32s returning one i32, called through the C API: `long` (the evaluation)
+        without the GIL, the short ABI functions with it. A trap or error raises WasmPolicyError with it."""
         import wasmtime
         import wasmtime._func as wasmtime_func
 
-        self.failure = self.raised = None
-        self._write(self.base, raw_input)
         n = self._n
         params = n.val_array()
-        for i, value in enumerate((0, entrypoint, self.data, self.base, len(raw_input), self.base + len(raw_input), 0)):
+        for i, value in enumerate(args):
             param: Any = params[i]
             param.kind = 0  # WASMTIME_I32
             param.of.i32 = value
         results = n.result_array()
         trap = n.trap_pointer()
-        error = n.func_call(self._context, ctypes.byref(self._eval._func), params, 7, results, 1, ctypes.byref(trap))
+        call = n.func_call if long else n.func_call_short
+        error = call(self._context, ctypes.byref(func._func), params, len(args), results, 1, ctypes.byref(trap))
         if error or trap:
             message = str(wasmtime.WasmtimeError._from_ptr(error) if error else wasmtime.Trap._from_ptr(trap))
             if self.raised is not None and wasmtime_func.LAST_EXCEPTION is self.raised:
                 wasmtime_func.LAST_EXCEPTION = None  # ours, kept in self.failure: not for wasmtime-py to raise later
-            raise WasmPolicyError(f"opa_eval {'trapped' if trap else 'failed'}: {message[:300]}")
-        return self._text(results[0].of.i32 & 0xFFFFFFFF)
+            raise WasmPolicyError(f"{'trapped' if trap else 'failed'}: {message[:300]}")
+        return int(results[0].of.i32) & 0xFFFFFFFF
+
+    def evaluate(self, entrypoint: int, raw_input: bytes) -> bytes:
+        """opa_eval(0, entrypoint, data, input, length, heap, JSON): the result set's JSON text."""
+        self.failure = self.raised = None
+        self._write(self.base, raw_input)
+        try:
+            result = self._call(self._eval, 0, entrypoint, self.data, self.base, len(raw_input),
+                                self.base + len(raw_input), 0, long=True)
+        except WasmPolicyError as exc:
+            raise WasmPolicyError(f"opa_eval {exc}") from None
+        return self._text(result)
 
 
 class OPAWasmEngine(PolicyEngine):

@@ -35,6 +35,7 @@ from agentfactory.peertools import find  # noqa: E402
 from agentfactory.policy import PolicyEngine, RegoEngine, template_input  # noqa: E402
 from agentfactory.policy_bundle import build_bundle  # noqa: E402
 from agentfactory.policy_opa import OPAEngine  # noqa: E402
+from agentfactory.policy_wasm import OPAWasmEngine  # noqa: E402
 from agentfactory.template import load_template  # noqa: E402
 from agentfactory.wasm import Import, ModuleInfo  # noqa: E402
 
@@ -93,23 +94,28 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="af-bench-opa-") as tmp:
         bundle = Path(tmp) / "bundle.tar.gz"
         build_bundle(ROOT / "policies", bundle)
+        wasm = OPAWasmEngine(ROOT / "policies", opa=opa)
+        if wasm.broken:
+            raise SystemExit(wasm.broken)
         with running_opa(opa, bundle, Path(tmp) / "opa") as server:
             engine = OPAEngine(server.url, ROOT / "policies")
             for policy, document in docs.items():
-                ours, theirs = regopy.decide(policy, document), engine.decide(policy, document)
-                if not ours.allow or (ours.allow, ours.deny, ours.warn) != (theirs.allow, theirs.deny, theirs.warn):
-                    raise SystemExit(f"{policy}: the engines disagree or deny the benchmark's input: "
-                                     f"regopy {ours}, OPA {theirs}")
+                ours = regopy.decide(policy, document)
+                for name, other in (("OPA", engine), ("opa-wasm", wasm)):
+                    theirs = other.decide(policy, document)
+                    if not ours.allow or (ours.allow, ours.deny, ours.warn) != (theirs.allow, theirs.deny, theirs.warn):
+                        raise SystemExit(f"{policy}: the engines disagree or deny the benchmark's input: "
+                                         f"regopy {ours}, {name} {theirs}")
             result: dict[str, Any] = {"runs": RUNS, "threads": THREADS, "cpus": os.cpu_count(), "opa": version,
                                       "policies": {}}
             for policy, document in docs.items():
                 result["policies"][policy] = {
                     name: {**latency(e, policy, document), "per_s_threads": throughput(e, policy, document)}
-                    for name, e in (("regopy", regopy), ("opa", engine))}
+                    for name, e in (("regopy", regopy), ("opa", engine), ("opa-wasm", wasm))}
             engine.close()
     result["loadavg_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     lines = [
-        "# Policy engines side by side: regopy in process vs the OPA server",
+        "# Policy engines side by side: regopy in process, the OPA server, and OPA's Wasm compilation in process",
         "",
         f"Same inputs, both through `PolicyEngine.decide` (input boundary, then the engine), one run, {RUNS} "
         f"decisions each, {os.cpu_count()} CPUs shared by the client and the server. regopy: rego-cpp in this "
@@ -117,13 +123,15 @@ def main() -> None:
         f"({version.split(': ')[-1]}) with the bundle of policies/, on loopback, queried by OPAEngine "
         "(`POST /v1/data/agentfactory/<policy>/decision?provenance&strict-builtin-errors` on a keep-alive "
         "connection per thread, the answer read strictly and its "
-        f"bundle revision checked). decisions/s: one client; and {THREADS} threads sharing the engine.",
+        "bundle revision checked). opa-wasm: the policies compiled by the same OPA (`opa build -t wasm`), "
+        "evaluated in this process by wasmtime, one instance per thread (agentfactory/policy_wasm.py). "
+        f"decisions/s: one client; and {THREADS} threads sharing the engine.",
         "",
         f"Load average (1 min) before and after: {result['loadavg_before_after'][0]:.1f}, "
         f"{result['loadavg_before_after'][1]:.1f} (other work on the machine slows both engines alike).",
         "",
-        f"{NO_TARGET} this page compares the two engines on the same inputs; the latency targets of a decision "
-        "are bench_policy.py's (regopy) and bench_admission.py's (the webhook).",
+        f"{NO_TARGET} this page compares the three engines on the same inputs; the latency targets of a decision "
+        "are bench_policy.py's (regopy and opa-wasm) and bench_admission.py's (the webhook).",
         "",
         f"| policy | engine | p50 | p99 | decisions/s (1 client) | decisions/s ({THREADS} threads) |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
