@@ -239,8 +239,9 @@ lint: $(STAMP)
 	mkdir -p .agentfactory/mypy && ln -sfn ../../sandbox-runtime .agentfactory/mypy/sandbox_runtime
 	$(BIN)/mypy
 
-## bench: run every benchmarks/bench_*.py and write benchmarks/results/ (each page says pass or fail per target)
-bench: $(STAMP)
+## bench: run every benchmarks/bench_*.py and write benchmarks/results/ (each page says pass or fail per target);
+## builds the real OPA and cosign first (`make tools`): some benchmarks run them
+bench: $(STAMP) tools
 	@failed=""; for script in benchmarks/bench_*.py; do echo "== $$script"; \
 	  $(BIN)/python $$script || failed="$$failed $$script"; done; \
 	if [ -n "$$failed" ]; then echo "failed:$$failed"; exit 1; fi
