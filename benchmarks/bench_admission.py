@@ -863,7 +863,13 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "Server CPU per review is the server's CPU time during the measured window over the reviews due in it; once "
         "the server falls behind, the reviews finish after the window and the figure is too low.",
         "",
-        f"Target p99 ≤ {TARGET_P99_MS:.0f} ms at {TARGET_RATE:.0f} reviews/s with the decision not cached: "
+        f"Target ≥ {TARGET_RATE:.0f} reviews/s with the decision not cached (DESIGN.md: non-memoised admission "
+        "decisions ≥ 1000/s), one server process, 4 connections, over TLS beside the client: "
+        + "; ".join(f"{name} {miss['closed_4conn']['rps']:.0f}/s {verdict(miss['closed_4conn']['rps'] >= TARGET_RATE)}"
+                    for name, miss in engines) + ".",
+        "",
+        f"Target p99 ≤ {TARGET_P99_MS:.0f} ms at {TARGET_RATE:.0f} reviews/s with the decision not cached (stricter: "
+        "the cached reviews' latency target, applied to these): "
         + "; ".join(f"{name} {verdict(miss['pass_at_target_rate'])}" for name, miss in engines) + ".",
     ]
     if not nw["pass_at_target_rate"]:
@@ -1034,6 +1040,9 @@ def main() -> None:
                  "cached_new_object_names_tls_p99_at_1000": wire["new_names"]["pass"],
                  "decision_not_cached_tls_p99_at_1000": wire["decision_miss"]["pass_at_target_rate"],
                  "decision_not_cached_tls_p99_at_1000_opa_wasm": wire["decision_miss_opa_wasm"]["pass_at_target_rate"],
+                 "decision_not_cached_tls_1000_per_s": wire["decision_miss"]["closed_4conn"]["rps"] >= TARGET_RATE,
+                 "decision_not_cached_tls_1000_per_s_opa_wasm":
+                     wire["decision_miss_opa_wasm"]["closed_4conn"]["rps"] >= TARGET_RATE,
                  "first_sight_in_process": in_process["first_sight"]["pass"],
                  "first_sight_tls": wire["first_sight"]["pass"]},
     }
