@@ -297,17 +297,29 @@ def _hashedrekord() -> bytes:
                       "publicKey": {"content": base64.b64encode(pem).decode()}}}}).encode()
 
 
-@needs_two
-def test_tlog_serve_keeps_its_threads_home_and_refuses_a_cpu_it_may_not_use(tmp_path: Path) -> None:
-    exe = str(Path(sys.executable).with_name("agentfactory"))
-    proc = subprocess.Popen([exe, "tlog", "serve", "--listen", "127.0.0.1:0", "--dir", str(tmp_path / "log")],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def _started_at_home(argv: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str,
+                                                                                  frozenset[int]]:
+    """A service started with `argv`: the process, its listening address and the one home CPU its start line
+    names (checked to be one this process may use)."""
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         assert proc.stderr is not None
         started = json.loads(proc.stderr.readline())
         home = frozenset(started["hostCpu"])
         assert len(home) == 1 and home <= set(CPUS), started
-        netloc = urlsplit(started["listening"]).netloc
+        return proc, urlsplit(started["listening"]).netloc, home
+    except BaseException:
+        proc.kill()
+        proc.wait(timeout=30)
+        raise
+
+
+@needs_two
+def test_tlog_serve_keeps_its_threads_home_and_refuses_a_cpu_it_may_not_use(tmp_path: Path) -> None:
+    exe = str(Path(sys.executable).with_name("agentfactory"))
+    proc, netloc, home = _started_at_home([exe, "tlog", "serve", "--listen", "127.0.0.1:0", "--dir",
+                                           str(tmp_path / "log")])
+    try:
         _wait_for(lambda: _answers(netloc), "tlog serve answering /healthz")
         conn = http.client.HTTPConnection(netloc, timeout=30)
         conn.request("POST", "/api/v1/log/entries", body=_hashedrekord(), headers={"content-type": "application/json"})
@@ -336,13 +348,8 @@ def test_admission_serve_keeps_its_threads_home_and_refuses_a_cpu_it_may_not_use
                    env=env, timeout=120)
     argv = [exe, "admission", "serve", "--listen", "127.0.0.1:0", "--tls-cert", str(tmp_path / "tls/tls.crt"),
             "--tls-key", str(tmp_path / "tls/tls.key")]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc, netloc, home = _started_at_home(argv, env)
     try:
-        assert proc.stderr is not None
-        started = json.loads(proc.stderr.readline())
-        home = frozenset(started["hostCpu"])
-        assert len(home) == 1 and home <= set(CPUS), started
-        netloc = urlsplit(started["listening"]).netloc
         import ssl
 
         trust = ssl.create_default_context(cafile=str(tmp_path / "tls/ca.crt"))
