@@ -117,7 +117,26 @@ def re2_pattern(pattern: str) -> re.Pattern[str]:
 
 
 def _regex_split(pattern: str, text: str) -> list[str]:
-    return re2_pattern(pattern).split(text)
+    """Go's regexp.Split(text, -1), which OPA's regex.split is: Python's re.split would also return what
+    capturing groups matched, and keeps empty matches that Go drops."""
+    compiled = re2_pattern(pattern)
+    if pattern and not text:
+        return [""]
+    pieces: list[str] = []
+    begin = end = 0
+    previous_end = -1
+    for match in compiled.finditer(text):
+        start, stop = match.span()
+        if start == stop and start == previous_end:  # an empty match abutting the previous match: Go skips it
+            continue
+        previous_end = stop
+        end = start
+        if stop != 0:
+            pieces.append(text[begin:end])
+        begin = stop
+    if end != len(text):
+        pieces.append(text[begin:])
+    return pieces
 
 
 def _regex_replace(text: str, pattern: str, value: str) -> str:

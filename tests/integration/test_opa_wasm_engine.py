@@ -104,6 +104,26 @@ def test_the_host_sprintf_writes_what_opa_writes(opa: Path, tmp_path: Path) -> N
     assert ours == theirs
 
 
+SPLIT_CASES: list[tuple[str, str]] = [
+    (r"[\s()]+", "(MIT OR Apache-2.0) AND BSD"), (r"[\s()]+", ""), (r"[\s()]+", "\u2028 \v(x)\t"),
+    (",", "a,"), ("(,)", "a,b"), ("x*", "abc"), (",", ",a,,b,"), (r"\d+", "a1b22c٣d"), (r"\w+", "é-a_b"),
+    (r"[^]\s]+", "a]b c"),
+]
+
+
+def test_the_host_regex_split_splits_as_opa_does(opa: Path, tmp_path: Path) -> None:
+    r"""Go's regexp.Split with RE2's ASCII classes (U+2028, \v and Arabic digits are not \s or \d to Go), capture
+    groups and empty matches, against `opa eval`."""
+    from agentfactory.policy_wasm import HOST_BUILTINS
+
+    (tmp_path / "input.json").write_text(json.dumps({"cases": [{"p": p, "t": t} for p, t in SPLIT_CASES]}))
+    proc = subprocess.run([str(opa), "eval", "--format", "json", "-i", str(tmp_path / "input.json"),
+                           "[regex.split(c.p, c.t) | some c in input.cases]"], capture_output=True, check=True)
+    theirs = json.loads(proc.stdout)["result"][0]["expressions"][0]["value"]
+    split = HOST_BUILTINS["regex.split"][1]
+    assert [split(p, t) for p, t in SPLIT_CASES] == theirs
+
+
 def test_the_compiled_module_is_cached_and_a_tampered_one_is_refused(opa: Path, own_cache: Path) -> None:
     first = OPAWasmEngine(POLICIES, opa=opa)
     assert first.broken is None and not first.compiled_from_cache
