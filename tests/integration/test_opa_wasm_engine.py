@@ -198,3 +198,36 @@ def test_an_evaluation_that_exhausts_its_memory_refuses_that_decision_only(opa: 
     folder = policies_with(tmp_path, 'deny contains msg if {\n\tinput.huge\n\tcount(numbers.range(1, 100000000)) > 0\n'
                                      '\tmsg := "built"\n}')
     refused_then_judged(OPAWasmEngine(folder, opa=opa), "huge", "opa_abort")
+
+
+FAKE_OPA = """#!/bin/sh
+# An `opa` whose build writes MODULE as policy.wasm: what the engine must refuse when a module is not OPA's.
+case "$1" in
+  version) echo "Version: 0.0.0-fake" ;;
+  build) out=""; while [ $# -gt 0 ]; do [ "$1" = "-o" ] && out="$2"; shift; done
+         d=$(mktemp -d); cp "$(dirname "$0")/module.wasm" "$d/policy.wasm"
+         tar -czf "$out" -C "$d" policy.wasm ;;
+esac
+"""
+
+
+@pytest.mark.parametrize(("wat", "reason"), [
+    ('(module (import "env" "memory" (memory 2)))', "does not export opa_eval"),
+    ('(module (import "env" "memory" (memory 2)) (import "env" "fetch" (func)))', "imports env.fetch"),
+    ("(module)", "imports no memory"),
+])
+def test_a_module_that_is_not_opas_refuses_every_decision(tmp_path: Path, wat: str, reason: str) -> None:
+    """Whatever `opa build` wrote is checked before any decision: its imports, its exports (a module with neither
+    OPA's ABI nor its entrypoints is not evaluated)."""
+    import wasmtime
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "module.wasm").write_bytes(wasmtime.wat2wasm(wat))
+    fake = bin_dir / "opa"
+    fake.write_text(FAKE_OPA)
+    fake.chmod(0o755)
+    engine = OPAWasmEngine(POLICIES, opa=fake)
+    assert engine.broken is not None and reason in engine.broken, engine.broken
+    decision = engine.decide("admission", example("admission.json"))
+    assert decision.refused and not decision.allow and reason in decision.deny[0]
