@@ -124,6 +124,40 @@ def test_the_host_regex_split_splits_as_opa_does(opa: Path, tmp_path: Path) -> N
     assert [split(p, t) for p, t in SPLIT_CASES] == theirs
 
 
+def test_the_host_regex_builtins_are_re2_on_inputs_that_make_a_backtracking_engine_quadratic(
+        opa: Path, tmp_path: Path) -> None:
+    """A template's preopen hostPath reaches `regex.replace(hp, "/+$", "")`. With Python's backtracking `re`, 64 KiB
+    of "/" and one "x" took 9 s a decision (quadratic): an input string could stall every thread that judges. The
+    builtins are RE2 (Go's engine, linear in the input), and on such inputs they give OPA's results; then the
+    whole decision, with that hostPath, is OPA's."""
+    from agentfactory.policy_wasm import HOST_BUILTINS, re2_pattern
+
+    assert type(re2_pattern("/+$")).__module__.startswith("re2"), "not RE2: no linear-time guarantee"
+    slashes, spaces = "/" * 65536 + "x", " " * 65536 + "x"
+    (tmp_path / "input.json").write_text(json.dumps({"slashes": slashes, "spaces": spaces}))
+    proc = subprocess.run([str(opa), "eval", "--format", "json", "-i", str(tmp_path / "input.json"),
+                           '[regex.replace(input.slashes, "/+$", ""), regex.split(`[\\s()]+`, input.spaces)]'],
+                          capture_output=True, check=True)
+    theirs = json.loads(proc.stdout)["result"][0]["expressions"][0]["value"]
+    ours = [HOST_BUILTINS["regex.replace"][1](slashes, "/+$", ""), HOST_BUILTINS["regex.split"][1](r"[\s()]+", spaces)]
+    assert ours == theirs
+    document = example("template.json")
+    document["template"]["spec"]["capabilities"]["wasi"]["preopens"] = [
+        {"hostPath": "/srv" + slashes[:65000] + "x", "guestPath": "/data", "readOnly": True}]  # within the boundary
+    (tmp_path / "template.json").write_text(json.dumps(document))
+    bundle = tmp_path / "bundle.tar.gz"
+    from agentfactory.policy_bundle import build_bundle
+
+    build_bundle(POLICIES, bundle)
+    proc = subprocess.run([str(opa), "eval", "--format", "json", "--strict-builtin-errors", "-b", str(bundle), "-i",
+                           str(tmp_path / "template.json"), "data.agentfactory.template.decision"],
+                          capture_output=True, check=True)
+    opa_decision = json.loads(proc.stdout)["result"][0]["expressions"][0]["value"]
+    decision = OPAWasmEngine(POLICIES, opa=opa).decide("template", document)
+    assert not decision.refused and (decision.allow, list(decision.deny)) == \
+        (opa_decision["allow"], sorted(opa_decision["deny"])), decision
+
+
 def test_the_compiled_module_is_cached_and_a_tampered_one_is_refused(opa: Path, own_cache: Path) -> None:
     first = OPAWasmEngine(POLICIES, opa=opa)
     assert first.broken is None and not first.compiled_from_cache
