@@ -398,6 +398,10 @@ class OPAWasmEngine(PolicyEngine):
             self._load()
         except (PolicyError, ConfigError, OSError) as exc:
             self.broken = str(exc)
+        except subprocess.TimeoutExpired as exc:  # `opa version` hung
+            self.broken = f"{exc.cmd[0]} did not answer `version` within {exc.timeout:g} s"
+        except Exception as exc:  # fail closed on the unforeseen (a wasmtime error, a module that will not load)
+            self.broken = f"the opa-wasm engine could not start: {type(exc).__name__}: {str(exc)[:500]}"
 
     def _load(self) -> None:
         import wasmtime

@@ -249,6 +249,7 @@ esac
     ('(module (import "env" "memory" (memory 2)))', "does not export opa_eval"),
     ('(module (import "env" "memory" (memory 2)) (import "env" "fetch" (func)))', "imports env.fetch"),
     ("(module)", "imports no memory"),
+    ("not wasm at all", "is not valid Wasm"),
 ])
 def test_a_module_that_is_not_opas_refuses_every_decision(tmp_path: Path, wat: str, reason: str) -> None:
     """Whatever `opa build` wrote is checked before any decision: its imports, its exports (a module with neither
@@ -257,7 +258,7 @@ def test_a_module_that_is_not_opas_refuses_every_decision(tmp_path: Path, wat: s
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "module.wasm").write_bytes(wasmtime.wat2wasm(wat))
+    (bin_dir / "module.wasm").write_bytes(wasmtime.wat2wasm(wat) if wat.startswith("(") else wat.encode())
     fake = bin_dir / "opa"
     fake.write_text(FAKE_OPA)
     fake.chmod(0o755)
