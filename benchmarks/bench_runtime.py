@@ -65,7 +65,14 @@ from agentfactory.policy import RegoEngine  # noqa: E402
 from agentfactory.provenance import DEFAULT_BUILDER_ID  # noqa: E402
 from agentfactory.store import ArtifactStore  # noqa: E402
 from agentfactory.trust import TrustPolicy, from_public_keys, to_yaml  # noqa: E402
-from benchmarks.kernels.build import KERNEL_DIR, KERNELS, build, flags_for, parse_output  # noqa: E402
+from benchmarks.kernels.build import (  # noqa: E402
+    KERNEL_DIR,
+    KERNELS,
+    LIBC_SUPPLEMENT,
+    build,
+    flags_for,
+    parse_output,
+)
 from sandbox_runtime import sandbox  # noqa: E402
 from sandbox_runtime.cpu_home import CpuHome  # noqa: E402
 from sandbox_runtime.engine import make_config  # noqa: E402
@@ -86,11 +93,13 @@ PARALLEL_KERNEL, PARALLEL_RUNS = "sha256", sized(3, 1)  # two compute-bound gues
 HTTP_AUDIT_LEVEL = (1, 4)  # the same load on a node writing its audit trail (as deployed: --audit-log)
 TARGET_OVERHEAD_PCT, TARGET_SANDBOX_P50_MS, TARGET_RPS = 20.0, 1.0, 2000.0  # issue 23: 2,000/s on 2 cores
 ONLY_ENV = "AGENTFACTORY_BENCH_ONLY"
-# The pinned C flags (pipelines.toolchain.C_FLAGS) that are there for speed: each is priced by a wasm build
-# without it, run with epoch interruption on. Keys are the side names in the results.
+# The pinned C flags (pipelines.toolchain.C_FLAGS) that are there for speed, and the pipeline's own libc
+# functions: each is priced by a wasm build without it, run with epoch interruption on. Keys are the side
+# names in the results.
 ABLATIONS: dict[str, tuple[str, ...]] = {
     "wasm_no_simd": ("-msimd128",),
     "wasm_no_unroll": ("-mllvm", "-unroll-threshold=600"),
+    "wasm_no_libc": (LIBC_SUPPLEMENT,),
 }
 
 TRIVIAL = "trivial"
@@ -607,7 +616,7 @@ def bench_http(store: ArtifactStore, store_path: Path, trust: TrustPolicy, engin
 
 # -- report -------------------------------------------------------------------------------------------
 SIDE_TITLES = {"wasm": "wasm (runtime)", "wasm_no_epoch": "no epoch", "wasm_no_simd": "without -msimd128",
-               "wasm_no_unroll": "without -unroll-threshold"}
+               "wasm_no_unroll": "without -unroll-threshold", "wasm_no_libc": "zig's memcmp (no pipelines/libc)"}
 
 
 def _cell(side: dict[str, Any]) -> str:
@@ -626,9 +635,11 @@ def overhead_markdown(o: dict[str, Any]) -> list[str]:
         "the same round: the median of those ratios as overhead, [lowest, highest] in brackets. Native: the same "
         "C, zig and flags built for this host (which gives it the host's SIMD), minus what only wasm has "
         f"(`{' '.join(o['flags']['native'])}`). wasm (runtime): the pipeline's build of the signed C template "
-        f"(`{' '.join(o['flags']['wasm'])}`) through `Runtime.invoke`, epoch interruption on. The other columns "
+        f"(`{' '.join(o['flags']['wasm'])}`, linked with the pipeline's own memcmp, pipelines/libc/memcmp.c, "
+        "where native links glibc's) through `Runtime.invoke`, epoch interruption on. The other columns "
         "price one choice each: the same module on an engine without epoch interruption (no deadline: not what "
-        "agents run), and wasm builds without one pinned flag, in a plain store with epoch interruption on. "
+        "agents run), and wasm builds without one pinned flag or without pipelines/libc (zig's byte-loop memcmp "
+        "instead), in a plain store with epoch interruption on. "
         "Checksums equal on every side.",
         "",
         "| kernel | work | native | " + " | ".join(SIDE_TITLES.get(sd, sd) for sd in sides) + " |",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from cyclonedx.model import HashAlgorithm, HashType, Property
@@ -159,6 +160,12 @@ def _tools(language: str, toolchain: dict[str, Any]) -> list[Component]:
         if language == "c":
             tools.append(Component(type=ComponentType.LIBRARY, name="wasi-libc", version=version,
                                    description=f"wasi-libc as bundled with zig {version}; linked into the module"))
+            for path, sha in sorted(dict(toolchain.get("libcSupplement") or {}).items()):
+                tools.append(Component(
+                    type=ComponentType.LIBRARY, name=f"agentfactory-libc/{Path(path).name}", version=__version__,
+                    hashes=[HashType(alg=HashAlgorithm.SHA_256, content=str(sha))],
+                    description=f"the pipeline's own {path}, linked into the module ahead of zig's libc",
+                    properties=[Property(name="agentfactory:path", value=str(path))]))
     elif name == "wat2wasm":
         tools.append(Component(type=ComponentType.APPLICATION, name="wat2wasm", version=version,
                                purl=PackageURL(type="pypi", name="wasmtime", version=version),

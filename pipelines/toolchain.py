@@ -56,6 +56,26 @@ def zig_dir() -> Path:
     return Path(ziglang.__file__).parent
 
 
+# The pipeline's own libc functions, linked into every C agent ahead of zig's (pipelines/libc/memcmp.c says
+# why): part of the toolchain, so their digests are in its identity (cache key, provenance, SBOM).
+LIBC_DIR = Path(__file__).resolve().parent / "libc"
+LIBC_SOURCES = ("memcmp.c",)
+
+
+@functools.cache
+def libc_supplement() -> dict[str, str]:
+    """{"pipelines/libc/<file>": sha256} of the pipeline's libc functions that every C agent links."""
+    from agentfactory.digest import sha256_file
+
+    return {f"pipelines/libc/{name}": sha256_file(LIBC_DIR / name) for name in LIBC_SOURCES}
+
+
+def libc_supplement_args() -> list[str]:
+    """The sources to put on a wasm32-wasi `zig cc` line after the program's own, and the prefix map that keeps
+    the checkout's location out of the module."""
+    return [f"-ffile-prefix-map={LIBC_DIR}=agentfactory-libc", *(str(LIBC_DIR / name) for name in LIBC_SOURCES)]
+
+
 @functools.cache
 def zig_version() -> str:
     """The pinned wheel's version, which is zig's own (no subprocess on the unchanged path)."""
@@ -79,7 +99,8 @@ def identity(language: str) -> dict[str, Any]:
         return pybuild.identity()
     if language == "c":
         return {"name": "zig cc", "version": zig_version(), "package": f"ziglang=={zig_version()}",
-                "target": "wasm32-wasi", "libc": "wasi-libc (bundled with zig)", "flags": list(C_FLAGS)}
+                "target": "wasm32-wasi", "libc": "wasi-libc (bundled with zig)", "flags": list(C_FLAGS),
+                "libcSupplement": libc_supplement()}
     return {"name": "wat2wasm", "version": wasmtime_version(),
             "package": f"wasmtime=={wasmtime_version()}", "target": "wasm32"}
 
@@ -164,7 +185,8 @@ def build_c(template: Template, epoch: int, cache_root: Path) -> BuildResult:
         includes = tuple(f"-I{inc}" for inc in template.include_dirs)
         flags = [*C_FLAGS, f"-ffile-prefix-map={src}=.", *includes]
         out = local / "agent.wasm"
-        cmd = [str(zig_dir() / "zig"), "cc", *flags, "-MD", *(s.path for s in template.sources), "-o", str(out)]
+        cmd = [str(zig_dir() / "zig"), "cc", *flags, "-MD", *(s.path for s in template.sources),
+               *libc_supplement_args(), "-o", str(out)]
         env = _clean_env({"ZIG_GLOBAL_CACHE_DIR": str(global_cache), "ZIG_LOCAL_CACHE_DIR": str(local),
                           "SOURCE_DATE_EPOCH": str(epoch), "HOME": str(local)})
         try:
@@ -198,7 +220,7 @@ def _confined_inputs(local: Path, folder: Path, where: str) -> dict[str, str]:
     for dep in depfiles:
         for name in _parse_depfile(dep.read_text("utf-8", "replace")):
             path = (folder / name).resolve() if not os.path.isabs(name) else Path(name).resolve()
-            if path.is_relative_to(toolchain):
+            if path.is_relative_to(toolchain) or path.is_relative_to(LIBC_DIR):
                 continue
             if not path.is_relative_to(folder):
                 raise BuildError(where, f"the build read {name}, which is outside the template folder; "

@@ -7,7 +7,9 @@ the way the pipeline runs it (the pinned wheel's binary, a scrubbed environment)
 pipeline's zig global cache, so wasi-libc and the host libc are built once, not per benchmark run.
 
 Flags that only exist for wasm are dropped natively: `-msimd128` is the wasm build's counterpart of the
-host's own SIMD, which a native build gets anyway (zig builds for this CPU, AVX2 included).
+host's own SIMD, which a native build gets anyway (zig builds for this CPU, AVX2 included). Likewise the
+pipeline's own libc functions (pipelines/libc, linked into every C agent) are the wasm build's counterpart
+of the host's glibc, which the native build links.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from agentfactory.config import toolchain_cache
-from pipelines.toolchain import C_FLAGS, COMPILE_TIMEOUT_S, zig_dir
+from pipelines.toolchain import C_FLAGS, COMPILE_TIMEOUT_S, libc_supplement_args, zig_dir
 
 KERNEL_DIR = Path(__file__).resolve().parent
 
@@ -37,6 +39,8 @@ TARGETS: tuple[Target, ...] = ("native", "wasm")
 
 # Flags that only make sense for the wasm build: the target itself, the wasm linker's stack size and wasm SIMD.
 _WASM_ONLY_PREFIXES = ("-Wl,-z,stack-size=", "-msimd128")
+# Named in `without` to build wasm without the pipeline's libc functions, with zig's own instead.
+LIBC_SUPPLEMENT = "pipelines/libc"
 _OUTPUT = re.compile(r"checksum=(?P<checksum>[0-9a-f]{16}) ns=(?P<ns>\d+)")
 
 
@@ -87,14 +91,15 @@ def build(kernel: str, target: Target, out_dir: Path, *, cache_root: Path | None
     `<out_dir>/<kernel>.wasm` for wasm, `<out_dir>/<kernel>` natively. zig's global cache lives under
     `cache_root` (default: the pipeline's toolchain cache, `$AGENTFACTORY_TOOLCHAIN_CACHE`), in the same
     `zig-global` folder the pipeline uses, so a warm pipeline cache makes kernel builds fast too.
-    `without` names pinned flags to leave out, each of which must be one: the benchmark prices a flag by
-    building without it.
+    `without` names pinned flags to leave out, each of which must be one, or `LIBC_SUPPLEMENT` (wasm only):
+    the benchmark prices a choice by building without it.
     """
     source = KERNEL_DIR / f"{kernel}.c"
     if kernel not in KERNELS or not source.is_file():
         raise KernelBuildError(f"unknown kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
     flags = flags_for(target)
-    unknown = [f for f in without if f not in flags]
+    supplement = libc_supplement_args() if target == "wasm" else []
+    unknown = [f for f in without if f not in flags and not (f == LIBC_SUPPLEMENT and supplement)]
     if unknown:
         raise KernelBuildError(f"kernel {kernel} ({target}): {', '.join(unknown)} is not among its flags")
     flags = [f for f in flags if f not in without]
@@ -104,7 +109,8 @@ def build(kernel: str, target: Target, out_dir: Path, *, cache_root: Path | None
     global_cache = (cache_root or toolchain_cache()) / "zig-global"
     global_cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"zig-local-{kernel}-", dir=out_dir) as local:
-        cmd = [str(zig_dir() / "zig"), "cc", *flags, str(source), "-o", str(out)]
+        libc = [] if LIBC_SUPPLEMENT in without else supplement
+        cmd = [str(zig_dir() / "zig"), "cc", *flags, str(source), *libc, "-o", str(out)]
         try:
             proc = subprocess.run(cmd, cwd=KERNEL_DIR, capture_output=True, text=True,
                                   env=_env(global_cache, Path(local)), timeout=COMPILE_TIMEOUT_S, check=False)

@@ -111,6 +111,19 @@ def test_build_flags_are_the_pipeline_flags_except_the_wasm_only_ones() -> None:
         kernels.flags_for("riscv")  # type: ignore[arg-type]
 
 
+def test_wasm_kernels_link_the_pipelines_libc_as_agents_do(tmp_path: Path) -> None:
+    """The wasm side is the pipeline's build, pipelines/libc included; the benchmark prices it by leaving it out,
+    which only a wasm build can (native links the host's libc)."""
+    size, expected = SMALL["strings"]  # the kernel that calls memcmp
+    linked = kernels.build("strings", "wasm", tmp_path / "linked")
+    plain = kernels.build("strings", "wasm", tmp_path / "plain", without=(kernels.LIBC_SUPPLEMENT,))
+    assert linked.read_bytes() != plain.read_bytes()
+    for module in (linked, plain):
+        assert kernels.parse_output(run_wasm(module, size, tmp_path))[0] == expected
+    with pytest.raises(kernels.KernelBuildError, match="pipelines/libc is not among its flags"):
+        kernels.build("strings", "native", tmp_path / "native", without=(kernels.LIBC_SUPPLEMENT,))
+
+
 def test_build_failure_names_the_kernel_and_carries_zigs_stderr(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     src = tmp_path / "src"

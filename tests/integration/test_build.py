@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 from helpers import EXAMPLES, TEMPLATES, hello_manifest, write_template
 
+from agentfactory.digest import sha256_file
 from agentfactory.store import OCILayoutStore
 from agentfactory.wasm import inspect
+from pipelines import toolchain
 from pipelines.run import run_pipeline
 
 pytestmark = pytest.mark.toolchain
@@ -150,3 +152,29 @@ def test_malformed_cases_file(tmp_path: Path) -> None:
     (folder / "tests").mkdir()
     (folder / "tests/cases.yaml").write_text("cases:\n  - name: x\n    stdot: typo\n")
     assert "hello/tests/cases.yaml:2" in run_one(tmp_path, folder)["r"].errors[0]
+
+
+def test_c_agents_link_the_pipelines_memcmp_and_keep_their_own(tmp_path: Path) -> None:
+    """Every C agent gets pipelines/libc/memcmp.c (zig's own is a byte loop): it must agree with a byte-by-byte
+    reference on every length, alignment and first-difference position, never read past either buffer (a
+    load past the end of linear memory traps the case), and give way to an agent's own memcmp."""
+    root = tmp_path / "t"
+    check = (Path(__file__).parents[1] / "fixtures" / "libc" / "memcmp_check.c").read_text()
+    write_template(root, "memcmpcheck", manifest=hello_manifest("memcmpcheck"), files={"src/main.c": check})
+    (root / "memcmpcheck" / "tests").mkdir()
+    (root / "memcmpcheck" / "tests/cases.yaml").write_text(
+        'cases:\n  - name: agrees with the reference\n    stdout: "cases=409088 wrong=0\\n"\n')
+    own = ("#include <stddef.h>\n#include <stdio.h>\n#include <string.h>\n"
+           "int memcmp(const void *a, const void *b, size_t n) { (void)a; (void)b; return (int)n + 1000; }\n"
+           "static int (*volatile cmp)(const void *, const void *, size_t) = memcmp;\n"
+           "int main(void) { printf(\"%d\\n\", cmp(\"ab\", \"ab\", 2)); return 0; }\n")
+    write_template(root, "ownmemcmp", manifest=hello_manifest("ownmemcmp"), files={"src/main.c": own})
+    (root / "ownmemcmp" / "tests").mkdir()
+    (root / "ownmemcmp" / "tests/cases.yaml").write_text('cases:\n  - name: its own\n    stdout: "1002\\n"\n')
+    report = run_pipeline(root, OCILayoutStore(tmp_path / "store"), jobs=1)
+    results = {Path(t.path).name: t for t in report.templates}
+    for name in ("memcmpcheck", "ownmemcmp"):
+        assert results[name].status == "built", results[name].errors
+    supplement = results["memcmpcheck"].build["toolchain"]["libcSupplement"]
+    assert supplement == {"pipelines/libc/memcmp.c": sha256_file(toolchain.LIBC_DIR / "memcmp.c")}
+    assert list(results["memcmpcheck"].build["inputs"]) == ["src/main.c"]  # the supplement is toolchain, not input

@@ -15,6 +15,7 @@ import pytest
 from packageurl import PackageURL
 
 from agentfactory import __version__
+from agentfactory.digest import sha256_file
 from agentfactory.errors import InputError
 from agentfactory.template import Dependency, Template, load_template
 from pipelines import toolchain
@@ -185,10 +186,13 @@ def test_duplicate_purls_get_distinct_fixed_refs() -> None:
 def test_tools_for_c() -> None:
     found = tools(parsed(sbom(template("wordstats"))))
     zig = toolchain.zig_version()
-    assert set(found) == {"agentfactory", "zig", "wasi-libc"}
+    assert set(found) == {"agentfactory", "zig", "wasi-libc", "agentfactory-libc/memcmp.c"}
     assert found["zig"]["version"] == found["wasi-libc"]["version"] == zig
     assert found["zig"]["purl"] == f"pkg:pypi/ziglang@{zig}"
     assert found["agentfactory"]["version"] == __version__
+    # the pipeline's own libc functions are named with the digest of what was linked
+    supplement = found["agentfactory-libc/memcmp.c"]
+    assert supplement["hashes"] == [{"alg": "SHA-256", "content": sha256_file(toolchain.LIBC_DIR / "memcmp.c")}]
 
 
 def test_tools_for_wat() -> None:
