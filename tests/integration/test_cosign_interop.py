@@ -74,8 +74,10 @@ def accepted(result: subprocess.CompletedProcess[str]) -> None:
 
 
 def refused(result: subprocess.CompletedProcess[str], why: str) -> None:
+    """cosign refused, for the reason `why` matches. cosign prints a line per bundle it tried, in the order the
+    registry lists the referrers (which varies), so `why` may span lines."""
     assert result.returncode != 0, f"cosign accepted: {result.stdout[-1000:]}"
-    assert re.search(why, result.stderr), result.stderr[-2000:]
+    assert re.search(why, result.stderr, re.DOTALL), result.stderr[-2000:]
 
 
 def sign(tmp: Path, store_url: str, toolchain_cache: Path) -> Signed:
