@@ -10,6 +10,7 @@ random bom-refs, and every one of those is set explicitly here.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -143,6 +144,18 @@ def _dependency_components(deps: Iterable[Dependency], *, taken: set[str], where
     return out
 
 
+def _libc_supplement(raw: Any) -> list[tuple[str, str]]:
+    """The toolchain record's {"pipelines/libc/<file>": sha256}, sorted; InputError for anything else (the record
+    can come back from the build cache, and an SBOM must not name a file or hash it was not given)."""
+    if raw is None:
+        return []
+    if not isinstance(raw, dict) or not all(
+            isinstance(k, str) and re.fullmatch(r"pipelines/libc/[A-Za-z0-9_.-]{1,64}", k) and isinstance(v, str)
+            and re.fullmatch(r"[0-9a-f]{64}", v) for k, v in raw.items()):
+        raise InputError("toolchain.libcSupplement", "must map pipelines/libc/<file> to a lowercase hex SHA-256")
+    return sorted(raw.items())
+
+
 def _tools(language: str, toolchain: dict[str, Any]) -> list[Component]:
     """metadata.tools as components (the CycloneDX 1.5+ form): compiler, libc, and the builder."""
     version = str(toolchain.get("version", ""))
@@ -160,7 +173,7 @@ def _tools(language: str, toolchain: dict[str, Any]) -> list[Component]:
         if language == "c":
             tools.append(Component(type=ComponentType.LIBRARY, name="wasi-libc", version=version,
                                    description=f"wasi-libc as bundled with zig {version}; linked into the module"))
-            for path, sha in sorted(dict(toolchain.get("libcSupplement") or {}).items()):
+            for path, sha in _libc_supplement(toolchain.get("libcSupplement")):
                 tools.append(Component(
                     type=ComponentType.LIBRARY, name=f"agentfactory-libc/{Path(path).name}", version=__version__,
                     hashes=[HashType(alg=HashAlgorithm.SHA_256, content=str(sha))],

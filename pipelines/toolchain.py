@@ -217,10 +217,15 @@ def _confined_inputs(local: Path, folder: Path, where: str) -> dict[str, str]:
         raise BuildError(where, "the compiler wrote no dependency file; cannot tell which files it read")
     toolchain = zig_dir().resolve()
     inputs: dict[str, str] = {}
+    libc = {(LIBC_DIR / name).resolve() for name in LIBC_SOURCES}
     for dep in depfiles:
-        for name in _parse_depfile(dep.read_text("utf-8", "replace")):
+        names = _parse_depfile(dep.read_text("utf-8", "replace"))
+        # Only the pipeline's own compile of a libc file (its depfile starts with that file) may read it: a
+        # template that includes it reads outside its folder like any other host file.
+        own = bool(names) and Path(names[0]).resolve() in libc
+        for name in names:
             path = (folder / name).resolve() if not os.path.isabs(name) else Path(name).resolve()
-            if path.is_relative_to(toolchain) or path.is_relative_to(LIBC_DIR):
+            if path.is_relative_to(toolchain) or (own and path in libc):
                 continue
             if not path.is_relative_to(folder):
                 raise BuildError(where, f"the build read {name}, which is outside the template folder; "

@@ -38,6 +38,14 @@ static inline int first_difference(uint64_t a, uint64_t b) {
     return (int)((a >> shift) & 0xffu) - (int)((b >> shift) & 0xffu);
 }
 
+/* The first two words, then the second two: the difference of the first differing bytes, or 0. For two
+ * overlapping loads the bytes they share are equal once the first pair is, so the second pair's first
+ * difference is the first of all. */
+static inline int compare_pairs(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
+    if (a != b) return first_difference(a, b);
+    return c == d ? 0 : first_difference(c, d);
+}
+
 /* 0 when the 16 bytes at l and r are equal, else the difference of the first differing bytes. */
 static inline int compare16(const unsigned char *l, const unsigned char *r) {
 #ifdef __wasm_simd128__
@@ -46,11 +54,7 @@ static inline int compare16(const unsigned char *l, const unsigned char *r) {
     unsigned k = (unsigned)__builtin_ctz(unequal);
     return (int)l[k] - (int)r[k];
 #else /* a build without -msimd128: two 64-bit words */
-    uint64_t a = load64(l), b = load64(r);
-    if (a != b) return first_difference(a, b);
-    a = load64(l + 8);
-    b = load64(r + 8);
-    return a == b ? 0 : first_difference(a, b);
+    return compare_pairs(load64(l), load64(r), load64(l + 8), load64(r + 8));
 #endif
 }
 
@@ -65,20 +69,8 @@ __attribute__((weak)) int memcmp(const void *vl, const void *vr, size_t n) {
         /* The bytes before i are equal, so the first difference in the last 16 is the first of all. */
         return i == n ? 0 : compare16(l + n - 16, r + n - 16);
     }
-    if (n >= 8) {
-        uint64_t a = load64(l), b = load64(r);
-        if (a != b) return first_difference(a, b);
-        a = load64(l + n - 8);
-        b = load64(r + n - 8);
-        return a == b ? 0 : first_difference(a, b);
-    }
-    if (n >= 4) {
-        uint32_t a = load32(l), b = load32(r);
-        if (a != b) return first_difference(a, b);
-        a = load32(l + n - 4);
-        b = load32(r + n - 4);
-        return a == b ? 0 : first_difference(a, b);
-    }
+    if (n >= 8) return compare_pairs(load64(l), load64(r), load64(l + n - 8), load64(r + n - 8));
+    if (n >= 4) return compare_pairs(load32(l), load32(r), load32(l + n - 4), load32(r + n - 4));
     if (n == 0) return 0;
     int d = (int)l[0] - (int)r[0];
     if (d || n == 1) return d;

@@ -195,6 +195,14 @@ def test_tools_for_c() -> None:
     assert supplement["hashes"] == [{"alg": "SHA-256", "content": sha256_file(toolchain.LIBC_DIR / "memcmp.c")}]
 
 
+@pytest.mark.parametrize("bad", [["memcmp.c"], {"../../etc/passwd": "0" * 64}, {"pipelines/libc/memcmp.c": "nothex"},
+                                 {"pipelines/libc/memcmp.c": 5}, "x"])
+def test_a_malformed_libc_supplement_record_is_refused(bad: Any) -> None:
+    record = {**toolchain.identity("c"), "libcSupplement": bad}
+    with pytest.raises(InputError, match="toolchain.libcSupplement"):
+        build_sbom(template("wordstats"), digest=DIGEST, toolchain=record, epoch=EPOCH, commit=COMMIT)
+
+
 def test_tools_for_wat() -> None:
     found = tools(parsed(sbom(template("base64"))))
     assert set(found) == {"agentfactory", "wat2wasm"}
