@@ -22,7 +22,7 @@ from agentfactory.errors import InputError
 from agentfactory.httpserve import BodyTooLarge, read_body
 from agentfactory.metrics import CONTROL_PLANE_LATENCY, CONTROL_PLANE_REQUESTS, LabelCache
 
-from .decide import Admitter, Answer, NotCached
+from .decide import Admitter, Answer, NotCached, Reach
 from .review import parse_review, response, uid_of
 
 _DECISIONS = LabelCache(CONTROL_PLANE_REQUESTS)  # the children by decision, not labels() on every review
@@ -36,7 +36,12 @@ def _json(doc: dict[str, Any]) -> Response:
     return Response(_ENCODE(doc).encode(), media_type="application/json")
 
 
-def create_app(admitter: Admitter) -> FastAPI:
+def create_app(admitter: Admitter, *, inline_decisions: bool = False) -> FastAPI:
+    """The webhook app. What needs no I/O is answered on the event loop: cache hits always, and with
+    `inline_decisions` also an admission.rego evaluation whose verdict is cached (`admission serve` sets it when
+    its threads share one CPU, where a worker thread would add a hop and no parallelism). Everything else runs
+    in a worker thread under the deadline."""
+    fast = Reach.NO_IO if inline_decisions else Reach.MEMOISED
     app = FastAPI(title="agentfactory admission", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ready = True
     config = admitter.config
@@ -57,8 +62,8 @@ def create_app(admitter: Admitter) -> FastAPI:
         except InputError as exc:
             return _deny("error", started, uid_of(body), 400, f"not a valid AdmissionReview: {exc}; denied")
         try:
-            try:  # cache hits are answered here, on the event loop: no thread hand-off (~0.1 ms, and jitter)
-                answer: Answer = admitter.review(review, mode, cached_only=True)
+            try:  # answered here, on the event loop, when it needs no I/O: no thread hand-off (~0.1 ms, and jitter)
+                answer: Answer = admitter.review(review, mode, reach=fast)
             except NotCached:
                 answer = await asyncio.wait_for(run_in_threadpool(admitter.review, review, mode), timeout=deadline)
         except TimeoutError:

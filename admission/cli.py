@@ -91,7 +91,9 @@ def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, 
         return context
 
     server = uvicorn.Server(uvicorn.Config(
-        create_app(admitter), ssl_certfile=str(tls_cert), ssl_keyfile=str(tls_key), log_level="warning",
+        # threads on one CPU: a worker thread buys no parallelism, so decisions needing no I/O stay on the loop
+        create_app(admitter, inline_decisions=home is not None), ssl_certfile=str(tls_cert),
+        ssl_keyfile=str(tls_key), log_level="warning",
         access_log=False, timeout_keep_alive=30, limit_concurrency=1000, server_header=False,
         ssl_context_factory=tls_context))
     threading.Thread(target=_reload_certificate, args=(contexts, tls_cert, tls_key), daemon=True,
@@ -100,7 +102,8 @@ def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, 
         place_every_thread(home)
     err.print(json.dumps({"listening": url_of(sock, "https"), "config": admitter.config.source,
                           "store": admitter.store.url, "trust": admitter.trust.source,
-                          "hostCpu": sorted(home) if home is not None else "off"}), markup=False)
+                          "hostCpu": sorted(home) if home is not None else "off",
+                          "inlineDecisions": home is not None}), markup=False)
     server.run(sockets=[sock])
 
 

@@ -6,11 +6,13 @@ attach refused, other CONNECTs passed), objects that carry no agent pass untouch
 is judged on the new object (UPDATE included), at the stage of its namespace (admission/stages.py),
 never at one the object claims. In warn mode (namespaces labelled for it, through the webhook
 configuration's namespaceSelector) a refusal becomes an admission with warnings. This module is
-synchronous; the HTTP layer runs it in a worker thread under the configured deadline.
+synchronous: the HTTP layer answers on its event loop what needs no I/O (`Reach`), and runs the rest in a
+worker thread under the configured deadline.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import json
 import re
@@ -35,6 +37,10 @@ from .subresources import ALLOW, REFUSE, UNKNOWN_WHY, rule_for
 from .verdicts import VerdictCache
 
 MAX_POLICY_DECISIONS = 10_000
+# Reach.NO_IO evaluates admission.rego on the caller's thread (the event loop) only for an input this small (its
+# JSON without the verdict; a usual one is under 1 KiB): a larger one is evaluated in a worker thread, where the
+# deadline bounds the wait, so no review can hold the loop for long.
+MAX_INLINE_INPUT_BYTES = 4096
 # What plain_text would change (a quote, a backslash, a control character): text without any is used as it is,
 # so a reference that needs no rewriting costs one regular-expression search instead of a walk per character.
 _NOT_PLAIN = re.compile(r'["\\\x00-\x1f]')
@@ -72,7 +78,19 @@ class Judged:
 
 
 class NotCached(Exception):
-    """The fast path met something it would have to compute: take the slow path."""
+    """The fast path met something beyond its `Reach`: take the slow path."""
+
+
+class Reach(enum.Enum):
+    """How far a review may go where it runs (the HTTP layer's choice); beyond it, NotCached.
+
+    Verifying an agent reads the store (I/O, and seconds at worst), so only a worker thread under the deadline
+    does it. Evaluating admission.rego is CPU only (0.2 ms with opa-wasm, about 1 ms with regopy): on an event
+    loop whose threads share one CPU anyway, a hand-off to a worker buys no parallelism and costs a hop."""
+
+    ALL = "all"  # verify and evaluate whatever is not cached: a worker thread
+    NO_IO = "no-io"  # the verdict from its cache; admission.rego evaluated when its decision is not memoised
+    MEMOISED = "memoised"  # only what is cached: the verdict and the admission decision
 
 
 @dataclass
@@ -111,10 +129,10 @@ class Admitter:
         return bool(getattr(self.engine, "broken", None))
 
     # -- the decision ----------------------------------------------------------------------------
-    def review(self, review: Review, mode: str = "enforce", *, cached_only: bool = False) -> Answer:
-        """Judge `review`. With `cached_only`, raise NotCached rather than verify or evaluate anything:
-        the HTTP layer answers cache hits on its event loop and sends only misses to a worker thread."""
-        answer = self._review(review, mode, cached_only)
+    def review(self, review: Review, mode: str = "enforce", *, reach: Reach = Reach.ALL) -> Answer:
+        """Judge `review`, going no further than `reach` (else NotCached, with nothing recorded): the HTTP layer
+        answers on its event loop what needs no I/O, and sends the rest to a worker thread."""
+        answer = self._review(review, mode, reach)
         if self.audit is not None:
             self.audit.record("admission", plane="admission", uid=review.uid, operation=review.operation,
                               namespace=review.namespace, kind=f"{review.group}/{review.kind}".lstrip("/"),
@@ -122,7 +140,7 @@ class Admitter:
                               decision=answer.decision, message=answer.message, agents=answer.agents)
         return answer
 
-    def _review(self, review: Review, mode: str, cached_only: bool) -> Answer:
+    def _review(self, review: Review, mode: str, reach: Reach) -> Answer:
         if review.operation == "DELETE":
             return Answer(True, 200, "DELETE is not judged: a bad object can always be removed")
         if review.namespace in self.config.exempt_namespaces:
@@ -160,7 +178,7 @@ class Admitter:
         warnings: list[str] = []
         agents: list[dict[str, Any]] = []
         for ref in refs:
-            d, w, record = self._judge(review, ref, stage, mode, cached_only)
+            d, w, record = self._judge(review, ref, stage, mode, reach)
             denies.extend(d)
             warnings.extend(w)
             agents.append(record)
@@ -200,7 +218,7 @@ class Admitter:
         return Answer(False, 403, summary, warnings, "denied", agents)
 
     def _judge(self, review: Review, ref: Reference, stage: str, mode: str,
-               cached_only: bool) -> tuple[list[str], list[str], dict[str, Any]]:
+               reach: Reach) -> tuple[list[str], list[str], dict[str, Any]]:
         record: dict[str, Any] = {"ref": ref.ref, "field": ref.field, "stage": stage,
                                   "requestedStage": ref.requested_stage}
         try:
@@ -215,9 +233,9 @@ class Admitter:
             if foreign:
                 denies.append(f"{ref.field}: {ref.ref!r} {foreign}")
             else:
-                judged = self._verdict(parsed, stage, cached_only)  # the namespace's stage, never the object's
+                judged = self._verdict(parsed, stage, reach)  # the namespace's stage, never the object's
                 record["digest"], record["score"] = parsed.digest, judged.verdict.score
-        decision = self._policy(review, ref, parsed, stage, judged, mode, cached_only)
+        decision = self._policy(review, ref, parsed, stage, judged, mode, reach)
         denies.extend(_in_check_order(decision.deny, judged))
         record["allowed"] = not denies
         return denies, list(decision.warn), record
@@ -229,10 +247,10 @@ class Admitter:
         return (f"names the registry {parsed.prefix}; agents are admitted from {self._store_prefix} only "
                 "(config store): copy it there with its evidence (agentfactory store copy)")
 
-    def _verdict(self, parsed: Parsed, stage: str, cached_only: bool) -> Judged:
+    def _verdict(self, parsed: Parsed, stage: str, reach: Reach) -> Judged:
         assert parsed.digest is not None
         key = f"{parsed.digest}|{parsed.name}|{stage}|{self.trust_id}"
-        if cached_only:
+        if reach is not Reach.ALL:
             hit = self.verdicts.peek(key)
             if hit is None:
                 raise NotCached(key)
@@ -256,7 +274,7 @@ class Admitter:
         return self.verdicts.get(key, compute, timeout=self.config.deadline_ms / 1000)
 
     def _policy(self, review: Review, ref: Reference, parsed: Parsed, stage: str, judged: Judged | None,
-                mode: str, cached_only: bool) -> Decision:
+                mode: str, reach: Reach) -> Decision:
         head = {
             # no object name: the decision is about the agent in its namespace, and is memoised by its
             # input, so the Pods a ReplicaSet creates under new names reuse it (docs/policy-inputs.md)
@@ -275,7 +293,7 @@ class Admitter:
             if cached is not None:
                 self._decisions.move_to_end(key)
                 return cached
-        if cached_only:
+        if reach is Reach.MEMOISED or (reach is Reach.NO_IO and len(key[0]) > MAX_INLINE_INPUT_BYTES):
             raise NotCached("admission decision")
         decision = self.engine.decide("admission", document)
         with self._decisions_lock:

@@ -22,14 +22,16 @@ from admission.decide import Admitter
 
 
 @contextlib.contextmanager
-def webhook(admitter: Admitter, tmp: Path) -> Iterator[tuple[str, httpx.Client]]:
-    """Serve `admitter` over HTTPS; yield (base URL, a client that trusts the test CA)."""
+def webhook(admitter: Admitter, tmp: Path, *, inline_decisions: bool = False) -> Iterator[tuple[str, httpx.Client]]:
+    """Serve `admitter` over HTTPS; yield (base URL, a client that trusts the test CA). `inline_decisions`: as
+    `admission serve` with its threads on one CPU (the default), admission.rego evaluated on the event loop."""
     make_certs(tmp, service="agentfactory-admission", namespace="agentfactory-system", days=1)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(admitter), ssl_certfile=str(tmp / "tls.crt"),
-                                           ssl_keyfile=str(tmp / "tls.key"), log_level="error", access_log=False))
+    server = uvicorn.Server(uvicorn.Config(create_app(admitter, inline_decisions=inline_decisions),
+                                           ssl_certfile=str(tmp / "tls.crt"), ssl_keyfile=str(tmp / "tls.key"),
+                                           log_level="error", access_log=False))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,13 +47,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Signed, di
         yield s, refs, home
 
 
-@pytest.fixture
-def server(world: tuple[Signed, dict[str, str], Path], tmp_path: Path) -> Iterator[tuple[str, httpx.Client]]:
+@pytest.fixture(params=[False, True], ids=["decisions-in-workers", "decisions-on-the-loop"])
+def server(world: tuple[Signed, dict[str, str], Path], tmp_path: Path,
+           request: pytest.FixtureRequest) -> Iterator[tuple[str, httpx.Client]]:
+    """The webhook as `admission serve --host-cpu off` serves it (every evaluation in a worker thread) and as it
+    serves by default (admission.rego evaluated on the event loop when the verdict is cached): every test here
+    must get the same answers from both."""
     s, _, _ = world
     config = AdmissionConfig(audit_log=tmp_path / "audit.jsonl", max_request_bytes=256 * 1024, max_references=64,
                              deadline_ms=2000)
     admitter = Admitter(config, s.store, s.trust, s.engine, AuditLog(tmp_path / "audit.jsonl"))
-    with webhook(admitter, tmp_path / "tls") as served:
+    with webhook(admitter, tmp_path / "tls", inline_decisions=request.param) as served:
         yield served
 
 
@@ -307,3 +312,55 @@ def test_metrics_count_decisions(server: tuple[str, httpx.Client], world: tuple[
     assert 'agent_factory_control_plane_verdict_cache_total{result="negative-hit"}' in text  # the second one
     assert "agent_factory_control_plane_request_duration_seconds_bucket" in text
     assert "agent_factory_security_validations_total" in text
+
+
+class _Recording:
+    """A policy engine or store that records which thread evaluated each policy or resolved each agent."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.calls: list[tuple[str, str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def decide(self, policy: str, document: dict[str, Any]) -> Any:
+        self.calls.append((policy, threading.current_thread().name))
+        return self._inner.decide(policy, document)
+
+    def resolve(self, ref: str) -> Any:
+        self.calls.append(("resolve", threading.current_thread().name))
+        return self._inner.resolve(ref)
+
+
+WORKER = "AnyIO worker thread"  # run_in_threadpool's threads; the event loop runs on the server's own thread
+
+
+def test_only_what_needs_no_io_is_judged_on_the_event_loop(world: tuple[Signed, dict[str, str], Path],
+                                                          tmp_path: Path) -> None:
+    """Verification reads the store, so it always runs in a worker thread under the deadline. With inline
+    decisions (`admission serve` on one CPU), admission.rego is evaluated on the event loop when the verdict is
+    cached, unless its input is large: then a worker thread evaluates it, so no review holds the loop long."""
+    s, refs, _ = world
+
+    def agent_in(namespace: str) -> dict[str, Any]:
+        return review(wasm_agent(refs["wordstats"]), group="agentfactory.dev", version="v1alpha1",
+                      kind="WasmAgent", namespace=namespace)
+
+    for inline in (False, True):
+        engine, store = _Recording(s.engine), _Recording(s.store)
+        admitter = Admitter(AdmissionConfig(deadline_ms=5000), store, s.trust, engine)  # type: ignore[arg-type]
+        with webhook(admitter, tmp_path / f"tls-{inline}", inline_decisions=inline) as (_, client):
+            assert ask(client, agent_in("inline-one"))["allowed"]  # first sight: verified, then the decision
+            first = list(engine.calls)
+            engine.calls.clear()
+            assert ask(client, agent_in("inline-two"))["allowed"]  # the verdict cached, the decision not
+            second = list(engine.calls)
+            engine.calls.clear()
+            assert ask(client, agent_in("n" * 5000))["allowed"]  # the same, with an input over 4 KiB
+            large = list(engine.calls)
+        assert store.calls and all(thread == WORKER for _, thread in store.calls), store.calls
+        assert [p for p, _ in first] == ["artifact", "admission"] and all(t == WORKER for _, t in first), first
+        assert [p for p, _ in second] == ["admission"], second
+        assert (second[0][1] != WORKER) is inline, (inline, second)
+        assert large == [("admission", WORKER)], large
