@@ -38,11 +38,12 @@ def admission_world(home: Path) -> tuple[Signed, dict[str, str]]:
 @contextlib.contextmanager
 def served(signed: Signed, tmp: Path, engine: PolicyEngine | None = None,
            **config: Any) -> Iterator[tuple[httpx.Client, Path]]:
-    """The webhook over TLS for `signed`'s store; yields a client and the audit trail's path."""
+    """The webhook over TLS for `signed`'s store, as `admission serve` runs by default (admission.rego evaluated on
+    the event loop when the verdict is cached); yields a client and the audit trail's path."""
     audit = tmp / "audit.jsonl"
     admitter = Admitter(AdmissionConfig(audit_log=audit, deadline_ms=5000, **config), signed.store, signed.trust,
                         engine or signed.engine, AuditLog(audit))
-    with webhook(admitter, tmp / "tls") as (_, client):
+    with webhook(admitter, tmp / "tls", inline_decisions=True) as (_, client):
         yield client, audit
 
 
