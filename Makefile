@@ -222,7 +222,7 @@ tools:
 
 ## test: install everything the tests need, lint, and run the whole suite
 test: $(STAMP) system-deps tools lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=25
 
 ## e2e-kube: a real kube-apiserver calls the admission webhook (tests/e2e_kube; docs/admission.md "Checking
 ## against a real API server"): etcd (Debian etcd-server), kube-apiserver + kubectl built by tools/build-kube.sh

@@ -66,6 +66,15 @@ def model_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModelApi]:
 def built(tmp_path_factory: pytest.TempPathFactory, toolchain_cache: Path) -> Iterator[tuple[Signed, TemplateResult]]:
     root = tmp_path_factory.mktemp("python-agent")
     shutil.copytree(PYTHON_EXAMPLE, root / "templates" / "ticket-triage")
+    # These tests are about what the agent does, not how fast: its time limits (1.5 s per request, 2 s per
+    # invocation, signed into the agent) are raised in this copy, so that a loaded CI machine (one run took the
+    # first request with a fresh node's Vault lookup and TLS handshake past them) cannot turn a model answer into
+    # the rules' fallback.
+    manifest = root / "templates" / "ticket-triage" / "agent.yaml"
+    text = manifest.read_text()
+    assert text.count("timeoutMs: 1500") == 1 and text.count("timeoutMs: 2000") == 1, "the example's limits moved"
+    manifest.write_text(text.replace("timeoutMs: 1500", "timeoutMs: 10000").replace("timeoutMs: 2000",
+                                                                                    "timeoutMs: 15000"))
     git(root, "init", "-q", "-b", "main")
     git(root, "add", "-A")
     git(root, "commit", "-q", "-m", "ticket-triage")
@@ -168,7 +177,7 @@ def test_the_agent_never_sees_the_key_and_falls_back_without_it(built: tuple[Sig
     try:
         probe = b'{"subject": "Charged twice", "body": "refund my invoice"}'
         seen = rt.invoke("ticket-triage", Invocation(stdin=probe)).execution
-        assert json.loads(seen.stdout)["source"] == "model"
+        assert json.loads(seen.stdout)["source"] == "model", (seen.stdout, seen.tool_log)
         assert model_api.key.encode() not in seen.stdout + seen.stderr + seen.tool_log
         model_api.root.secrets.kv.v2.create_or_update_secret(
             path="agentfactory/agents/ticket-triage", mount_point="secret", secret={"model-api-key": "wrong-key"})
