@@ -38,8 +38,9 @@ from .verdicts import VerdictCache
 
 MAX_POLICY_DECISIONS = 10_000
 # Reach.NO_IO evaluates admission.rego on the caller's thread (the event loop) only for an input this small (its
-# JSON without the verdict; a usual one is under 1 KiB): a larger one is evaluated in a worker thread, where the
-# deadline bounds the wait, so no review can hold the loop for long.
+# canonical JSON: the request's part, and the verdict's, which a signed agent's evidence shapes; usually about 1.5
+# KiB in all): a larger one is evaluated in a worker thread, where the deadline bounds the wait, so no review can
+# hold the loop for long.
 MAX_INLINE_INPUT_BYTES = 4096
 # What plain_text would change (a quote, a backslash, a control character): text without any is used as it is,
 # so a reference that needs no rewriting costs one regular-expression search instead of a walk per character.
@@ -247,9 +248,13 @@ class Admitter:
         return (f"names the registry {parsed.prefix}; agents are admitted from {self._store_prefix} only "
                 "(config store): copy it there with its evidence (agentfactory store copy)")
 
+    def verdict_key(self, name: str, digest: str, stage: str) -> str:
+        """The verdict cache's key for an agent at a stage under this webhook's trust policy."""
+        return f"{digest}|{name}|{stage}|{self.trust_id}"
+
     def _verdict(self, parsed: Parsed, stage: str, reach: Reach) -> Judged:
         assert parsed.digest is not None
-        key = f"{parsed.digest}|{parsed.name}|{stage}|{self.trust_id}"
+        key = self.verdict_key(parsed.name, parsed.digest, stage)
         if reach is not Reach.ALL:
             hit = self.verdicts.peek(key)
             if hit is None:
@@ -293,7 +298,7 @@ class Admitter:
             if cached is not None:
                 self._decisions.move_to_end(key)
                 return cached
-        if reach is Reach.MEMOISED or (reach is Reach.NO_IO and len(key[0]) > MAX_INLINE_INPUT_BYTES):
+        if reach is Reach.MEMOISED or (reach is Reach.NO_IO and len(key[0]) + len(key[1]) > MAX_INLINE_INPUT_BYTES):
             raise NotCached("admission decision")
         decision = self.engine.decide("admission", document)
         with self._decisions_lock:

@@ -18,9 +18,12 @@ from helpers import EXAMPLES, ROOT, TEMPLATES
 from runtime_helpers import OK_WAT, Signed, publish, signed_store, wat_manifest
 
 from admission.config import AdmissionConfig
-from admission.decide import Admitter
+from admission.decide import Admitter, Judged, NotCached, Reach
 from admission.refs import POD_TEMPLATES
+from admission.review import parse_review
+from admission.verdicts import VerdictCache
 from agentfactory.audit import AuditLog
+from agentfactory.verifier import refuse
 from pipelines.run import Signing, run_pipeline
 
 pytestmark = pytest.mark.toolchain
@@ -364,3 +367,27 @@ def test_only_what_needs_no_io_is_judged_on_the_event_loop(world: tuple[Signed, 
         assert [p for p, _ in second] == ["admission"], second
         assert (second[0][1] != WORKER) is inline, (inline, second)
         assert large == [("admission", WORKER)], large
+
+
+def test_a_verdict_too_large_to_judge_on_the_event_loop_goes_to_a_worker(
+        world: tuple[Signed, dict[str, str], Path]) -> None:
+    """The 4 KiB cap counts the verdict's part of the input too: a signed agent's evidence shapes it (reasons), so
+    an agent whose verdict is large cannot make every new namespace's review hold the event loop."""
+    s, refs, _ = world
+    admitter = Admitter(AdmissionConfig(deadline_ms=5000), s.store, s.trust, s.engine)
+    name, digest = refs["wordstats"].split("@")
+    stage = admitter.stages.of("team-x")
+    for reason, on_the_loop in (("short", True), ("x" * 5000, False)):
+        admitter.verdicts = VerdictCache(600, 600, 100, positive=lambda j: j.verdict.allowed)
+        judged = Judged.of(refuse(digest, "signature", reason))
+        admitter.verdicts.get(admitter.verdict_key(name, digest, stage), lambda judged=judged: judged)
+        body = review(wasm_agent(refs["wordstats"]), group="agentfactory.dev", version="v1alpha1", kind="WasmAgent",
+                      namespace="team-x")
+        if on_the_loop:
+            answer = admitter.review(parse_review(json.dumps(body).encode()), reach=Reach.NO_IO)
+            assert not answer.allowed and "short" in answer.message, answer
+        else:
+            with pytest.raises(NotCached):
+                admitter.review(parse_review(json.dumps(body).encode()), reach=Reach.NO_IO)
+            answer = admitter.review(parse_review(json.dumps(body).encode()))  # where a worker thread runs it
+            assert not answer.allowed and "x" * 100 in answer.message, answer
