@@ -37,10 +37,10 @@ from .subresources import ALLOW, REFUSE, UNKNOWN_WHY, rule_for
 from .verdicts import VerdictCache
 
 MAX_POLICY_DECISIONS = 10_000
-# Reach.NO_IO evaluates admission.rego on the caller's thread (the event loop) only for an input this small (its
-# canonical JSON: the request's part, and the verdict's, which a signed agent's evidence shapes; usually about 1.5
-# KiB in all): a larger one is evaluated in a worker thread, where the deadline bounds the wait, so no review can
-# hold the loop for long.
+# Reach.NO_IO evaluates admission.rego on the caller's thread (the event loop) for at most this much input in one
+# review, across all its references (canonical JSON: each request's part, and the verdict's, which a signed agent's
+# evidence shapes; usually about 1.5 KiB per reference): a review past it, one large input or a Pod of 256
+# containers, is evaluated in a worker thread, where the deadline bounds the wait, so no review holds the loop long.
 MAX_INLINE_INPUT_BYTES = 4096
 # What plain_text would change (a quote, a backslash, a control character): text without any is used as it is,
 # so a reference that needs no rewriting costs one regular-expression search instead of a walk per character.
@@ -92,6 +92,20 @@ class Reach(enum.Enum):
     ALL = "all"  # verify and evaluate whatever is not cached: a worker thread
     NO_IO = "no-io"  # the verdict from its cache; admission.rego evaluated when its decision is not memoised
     MEMOISED = "memoised"  # only what is cached: the verdict and the admission decision
+
+
+@dataclass
+class _Inline:
+    """What Reach.NO_IO may still evaluate in one review, in input bytes (MAX_INLINE_INPUT_BYTES across its
+    references)."""
+
+    left: int = MAX_INLINE_INPUT_BYTES
+
+    def spend(self, size: int) -> bool:
+        if size > self.left:
+            return False
+        self.left -= size
+        return True
 
 
 @dataclass
@@ -178,8 +192,9 @@ class Admitter:
         denies: list[str] = []
         warnings: list[str] = []
         agents: list[dict[str, Any]] = []
+        inline = _Inline()
         for ref in refs:
-            d, w, record = self._judge(review, ref, stage, mode, reach)
+            d, w, record = self._judge(review, ref, stage, mode, reach, inline)
             denies.extend(d)
             warnings.extend(w)
             agents.append(record)
@@ -218,8 +233,8 @@ class Admitter:
         summary = f"{len(denies)} problem(s): " + " | ".join(denies)
         return Answer(False, 403, summary, warnings, "denied", agents)
 
-    def _judge(self, review: Review, ref: Reference, stage: str, mode: str,
-               reach: Reach) -> tuple[list[str], list[str], dict[str, Any]]:
+    def _judge(self, review: Review, ref: Reference, stage: str, mode: str, reach: Reach,
+               inline: _Inline) -> tuple[list[str], list[str], dict[str, Any]]:
         record: dict[str, Any] = {"ref": ref.ref, "field": ref.field, "stage": stage,
                                   "requestedStage": ref.requested_stage}
         try:
@@ -236,7 +251,7 @@ class Admitter:
             else:
                 judged = self._verdict(parsed, stage, reach)  # the namespace's stage, never the object's
                 record["digest"], record["score"] = parsed.digest, judged.verdict.score
-        decision = self._policy(review, ref, parsed, stage, judged, mode, reach)
+        decision = self._policy(review, ref, parsed, stage, judged, mode, reach, inline)
         denies.extend(_in_check_order(decision.deny, judged))
         record["allowed"] = not denies
         return denies, list(decision.warn), record
@@ -279,7 +294,7 @@ class Admitter:
         return self.verdicts.get(key, compute, timeout=self.config.deadline_ms / 1000)
 
     def _policy(self, review: Review, ref: Reference, parsed: Parsed, stage: str, judged: Judged | None,
-                mode: str, reach: Reach) -> Decision:
+                mode: str, reach: Reach, inline: _Inline) -> Decision:
         head = {
             # no object name: the decision is about the agent in its namespace, and is memoised by its
             # input, so the Pods a ReplicaSet creates under new names reuse it (docs/policy-inputs.md)
@@ -298,7 +313,7 @@ class Admitter:
             if cached is not None:
                 self._decisions.move_to_end(key)
                 return cached
-        if reach is Reach.MEMOISED or (reach is Reach.NO_IO and len(key[0]) + len(key[1]) > MAX_INLINE_INPUT_BYTES):
+        if reach is Reach.MEMOISED or (reach is Reach.NO_IO and not inline.spend(len(key[0]) + len(key[1]))):
             raise NotCached("admission decision")
         decision = self.engine.decide("admission", document)
         with self._decisions_lock:

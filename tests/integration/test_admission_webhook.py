@@ -343,7 +343,8 @@ def test_only_what_needs_no_io_is_judged_on_the_event_loop(world: tuple[Signed, 
                                                           tmp_path: Path) -> None:
     """Verification reads the store, so it always runs in a worker thread under the deadline. With inline
     decisions (`admission serve` on one CPU), admission.rego is evaluated on the event loop when the verdict is
-    cached, unless its input is large: then a worker thread evaluates it, so no review holds the loop long."""
+    cached, unless its input is large, alone or across a review's references: then a worker thread evaluates it, so
+    no review holds the loop long."""
     s, refs, _ = world
 
     def agent_in(namespace: str) -> dict[str, Any]:
@@ -362,11 +363,19 @@ def test_only_what_needs_no_io_is_judged_on_the_event_loop(world: tuple[Signed, 
             engine.calls.clear()
             assert ask(client, agent_in("n" * 5000))["allowed"]  # the same, with an input over 4 KiB
             large = list(engine.calls)
+            engine.calls.clear()
+            many = review(wasm_pod(*[refs["wordstats"]] * 16), namespace="inline-three")  # 16 small inputs
+            assert ask(client, many)["allowed"]
+            pod = list(engine.calls)
         assert store.calls and all(thread == WORKER for _, thread in store.calls), store.calls
         assert [p for p, _ in first] == ["artifact", "admission"] and all(t == WORKER for _, t in first), first
         assert [p for p, _ in second] == ["admission"], second
         assert (second[0][1] != WORKER) is inline, (inline, second)
         assert large == [("admission", WORKER)], large
+        # the 4 KiB is for the whole review: a few references on the loop at most, the rest in a worker thread
+        assert len(pod) == 16 and all(p == "admission" for p, _ in pod), pod
+        on_loop = [t for _, t in pod if t != WORKER]
+        assert len(on_loop) <= (3 if inline else 0) and pod[-1][1] == WORKER, pod
 
 
 def test_a_verdict_too_large_to_judge_on_the_event_loop_goes_to_a_worker(
