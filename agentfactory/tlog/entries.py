@@ -218,6 +218,17 @@ class ProposedEntry:
             return hashedrekord_body(self.digest_hex, self.signature, self.public_key_pem)
         return dsse_body(self.envelope_json, self.public_key_pem)
 
+    def canonical_body(self) -> bytes:
+        """`canonical(self.body())`, the bytes the log stores and hashes. A hashedrekord body holds only a hex
+        digest and base64 text, which JSON writes as they are, under keys already in canonical order: it is
+        written directly (every add makes one; the generic path costs several times as much)."""
+        if self.kind == "hashedrekord" and _HEX64.fullmatch(self.digest_hex):
+            pem = canonical_pem_of(self.public_key_pem, "hashedrekord publicKey")
+            return (f'{{"apiVersion":"{API_VERSION}","kind":"hashedrekord","spec":{{"data":{{"hash":{{'
+                    f'"algorithm":"sha256","value":"{self.digest_hex}"}}}},"signature":{{"content":'
+                    f'"{_b64e(self.signature)}","publicKey":{{"content":"{_b64e(pem)}"}}}}}}}}').encode()
+        return canonical(self.body())
+
 
 def _obj(doc: Any, where: str, field: str) -> dict[str, Any]:
     value = doc.get(field) if isinstance(doc, dict) else None
@@ -289,14 +300,18 @@ def _parse_dsse(spec: dict[str, Any], where: str) -> ProposedEntry:
     return ProposedEntry("dsse", pem, envelope_json=envelope_json, envelope=envelope)
 
 
+_PREHASHED = utils.Prehashed(hashes.SHA256())  # stateless: made once, not at every add
+_ECDSA_PREHASHED = ec.ECDSA(_PREHASHED)
+_PKCS1V15 = padding.PKCS1v15()
+
+
 def signature_verifies(key: PublicKey, signature: bytes, digest: bytes) -> bool:
     """RSA PKCS#1 v1.5 or ECDSA over a SHA-256 digest (prehashed), as Rekor's verifiers do."""
-    prehashed = utils.Prehashed(hashes.SHA256())
     try:
         if isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, digest, padding.PKCS1v15(), prehashed)
+            key.verify(signature, digest, _PKCS1V15, _PREHASHED)
         else:
-            key.verify(signature, digest, ec.ECDSA(prehashed))
+            key.verify(signature, digest, _ECDSA_PREHASHED)
     except InvalidSignature:
         return False
     return True
@@ -393,7 +408,20 @@ class LogEntry:
                                       "verification": verification}}
 
     def to_json(self, tree_id: str = "") -> bytes:
-        return json.dumps(self.to_dict(tree_id), sort_keys=True, separators=(",", ":")).encode()
+        """`to_dict` as compact JSON with sorted keys. Every add answers with one, so an entry whose strings
+        are all base64 or hex (JSON writes them as they are) is written directly, keys in sorted order; only
+        the checkpoint, free text, goes through the encoder. Anything else takes the generic path."""
+        p = self.inclusion_proof
+        if p is None or not (type(self.integrated_time) is type(self.log_index) is type(p.log_index)
+                             is type(p.tree_size) is int) or len(tree_id) not in (0, TREE_ID_HEX_CHARS) \
+                or not _B64_TEXT.fullmatch("".join((tree_id, self.log_id, p.root_hash, *p.hashes))):
+            return json.dumps(self.to_dict(tree_id), sort_keys=True, separators=(",", ":")).encode()
+        hashes = ",".join(f'"{h}"' for h in p.hashes)
+        return (f'{{"{tree_id}{self.uuid}":{{"body":"{self.body_b64}","integratedTime":{self.integrated_time},'
+                f'"logID":"{self.log_id}","logIndex":{self.log_index},"verification":{{"inclusionProof":{{'
+                f'"checkpoint":{json.dumps(p.checkpoint)},"hashes":[{hashes}],'
+                f'"logIndex":{p.log_index},"rootHash":"{p.root_hash}","treeSize":{p.tree_size}}},'
+                f'"signedEntryTimestamp":"{_b64e(self.signed_entry_timestamp)}"}}}}}}').encode()
 
 
 def _int(doc: dict[str, Any], where: str, field: str, upper: int = MAX_TREE_SIZE) -> int:

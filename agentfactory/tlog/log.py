@@ -50,7 +50,6 @@ from .entries import (
     InclusionProof,
     LogEntry,
     ProposedEntry,
-    canonical,
     load_public_key,
     parse_proposed_entry,
     sign_set,
@@ -354,7 +353,7 @@ class EmbeddedLog(TransparencyLog):
         try:
             entry = parse_proposed_entry(proposed, "proposed entry")
             verify_entry_signature(entry, "proposed entry")
-            body = canonical(entry.body())
+            body = entry.canonical_body()
         except InputError as e:
             raise EntryRejected(str(e)) from None
         except ValueError as e:  # canonical() refuses what JSON cannot carry exactly

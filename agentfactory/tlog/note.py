@@ -46,6 +46,7 @@ MAX_KEY_PEM_BYTES = 16 * 1024
 ROOT_HASH_BYTES = 32
 MAX_TREE_SIZE = 2**63 - 1  # Rekor and Trillian keep sizes and indices in int64
 EM_DASH = "\u2014"
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())  # stateless: one for every signature
 _SIZE = re.compile(r"0|[1-9][0-9]{0,18}")
 _NAME = re.compile(r"[^\s+]{1,256}")  # C2SP: a key name has no whitespace and no '+'
 _B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
@@ -141,7 +142,7 @@ class LogKey:
 
     def sign(self, data: bytes) -> bytes:
         """ECDSA P-256 over SHA-256(data), DER encoded: what Rekor's signer produces."""
-        return self._private.sign(data, ec.ECDSA(hashes.SHA256()))
+        return self._private.sign(data, _ECDSA_SHA256)
 
 
 def _read_private_key(path: Path) -> ec.EllipticCurvePrivateKey:

@@ -1,7 +1,7 @@
 """The shortcuts that make an add cheap give exactly what the long ways give: canonical JSON through the C
-encoder, SET payloads written directly, index keys from the parsed entry, inclusion proofs from a batch's
-nodes in memory, several entries committed in one call, and the server's own POST route (body cap, error
-bodies, status codes)."""
+encoder, SET payloads, canonical bodies and entry answers written directly, index keys from the parsed entry,
+inclusion proofs from a batch's nodes in memory, several entries committed in one call, and the server's own
+POST route (body cap, error bodies, status codes)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,16 @@ from agentfactory.intoto import make_statement
 from agentfactory.keys.local import LocalKeyring
 from agentfactory.tlog import merkle
 from agentfactory.tlog.base import EntryRejected
-from agentfactory.tlog.entries import MAX_ENTRY_BYTES, _jcs, canonical, load_public_key, set_payload
+from agentfactory.tlog.entries import (
+    MAX_ENTRY_BYTES,
+    InclusionProof,
+    LogEntry,
+    _jcs,
+    canonical,
+    load_public_key,
+    parse_proposed_entry,
+    set_payload,
+)
 from agentfactory.tlog.log import MAX_BATCH, EmbeddedLog, index_keys
 from agentfactory.tlog.server import create_app
 from agentfactory.tlog.storage import TreeStorage
@@ -108,6 +117,60 @@ def test_set_payload_written_directly_is_the_canonical_json() -> None:
                                            "logIndex": odd[3]})
     with pytest.raises(ValueError):
         set_payload("Ym9keQ==", 2**53, "ab" * 32, 0)
+
+
+def test_canonical_bodies_written_directly_are_the_canonical_json(ring: LocalKeyring, pem: bytes) -> None:
+    """Every kind, RSA and ECDSA keys, a key sent in another PEM spelling (re-encoded): the bytes the log stores
+    and hashes are canonical(body()) whichever way they are made."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+    ec_key = ec.generate_private_key(ec.SECP384R1())
+    ec_pem = ec_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                              serialization.PublicFormat.SubjectPublicKeyInfo)
+    docs = [hashedrekord(ring, pem, f"hr {i}") for i in range(20)] + [dsse(ring, pem, "d")]
+    for i in range(20):
+        digest = hashlib.sha256(f"ec {i}".encode()).digest()
+        sig = ec_key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
+        docs.append({"apiVersion": "0.0.1", "kind": "hashedrekord", "spec": {
+            "data": {"hash": {"algorithm": "sha256", "value": digest.hex()}},
+            "signature": {"content": b64(sig), "publicKey": {"content": b64(ec_pem.replace(b"\n", b"\r\n"))}}}})
+    for doc in docs:
+        entry = parse_proposed_entry(doc, "doc")
+        assert entry.canonical_body() == canonical(entry.body()) == rfc8785.dumps(entry.body())
+
+
+def _generic_json(entry: LogEntry, tree_id: str) -> bytes:
+    return json.dumps(entry.to_dict(tree_id), sort_keys=True, separators=(",", ":")).encode()
+
+
+def test_entry_answers_written_directly_are_the_generic_json() -> None:
+    """Random entries, proofs of every length (none included), checkpoints with the characters JSON escapes,
+    with and without a tree id; and entries whose strings are not base64 or hex (made by hand: the log never
+    makes them), where the generic path answers: the same bytes every time."""
+    rng = random.Random(2025)
+    for k in range(600):
+        hashes = tuple(rng.randbytes(32).hex() for _ in range(rng.randrange(5 if k % 3 else 64)))
+        checkpoint = f"origin - {k}\n{k}\n{b64(rng.randbytes(32))}\n\n\u2014 origin {b64(rng.randbytes(9))}\n" + \
+            _random_text(rng)
+        index = rng.randrange(2**53)
+        shard_index = index if k % 2 else rng.randrange(index + 1)  # a sharded log's proof counts in its shard
+        proof = None if k % 50 == 0 else InclusionProof(shard_index, rng.randbytes(32).hex(), shard_index + 1 + k,
+                                                        hashes, checkpoint)
+        entry = LogEntry(rng.randbytes(rng.randrange(1, 900)), rng.randrange(2**53), rng.randbytes(32).hex(), index,
+                         rng.randbytes(rng.randrange(1, 104)), proof)
+        for tree_id in ("", f"{rng.randrange(2**63):016x}"):
+            assert entry.to_json(tree_id) == _generic_json(entry, tree_id)
+            json.loads(entry.to_json(tree_id))
+    base = LogEntry(b"body", 1, "ab" * 32, 0, b"set", InclusionProof(0, "cd" * 32, 1, (), "note\n"))
+    odd = [LogEntry(base.body, 1, 'a"b', 0, b"set", base.inclusion_proof),
+           LogEntry(base.body, 1, "ab" * 32, 0, b"set", InclusionProof(0, "x\\", 1, ("é",), "n")),
+           LogEntry(base.body, True, "ab" * 32, 0, b"set", base.inclusion_proof)]
+    for entry in (base, *odd):
+        assert entry.to_json("00000000000004d2") == _generic_json(entry, "00000000000004d2")
+    with pytest.raises(ValueError, match="16 hex digits"):
+        base.to_json("short")
 
 
 def test_a_parsed_key_is_cached_but_a_refusal_names_each_caller(pem: bytes) -> None:
