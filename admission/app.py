@@ -3,6 +3,11 @@
 Fail closed without ever answering 500: a body that is too large, slow, malformed or not a review, an
 internal error and the internal deadline (below the webhook's timeoutSeconds) each answer an
 AdmissionReview with `allowed: false` and the reason, so the API server shows the user why.
+
+The two review routes are served by `WebhookApp` straight from ASGI: every review the API server sends goes
+through them, and FastAPI's router, middleware stack, Request and Response objects cost about as much CPU as
+judging a cached review (profiled under load). Everything else (health, readiness, metrics, a wrong method)
+is FastAPI's.
 """
 
 from __future__ import annotations
@@ -12,14 +17,14 @@ import json
 import time
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from agentfactory.audit import AuditError
 from agentfactory.errors import InputError
-from agentfactory.httpserve import BodyTooLarge, read_body
+from agentfactory.httpserve import BodyTooLarge, Receive, Scope, Send, read_asgi_body, route_path, send_body
 from agentfactory.metrics import CONTROL_PLANE_LATENCY, CONTROL_PLANE_REQUESTS, LabelCache
 
 from .decide import Admitter, Answer, NotCached, Reach
@@ -30,28 +35,38 @@ _DECISIONS = LabelCache(CONTROL_PLANE_REQUESTS)  # the children by decision, not
 
 # One encoder for every answer: json.dumps with options builds a new encoder per call, on the request path.
 _ENCODE = json.JSONEncoder(separators=(",", ":")).encode
+_MODES = {"/validate": "enforce", "/validate/warn": "warn"}
 
 
-def _json(doc: dict[str, Any]) -> Response:
-    return Response(_ENCODE(doc).encode(), media_type="application/json")
+class WebhookApp:
+    """The ASGI app `admission serve` runs: POST /validate and /validate/warn here, everything else by `api`."""
 
+    def __init__(self, admitter: Admitter, api: FastAPI, inline_decisions: bool) -> None:
+        self.admitter = admitter
+        self.api = api
+        self.fast = Reach.NO_IO if inline_decisions else Reach.MEMOISED
+        self.deadline = admitter.config.deadline_ms / 1000
 
-def create_app(admitter: Admitter, *, inline_decisions: bool = False) -> FastAPI:
-    """The webhook app. What needs no I/O is answered on the event loop: cache hits always, and with
-    `inline_decisions` also an admission.rego evaluation whose verdict is cached (`admission serve` sets it when
-    its threads share one CPU, where a worker thread would add a hop and no parallelism). Everything else runs
-    in a worker thread under the deadline."""
-    fast = Reach.NO_IO if inline_decisions else Reach.MEMOISED
-    app = FastAPI(title="agentfactory admission", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.ready = True
-    config = admitter.config
-    deadline = config.deadline_ms / 1000
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        mode = _MODES.get(route_path(scope)) if scope["type"] == "http" else None
+        if mode is None:
+            await self.api(scope, receive, send)
+        elif scope["method"] != "POST":
+            await send_body(send, 405, b'{"detail":"Method Not Allowed"}', [(b"allow", b"POST")])
+        elif (doc := await self._validate(scope, receive, mode)) is not None:
+            await send_body(send, 200, _ENCODE(doc).encode())
 
-    async def validate(request: Request, mode: str) -> Response:
+    async def _validate(self, scope: Scope, receive: Receive, mode: str) -> dict[str, Any] | None:
+        """The AdmissionReview answer for one request; None when the client went away before sending it all."""
         started = time.perf_counter()
+        config = self.admitter.config
         body = b""
         try:
-            body = await asyncio.wait_for(read_body(request, config.max_request_bytes), timeout=deadline)
+            async with asyncio.timeout(self.deadline):
+                received = await read_asgi_body(scope, receive, config.max_request_bytes)
+            if received is None:
+                return None
+            body = received
             review = parse_review(body)
         except BodyTooLarge:
             return _deny("error", started, "", 413, f"the review is larger than {config.max_request_bytes} bytes "
@@ -63,9 +78,10 @@ def create_app(admitter: Admitter, *, inline_decisions: bool = False) -> FastAPI
             return _deny("error", started, uid_of(body), 400, f"not a valid AdmissionReview: {exc}; denied")
         try:
             try:  # answered here, on the event loop, when it needs no I/O: no thread hand-off (~0.1 ms, and jitter)
-                answer: Answer = admitter.review(review, mode, reach=fast)
+                answer: Answer = self.admitter.review(review, mode, reach=self.fast)
             except NotCached:
-                answer = await asyncio.wait_for(run_in_threadpool(admitter.review, review, mode), timeout=deadline)
+                async with asyncio.timeout(self.deadline):
+                    answer = await run_in_threadpool(self.admitter.review, review, mode)
         except TimeoutError:
             return _deny("denied", started, review.uid, 504,
                          f"verification did not finish within the webhook's internal deadline of {config.deadline_ms} "
@@ -78,21 +94,23 @@ def create_app(admitter: Admitter, *, inline_decisions: bool = False) -> FastAPI
                          f"{exc}; denied (fail closed)")
         _DECISIONS.get(answer.decision).inc()
         CONTROL_PLANE_LATENCY.observe(time.perf_counter() - started)
-        return _json(response(review.uid, answer.allowed, code=answer.code if not answer.allowed else None,
-                              message=answer.message if not answer.allowed else "", warnings=answer.warnings))
+        return response(review.uid, answer.allowed, code=answer.code if not answer.allowed else None,
+                        message=answer.message if not answer.allowed else "", warnings=answer.warnings)
 
-    def _deny(decision: str, started: float, uid: str, code: int, message: str) -> Response:
-        _DECISIONS.get(decision).inc()
-        CONTROL_PLANE_LATENCY.observe(time.perf_counter() - started)
-        return _json(response(uid, False, code=code, message=message))
 
-    @app.post("/validate")
-    async def validate_enforce(request: Request) -> Response:
-        return await validate(request, "enforce")
+def _deny(decision: str, started: float, uid: str, code: int, message: str) -> dict[str, Any]:
+    _DECISIONS.get(decision).inc()
+    CONTROL_PLANE_LATENCY.observe(time.perf_counter() - started)
+    return response(uid, False, code=code, message=message)
 
-    @app.post("/validate/warn")
-    async def validate_warn(request: Request) -> Response:
-        return await validate(request, "warn")
+
+def create_app(admitter: Admitter, *, inline_decisions: bool = False) -> WebhookApp:
+    """The webhook app. What needs no I/O is answered on the event loop: cache hits always, and with
+    `inline_decisions` also an admission.rego evaluation whose verdict is cached (`admission serve` sets it when
+    its threads share one CPU, where a worker thread would add a hop and no parallelism). Everything else runs
+    in a worker thread under the deadline."""
+    app = FastAPI(title="agentfactory admission", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ready = True
 
     @app.get("/healthz")
     async def healthz() -> PlainTextResponse:
@@ -107,4 +125,4 @@ def create_app(admitter: Admitter, *, inline_decisions: bool = False) -> FastAPI
     async def metrics() -> Response:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return WebhookApp(admitter, app, inline_decisions)

@@ -384,7 +384,7 @@ class LogEntry:
     signed_entry_timestamp: bytes
     inclusion_proof: InclusionProof | None = None
 
-    @property
+    @functools.cached_property  # a server names the entry, then writes it: one hash of the body, not two
     def uuid(self) -> str:
         return entry_uuid(self.body)
 

@@ -27,7 +27,7 @@ import asyncio
 import json
 import re
 import weakref
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -38,7 +38,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..dsse import b64decode_strict
 from ..errors import ConfigError, InputError, NotFoundError
-from ..httpserve import BodyTooLarge, read_body
+from ..httpserve import BodyTooLarge, Receive, Scope, Send, read_asgi_body, read_body, route_path, send_body
 from ..jsonsafe import load_json_object
 from .base import EntryRejected, LogError
 from .entries import (
@@ -133,12 +133,6 @@ def _tree_param(request: Request, tree_id: str) -> None:
         raise _BadRequest(f"query parameter treeID is given {len(values)} times; give it once")
     if values and values[0] != tree_id:
         raise _BadRequest(f"treeID {values[0][:40]!r} is not a tree of this log; its tree id is {tree_id}")
-
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 
 
 BATCH_WAIT_S = 0.002  # how long a commit may wait for the entries it expects (`tlog serve --batch-wait-ms`)
@@ -242,7 +236,7 @@ class TlogApp:
         self._last: tuple[Callable[[], asyncio.AbstractEventLoop | None], _Committer | None] = (lambda: None, None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and _route_path(scope) == ENTRIES:
+        if scope["type"] == "http" and scope["method"] == "POST" and route_path(scope) == ENTRIES:
             await self._create_entry(scope, receive, send)
         else:
             await self.api(scope, receive, send)
@@ -262,7 +256,7 @@ class TlogApp:
     async def _create_entry(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Rekor's createLogEntry: 201 with the entry, 409 naming the existing one, 400 refused, 413 too big."""
         try:
-            body = await _read_capped(scope, receive, MAX_ENTRY_BYTES)
+            body = await read_asgi_body(scope, receive, MAX_ENTRY_BYTES)
         except BodyTooLarge:
             return await _send_error(send, 413, f"the proposed entry is larger than {MAX_ENTRY_BYTES} bytes")
         if body is None:
@@ -284,48 +278,15 @@ class TlogApp:
                 return await _send_error(
                     send, 409, f"an equivalent entry already exists in the transparency log with UUID {entry_id}",
                     [(b"location", location.encode())])
-            await _send(send, 201, added.entry.to_json(self._tree_hex),
+            await send_body(send, 201, added.entry.to_json(self._tree_hex),
                         [(b"location", location.encode()), (b"etag", entry_id.encode())])
         except Exception as exc:  # as FastAPI's handler: a JSON 500 naming the type, then raise for the log
             await _send_error(send, 500, f"internal error: {type(exc).__name__}")
             raise
 
 
-def _route_path(scope: Scope) -> str:
-    """The path a router matches (Starlette's rule: the request path below the app's root_path)."""
-    path, root = str(scope["path"]), str(scope.get("root_path", ""))
-    return path[len(root):] if root and path.startswith(root) else path
-
-
-async def _read_capped(scope: Scope, receive: Receive, limit: int) -> bytes | None:
-    """The request body, refused (BodyTooLarge) past `limit` before it is all in memory, as `read_body` does;
-    None when the client disconnected first."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            raise BodyTooLarge(value.decode())
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(str(size))
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-length", str(len(body)).encode()), (b"content-type", b"application/json"), *(headers or [])]})
-    await send({"type": "http.response.body", "body": body})
-
-
 async def _send_error(send: Send, code: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    await _send(send, code, json.dumps({"code": code, "message": message}, separators=(",", ":")).encode(), headers)
+    await send_body(send, code, json.dumps({"code": code, "message": message}, separators=(",", ":")).encode(), headers)
 
 
 def create_app(log: EmbeddedLog, batch_wait_s: float = BATCH_WAIT_S) -> TlogApp:

@@ -281,6 +281,29 @@ def test_bad_input_is_refused_clearly(server: tuple[str, httpx.Client],
     assert client.get("/healthz").text == "ok\n" and client.get("/readyz").status_code == 200
 
 
+def test_the_review_routes_take_posts_in_pieces_and_nothing_else(server: tuple[str, httpx.Client],
+                                                                 world: tuple[Signed, dict[str, str], Path]) -> None:
+    """The review routes are served straight from ASGI, not by the framework: a body that arrives in several
+    pieces is read whole, another method is a 405 that says POST, and the other routes are the framework's."""
+    _, client = server
+    _, refs, _ = world
+    body = json.dumps(review(wasm_agent(refs["wordstats"]), group="agentfactory.dev", version="v1alpha1",
+                             kind="WasmAgent")).encode()
+
+    def pieces() -> Iterator[bytes]:
+        for k in range(0, len(body), 97):
+            yield body[k:k + 97]
+
+    for path in ("/validate", "/validate/warn"):
+        streamed = client.post(path, content=pieces(), headers={"content-type": "application/json"})
+        assert streamed.status_code == 200 and streamed.json()["response"]["allowed"] is True
+        for method in ("GET", "PUT", "DELETE"):
+            refused = client.request(method, path)
+            assert refused.status_code == 405 and refused.headers["allow"] == "POST", (method, path)
+    assert client.post("/validate/other", content=body).status_code == 404
+    assert client.get("/metrics").status_code == 200
+
+
 def test_a_slow_client_is_cut_off_and_others_are_served(server: tuple[str, httpx.Client], tmp_path: Path,
                                                        world: tuple[Signed, dict[str, str], Path]) -> None:
     url, client = server
