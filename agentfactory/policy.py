@@ -522,39 +522,51 @@ class RegoEngine(PolicyEngine):
         if not self.tests:
             report.errors.append(f"{self.folder}: no *_test.rego files")
             return report
-        try:  # not compiled twice: the bundle below compiles everything (a whole compile of the policies with
-            # their tests takes rego-cpp some 25 s), and a test that does not compile, or evaluates to anything
-            # but true, fails (the report is then not ok): nothing broken can pass unchecked
-            interpreter = self._interpreter_with({**self.sources, **self.tests}, check=False)
+        try:  # the policies alone, as the engine loads them (compiled already, or once here when every bundle
+            # came from the cache): one that does not parse fails the run even where no package's tests read it
+            self._interpreter  # noqa: B018 - built for its check
         except PolicyError as exc:
             report.errors.append(str(exc))
             return report
-        tests: list[tuple[str, str]] = []
+        by_package: dict[str, list[str]] = {}
         for path, text in self.tests.items():
-            package = _PACKAGE.search(text)
-            if not package:
+            found = _PACKAGE.search(text)
+            if not found:
                 report.errors.append(f"{path}: no package declaration")
                 continue
-            tests += [(package.group(1), name) for name in dict.fromkeys(_TEST_RULE.findall(text))]
-        if not tests:
+            by_package.setdefault(found.group(1), []).extend(_TEST_RULE.findall(text))
+        if not any(by_package.values()):
             report.errors.append(f"{self.folder}: no test_* rules in the *_test.rego files")
             return report
-        # One compiled bundle with every test as an entrypoint: compiling per query would take minutes.
-        entrypoints = {t: f"{t[0].replace('.', '/')}/{t[1]}" for t in tests}
+        modules = {**self.sources, **self.tests}
+        for package, names in by_package.items():
+            self._run_package_tests(report, modules, package, list(dict.fromkeys(names)))
+        return report
+
+    def _run_package_tests(self, report: TestReport, modules: dict[str, str], package: str, names: list[str]) -> None:
+        """One package's tests, compiled into one bundle (every test an entrypoint: compiling per query would take
+        minutes) with only the modules the package can read (`policy_modules`): rego-cpp's compile grows faster
+        than the modules it is given, and the whole folder with its tests took it about 25 s where the packages
+        one by one take about 15 s in all. A test that does not compile, or evaluates to anything but true,
+        fails (the report is then not ok)."""
+        entrypoints = {name: f"{package.replace('.', '/')}/{name}" for name in names}
         try:
+            interpreter = self._interpreter_with(policy_modules(modules, package), check=False)
             bundle = interpreter.build(None, list(entrypoints.values()))
+        except PolicyError as exc:
+            report.errors.append(f"{package}: {exc}")
+            return
         except Exception as exc:
-            report.errors.append(f"the tests do not compile: {exc}")
-            return report
-        for (package_name, name), entrypoint in entrypoints.items():
+            report.errors.append(f"{package}: the tests do not compile: {exc}")
+            return
+        for name, entrypoint in entrypoints.items():
             try:
                 value = _value(interpreter.query_bundle_entrypoint(bundle, entrypoint))
             except Exception as exc:
-                report.results.append(TestResult(package_name, name, False, f"error: {exc}"))
+                report.results.append(TestResult(package, name, False, f"error: {exc}"))
                 continue
-            report.results.append(TestResult(package_name, name, value is True,
+            report.results.append(TestResult(package, name, value is True,
                                              "" if value is True else f"evaluated to {value!r}"))
-        return report
 
 
 def _import_regopy() -> Any:

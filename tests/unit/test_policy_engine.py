@@ -127,6 +127,41 @@ test_broken if {{ {body} }}
     assert report.errors or ("test_broken", False) in {(r.name, r.ok) for r in report.results}, why
 
 
+TEMPLATE_TESTS = """package agentfactory.template_test
+import rego.v1
+import data.agentfactory.template
+test_denies_shell if {
+    "spec.tools: 'shell.exec' is not allowed" in template.violations({"template": {"spec": {"tools": ["shell.exec"]}}})
+}
+"""
+
+
+def test_a_policy_no_test_reads_still_fails_the_run_when_it_does_not_parse(tmp_path: Path) -> None:
+    """Each package's tests are compiled with only the modules it can read; the policies themselves are loaded
+    whole first, so one that does not parse fails the run even where no test reads it. (rego-cpp accepts an
+    unknown function, an unsafe variable or a recursion in a rule nothing evaluates, as it did when the folder
+    was compiled whole; OPA's own check does not: tests/integration/test_opa_reference.py runs it on policies/.)"""
+    other = "package agentfactory.other\nimport rego.v1\nbad if {\n"
+    report = RegoEngine(folder(tmp_path, {"template.rego": GOOD, "template_test.rego": TEMPLATE_TESTS,
+                                          "other.rego": other})).run_tests()
+    assert not report.ok and report.errors
+
+
+def test_each_package_is_tested_and_one_that_does_not_compile_hides_no_other(tmp_path: Path) -> None:
+    """Two files of one package run together; a second package whose tests do not compile is an error of its own
+    and the first package's results are still reported."""
+    more = TEMPLATE_TESTS.replace("test_denies_shell", "test_denies_shell_again")
+    broken = "package agentfactory.broken_test\nimport rego.v1\ntest_x if { nosuchfn(1) }\n"
+    report = RegoEngine(folder(tmp_path, {"template.rego": GOOD, "template_test.rego": TEMPLATE_TESTS,
+                                          "template_more_test.rego": more, "broken_test.rego": broken})).run_tests()
+    assert {(r.package, r.name, r.ok) for r in report.results} >= {
+        ("agentfactory.template_test", "test_denies_shell", True),
+        ("agentfactory.template_test", "test_denies_shell_again", True)}
+    assert not report.ok
+    assert any("agentfactory.broken_test" in e for e in report.errors) or \
+        ("agentfactory.broken_test", "test_x", False) in {(r.package, r.name, r.ok) for r in report.results}
+
+
 @pytest.mark.parametrize("policy", ["template", "artifact"])
 def test_project_policies_compile(policy: str) -> None:
     engine = RegoEngine(Path(__file__).resolve().parents[2] / "policies")
