@@ -546,8 +546,8 @@ class RegoEngine(PolicyEngine):
     def _run_package_tests(self, report: TestReport, modules: dict[str, str], package: str, names: list[str]) -> None:
         """One package's tests, compiled into one bundle (every test an entrypoint: compiling per query would take
         minutes) with only the modules the package can read (`policy_modules`): rego-cpp's compile grows faster
-        than the modules it is given, and the whole folder with its tests took it about 25 s where the packages
-        one by one take about 15 s in all. A test that does not compile, or evaluates to anything but true,
+        than the modules it is given, and `policy test` on policies/ took 39 s with the folder compiled whole
+        and takes 19 s package by package. A test that does not compile, or evaluates to anything but true,
         fails (the report is then not ok)."""
         entrypoints = {name: f"{package.replace('.', '/')}/{name}" for name in names}
         try:
