@@ -27,7 +27,6 @@ import asyncio
 import json
 import re
 import weakref
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -233,7 +232,6 @@ class TlogApp:
         self._tree_hex = tree_id_hex(log.tree_id)
         self._committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Committer] = \
             weakref.WeakKeyDictionary()
-        self._last: tuple[Callable[[], asyncio.AbstractEventLoop | None], _Committer | None] = (lambda: None, None)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and route_path(scope) == ENTRIES:
@@ -243,14 +241,9 @@ class TlogApp:
 
     def _committer(self) -> _Committer:
         loop = asyncio.get_running_loop()
-        last_loop, last = self._last
-        if last_loop() is loop:  # `tlog serve` runs one loop: no weak reference made per add to look it up
-            assert last is not None
-            return last
         committer = self._committers.get(loop)
         if committer is None:
             committer = self._committers[loop] = _Committer(self.log, self.batch_wait_s)
-        self._last = (weakref.ref(loop), committer)
         return committer
 
     async def _create_entry(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -284,7 +284,8 @@ def test_bad_input_is_refused_clearly(server: tuple[str, httpx.Client],
 def test_the_review_routes_take_posts_in_pieces_and_nothing_else(server: tuple[str, httpx.Client],
                                                                  world: tuple[Signed, dict[str, str], Path]) -> None:
     """The review routes are served straight from ASGI, not by the framework: a body that arrives in several
-    pieces is read whole, another method is a 405 that says POST, and the other routes are the framework's."""
+    pieces is read whole, and refused (413, denied) once past maxRequestBytes though no length was declared;
+    another method is a 405 that says POST, and the other routes are the framework's."""
     _, client = server
     _, refs, _ = world
     body = json.dumps(review(wasm_agent(refs["wordstats"]), group="agentfactory.dev", version="v1alpha1",
@@ -300,6 +301,10 @@ def test_the_review_routes_take_posts_in_pieces_and_nothing_else(server: tuple[s
         for method in ("GET", "PUT", "DELETE"):
             refused = client.request(method, path)
             assert refused.status_code == 405 and refused.headers["allow"] == "POST", (method, path)
+        too_big = client.post(path, content=(b" " * 4096 for _ in range(65)),  # 260 KiB in pieces, no length
+                              headers={"content-type": "application/json"})
+        assert too_big.status_code == 200 and too_big.json()["response"]["allowed"] is False
+        assert too_big.json()["response"]["status"]["code"] == 413
     assert client.post("/validate/other", content=body).status_code == 404
     assert client.get("/metrics").status_code == 200
 
