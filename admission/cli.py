@@ -76,6 +76,7 @@ def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, 
 
     from agentfactory.cpuplace import choose_home, place_every_thread
     from agentfactory.httpserve import bind, url_of
+    from agentfactory.stopsignals import StopSignals
 
     from .app import create_app
 
@@ -100,11 +101,13 @@ def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, 
                      name="tls-reload").start()
     if home is not None:
         place_every_thread(home)
+    stop = StopSignals(lambda: setattr(server, "should_exit", True)).install()  # before anyone is told to send
     err.print(json.dumps({"listening": url_of(sock, "https"), "config": admitter.config.source,
                           "store": admitter.store.url, "trust": admitter.trust.source,
                           "hostCpu": sorted(home) if home is not None else "off",
                           "inlineDecisions": home is not None}), markup=False)
     server.run(sockets=[sock])
+    sys.exit(stop.exit_code())
 
 
 def _reload_certificate(contexts: list[ssl.SSLContext], cert: Path, key: Path, every: float = 30.0) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ import click
 from rich.markup import escape
 
 from agentfactory.cli.common import (
-    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PROBLEMS,
     err,
@@ -223,6 +220,8 @@ def serve(listen: str, workers: int | None, warm_interval: float, host_cpu: str,
           policies_dir: Path | None, stage: str, entry_stage: str, cache_dir: Path | None, node_key: Path | None,
           audit_log: Path | None, host_roots: tuple[Path, ...]) -> None:
     """Serve POST /v1/agents/NAME/invoke, GET /healthz, /readyz and /metrics until SIGTERM."""
+    from agentfactory.stopsignals import StopSignals
+
     from .cpu_home import CpuHome
     from .server import RuntimeServer
     from .warmpool import WarmPool
@@ -237,17 +236,7 @@ def serve(listen: str, workers: int | None, warm_interval: float, host_cpu: str,
     server = RuntimeServer((host.strip("[]"), int(port)), rt, workers=workers or 2 * (os.cpu_count() or 1),
                            warm=warm)
     cpu.pin_process()  # every thread so far; those started later inherit the home CPU from their maker
-    stop = threading.Event()
-
-    signals: list[int] = []
-
-    def _terminate(signum: int, _frame: Any) -> None:
-        signals.append(signum)
-        stop.set()
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)
+    stop = StopSignals(server.shutdown).install()  # before anyone is told to send
     bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
     err.print(json.dumps({"listening": f"http://{bound_host}:{bound_port}", "stage": stage,
                           "store": rt.store.url, "trust": rt.trust.source, **cpu.describe()}), markup=False)
@@ -259,7 +248,7 @@ def serve(listen: str, workers: int | None, warm_interval: float, host_cpu: str,
         warm.stop()
         server.server_close()
         rt.close()
-    _exit(EXIT_INTERRUPTED if signal.SIGINT in signals else EXIT_OK)  # Ctrl-C: 130, as every command
+    _exit(stop.exit_code())  # Ctrl-C: 130, as every command; SIGTERM: 0
 
 
 @runtime.command("audit")

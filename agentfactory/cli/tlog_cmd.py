@@ -82,6 +82,7 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
     import uvicorn
 
     from ..cpuplace import choose_home, place_every_thread
+    from ..stopsignals import StopSignals
     from ..tlog.server import batch_wait_seconds, create_app
 
     if (tls_cert is None) != (tls_key is None):
@@ -100,6 +101,7 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
         ssl_keyfile=str(tls_key) if tls_key else None))
     if home is not None:
         place_every_thread(home)
+    stop = StopSignals(lambda: setattr(server, "should_exit", True)).install()  # before anyone is told to send
     sys.stderr.write(json.dumps({"listening": url_of(sock, "https" if tls_cert else "http"), "logID": log.log_id,
                                  "publicKey": str(public_pem),
                                  "hostCpu": sorted(home) if home is not None else "off",
@@ -109,6 +111,7 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
         server.run(sockets=[sock])
     finally:
         log.close()
+    sys.exit(stop.exit_code())
 
 
 @tlog.command("info")

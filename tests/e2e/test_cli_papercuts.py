@@ -13,9 +13,11 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from child_process import HANG_S, child_env, finish, first_line
 from helpers import ROOT, TEMPLATES
 
 from agentfactory.cli.common import EXIT_INTERNAL, EXIT_USAGE, handle_errors, os_error_message
@@ -35,19 +37,41 @@ def af(*args: str, cwd: Path | None = None, stdin: str = "", env: dict[str, str]
 
 def interrupt(proc: subprocess.Popen[str]) -> tuple[int, str]:
     proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate()
-    return proc.returncode, stderr
+    code, _, stderr = finish(proc)  # a child that ignores Ctrl-C fails here with its stacks, never hangs the run
+    return code, stderr
 
 
-@pytest.mark.parametrize("args", [["tlog", "serve", "--listen", "127.0.0.1:0"],
-                                  ["runtime", "serve", "--listen", "127.0.0.1:0"]])
-def test_ctrl_c_stops_a_server_with_130(args: list[str]) -> None:
-    proc = subprocess.Popen([AF, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    assert proc.stderr is not None
-    assert "listening" in proc.stderr.readline()  # serving: the signal reaches the running server
-    code, stderr = interrupt(proc)
-    assert code == 130, stderr
-    assert "Aborted!" not in stderr
+@pytest.fixture(scope="module")
+def webhook_tls(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    folder = tmp_path_factory.mktemp("tls")
+    assert af("admission", "certs", "--out", str(folder)).returncode == 0
+    return ["--tls-cert", str(folder / "tls.crt"), "--tls-key", str(folder / "tls.key")]
+
+
+SERVERS = {"tlog": ["tlog", "serve", "--listen", "127.0.0.1:0"],
+           "runtime": ["runtime", "serve", "--listen", "127.0.0.1:0"],
+           "admission": ["admission", "serve", "--listen", "127.0.0.1:0"]}
+
+
+@pytest.mark.parametrize("server", SERVERS)
+@pytest.mark.parametrize(("signum", "code", "delays_ms"), [(signal.SIGINT, 130, (0, 5, 15)),
+                                                          (signal.SIGTERM, 0, (0,))], ids=["SIGINT", "SIGTERM"])
+def test_a_server_stops_on_a_signal_sent_the_moment_it_listens(server: str, signum: int, code: int,
+                                                                delays_ms: tuple[int, ...],
+                                                                webhook_tls: list[str]) -> None:
+    """Ctrl-C is 130 and SIGTERM a clean 0 for every server, even when the signal lands while the server is
+    still starting (the delays spread it over that window): `tlog serve` used to lose a Ctrl-C there, raised
+    as KeyboardInterrupt inside a callback that swallowed it, and served on (agentfactory/stopsignals.py)."""
+    args = SERVERS[server] + (webhook_tls if server == "admission" else [])
+    for delay in delays_ms:
+        proc = subprocess.Popen([AF, *args], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                env=child_env())
+        assert "listening" in first_line(proc)
+        time.sleep(delay / 1000)
+        proc.send_signal(signum)
+        got, _, stderr = finish(proc)
+        assert got == code, f"after {delay} ms: exit {got}\n{stderr}"
+        assert "Aborted!" not in stderr and "Traceback" not in stderr, stderr
 
 
 def _blocked_reading_stdin(pid: int) -> bool:
@@ -61,9 +85,13 @@ def _blocked_reading_stdin(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/syscall").exists(), reason="needs /proc/PID/syscall (Linux)")
 def test_ctrl_c_while_a_command_waits_for_input_exits_130() -> None:
     proc = subprocess.Popen([AF, "admission", "review", "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=child_env())
+    deadline = time.monotonic() + HANG_S
     while not _blocked_reading_stdin(proc.pid):
         assert proc.poll() is None, proc.communicate()
+        if time.monotonic() > deadline:  # never seen reading stdin: fail with its stacks rather than spin
+            finish(proc, timeout=0)
+        time.sleep(0.001)
     code, stderr = interrupt(proc)
     assert code == 130 and "Aborted!" not in stderr, stderr
 
