@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from child_process import first_line
 from helpers import ROOT, git, write_template
 from runtime_helpers import OK_WAT, Signed, signed_store, wait_until_ready, wat_manifest
 
@@ -166,7 +167,7 @@ def runtime_process(store_url: str, trust_file: Path, stage: str, *,
                             env={**os.environ, **(env or {})})
     assert proc.stderr is not None
     try:
-        first = proc.stderr.readline()
+        first = first_line(proc)
         if not first.startswith(b"{"):
             raise AssertionError(f"the runtime did not start: {first!r} {proc.stderr.read()!r}")
         url = json.loads(first)["listening"]

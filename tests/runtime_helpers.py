@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import wasmtime
+from child_process import first_line
 from helpers import ROOT, write_template
 
 from agentfactory import evidence
@@ -243,7 +244,7 @@ def serve_process(signed: Signed, base: Path, *, audit: Path | None = None, work
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env={**os.environ, **(env or {})})
     assert proc.stderr is not None
-    first = proc.stderr.readline()
+    first = first_line(proc)
     seen = [first]
     try:
         if not first.startswith(b"{"):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from child_process import first_line
 from click.testing import CliRunner, Result
 from helpers import write_template
 from runtime_helpers import OK_WAT, Signed, signed_store, wat_manifest
@@ -79,7 +80,7 @@ def tlog_server(folder: Path) -> Iterator[str]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()
+        line = first_line(proc)
         if not line:
             raise RuntimeError("tlog serve exited before listening: " + proc.stderr.read().decode())
         url = json.loads(line)["listening"]

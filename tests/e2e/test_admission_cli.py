@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from admission_helpers import review, wasm_agent
+from child_process import first_line
 
 pytestmark = pytest.mark.toolchain
 EXE = str(Path(sys.executable).with_name("agentfactory"))
@@ -50,7 +51,7 @@ def test_certs_serve_review(repo: Path) -> None:
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
     try:
         assert server.stderr is not None
-        url = json.loads(server.stderr.readline())["listening"]
+        url = json.loads(first_line(server))["listening"]
         trust = ssl.create_default_context(cafile=str(repo / "tls" / "ca.crt"))
         with httpx.Client(base_url=url, verify=trust, timeout=30) as client:
             for _ in range(200):
