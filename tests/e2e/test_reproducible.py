@@ -26,10 +26,12 @@ def test_two_clones_at_different_paths_give_identical_digests(repo: Path, tmp_pa
     git(tmp_path, "clone", "-q", str(repo), str(b))
     exe = Path(sys.executable).with_name("agentfactory")
     results = []
+    # Separate state and separate compiler caches, as on two machines: the first has built before (the
+    # session's cache, warmed by earlier tests at other paths), the second builds wasi-libc from nothing.
+    caches = {a: os.environ["AGENTFACTORY_TOOLCHAIN_CACHE"], b: str(b.parent / f"{b.name}-zig")}
     for clone in (a, b):
-        # Separate state and separate compiler caches, as on two machines.
         env = {**os.environ, "AGENTFACTORY_HOME": str(clone / ".state"),
-               "AGENTFACTORY_TOOLCHAIN_CACHE": str(clone.parent / f"{clone.name}-zig"), "TZ": "Asia/Tokyo"}
+               "AGENTFACTORY_TOOLCHAIN_CACHE": caches[clone], "TZ": "Asia/Tokyo"}
         proc = subprocess.run([str(exe), "pipeline", "run", "--json"], cwd=clone, env=env, capture_output=True,
                               text=True, timeout=900)
         assert proc.returncode == 0, proc.stderr
