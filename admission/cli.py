@@ -80,6 +80,7 @@ def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, 
 
     from .app import create_app
 
+    stop = StopSignals().install()  # from the start: a signal while the webhook sets up stops the server it makes
     home = choose_home(host_cpu, "--host-cpu")  # the event loop and the worker threads hand off per review
     sock = bind(listen, "0.0.0.0:8443")
     admitter = build_admitter(_config(config_path, store_url))
@@ -101,7 +102,7 @@ def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, 
                      name="tls-reload").start()
     if home is not None:
         place_every_thread(home)
-    stop = StopSignals(lambda: setattr(server, "should_exit", True)).install()  # before anyone is told to send
+    stop.then(lambda: setattr(server, "should_exit", True))
     err.print(json.dumps({"listening": url_of(sock, "https"), "config": admitter.config.source,
                           "store": admitter.store.url, "trust": admitter.trust.source,
                           "hostCpu": sorted(home) if home is not None else "off",

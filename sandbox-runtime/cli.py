@@ -226,6 +226,7 @@ def serve(listen: str, workers: int | None, warm_interval: float, host_cpu: str,
     from .server import RuntimeServer
     from .warmpool import WarmPool
 
+    stop = StopSignals().install()  # from the start: a signal while the node sets up stops the server it makes
     host, _, port = listen.rpartition(":")
     if not host or not port.isdigit():
         raise InputError("--listen", f"{listen!r}: write HOST:PORT (e.g. 127.0.0.1:8080)")
@@ -236,7 +237,7 @@ def serve(listen: str, workers: int | None, warm_interval: float, host_cpu: str,
     server = RuntimeServer((host.strip("[]"), int(port)), rt, workers=workers or 2 * (os.cpu_count() or 1),
                            warm=warm)
     cpu.pin_process()  # every thread so far; those started later inherit the home CPU from their maker
-    stop = StopSignals(server.shutdown).install()  # before anyone is told to send
+    stop.then(server.shutdown)
     bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
     err.print(json.dumps({"listening": f"http://{bound_host}:{bound_port}", "stage": stage,
                           "store": rt.store.url, "trust": rt.trust.source, **cpu.describe()}), markup=False)

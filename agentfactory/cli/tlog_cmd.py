@@ -85,6 +85,7 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
     from ..stopsignals import StopSignals
     from ..tlog.server import batch_wait_seconds, create_app
 
+    stop = StopSignals().install()  # from the start: a signal while the log opens stops the server it opens
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together")
     batch_wait_s = batch_wait_seconds(batch_wait_ms, "--batch-wait-ms")
@@ -101,7 +102,7 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
         ssl_keyfile=str(tls_key) if tls_key else None))
     if home is not None:
         place_every_thread(home)
-    stop = StopSignals(lambda: setattr(server, "should_exit", True)).install()  # before anyone is told to send
+    stop.then(lambda: setattr(server, "should_exit", True))
     sys.stderr.write(json.dumps({"listening": url_of(sock, "https" if tls_cert else "http"), "logID": log.log_id,
                                  "publicKey": str(public_pem),
                                  "hostCpu": sorted(home) if home is not None else "off",
