@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from child_process import first_line
 from helpers import write_template
 from runtime_helpers import OK_WAT, readyz, wait_until_ready, wat_manifest
 
@@ -62,7 +63,7 @@ def test_serve_invoke_sigterm_and_audit(built: Path) -> None:
                               cwd=built, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
     try:
         assert server.stderr is not None
-        first = server.stderr.readline().decode()
+        first = first_line(server).decode()
         url = json.loads(first)["listening"]
         with httpx.Client(base_url=url, timeout=30) as client:
             assert client.get("/healthz").status_code == 200

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from admission_helpers import review, wasm_agent
+from child_process import first_line
 from runtime_helpers import (
     OK_WAT,
     Signed,
@@ -304,7 +305,7 @@ def _started_at_home(argv: list[str], env: dict[str, str] | None = None) -> tupl
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
         assert proc.stderr is not None
-        started = json.loads(proc.stderr.readline())
+        started = json.loads(first_line(proc))
         home = frozenset(started["hostCpu"])
         assert len(home) == 1 and home <= set(CPUS), started
         return proc, urlsplit(started["listening"]).netloc, home
@@ -380,7 +381,7 @@ def test_admission_serve_keeps_its_threads_home_and_refuses_a_cpu_it_may_not_use
     off = subprocess.Popen([*argv, "--host-cpu", "off"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                            stderr=subprocess.PIPE, env=env)
     try:
-        assert off.stderr is not None and json.loads(off.stderr.readline())["hostCpu"] == "off"
+        assert off.stderr is not None and json.loads(first_line(off))["hostCpu"] == "off"
         assert set(_cpus_of(off.pid).values()) == {frozenset(CPUS)}
     finally:
         off.terminate()

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from child_process import first_line
 from prometheus_client.parser import text_string_to_metric_families
 from runtime_helpers import OK_WAT, publish, signed_store, wat_manifest
 
@@ -89,7 +90,7 @@ def start_node(cwd: Path, port: int = 0) -> Node:
     proc = subprocess.Popen([EXE, "runtime", "serve", "--listen", f"127.0.0.1:{port}"], cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
     assert proc.stderr is not None
-    line = proc.stderr.readline().decode()
+    line = first_line(proc).decode()
     if not line.startswith("{"):
         proc.kill()
         proc.wait()

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+from child_process import first_line
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from peer_tools import require
@@ -94,7 +95,7 @@ def serve(folder: Path) -> Iterator[Served]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         assert proc.stderr is not None
-        line = proc.stderr.readline()
+        line = first_line(proc)
         assert line, "tlog serve exited before listening: " + proc.stderr.read().decode()
         url = json.loads(line)["listening"]
         while True:  # the socket is bound before the line is written: connections queue until uvicorn accepts

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from child_process import first_line
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
@@ -42,7 +43,7 @@ def start_server(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen([str(exe), "tlog", "serve", "--listen", "127.0.0.1:0", "--dir", str(folder)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
     assert proc.stderr is not None
-    line = proc.stderr.readline()
+    line = first_line(proc)
     if not line:
         proc.kill()
         raise RuntimeError("tlog serve exited before listening: " + proc.stderr.read().decode())

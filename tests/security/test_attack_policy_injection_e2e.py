@@ -29,6 +29,7 @@ from typing import Any
 
 import httpx
 import pytest
+from child_process import first_line
 from policy_injection_cases import PAYLOADS, artifact_bases, review
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,7 +96,7 @@ def test_admission_webhook_over_tls_denies_every_injection(workdir: Path) -> Non
                               env={**os.environ, "AGENTFACTORY_POLICIES": str(ROOT / "policies")})
     try:
         assert server.stderr is not None
-        url = json.loads(server.stderr.readline())["listening"]
+        url = json.loads(first_line(server))["listening"]
         trust = ssl.create_default_context(cafile=str(workdir / "tls" / "ca.crt"))
         with httpx.Client(base_url=url, verify=trust, timeout=30) as client:
             for _ in range(200):

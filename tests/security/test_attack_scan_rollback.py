@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from child_process import first_line
 from helpers import EXAMPLE_OSV, EXAMPLES_SCANNING, ROOT
 
 from agentfactory.artifact import INDEX_MEDIA_TYPE
@@ -55,7 +56,7 @@ def start_log(folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen([str(exe), "tlog", "serve", "--listen", "127.0.0.1:0", "--dir", str(folder)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
     assert proc.stderr is not None
-    line = proc.stderr.readline()
+    line = first_line(proc)
     if not line:
         proc.kill()
         raise RuntimeError("tlog serve exited before listening: " + proc.stderr.read().decode())
