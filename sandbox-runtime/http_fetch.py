@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import http
 import http.client
 import json
@@ -142,6 +143,14 @@ class HttpNode:
         tls = ssl.create_default_context(cafile=str(self.settings.ca_file) if self.settings.ca_file else None)
         tls.minimum_version = ssl.TLSVersion.TLSv1_2
         self.tls = tls
+
+    def with_audit(self, audit: AuditSink) -> HttpNode:
+        """This node (settings, secrets, resolver, TLS trust shared) recording into `audit`: a runtime given a
+        node without a sink records into its own trail through a copy, never by changing a node that other
+        runtimes share or that outlives it (their records would go to its trail, closed or not)."""
+        node = copy.copy(self)
+        node.audit = audit
+        return node
 
     def check_grant(self, grant: HttpGrant) -> list[str]:
         """What this node refuses in a signed run contract before the agent runs (each names the field)."""

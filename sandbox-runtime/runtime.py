@@ -143,9 +143,9 @@ class Runtime:
         self.config = config or RuntimeConfig()
         self.engines = Engines(cpu=self.config.cpu)
         self.audit = AuditLog(self.config.audit_log) if self.config.audit_log else None
-        self.http = self.config.http or HttpNode()
-        if self.http.audit is None:  # every outbound request is a record in this node's trail
-            self.http.audit = self._audit
+        node = self.config.http or HttpNode()
+        # every outbound request is a record in this node's trail (a copy of a node given without a sink)
+        self.http = node if node.audit is not None else node.with_audit(self._audit)
         key = None
         if self.config.cache_dir is not None:
             key = load_node_key(self.config.node_key or self.config.cache_dir / "node.key")
