@@ -1,9 +1,11 @@
 """Waiting on a child process without ever hanging the suite.
 
 A CLI child that stops answering (a deadlock, a signal that never reaches it) must fail its test with the
-child's own stacks, not hold the run until CI kills it with nothing printed. Children started with
-`CHILD_ENV` have Python's faulthandler armed, so SIGABRT makes them print every thread's traceback before
-they die; `finish` and `first_line` send it when their bound passes and fail with what the child printed.
+child's own stacks, not hold the run until CI kills it with nothing printed. `finish` and `first_line` send
+SIGABRT when their bound passes and fail with what the child printed: a child started with `child_env()`
+(Python's faulthandler armed) prints every thread's traceback first. The fixtures that start servers for
+other tests keep their own environment (faulthandler would also print into the output of compile children
+that a test makes crash): a stuck one is stopped the same way and its test fails with its stderr.
 The bounds are for hangs, far above any normal run: nothing here times how fast a command is.
 """
 
