@@ -18,6 +18,9 @@ checkpoint signed for the tree the batch leaves, hands the lead to whoever queue
 batch's inclusion proofs (together: their paths overlap) and wakes its callers, who sign their own SETs.
 No add returns before the COMMIT (WAL, synchronous=FULL: the fsync) that holds its entry, so an acknowledged
 entry survives SIGKILL or power loss; a failed commit fails every add in it, none of which was acknowledged.
+A caller may make the answers while the fsync runs (`commit(..., early)`, `answer_early`: the server's event
+loop does, so the CPU works while the disk syncs); `answer` hands such an answer out only when it says what
+the commit made durable (the entry, its index and time, the tree and checkpoint), and never for a failed one.
 
 Thread safety: the queue is the only shared write state (one small lock); reads go through a second
 `TreeStorage` handle on the same file so that a GET never queues behind an append's fsync (WAL readers see
@@ -27,6 +30,7 @@ every committed row, and rows below a published size never change).
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import hashlib
 import json
@@ -34,7 +38,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,6 +162,30 @@ class PreparedEntry:
     head: tuple[int, bytes, str] | None = None  # (size, root, signed checkpoint) of the tree it was committed in
     path: list[bytes] | None = None  # its inclusion proof in that tree
     error: BaseException | None = None
+    # Where the commit's open transaction placed it, before the fsync (`EmbeddedLog.commit`'s `early`), and the
+    # answer made from that meanwhile (`answer_early`): `answer` returns it only once the commit that holds
+    # the entry has made it durable at exactly that place.
+    tentative: _Tentative | None = None
+    early: Added | None = None
+
+
+def _answers(early: Added, pending: PreparedEntry, index: int, head: tuple[int, bytes, str]) -> bool:
+    """Whether `early` says what the commit made durable: `pending`'s body, at `index`, at its integrated time,
+    proved in the tree of `head` under its checkpoint. Checked on the answer itself, not on what it was made from."""
+    entry, proof = early.entry, early.entry.inclusion_proof
+    return (not early.existed and proof is not None and entry.body == pending.body and entry.log_index == index
+            and proof.log_index == index and entry.integrated_time == pending.integrated_time
+            and (proof.tree_size, proof.root_hash, proof.checkpoint) == (head[0], head[1].hex(), head[2]))
+
+
+@dataclass(frozen=True)
+class _Tentative:
+    """An entry's place in a batch whose transaction has not committed yet: nothing here is durable."""
+
+    placed: Placed
+    integrated_time: int
+    head: tuple[int, bytes, str]
+    nodes: dict[tuple[int, int], bytes]
 
 
 def _write_index(db: sqlite3.Connection, size: int, rows: Iterable[tuple[int, Iterable[str]]],
@@ -195,10 +223,11 @@ class _Index:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 size = _write_index(self._db, self.size, rows, checkpoint)
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):  # as TreeStorage._transaction: a failed COMMIT too
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
             self.size = size
 
     def stage(self, db: sqlite3.Connection, rows: list[tuple[int, set[str]]],
@@ -374,10 +403,13 @@ class EmbeddedLog(TransparencyLog):
             raise LogError(f"{self.folder}: answer() asked about an entry no commit has finished")
         if placed.existed:  # earlier in the same batch, or logged between our look-up and the commit
             return Added(self._entry(self._reader.leaf(placed.index)), existed=True)
+        if pending.early is not None and _answers(pending.early, pending, placed.index, head):
+            return pending.early  # made during the fsync, for exactly the place and tree the commit made durable
         leaf = StoredLeaf(placed.index, placed.leaf_hash, pending.body, pending.integrated_time, pending.extra)
         return Added(self._entry(leaf, head, pending.path))
 
-    def commit(self, pendings: list[PreparedEntry]) -> None:
+    def commit(self, pendings: list[PreparedEntry], early: Callable[[list[PreparedEntry]], None] | None = None
+               ) -> None:
         """Return once group commits made every one of `pendings` durable or failed it (see the module
         docstring); `answer` then says which. Several at once cost one call (a server's event loop hands over
         what arrived during the last commit): they queue together and go into the same transaction.
@@ -387,7 +419,14 @@ class EmbeddedLog(TransparencyLog):
         commit carries everything queued by then), and only then prepares its batch's proofs, so the next
         fsync overlaps that work. Nobody is answered before the fsync that holds their entry. The queue is
         first in, first out, so a caller's entries are taken in order, and only the first of them not yet
-        committed can be handed the lead."""
+        committed can be handed the lead.
+
+        `early`, when given, is called by the leader with its batch once the transaction holds it and before
+        the commit's fsync, each entry's `tentative` place set: the caller may make the answers meanwhile
+        (`answer_early`, in another thread: the fsync releases the GIL), so the CPU does that work while the
+        disk syncs. Nothing is durable yet; `answer` hands out an early answer only once the commit made the
+        entry durable at that place. It must return at once and never raise (an error is ignored). A
+        leader given `early` leaves the inclusion proofs to `answer_early` (or to `answer`, reading them)."""
         if not pendings:
             return
         with self._queue_lock:
@@ -400,19 +439,19 @@ class EmbeddedLog(TransparencyLog):
                 if pending.done:
                     continue
             lead = False
-            self._lead(pending)
+            self._lead(pending, early)
 
-    def _lead(self, pending: PreparedEntry) -> None:
+    def _lead(self, pending: PreparedEntry, early: Callable[[list[PreparedEntry]], None] | None = None) -> None:
         """Commit everything queued from `pending` (first in the queue) on, up to MAX_BATCH, and answer it."""
         with self._queue_lock:  # a leader's own entry is first in the queue: handed the lead, or found none
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
         assert batch[0] is pending, "a group commit leader is not first in its own batch"
         try:
             try:
-                result, head = self._commit(batch)
+                result, head = self._commit(batch, early)
             finally:
                 self._hand_over()
-            self._prepare_answers(batch, result, head)
+            self._prepare_answers(batch, result, head, proofs=early is None)
         except Exception as e:  # every caller in the batch hears of it (the leader is just one of them)
             self._fail(batch, e)
         except BaseException as e:
@@ -438,7 +477,8 @@ class EmbeddedLog(TransparencyLog):
             if p.head is None:
                 p.error = error
 
-    def _commit(self, batch: list[PreparedEntry]) -> tuple[BatchResult, tuple[int, bytes, str]]:
+    def _commit(self, batch: list[PreparedEntry], early: Callable[[list[PreparedEntry]], None] | None = None
+                ) -> tuple[BatchResult, tuple[int, bytes, str]]:
         """One transaction and one fsync for `batch`: its leaves and nodes, their index rows, and the checkpoint
         signed for the tree it leaves (remembered as the latest, so a later truncation is seen)."""
         now = int(time.time())
@@ -449,6 +489,12 @@ class EmbeddedLog(TransparencyLog):
             rows = [(placed.index, index_keys(p.body, p.extra) if p.keys is None else p.keys)
                     for p, placed in zip(batch, result.placed, strict=True) if not placed.existed]
             staged.append(((result.size, result.root, note), self._index.stage(db, rows, (result.size, note))))
+            if early is not None:
+                head = (result.size, result.root, note)
+                for p, placed in zip(batch, result.placed, strict=True):
+                    p.tentative = _Tentative(placed, now, head, result.nodes)
+                with contextlib.suppress(Exception):  # an optimisation only: the answers are then made after it
+                    early(batch)
 
         result = self._writer.append_batch([(p.body, now, p.extra) for p in batch], derived)
         head, indexed = staged[-1]
@@ -470,15 +516,49 @@ class EmbeddedLog(TransparencyLog):
             p.placed, p.integrated_time = placed, now
         return result, head
 
-    def _prepare_answers(self, batch: list[PreparedEntry], result: BatchResult, head: tuple[int, bytes, str]) -> None:
+    def _prepare_answers(self, batch: list[PreparedEntry], result: BatchResult, head: tuple[int, bytes, str],
+                         proofs: bool = True) -> None:
         """Every new entry's inclusion proof in the batch's tree, computed together (their paths overlap) from the
         nodes the commit already holds in memory (`BatchResult.nodes`): no reads."""
+        if not proofs:
+            for p in batch:
+                p.head = head
+            return
         fresh = [(p, placed.index) for p, placed in zip(batch, result.placed, strict=True) if not placed.existed]
         paths = self._reader.inclusion_proofs([index for _, index in fresh], head[0], known=result.nodes)
         for (p, _), path in zip(fresh, paths, strict=True):
             p.path = path
         for p in batch:
             p.head = head
+
+    def answer_early(self, batch: list[PreparedEntry]) -> None:
+        """Make the answers of `batch`'s new entries from their `tentative` places (see `commit`'s `early`): the
+        inclusion proofs together, from the nodes the transaction holds in memory, and each SET. Safe to call while
+        the commit runs or after it: nothing is handed out until `answer` finds the commit made the entry durable
+        at the same place. An entry it cannot answer early (a duplicate, a node not in memory) is left to `answer`."""
+        fresh = [p for p in batch if p.tentative is not None and not p.tentative.placed.existed and p.early is None]
+        if not fresh:
+            return
+        tentative = fresh[0].tentative
+        assert tentative is not None
+        if any(p.tentative is None or p.tentative.head != tentative.head for p in fresh):
+            return  # not one transaction's batch: left to `answer`
+        size = tentative.head[0]
+        try:
+            paths = self._reader.inclusion_proofs([p.tentative.placed.index for p in fresh if p.tentative], size,
+                                                  known=tentative.nodes)
+        except (StoreError, sqlite3.Error):  # a node the batch did not touch and the commit has not made visible
+            return
+        leaves = [StoredLeaf(p.tentative.placed.index, p.tentative.placed.leaf_hash, p.body,
+                             p.tentative.integrated_time, p.extra) for p in fresh if p.tentative]
+        # The SETs signed one after the other: OpenSSL's tables stay in the CPU's cache (a signature between
+        # other work costs about twice as much).
+        texts = [base64.b64encode(leaf.body).decode() for leaf in leaves]
+        sigs = [sign_set(self.key, text, leaf.integrated_time, self.log_id, leaf.index)
+                for leaf, text in zip(leaves, texts, strict=True)]
+        for p, leaf, path, text, sig in zip(fresh, leaves, paths, texts, sigs, strict=True):
+            assert p.tentative is not None
+            p.early = Added(self._entry(leaf, p.tentative.head, path, text, sig))
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -495,7 +575,7 @@ class EmbeddedLog(TransparencyLog):
         return root, note
 
     def _entry(self, leaf: StoredLeaf, head: tuple[int, bytes, str] | None = None,
-               path: list[bytes] | None = None) -> LogEntry:
+               path: list[bytes] | None = None, body_b64: str | None = None, sig: bytes | None = None) -> LogEntry:
         """The entry with a proof against `head` (size, root, checkpoint; `path` when already computed), or
         against the current tree."""
         if head is None:
@@ -506,8 +586,9 @@ class EmbeddedLog(TransparencyLog):
         if path is None:
             path = self._reader.inclusion_proof(leaf.index, size)
         proof = InclusionProof(leaf.index, root.hex(), size, tuple(h.hex() for h in path), note)
-        body_b64 = base64.b64encode(leaf.body).decode()
-        sig = sign_set(self.key, body_b64, leaf.integrated_time, self.log_id, leaf.index)
+        if body_b64 is None or sig is None:  # (both given: signed by the caller, see answer_early)
+            body_b64 = base64.b64encode(leaf.body).decode()
+            sig = sign_set(self.key, body_b64, leaf.integrated_time, self.log_id, leaf.index)
         return LogEntry(leaf.body, leaf.integrated_time, self.log_id, leaf.index, sig, proof)
 
     def entry(self, uuid: str) -> LogEntry:

@@ -14,8 +14,10 @@ The hot route, POST /api/v1/log/entries, is answered by `TlogApp` directly on th
 FastAPI's routing, request and response objects (which cost more CPU than the add itself); every other route
 goes to the FastAPI app. The entry is checked on the event loop (`EmbeddedLog.prepare`, CPU only), then
 committed by `_Committer`: whatever arrived while the previous commit ran goes in one call to a commit
-thread (one thread hop per batch, not per request), and the answer (proof, checkpoint, SET) is made back on
-the loop. The body cap, error bodies and status codes are those of every other route.
+thread (one thread hop per batch, not per request). The answers (proof, checkpoint, SET, the 201's body) are
+made back on the loop while the commit thread waits for its fsync, and sent once the commit returned and
+`EmbeddedLog.answer` found each one says what it made durable. The body cap, error bodies and status codes
+are those of every other route.
 
 One deliberate difference: an index query giving both a hash and a public key without `operator` intersects
 them (`and`), as this log always has; Rekor's default is `or`, which is answered when asked for.
@@ -24,9 +26,11 @@ them (`and`), as this log always has; Rekor's default is `or`, which is answered
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -39,7 +43,7 @@ from ..dsse import b64decode_strict
 from ..errors import ConfigError, InputError, NotFoundError
 from ..httpserve import BodyTooLarge, Receive, Scope, Send, read_asgi_body, read_body, route_path, send_body
 from ..jsonsafe import load_json_object
-from .base import EntryRejected, LogError
+from .base import Added, EntryRejected, LogError
 from .entries import (
     MAX_ENTRY_BYTES,
     MAX_PUBLIC_KEY_BYTES,
@@ -160,8 +164,12 @@ class _Committer:
     one entry. Clients that stop sending cost one wait, after which the expectation is the smaller batch. With 4
     clients the batches went from alternating 1 and 3 entries to 4 (benchmarks/results/tlog.md)."""
 
-    def __init__(self, log: EmbeddedLog, batch_wait_s: float = BATCH_WAIT_S) -> None:
+    def __init__(self, log: EmbeddedLog, batch_wait_s: float = BATCH_WAIT_S,
+                 render: Callable[[Added], bytes] | None = None) -> None:
         self._log = log
+        self._render = render
+        # What `_early` made during a commit's fsync, by entry: its answer and that answer's body (see `answer`).
+        self._bodies: weakref.WeakKeyDictionary[PreparedEntry, tuple[Added, bytes]] = weakref.WeakKeyDictionary()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tlog-commit")
         self._waiting: list[tuple[PreparedEntry, asyncio.Future[None]]] = []
         self._running = False  # a commit call is in the thread, or about to start (see _soon)
@@ -202,12 +210,35 @@ class _Committer:
         logged and leave `_running` set, so that every later entry waited for ever: a batch that cannot even be
         handed over fails with the reason instead (a 500 for each of its requests), and the next one is tried."""
         batch, self._waiting = self._waiting, []
+        loop = asyncio.get_running_loop()
+
+        def early(pendings: list[PreparedEntry]) -> None:  # in the commit thread, before its fsync
+            loop.call_soon_threadsafe(self._early, pendings)
+
         try:
-            call = asyncio.get_running_loop().run_in_executor(self._pool, self._log.commit, [p for p, _ in batch])
+            call = loop.run_in_executor(self._pool, self._log.commit, [p for p, _ in batch], early)
         except Exception as exc:  # the executor is shut down (the server is stopping), or the loop is closing
             self._finished(batch, exc)
             return
         call.add_done_callback(lambda done: self._finished(batch, None if done.cancelled() else done.exception()))
+
+    def _early(self, pendings: list[PreparedEntry]) -> None:
+        """On the loop, while the commit thread waits for its fsync (the GIL is free): make the batch's answers and
+        their bodies, so that once the commit is durable each request only sends. Nothing made here is sent unless
+        `answer` returns that very answer: the commit made the entry durable where it was placed."""
+        with contextlib.suppress(Exception):  # an optimisation only: `answer` then makes it after the commit
+            self._log.answer_early(pendings)
+            if self._render is not None:
+                for p in pendings:
+                    if p.early is not None:
+                        self._bodies[p] = (p.early, self._render(p.early))
+
+    def answer(self, pending: PreparedEntry) -> tuple[Added, bytes | None]:
+        """`pending`'s answer once its commit returned (`EmbeddedLog.answer`: raises when it was not logged), with
+        its body when `_early` made it for that same answer, else None."""
+        made = self._bodies.pop(pending, None)
+        added = self._log.answer(pending)
+        return added, made[1] if made is not None and made[0] is added else None
 
     def _finished(self, batch: list[tuple[PreparedEntry, asyncio.Future[None]]], error: BaseException | None) -> None:
         self._running = False
@@ -243,7 +274,8 @@ class TlogApp:
         loop = asyncio.get_running_loop()
         committer = self._committers.get(loop)
         if committer is None:
-            committer = self._committers[loop] = _Committer(self.log, self.batch_wait_s)
+            committer = self._committers[loop] = _Committer(self.log, self.batch_wait_s,
+                                                            lambda added: added.entry.to_json(self._tree_hex))
         return committer
 
     async def _create_entry(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -260,18 +292,20 @@ class TlogApp:
                 pending = self.log.prepare(doc)
             except (InputError, EntryRejected) as e:
                 return await _send_error(send, 400, str(e))
-            await self._committer().commit(pending)
+            committer = self._committer()
+            await committer.commit(pending)
+            body = None
             if pending.error is None and pending.placed is not None and pending.placed.existed:
                 added = await run_in_threadpool(self.log.answer, pending)  # reads the existing entry
             else:
-                added = self.log.answer(pending)
+                added, body = committer.answer(pending)
             entry_id = self._tree_hex + added.entry.uuid
             location = f"{ENTRIES}/{entry_id}"
             if added.existed:
                 return await _send_error(
                     send, 409, f"an equivalent entry already exists in the transparency log with UUID {entry_id}",
                     [(b"location", location.encode())])
-            await send_body(send, 201, added.entry.to_json(self._tree_hex),
+            await send_body(send, 201, body if body is not None else added.entry.to_json(self._tree_hex),
                         [(b"location", location.encode()), (b"etag", entry_id.encode())])
         except Exception as exc:  # as FastAPI's handler: a JSON 500 naming the type, then raise for the log
             await _send_error(send, 500, f"internal error: {type(exc).__name__}")

@@ -26,7 +26,7 @@ import random
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,11 +160,15 @@ class TreeStorage:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            # Also when COMMIT itself fails (a full disk, an I/O error): SQLite may or may not have rolled the
+            # transaction back then, and one left open would refuse every later BEGIN. A ROLLBACK of a
+            # transaction that is already gone fails harmlessly.
+            with suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
             self._frontier_size = -1  # what we cached may include rows that were rolled back
             raise
-        self._db.execute("COMMIT")
 
     # -- writing -------------------------------------------------------------------------------------------
 

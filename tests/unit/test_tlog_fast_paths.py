@@ -355,6 +355,102 @@ def test_a_batch_that_cannot_reach_the_commit_thread_is_refused_not_left_waiting
         assert log.info().tree_size == 0 and log.commits == 0
 
 
+def test_the_201_is_the_answer_made_during_the_fsync_and_only_after_it(tmp_path: Path, ring: LocalKeyring,
+                                                                        pem: bytes) -> None:
+    """The server makes a batch's answers (proofs, SETs, bodies) on its event loop while the commit thread waits
+    for the fsync, and sends them once the commit returned: each 201 is that body, made before the entry was
+    durable and sent after, and it verifies; nothing made early is kept once sent."""
+    import asyncio
+    import sqlite3
+
+    with EmbeddedLog(tmp_path) as log:
+        app = create_app(log)
+        answers: list[tuple[int, dict[str, Any]]] = []
+        made: list[tuple[int, bool]] = []
+        real_early = log.answer_early
+
+        def answer_early(batch: list[Any]) -> None:
+            real_early(batch)
+            with sqlite3.connect(tmp_path / "tree.db") as db:  # another connection sees only what is committed
+                size = db.execute("SELECT count(*) FROM leaves").fetchone()[0]
+            made.extend((p.early.entry.log_index, p.early.entry.log_index < size) for p in batch)
+
+        log.answer_early = answer_early  # type: ignore[method-assign]
+
+        kept: list[int] = []
+
+        async def burst() -> None:
+            await asyncio.gather(*(_post(app, hashedrekord(ring, pem, f"early {i}"), answers) for i in range(4)))
+            kept.append(len(app._committer()._bodies))
+
+        asyncio.run(burst())
+        assert kept == [0]
+        assert sorted(made) == [(i, False) for i in range(4)]  # made before any of them was committed
+        assert [status for status, _ in answers] == [201] * 4
+        for _, doc in answers:
+            ((uuid, entry),) = doc.items()
+            stored = log.entry(uuid[-64:])
+            assert entry["logIndex"] == stored.log_index and entry["integratedTime"] == stored.integrated_time
+            proof = entry["verification"]["inclusionProof"]
+            assert proof["treeSize"] == 4
+            merkle.verify_inclusion(merkle.leaf_hash(stored.body), stored.log_index, 4,
+                                    [bytes.fromhex(h) for h in proof["hashes"]], bytes.fromhex(proof["rootHash"]))
+            assert proof["rootHash"] == log.info().root_hash
+
+
+def test_a_commit_that_fails_after_the_early_answers_sends_none_of_them(tmp_path: Path, ring: LocalKeyring,
+                                                                       pem: bytes) -> None:
+    """COMMIT fails (a full disk, an I/O error) after the loop made the batch's answers: every request of the
+    batch is answered 500, none 201, nothing is logged, and the next request is logged and answered."""
+    import asyncio
+    import sqlite3
+
+    class CommitFails:
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+            if sql == "COMMIT":
+                raise sqlite3.OperationalError("disk I/O error (the test's)")
+            return self.db.execute(sql, *args)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.db, name)
+
+    with EmbeddedLog(tmp_path) as log:
+        app = create_app(log)
+        answers: list[tuple[int, dict[str, Any]]] = []
+        real = log._writer._db
+        made: list[Any] = []
+        real_early = log.answer_early
+
+        def answer_early(batch: list[Any]) -> None:
+            real_early(batch)
+            made.extend(p.early for p in batch)
+
+        log.answer_early = answer_early  # type: ignore[method-assign]
+
+        kept: list[int] = []
+
+        async def burst(n: int, name: str) -> list[Any]:
+            out = await asyncio.gather(*(_post(app, hashedrekord(ring, pem, f"{name} {i}"), answers)
+                                         for i in range(n)), return_exceptions=True)
+            kept.append(len(app._committer()._bodies))
+            return out
+
+        log._writer._db = CommitFails(real)  # type: ignore[assignment]
+        raised = asyncio.run(burst(3, "lost"))
+        log._writer._db = real
+        assert len(made) == 3 and all(m is not None for m in made)  # the answers were made ...
+        assert [status for status, _ in answers] == [500] * 3  # ... and none was sent
+        assert all(doc == {"code": 500, "message": "internal error: StoreError"} for _, doc in answers)
+        assert all(type(r).__name__ == "StoreError" for r in raised)  # raised on, for the server's own log
+        assert log.info().tree_size == 0 and kept == [0]
+        answers.clear()
+        asyncio.run(burst(1, "next"))
+        assert [status for status, _ in answers] == [201] and log.info().tree_size == 1
+
+
 async def _one_at_a_time(app: Any, docs: list[dict[str, Any]], answers: list[tuple[int, dict[str, Any]]]) -> None:
     """Post `docs` as clients that arrive one after another: each request is read, checked and queued (and, with
     nothing to wait for, its commit under way in the thread) before the next one arrives."""

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from agentfactory.errors import StoreError
 from agentfactory.tlog import merkle, note
 from agentfactory.tlog.base import Added, LogError
 from agentfactory.tlog.entries import LogEntry, canonical, parse_proposed_entry
@@ -281,3 +282,85 @@ def test_sigkill_during_group_commits_loses_no_acknowledged_entry(tmp_path: Path
         after = log.add(proposal("after the crash"))  # and the log goes on
         assert after.entry.log_index == size
         check_answer(after.entry, log)
+
+
+class _CommitFails:
+    """The writer's connection, except that COMMIT fails as a full disk or an I/O error makes it fail: after every
+    row of the batch went in, and after the answers could be made from them."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("disk I/O error (the test's)")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def test_answers_made_during_the_fsync_are_handed_out_only_once_the_commit_is_durable(log: EmbeddedLog) -> None:
+    """`commit(..., early)` lets the caller make the answers while the fsync runs (the server does, on its event
+    loop). At that moment nothing is durable; `answer` hands out exactly those answers once the commit is, and
+    they verify like any other."""
+    path = log.folder / TREE_FILE
+    pendings = [log.prepare(proposal(f"early {i}")) for i in range(3)]
+    made: list[list[Added | None]] = []
+
+    def early(batch: list[Any]) -> None:
+        log.answer_early(batch)
+        made.append([p.early for p in batch])
+        for answer in made[-1]:
+            assert answer is not None
+            assert not committed(path, answer.entry), "the early answer was made after the commit"
+
+    log.commit(pendings, early)
+    assert len(made) == 1
+    answers = [log.answer(p) for p in pendings]
+    assert all(a is e for a, e in zip(answers, made[0], strict=True))  # the very answers made early
+    for a in answers:
+        assert committed(path, a.entry)
+        assert check_answer(a.entry, log).size == 4
+    assert [a.entry.log_index for a in answers] == [1, 2, 3]
+
+
+def test_an_answer_made_early_is_never_handed_out_for_a_commit_that_failed(log: EmbeddedLog) -> None:
+    """The class: an answer (SET, proof, checkpoint) made before the fsync must not reach a client unless the
+    commit made its entry durable where the answer says. Here COMMIT fails after the answers were made: every
+    caller hears that its entry was not logged, nothing was, and the log goes on (the failed transaction is
+    rolled back, not left open to refuse every later one)."""
+    pendings = [log.prepare(proposal(f"lost {i}")) for i in range(3)]
+    real = log._writer._db
+    log._writer._db = _CommitFails(real)  # type: ignore[assignment]
+    try:
+        log.commit(pendings, log.answer_early)
+    finally:
+        log._writer._db = real
+    assert all(p.early is not None for p in pendings)  # the answers were made, for indices 1-3 ...
+    for p in pendings:
+        with pytest.raises(StoreError, match="cannot append: disk I/O error"):
+            log.answer(p)  # ... and none is handed out
+    assert log.info().tree_size == 1 and log.check(full=True) == []
+    again = [log.add(proposal(f"lost {i}")) for i in range(3)]  # the same entries, submitted again
+    assert [a.entry.log_index for a in again] == [1, 2, 3] and not any(a.existed for a in again)
+    for a in again:
+        check_answer(a.entry, log)
+
+
+def test_an_answer_made_early_for_another_place_is_not_handed_out(log: EmbeddedLog) -> None:
+    """`answer` compares the place and the tree the early answer was made for with the ones the commit made
+    durable; when they differ (here: edited after the fact), it makes the answer again from the durable ones."""
+    pendings = [log.prepare(proposal(f"moved {i}")) for i in range(2)]
+
+    def early(batch: list[Any]) -> None:
+        log.answer_early(batch)
+        first, second = batch
+        first.early, second.early = second.early, first.early  # each holds the other's answer
+
+    log.commit(pendings, early)
+    answers = [log.answer(p) for p in pendings]
+    assert [a.entry.log_index for a in answers] == [1, 2]
+    assert all(a is not p.early for a, p in zip(answers, pendings, strict=True))
+    for a in answers:
+        check_answer(a.entry, log)
