@@ -192,9 +192,11 @@ def _write_index(db: sqlite3.Connection, size: int, rows: Iterable[tuple[int, It
                  checkpoint: tuple[int, str] | None) -> int:
     """Insert index rows past `size` (and the checkpoint, if larger than the one kept); the new indexed size."""
     top = size - 1
+    pairs = []
     for idx, keys in rows:
-        db.executemany("INSERT OR IGNORE INTO search_index (key, idx) VALUES (?, ?)", [(k, idx) for k in keys])
+        pairs.extend((k, idx) for k in keys)
         top = max(top, idx)
+    db.executemany("INSERT OR IGNORE INTO search_index (key, idx) VALUES (?, ?)", pairs)  # one call per batch
     db.execute("INSERT OR REPLACE INTO search_index_size (one, size) VALUES (1, ?)", (top + 1,))
     if checkpoint is not None:
         db.execute("INSERT INTO latest_checkpoint (one, size, note) VALUES (1, ?, ?) ON CONFLICT (one) DO UPDATE "

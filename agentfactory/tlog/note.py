@@ -197,8 +197,9 @@ class Checkpoint:
 
     def sign(self, key: LogKey) -> str:
         """The signed note: body, blank line, one signature line by `key`."""
-        blob = base64.b64encode(key.key_hint + key.sign(self.body())).decode()
-        return f"{self.body().decode()}\n{EM_DASH} {key.name} {blob}\n"
+        body = self.body()
+        blob = base64.b64encode(key.key_hint + key.sign(body)).decode()
+        return f"{body.decode()}\n{EM_DASH} {key.name} {blob}\n"
 
 
 @dataclass(frozen=True)

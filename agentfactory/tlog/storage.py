@@ -230,6 +230,7 @@ class TreeStorage:
         for (start, level), (_, h) in zip(_decompose(size), frontier, strict=True):
             known[(level, start >> level)] = h
         placed: list[Placed] = []
+        completed: list[tuple[int, int, bytes]] = []  # the perfect subtrees the new leaves complete, inserted at once
         for body, integrated_time, extra in items:
             h = merkle.leaf_hash(body)
             extra_text = None if extra is None else json.dumps(extra, sort_keys=True, separators=(",", ":"))
@@ -253,10 +254,11 @@ class TreeStorage:
                 assert left_level == level, "right edge out of step with the tree size"
                 node = merkle.node_hash(left, node)
                 level, idx = level + 1, idx >> 1
-                self._db.execute("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", (level, idx, node))
+                completed.append((level, idx, node))
                 known[(level, idx)] = node
             frontier.append((level, node))
             size += 1
+        self._db.executemany("INSERT INTO nodes (level, idx, hash) VALUES (?, ?, ?)", completed)
         return frontier, size, placed
 
     def _load_frontier(self, size: int) -> None:
