@@ -192,7 +192,7 @@ def _write_index(db: sqlite3.Connection, size: int, rows: Iterable[tuple[int, It
                  checkpoint: tuple[int, str] | None) -> int:
     """Insert index rows past `size` (and the checkpoint, if larger than the one kept); the new indexed size."""
     top = size - 1
-    pairs = []
+    pairs: list[tuple[str, int]] = []
     for idx, keys in rows:
         pairs.extend((k, idx) for k in keys)
         top = max(top, idx)

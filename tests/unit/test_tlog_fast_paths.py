@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from sqlite_faults import CommitFails
 
 from agentfactory.dsse import INTOTO_PAYLOAD_TYPE, sign_envelope
 from agentfactory.intoto import make_statement
@@ -413,19 +414,6 @@ def test_a_commit_that_fails_after_the_early_answers_sends_none_of_them(tmp_path
     """COMMIT fails (a full disk, an I/O error) after the loop made the batch's answers: every request of the
     batch is answered 500, none 201, nothing is logged, and the next request is logged and answered."""
     import asyncio
-    import sqlite3
-
-    class CommitFails:
-        def __init__(self, db: sqlite3.Connection) -> None:
-            self.db = db
-
-        def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-            if sql == "COMMIT":
-                raise sqlite3.OperationalError("disk I/O error (the test's)")
-            return self.db.execute(sql, *args)
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.db, name)
 
     with EmbeddedLog(tmp_path) as log:
         app = create_app(log)

@@ -27,6 +27,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+from sqlite_faults import CommitFails
 
 from agentfactory.errors import StoreError
 from agentfactory.tlog import merkle, note
@@ -284,22 +285,6 @@ def test_sigkill_during_group_commits_loses_no_acknowledged_entry(tmp_path: Path
         check_answer(after.entry, log)
 
 
-class _CommitFails:
-    """The writer's connection, except that COMMIT fails as a full disk or an I/O error makes it fail: after every
-    row of the batch went in, and after the answers could be made from them."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
-        if sql == "COMMIT":
-            raise sqlite3.OperationalError("disk I/O error (the test's)")
-        return self.db.execute(sql, *args)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.db, name)
-
-
 def test_answers_made_during_the_fsync_are_handed_out_only_once_the_commit_is_durable(log: EmbeddedLog) -> None:
     """`commit(..., early)` lets the caller make the answers while the fsync runs (the server does, on its event
     loop). At that moment nothing is durable; `answer` hands out exactly those answers once the commit is, and
@@ -332,7 +317,7 @@ def test_an_answer_made_early_is_never_handed_out_for_a_commit_that_failed(log: 
     rolled back, not left open to refuse every later one)."""
     pendings = [log.prepare(proposal(f"lost {i}")) for i in range(3)]
     real = log._writer._db
-    log._writer._db = _CommitFails(real)  # type: ignore[assignment]
+    log._writer._db = CommitFails(real)  # type: ignore[assignment]
     try:
         log.commit(pendings, log.answer_early)
     finally:
