@@ -551,16 +551,11 @@ class EmbeddedLog(TransparencyLog):
                                                   known=tentative.nodes)
         except (StoreError, sqlite3.Error):  # a node the batch did not touch and the commit has not made visible
             return
-        leaves = [StoredLeaf(p.tentative.placed.index, p.tentative.placed.leaf_hash, p.body,
-                             p.tentative.integrated_time, p.extra) for p in fresh if p.tentative]
-        # The SETs signed one after the other: OpenSSL's tables stay in the CPU's cache (a signature between
-        # other work costs about twice as much).
-        texts = [base64.b64encode(leaf.body).decode() for leaf in leaves]
-        sigs = [sign_set(self.key, text, leaf.integrated_time, self.log_id, leaf.index)
-                for leaf, text in zip(leaves, texts, strict=True)]
-        for p, leaf, path, text, sig in zip(fresh, leaves, paths, texts, sigs, strict=True):
-            assert p.tentative is not None
-            p.early = Added(self._entry(leaf, p.tentative.head, path, text, sig))
+        for p, path in zip(fresh, paths, strict=True):
+            t = p.tentative
+            assert t is not None
+            leaf = StoredLeaf(t.placed.index, t.placed.leaf_hash, p.body, t.integrated_time, p.extra)
+            p.early = Added(self._entry(leaf, t.head, path))
 
     # -- reading -------------------------------------------------------------------------------------------
 
@@ -577,7 +572,7 @@ class EmbeddedLog(TransparencyLog):
         return root, note
 
     def _entry(self, leaf: StoredLeaf, head: tuple[int, bytes, str] | None = None,
-               path: list[bytes] | None = None, body_b64: str | None = None, sig: bytes | None = None) -> LogEntry:
+               path: list[bytes] | None = None) -> LogEntry:
         """The entry with a proof against `head` (size, root, checkpoint; `path` when already computed), or
         against the current tree."""
         if head is None:
@@ -588,9 +583,8 @@ class EmbeddedLog(TransparencyLog):
         if path is None:
             path = self._reader.inclusion_proof(leaf.index, size)
         proof = InclusionProof(leaf.index, root.hex(), size, tuple(h.hex() for h in path), note)
-        if body_b64 is None or sig is None:  # (both given: signed by the caller, see answer_early)
-            body_b64 = base64.b64encode(leaf.body).decode()
-            sig = sign_set(self.key, body_b64, leaf.integrated_time, self.log_id, leaf.index)
+        body_b64 = base64.b64encode(leaf.body).decode()
+        sig = sign_set(self.key, body_b64, leaf.integrated_time, self.log_id, leaf.index)
         return LogEntry(leaf.body, leaf.integrated_time, self.log_id, leaf.index, sig, proof)
 
     def entry(self, uuid: str) -> LogEntry:
