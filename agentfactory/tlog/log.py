@@ -538,22 +538,18 @@ class EmbeddedLog(TransparencyLog):
         inclusion proofs together, from the nodes the transaction holds in memory, and each SET. Safe to call while
         the commit runs or after it: nothing is handed out until `answer` finds the commit made the entry durable
         at the same place. An entry it cannot answer early (a duplicate, a node not in memory) is left to `answer`."""
-        fresh = [p for p in batch if p.tentative is not None and not p.tentative.placed.existed and p.early is None]
+        fresh = [(p, p.tentative) for p in batch
+                 if p.tentative is not None and not p.tentative.placed.existed and p.early is None]
         if not fresh:
             return
-        tentative = fresh[0].tentative
-        assert tentative is not None
-        if any(p.tentative is None or p.tentative.head != tentative.head for p in fresh):
+        head, nodes = fresh[0][1].head, fresh[0][1].nodes
+        if any(t.head != head for _, t in fresh):
             return  # not one transaction's batch: left to `answer`
-        size = tentative.head[0]
         try:
-            paths = self._reader.inclusion_proofs([p.tentative.placed.index for p in fresh if p.tentative], size,
-                                                  known=tentative.nodes)
+            paths = self._reader.inclusion_proofs([t.placed.index for _, t in fresh], head[0], known=nodes)
         except (StoreError, sqlite3.Error):  # a node the batch did not touch and the commit has not made visible
             return
-        for p, path in zip(fresh, paths, strict=True):
-            t = p.tentative
-            assert t is not None
+        for (p, t), path in zip(fresh, paths, strict=True):
             leaf = StoredLeaf(t.placed.index, t.placed.leaf_hash, p.body, t.integrated_time, p.extra)
             p.early = Added(self._entry(leaf, t.head, path))
 

@@ -409,6 +409,32 @@ def test_the_201_is_the_answer_made_during_the_fsync_and_only_after_it(tmp_path:
                                     [bytes.fromhex(h) for h in proof["hashes"]], bytes.fromhex(proof["rootHash"]))
 
 
+def test_the_same_entry_twice_in_one_batch_gets_one_201_and_one_409(tmp_path: Path, ring: LocalKeyring,
+                                                                      pem: bytes) -> None:
+    """A client posting one entry twice at once, so that both land in the batch whose answers are made during the
+    fsync: the log holds it once, one request gets the 201 made early and the other a 409 naming the same entry
+    (never a second SET for a second index)."""
+    import asyncio
+
+    with EmbeddedLog(tmp_path) as log:
+        app = create_app(log)
+        answers: list[tuple[int, dict[str, Any]]] = []
+        twice = hashedrekord(ring, pem, "posted twice at once")
+
+        async def burst() -> None:
+            await asyncio.gather(_post(app, twice, answers), _post(app, twice, answers),
+                                 _post(app, hashedrekord(ring, pem, "beside it"), answers))
+
+        asyncio.run(burst())
+        assert sorted(status for status, _ in answers) == [201, 201, 409]
+        assert log.info().tree_size == 2 and (log.commits, log.committed) == (1, 2)
+        created = [doc for status, doc in answers if status == 201]
+        (conflict,) = [doc for status, doc in answers if status == 409]
+        uuids = {uuid for doc in created for uuid in doc}
+        assert any(uuid in conflict["message"] for uuid in uuids)
+        assert sorted(entry["logIndex"] for doc in created for entry in doc.values()) == [0, 1]
+
+
 def test_a_commit_that_fails_after_the_early_answers_sends_none_of_them(tmp_path: Path, ring: LocalKeyring,
                                                                        pem: bytes) -> None:
     """COMMIT fails (a full disk, an I/O error) after the loop made the batch's answers: every request of the
