@@ -11,11 +11,17 @@ per second, each with fields cut to `REFUSAL_FIELD_CHARS` and at most `REFUSAL_R
 rest of that second is one `decision-summary` record with the count and the most frequent agent
 names, written with the next record (or at close). Allowed decisions and executions are never
 summarized: they are bounded by the node's capacity, not by a client's request rate.
+
+A trail opened with `shared=True` may be appended to by several processes at once (the admission
+webhook's worker processes write one trail): each record is written under an exclusive flock on the
+file, and when another writer appended since this one's last write, the chain continues from the
+file's last line rather than from the hash held in memory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -82,23 +88,65 @@ class AuditLog:
 
     The path `-` is standard output (in a container: the log the node's shipper collects); its
     chain starts from `GENESIS`, as nothing before it can be read back.
+
+    With `shared=True` other processes (and other AuditLog objects) may append to the same file: the
+    in-memory `prev` alone would then link a record to the wrong predecessor, so each `record` and
+    `close` holds an exclusive flock while it writes and first re-reads the last line's hash if the
+    file's size is not where this object's last write left it. The default (one writer per file)
+    costs no extra system call.
     """
 
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic, shared: bool = False) -> None:
         self.path = path
         self._clock = clock  # the refusal windows' clock (monotonic seconds)
         self._lock = threading.Lock()
         self._windows: dict[str, _Window] = {}
+        self._shared = shared
         if str(path) == "-":
+            if shared:
+                raise AuditError("-: a hash-chained audit trail on standard output cannot be shared by several "
+                                 "processes (their lines would not link to each other): give a file path instead")
             self._fd = os.dup(1)
             self._prev = GENESIS
             return
+        # Shared: read-write, so the last line is read back through this descriptor (the file written to).
+        access = os.O_RDWR if shared else os.O_WRONLY
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            self._fd = os.open(path, access | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         except OSError as exc:
             raise AuditError(f"{path}: cannot open the audit trail for appending: {exc.strerror}") from None
-        self._prev = _last_hash(path)
+        if not shared:
+            self._prev = _last_hash(path)
+            return
+        try:
+            self._end = os.fstat(self._fd).st_size  # where this object's last write left the file (shared only)
+            self._prev = _tail_hash(self._fd, self._end)
+        except OSError as exc:
+            os.close(self._fd)
+            raise AuditError(f"{path}: cannot read the audit trail's last record: {exc.strerror}") from None
+
+    def _lock_file(self) -> None:
+        """Shared: take the file's flock and continue the chain from its last line if another writer
+        appended since this object's last write. On an error the flock is not held."""
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot lock the shared audit trail: {exc.strerror}") from None
+        try:
+            size = os.fstat(self._fd).st_size
+            if size != self._end:
+                self._prev = _tail_hash(self._fd, size)
+                self._end = size
+        except OSError as exc:
+            self._unlock_file()
+            raise AuditError(f"{self.path}: cannot read the shared audit trail's last record: {exc.strerror}") from None
+
+    def _unlock_file(self) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        except OSError as exc:
+            raise AuditError(f"{self.path}: cannot unlock the shared audit trail: {exc.strerror}") from None
 
     def record(self, event: str, **fields: Any) -> dict[str, Any]:
         """Append one record (`time`, `event`, the fields, `prev`) and return it.
@@ -107,12 +155,18 @@ class AuditLog:
         document then has `"suppressed": true` and nothing is written for it now.
         """
         with self._lock:
-            now = self._clock()
-            self._flush_windows(now, force=False)
-            if event == "decision" and fields.get("allowed") is False:
-                return self._refusal(now, event, fields)
-            doc = {"time": _now(), "event": event, **_clip(fields), "prev": self._prev}
-            return self._write(doc, fields, MAX_RECORD_BYTES)
+            if self._shared:  # before any record's `prev` is composed (a summary may be written first)
+                self._lock_file()
+            try:
+                now = self._clock()
+                self._flush_windows(now, force=False)
+                if event == "decision" and fields.get("allowed") is False:
+                    return self._refusal(now, event, fields)
+                doc = {"time": _now(), "event": event, **_clip(fields), "prev": self._prev}
+                return self._write(doc, fields, MAX_RECORD_BYTES)
+            finally:
+                if self._shared:
+                    self._unlock_file()
 
     def _refusal(self, now: float, event: str, fields: dict[str, Any]) -> dict[str, Any]:
         reason = str(fields.get("reason") or "unknown")[:64]
@@ -157,14 +211,23 @@ class AuditLog:
         if written != len(line):
             raise AuditError(f"{self.path}: short write to the audit trail ({written} of {len(line)} bytes)")
         self._prev = hashlib.sha256(line.rstrip(b"\n")).hexdigest()
+        if self._shared:
+            self._end += written
         return doc
 
     def close(self) -> None:
         """Write the pending refusal summaries, then close (a summary that cannot be written is lost)."""
         with self._lock:
-            with contextlib.suppress(AuditError):
-                self._flush_windows(self._clock(), force=True)
-            os.close(self._fd)
+            try:
+                with contextlib.suppress(AuditError):
+                    if self._shared:
+                        self._lock_file()
+                    self._flush_windows(self._clock(), force=True)
+            finally:
+                if self._shared:
+                    with contextlib.suppress(OSError):  # closing the descriptor releases it anyway
+                        fcntl.flock(self._fd, fcntl.LOCK_UN)
+                os.close(self._fd)
 
 
 def _last_hash(path: Path) -> str:
@@ -176,6 +239,20 @@ def _last_hash(path: Path) -> str:
         f.seek(max(0, size - MAX_RECORD_BYTES - 1))
         tail = f.read().rstrip(b"\n")
     return hashlib.sha256(tail.rsplit(b"\n", 1)[-1]).hexdigest()
+
+
+def _tail_hash(fd: int, size: int) -> str:
+    """`_last_hash` read through a shared trail's descriptor, up to `size` (the file's size under the flock)."""
+    if size == 0:
+        return GENESIS
+    start = max(0, size - MAX_RECORD_BYTES - 1)
+    tail = b""
+    while start + len(tail) < size:
+        chunk = os.pread(fd, size - start - len(tail), start + len(tail))
+        if not chunk:
+            break
+        tail += chunk
+    return hashlib.sha256(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]).hexdigest()
 
 
 def verify_chain(path: Path) -> int:
