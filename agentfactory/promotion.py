@@ -52,8 +52,8 @@ def promoter_keys_folder() -> Path:
 def promoter_keyring(*, create: bool = False) -> LocalKeyring:
     """The embedded promoter keyring; with `create`, its first key is made when it has none."""
     ring = LocalKeyring(promoter_keys_folder())
-    if create and not ring.public_keys():
-        ring.create("promoter")
+    if create:
+        ring.ensure_first("promoter")
     return ring
 
 

@@ -341,6 +341,18 @@ class LocalKeyring(KeyProvider):
             self._write_state(state)
         return self._public(entry)
 
+    def ensure_first(self, name: str) -> None:
+        """Make the first key, named `name`, unless the keyring has one: checked and made under the keyring's
+        lock, so processes starting together (`admission serve --workers`) make one key, not one each (or fail
+        on the name the other just took)."""
+        if self._read_state().keys:
+            return
+        with self._locked():
+            state = self._read_state()
+            if not state.keys:
+                self._new_key(state, name, "active")
+                self._write_state(state)
+
     def rotate(self) -> PublicKey:
         """A new active key; the previous active key becomes enabled so its signatures still verify."""
         with self._locked():

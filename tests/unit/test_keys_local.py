@@ -6,7 +6,10 @@ import hashlib
 import json
 import os
 import stat
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from agentfactory.cli.keys_cmd import keys as keys_group
 from agentfactory.errors import ConfigError, KeyProviderError
 from agentfactory.keys import LocalKeyring, PublicKey, Signature, key_id, open_provider
+from agentfactory.promotion import promoter_keyring
 
 DIGEST = hashlib.sha256(b"an agent's wasm bytes").digest()
 
@@ -154,6 +158,23 @@ def test_concurrent_first_use_creates_one_key(af_home: Path) -> None:
         t.join(timeout=60)
     assert not errors and len(results) == 6 and len(set(results)) == 1
     assert len(LocalKeyring().public_keys()) == 1
+
+
+def test_processes_starting_together_make_one_first_promoter_key(af_home: Path) -> None:
+    """`admission serve --workers 2` on a fresh home: each worker's default trust policy makes the promoter key
+    on first use. Checked outside the keyring's lock, the second failed ("key name 'promoter' is already used")
+    and stopped the webhook; the check and the make are one step under the lock now (also across processes)."""
+    script = ("import sys, time\n"
+              "from agentfactory.promotion import promoter_keyring\n"
+              "while time.time() < float(sys.argv[1]): pass\n"
+              "print(promoter_keyring(create=True).public_keys()[0].key_id)\n")
+    start = str(time.time() + 1.5)
+    procs = [subprocess.Popen([sys.executable, "-c", script, start], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1
+    assert [k.name for k in promoter_keyring().public_keys()] == ["promoter"]
 
 
 def test_open_provider(af_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
