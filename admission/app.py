@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.concurrency import run_in_threadpool
 
 from agentfactory.audit import AuditError
@@ -104,6 +106,16 @@ def _deny(decision: str, started: float, uid: str, code: int, message: str) -> d
     return response(uid, False, code=code, message=message)
 
 
+def _registry() -> CollectorRegistry:
+    """What /metrics reports: this process's metrics, or under `serve --workers` (PROMETHEUS_MULTIPROC_DIR set
+    by the supervisor) every worker's, summed, whichever worker the scrape reaches."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return REGISTRY
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
+
+
 def create_app(admitter: Admitter, *, inline_decisions: bool = False) -> WebhookApp:
     """The webhook app. What needs no I/O is answered on the event loop: cache hits always, and with
     `inline_decisions` also an admission.rego evaluation whose verdict is cached (`admission serve` sets it when
@@ -121,8 +133,10 @@ def create_app(admitter: Admitter, *, inline_decisions: bool = False) -> Webhook
         ok = bool(app.state.ready) and not admitter.engine_broken()
         return PlainTextResponse("ready\n" if ok else "policies do not load\n", status_code=200 if ok else 503)
 
+    registry = _registry()
+
     @app.get("/metrics")
     async def metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     return WebhookApp(admitter, app, inline_decisions)

@@ -27,8 +27,9 @@ def _config(path: Path | None, store_url: str | None) -> AdmissionConfig:
     return config
 
 
-def build_admitter(config: AdmissionConfig) -> Any:
-    """The Admitter for a config: store, trust policy, policies and audit trail opened once."""
+def build_admitter(config: AdmissionConfig, *, shared_audit: bool = False) -> Any:
+    """The Admitter for a config: store, trust policy, policies and audit trail opened once (`shared_audit`:
+    other processes append to the same trail, as `serve --workers` does)."""
     from agentfactory.audit import AuditLog
     from agentfactory.cli.verify_cmd import default_policy
     from agentfactory.policy_select import open_engine
@@ -38,7 +39,7 @@ def build_admitter(config: AdmissionConfig) -> Any:
     from .decide import Admitter
 
     trust = load_trust_policy(config.trust_policy) if config.trust_policy else default_policy(config.key_provider)
-    audit = AuditLog(config.audit_log) if config.audit_log else None
+    audit = AuditLog(config.audit_log, shared=shared_audit) if config.audit_log else None
     return Admitter(config, open_store(config.store), trust, open_engine(config.policies), audit)
 
 
@@ -66,24 +67,35 @@ def admission() -> None:
 @policy_engine_options
 @click.option("--host-cpu", default="auto", show_default=True, metavar="auto|off|CPU",
               envvar="AGENTFACTORY_ADMISSION_HOST_CPU",
-              help="Keep the webhook's threads on one CPU (auto: the one it started on); off: leave them to the "
-                   "scheduler.")
+              help="Keep the webhook's threads on one CPU (auto: the one it started on; with --workers, one CPU "
+                   "per worker); off: leave them to the scheduler.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              envvar="AGENTFACTORY_ADMISSION_WORKERS",
+              help="Worker processes judging in parallel (one per core the webhook may use); the connections are "
+                   "shared out evenly and they write one audit trail.")
+@click.option("--worker-channel", type=int, default=None, hidden=True)  # set by the supervisor for its workers
 @handle_errors
 def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, store_url: str | None,
-          host_cpu: str) -> None:
+          host_cpu: str, workers: int, worker_channel: int | None) -> None:
     """Serve POST /validate and /validate/warn, GET /healthz, /readyz and /metrics over TLS."""
-    import uvicorn
-
-    from agentfactory.cpuplace import choose_home, place_every_thread
-    from agentfactory.httpserve import bind, url_of
     from agentfactory.stopsignals import StopSignals
+
+    stop = StopSignals().install()  # from the start: a signal while the webhook sets up stops the server it makes
+    if worker_channel is not None:
+        _serve_worker(stop, worker_channel, tls_cert, tls_key, _config(config_path, store_url), host_cpu)
+    elif workers > 1:
+        _supervise(stop, listen, workers, tls_cert, tls_key, config_path, store_url, host_cpu)
+    else:
+        _serve_one(stop, listen, tls_cert, tls_key, _config(config_path, store_url), host_cpu)
+    sys.exit(stop.exit_code())
+
+
+def _server(admitter: Any, tls_cert: Path, tls_key: Path, inline: bool) -> Any:
+    """The uvicorn server for the webhook app, its TLS context reloaded when cert-manager renews the files."""
+    import uvicorn
 
     from .app import create_app
 
-    stop = StopSignals().install()  # from the start: a signal while the webhook sets up stops the server it makes
-    home = choose_home(host_cpu, "--host-cpu")  # the event loop and the worker threads hand off per review
-    sock = bind(listen, "0.0.0.0:8443")
-    admitter = build_admitter(_config(config_path, store_url))
     contexts: list[ssl.SSLContext] = []
 
     def tls_context(_config: Any, default: Any) -> ssl.SSLContext:
@@ -94,21 +106,109 @@ def serve(listen: str, tls_cert: Path, tls_key: Path, config_path: Path | None, 
 
     server = uvicorn.Server(uvicorn.Config(
         # threads on one CPU: a worker thread buys no parallelism, so decisions needing no I/O stay on the loop
-        create_app(admitter, inline_decisions=home is not None), ssl_certfile=str(tls_cert),
+        create_app(admitter, inline_decisions=inline), ssl_certfile=str(tls_cert),
         ssl_keyfile=str(tls_key), log_level="warning",
         access_log=False, timeout_keep_alive=30, limit_concurrency=1000, server_header=False,
         ssl_context_factory=tls_context))
     threading.Thread(target=_reload_certificate, args=(contexts, tls_cert, tls_key), daemon=True,
                      name="tls-reload").start()
+    return server
+
+
+def _described(admitter: Any, home: frozenset[int] | None) -> dict[str, Any]:
+    return {"config": admitter.config.source, "store": admitter.store.url, "trust": admitter.trust.source,
+            "hostCpu": sorted(home) if home is not None else "off", "inlineDecisions": home is not None}
+
+
+def _serve_one(stop: Any, listen: str, tls_cert: Path, tls_key: Path, config: AdmissionConfig,
+               host_cpu: str) -> None:
+    from agentfactory.cpuplace import choose_home, place_every_thread
+    from agentfactory.httpserve import bind, url_of
+
+    home = choose_home(host_cpu, "--host-cpu")  # the event loop and the worker threads hand off per review
+    sock = bind(listen, "0.0.0.0:8443")
+    admitter = build_admitter(config)
+    server = _server(admitter, tls_cert, tls_key, home is not None)
     if home is not None:
         place_every_thread(home)
     stop.then(lambda: setattr(server, "should_exit", True))
-    err.print(json.dumps({"listening": url_of(sock, "https"), "config": admitter.config.source,
-                          "store": admitter.store.url, "trust": admitter.trust.source,
-                          "hostCpu": sorted(home) if home is not None else "off",
-                          "inlineDecisions": home is not None}), markup=False)
+    err.print(json.dumps({"listening": url_of(sock, "https"), **_described(admitter, home)}), markup=False)
     server.run(sockets=[sock])
-    sys.exit(stop.exit_code())
+
+
+def _serve_worker(stop: Any, channel_fd: int, tls_cert: Path, tls_key: Path, config: AdmissionConfig,
+                  host_cpu: str) -> None:
+    """One of `--workers`: serves the connections its supervisor hands it, into the shared audit trail."""
+    import asyncio
+    import socket
+
+    from agentfactory.cpuplace import choose_home, place_every_thread
+    from agentfactory.workers import serve_handed
+
+    channel = socket.socket(fileno=channel_fd)
+    home = choose_home(host_cpu, "--host-cpu")
+    admitter = build_admitter(config, shared_audit=True)
+    server = _server(admitter, tls_cert, tls_key, home is not None)
+    if home is not None:
+        place_every_thread(home)
+    stop.then(lambda: setattr(server, "should_exit", True))
+    asyncio.run(serve_handed(server, channel, _described(admitter, home)))
+
+
+def _supervise(stop: Any, listen: str, workers: int, tls_cert: Path, tls_key: Path, config_path: Path | None,
+               store_url: str | None, host_cpu: str) -> None:
+    """`--workers N`: accept here, judge in N worker processes (one CPU each), one audit trail, /metrics summed."""
+    import os
+    import shutil
+    import tempfile
+
+    from agentfactory.cpuplace import allowed_cpus
+    from agentfactory.httpserve import bind, url_of
+    from agentfactory.policy_select import engine_environment
+    from agentfactory.workers import Supervisor, WorkerFailed, worker_command
+
+    setting = host_cpu.strip().lower()
+    if setting not in ("auto", "off"):
+        raise InputError("--host-cpu", f"{host_cpu!r} with --workers {workers}: each worker takes its own CPU; "
+                         "use auto or off")
+    config = _config(config_path, store_url)  # its errors once, here, rather than once per worker
+    if config.audit_log is not None and str(config.audit_log) == "-":
+        raise InputError(f"{config.source}: auditLog", "standard output cannot be shared by several worker "
+                         "processes (their records would not form one hash chain): give a file path, or --workers 1")
+    cpus = sorted(allowed_cpus())
+    sock = bind(listen, "0.0.0.0:8443")
+    metrics_dir = tempfile.mkdtemp(prefix="agentfactory-admission-metrics-")
+    env = {**os.environ, **engine_environment(), "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+
+    def command(slot: int, fd: int) -> list[str]:
+        cpu = str(cpus[slot % len(cpus)]) if setting == "auto" and len(cpus) >= 2 else "off"
+        args = ["admission", "serve", "--tls-cert", str(tls_cert), "--tls-key", str(tls_key),
+                "--host-cpu", cpu, "--worker-channel", str(fd)]
+        if config_path is not None:
+            args += ["--config", str(config_path)]
+        if store_url:
+            args += ["--store", store_url]
+        return worker_command(args)
+
+    supervisor = Supervisor(sock, workers, command, env,
+                            log=lambda doc: err.print(json.dumps(doc), markup=False))
+    stop.then(supervisor.stop)
+    try:
+        try:
+            ready = supervisor.start()
+        except WorkerFailed as exc:
+            err.print(f"error: {exc}; stopped", markup=False)
+            sys.exit(exc.status or EXIT_PROBLEMS)
+        if not stop.requested:
+            first = ready[0] if ready else {}
+            err.print(json.dumps({"listening": url_of(sock, "https"), "workers": [
+                {"pid": w.get("pid"), "hostCpu": w.get("hostCpu")} for w in ready],
+                **{k: first.get(k) for k in ("config", "store", "trust", "inlineDecisions")}}), markup=False)
+            supervisor.serve()
+        else:
+            supervisor.shutdown()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 def _reload_certificate(contexts: list[ssl.SSLContext], cert: Path, key: Path, every: float = 30.0) -> None:

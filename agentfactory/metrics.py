@@ -69,6 +69,7 @@ SCORE = Gauge(
     "agent_factory_security_score",
     "The last security score (out of 10) computed for an agent.",
     ["agent"],
+    multiprocess_mode="mostrecent",  # several worker processes (admission serve --workers): the latest wins
 )
 
 # -- the node runtime ------------------------------------------------------------------------------

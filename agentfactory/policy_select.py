@@ -76,6 +76,13 @@ def _timeout(default: float) -> float:
     return value
 
 
+def engine_environment() -> dict[str, str]:
+    """The command line's --policy-engine and --opa-url as environment variables, for child processes that
+    must judge with the same engine (`admission serve --workers`); empty for what was not given."""
+    chosen = {ENGINE_ENV: _from_context(_ENGINE_KEY), OPA_URL_ENV: _from_context(_URL_KEY)}
+    return {name: value for name, value in chosen.items() if value}
+
+
 def _from_context(key: str) -> str | None:
     ctx = click.get_current_context(silent=True)
     value = ctx.meta.get(key) if ctx is not None else None
