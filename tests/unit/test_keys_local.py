@@ -165,12 +165,18 @@ def test_processes_starting_together_make_one_first_promoter_key(af_home: Path) 
     on first use. Checked outside the keyring's lock, the second failed ("key name 'promoter' is already used")
     and stopped the webhook; the check and the make are one step under the lock now (also across processes)."""
     script = ("import sys, time\n"
+              "from pathlib import Path\n"
               "from agentfactory.promotion import promoter_keyring\n"
-              "while time.time() < float(sys.argv[1]): pass\n"
+              "Path(sys.argv[1] + '.' + sys.argv[2]).touch()\n"  # imported: ready
+              "while not Path(sys.argv[1]).exists(): time.sleep(0.0005)\n"  # released together
               "print(promoter_keyring(create=True).public_keys()[0].key_id)\n")
-    start = str(time.time() + 1.5)
-    procs = [subprocess.Popen([sys.executable, "-c", script, start], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(4)]
+    go = af_home.parent / "go"  # beside the home, which the first key makes
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(go), str(n)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n in range(4)]
+    deadline = time.monotonic() + 120
+    while not all(go.with_name(f"go.{n}").exists() for n in range(4)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
     outs = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
     assert len({out.strip() for out, _ in outs}) == 1
