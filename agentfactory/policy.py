@@ -539,8 +539,21 @@ class RegoEngine(PolicyEngine):
             report.errors.append(f"{self.folder}: no test_* rules in the *_test.rego files")
             return report
         modules = {**self.sources, **self.tests}
-        for package, names in by_package.items():
-            self._run_package_tests(report, modules, package, list(dict.fromkeys(names)))
+        # Packages compile and run in parallel threads, each with interpreters of its own: rego-cpp works without
+        # the GIL (ctypes releases it), and `policy test` on policies/ took 19 s one package after another and
+        # about 11 s on 2 CPUs. Each package reports into its own report; they are joined in package order.
+        from concurrent.futures import ThreadPoolExecutor  # here: not an import of every command's start-up
+
+        parts = {package: TestReport() for package in by_package}
+        workers = max(1, min(len(parts), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+        with ThreadPoolExecutor(workers, thread_name_prefix="policy-test") as pool:
+            # the largest packages first, so the last to start is a small one
+            list(pool.map(lambda package: self._run_package_tests(parts[package], modules, package,
+                                                                  list(dict.fromkeys(by_package[package]))),
+                          sorted(by_package, key=lambda package: -len(by_package[package]))))
+        for part in parts.values():
+            report.results.extend(part.results)
+            report.errors.extend(part.errors)
         return report
 
     def _run_package_tests(self, report: TestReport, modules: dict[str, str], package: str, names: list[str]) -> None:

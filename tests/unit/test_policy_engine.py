@@ -108,6 +108,25 @@ test_wrong if { count(template.violations({"template": {"spec": {"tools": ["shel
     assert not report.ok
 
 
+def test_packages_run_in_parallel_each_reporting_its_own_results_and_errors(tmp_path: Path) -> None:
+    """`policy test` runs the packages in parallel threads: every package's results and errors are reported,
+    each under its own package, in the order the packages were found, whichever finished first."""
+    packages = {f"p{n}_test.rego": f"""package agentfactory.p{n}_test
+import rego.v1
+import data.agentfactory.template
+test_fine if {{ count(template.violations({{"template": {{"spec": {{"tools": ["log"]}}}}}})) == 0 }}
+test_wrong_{n} if {{ count(template.violations({{"template": {{"spec": {{"tools": ["shell.exec"]}}}}}})) == 0 }}
+""" for n in range(4)}
+    packages["p4_test.rego"] = "package agentfactory.p4_test\nimport rego.v1\ntest_broken if { nosuchfn(1) }\n"
+    report = RegoEngine(folder(tmp_path, {"template.rego": GOOD, **packages})).run_tests()
+    expected = [(f"agentfactory.p{n}_test", name, name == "test_fine") for n in range(4)
+                for name in ("test_fine", f"test_wrong_{n}")] + [("agentfactory.p4_test", "test_broken", False)]
+    assert sorted((r.package, r.name, r.ok) for r in report.results) == sorted(expected)
+    assert [r.package for r in report.results] == sorted(r.package for r in report.results)  # found order: p0..p4
+    assert all(r.detail for r in report.results if not r.ok)  # each failure says why
+    assert not report.ok
+
+
 @pytest.mark.parametrize(("body", "why"), [
     ("nosuchfn(1)", "an unknown function: the tests do not compile"),
     ("y == 1", "an unsafe variable: the test is undefined"),
