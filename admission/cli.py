@@ -204,7 +204,11 @@ def _supervise(stop: Any, listen: str, workers: int, tls_cert: Path, tls_key: Pa
             err.print(json.dumps({"listening": url_of(sock, "https"), "workers": [
                 {"pid": w.get("pid"), "hostCpu": w.get("hostCpu")} for w in ready],
                 **{k: first.get(k) for k in ("config", "store", "trust", "inlineDecisions")}}), markup=False)
-            supervisor.serve()
+            try:
+                supervisor.serve()
+            except WorkerFailed as exc:  # a replacement that could not start (the config broke since): say so
+                err.print(f"error: {exc}; stopped", markup=False)
+                sys.exit(exc.status or EXIT_PROBLEMS)
         else:
             supervisor.shutdown()
     finally:

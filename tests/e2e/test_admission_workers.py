@@ -81,11 +81,11 @@ def signed_store_url(base: Path) -> str:
     return f"oci-layout:{base / 'home' / 'store'}"
 
 
-def start(base: Path, name: str, *extra: str) -> Webhook:
+def start(base: Path, name: str, *extra: str, config: Path | None = None) -> Webhook:
     audit = base / f"{name}.jsonl"
     argv = [EXE, "admission", "serve", "--listen", "127.0.0.1:0", "--tls-cert", str(base / "tls/tls.crt"),
-            "--tls-key", str(base / "tls/tls.key"), "--config", str(config_for(base, audit)), "--workers", "2",
-            *extra]
+            "--tls-key", str(base / "tls/tls.key"), "--config", str(config or config_for(base, audit)),
+            "--workers", "2", *extra]
     env = {**os.environ, "AGENTFACTORY_HOME": str(base / "home")}
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=env)
@@ -281,3 +281,26 @@ def test_a_connection_that_fails_its_handshake_is_counted_as_finished(webhook: W
             after.close()
     finally:
         held.close()
+
+
+def test_a_replacement_that_cannot_start_stops_the_webhook_with_its_reason(world: tuple[Path, str],
+                                                                           tmp_path: Path) -> None:
+    """The trust policy was deleted after the start (a broken ConfigMap); then a worker dies. Its replacement
+    cannot load the trust policy: the webhook stops with the replacement's reason and status, rather than
+    restarting it for ever."""
+    base, _ = world
+    trust = tmp_path / "trust.yaml"
+    trust.write_bytes((base / "trust.yaml").read_bytes())
+    config = tmp_path / "webhook.yaml"
+    config.write_text(f"store: {signed_store_url(base)}\ntrustPolicy: {trust}\nauditLog: {tmp_path / 'a.jsonl'}\n")
+    webhook = start(base, "replacement", config=config)
+    try:
+        trust.unlink()
+        os.kill(webhook.worker_pids[0], signal.SIGKILL)
+        code, _, stderr = finish(webhook.proc, timeout=120)
+    finally:
+        stop(webhook, signal.SIGTERM)
+    assert code == 2, stderr
+    text = stderr.decode()
+    assert '"replacing": true' in text and "trust.yaml" in text and "before it served; stopped" in text, text
+    assert not Path(f"/proc/{webhook.worker_pids[1]}").exists()  # the survivor was stopped too
