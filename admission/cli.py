@@ -139,11 +139,10 @@ def _serve_one(stop: Any, listen: str, tls_cert: Path, tls_key: Path, config: Ad
 def _serve_worker(stop: Any, channel_fd: int, tls_cert: Path, tls_key: Path, config: AdmissionConfig,
                   host_cpu: str) -> None:
     """One of `--workers`: serves the connections its supervisor hands it, into the shared audit trail."""
-    import asyncio
     import socket
 
     from agentfactory.cpuplace import choose_home, place_every_thread
-    from agentfactory.workers import serve_handed
+    from agentfactory.workers import run_handed
 
     channel = socket.socket(fileno=channel_fd)
     home = choose_home(host_cpu, "--host-cpu")
@@ -152,7 +151,7 @@ def _serve_worker(stop: Any, channel_fd: int, tls_cert: Path, tls_key: Path, con
     if home is not None:
         place_every_thread(home)
     stop.then(lambda: setattr(server, "should_exit", True))
-    asyncio.run(serve_handed(server, channel, _described(admitter, home)))
+    run_handed(server, channel, _described(admitter, home))
 
 
 def _supervise(stop: Any, listen: str, workers: int, tls_cert: Path, tls_key: Path, config_path: Path | None,
