@@ -242,17 +242,34 @@ def _last_hash(path: Path) -> str:
 
 
 def _tail_hash(fd: int, size: int) -> str:
-    """`_last_hash` read through a shared trail's descriptor, up to `size` (the file's size under the flock)."""
+    """`_last_hash` read through a shared trail's descriptor, up to `size` (the file's size under the flock).
+
+    Read on nearly every record when workers take turns, so it reads a 4 KiB tail first (an admission record is
+    about 1 KiB) and a larger one only when the last line started before it, up to MAX_RECORD_BYTES + 1 as
+    `_last_hash` reads. Reading the whole 64 KiB each time cost a cached review about a tenth of its CPU."""
     if size == 0:
         return GENESIS
-    start = max(0, size - MAX_RECORD_BYTES - 1)
-    tail = b""
-    while start + len(tail) < size:
-        chunk = os.pread(fd, size - start - len(tail), start + len(tail))
+    window = 4096
+    while True:
+        window = min(window, MAX_RECORD_BYTES + 1)
+        start = max(0, size - window)
+        body = _pread_all(fd, start, size).rstrip(b"\n")
+        cut = body.rfind(b"\n")
+        if cut >= 0 or start == 0 or window == MAX_RECORD_BYTES + 1:
+            return hashlib.sha256(body[cut + 1:]).hexdigest()
+        window *= 4
+
+
+def _pread_all(fd: int, start: int, end: int) -> bytes:
+    chunks: list[bytes] = []
+    at = start
+    while at < end:
+        chunk = os.pread(fd, end - at, at)
         if not chunk:
             break
-        tail += chunk
-    return hashlib.sha256(tail.rstrip(b"\n").rsplit(b"\n", 1)[-1]).hexdigest()
+        chunks.append(chunk)
+        at += len(chunk)
+    return b"".join(chunks)
 
 
 def verify_chain(path: Path) -> int:

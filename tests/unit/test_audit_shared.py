@@ -104,3 +104,17 @@ def test_a_shared_log_continues_an_existing_trail(tmp_path: Path) -> None:
         shared.record("execution", n=5 + i)
     shared.close()
     assert verify_chain(path) == 10
+
+
+def test_a_last_record_longer_than_the_first_tail_read_is_linked_to_whole(tmp_path: Path) -> None:
+    """A shared writer reads a small tail first to find the last line; a longer last record (several long fields)
+    must be read whole, or the next record would link to the hash of its end only."""
+    path = tmp_path / "audit.jsonl"
+    a, b = AuditLog(path, shared=True), AuditLog(path, shared=True)
+    for size in (10, 3_000, 9_000, 30_000, 60_000):
+        a.record("execution", writer="a", **{f"f{i}": "x" * 1_000 for i in range(size // 1_000)})
+        b.record("execution", writer="b", n=size)
+    a.close()
+    b.close()
+    lines = path.read_bytes().splitlines()
+    assert max(len(line) for line in lines) > 50_000 and verify_chain(path) == 10
