@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 READY, CONNECTION, CLOSED = b"r", b"c", b"x"
+NOISY_EVERY_S = 1.0  # at most one line per second for what clients can cause again and again
 STOP_GRACE_S = 30.0  # after SIGTERM, how long a worker may take to finish its requests before SIGKILL
 
 
@@ -79,6 +80,7 @@ class Supervisor:
         os.set_blocking(self._wake_write, False)
         self._stopping = False
         self._accepting = False
+        self._noise: dict[str, tuple[float, int]] = {}  # kind -> (when last logged, how many since not logged)
 
     # -- from other threads ------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -151,7 +153,7 @@ class Supervisor:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and the like: the connection stays queued; say so and go on
-                self.log({"accept": "failed", "error": exc.strerror or str(exc)})
+                self._noisy("accept failed", {"accept": "failed", "error": exc.strerror or str(exc)})
                 time.sleep(0.01)
                 return
             with conn:
@@ -166,7 +168,18 @@ class Supervisor:
             worker.open += 1
             worker.handed += 1
             return
-        self.log({"connection": "dropped", "why": "no worker could take it"})
+        self._noisy("dropped", {"connection": "dropped", "why": "no worker could take it"})
+
+    def _noisy(self, kind: str, doc: dict[str, Any]) -> None:
+        """Log what a client can cause over and over (a connection flood, descriptors run out) at most once per
+        NOISY_EVERY_S per kind, with how many were not logged since: never a line per connection."""
+        now = time.monotonic()
+        last, quiet = self._noise.get(kind, (-NOISY_EVERY_S, 0))
+        if now - last < NOISY_EVERY_S:
+            self._noise[kind] = (last, quiet + 1)
+            return
+        self._noise[kind] = (now, 0)
+        self.log({**doc, "notLogged": quiet} if quiet else doc)
 
     def _read(self, worker: _Worker, *, starting: bool) -> None:
         try:
