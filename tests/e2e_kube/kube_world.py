@@ -84,6 +84,7 @@ class Webhook:
     port: int = field(default_factory=free_port)
     process: Process | None = None
     starts: int = 0
+    workers: int = 1  # `--workers N` when above 1: a supervisor and N worker processes
 
     @property
     def tls(self) -> Path:
@@ -113,6 +114,8 @@ class Webhook:
         argv = [AGENTFACTORY, "admission", "serve", "--listen", f"127.0.0.1:{self.port}",
                 "--tls-cert", str(self.tls / "tls.crt"), "--tls-key", str(self.tls / "tls.key"),
                 "--config", str(self.config())]
+        if self.workers > 1:
+            argv += ["--workers", str(self.workers)]
         self.process = spawn("agentfactory admission serve", argv, self.base / f"webhook-{self.starts}.log",
                              env=self.world.env, cwd=ROOT)
         self.wait_healthy()
@@ -139,6 +142,13 @@ class Webhook:
 
     def log(self) -> str:
         return self.process.log.read_text(errors="replace") if self.process else ""
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes' pids, from the `listening` line (empty for one process)."""
+        for line in self.log().splitlines():
+            if line.startswith("{") and '"listening"' in line:
+                return [int(w["pid"]) for w in json.loads(line).get("workers", [])]
+        return []
 
     def metrics(self) -> dict[str, float]:
         """The webhook's own /metrics: {"name{labels}": value} (counters reset when it restarts)."""

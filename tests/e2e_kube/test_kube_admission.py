@@ -14,7 +14,9 @@ import re
 import shutil
 import socket
 import ssl
+import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ from cryptography import x509
 from kube_env import ENFORCE, EXEMPT, FIGURES, RUNTIME_CLASS, WARN, register, wait_enforced
 from kube_kubectl import ROOT, Kubectl, Result
 from kube_pki import CA
-from kube_world import SIGNED, Webhook, World
+from kube_world import AGENTFACTORY, SIGNED, Webhook, World
 
 pytestmark = pytest.mark.e2e_kube
 
@@ -263,6 +265,60 @@ def test_webhook_down_refuses_then_admits_once_it_is_back(admission: Webhook, ku
         admission.start()
     up = kubectl.apply(wasm_agent("while-down", world.refs["wordstats"]), ENFORCE)
     assert up.ok and "created" in up.out, str(up)
+
+
+def held_connections(pid: int, port: int) -> int:
+    """How many established connections to the webhook's `port` the process `pid` holds (its server sockets)."""
+    inodes = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # 01: ESTABLISHED
+                inodes.add(f"socket:[{fields[9]}]")
+    held = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            held += os.readlink(fd) in inodes
+        except OSError:  # closed meanwhile
+            continue
+    return held
+
+
+def test_two_worker_processes_judge_the_api_servers_reviews_as_one_webhook(admission: Webhook, kubectl: Kubectl,
+                                                                         world: World) -> None:
+    """`admission serve --workers 2` behind the real API server: its concurrent reviews arrive on several
+    connections, which the supervisor shares out, so both workers judge; every answer is the one a single
+    process gives (signed created, unsigned refused with the reason), and the workers' records continue the one
+    audit trail, whose hash chain `runtime audit` checks. The webhook is back to one process afterwards."""
+    admission.stop()
+    admission.workers = 2
+    try:
+        admission.start()
+        pids = admission.worker_pids()
+        assert len(pids) == 2, admission.log()
+        wait_enforced(kubectl, world)
+        jobs = [(f"workers-{i}-{name}", world.refs[name]) for i in range(3) for name in SIGNED]
+        jobs += [(f"workers-{i}-unsigned", world.refs["hello-unsigned"]) for i in range(4)]
+        with ThreadPoolExecutor(len(jobs)) as pool:
+            results = list(pool.map(lambda job: kubectl.create(wasm_agent(*job), ENFORCE), jobs))
+        for (name, ref), result in zip(jobs, results, strict=True):
+            if name.endswith("-unsigned"):
+                assert ref in refused(result) and audited(admission, ENFORCE, name)["allowed"] is False
+            else:
+                assert result.ok and "created" in result.out, str(result)
+                assert audited(admission, ENFORCE, name)["allowed"] is True
+        # the API server keeps its connections open for the next reviews: each worker holds some of them
+        held = {pid: held_connections(pid, admission.port) for pid in pids}
+        assert all(held.values()), f"a worker holds none of the API server's connections: {held}"
+        audit = subprocess.run([AGENTFACTORY, "runtime", "audit", str(admission.audit)], capture_output=True,
+                               text=True, env=world.env, timeout=120)
+        assert audit.returncode == 0, audit.stdout + audit.stderr
+    finally:
+        admission.stop()
+        admission.workers = 1
+        admission.start()
+    wait_enforced(kubectl, world)
+    assert admission.worker_pids() == []
 
 
 def served_certificate(port: int, ca: Path) -> x509.Certificate:
