@@ -262,14 +262,20 @@ def promote(ctx: Context, agent: str, to: str, *, digest: str | None = None, app
     failing canary is rolled back instead."""
     full = agent
     agent = agent.partition(":")[0]
-    try:
-        first = _decide(ctx, full, to, digest, approved_by, analysis_window, metrics)
-    except _Unchanged as u:
-        return Outcome("unchanged", agent, to, u.stored.digest, reasons=[f"{agent}@{u.stored.digest} is already "
-                                                                         f"in {to}"])
     result: Analysis | None = None
-    thresholds = first.stage.gates.analysis
+    first: _Decision | None = None
+    thresholds = ctx.graph.stage(to).gates.analysis
     if thresholds is not None and analysis_window is not None and metrics is not None:
+        # Every decision is made under the environment's lock, this one too (the analysis after it runs
+        # without). A concurrent promotion logs its attestation, then commits: read outside the lock, the
+        # attestations can be loaded before it logs and the stage file read after it commits, and the
+        # stage file would look unattested (a forgery) when it is not.
+        with ctx.env.locked():
+            try:
+                first = _decide(ctx, full, to, digest, approved_by, analysis_window, metrics)
+            except _Unchanged as u:
+                return Outcome("unchanged", agent, to, u.stored.digest,
+                               reasons=[f"{agent}@{u.stored.digest} is already in {to}"])
         source = first.stage.source or to
         try:
             result = analyze(metrics, agent, first.stored.digest, analysis_window, thresholds, stage=source)
@@ -293,7 +299,7 @@ def promote(ctx: Context, agent: str, to: str, *, digest: str | None = None, app
         except _Unchanged as u:
             return Outcome("unchanged", agent, to, u.stored.digest, reasons=[f"{agent}@{u.stored.digest} is "
                                                                              f"already in {to}"])
-        if decision.stored.digest != first.stored.digest:
+        if first is not None and decision.stored.digest != first.stored.digest:
             raise Refused(f"promote {agent} to {to}", [
                 f"{decision.stage.source} changed to {decision.stored.digest} while the canary analysis of "
                 f"{first.stored.digest} ran; analyse the new canary"])

@@ -19,7 +19,8 @@ from runtime_helpers import OK_WAT, Signed, publish, signed_store, wat_manifest
 
 from agentfactory.errors import ConfigError
 from pipelines.promote.analysis import RuntimeMetrics
-from pipelines.promote.envrepo import EnvRepo, PromotionConflict, parse_trailers
+from pipelines.promote.attested import Ledger
+from pipelines.promote.envrepo import LOCK_NAME, EnvRepo, PromotionConflict, parse_trailers
 from pipelines.promote.promote import Context, Refused, promote, rollback, status
 from pipelines.promote.stages import load_stages
 
@@ -238,6 +239,32 @@ def test_two_promotions_racing(world: tuple[Context, Signed, Path], af_home: Pat
     # Compare-and-swap: a decision made on a HEAD that moved is not written.
     with pytest.raises(PromotionConflict, match="moved"):
         ctx.env.commit_placement("dev", "hello", None, subject="x", trailers={}, expected_head="0" * 40)
+
+
+def test_every_decision_reads_the_stages_and_the_attestations_under_the_lock(
+        world: tuple[Context, Signed, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The class behind a race `test_two_promotions_racing` caught once: a concurrent promotion logs its
+    attestation, then commits, under the environment's lock. A decision that loads the attestations before it
+    logs and reads the stage file after it commits sees the stage file unattested, and refuses an honest
+    promotion as built on a forgery. So every read a decision makes of either is made while this process holds
+    the lock: promote with and without canary analysis, and rollback."""
+    ctx, _, _ = world
+    lock = Path(ctx.env.repo.git_dir) / LOCK_NAME
+    reads: list[str] = []
+
+    def held(what: str) -> None:
+        assert lock.exists() and lock.read_text().strip() == str(os.getpid()), f"{what} read without the lock"
+        reads.append(what)
+
+    load, placement = Ledger.load.__func__, EnvRepo.placement  # type: ignore[attr-defined]
+    monkeypatch.setattr(Ledger, "load", classmethod(lambda cls, *a, **k: (held("attestations"), load(cls, *a, **k))[1]))
+    monkeypatch.setattr(EnvRepo, "placement", lambda self, *a, **k: (held("stage file"), placement(self, *a, **k))[1])
+    assert promote(ctx, "hello", "dev").action == "promoted"
+    assert promote(ctx, "hello", "canary").action == "promoted"
+    with pytest.raises(Refused, match="metrics unavailable"):  # the decision before the analysis, then none
+        promote(ctx, "hello", "prod", analysis_window=0.2, metrics=RuntimeMetrics(["http://127.0.0.1:9/metrics"]))
+    assert rollback(ctx, "hello", "canary").action == "rolled-back"
+    assert reads.count("attestations") >= 4 and reads.count("stage file") >= 4, reads
 
 
 @pytest.fixture
