@@ -229,7 +229,10 @@ def status_cmd(no_verify: bool, stages_path: Path | None, env_repo: Path, policy
     from .promote import status
 
     ctx = _context(stages_path, env_repo, store_url, policy_path, provider, policies_dir)
-    rows = status(ctx, verify=not no_verify)
+    try:
+        rows = status(ctx, verify=not no_verify)
+    except PromotionConflict as exc:  # a promotion kept the lock or kept moving HEAD for 30 s: exit 3
+        _finish(None, exc, as_json)
     if as_json:
         print_json({"stages": [s.name for s in ctx.graph.stages], "placements": rows})
     else:
@@ -262,7 +265,10 @@ def history_cmd(agent: str | None, stage: str | None, stages_path: Path | None, 
     ctx = _context(stages_path, env_repo, store_url, policy_path, provider, policies_dir)
     if stage:
         ctx.graph.stage(stage)
-    record = history(ctx, agent, stage)
+    try:
+        record = history(ctx, agent, stage)
+    except PromotionConflict as exc:
+        _finish(None, exc, as_json)
     if as_json:
         print_json(record)
     else:

@@ -17,11 +17,11 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from agentfactory.errors import AgentFactoryError, ConfigError, InputError
 
@@ -31,6 +31,7 @@ TRAILER_KEYS = ("Agent", "Version", "Digest", "Stage", "From-Stage", "Action", "
                 "Analysis", "Reason", "Promotion-Attestation", "Promoter-Key")
 LOCK_NAME = "agentfactory-promote.lock"
 LOCK_WAIT_S = 30.0
+T = TypeVar("T")
 MARK = "# Written by `agentfactory promote`: do not edit by hand; promote or roll back instead (docs/promotion.md)."
 
 
@@ -257,6 +258,28 @@ class EnvRepo:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
+    def settled(self, read: Callable[[], T], wait: float = LOCK_WAIT_S) -> T:
+        """`read()` of the stage files and the attestations as no promotion is half way through, without
+        taking the lock (a reader may have no right to write here).
+
+        A promotion logs its attestation, then commits, under the lock: a reader that loads the attestations
+        before one and reads the stage files after it would see them unattested (or, for a rollback, the
+        other way round). So: wait while a live process holds the lock, read, and read again when a
+        promotion took the lock or moved HEAD meanwhile. Gives up after `wait` seconds, naming the holder."""
+        path = Path(self.repo.git_dir) / LOCK_NAME
+        deadline = time.monotonic() + wait
+        while True:
+            holder = _live_holder(path)
+            if holder is None:
+                head = self.head()
+                result = read()
+                if _live_holder(path) is None and self.head() == head:
+                    return result
+            if time.monotonic() >= deadline:
+                raise PromotionConflict(f"another promotion (pid {holder or _live_holder(path)}) keeps changing "
+                                        f"or holding {path}; try again when it has finished")
+            time.sleep(0.05)
+
     # -- writing -----------------------------------------------------------------------------------
     def commit_placement(self, stage: str, agent: str, placement: dict[str, Any] | None, *, subject: str,
                          trailers: dict[str, str], expected_head: str | None, branch: str | None = None) -> str:
@@ -333,6 +356,17 @@ def _holder(path: Path) -> int | None:
         return int(path.read_text().strip() or "0") or None
     except (OSError, ValueError):
         return None
+
+
+def _live_holder(path: Path) -> int | None:
+    """The pid holding the lock at `path`, 0 when its file is being written; None when it is free (no file,
+    or a dead process's)."""
+    if not path.exists():
+        return None
+    holder = _holder(path)
+    if holder is None:
+        return 0 if path.exists() else None
+    return holder if _alive(holder) else None
 
 
 def _alive(pid: int) -> bool:

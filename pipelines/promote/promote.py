@@ -412,11 +412,12 @@ def status(ctx: Context, *, verify: bool = True) -> list[dict[str, Any]]:
     """Agents by stages: version, digest, since when (the transparency log's time of the standing
     promotion), and the verdict now (with the stage's policy). A stage file that no standing promotion
     attestation backs is reported as unattested and not allowed, checked or not."""
-    ledger = Ledger.load(ctx.store, ctx.trust)
-    carriers = _carriers(ctx.env)
+    ledger, carriers, placed = ctx.env.settled(lambda: (
+        Ledger.load(ctx.store, ctx.trust), _carriers(ctx.env),
+        [(stage, ctx.env.placements(stage.name)) for stage in ctx.graph.stages]))
     rows = []
-    for stage in ctx.graph.stages:
-        for p in ctx.env.placements(stage.name):
+    for stage, placements in placed:
+        for p in placements:
             attested = ledger.matching(p.agent, stage.name, p.digest)
             verdict = None
             reasons: list[str] = []
@@ -471,11 +472,12 @@ def history(ctx: Context, agent: str | None = None, stage: str | None = None) ->
     """The promotion record, newest first, as the signed, logged attestations say it (time: the log's),
     each with the commit that carries it; and every commit in the stage folders that no attestation backs
     (forged or hand-written trailers, hand edits), flagged `unattested` with why."""
-    ledger = Ledger.load(ctx.store, ctx.trust, agent)
+    ledger, changes = ctx.env.settled(lambda: (Ledger.load(ctx.store, ctx.trust, agent),
+                                               ctx.env.changes(agent=agent, stage=stage)))
     by_sha = {e.record.sha256: e for e in ledger.entries}
     claimed: dict[str, str] = {}
     unattested: list[dict[str, Any]] = []
-    for e in reversed(ctx.env.changes(agent=agent, stage=stage)):  # oldest first: the first carrier wins
+    for e in reversed(changes):  # oldest first: the first carrier wins
         problem = _unbacked(e, by_sha, claimed)
         if problem is None:
             sha = _attestation_sha(e)

@@ -21,7 +21,7 @@ from agentfactory.errors import ConfigError
 from pipelines.promote.analysis import RuntimeMetrics
 from pipelines.promote.attested import Ledger
 from pipelines.promote.envrepo import LOCK_NAME, EnvRepo, PromotionConflict, parse_trailers
-from pipelines.promote.promote import Context, Refused, promote, rollback, status
+from pipelines.promote.promote import Context, Refused, history, promote, rollback, status
 from pipelines.promote.stages import load_stages
 
 pytestmark = pytest.mark.toolchain
@@ -265,6 +265,58 @@ def test_every_decision_reads_the_stages_and_the_attestations_under_the_lock(
         promote(ctx, "hello", "prod", analysis_window=0.2, metrics=RuntimeMetrics(["http://127.0.0.1:9/metrics"]))
     assert rollback(ctx, "hello", "canary").action == "rolled-back"
     assert reads.count("attestations") >= 4 and reads.count("stage file") >= 4, reads
+
+
+@pytest.mark.parametrize("reader", ["status", "history"])
+def test_readers_never_see_a_promotion_half_done(world: tuple[Context, Signed, Path],
+                                                 monkeypatch: pytest.MonkeyPatch, reader: str) -> None:
+    """`status` and `history` do not take the lock (an auditor's clone may be read-only), so the interleaving
+    that made `promote` refuse an honest promotion is forced on them: a whole promotion of `other` completes
+    just after they loaded the attestations and before they read the stage files or the commits. Read once,
+    `other` would be reported unattested (status exits 1 on that); they read again when HEAD moved."""
+    ctx, _, _ = world
+    promote(ctx, "hello", "dev")
+    load = Ledger.load.__func__  # type: ignore[attr-defined]
+    fired: list[str] = []
+
+    def racing_load(cls: type[Ledger], *args: object, **kwargs: object) -> Ledger:
+        ledger = load(cls, *args, **kwargs)
+        if not fired:
+            fired.append("other")
+            assert promote(ctx, "other", "dev").action == "promoted"
+        return ledger
+
+    monkeypatch.setattr(Ledger, "load", classmethod(racing_load))
+    if reader == "status":
+        rows = status(ctx, verify=False)
+        assert sorted((r["agent"], r["attestation"] is not None) for r in rows) == [("hello", True), ("other", True)]
+    else:
+        record = history(ctx)
+        assert record["unattested"] == [] and sorted(e["agent"] for e in record["events"]) == ["hello", "other"]
+    assert fired == ["other"]
+
+
+def test_readers_wait_while_a_live_process_holds_the_lock(world: tuple[Context, Signed, Path]) -> None:
+    """A promotion in progress (its lock held by a live process) is waited out; a dead process's lock is not."""
+    ctx, _, _ = world
+    promote(ctx, "hello", "dev")
+    lock = Path(ctx.env.repo.git_dir) / LOCK_NAME
+    holder = subprocess.Popen(["sleep", "60"])
+    try:
+        lock.write_text(f"{holder.pid}\n")
+        done: list[list[dict[str, object]]] = []
+        reader = threading.Thread(target=lambda: done.append(status(ctx, verify=False)))
+        reader.start()
+        reader.join(1.0)
+        assert reader.is_alive() and not done  # waiting for the promotion to finish
+        lock.unlink()
+        reader.join(30)
+        assert done and [r["agent"] for r in done[0]] == ["hello"]
+    finally:
+        holder.kill()
+        holder.wait()
+    lock.write_text(f"{holder.pid}\n")  # now a dead process's
+    assert [r["agent"] for r in status(ctx, verify=False)] == ["hello"]
 
 
 @pytest.fixture
