@@ -31,6 +31,7 @@ TRAILER_KEYS = ("Agent", "Version", "Digest", "Stage", "From-Stage", "Action", "
                 "Analysis", "Reason", "Promotion-Attestation", "Promoter-Key")
 LOCK_NAME = "agentfactory-promote.lock"
 LOCK_WAIT_S = 30.0
+LOCK_UNNAMED_S = 5.0  # a lock file without a pid for longer than this is stale
 T = TypeVar("T")
 MARK = "# Written by `agentfactory promote`: do not edit by hand; promote or roll back instead (docs/promotion.md)."
 
@@ -243,14 +244,14 @@ class EnvRepo:
                 os.close(fd)
                 break
             except FileExistsError:
-                holder = _holder(path)
-                if holder is not None and not _alive(holder):
+                holder = _live_holder(path)
+                if holder is None:  # gone, or left by a dead process
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
                     continue
                 if time.monotonic() >= deadline:
-                    raise PromotionConflict(f"another promotion (pid {holder}) holds {path}; try again when it "
-                                            "has finished") from None
+                    raise PromotionConflict(f"another promotion ({_named(holder)}) holds {path}; try again when "
+                                            "it has finished") from None
                 time.sleep(0.05)
         try:
             yield
@@ -276,8 +277,8 @@ class EnvRepo:
                 if _live_holder(path) is None and self.head() == head:
                     return result
             if time.monotonic() >= deadline:
-                raise PromotionConflict(f"another promotion (pid {holder or _live_holder(path)}) keeps changing "
-                                        f"or holding {path}; try again when it has finished")
+                raise PromotionConflict(f"another promotion ({_named(holder or _live_holder(path))}) keeps "
+                                        f"changing or holding {path}; try again when it has finished")
             time.sleep(0.05)
 
     # -- writing -----------------------------------------------------------------------------------
@@ -352,27 +353,39 @@ class EnvRepo:
 
 
 def _holder(path: Path) -> int | None:
+    """The pid a lock file names, or None: empty, not a positive whole number (`-1` would make os.kill ask
+    about every process), or longer than any pid."""
     try:
-        return int(path.read_text().strip() or "0") or None
+        with path.open("rb") as f:
+            text = f.read(32).strip()
+        pid = int(text) if text.isdigit() else 0
     except (OSError, ValueError):
         return None
+    return pid if pid > 0 else None
 
 
 def _live_holder(path: Path) -> int | None:
-    """The pid holding the lock at `path`, 0 when its file is being written; None when it is free (no file,
-    or a dead process's)."""
-    if not path.exists():
+    """The pid holding the lock at `path`, 0 while a new lock file has no pid yet; None when the lock is free:
+    no file, a dead process's, or one with no pid that is older than LOCK_UNNAMED_S (its writer died between
+    creating it and writing its pid, or someone wrote something else there)."""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
         return None
     holder = _holder(path)
     if holder is None:
-        return 0 if path.exists() else None
+        return 0 if age < LOCK_UNNAMED_S else None
     return holder if _alive(holder) else None
+
+
+def _named(holder: int | None) -> str:
+    return f"pid {holder}" if holder else "a process still writing its pid"
 
 
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process; no pid is that large
         return False
     except PermissionError:
         return True

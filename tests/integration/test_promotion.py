@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from runtime_helpers import OK_WAT, Signed, publish, signed_store, wat_manifest
 from agentfactory.errors import ConfigError
 from pipelines.promote.analysis import RuntimeMetrics
 from pipelines.promote.attested import Ledger
-from pipelines.promote.envrepo import LOCK_NAME, EnvRepo, PromotionConflict, parse_trailers
+from pipelines.promote.envrepo import LOCK_NAME, LOCK_UNNAMED_S, EnvRepo, PromotionConflict, parse_trailers
 from pipelines.promote.promote import Context, Refused, history, promote, rollback, status
 from pipelines.promote.stages import load_stages
 
@@ -317,6 +318,22 @@ def test_readers_wait_while_a_live_process_holds_the_lock(world: tuple[Context, 
         holder.wait()
     lock.write_text(f"{holder.pid}\n")  # now a dead process's
     assert [r["agent"] for r in status(ctx, verify=False)] == ["hello"]
+
+
+@pytest.mark.parametrize("content", ["", "-1", "0", "not a pid", "9" * 40, "4194305" + " " * 100_000])
+def test_a_lock_file_without_a_live_pid_blocks_nobody_for_long(world: tuple[Context, Signed, Path],
+                                                              content: str) -> None:
+    """A lock file whose writer died before writing its pid, or holding anything else (`-1` would make
+    os.kill ask about every process and look alive), is waited on only while it is new: once older than
+    LOCK_UNNAMED_S, readers read and a promotion takes the lock over."""
+    ctx, _, _ = world
+    lock = Path(ctx.env.repo.git_dir) / LOCK_NAME
+    lock.write_text(content)
+    old = time.time() - LOCK_UNNAMED_S - 1
+    os.utime(lock, (old, old))
+    assert status(ctx, verify=False) == []
+    assert promote(ctx, "hello", "dev").action == "promoted"
+    assert not lock.exists()
 
 
 @pytest.fixture
