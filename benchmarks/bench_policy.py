@@ -190,10 +190,156 @@ def main() -> None:
         f"{pooled['decisions_per_s']:.0f}/s, {verdict(result['pass']['throughput'])}.",
         "",
     ]
+    price = price_of_locals(engine, template_doc)
+    result["locals"] = price
+    lines += locals_markdown(price)
     wasm = bench_opa_wasm({"template": template_doc, "artifact": artifact_doc, "admission": admission_doc})
     result["opa_wasm"] = wasm
     lines += opa_wasm_markdown(wasm)
     write_results("policy", result, lines)
+
+
+LOCALS_PAD = 150  # dead rules added to a bundle to price its locals (15 locals each)
+LOCALS_ROUNDS = sized(5, 1)
+LOCALS_RUNS = sized(300, 10)
+BUILTIN_CALLS = 50  # builtin calls in the synthetic rule that prices one call
+
+
+def bundle_locals(payload: bytes) -> int | None:
+    """The `local_count` in a rego-cpp binary bundle's header (rego-cpp 1.5's format: magic, versions, the
+    query plan's index, 5 reserved bytes, then the count as a little-endian uint32), or None for another format."""
+    if payload[:8] != b"REGOBUND" or payload[9] != 1:
+        return None
+    return int.from_bytes(payload[16:20], "little")
+
+
+def _padding(count: int) -> str:
+    """`count` rules nothing reads, each compiled to about 15 locals: they change the bundle, not the evaluation."""
+    return "\n".join(f'bench_unused_{k} := x if {{ x := sprintf("%v %v", [input.a{k}, object.get(input, "c", 1)]); '
+                     f'startswith(x, "q"); count(x) > {k} }}' for k in range(count))
+
+
+def _timed_bundles(bundles: dict[str, tuple[Any, Any]], document: dict[str, object], allowed: str) -> dict[str, float]:
+    """The median query time of each bundle, in µs, over interleaved rounds (the machine's pace drifts); every
+    bundle must answer the same, with the binding `allowed` true."""
+    import regopy
+
+    samples: dict[str, list[float]] = {name: [] for name in bundles}
+    answers = set()
+    for interpreter, bundle in bundles.values():
+        interpreter.set_input(regopy.Input(document))
+        answers.add(str(interpreter.query_bundle(bundle)))
+    if len(answers) != 1 or f'"{allowed}":true' not in next(iter(answers)):  # unused rules change nothing
+        raise SystemExit(f"the bundles priced answer differently: {sorted(answers)}")
+    for _ in range(LOCALS_ROUNDS):
+        for name, (interpreter, bundle) in bundles.items():
+            for _ in range(max(1, LOCALS_RUNS // 10)):
+                interpreter.query_bundle(bundle)
+            for _ in range(LOCALS_RUNS):
+                start = time.perf_counter()
+                interpreter.query_bundle(bundle)
+                samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) * 1e6 for name, values in samples.items()}
+
+
+def _compiled(modules: dict[str, str], data: Any, query: str) -> tuple[Any, Any, int | None]:
+    """(interpreter, bundle, locals): `modules` compiled as the engine compiles a policy, loaded from its bytes."""
+    import regopy
+
+    from agentfactory import policy_cache
+
+    compiler = regopy.Interpreter()
+    for name, text in modules.items():
+        compiler.add_module(name, text)
+    compiler.add_data(data)
+    payload = policy_cache.bundle_bytes(compiler, compiler.build(query, []))
+    interpreter = regopy.Interpreter()
+    interpreter.strict_built_in_errors = True
+    return interpreter, policy_cache.load_bytes(interpreter, payload), bundle_locals(payload)
+
+
+def price_of_locals(engine: RegoEngine, template_doc: dict[str, object]) -> dict[str, Any]:
+    """What a bundle's size costs a regopy query. rego-cpp 1.5 numbers the locals of every rule and function
+    of a bundle in one frame and, at every builtin call, copies the VM's whole state (that frame and the rule
+    values cached so far: `run_call` captures `state` by value in src/virtual_machine.cc). So a query pays for
+    every local its bundle holds, reached or not, once per builtin call. Priced twice: the template policy's own
+    bundle against the same bundle with LOCALS_PAD unused rules, and a rule of BUILTIN_CALLS builtin calls
+    against a rule of one, each in a small and a padded bundle."""
+    from agentfactory.policy import config_read_first, policy_modules
+
+    modules = policy_modules(engine.sources, "agentfactory.template")
+    data = config_read_first(engine.data, modules)
+    query = "deny = data.agentfactory.template.deny; allow = data.agentfactory.template.allow"
+    padded = {**modules, "bench_unused.rego": "package agentfactory.template\n\nimport rego.v1\n\n"
+              + _padding(LOCALS_PAD) + "\n"}
+    template = {name: _compiled(mods, data, query) for name, mods in (("policy", modules), ("padded", padded))}
+    template_us = _timed_bundles({name: (i, b) for name, (i, b, _) in template.items()}, template_doc, "allow")
+    calls = "\n".join(f"\tis_string(input.s{k % 5})" for k in range(BUILTIN_CALLS))
+    synthetic: dict[str, tuple[Any, Any, int | None]] = {}
+    for pad in (0, LOCALS_PAD):
+        for n, body in ((1, "\tis_string(input.s0)"), (BUILTIN_CALLS, calls)):
+            text = f"package bench\n\nimport rego.v1\n\nallow if {{\n{body}\n}}\n\n{_padding(pad)}\n"
+            synthetic[f"{pad}/{n}"] = _compiled({"bench.rego": text}, {}, "x = data.bench.allow")
+    synthetic_us = _timed_bundles({name: (i, b) for name, (i, b, _) in synthetic.items()},
+                                  {f"s{k}": "v" for k in range(5)}, "x")
+    out: dict[str, Any] = {"pad_rules": LOCALS_PAD, "template": {}, "synthetic": {}}
+    for name, (_, _, count) in template.items():
+        out["template"][name] = {"locals": count, "query_us": template_us[name]}
+    for name, (_, _, count) in synthetic.items():
+        out["synthetic"][name] = {"locals": count, "query_us": synthetic_us[name]}
+    t, s = out["template"], out["synthetic"]
+    if all(v["locals"] for v in (*t.values(), *s.values())):
+        extra = t["padded"]["locals"] - t["policy"]["locals"]
+        out["template_us_per_1000_locals"] = (t["padded"]["query_us"] - t["policy"]["query_us"]) / extra * 1000
+        out["template_locals_us"] = out["template_us_per_1000_locals"] * t["policy"]["locals"] / 1000
+        small, big = f"0/{BUILTIN_CALLS}", f"{LOCALS_PAD}/{BUILTIN_CALLS}"
+        per_call_small = (s[small]["query_us"] - s["0/1"]["query_us"]) / (BUILTIN_CALLS - 1)
+        per_call_big = (s[big]["query_us"] - s[f"{LOCALS_PAD}/1"]["query_us"]) / (BUILTIN_CALLS - 1)
+        out["call_us"] = {"small": per_call_small, "padded": per_call_big}
+        out["call_ns_per_local"] = (per_call_big - per_call_small) / (s[big]["locals"] - s[small]["locals"]) * 1000
+        out["query_us_per_1000_locals"] = ((s[f"{LOCALS_PAD}/1"]["query_us"] - s["0/1"]["query_us"])
+                                           / (s[f"{LOCALS_PAD}/1"]["locals"] - s["0/1"]["locals"]) * 1000)
+    return out
+
+
+def locals_markdown(price: dict[str, Any]) -> list[str]:
+    t, s = price["template"], price["synthetic"]
+    if "call_us" not in price:
+        return ["## What a bundle's size costs a regopy query", "",
+                "Not measured: the bundles are not in rego-cpp 1.5's binary format (a newer regopy?).", ""]
+    return [
+        "## What a bundle's size costs a regopy query",
+        "",
+        "rego-cpp 1.5 gives every rule and function of a bundle its locals in one frame, and at every builtin call "
+        "(`is_string`, `sprintf`, `object.get`, `startswith`, ...) copies the VM's whole state: that frame and the "
+        "rule values cached so far (`VirtualMachine::run_call` captures `state` by value, src/virtual_machine.cc, "
+        "since rego-cpp 1.0 and still on its main branch). A query therefore pays for every local its bundle holds, "
+        "reached or not, once per builtin call; a template decision makes about 104 builtin calls (and about 256 "
+        "calls of rules and functions, which copy nothing), an artifact decision 108, an admission decision 48 "
+        "(counted with breakpoints on rego-cpp's `BuiltInsDef::call` and `run_call` over 10 decisions). Priced here "
+        f"with {price['pad_rules']} unused rules added to a bundle (interleaved rounds, the query alone):",
+        "",
+        "| bundle | locals | query p50 |",
+        "| --- | ---: | ---: |",
+        f"| the template policy, as the engine compiles it | {t['policy']['locals']:,} | "
+        f"{t['policy']['query_us']:.0f} µs |",
+        f"| the same with the unused rules | {t['padded']['locals']:,} | {t['padded']['query_us']:.0f} µs |",
+        *[f"| a rule of {n.split('/')[1]} builtin call(s), {'with' if n.split('/')[0] != '0' else 'without'} the "
+          f"unused rules | {v['locals']:,} | {v['query_us']:.0f} µs |" for n, v in s.items()],
+        "",
+        f"So a builtin call costs {price['call_us']['small']:.1f} µs in a bundle of "
+        f"{s[f'0/{BUILTIN_CALLS}']['locals']} locals and {price['call_us']['padded']:.1f} µs in one of "
+        f"{s[f'{LOCALS_PAD}/{BUILTIN_CALLS}']['locals']:,}: {price['call_ns_per_local']:.2f} ns more per local. "
+        f"A query also checks its whole bundle again before it runs ({price['query_us_per_1000_locals']:.0f} µs "
+        "per 1,000 locals in the rule of one call). The template query pays "
+        f"{price['template_us_per_1000_locals']:.0f} µs per 1,000 locals, both together: about "
+        f"{price['template_locals_us']:.0f} µs of its {t['policy']['query_us']:.0f} µs go to the size of its "
+        f"bundle ({t['policy']['locals']:,} locals), not to its rules' work. That is the largest single part of a "
+        "regopy decision, and it is rego-cpp's to remove (the state taken by reference, the bundle checked once "
+        "when it is loaded); the policies already avoid builtin calls where a comparison does (docs/policy.md, "
+        "rego-cpp notes).",
+        "",
+    ]
 
 
 def bench_opa_wasm(documents: dict[str, dict[str, object]]) -> dict[str, Any]:
@@ -252,8 +398,10 @@ def opa_wasm_markdown(w: dict[str, Any]) -> list[str]:
         "",
         "Admission decisions per second, a new input each. wasmtime runs the evaluation itself without the GIL "
         "(about half of a decision); the input boundary, the JSON in and out and the reading hold it, so a second "
-        "thread mostly waits for the first, and the GIL's hand-offs cost CPU: from one process, one thread is about "
-        "as fast as two.",
+        "thread partly waits for the first, and the GIL's hand-offs cost CPU: in this run two threads decided "
+        f"{pooled['decisions_per_s'] / w['throughput'][0]['decisions_per_s']:.2f} times as fast as one, at "
+        f"{pooled['cpu_us_per_decision'] / w['throughput'][0]['cpu_us_per_decision']:.2f} times the CPU per decision "
+        "(from 0.93 to 1.33 times as fast in earlier runs: the machine decides).",
         "",
         "| threads | decisions/s | CPU | CPU/decision |",
         "| ---: | ---: | ---: | ---: |",
