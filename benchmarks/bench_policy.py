@@ -314,9 +314,10 @@ def locals_markdown(price: dict[str, Any]) -> list[str]:
         "(`is_string`, `sprintf`, `object.get`, `startswith`, ...) copies the VM's whole state: that frame and the "
         "rule values cached so far (`VirtualMachine::run_call` captures `state` by value, src/virtual_machine.cc, "
         "since rego-cpp 1.0 and still on its main branch). A query therefore pays for every local its bundle holds, "
-        "reached or not, once per builtin call; a template decision makes about 104 builtin calls (and about 256 "
-        "calls of rules and functions, which copy nothing), an artifact decision 108, an admission decision 48 "
-        "(counted with breakpoints on rego-cpp's `BuiltInsDef::call` and `run_call` over 10 decisions). Priced here "
+        "reached or not, once per builtin call; a template decision makes 52 builtin calls (and 128 calls of rules "
+        "and functions, which copy nothing), an artifact decision 54, an admission decision 24 (counted with "
+        "breakpoints on rego-cpp's `BuiltInsDef::call` and `run_call`, and named in its debug log: `is_object`, "
+        "`is_number`, `in`, `regex.is_valid`, `is_array`, `>` and `*` above all in the template's). Priced here "
         f"with {price['pad_rules']} unused rules added to a bundle (interleaved rounds, the query alone):",
         "",
         "| bundle | locals | query p50 |",
