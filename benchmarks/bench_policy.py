@@ -208,7 +208,7 @@ BUILTIN_CALLS = 50  # builtin calls in the synthetic rule that prices one call
 def bundle_locals(payload: bytes) -> int | None:
     """The `local_count` in a rego-cpp binary bundle's header (rego-cpp 1.5's format: magic, versions, the
     query plan's index, 5 reserved bytes, then the count as a little-endian uint32), or None for another format."""
-    if payload[:8] != b"REGOBUND" or payload[9] != 1:
+    if len(payload) < 20 or payload[:8] != b"REGOBUND" or payload[9] != 1:
         return None
     return int.from_bytes(payload[16:20], "little")
 

@@ -160,3 +160,14 @@ def test_a_page_without_verdicts_is_written_then_fails(tmp_path: Path) -> None:
                       bench_env(**{RESULTS_ENV: str(tmp_path)}))
     assert proc.returncode != 0 and "a target without pass/fail" in proc.stderr
     assert (tmp_path / "no-verdict.md").is_file() and json.loads((tmp_path / "no-verdict.json").read_text()) == {"x": 1}
+
+
+@pytest.mark.parametrize("payload", [b"", b"REGOBUND", b"REGOBUND\x01\x02" + bytes(10), b"NOTABUND" + bytes(12)],
+                         ids=["empty", "magic only", "another binary version", "another magic"])
+def test_bundle_locals_reads_only_a_whole_rego_cpp_header(payload: bytes) -> None:
+    """bench_policy prices a bundle's locals from its header; a short or foreign header is "not measured", never a
+    crash or a number read from the wrong bytes."""
+    from benchmarks.bench_policy import bundle_locals
+
+    assert bundle_locals(payload) is None
+    assert bundle_locals(b"REGOBUND\x01\x01\x02" + bytes(5) + (2294).to_bytes(4, "little")) == 2294
