@@ -133,7 +133,10 @@ def _clock_time_get(caller: Any, clock_id: int, _precision: int, out: int) -> in
 
 
 def _fd_write(caller: Any, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
-    """fd_write: fds 1 and 2 to the invocation's CappedOutputs (EFBIG past the cap), any other fd EBADF."""
+    """fd_write: fds 1 and 2 to the invocation's CappedOutputs (EFBIG past the cap), any other fd EBADF.
+
+    Copies out of guest memory no more than the output still has room for: iovecs may overlap, so what
+    they ask for is up to MAX_IOVS times the guest's memory (1,024 x 256 MiB), and only the cap bounds it."""
     outputs: tuple[CappedOutput, CappedOutput] | None = getattr(_current, "outputs", None)
     fd, iovs, iovs_len, nwritten = (v & 0xFFFFFFFF for v in (fd, iovs, iovs_len, nwritten))
     if outputs is None or fd not in (1, 2):
@@ -145,14 +148,21 @@ def _fd_write(caller: Any, fd: int, iovs: int, iovs_len: int, nwritten: int) -> 
     if iovs + 8 * iovs_len > size or nwritten + 4 > size:
         return _EFAULT
     raw = memory.read(caller, iovs, iovs + 8 * iovs_len)
+    ranges = [struct.unpack_from("<II", raw, 8 * i) for i in range(iovs_len)]
+    if any(ptr + length > size for ptr, length in ranges):
+        return _EFAULT
+    out = outputs[fd - 1]
+    asked = sum(length for _, length in ranges)
+    left = min(asked, out.room())
     chunks = []
-    for i in range(iovs_len):
-        ptr, length = struct.unpack_from("<II", raw, 8 * i)
-        if ptr + length > size:
-            return _EFAULT
-        if length:
-            chunks.append(memory.read(caller, ptr, ptr + length))
-    written = outputs[fd - 1](b"".join(chunks))
+    for ptr, length in ranges:
+        if left <= 0:
+            break
+        take = min(length, left)
+        if take:
+            chunks.append(memory.read(caller, ptr, ptr + take))
+            left -= take
+    written = out(b"".join(chunks), asked)
     if written < 0:
         return _EFBIG
     memory.write(caller, struct.pack("<I", written), nwritten)
@@ -252,9 +262,15 @@ class CappedOutput:
         self.size = 0
         self.overflow = False
 
-    def __call__(self, data: bytes) -> int:
+    def room(self) -> int:
+        """Bytes this output still keeps: a writer copies no more than this out of guest memory."""
+        return max(self.cap - self.size, 0)
+
+    def __call__(self, data: bytes, asked: int | None = None) -> int:
+        """Keep `data`, a write of `asked` bytes (default len(data)) of which `data` may be only the first
+        room() bytes; a write past the cap keeps what fits, marks the overflow and answers -EFBIG."""
         room = self.cap - self.size
-        if len(data) > room:
+        if max(len(data), asked or 0) > room:
             self.overflow = True
             if room > 0:
                 self.parts.append(data[:room])

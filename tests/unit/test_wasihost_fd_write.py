@@ -92,3 +92,52 @@ def test_no_invocation_bound_is_ebadf() -> None:
     guest = Guest()
     guest.iovs(200, [(100, 4)])
     assert guest.write(guest.store, 1, 200, 1, 4000) == EBADF
+
+
+@pytest.fixture
+def copied(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Every byte a host function copies out of guest memory (wasmtime.Memory.read), call by call."""
+    sizes: list[int] = []
+    read = wasmtime.Memory.read
+
+    def counting(self: wasmtime.Memory, store: object, start: int | None = None, stop: int | None = None) -> bytearray:
+        data = read(self, store, start, stop)  # type: ignore[arg-type]
+        sizes.append(len(data))
+        return data
+
+    monkeypatch.setattr(wasmtime.Memory, "read", counting)
+    return sizes
+
+
+@pytest.mark.parametrize("room", [0, 3, 10])
+def test_overlapping_iovecs_never_copy_more_than_the_output_keeps(
+        room: int, copied: list[int], outputs: tuple[wasihost.CappedOutput, ...]) -> None:
+    """The class: what a host call copies out of guest memory is bounded by what it keeps, never by what the guest
+    asks for. 1,024 iovecs (IOV_MAX) each over the whole 64 KiB memory ask for 64 MiB; at 256 MiB of memory that
+    was 256 GiB copied and joined in one call, before the cap was looked at, where no epoch deadline reaches."""
+    out, _ = outputs
+    guest = Guest()
+    out(b"y" * (10 - room))
+    table = 56 * 1024  # 8 KiB of iovecs end at the end of memory
+    guest.iovs(table, [(0, 65536)] * wasihost.MAX_IOVS)  # the table itself lies inside the ranges
+    copied.clear()
+    code = guest.write(guest.store, 1, table, wasihost.MAX_IOVS, 4000)
+    assert code == EFBIG and out.overflow and out.size == 10
+    assert sum(copied) <= 8 * wasihost.MAX_IOVS + room, copied  # the iovec table, and at most the room left
+    assert out.value()[10 - room:] == bytes(guest.memory.read(guest.store, 0, room))
+
+
+def test_a_write_that_fits_is_copied_whole_across_its_iovecs(copied: list[int]) -> None:
+    out, err = wasihost.CappedOutput(1 << 20), wasihost.CappedOutput(1 << 20)
+    wasihost.bind(wasihost.Deadline(10), (out, err))
+    try:
+        guest = Guest()
+        guest.put(0, bytes(range(256)) * 4)
+        guest.iovs(4096, [(0, 1024), (10, 5), (0, 0), (1000, 24)])
+        copied.clear()
+        assert guest.write(guest.store, 1, 4096, 4, 8000) == 0
+        assert sum(copied) == 32 + 1053 and not out.overflow
+        assert guest.call(1, 4096, 0) == (0, 0)
+        assert out.value() == bytes(range(256)) * 4 + bytes(range(10, 15)) + (bytes(range(256)) * 4)[1000:]
+    finally:
+        wasihost.bind(None)
