@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterable, Sequence, Set
+from collections.abc import Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +38,7 @@ from ..intoto import Statement, parse_statement
 from ..tlog.base import TransparencyLog
 from ..tlog.bundle import check_record
 from ..tlog.entries import canonical, dsse_body, entry_uuid
-from ..trust import TrustPolicy
+from ..trust import TrustedKey, TrustPolicy
 from .attestation import finished_on
 
 # A bound on the entries fetched for one digest: a year of daily re-scans is a few hundred. Above
@@ -55,6 +55,7 @@ class LoggedAttestation:
     integrated_time: int  # seconds since the epoch, when the log took it
     envelope_sha256: str  # hex
     key_id: str  # the trusted key the log verified the envelope with
+    payload_sha256: str = ""  # hex, of the signed statement: what says which attestation an entry is
 
 
 @dataclass(frozen=True)
@@ -86,13 +87,14 @@ def _iso(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _trusted_verifier(body: dict[str, Any], policy: TrustPolicy) -> str | None:
+def _trusted_verifier(body: dict[str, Any], policy: TrustPolicy,
+                      keys: Mapping[str, TrustedKey] | None = None) -> str | None:
     """The id of the trusted, non-revoked key every signature of a dsse body verified with; else None."""
     spec = body.get("spec")
     sigs = spec.get("signatures") if isinstance(spec, dict) else None
     if not isinstance(sigs, list) or not sigs:
         return None
-    trusted = _trusted_pems(policy)
+    trusted = _trusted_pems(policy, keys)
     ids = set()
     for sig in sigs:
         verifier = sig.get("verifier") if isinstance(sig, dict) else None
@@ -106,25 +108,40 @@ def _trusted_verifier(body: dict[str, Any], policy: TrustPolicy) -> str | None:
     return ids.pop() if len(ids) == 1 else None
 
 
-def _envelope_hash(body: dict[str, Any]) -> str | None:
+def _envelope_hash(body: dict[str, Any], field: str = "envelopeHash") -> str | None:
     spec = body.get("spec")
-    h = spec.get("envelopeHash") if isinstance(spec, dict) else None
+    h = spec.get(field) if isinstance(spec, dict) else None
     if not isinstance(h, dict) or h.get("algorithm") != "sha256" or not isinstance(h.get("value"), str):
         return None
     return str(h["value"])
 
 
-def _trusted_pems(policy: TrustPolicy) -> dict[bytes, str]:
+def _trusted_pems(policy: TrustPolicy, keys: Mapping[str, TrustedKey] | None = None) -> dict[bytes, str]:
+    """PEM -> key id of the keys that count (default: the policy's build keys), revoked ones left out."""
     return {k.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo):
-            k.key_id for k in policy.keys.values() if not k.revoked}
+            k.key_id for k in (policy.keys if keys is None else keys).values() if not k.revoked}
 
 
-def entry_uuids_of(envelopes: Iterable[bytes], policy: TrustPolicy) -> set[str]:
+def payload_sha256(envelope: bytes) -> str | None:
+    """The hex SHA-256 of the statement an envelope signs (Rekor's dsse `payloadHash`); None for no envelope.
+
+    An attestation is its signed statement, not its envelope's bytes: anyone can re-encode a genuine envelope
+    (list its signature twice, reorder keys) and log the copy, which then has a new envelope hash, a new entry
+    and a later place in the log. So an attestation is identified by its payload, and placed at the earliest
+    entry of that payload."""
+    try:
+        return hashlib.sha256(parse_envelope(envelope, "envelope").payload).hexdigest()
+    except InputError:
+        return None
+
+
+def entry_uuids_of(envelopes: Iterable[bytes], policy: TrustPolicy,
+                   keys: Mapping[str, TrustedKey] | None = None) -> set[str]:
     """The UUIDs the log gives these envelopes if a trusted key logged them: Rekor's dsse body is
     derived from the envelope bytes and the verifying key alone, so no look-up is needed for them."""
     out: set[str] = set()
     for doc in envelopes:
-        for pem in _trusted_pems(policy):
+        for pem in _trusted_pems(policy, keys):
             try:
                 out.add(entry_uuid(canonical(dsse_body(doc, pem))))
             except (InputError, ValueError):
@@ -133,9 +150,11 @@ def entry_uuids_of(envelopes: Iterable[bytes], policy: TrustPolicy) -> set[str]:
 
 
 def logged_attestations(log: TransparencyLog, digest: str, policy: TrustPolicy, *,
-                        skip: Set[str] = frozenset()) -> list[LoggedAttestation]:
+                        skip: Set[str] = frozenset(),
+                        keys: Mapping[str, TrustedKey] | None = None) -> list[LoggedAttestation]:
     """Every dsse entry the log indexes under `digest` that is a genuine entry of a log `policy` trusts
-    and that the log verified with one of `policy`'s trusted, non-revoked keys, in log order.
+    and that the log verified with one of the trusted, non-revoked `keys` (default: the policy's build
+    keys; the promoters for promotions), in log order.
 
     Entries whose UUID is in `skip` are not fetched (the caller knows them: envelopes the store holds,
     see `entry_uuids_of`), so the cost grows with what the store lacks, not with the agent's history.
@@ -154,11 +173,11 @@ def logged_attestations(log: TransparencyLog, digest: str, policy: TrustPolicy, 
         checked, body = check_record(entry.to_json(), policy.logs, where)  # SET, inclusion proof, checkpoint
         if body.get("kind") != "dsse":
             continue  # the signature over the digest (hashedrekord): not an attestation
-        key_id = _trusted_verifier(body, policy)
-        envelope = _envelope_hash(body)
-        if key_id is None or envelope is None:
+        key_id = _trusted_verifier(body, policy, keys)
+        envelope, payload = _envelope_hash(body), _envelope_hash(body, "payloadHash")
+        if key_id is None or envelope is None or payload is None:
             continue  # signed by someone the policy does not trust: it says nothing about this artifact
-        out.append(LoggedAttestation(url, checked.log_index, checked.integrated_time, envelope, key_id))
+        out.append(LoggedAttestation(url, checked.log_index, checked.integrated_time, envelope, key_id, payload))
     return sorted(out, key=lambda a: (a.integrated_time, a.log_index))
 
 
@@ -169,17 +188,17 @@ def _seconds(rfc3339: str) -> float | None:
         return None
 
 
-def missing_newer_scan(logged: Sequence[LoggedAttestation], store_envelopes: Iterable[bytes],
-                       chosen_envelope: bytes | None, chosen_finished: str | None) -> LoggedAttestation | None:
-    """The newest logged attestation newer than the chosen scan whose envelope the store does not hold.
+def missing_newer_scan(logged: Sequence[LoggedAttestation], store_payloads: Set[str],
+                       chosen_payload: str | None, chosen_finished: str | None) -> LoggedAttestation | None:
+    """The newest logged attestation newer than the chosen scan whose statement the store does not hold.
 
-    `chosen_finished` is the chosen scan's scanFinishedOn, None when no scan was chosen (then every
-    logged one is newer). Newer: logged after the chosen scan's own entry when this log holds it
-    (higher index), else logged after the chosen scan's finish time (a keyless scan, logged elsewhere).
+    Attestations are their statements (`payload_sha256`): `store_payloads` are those the store holds,
+    `chosen_payload` the chosen scan's (None when no scan was chosen: then every logged one is newer), and
+    `chosen_finished` its scanFinishedOn. Newer: logged after the *first* entry of the chosen statement
+    when this log holds it (a re-encoded copy logged later moves nothing), else logged after the chosen
+    scan's finish time (a keyless scan, logged elsewhere).
     """
-    present = {hashlib.sha256(doc).hexdigest() for doc in store_envelopes}
-    chosen_hash = hashlib.sha256(chosen_envelope).hexdigest() if chosen_envelope is not None else None
-    own = [a for a in logged if a.envelope_sha256 == chosen_hash]
+    own = [a for a in logged if chosen_payload is not None and a.payload_sha256 == chosen_payload]
     finished = _seconds(chosen_finished) if chosen_finished is not None else None
 
     def newer(a: LoggedAttestation) -> bool:
@@ -187,22 +206,24 @@ def missing_newer_scan(logged: Sequence[LoggedAttestation], store_envelopes: Ite
             return True
         mine = [o for o in own if o.log_url == a.log_url]
         if mine:
-            return a.log_index > max(o.log_index for o in mine)
+            return a.log_index > min(o.log_index for o in mine)
         return finished is None or a.integrated_time > finished  # an unreadable time cannot vouch: fail closed
 
-    candidates = [a for a in logged if a.envelope_sha256 not in present and newer(a)]
+    candidates = [a for a in logged if a.payload_sha256 not in store_payloads and a.payload_sha256 != chosen_payload
+                  and newer(a)]
     return max(candidates, key=lambda a: (a.integrated_time, a.log_index)) if candidates else None
 
 
-def envelope_of(store_envelopes: Iterable[bytes], statement: Statement) -> bytes | None:
-    """The stored envelope whose statement is `statement` (what the verifier chose), if it is one."""
+def envelopes_of(store_envelopes: Iterable[bytes], statement: Statement) -> list[bytes]:
+    """Every stored envelope whose statement is `statement` (what the verifier chose): copies included."""
+    out = []
     for doc in store_envelopes:
         try:
             if parse_statement(parse_envelope(doc, "envelope").payload, "statement") == statement:
-                return doc
+                out.append(doc)
         except InputError:
             continue
-    return None
+    return out
 
 
 def check_logged_scans(logs: Sequence[TransparencyLog], digest: str, policy: TrustPolicy,
@@ -213,10 +234,10 @@ def check_logged_scans(logs: Sequence[TransparencyLog], digest: str, policy: Tru
     or not: `[doc for _, doc in evidence.attestations]`); `chosen`: the scan statement the verifier
     chose (None when none holds). Never raises: a log that cannot answer is a problem, which denies.
     """
-    chosen_envelope = envelope_of(store_envelopes, chosen) if chosen is not None else None
+    chosen_envelopes = envelopes_of(store_envelopes, chosen) if chosen is not None else []
     try:
-        mine = entry_uuids_of([chosen_envelope], policy) if chosen_envelope is not None else set()
-        skip = entry_uuids_of(store_envelopes, policy) - mine  # the chosen scan's entry is fetched: its index
+        mine = entry_uuids_of(chosen_envelopes, policy)
+        skip = entry_uuids_of(store_envelopes, policy) - mine  # the chosen scan's entries are fetched: its place
     except (ValueError, TypeError) as exc:
         return LoggedScanCheck(None, f"{type(exc).__name__}: {exc}")
     found: list[LoggedAttestation] = []
@@ -227,10 +248,12 @@ def check_logged_scans(logs: Sequence[TransparencyLog], digest: str, policy: Tru
             return LoggedScanCheck(None, str(exc))
         except (ValueError, TypeError) as exc:  # fail closed on the unforeseen
             return LoggedScanCheck(None, f"{type(exc).__name__}: {exc}")
+    held = {h for h in map(payload_sha256, store_envelopes) if h is not None}
     if chosen is None:
-        return LoggedScanCheck(missing_newer_scan(found, store_envelopes, None, None))
-    return LoggedScanCheck(missing_newer_scan(found, store_envelopes, chosen_envelope, finished_on(chosen.predicate)))
+        return LoggedScanCheck(missing_newer_scan(found, held, None, None))
+    chosen_payload = payload_sha256(chosen_envelopes[0]) if chosen_envelopes else None
+    return LoggedScanCheck(missing_newer_scan(found, held, chosen_payload, finished_on(chosen.predicate)))
 
 
 __all__ = ["MAX_LOGGED_ENTRIES", "LoggedAttestation", "LoggedScanCheck", "check_logged_scans", "entry_uuids_of",
-           "envelope_of", "logged_attestations", "missing_newer_scan"]
+           "envelopes_of", "logged_attestations", "missing_newer_scan", "payload_sha256"]

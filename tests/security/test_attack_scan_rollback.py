@@ -183,20 +183,68 @@ def test_a_log_the_policy_does_not_pin_or_cannot_reach_fails_closed(served: tupl
     assert unreachable.reason().startswith("the transparency log could not be asked for newer scan attestations")
 
 
+def reencoded(envelope: bytes) -> bytes:
+    """The same signed statement in new envelope bytes (its one genuine signature listed twice): what anyone can
+    make of a public envelope, with no key, and log as a new entry."""
+    from agentfactory.dsse import Envelope
+
+    env = parse_envelope(envelope, "envelope")
+    copy = Envelope(env.payload_type, env.payload, (env.signatures[0], env.signatures[0])).to_json()
+    assert copy != envelope
+    return copy
+
+
+def test_a_clean_scan_re_logged_after_the_failing_one_does_not_hide_it(
+        served: tuple[EmbeddedLog, RekorClient], ring: LocalKeyring) -> None:
+    """The store writer deletes the failing re-scan, replaces the clean scan by a re-encoded copy and logs the copy
+    (after the re-scan): the chosen scan is placed at its statement's first entry, so the re-scan is still newer
+    and missing. Before, the copy's own entry was the chosen scan's place and nothing was missing."""
+    log, client = served
+    policy = policy_for(ring, log)
+    sbom, _ = attest(ring, client, DIGEST, CYCLONEDX_BOM, {"bomFormat": "CycloneDX"})
+    clean, _ = attest(ring, client, DIGEST, SCAN_V1, scan_predicate("2026-11-21T12:00:00.000Z"))
+    _, failing_index = attest(ring, client, DIGEST, SCAN_V1, scan_predicate("2026-12-01T12:00:00.000Z", HIGH))
+    copy = reencoded(clean)
+    replayed = client.add(proposed_for_envelope(copy, ring.public_keys()[0].pem)).entry.log_index
+    assert replayed is not None and failing_index is not None and replayed > failing_index
+    for store in ([sbom, copy], [sbom, copy, clean], [sbom, clean, copy]):
+        result = check_logged_scans([client], DIGEST, policy, store, statement_of(copy))
+        assert not result.ok and result.missing is not None and result.missing.log_index == failing_index, store
+    honest = check_logged_scans([client], DIGEST, policy, [sbom, clean, copy], None)
+    assert honest.missing is not None and honest.missing.log_index == failing_index
+
+
 def test_newer_is_judged_by_log_position_then_by_time(ring: LocalKeyring) -> None:
     from agentfactory.scan.logged import LoggedAttestation
 
-    chosen = b'{"chosen": 1}'
-    own = LoggedAttestation("u", 5, 1_000, digest_of(chosen).split(":", 1)[1], "k")
-    before = LoggedAttestation("u", 4, 2_000, "aa" * 32, "k")  # earlier in the log, whatever its clock says
-    after = LoggedAttestation("u", 6, 999, "bb" * 32, "k")
-    assert missing_newer_scan([own, before, after], [], chosen, "2026-01-01T00:00:00Z") == after
-    assert missing_newer_scan([own, before, after], [chosen, b'{"other": 1}'], chosen, "2026-01-01T00:00:00Z") \
-        == after  # present envelopes are accounted for, whichever their hash: only `after` is absent
+    chosen = "cc" * 32  # the chosen scan's statement (payload) hash
+    own = LoggedAttestation("u", 5, 1_000, "c1" * 32, "k", chosen)
+    before = LoggedAttestation("u", 4, 2_000, "a1" * 32, "k", "aa" * 32)  # earlier in the log, whatever its clock
+    after = LoggedAttestation("u", 6, 999, "b1" * 32, "k", "bb" * 32)
+    assert missing_newer_scan([own, before, after], set(), chosen, "2026-01-01T00:00:00Z") == after
+    assert missing_newer_scan([own, before, after], {chosen, "dd" * 32}, chosen, "2026-01-01T00:00:00Z") \
+        == after  # statements the store holds are accounted for: only `after` is absent
+    assert missing_newer_scan([own, before, after], {"bb" * 32}, chosen, "2026-01-01T00:00:00Z") is None
     # not in this log: by the chosen scan's finish time (1970-01-01T00:16:40Z = 1000 s)
-    assert missing_newer_scan([before], [], chosen, "1970-01-01T00:16:40Z") == before
-    assert missing_newer_scan([before], [], chosen, "1970-01-01T00:40:00Z") is None
-    assert missing_newer_scan([before], [], chosen, "not a time") == before  # fail closed
+    assert missing_newer_scan([before], set(), chosen, "1970-01-01T00:16:40Z") == before
+    assert missing_newer_scan([before], set(), chosen, "1970-01-01T00:40:00Z") is None
+    assert missing_newer_scan([before], set(), chosen, "not a time") == before  # fail closed
+
+
+def test_a_copy_of_the_chosen_scan_logged_later_does_not_move_it(ring: LocalKeyring) -> None:
+    """The chosen statement's place is its *first* entry: a re-encoded copy of an old clean scan, logged after
+    the failing re-scan by anyone (no key needed: the signature is the genuine one), and a copy of the chosen
+    statement itself, are never "newer" than what they copy."""
+    from agentfactory.scan.logged import LoggedAttestation
+
+    clean = "cc" * 32
+    first = LoggedAttestation("u", 1, 1_000, "c1" * 32, "k", clean)
+    failing = LoggedAttestation("u", 2, 1_001, "f1" * 32, "k", "ff" * 32)
+    replay = LoggedAttestation("u", 3, 1_002, "c2" * 32, "k", clean)  # the same statement, re-encoded
+    finished = "2026-01-01T00:00:00Z"
+    assert missing_newer_scan([first, failing, replay], {clean}, clean, finished) == failing
+    assert missing_newer_scan([failing, replay, first], {clean}, clean, finished) == failing  # any order
+    assert missing_newer_scan([first, replay], {clean}, clean, finished) is None  # a copy is not a newer scan
 
 
 # --- the attack end to end: pipeline, re-scan, deleted referrer ---------------------------------------
