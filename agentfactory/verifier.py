@@ -10,6 +10,7 @@ check), never claimed by a tag or a workload.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -41,7 +42,7 @@ from .sigstore_bundles import (
     verify_artifact_bundle,
     verify_dsse_bundle,
 )
-from .tlog.bundle import BodyCheck, check_record, describe, dsse_check, hashedrekord_check
+from .tlog.bundle import BodyCheck, check_record, describe, dsse_check, hashedrekord_check, statement_check
 from .tlog.witness import WitnessState, check_witnessed, load_state
 from .trust import TrustedKey, TrustPolicy
 
@@ -136,6 +137,7 @@ class PromotionRecord:
     log_index: int
     integrated_time: int  # the log's time, not the signer's
     signer: str  # key id
+    payload_sha256: str = ""  # of the signed statement: its first entry in the log places the record
 
     @property
     def order(self) -> tuple[int, int]:
@@ -196,14 +198,16 @@ def promotion_records(digest: str, evidence: Evidence, policy: TrustPolicy) -> t
                     logged.append(check_record(rdoc, policy.logs, rwhere))
                 except InputError:
                     continue
-        matches = dsse_check(doc, _pem(key))
-        entry = next((e for e, body in logged if matches(body) is None), None)
+        matches, same = dsse_check(doc, _pem(key)), statement_check(envelope.payload, _pem(key))
+        # placed at the statement's first entry: a re-encoded copy logged later (no key needed) moves nothing
+        entry = min((e for e, body in logged if matches(body) is None or same(body) is None),
+                    key=lambda e: (e.integrated_time, e.log_index), default=None)
         if entry is None:
             problems.append(f"{where}: the {claim.action} of {claim.stage} signed by promoter "
                             f"{_short(key.key_id)}… is not in a trusted transparency log, so it proves nothing")
             continue
         records.append(PromotionRecord(claim, hashlib.sha256(doc).hexdigest(), entry.log_id, entry.log_index,
-                                       entry.integrated_time, key.key_id))
+                                       entry.integrated_time, key.key_id, hashlib.sha256(envelope.payload).hexdigest()))
     return records, problems
 
 
@@ -656,8 +660,15 @@ def verify(digest: str, artifact: bytes | None, evidence: Evidence, policy: Trus
         judge.check_tlog(evidence)
         judge.check_logged_scans(evidence, scan)
         records, problems = promotion_records(digest, evidence, policy)
+        unlogged = None
+        if (promotion_stage or stage) != entry_stage and policy.log_urls and policy.promoters:
+            from .promotion_log import check_logged_promotions
+
+            records, unlogged = check_logged_promotions(digest, policy, records, evidence, promotion_stage or stage)
         promoted = promotion_state(digest, promotion_stage or stage, records, problems, name=name, version=version,
                                    entry_stage=entry_stage, policy=policy)
+        if unlogged is not None:
+            promoted = dataclasses.replace(promoted, promoted=False, reason=unlogged)
         if promoted.stage != entry_stage:  # the entry stage is fed from the store: nothing to prove
             judge.add("promotion", promoted.promoted, promoted.reason)
     except (AgentFactoryError, ValueError, TypeError) as exc:  # fail closed on the unforeseen

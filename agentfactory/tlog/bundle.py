@@ -196,6 +196,33 @@ def dsse_check(envelope_json: bytes, public_key_pem: bytes) -> BodyCheck:
     return check
 
 
+def statement_check(payload: bytes, public_key_pem: bytes) -> BodyCheck:
+    """Expect a dsse entry of *any* envelope signing exactly this payload, verified with this signer's key.
+
+    Re-encoding a genuine envelope (its signature listed twice, its keys reordered) needs no key and makes a new
+    entry of the same signed statement: where a statement stands in the log is its earliest such entry."""
+    key = load_public_key(public_key_pem, "signer's public key")
+    want = hashlib.sha256(payload).hexdigest()
+
+    def check(body: dict[str, Any]) -> str | None:
+        if body.get("kind") != "dsse" or body.get("apiVersion") != "0.0.1":
+            return f"the entry logs {describe(body)}, not a dsse v0.0.1 envelope"
+        spec = _sub(body, "spec")
+        logged = _sub(spec, "payloadHash")
+        if logged.get("algorithm") != "sha256" or logged.get("value") != want:
+            return "the entry is for another statement"
+        sigs = spec.get("signatures")
+        try:
+            verifiers = [_key_b64(s.get("verifier")) if isinstance(s, dict) else b"" for s in sigs or []]
+        except ValueError:
+            return "the dsse entry's verifier is not valid base64"
+        if not verifiers or not all(_same_key(v, key) for v in verifiers):
+            return "the dsse entry was verified with another public key"
+        return None
+
+    return check
+
+
 def describe(body: dict[str, Any]) -> str:
     """A one-line summary of a canonical body, for reasons."""
     spec = _sub(body, "spec")
