@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from agentfactory.errors import AgentFactoryError, NotFoundError
+from agentfactory.errors import AgentFactoryError, InputError, NotFoundError
 from agentfactory.evidence import collect
 from agentfactory.fetchverify import verify_stored
 from agentfactory.keys.base import KeyProvider
@@ -343,6 +343,15 @@ def _where(env: EnvRepo, stage: str, agent: str) -> str:
     return str(env.agent_file(stage, agent).relative_to(env.root))
 
 
+def _exactly(store: ArtifactStore, agent: str, version: str, digest: str) -> StoredAgent:
+    """The stored `agent` `version`, which must be `digest`: by name and version, never by digest alone, which
+    anyone who can push names twice by pushing the same bytes as another version."""
+    stored = store.resolve(f"{agent}:{version}")
+    if stored.digest != digest:
+        raise InputError(f"{agent}:{version}", f"the store now holds {stored.digest} under this version, not {digest}")
+    return stored
+
+
 def rollback(ctx: Context, agent: str, stage: str, *, reason: str = "manual rollback",
              analysis: Analysis | None = None) -> Outcome:
     """A new commit putting back the previous *attested* digest of the stage: the newest earlier promotion
@@ -359,7 +368,8 @@ def rollback(ctx: Context, agent: str, stage: str, *, reason: str = "manual roll
         if current is None:
             raise Refused(f"rollback {agent} in {stage}", [f"{agent} is not in {stage}: nothing to roll back"])
         ledger = Ledger.load(ctx.store, ctx.trust, agent)
-        if ledger.matching(agent, stage, current.digest) is None:
+        standing = ledger.matching(agent, stage, current.digest)
+        if standing is None:
             raise Refused(f"rollback {agent} in {stage}", [
                 unattested_reason(_where(ctx.env, stage, agent), stage, current.digest)
                 + "; rollback refuses to build on it"])
@@ -367,14 +377,20 @@ def rollback(ctx: Context, agent: str, stage: str, *, reason: str = "manual roll
         previous = before.digest if before is not None else None
         trailers = {"Agent": agent, "Digest": previous or "none", "Stage": stage, "From-Stage": stage,
                     "Action": "rollback", "Reason": reason, "Analysis": _analysis_text(analysis)}
-        withdrawn: StoredAgent | None = None
+        # The withdrawal is signed about exactly what the standing attestation names (name, version, digest):
+        # a rollback that cannot sign it leaves the digest promoted, so it is refused, never committed without
+        # it (a store writer's decoy manifest of the same bytes made `agent@digest` ambiguous, and the rollback
+        # went ahead unsigned while the promotion kept standing).
         try:
-            withdrawn = ctx.store.resolve(f"{agent}@{current.digest}")
-        except AgentFactoryError:
-            withdrawn = None  # not in the store: nothing to withdraw evidence from; the placement still goes
+            withdrawn = _exactly(ctx.store, agent, standing.version, current.digest)
+        except AgentFactoryError as exc:
+            raise Refused(f"rollback {agent} in {stage}", [
+                f"the withdrawal of {agent} {standing.version} ({current.digest}) cannot be signed: {exc}; "
+                "without it the promotion keeps standing, so nothing was committed"]) from None
         stored_prev: StoredAgent | None = None
         if previous is not None:
-            stored_prev = ctx.store.resolve(f"{agent}@{previous}")
+            assert before is not None
+            stored_prev = _exactly(ctx.store, agent, before.version, previous)
             verdict, _ = verify_stored(ctx.store, stored_prev, ctx.trust, engine=ctx.engine, stage=stage,
                                        entry_stage=ctx.entry_stage)
             if not verdict.allowed:
@@ -382,15 +398,15 @@ def rollback(ctx: Context, agent: str, stage: str, *, reason: str = "manual roll
                     f"the previous digest no longer verifies for {stage}: {r}" for r in verdict.reasons])
             trailers["Version"] = stored_prev.version or ""
             trailers["Verdict"] = _verdict_text(verdict, stage)
-        if withdrawn is not None:  # signed and logged before the commit, like a promotion
-            gates: dict[str, Any] = {"analysis": None}
-            if analysis is not None:
-                m = analysis.measurement
-                gates["analysis"] = {"verdict": analysis.verdict, "requests": m.requests, "errors": m.errors,
-                                     "errorRatio": m.error_ratio, "p95Seconds": m.p95_seconds,
-                                     "windowSeconds": m.window_seconds, "source": m.source}
-            trailers.update(_attest(ctx, withdrawn, stage, "withdraw", gates=gates,
-                                    source=_standing(ctx, withdrawn, stage), reason=reason))
+        # signed and logged before the commit, like a promotion
+        gates: dict[str, Any] = {"analysis": None}
+        if analysis is not None:
+            m = analysis.measurement
+            gates["analysis"] = {"verdict": analysis.verdict, "requests": m.requests, "errors": m.errors,
+                                 "errorRatio": m.error_ratio, "p95Seconds": m.p95_seconds,
+                                 "windowSeconds": m.window_seconds, "source": m.source}
+        trailers.update(_attest(ctx, withdrawn, stage, "withdraw", gates=gates,
+                                source=_standing(ctx, withdrawn, stage), reason=reason))
         if previous is None:
             commit = ctx.env.commit_placement(stage, agent, None, subject=f"rollback {agent} in {stage}: remove "
                                               f"{current.digest[:19]}… (no earlier digest)", trailers=trailers,
