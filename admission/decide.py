@@ -280,12 +280,16 @@ class Admitter:
             return Judged.of(verify())
 
         def verify() -> Verdict:
+            # Every error while resolving or verifying is a refusal with its reason, cached like any verdict:
+            # never a 500 (a name the store's grammar refuses, two versions of identical bytes, a store down).
             try:
                 agent = self.store.resolve(f"{parsed.name}@{parsed.digest}")
             except NotFoundError:
                 return refuse(parsed.digest or "", "artifact",
                               f"{parsed.name}@{parsed.digest} is not in {self.store.url}: it was never "
                               "published there (or under another name)")
+            except AgentFactoryError as exc:
+                return refuse(parsed.digest or "", "artifact", f"{parsed.name}@{parsed.digest}: {exc}")
             try:
                 return verify_stored(self.store, agent, self.trust, engine=self.engine, stage=stage)[0]
             except AgentFactoryError as exc:  # a store that cannot be read denies, with the reason
