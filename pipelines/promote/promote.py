@@ -10,6 +10,7 @@ someone else's metrics.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -474,11 +475,14 @@ def _carriers(env: EnvRepo) -> dict[str, str]:
     return out
 
 
+_ATTESTATION_TRAILER = re.compile(r"sha256:([0-9a-f]{64})(?: \(log index [0-9]{1,19}\))?")
+
+
 def _attestation_sha(e: Event) -> str | None:
-    text = e.trailers.get("Promotion-Attestation", "")
-    if not text.startswith("sha256:"):
-        return None
-    return text.removeprefix("sha256:").split()[0] or None
+    """The attestation a commit's `Promotion-Attestation` trailer names; None for anything else (a commit whose
+    trailer is malformed is as unattested as one without: an environment-repository writer writes trailers)."""
+    found = _ATTESTATION_TRAILER.fullmatch(e.trailers.get("Promotion-Attestation", "").strip())
+    return found.group(1) if found else None
 
 
 _ACTION_OF = {"promote": "promote", "rollback": "withdraw"}

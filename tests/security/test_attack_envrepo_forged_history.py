@@ -174,3 +174,20 @@ def test_a_hand_edited_stage_file_is_reported_and_refused(flow: Flow, tmp_path: 
     assert code == 1 and flagged == {"dev", "canary"}, out
     code, out, err = _cli(flow, "rollback", "greeter", "--stage", "dev")
     assert code == 1 and f"deploy/envs/dev/agents/greeter.yaml pins {v3}" in err, err
+
+
+@pytest.mark.parametrize("trailer", ["sha256:", "sha256: ", "sha256:" + "A" * 64, "sha256:" + "a" * 63,
+                                     "sha256:" + "a" * 64 + " (log index x)", "sha256:" + "a" * 64 + "; rm -rf /",
+                                     "sha256:\u0661" + "a" * 63])
+def test_a_malformed_attestation_trailer_is_unattested_never_a_crash(flow: Flow, trailer: str) -> None:
+    """An environment-repository writer writes trailers: `Promotion-Attestation: sha256:` made `status` and
+    `history` exit 70 (IndexError), which also stopped the scheduled promotions that run `status`. Any trailer
+    that is not exactly `sha256:<64 hex>[ (log index N)]` names no attestation."""
+    forged = _forge(flow, _trailers("note", Agent="greeter", Stage="prod", Promotion_Attestation=trailer),
+                    touch="prod")
+    code, out, err = _cli(flow, "history", "greeter", "--json")
+    assert code == 1, (out, err)
+    flags = {u["commit"]: u["unattested"] for u in json.loads(out)["unattested"]}
+    assert forged in flags, flags
+    code, out, err = _cli(flow, "status", "--no-verify")
+    assert code in (0, 1) and "internal error" not in err, (code, out, err)
