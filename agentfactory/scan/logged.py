@@ -56,6 +56,7 @@ class LoggedAttestation:
     envelope_sha256: str  # hex
     key_id: str  # the trusted key the log verified the envelope with
     payload_sha256: str = ""  # hex, of the signed statement: what says which attestation an entry is
+    log_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,8 @@ def logged_attestations(log: TransparencyLog, digest: str, policy: TrustPolicy, 
         envelope, payload = _envelope_hash(body), _envelope_hash(body, "payloadHash")
         if key_id is None or envelope is None or payload is None:
             continue  # signed by someone the policy does not trust: it says nothing about this artifact
-        out.append(LoggedAttestation(url, checked.log_index, checked.integrated_time, envelope, key_id, payload))
+        out.append(LoggedAttestation(url, checked.log_index, checked.integrated_time, envelope, key_id, payload,
+                                     checked.log_id))
     return sorted(out, key=lambda a: (a.integrated_time, a.log_index))
 
 
