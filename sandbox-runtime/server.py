@@ -259,6 +259,14 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- routing ---------------------------------------------------------------------------------
     def do_GET(self) -> None:
+        if self.headers.get("Transfer-Encoding") is not None or \
+                (self.headers.get("Content-Length") or "0").strip() != "0":
+            # a body never read would be parsed as the next request on this connection (a CL.0 / TE.0 desync:
+            # behind a proxy that reuses connections, someone else's request); so none is accepted, and the
+            # connection, whose framing is now unknown, is closed
+            self.close_connection = True
+            self._error("other", 400, "a GET request carries no body (Content-Length or Transfer-Encoding): send none")
+            return
         try:
             path = urlsplit(self.path).path
         except ValueError:

@@ -71,3 +71,15 @@ def test_a_refused_request_body_is_never_read_as_the_next_request(tmp_path: Path
             reply = _raw(node.port, b"POST " + target + b" HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
                          % len(smuggled) + smuggled, timeout=1.0)  # a second answer would come at once
             assert reply.count(b"HTTP/1.1 ") == 1 and reply.startswith(b"HTTP/1.1 4"), reply
+        # A GET's body was never read at all: a GET /healthz carrying a whole POST as its body was answered twice,
+        # the smuggled invocation run and audited. Every method's body framing is now judged: a GET with a body
+        # (either framing) is refused and its connection closed.
+        inner = b"POST /v1/agents/ok/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        for target in (b"/healthz", b"/readyz", b"/metrics", b"/nowhere"):
+            for framing in (b"Content-Length: %d\r\n\r\n" % len(inner) + inner,
+                            b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(inner) + inner + b"\r\n0\r\n\r\n"):
+                reply = _raw(node.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n" + framing, timeout=1.0)
+                assert reply.count(b"HTTP/1.1 ") == 1 and reply.startswith(b"HTTP/1.1 400"), (target, reply)
+                assert b"carries no body" in reply and b"Connection: close" in reply, reply
+        assert _raw(node.port, b"GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+                    timeout=1.0).startswith(b"HTTP/1.1 200")
