@@ -975,15 +975,10 @@ def markdown(result: dict[str, Any]) -> list[str]:
     ow = w["decision_miss_opa_wasm"]
     if not ow["pass_at_target_rate"]:
         oc = ow["closed_4conn"]
-        lines += [
-            "",
-            f"With opa-wasm the evaluation is about a quarter of regopy's (benchmarks/results/policy.md), and one "
-            f"server process answers {oc['rps']:.0f} such reviews/s at 4 connections "
-            f"({oc['server_cpu_us_per_request']:.0f} µs of server CPU per review, against "
-            f"{nc['server_cpu_us_per_request']:.0f} µs with regopy), still short "
-            f"of {TARGET_RATE:.0f}/s beside the client on 2 CPUs: the rest is the HTTP and TLS work, all on one "
-            "interpreter.",
-        ]
+        lines += ["", f"With opa-wasm the evaluation is about a quarter of regopy's (benchmarks/results/policy.md), "
+                      f"and one server process answers {oc['rps']:.0f} such reviews/s at 4 connections "
+                      f"({oc['server_cpu_us_per_request']:.0f} µs of server CPU per review, against "
+                      f"{nc['server_cpu_us_per_request']:.0f} µs with regopy)" + opa_wasm_miss(ow)]
     hz, a1, p1 = w["healthz_1conn"], w["allowed_1conn"], pl["closed_1conn"]
     lines += [
         "",
@@ -1021,6 +1016,23 @@ def markdown(result: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines
+
+
+def opa_wasm_miss(ow: dict[str, Any]) -> str:
+    """The end of the sentence that says why opa-wasm missed the p99 target: its rate, or its tail at the rate."""
+    oc = ow["closed_4conn"]
+    if oc["rps"] < TARGET_RATE:
+        return (f", still short of {TARGET_RATE:.0f}/s beside the client on 2 CPUs: the rest is the HTTP and TLS "
+                "work, all on one interpreter.")
+    at = [r for r in ow["open_runs"] if r["target_rate"] >= TARGET_RATE and not r["pass"]]
+    tails = "; ".join(f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms, max {r['max_ms']:.2f} ms at "
+                      f"{r['server_cpu_util']:.2f} of a CPU, the client's send lag p99 {r['send_lag_p99_ms']:.2f} ms"
+                      for r in at)
+    return (f": the rate is there. What misses at {TARGET_RATE:.0f}/s, open loop, is the tail ({tails}). The "
+            "server is not saturated, so the tail is reviews that wait rather than work: about one in a hundred "
+            "waits several milliseconds, for the server's one CPU or its turn on the event loop, on a machine whose "
+            "2 CPUs the client shares; the same server's p99 at this rate has moved by several times from one run "
+            "to the next here (benchmarks/README.md). The target is judged on the run above as it is.")
 
 
 def decision_miss(config_file: Path, tls_dir: Path, refs: dict[str, str], engine: str,
