@@ -163,10 +163,14 @@ def logged_attestations(log: TransparencyLog, digest: str, policy: TrustPolicy, 
     that does not check out against its pinned key: a caller must then fail closed.
     """
     url = getattr(log, "url", "") or "the transparency log"
-    uuids = [u for u in log.search(sha256=digest) if u not in skip]
+    # Asked per trusted key (the hash AND the key): anyone can log entries about any digest with a key of their
+    # own, and counted before that filter, 2,001 of them made every verification of the digest fail closed (and
+    # below the cap cost one fetch each). Only what a trusted key logged is fetched and counted.
+    uuids = list(dict.fromkeys(u for pem in _trusted_pems(policy, keys)
+                               for u in log.search(sha256=digest, public_key_pem=pem) if u not in skip))
     if len(uuids) > MAX_LOGGED_ENTRIES:
-        raise InputError(url, f"{len(uuids)} entries are logged about {digest} that the store does not hold; at "
-                              f"most {MAX_LOGGED_ENTRIES} are checked, so the answer would be incomplete")
+        raise InputError(url, f"{len(uuids)} entries by trusted keys are logged about {digest} that the store does "
+                              f"not hold; at most {MAX_LOGGED_ENTRIES} are checked, so the answer would be incomplete")
     out: list[LoggedAttestation] = []
     for uuid in uuids:
         entry = log.entry(uuid)

@@ -183,6 +183,28 @@ def test_a_log_the_policy_does_not_pin_or_cannot_reach_fails_closed(served: tupl
     assert unreachable.reason().startswith("the transparency log could not be asked for newer scan attestations")
 
 
+def test_entries_by_keys_the_policy_does_not_trust_are_never_fetched_nor_counted(
+        served: tuple[EmbeddedLog, RekorClient], ring: LocalKeyring, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Anyone can log entries about any digest with a key of their own. Counted before they were filtered by
+    trusted key, 2,001 of them made every verification of the digest fail closed where the policy gives the log's
+    URL, and each one below that cap cost a fetch. The log is asked for the digest AND each trusted key."""
+    import agentfactory.scan.logged as logged
+
+    log, client = served
+    junk = LocalKeyring(tmp_path / "junk")
+    junk.create()
+    for i in range(8):
+        attest(junk, client, DIGEST, SCAN_V1, scan_predicate(f"2026-12-0{i + 1}T00:00:00Z", HIGH))
+    _, clean_index = attest(ring, client, DIGEST, SCAN_V1, scan_predicate("2026-11-21T12:00:00.000Z"))
+    monkeypatch.setattr(logged, "MAX_LOGGED_ENTRIES", 4)  # fewer than the junk: the cap must not see it
+    fetched: list[str] = []
+    entry = client.entry
+    monkeypatch.setattr(client, "entry", lambda uuid: fetched.append(uuid) or entry(uuid))
+    found = logged_attestations(client, DIGEST, policy_for(ring, log))
+    assert [a.log_index for a in found] == [clean_index] and len(fetched) == 1
+
+
 def reencoded(envelope: bytes) -> bytes:
     """The same signed statement in new envelope bytes (its one genuine signature listed twice): what anyone can
     make of a public envelope, with no key, and log as a new entry."""
