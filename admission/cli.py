@@ -94,6 +94,8 @@ def _server(admitter: Any, tls_cert: Path, tls_key: Path, inline: bool) -> Any:
     """The uvicorn server for the webhook app, its TLS context reloaded when cert-manager renews the files."""
     import uvicorn
 
+    from agentfactory.httpguard import guarded_http
+
     from .app import create_app
 
     contexts: list[ssl.SSLContext] = []
@@ -109,7 +111,7 @@ def _server(admitter: Any, tls_cert: Path, tls_key: Path, inline: bool) -> Any:
         create_app(admitter, inline_decisions=inline), ssl_certfile=str(tls_cert),
         ssl_keyfile=str(tls_key), log_level="warning",
         access_log=False, timeout_keep_alive=30, limit_concurrency=1000, server_header=False,
-        ssl_context_factory=tls_context))
+        ssl_context_factory=tls_context, http=guarded_http()))
     threading.Thread(target=_reload_certificate, args=(contexts, tls_cert, tls_key), daemon=True,
                      name="tls-reload").start()
     return server

@@ -14,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
-from admission.app import create_app
 from admission.certs import make_certs
+from admission.cli import _server
 from admission.decide import Admitter
 
 
@@ -29,9 +28,7 @@ def webhook(admitter: Admitter, tmp: Path, *, inline_decisions: bool = False) ->
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(admitter, inline_decisions=inline_decisions),
-                                           ssl_certfile=str(tmp / "tls.crt"), ssl_keyfile=str(tmp / "tls.key"),
-                                           log_level="error", access_log=False))
+    server = _server(admitter, tmp / "tls.crt", tmp / "tls.key", inline_decisions)  # as `admission serve` has it
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

@@ -82,6 +82,7 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
     import uvicorn
 
     from ..cpuplace import choose_home, place_every_thread
+    from ..httpguard import guarded_http
     from ..stopsignals import StopSignals
     from ..tlog.server import batch_wait_seconds, create_app
 
@@ -97,7 +98,7 @@ def serve(listen: str, folder: Path | None, tls_cert: Path | None, tls_key: Path
     public_pem = log.folder / PUBLIC_KEY_FILE
     server = uvicorn.Server(uvicorn.Config(
         create_app(log, batch_wait_s), log_level="warning", access_log=False, timeout_keep_alive=30,
-        limit_concurrency=1000, server_header=False, proxy_headers=False,
+        limit_concurrency=1000, server_header=False, proxy_headers=False, http=guarded_http(),
         ssl_certfile=str(tls_cert) if tls_cert else None,
         ssl_keyfile=str(tls_key) if tls_key else None))
     if home is not None:
