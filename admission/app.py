@@ -80,20 +80,24 @@ class WebhookApp:
             return _deny("error", started, uid_of(body), 400, f"not a valid AdmissionReview: {exc}; denied")
         try:
             try:  # answered here, on the event loop, when it needs no I/O: no thread hand-off (~0.1 ms, and jitter)
-                answer: Answer = self.admitter.review(review, mode, reach=self.fast)
+                answer: Answer = self.admitter.judge(review, mode, reach=self.fast)
             except NotCached:
                 async with asyncio.timeout(self.deadline):
-                    answer = await run_in_threadpool(self.admitter.review, review, mode)
-        except TimeoutError:
-            return _deny("denied", started, review.uid, 504,
-                         f"verification did not finish within the webhook's internal deadline of {config.deadline_ms} "
-                         "ms (config deadlineMs); denied (fail closed) — retry: the verdict is being cached")
+                    answer = await run_in_threadpool(self.admitter.judge, review, mode)
+        except TimeoutError:  # the judgement goes on in its thread and fills the caches; it records nothing
+            answer = Answer(False, 504, f"verification did not finish within the webhook's internal deadline of "
+                            f"{config.deadline_ms} ms (config deadlineMs); denied (fail closed) — retry: the verdict "
+                            "is being cached", decision="denied")
+        except Exception as exc:  # fail closed on the unforeseen, with the reason
+            answer = Answer(False, 500, f"internal error while judging: {type(exc).__name__}: {exc}; denied (fail "
+                            "closed)", decision="denied")
+        try:  # the record of the answer actually sent: a judgement that outlived the deadline is not it
+            self.admitter.record(review, mode, answer)
         except AuditError as exc:
             return _deny("denied", started, review.uid, 503, f"the audit trail cannot be written, so nothing is "
                          f"admitted: {exc}")
-        except Exception as exc:  # fail closed on the unforeseen, with the reason
-            return _deny("denied", started, review.uid, 500, f"internal error while judging: {type(exc).__name__}: "
-                         f"{exc}; denied (fail closed)")
+        if not answer.allowed and answer.code in (500, 504):
+            return _deny(answer.decision, started, review.uid, answer.code, answer.message)
         _DECISIONS.get(answer.decision).inc()
         CONTROL_PLANE_LATENCY.observe(time.perf_counter() - started)
         return response(review.uid, answer.allowed, code=answer.code if not answer.allowed else None,

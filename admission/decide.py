@@ -145,15 +145,31 @@ class Admitter:
 
     # -- the decision ----------------------------------------------------------------------------
     def review(self, review: Review, mode: str = "enforce", *, reach: Reach = Reach.ALL) -> Answer:
-        """Judge `review`, going no further than `reach` (else NotCached, with nothing recorded): the HTTP layer
-        answers on its event loop what needs no I/O, and sends the rest to a worker thread."""
-        answer = self._review(review, mode, reach)
+        """Judge `review` and record the answer (`judge`, then `record`)."""
+        answer = self.judge(review, mode, reach=reach)
+        self.record(review, mode, answer)
+        return answer
+
+    def judge(self, review: Review, mode: str = "enforce", *, reach: Reach = Reach.ALL) -> Answer:
+        """Judge `review`, going no further than `reach` (else NotCached), recording nothing: the HTTP layer
+        answers on its event loop what needs no I/O, sends the rest to a worker thread, and records the answer it
+        actually sends (a judgement that outlives the deadline only fills the caches)."""
+        return self._review(review, mode, reach)
+
+    def record(self, review: Review, mode: str, answer: Answer) -> None:
+        """The audit record of the answer sent for `review` (AuditError when the trail cannot be written)."""
         if self.audit is not None:
+            meta = (review.object or {}).get("metadata") if isinstance(review.object, dict) else None
+            meta = meta if isinstance(meta, dict) else {}
+            # request.name is empty for an object named by generateName (every Pod a controller makes): the
+            # object's own name, or the prefix it asked for, says which one it was
+            given = meta.get("name") or meta.get("generateName")
             self.audit.record("admission", plane="admission", uid=review.uid, operation=review.operation,
                               namespace=review.namespace, kind=f"{review.group}/{review.kind}".lstrip("/"),
-                              name=review.name, dryRun=review.dry_run, mode=mode, allowed=answer.allowed,
-                              decision=answer.decision, message=answer.message, agents=answer.agents)
-        return answer
+                              name=review.name or (given if isinstance(given, str) else ""),
+                              subResource=review.sub_resource, dryRun=review.dry_run, mode=mode,
+                              allowed=answer.allowed, decision=answer.decision, message=answer.message,
+                              agents=answer.agents, code=answer.code)
 
     def _review(self, review: Review, mode: str, reach: Reach) -> Answer:
         if review.operation == "DELETE":

@@ -200,9 +200,13 @@ class AuditLog:
     def _write(self, doc: dict[str, Any], fields: dict[str, Any], limit: int) -> dict[str, Any]:
         line = _ENCODE(doc).encode() + b"\n"
         if len(line) > limit:
+            # Every plain field kept (strings clipped), and how many items each list or object had: a stub that
+            # kept a fixed list of the runtime's keys left an admission record with `allowed` alone, no uid, no
+            # namespace, no decision, when 40 long references filled it.
             doc = {"time": doc["time"], "event": doc["event"], "truncated": True, "prev": self._prev,
-                   **{k: _clip(fields[k], REFUSAL_FIELD_CHARS) for k in ("agent", "digest", "allowed", "outcome",
-                                                                          "reason") if k in fields}}
+                   **{k: _clip(v, REFUSAL_FIELD_CHARS) for k, v in fields.items()
+                      if type(v) in _KEPT or isinstance(v, str)},
+                   **{f"{k}Count": len(v) for k, v in fields.items() if isinstance(v, (list, tuple, dict))}}
             line = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
         try:
             written = os.write(self._fd, line)

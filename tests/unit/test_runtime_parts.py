@@ -51,10 +51,20 @@ def test_audit_records_are_bounded_and_an_unwritable_trail_is_an_error(tmp_path:
     log = AuditLog(tmp_path / "a.jsonl")
     doc = log.record("decision", agent="x", message="m" * 100_000, checks=[{"reason": "r" * 5000}] * 500)
     assert doc["truncated"] is True and doc["agent"] == "x" and "checks" not in doc  # still one bounded record
+    assert doc["checksCount"] == 500 and doc["message"].startswith("m")
+    # An admission record filled by 40 long references keeps what identifies it, not `allowed` alone.
+    doc = log.record("admission", plane="admission", uid="u-1", operation="CREATE", namespace="team-a",
+                     kind="/Pod", name="web", dryRun=False, mode="warn", allowed=True, decision="warned",
+                     message="would be denied", code=200, agents=[{"ref": "helper:" + "t" * 1900}] * 40)
+    assert doc["truncated"] is True and doc["agentsCount"] == 40 and "agents" not in doc
+    assert {k: doc[k] for k in ("uid", "namespace", "kind", "name", "operation", "decision", "allowed", "code",
+                                "mode")} == {"uid": "u-1", "namespace": "team-a", "kind": "/Pod", "name": "web",
+                                             "operation": "CREATE", "decision": "warned", "allowed": True,
+                                             "code": 200, "mode": "warn"}
     doc = log.record("decision", agent="x", message="m" * 100_000, checks=[{"reason": "r"}] * 500)
     log.close()
     assert len(doc["message"]) <= 2001 and len(doc["checks"]) == 100
-    assert verify_chain(tmp_path / "a.jsonl") == 2
+    assert verify_chain(tmp_path / "a.jsonl") == 3
     assert max(len(line) for line in (tmp_path / "a.jsonl").read_bytes().splitlines()) < 64 * 1024
     (tmp_path / "ro").mkdir(mode=0o500)
     if os.geteuid() != 0:
