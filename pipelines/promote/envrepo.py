@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -30,6 +32,8 @@ from .stages import StageGraph
 TRAILER_KEYS = ("Agent", "Version", "Digest", "Stage", "From-Stage", "Action", "Verdict", "Approved-By",
                 "Analysis", "Reason", "Promotion-Attestation", "Promoter-Key")
 LOCK_NAME = "agentfactory-promote.lock"
+MAX_STAGE_FILE_BYTES = 64 * 1024  # one WasmAgent object; promote writes well under 1 KiB
+AGENT_FILE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")  # a DNS label, as metadata.name
 LOCK_WAIT_S = 30.0
 LOCK_UNNAMED_S = 5.0  # a lock file without a pid for longer than this is stale
 T = TypeVar("T")
@@ -126,26 +130,57 @@ class EnvRepo:
 
     def placement(self, stage: str, agent: str) -> Placement | None:
         path = self.agent_file(stage, agent)
-        return self._read(stage, path) if path.is_file() else None
+        return self._read(stage, path) if path.exists() or path.is_symlink() else None
 
     def _read(self, stage: str, path: Path) -> Placement:
+        """The placement a stage file pins. The file is the agent: its stem is the agent's name, and the
+        object's `metadata.name` and `spec.agent` must name the same agent (a second file naming `greeter`
+        was reported as greeter.yaml's; `metadata.name: /x` crashed `status`). It must be a regular file of
+        at most MAX_STAGE_FILE_BYTES inside the repository (a symlink to /dev/zero was read without end)."""
         from agentfactory.digest import DIGEST_RE
         from agentfactory.yamlsafe import load_yaml
 
         where = str(path.relative_to(self.root))
-        doc = load_yaml(path.read_bytes(), where).data
+        agent = path.stem
+        if not AGENT_FILE_NAME.fullmatch(agent):
+            raise InputError(where, "the file's name is not an agent name (lowercase letters, digits and '-', "
+                                    "at most 63) followed by .yaml")
+        doc = load_yaml(self._bounded(path, where), where).data
         spec = doc.get("spec") if isinstance(doc, dict) else None
         meta = doc.get("metadata") if isinstance(doc, dict) else None
         ref = spec.get("agent") if isinstance(spec, dict) else None
         if not isinstance(ref, str) or "@" not in ref or not isinstance(meta, dict):
             raise InputError(where, "not a WasmAgent pinned by digest (spec.agent: NAME@sha256:…)")
-        digest = ref.rsplit("@", 1)[1]
+        name, digest = ref.rsplit("@", 1)
         if not DIGEST_RE.match(digest):
             raise InputError(where, f"spec.agent {ref!r} is not pinned by a sha256 digest")
+        if meta.get("name", agent) != agent or name.rsplit("/", 1)[-1] != agent:
+            raise InputError(where, f"the file is agent {agent!r} but metadata.name is {str(meta.get('name'))[:80]!r} "
+                                    f"and spec.agent names {name[-80:]!r}: one file per agent, named after it")
         found = meta.get("annotations")
         annotations = found if isinstance(found, dict) else {}
-        return Placement(str(meta.get("name", path.stem)), stage, ref, digest,
-                         str(annotations.get("agentfactory.dev/version", "")))
+        return Placement(agent, stage, ref, digest, str(annotations.get("agentfactory.dev/version", "")))
+
+    def _bounded(self, path: Path, where: str) -> bytes:
+        """The bytes of a stage file: a regular file inside the repository, at most MAX_STAGE_FILE_BYTES."""
+        try:
+            real = path.resolve(strict=True)
+        except (OSError, RuntimeError) as exc:
+            raise InputError(where, f"cannot be read: {exc}") from None
+        if not real.is_relative_to(self.root):
+            raise InputError(where, f"a link out of the repository (to {str(real)[:200]}); stage files are files")
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as exc:
+            raise InputError(where, f"cannot be read: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise InputError(where, "not a regular file (a device, a FIFO or a socket); stage files are files")
+            data = f.read(MAX_STAGE_FILE_BYTES + 1)
+        if len(data) > MAX_STAGE_FILE_BYTES:
+            raise InputError(where, f"larger than {MAX_STAGE_FILE_BYTES} bytes; a stage file is one small object")
+        return data
 
     def history(self, agent: str | None = None, stage: str | None = None, limit: int = 1000) -> list[Event]:
         """Promotion-record commits, newest first, optionally for one agent and/or stage."""

@@ -191,3 +191,32 @@ def test_a_malformed_attestation_trailer_is_unattested_never_a_crash(flow: Flow,
     assert forged in flags, flags
     code, out, err = _cli(flow, "status", "--no-verify")
     assert code in (0, 1) and "internal error" not in err, (code, out, err)
+
+
+def test_a_stage_file_is_a_small_regular_file_named_after_its_agent(flow: Flow) -> None:
+    """An environment-repository writer's stage files: a symlink to /dev/zero was read without end by `status` (4 GB
+    in 6 s, and the scheduled promotions that run `status` with it); a second file naming `greeter` was reported as
+    greeter.yaml's, and `metadata.name: /x` crashed `status` (exit 70). The file is the agent; anything else is
+    refused, naming the file."""
+    prod = flow.ctx.env.root / "deploy/envs/prod/agents"
+    good = (prod / "greeter.yaml").read_text()
+    cases = {
+        "zero.yaml": None,  # a symlink to /dev/zero
+        "zz-extra.yaml": good,  # another file naming greeter
+        "slash.yaml": good.replace("name: greeter\n", "name: /x\n", 1),
+        "big.yaml": good + "#" * (70 * 1024) + "\n",
+    }
+    for name, text in cases.items():
+        path = prod / name
+        if text is None:
+            path.symlink_to("/dev/zero")
+        else:
+            path.write_text(text)
+        subprocess.run(["git", "add", "-A"], cwd=flow.ctx.env.root, check=True)
+        subprocess.run(["git", "commit", "-q", "-m", f"add {name}"], cwd=flow.ctx.env.root, check=True)
+        code, out, err = _cli(flow, "status", "--no-verify")
+        assert code not in (0, 70) and "internal error" not in err and f"prod/agents/{name}" in err, (name, code, err)
+        path.unlink()
+        subprocess.run(["git", "commit", "-q", "-a", "-m", f"remove {name}"], cwd=flow.ctx.env.root, check=True)
+    code, out, err = _cli(flow, "status", "--no-verify")
+    assert code == 0, (out, err)
