@@ -182,13 +182,13 @@ class EnvRepo:
             raise InputError(where, f"larger than {MAX_STAGE_FILE_BYTES} bytes; a stage file is one small object")
         return data
 
-    def history(self, agent: str | None = None, stage: str | None = None, limit: int = 1000) -> list[Event]:
-        """Promotion-record commits, newest first, optionally for one agent and/or stage."""
+    def history(self, agent: str | None = None, stage: str | None = None) -> list[Event]:
+        """Promotion-record commits, newest first, optionally for one agent and/or stage (the whole history)."""
         if self.head() is None:
             return []
         paths = [self.graph.folder(s.name) for s in self.graph.stages] if stage is None else [self.graph.folder(stage)]
         events = []
-        for c in self.repo.iter_commits(paths=paths, max_count=limit):
+        for c in self.repo.iter_commits(paths=paths):
             message = c.message if isinstance(c.message, str) else c.message.decode("utf-8", "replace")
             trailers = parse_trailers(message)
             if not trailers.get("Agent") or not trailers.get("Stage"):
@@ -201,20 +201,22 @@ class EnvRepo:
                                 message.splitlines()[0] if message else "", trailers))
         return events
 
-    def changes(self, agent: str | None = None, stage: str | None = None, limit: int = 1000) -> list[Event]:
+    def changes(self, agent: str | None = None, stage: str | None = None) -> list[Event]:
         """Every commit that changed a stage folder or whose trailers claim a promotion record (an empty
         commit can claim one too), newest first, with the stage files it changed; for one agent and/or
-        stage by its trailers or by the files it touched."""
+        stage by its trailers or by the files it touched. The whole history, never the newest N commits
+        (1,000 empty commits on top hid a hand edit). A merge's files are those it changed against every
+        parent (`--cc`): a clean merge of a promotion branch changes none, an "evil merge" its own edits."""
         if self.head() is None:
             return []
         stages = [s.name for s in self.graph.stages] if stage is None else [stage]
         folders = [self.graph.folder(s).rstrip("/") + "/" for s in stages]
+        touched = self._files_by_commit()
         events = []
-        for c in self.repo.iter_commits(max_count=limit):
+        for c in self.repo.iter_commits():
             message = c.message if isinstance(c.message, str) else c.message.decode("utf-8", "replace")
             trailers = parse_trailers(message)
-            out = self.repo.git.diff_tree("--no-commit-id", "--name-only", "-r", "-z", "--root", "-m", c.hexsha)
-            paths = tuple(sorted({f for f in out.split("\0") if f and any(f.startswith(d) for d in folders)}))
+            paths = tuple(sorted({f for f in touched.get(c.hexsha, ()) if any(f.startswith(d) for d in folders)}))
             claims = bool(trailers.get("Agent")) and (trailers.get("Stage") in stages)
             if not paths and not claims:
                 continue
@@ -224,6 +226,15 @@ class EnvRepo:
             events.append(Event(c.hexsha, _iso(c.committed_date), c.committed_date, str(c.author),
                                 message.splitlines()[0] if message else "", trailers, paths))
         return events
+
+    def _files_by_commit(self) -> dict[str, tuple[str, ...]]:
+        """commit -> the files it changed, for the whole history in one `git log` (a merge: `--cc`)."""
+        raw = self.repo.git.log("-z", "--cc", "--name-only", "--no-renames", "--format=%x01%H")
+        out: dict[str, tuple[str, ...]] = {}
+        for record in raw.split("\x01")[1:]:
+            commit, *names = record.split("\0")
+            out[commit.strip()] = tuple(n.lstrip("\n") for n in names if n.lstrip("\n"))
+        return out
 
     # -- preconditions -----------------------------------------------------------------------------
     def check_clean(self) -> None:

@@ -220,3 +220,46 @@ def test_a_stage_file_is_a_small_regular_file_named_after_its_agent(flow: Flow) 
         subprocess.run(["git", "commit", "-q", "-a", "-m", f"remove {name}"], cwd=flow.ctx.env.root, check=True)
     code, out, err = _cli(flow, "status", "--no-verify")
     assert code == 0, (out, err)
+
+
+def test_a_merged_promotion_branch_is_attested_and_an_evil_merge_is_not(flow: Flow) -> None:
+    """The documented pull-request flow: `promote --branch pr-1`, then the pull request merged with a merge commit.
+    The merge was judged by its diff against its first parent, so `history` cried UNATTESTED at every merged
+    promotion. A merge is judged by what it adds that none of its parents has: nothing when clean; a stage file
+    changed in the merge itself (an "evil merge") is still unattested."""
+    root = flow.ctx.env.root
+    code, out, err = _cli(flow, "promote", "greeter", "--to", "canary", "--branch", "pr-1", "--json")
+    assert code == 0, (out, err)
+    subprocess.run(["git", "merge", "-q", "--no-ff", "pr-1", "-m", "Merge pull request #1 from pr-1"], cwd=root,
+                   check=True)
+    code, out, err = _cli(flow, "history", "--json")
+    assert code == 0 and json.loads(out)["unattested"] == [], (out, err)
+    subprocess.run(["git", "checkout", "-q", "-b", "pr-2", "HEAD~1"], cwd=root, check=True)
+    subprocess.run(["git", "commit", "-q", "--allow-empty", "-m", "unrelated"], cwd=root, check=True)
+    subprocess.run(["git", "checkout", "-q", "main"], cwd=root, check=True)
+    subprocess.run(["git", "merge", "-q", "--no-ff", "--no-commit", "pr-2"], cwd=root, check=True)
+    with (root / "deploy/envs/prod/kustomization.yaml").open("a") as f:
+        f.write("# slipped into the merge\n")
+    subprocess.run(["git", "commit", "-q", "-a", "-m", "Merge pull request #2 from pr-2"], cwd=root, check=True)
+    evil = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    code, out, err = _cli(flow, "history", "--json")
+    assert code == 1, (out, err)
+    assert [u["commit"] for u in json.loads(out)["unattested"]] == [evil], out
+
+
+def test_a_hand_edit_is_found_under_any_number_of_commits(flow: Flow) -> None:
+    """`history` read the newest 1,000 commits: a hand edit under 1,000 empty commits (`git commit-tree`, a second's
+    work) was gone from it, and `history` exited 0. The whole history is read, in one `git log`."""
+    root = flow.ctx.env.root
+    edit = _forge(flow, "tidy", touch="prod")
+    head = edit
+    tree = subprocess.run(["git", "rev-parse", "HEAD^{tree}"], cwd=root, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    for i in range(1001):
+        head = subprocess.run(["git", "commit-tree", tree, "-p", head, "-m", f"filler {i}"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    subprocess.run(["git", "update-ref", "refs/heads/main", head], cwd=root, check=True)
+    code, out, err = _cli(flow, "history", "--json")
+    assert code == 1, (out, err)
+    assert [u["commit"] for u in json.loads(out)["unattested"]] == [edit], out
