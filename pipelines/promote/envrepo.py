@@ -374,14 +374,41 @@ class EnvRepo:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, (MARK + "\n" + yaml.safe_dump(placement, sort_keys=False)).encode())
         kustomization = self.folder(stage) / "kustomization.yaml"
-        agents = sorted(p.name for p in (self.folder(stage) / "agents").glob("*.yaml")) \
-            if (self.folder(stage) / "agents").is_dir() else []
-        doc = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
-               "namespace": self.graph.stage(stage).namespace, "resources": [f"agents/{a}" for a in agents]}
         atomic_write(kustomization, (MARK + f"\n# Stage {stage}: Argo CD syncs this folder (deploy/argocd).\n"
-                                     + yaml.safe_dump(doc, sort_keys=False)).encode())
+                                     + yaml.safe_dump(self._kustomization(stage), sort_keys=False)).encode())
         touched.append(kustomization)
         return touched
+
+    def _kustomization(self, stage: str) -> dict[str, Any]:
+        """The kustomization promote writes for `stage`: its namespace and its agent files, nothing else."""
+        agents = sorted(p.name for p in (self.folder(stage) / "agents").glob("*.yaml")) \
+            if (self.folder(stage) / "agents").is_dir() else []
+        return {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                "namespace": self.graph.stage(stage).namespace, "resources": [f"agents/{a}" for a in agents]}
+
+    def kustomization_problem(self, stage: str) -> str | None:
+        """Why `stage`'s kustomization.yaml is not what promote writes, or None. What Argo CD applies is what the
+        kustomization says: a `patches:` entry (or another resource, image or namespace) deploys a digest no stage
+        file pins and no attestation backs, which `status` reading the stage files alone never reported. Comments
+        and formatting are free; the content must be exactly promote's."""
+        from agentfactory.yamlsafe import load_yaml
+
+        path = self.folder(stage) / "kustomization.yaml"
+        where = str(path.relative_to(self.root))
+        expected = self._kustomization(stage)
+        if not (path.exists() or path.is_symlink()):
+            return None if not expected["resources"] else f"{where} is missing: Argo CD would deploy nothing here"
+        try:
+            found = load_yaml(self._bounded(path, where), where).data
+        except InputError as exc:
+            return str(exc)
+        if found == expected:
+            return None
+        extra = sorted(set(found) - set(expected)) if isinstance(found, dict) else []
+        return (f"{where} is not what promote writes" + (f" (it adds {', '.join(map(str, extra))})" if extra else
+                " (its namespace or resources differ from the stage's agent files)")
+                + ": what Argo CD deploys from it is not what the stage files and their attestations say; "
+                "remove the hand edit (promote and rollback write this file)")
 
     def push(self, branch: str | None = None) -> None:
         """Push the branch to its remote; a rejection (someone pushed first) is a conflict, not a crash."""

@@ -431,9 +431,14 @@ def status(ctx: Context, *, verify: bool = True) -> list[dict[str, Any]]:
     attestation backs is reported as unattested and not allowed, checked or not."""
     ledger, carriers, placed = ctx.env.settled(lambda: (
         Ledger.load(ctx.store, ctx.trust), _carriers(ctx.env),
-        [(stage, ctx.env.placements(stage.name)) for stage in ctx.graph.stages]))
-    rows = []
-    for stage, placements in placed:
+        [(stage, ctx.env.placements(stage.name), ctx.env.kustomization_problem(stage.name))
+         for stage in ctx.graph.stages]))
+    rows: list[dict[str, Any]] = []
+    for stage, placements, problem in placed:
+        if problem is not None:  # what Argo CD deploys there is not what the stage files say: the stage is refused
+            rows.append({"agent": "*", "stage": stage.name, "version": "", "digest": "", "since": "",
+                         "attestation": None, "log_index": None, "commit": "", "verdict": "unattested: " + problem,
+                         "allowed": False, "reasons": [problem]})
         for p in placements:
             attested = ledger.matching(p.agent, stage.name, p.digest)
             verdict = None

@@ -263,3 +263,20 @@ def test_a_hand_edit_is_found_under_any_number_of_commits(flow: Flow) -> None:
     code, out, err = _cli(flow, "history", "--json")
     assert code == 1, (out, err)
     assert [u["commit"] for u in json.loads(out)["unattested"]] == [edit], out
+
+
+def test_a_patched_kustomization_is_reported_not_deployed_unseen(flow: Flow) -> None:
+    """A `patches:` entry in prod's kustomization.yaml made Argo CD deploy greeter 1.1.0 in prod (`kubectl kustomize`
+    gives it) while `status`, reading the stage files alone, showed 1.0.0 and exited 0. A kustomization that is not
+    exactly what promote writes refuses its stage in `status` (comments are free)."""
+    path = flow.ctx.env.root / "deploy/envs/prod/kustomization.yaml"
+    original = path.read_text()
+    path.write_text(original + "# a comment changes nothing\n")
+    code, out, err = _cli(flow, "status", "--no-verify", "--json")
+    assert code == 0, (out, err)
+    path.write_text(original + "patches:\n- target: {kind: WasmAgent, name: greeter}\n  patch: |-\n"
+                    f"    - op: replace\n      path: /spec/agent\n      value: greeter@{flow.v2}\n")
+    code, out, err = _cli(flow, "status", "--no-verify", "--json")
+    assert code == 1, (out, err)
+    rows = [r for r in json.loads(out)["placements"] if r["stage"] == "prod" and r["allowed"] is False]
+    assert rows and "kustomization.yaml is not what promote writes (it adds patches)" in rows[0]["verdict"], out
