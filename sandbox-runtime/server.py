@@ -120,7 +120,7 @@ class RuntimeServer(ThreadingHTTPServer):
         self.workers = WorkerPool(workers, share=limits.agent_worker_share, queue_wait=limits.queue_wait,
                                   agent_wait=limits.agent_queue_wait, agent_queue=limits.agent_queue_length)
         self.slots = ClientSlots(limits)
-        self.budget = MemoryBudget(limits.memory_budget)
+        self.budget = MemoryBudget(limits.memory_budget, limits.client_memory_share)
         self.pacer = RefusalPacer(limits.refusals_per_client)
         self.ready = threading.Event()  # set once the service is up; with a warm pool, readiness also waits for it
         self.warm = warm
@@ -182,7 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.writer = DeadlineWriter(self.connection)
         self.rfile = io.BufferedReader(self.reader, CHUNK)
         self.wfile = self.writer  # type: ignore[assignment]  # unbuffered: each write is one sendall
-        self.reservation = self.server.budget.reservation()
+        self.reservation = self.server.budget.reservation(str(self.client_address[0]))
         self.started = time.monotonic()
 
     def finish(self) -> None:
@@ -489,6 +489,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _over_budget(self, need: int, *, close: bool = False) -> _Answer:
         budget = self.server.budget
+        if self.reservation.full == "client":
+            mine = budget.by_client.get(self.reservation.client, 0)
+            return _Answer(503, f"this client's share of the node's memory budget is in use ({mine / MIB:.1f} of "
+                                f"{budget.client_total / MIB:.0f} MiB held by its requests in flight, "
+                                "AGENTFACTORY_RUNTIME_CLIENT_MEMORY_SHARE; this one needs "
+                                f"{need / MIB:.1f} MiB more); retry later", retry_after=True, close=close)
         return _Answer(503, f"the node's memory budget is in use ({budget.used / MIB:.1f} of {budget.total / MIB:.0f} "
                             f"MiB held by requests in flight; this one needs {need / MIB:.1f} MiB more); retry later",
                        retry_after=True, close=close)

@@ -45,6 +45,7 @@ class ServerLimits:
     agent_queue_wait: float = 1.0  # seconds a request for an agent at its share waits, without a worker, before 503
     agent_queue_length: int = 16  # requests for one agent that may wait for a worker at once; past it 503 at once
     memory_budget_mib: int = 768  # bytes in flight: bodies, agents' memory and output caps, responses
+    client_memory_share: float = 0.5  # of the memory budget, what one client address's requests may hold at once
     max_output_kib: int = 16384  # node ceiling on an agent's maxOutputKiB (per stream)
     refusals_per_client: int = 50  # refused requests (400, 403, 404) per second per client address, then paced
 
@@ -59,9 +60,10 @@ class ServerLimits:
             if raw is None:
                 continue
             number = re.fullmatch(r"[0-9]{1,9}" if f.type == "int" else r"[0-9]{1,9}(\.[0-9]{1,6})?", raw.strip())
-            share = f.name == "agent_worker_share"
+            share = f.name in ("agent_worker_share", "client_memory_share")
             if number is None or float(raw) <= 0 or (share and float(raw) > 1):
-                kind = ("a fraction of the workers" if share else
+                kind = ("a fraction of the memory budget" if f.name == "client_memory_share" else
+                        "a fraction of the workers" if share else
                         "a whole number" if f.type == "int" else "a number of seconds")
                 most = " and at most 1" if share else ""
                 raise ConfigError(f"{name}={raw!r}: must be {kind} greater than 0{most}")
@@ -74,44 +76,70 @@ class ServerLimits:
 
 
 class MemoryBudget:
-    """Bytes the node may hold for requests in flight; `reserve` says no instead of going over."""
+    """Bytes the node may hold for requests in flight; `reserve` says no instead of going over.
 
-    def __init__(self, total: int) -> None:
+    One client address's requests together may hold at most `client_share` of it (their bodies as they
+    arrive, their invocations, their responses) once more than one of them holds memory: 64 connections
+    from one address sending 2 MiB of each 16 MiB body and then waiting held the whole budget, and every
+    other client got 503 for as long as they liked. One request alone may still use the whole budget."""
+
+    def __init__(self, total: int, client_share: float = 1.0) -> None:
         self.total = total
+        self.client_total = max(1, int(total * client_share))
         self.used = 0
+        self.by_client: dict[str, int] = {}
         self._lock = threading.Lock()
         self._used = BUDGET_BYTES.labels(state="used")  # set several times per request: the child, looked up once
         BUDGET_BYTES.labels(state="total").set(total)
         self._used.set(0)
 
-    def reservation(self) -> Reservation:
-        return Reservation(self)
+    def reservation(self, client: str = "") -> Reservation:
+        return Reservation(self, client)
 
-    def _take(self, n: int) -> bool:
+    def _take(self, n: int, client: str = "", held: int = 0) -> str | None:
+        """Take `n` bytes for a request of `client` that holds `held` already; None, or what is full: "node" or
+        "client". A client's one request may use the whole budget (an agent that fits the node runs for anyone);
+        its requests together, once more than one holds memory, at most its share."""
         with self._lock:
             if self.used + n > self.total:
-                return False
+                return "node"
+            mine = self.by_client.get(client, 0)
+            if client and mine > held and mine + n > self.client_total:
+                return "client"
             self.used += n
+            if client:
+                self.by_client[client] = mine + n
             self._used.set(self.used)
-            return True
+            return None
 
-    def _give(self, n: int) -> None:
+    def _give(self, n: int, client: str = "") -> None:
         with self._lock:
             self.used -= n
+            if client:
+                left = self.by_client.get(client, 0) - n
+                if left > 0:
+                    self.by_client[client] = left
+                else:
+                    self.by_client.pop(client, None)
             self._used.set(self.used)
 
 
 class Reservation:
-    """One request's share of the budget: grows and shrinks with it, all returned by `close`."""
+    """One request's share of the budget: grows and shrinks with it, all returned by `close`. `full` says which
+    limit the last refused growth met: the node's budget, or its client address's share of it."""
 
-    def __init__(self, budget: MemoryBudget) -> None:
+    def __init__(self, budget: MemoryBudget, client: str = "") -> None:
         self.budget = budget
+        self.client = client
         self.held = 0
+        self.full = ""
 
     def grow(self, n: int) -> bool:
         if n <= 0:
             return True
-        if not self.budget._take(n):
+        full = self.budget._take(n, self.client, self.held)
+        if full is not None:
+            self.full = full
             return False
         self.held += n
         return True
@@ -120,7 +148,7 @@ class Reservation:
         """Hold exactly `n` bytes (shrinking always succeeds; growing may not)."""
         if n >= self.held:
             return self.grow(n - self.held)
-        self.budget._give(self.held - n)
+        self.budget._give(self.held - n, self.client)
         self.held = n
         return True
 

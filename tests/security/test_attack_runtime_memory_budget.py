@@ -72,3 +72,44 @@ def test_invocations_and_bodies_past_the_budget_get_503_and_rss_stays_within_it(
         assert node.rss_bytes() - baseline < BUDGET_MIB * 2**20 + 32 * 2**20
     refusals = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
     assert [r["agent"] for r in refusals if r.get("reason") == refusal["reason"]] == ["huge"]
+
+
+def test_one_client_address_cannot_hold_the_whole_budget(tmp_path: Path) -> None:
+    """64 connections from one address, each sending 2 MiB of a 16 MiB body and then nothing, held the whole budget
+    for the request timeout: every other client got 503, and again after reconnecting. Together, one address's
+    requests hold at most its share (AGENTFACTORY_RUNTIME_CLIENT_MEMORY_SHARE, half by default); one request alone
+    may still use the whole budget."""
+    import socket
+
+    from runtime_helpers import connect_from
+
+    signed = agents(tmp_path / "home", tmp_path / "t")
+    with serve_process(signed, tmp_path, env=LIMITS) as node:
+        assert post(node.port, "/v1/agents/ok/invoke", source="127.0.0.2")[0] == 200
+        held: list[socket.socket] = []
+        refused = b""
+        for _ in range(64):
+            sock = connect_from("127.0.0.3", node.port)
+            sock.sendall(b"POST /v1/agents/cat/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % (16 << 20))
+            try:
+                sock.sendall(b"x" * (2 << 20))
+            except OSError:  # refused and closed while sending: its share is full
+                pass
+            held.append(sock)
+        time.sleep(1)
+        used = metric(node.port, 'agent_factory_runtime_memory_budget_bytes{state="used"}')
+        assert used <= BUDGET_MIB * 2**20 // 2 + 2**20, used  # its share, and one chunk in flight
+        for _ in range(3):
+            assert post(node.port, "/v1/agents/ok/invoke", source="127.0.0.2")[0] == 200  # another client runs
+        last = held.pop()  # past the share: its body is read and dropped, and the 503 follows it
+        last.settimeout(30)
+        last.sendall(b"x" * ((16 << 20) - (2 << 20)))
+        while b"\r\n\r\n" not in refused or not refused.rstrip().endswith(b"}"):
+            chunk = last.recv(65536)
+            if not chunk:
+                break
+            refused += chunk
+        for sock in [*held, last]:
+            sock.close()
+        assert refused.startswith(b"HTTP/1.1 503"), refused[:300]
+        assert b"this client's share of the node's memory budget is in use" in refused, refused[:400]
