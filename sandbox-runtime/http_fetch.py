@@ -320,7 +320,7 @@ class FetchSession:
             addresses = [fixed]
         else:
             try:
-                addresses = self.node.resolver.resolve(url.host, url.port, self._time_left(url))
+                addresses = self.node.resolver.resolve(url.host, url.port, self._time_left(url), self.agent)
             except ResolveError as exc:
                 raise FetchError("dns", f"http.fetch: {url.shown()}{via}: {exc}") from None
         for address in addresses:

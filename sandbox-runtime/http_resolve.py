@@ -12,9 +12,13 @@ metadata services), `link-local`, `unspecified`, `multicast` and `reserved` (doc
 benchmarking, 240/4, …), never. IPv4 embedded in IPv6 (mapped ::ffff:a.b.c.d, NAT64 64:ff9b::/96,
 6to4 2002::/16) is judged as the IPv4 address it reaches.
 
-Resolvers: the system's (`getaddrinfo`, on a small pool of threads so that a hung lookup cannot
-outlive the request's deadline), or a DNS server of the node's choosing queried over UDP
-(`--http-dns-server`), for nodes that resolve agents' hosts through a dedicated resolver.
+Resolvers: the system's (`getaddrinfo`, on a pool of threads so that a hung lookup cannot outlive the
+request's deadline), or a DNS server of the node's choosing queried over UDP (`--http-dns-server`),
+for nodes that resolve agents' hosts through a dedicated resolver. A `getaddrinfo` cannot be
+cancelled: a lookup its request gave up on keeps its thread for glibc's whole retry schedule. So one
+agent may have at most MAX_LOOKUPS_PER_AGENT lookups running, given up on or not, and the pool holds
+several agents' worth: four short invocations whose names were never answered held the node's four
+threads for seconds, and every other agent's `http.fetch` failed meanwhile.
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ import os
 import secrets
 import socket
 import struct
-from typing import Protocol
+import threading
+from typing import Any, Protocol
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 METADATA = frozenset(ipaddress.ip_address(a) for a in (
@@ -40,7 +45,9 @@ _PRIVATE = tuple(ipaddress.ip_network(n) for n in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7", "fec0::/10"))
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 MAX_ADDRESSES = 32
-_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="http-resolve")
+MAX_LOOKUPS_PER_AGENT = 2
+_POOL_THREADS = 16
+_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=_POOL_THREADS, thread_name_prefix="http-resolve")
 
 
 class ResolveError(Exception):
@@ -79,8 +86,8 @@ def refusal(address: IP, *, allow_loopback: bool, allow_private: bool) -> str | 
 class Resolver(Protocol):
     def describe(self) -> str: ...
 
-    def resolve(self, host: str, port: int, timeout: float) -> list[IP]:
-        """The addresses of `host` (at least one), or ResolveError."""
+    def resolve(self, host: str, port: int, timeout: float, owner: str = "") -> list[IP]:
+        """The addresses of `host` (at least one), or ResolveError; `owner`: the agent asking."""
         ...
 
 
@@ -92,17 +99,49 @@ def literal(host: str) -> IP | None:
 
 
 class SystemResolver:
-    """The system's resolver (getaddrinfo), bounded by the caller's timeout."""
+    """The system's resolver (getaddrinfo), bounded by the caller's timeout and by each agent's running lookups."""
+
+    def __init__(self) -> None:
+        self._running: dict[str, int] = {}
+        self._lock = threading.Lock()
 
     def describe(self) -> str:
         return "the system resolver"
 
-    def resolve(self, host: str, port: int, timeout: float) -> list[IP]:
-        future = _POOL.submit(socket.getaddrinfo, host, port, 0, socket.SOCK_STREAM)
+    def running(self, owner: str) -> int:
+        with self._lock:
+            return self._running.get(owner, 0)
+
+    def resolve(self, host: str, port: int, timeout: float, owner: str = "") -> list[IP]:
+        with self._lock:
+            mine = self._running.get(owner, 0)
+            if mine >= MAX_LOOKUPS_PER_AGENT:
+                raise ResolveError(f"{host}: this agent already has {mine} name lookups running (ones it gave up "
+                                   f"on included), the most one agent may (the system resolver cannot cancel one)")
+            self._running[owner] = mine + 1
+
+        def lookup() -> list[Any]:
+            try:
+                return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+            finally:
+                with self._lock:
+                    left = self._running.get(owner, 1) - 1
+                    if left > 0:
+                        self._running[owner] = left
+                    else:
+                        self._running.pop(owner, None)
+
+        future = _POOL.submit(lookup)
         try:
             infos = future.result(timeout=max(timeout, 0.0))
         except concurrent.futures.TimeoutError:
-            future.cancel()
+            if future.cancel():  # never started: it will not run, so its place is given back here
+                with self._lock:
+                    left = self._running.get(owner, 1) - 1
+                    if left > 0:
+                        self._running[owner] = left
+                    else:
+                        self._running.pop(owner, None)
             raise ResolveError(f"{host}: the system resolver did not answer within {timeout:.3g} s") from None
         except socket.gaierror as exc:
             raise ResolveError(f"{host}: cannot be resolved ({exc.strerror})") from None
@@ -129,7 +168,7 @@ class DnsServerResolver:
     def describe(self) -> str:
         return f"the DNS server {self.server[0]}:{self.server[1]}"
 
-    def resolve(self, host: str, port: int, timeout: float) -> list[IP]:
+    def resolve(self, host: str, port: int, timeout: float, owner: str = "") -> list[IP]:
         import time
 
         deadline = time.monotonic() + timeout
