@@ -60,6 +60,10 @@ from .note import MAX_TREE_SIZE
 ENTRIES = "/api/v1/log/entries"
 MAX_QUERY_BYTES = 64 * 1024  # retrieve and index queries: uuids, indices, one public key
 MAX_RETRIEVE = 10  # Rekor's maxItems for each of entryUUIDs, logIndexes and entries
+# Bytes of proposed entries being received or parsed at once, all connections together (a 32 MiB entry costs
+# about 30 MiB of server memory while it is parsed: 40 half-sent ones held 1.3 GB); past it, 503.
+MAX_BODIES_IN_FLIGHT = 256 * 1024 * 1024
+ON_LOOP_ENTRY_BYTES = 256 * 1024  # larger entries are parsed and checked off the event loop
 _DECIMAL = re.compile(r"-?[0-9]{1,19}")  # ASCII digits only: str.isdigit() also takes '²' and '٣'
 
 
@@ -261,6 +265,7 @@ class TlogApp:
         self.api = api
         self.batch_wait_s = batch_wait_s
         self._tree_hex = tree_id_hex(log.tree_id)
+        self.in_flight = 0  # bytes of proposed entries being received (their declared length), on the loop only
         self._committers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Committer] = \
             weakref.WeakKeyDictionary()
 
@@ -279,7 +284,26 @@ class TlogApp:
         return committer
 
     async def _create_entry(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Rekor's createLogEntry: 201 with the entry, 409 naming the existing one, 400 refused, 413 too big."""
+        """Rekor's createLogEntry: 201 with the entry, 409 naming the existing one, 400 refused, 413 too big, 503
+        while the entries being received already hold MAX_BODIES_IN_FLIGHT bytes."""
+        declared = _content_length(scope)
+        if declared is not None and declared > MAX_ENTRY_BYTES:
+            return await _send_error(send, 413, f"the proposed entry is larger than {MAX_ENTRY_BYTES} bytes")
+        held = declared if declared is not None else MAX_ENTRY_BYTES  # unknown length: the most it may be
+        if self.in_flight + held > MAX_BODIES_IN_FLIGHT:
+            return await _send_error(send, 503, f"the log is receiving {self.in_flight} bytes of entries already (at "
+                                     f"most {MAX_BODIES_IN_FLIGHT} at once); retry later", [(b"retry-after", b"1")])
+        self.in_flight += held
+        try:
+            await self._receive_entry(scope, receive, send)
+        finally:
+            self.in_flight -= held
+
+    def _prepare(self, body: bytes) -> Any:
+        doc = load_json_object(body, "proposed entry", max_bytes=MAX_ENTRY_BYTES, what="proposed entry")
+        return self.log.prepare(doc)
+
+    async def _receive_entry(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             body = await read_asgi_body(scope, receive, MAX_ENTRY_BYTES)
         except BodyTooLarge:
@@ -288,8 +312,10 @@ class TlogApp:
             return  # the client went away before sending its entry: nobody to answer
         try:
             try:
-                doc = load_json_object(body, "proposed entry", max_bytes=MAX_ENTRY_BYTES, what="proposed entry")
-                pending = self.log.prepare(doc)
+                if len(body) > ON_LOOP_ENTRY_BYTES:  # parsing a 32 MiB entry takes about 1 s: not on the loop
+                    pending = await run_in_threadpool(self._prepare, body)
+                else:
+                    pending = self._prepare(body)
             except (InputError, EntryRejected) as e:
                 return await _send_error(send, 400, str(e))
             committer = self._committer()
@@ -310,6 +336,13 @@ class TlogApp:
         except Exception as exc:  # as FastAPI's handler: a JSON 500 naming the type, then raise for the log
             await _send_error(send, 500, f"internal error: {type(exc).__name__}")
             raise
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and len(value) <= 12:
+            return int(value)
+    return None
 
 
 async def _send_error(send: Send, code: int, message: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
