@@ -92,7 +92,8 @@ class WebhookApp:
             answer = Answer(False, 500, f"internal error while judging: {type(exc).__name__}: {exc}; denied (fail "
                             "closed)", decision="denied")
         try:  # the record of the answer actually sent: a judgement that outlived the deadline is not it
-            self.admitter.record(review, mode, answer)
+            client = scope.get("client")
+            self.admitter.record(review, mode, answer, peer=str(client[0]) if client else "")
         except AuditError as exc:
             return _deny("denied", started, review.uid, 503, f"the audit trail cannot be written, so nothing is "
                          f"admitted: {exc}")

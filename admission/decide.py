@@ -156,8 +156,10 @@ class Admitter:
         actually sends (a judgement that outlives the deadline only fills the caches)."""
         return self._review(review, mode, reach)
 
-    def record(self, review: Review, mode: str, answer: Answer) -> None:
-        """The audit record of the answer sent for `review` (AuditError when the trail cannot be written)."""
+    def record(self, review: Review, mode: str, answer: Answer, *, peer: str = "") -> None:
+        """The audit record of the answer sent for `review` (AuditError when the trail cannot be written). `peer`:
+        the address the review came from. Anyone who reaches the webhook's port can send a review, and it is
+        judged and recorded like the API server's; the address tells them apart in an audit."""
         if self.audit is not None:
             meta = (review.object or {}).get("metadata") if isinstance(review.object, dict) else None
             meta = meta if isinstance(meta, dict) else {}
@@ -169,7 +171,7 @@ class Admitter:
                               name=review.name or (given if isinstance(given, str) else ""),
                               subResource=review.sub_resource, dryRun=review.dry_run, mode=mode,
                               allowed=answer.allowed, decision=answer.decision, message=answer.message,
-                              agents=answer.agents, code=answer.code)
+                              agents=answer.agents, code=answer.code, **({"peer": peer} if peer else {}))
 
     def _review(self, review: Review, mode: str, reach: Reach) -> Answer:
         if review.operation == "DELETE":

@@ -55,6 +55,7 @@ def test_a_review_answered_504_is_recorded_as_denied_once(tmp_path: Path, monkey
     mine = [r for r in audit_records(audit) if r.get("uid") == uid]
     assert len(mine) == 1, mine
     assert mine[0]["allowed"] is False and mine[0]["decision"] == "denied" and mine[0]["code"] == 504, mine
+    assert mine[0]["peer"] == "127.0.0.1"  # who sent it: anyone who reaches the port can send a review
     assert [r["allowed"] for r in audit_records(audit) if r.get("uid") == again["request"]["uid"]] == [True]
     assert json.dumps(mine[0]).count("deadline") >= 1
 
