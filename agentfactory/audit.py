@@ -37,6 +37,7 @@ from typing import Any
 from .errors import AgentFactoryError, InputError
 
 MAX_RECORD_BYTES = 64 * 1024
+MAX_ITEMS = 100  # items of a list (or keys of an object) a record keeps
 MAX_FIELD_CHARS = 2000
 GENESIS = "0" * 64
 REFUSAL_BURST = 10  # full refusal records per reason per window
@@ -60,7 +61,7 @@ def _now() -> str:
 _KEPT = frozenset({int, float, bool, type(None)})  # values _clip returns as they are
 
 
-def _clip(value: Any, chars: int = MAX_FIELD_CHARS, items: int = 100) -> Any:
+def _clip(value: Any, chars: int = MAX_FIELD_CHARS, items: int = MAX_ITEMS) -> Any:
     """Keep records bounded: long strings (a guest's error text) are cut, structures walked."""
     if isinstance(value, str):
         return value if len(value) <= chars else value[:chars] + "…"
@@ -162,7 +163,11 @@ class AuditLog:
                 self._flush_windows(now, force=False)
                 if event == "decision" and fields.get("allowed") is False:
                     return self._refusal(now, event, fields)
-                doc = {"time": _now(), "event": event, **_clip(fields), "prev": self._prev}
+                # a list cut to its first 100 items says how many it had: the 101st agent of a review is not
+                # silently absent from the record
+                counts = {f"{k}Count": len(v) for k, v in fields.items()
+                          if isinstance(v, (list, tuple)) and len(v) > MAX_ITEMS}
+                doc = {"time": _now(), "event": event, **_clip(fields), **counts, "prev": self._prev}
                 return self._write(doc, fields, MAX_RECORD_BYTES)
             finally:
                 if self._shared:

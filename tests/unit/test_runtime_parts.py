@@ -63,7 +63,7 @@ def test_audit_records_are_bounded_and_an_unwritable_trail_is_an_error(tmp_path:
                                              "code": 200, "mode": "warn"}
     doc = log.record("decision", agent="x", message="m" * 100_000, checks=[{"reason": "r"}] * 500)
     log.close()
-    assert len(doc["message"]) <= 2001 and len(doc["checks"]) == 100
+    assert len(doc["message"]) <= 2001 and len(doc["checks"]) == 100 and doc["checksCount"] == 500
     assert verify_chain(tmp_path / "a.jsonl") == 3
     assert max(len(line) for line in (tmp_path / "a.jsonl").read_bytes().splitlines()) < 64 * 1024
     (tmp_path / "ro").mkdir(mode=0o500)
