@@ -27,8 +27,10 @@ from agentfactory.errors import InputError
 AGENT_ANNOTATION = "agentfactory.dev/agent"
 STAGE_ANNOTATION = "agentfactory.dev/stage"
 CRD_GROUP = "agentfactory.dev"
-DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")  # used with fullmatch: `$` also takes a trailing newline
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # the OCI distribution spec's tag grammar
+MAX_REFERENCE = 4096  # a reference longer than this is no reference a registry serves
 
 # kind → path to the pod template spec's parent (the object holding `metadata` and `spec`)
 POD_TEMPLATES: dict[tuple[str, str], tuple[str, ...]] = {
@@ -77,14 +79,20 @@ class Parsed:
 
 def parse_reference(ref: str, where: str) -> Parsed:
     """`name@sha256:…`, `host[:port]/path/name@sha256:…`, `oci://…`; tags parse too (and are refused later)."""
+    if len(ref) > MAX_REFERENCE:
+        raise InputError(where, f"{ref[:80]!r}…: {len(ref)} characters, more than any image reference "
+                                f"({MAX_REFERENCE})")
     body = ref.strip().removeprefix("oci://")
     body, at, digest = body.partition("@")
-    if at and not DIGEST_RE.match(digest):
+    if at and not DIGEST_RE.fullmatch(digest):
         raise InputError(where, f"{ref!r}: the digest must be sha256: and 64 lower-case hex digits")
     prefix, _, last = body.rpartition("/")
     name, colon, tag = last.partition(":")
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InputError(where, f"{ref!r}: {name!r} is not an agent name (lower-case letters, digits, . _ -)")
+    if colon and not TAG_RE.fullmatch(tag):
+        raise InputError(where, f"{ref[:200]!r}: the tag is not a tag (letters, digits, . _ -, at most 128, as OCI "
+                                "registries take them)")
     return Parsed(prefix=prefix, name=name, digest=digest if at else None, tag=tag if colon else None)
 
 

@@ -31,7 +31,11 @@ def test_reference_forms() -> None:
         assert (p.prefix, p.name, p.tag) == (prefix, "wordstats", tag)
         assert p.pinned == ("@" in ref)
     for bad, needle in ((f"WordStats@{D}", "is not an agent name"), ("x@sha256:12", "64 lower-case hex"),
-                        ("x@md5:" + "0" * 32, "must be sha256:"), ("", "is not an agent name")):
+                        ("x@md5:" + "0" * 32, "must be sha256:"), ("", "is not an agent name"),
+                        # `$` took a trailing newline; a tag was never checked (1,900 characters went into the audit)
+                        (f"x\n@{D}", "is not an agent name"),
+                        (f"x:{'t' * 129}@{D}", "the tag is not a tag"), (f"x:a b@{D}", "the tag is not a tag"),
+                        (f"x:.v1@{D}", "the tag is not a tag"), ("x" * 5000, "more than any image reference")):
         with pytest.raises(InputError, match=needle):
             parse_reference(bad, "f")
 
