@@ -79,12 +79,13 @@ class Claim:
     approved_by: str | None
     reason: str | None
     gates: dict[str, Any]
+    environment: str | None = None  # the environment it was made for (trust policy spec.environment)
 
 
 def predicate(*, name: str, version: str, digest: str, stage: str, action: str, resource_uri: str,
               gates: dict[str, Any], from_stage: str | None = None, previous: Previous | None = None,
               approved_by: str | None = None, reason: str | None = None, policy_uri: str = "",
-              now: datetime | None = None) -> dict[str, Any]:
+              now: datetime | None = None, environment: str = "") -> dict[str, Any]:
     """A SLSA VSA v1 predicate with the `agentfactoryPromotion` extension."""
     if action not in ACTIONS:
         raise InputError("promotion", f"action must be one of {', '.join(ACTIONS)}, not {action!r}")
@@ -110,6 +111,7 @@ def predicate(*, name: str, version: str, digest: str, stage: str, action: str, 
             "approvedBy": approved_by,
             "reason": reason,
             "gates": gates,
+            **({"environment": environment} if environment else {}),
         },
     }
 
@@ -157,7 +159,8 @@ def parse_predicate(pred: Any, where: str) -> Claim:
     return Claim(stage=stage, action=str(action), name=name, version=version, from_stage=from_stage,
                  previous=previous,
                  approved_by=_text(ext.get("approvedBy"), f"{EXTENSION}.approvedBy", where, optional=True),
-                 reason=_text(ext.get("reason"), f"{EXTENSION}.reason", where, optional=True), gates=gates)
+                 reason=_text(ext.get("reason"), f"{EXTENSION}.reason", where, optional=True), gates=gates,
+                 environment=_text(ext.get("environment"), f"{EXTENSION}.environment", where, optional=True))
 
 
 @dataclass(frozen=True)

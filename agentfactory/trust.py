@@ -55,6 +55,9 @@ POLICY_SCHEMA: dict[str, Any] = {
                 "keys": {"type": "array", "maxItems": 256, "items": {"$ref": "#/$defs/key"}},
                 # Who may promote (sign promotion attestations, docs/promotion.md): never a build key.
                 "promoters": {"type": "array", "maxItems": 64, "items": {"$ref": "#/$defs/key"}},
+                # The environment whose promotions count here (docs/promotion.md): promote writes it into
+                # every attestation it signs, and a promotion made for another environment proves nothing.
+                "environment": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"},
                 "builders": {"type": "array", "items": {"type": "string", "minLength": 1}},
                 "repositories": {"type": "array", "items": {"type": "string", "minLength": 1}},
                 "transparencyLogs": {"type": "array", "maxItems": 16, "items": {
@@ -127,6 +130,9 @@ class TrustPolicy:
     # Log id -> the state file of `agentfactory audit monitor` (a witness of our own): when given, a
     # record counts only if its checkpoint is part of the history the monitor verified.
     witnesses: dict[str, Path] = field(default_factory=dict)
+    # The environment whose promotions count ("": any, as before environments were named): promote signs it
+    # into each promotion, and the verifier counts only promotions made for it (docs/promotion.md).
+    environment: str = ""
 
     def trusts_builder(self, builder: str) -> bool:
         return builder in self.builders
@@ -207,7 +213,8 @@ def load_trust_policy(path: Path) -> TrustPolicy:
         raise ValidationFailed(problems)
     return TrustPolicy(keys, tuple(spec.get("builders", [DEFAULT_BUILDER_ID])),
                        tuple(spec.get("repositories", ["*"])), source=where, logs=logs, keyless=keyless,
-                       promoters=promoters, log_urls=log_urls, witnesses=witnesses)
+                       promoters=promoters, log_urls=log_urls, witnesses=witnesses,
+                       environment=str(spec.get("environment", "")))
 
 
 def _load_keys(path: Path, doc: Located, section: str, entries: list[dict[str, Any]], seen: dict[str, str],

@@ -211,6 +211,16 @@ def promotion_records(digest: str, evidence: Evidence, policy: TrustPolicy) -> t
     return records, problems
 
 
+def environment_problem(record: PromotionRecord, policy: TrustPolicy | None) -> str | None:
+    """Why `record` does not count under `policy`'s environment, or None. A stage is a stage of one environment:
+    with `spec.environment` set, another environment's `prod` (or an unnamed one) proves nothing here."""
+    if policy is None or not policy.environment or record.claim.environment == policy.environment:
+        return None
+    made = f"environment {record.claim.environment!r}" if record.claim.environment else "no environment"
+    return (f"a {record.claim.action} of {record.claim.stage} (log index {record.log_index}) was made for {made}, "
+            f"not for this trust policy's {policy.environment!r}")
+
+
 def promotion_state(digest: str, stage: str, records: list[PromotionRecord], problems: list[str], *,
                     name: str = "", version: str = "", entry_stage: str = DEFAULT_ENTRY_STAGE,
                     policy: TrustPolicy | None = None) -> PromotionState:
@@ -224,6 +234,10 @@ def promotion_state(digest: str, stage: str, records: list[PromotionRecord], pro
         if (name and r.claim.name != name) or (version and r.claim.version != version):
             problems.append(f"a promotion to {r.claim.stage} (log index {r.log_index}) is of {r.claim.name} "
                             f"{r.claim.version}, not of {name} {version}".rstrip())
+            continue
+        elsewhere = environment_problem(r, policy)
+        if elsewhere is not None:
+            problems.append(elsewhere)
             continue
         if r.claim.stage not in newest or r.order > newest[r.claim.stage].order:
             newest[r.claim.stage] = r

@@ -19,7 +19,7 @@ from agentfactory.errors import AgentFactoryError
 from agentfactory.evidence import collect
 from agentfactory.store import ArtifactStore
 from agentfactory.trust import TrustPolicy
-from agentfactory.verifier import PromotionRecord, promotion_records
+from agentfactory.verifier import PromotionRecord, environment_problem, promotion_records
 
 
 def iso(epoch: float) -> str:
@@ -98,8 +98,12 @@ class Ledger:
                 continue
             ledger.problems.extend(problems)
             for r in records:
-                # A record counts only for the agent name and version it names (as the verifier says).
-                if r.claim.name == stored.name and r.claim.version == stored.version:
+                # A record counts only for the agent name and version it names, and in the environment it was
+                # made for (as the verifier says).
+                elsewhere = environment_problem(r, trust)
+                if elsewhere is not None:
+                    ledger.problems.append(f"{stored.name} {stored.version}: {elsewhere}")
+                elif r.claim.name == stored.name and r.claim.version == stored.version:
                     ledger.entries.append(Attested(stored.name, stored.version, stored.digest, r))
         ledger.entries.sort(key=lambda e: e.order)
         return ledger

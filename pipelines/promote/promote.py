@@ -229,7 +229,8 @@ def _attest(ctx: Context, s: StoredAgent, stage: str, action: str, *, gates: dic
     pred = predicate(name=s.name, version=s.version or "", digest=s.digest, stage=stage, action=action,
                      resource_uri=f"{ctx.store.url}#{s.name}@{s.digest}", gates=gates, from_stage=from_stage,
                      previous=previous, approved_by=approved_by, reason=reason,
-                     policy_uri=f"{ctx.graph.where}#{stage}", now=datetime.fromtimestamp(ctx.now(), UTC))
+                     policy_uri=f"{ctx.graph.where}#{stage}", now=datetime.fromtimestamp(ctx.now(), UTC),
+                     environment=ctx.trust.environment)
     signed = sign_and_attach(ctx.store, s, pred, ctx.signer(), ctx.log())
     index = f" (log index {signed.log_index})" if signed.log_index is not None else ""
     return {"Promotion-Attestation": f"sha256:{signed.sha256}{index}", "Promoter-Key": signed.key_id[:16]}

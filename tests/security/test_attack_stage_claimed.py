@@ -149,3 +149,74 @@ def test_a_promotion_not_in_the_log_denies(flow: Flow) -> None:
     assert not ok and "is not in a trusted transparency log" in reason, reason
     # A logged record of another promotion does not vouch for it either.
     assert len(collect(s.store, v2).tlog) > 0
+
+
+def test_a_promotion_counts_only_in_the_environment_it_was_made_for(flow: Flow) -> None:
+    """Environments that share a store, a trust policy's promoters and a log accepted each other's promotions: A's
+    `prod` was B's `prod`, whatever B's stage graph asks. A trust policy that names its environment
+    (`spec.environment`) counts only promotions made for it; promote signs that name into each one."""
+    import dataclasses
+
+    from agentfactory.fetchverify import verify_stored as verify_in
+
+    s = flow.signed
+    v1 = s.store.resolve("greeter:1.0.0")
+    a = dataclasses.replace(flow.ctx.trust, environment="env-a")
+    b = dataclasses.replace(flow.ctx.trust, environment="env-b")
+
+    def prod(policy: object) -> tuple[bool, str]:
+        verdict, _ = verify_in(s.store, v1, policy, engine=s.engine, stage="prod")  # type: ignore[arg-type]
+        (check,) = [c for c in verdict.checks if c.name == "promotion"]
+        return check.ok, check.reason
+
+    assert prod(flow.ctx.trust)[0]  # no environment named: every promotion counts, as before
+    ok, reason = prod(a)  # the flow's promotions name no environment: they prove nothing in env-a
+    assert not ok and "was made for no environment, not for this trust policy's 'env-a'" in reason, reason
+    for stage, source in (("prod", "canary"),):
+        made = predicate(name="greeter", version="1.0.0", digest=v1.digest, stage=stage, action="promote",
+                         resource_uri="x", gates={}, from_stage=source, environment="env-a")
+        sign_and_attach(s.store, v1, made, promoter_keyring(), EmbeddedLog())
+    assert prod(a)[0]
+    ok, reason = prod(b)
+    assert not ok and "was made for environment 'env-a', not for this trust policy's 'env-b'" in reason, reason
+
+
+def test_promote_signs_the_trust_policys_environment_into_each_promotion(af_home: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo's promotions and rollback, made under a trust policy naming env-a: they count in env-a, and not in
+    env-b. (Naming an environment makes earlier, unnamed promotions count for nothing: re-promote.)"""
+    import dataclasses
+
+    import promotion_helpers
+
+    from agentfactory.fetchverify import verify_stored as verify_in
+
+    named = promotion_helpers.promotion_trust
+    monkeypatch.setattr(promotion_helpers, "promotion_trust",
+                        lambda signed: dataclasses.replace(named(signed), environment="env-a"))
+    flow = promotion_helpers.promotion_flow(af_home, tmp_path)
+    s = flow.signed
+    a = flow.ctx.trust
+    assert a.environment == "env-a"
+    v1, v2 = s.store.resolve("greeter:1.0.0"), s.store.resolve("greeter:1.1.0")
+    for policy, ok in ((a, True), (dataclasses.replace(a, environment="env-b"), False),
+                       (dataclasses.replace(a, environment=""), True)):
+        verdict, _ = verify_in(s.store, v1, policy, engine=s.engine, stage="prod")
+        assert [c.ok for c in verdict.checks if c.name == "promotion"] == [ok], verdict.checks
+    verdict, _ = verify_in(s.store, v2, a, engine=s.engine, stage="canary")  # its withdrawal is env-a's too
+    (check,) = [c for c in verdict.checks if c.name == "promotion"]
+    assert not check.ok and "withdrawn from canary" in check.reason, check.reason
+
+
+def test_the_environment_is_read_from_the_trust_policy_and_checked(tmp_path: Path) -> None:
+    from agentfactory.errors import ValidationFailed
+    from agentfactory.trust import load_trust_policy, to_yaml
+
+    base = to_yaml(promoter_keyring().public_keys(), promoters=promoter_keyring().public_keys()[:0])
+    good = tmp_path / "good.yaml"
+    good.write_text(base.replace("spec:\n", "spec:\n  environment: env-a\n", 1))
+    assert load_trust_policy(good).environment == "env-a"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(base.replace("spec:\n", "spec:\n  environment: Env A\n", 1))
+    with pytest.raises(ValidationFailed, match="environment"):
+        load_trust_policy(bad)
