@@ -112,6 +112,14 @@ class SystemResolver:
         with self._lock:
             return self._running.get(owner, 0)
 
+    def _finished(self, owner: str) -> None:
+        with self._lock:
+            left = self._running.get(owner, 1) - 1
+            if left > 0:
+                self._running[owner] = left
+            else:
+                self._running.pop(owner, None)
+
     def resolve(self, host: str, port: int, timeout: float, owner: str = "") -> list[IP]:
         with self._lock:
             mine = self._running.get(owner, 0)
@@ -124,24 +132,14 @@ class SystemResolver:
             try:
                 return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
             finally:
-                with self._lock:
-                    left = self._running.get(owner, 1) - 1
-                    if left > 0:
-                        self._running[owner] = left
-                    else:
-                        self._running.pop(owner, None)
+                self._finished(owner)
 
         future = _POOL.submit(lookup)
         try:
             infos = future.result(timeout=max(timeout, 0.0))
         except concurrent.futures.TimeoutError:
             if future.cancel():  # never started: it will not run, so its place is given back here
-                with self._lock:
-                    left = self._running.get(owner, 1) - 1
-                    if left > 0:
-                        self._running[owner] = left
-                    else:
-                        self._running.pop(owner, None)
+                self._finished(owner)
             raise ResolveError(f"{host}: the system resolver did not answer within {timeout:.3g} s") from None
         except socket.gaierror as exc:
             raise ResolveError(f"{host}: cannot be resolved ({exc.strerror})") from None

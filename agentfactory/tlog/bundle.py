@@ -172,16 +172,32 @@ def hashedrekord_check(digest_hex: str, signature: bytes, public_key_pem: bytes)
 
 def dsse_check(envelope_json: bytes, public_key_pem: bytes) -> BodyCheck:
     """Expect a dsse entry of exactly these envelope bytes, verified with this signer's key."""
-    key = load_public_key(public_key_pem, "signer's public key")
     want = hashlib.sha256(envelope_json).hexdigest()
+    return _dsse_entry("envelopeHash", want, public_key_pem,
+                       lambda got: f"the entry is for envelope sha256:{got[:16]}…, not sha256:{want[:16]}…")
+
+
+def statement_check(payload: bytes, public_key_pem: bytes) -> BodyCheck:
+    """Expect a dsse entry of *any* envelope signing exactly this payload, verified with this signer's key.
+
+    Re-encoding a genuine envelope (its signature listed twice, its keys reordered) needs no key and makes a new
+    entry of the same signed statement: where a statement stands in the log is its earliest such entry."""
+    return _dsse_entry("payloadHash", hashlib.sha256(payload).hexdigest(), public_key_pem,
+                       lambda _got: "the entry is for another statement")
+
+
+def _dsse_entry(field: str, want: str, public_key_pem: bytes, mismatch: Callable[[str], str]) -> BodyCheck:
+    """A dsse v0.0.1 entry whose `field` (envelopeHash, payloadHash) is the SHA-256 `want`, every signature of it
+    verified with this key."""
+    key = load_public_key(public_key_pem, "signer's public key")
 
     def check(body: dict[str, Any]) -> str | None:
         if body.get("kind") != "dsse" or body.get("apiVersion") != "0.0.1":
             return f"the entry logs {describe(body)}, not a dsse v0.0.1 envelope"
         spec = _sub(body, "spec")
-        logged = _sub(spec, "envelopeHash")
+        logged = _sub(spec, field)
         if logged.get("algorithm") != "sha256" or logged.get("value") != want:
-            return f"the entry is for envelope sha256:{str(logged.get('value'))[:16]}…, not sha256:{want[:16]}…"
+            return mismatch(str(logged.get("value")))
         sigs = spec.get("signatures")
         if not isinstance(sigs, list) or not sigs:
             return "the dsse entry lists no signatures"
@@ -190,33 +206,6 @@ def dsse_check(envelope_json: bytes, public_key_pem: bytes) -> BodyCheck:
         except ValueError:
             return "the dsse entry's verifier is not valid base64"
         if not all(_same_key(v, key) for v in verifiers):
-            return "the dsse entry was verified with another public key"
-        return None
-
-    return check
-
-
-def statement_check(payload: bytes, public_key_pem: bytes) -> BodyCheck:
-    """Expect a dsse entry of *any* envelope signing exactly this payload, verified with this signer's key.
-
-    Re-encoding a genuine envelope (its signature listed twice, its keys reordered) needs no key and makes a new
-    entry of the same signed statement: where a statement stands in the log is its earliest such entry."""
-    key = load_public_key(public_key_pem, "signer's public key")
-    want = hashlib.sha256(payload).hexdigest()
-
-    def check(body: dict[str, Any]) -> str | None:
-        if body.get("kind") != "dsse" or body.get("apiVersion") != "0.0.1":
-            return f"the entry logs {describe(body)}, not a dsse v0.0.1 envelope"
-        spec = _sub(body, "spec")
-        logged = _sub(spec, "payloadHash")
-        if logged.get("algorithm") != "sha256" or logged.get("value") != want:
-            return "the entry is for another statement"
-        sigs = spec.get("signatures")
-        try:
-            verifiers = [_key_b64(s.get("verifier")) if isinstance(s, dict) else b"" for s in sigs or []]
-        except ValueError:
-            return "the dsse entry's verifier is not valid base64"
-        if not verifiers or not all(_same_key(v, key) for v in verifiers):
             return "the dsse entry was verified with another public key"
         return None
 
