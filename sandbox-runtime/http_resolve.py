@@ -16,9 +16,10 @@ Resolvers: the system's (`getaddrinfo`, on a pool of threads so that a hung look
 request's deadline), or a DNS server of the node's choosing queried over UDP (`--http-dns-server`),
 for nodes that resolve agents' hosts through a dedicated resolver. A `getaddrinfo` cannot be
 cancelled: a lookup its request gave up on keeps its thread for glibc's whole retry schedule. So one
-agent may have at most MAX_LOOKUPS_PER_AGENT lookups running, given up on or not, and the pool holds
-several agents' worth: four short invocations whose names were never answered held the node's four
-threads for seconds, and every other agent's `http.fetch` failed meanwhile.
+agent may have at most MAX_LOOKUPS_PER_AGENT such abandoned lookups running (the lookups its requests
+still wait for are bounded by its invocations), and the pool holds several agents' worth: four
+short invocations whose names were never answered held the node's four threads for seconds, and
+every other agent's `http.fetch` failed meanwhile.
 """
 
 from __future__ import annotations
@@ -99,47 +100,50 @@ def literal(host: str) -> IP | None:
 
 
 class SystemResolver:
-    """The system's resolver (getaddrinfo), bounded by the caller's timeout and by each agent's running lookups."""
+    """The system's resolver (getaddrinfo), bounded by the caller's timeout and by each agent's abandoned lookups:
+    those its requests gave up on that still hold a thread. The lookups an agent's requests wait for are bounded
+    by its invocations (the worker share); only the abandoned ones could pile up."""
 
     def __init__(self) -> None:
-        self._running: dict[str, int] = {}
+        self._abandoned: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def describe(self) -> str:
         return "the system resolver"
 
-    def running(self, owner: str) -> int:
+    def abandoned(self, owner: str) -> int:
         with self._lock:
-            return self._running.get(owner, 0)
-
-    def _finished(self, owner: str) -> None:
-        with self._lock:
-            left = self._running.get(owner, 1) - 1
-            if left > 0:
-                self._running[owner] = left
-            else:
-                self._running.pop(owner, None)
+            return self._abandoned.get(owner, 0)
 
     def resolve(self, host: str, port: int, timeout: float, owner: str = "") -> list[IP]:
         with self._lock:
-            mine = self._running.get(owner, 0)
+            mine = self._abandoned.get(owner, 0)
             if mine >= MAX_LOOKUPS_PER_AGENT:
-                raise ResolveError(f"{host}: this agent already has {mine} name lookups running (ones it gave up "
-                                   f"on included), the most one agent may (the system resolver cannot cancel one)")
-            self._running[owner] = mine + 1
+                raise ResolveError(f"{host}: {mine} name lookups this agent gave up on are still running, the most "
+                                   "one agent may have (the system resolver cannot cancel one); retry later")
+        state = {"done": False, "abandoned": False}
 
         def lookup() -> list[Any]:
             try:
                 return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
             finally:
-                self._finished(owner)
+                with self._lock:
+                    state["done"] = True
+                    if state["abandoned"]:  # its place among the agent's abandoned lookups is given back
+                        left = self._abandoned.get(owner, 1) - 1
+                        if left > 0:
+                            self._abandoned[owner] = left
+                        else:
+                            self._abandoned.pop(owner, None)
 
         future = _POOL.submit(lookup)
         try:
             infos = future.result(timeout=max(timeout, 0.0))
         except concurrent.futures.TimeoutError:
-            if future.cancel():  # never started: it will not run, so its place is given back here
-                self._finished(owner)
+            with self._lock:
+                if not future.cancel() and not state["done"]:  # running on: it holds a thread until glibc gives up
+                    state["abandoned"] = True
+                    self._abandoned[owner] = self._abandoned.get(owner, 0) + 1
             raise ResolveError(f"{host}: the system resolver did not answer within {timeout:.3g} s") from None
         except socket.gaierror as exc:
             raise ResolveError(f"{host}: cannot be resolved ({exc.strerror})") from None
