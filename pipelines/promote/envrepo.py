@@ -228,13 +228,22 @@ class EnvRepo:
         return events
 
     def _files_by_commit(self) -> dict[str, tuple[str, ...]]:
-        """commit -> the files it changed, for the whole history in one `git log` (a merge: `--cc`)."""
-        raw = self.repo.git.log("-z", "--cc", "--name-only", "--no-renames", "--format=%x01%H")
-        out: dict[str, tuple[str, ...]] = {}
-        for record in raw.split("\x01")[1:]:
-            commit, *names = record.split("\0")
-            out[commit.strip()] = tuple(n.lstrip("\n") for n in names if n.lstrip("\n"))
-        return out
+        """commit -> the files it changed, for the whole history in one `git log` (a merge: `--cc`).
+
+        One line per path, not `-z`: git C-quotes any name holding a control character (a newline, \\x01) and
+        leaves others as they are (core.quotePath=false), so a raw line starting with \\x01 can only be the
+        commit marker. With `-z` a name holding the marker cut its commit's later paths off (a file
+        `aaa\\x01zzz` hid the stage file changed beside it)."""
+        raw = self.repo.git.execute(["git", "-c", "core.quotePath=false", "log", "--cc", "--name-only",
+                                     "--no-renames", "--format=%x01%H"], strip_newline_in_stdout=False)
+        out: dict[str, list[str]] = {}
+        names: list[str] = []
+        for line in str(raw).split("\n"):
+            if line.startswith("\x01"):
+                names = out.setdefault(line[1:], [])
+            elif line:
+                names.append(_unquoted(line))
+        return {commit: tuple(found) for commit, found in out.items()}
 
     # -- preconditions -----------------------------------------------------------------------------
     def check_clean(self) -> None:
@@ -463,6 +472,17 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def _unquoted(path: str) -> str:
+    """A path as `git log` printed it: as it is, or C-quoted ("a\\001b", "caf\\303\\251") when it holds a
+    control character, a quote or a backslash."""
+    if len(path) < 2 or not (path.startswith('"') and path.endswith('"')):
+        return path
+    import codecs
+
+    raw: bytes = codecs.escape_decode(path[1:-1].encode("utf-8", "surrogateescape"))[0]
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def wasm_agent(name: str, ref: str, stage: str, version: str, from_stage: str | None) -> dict[str, Any]:

@@ -280,3 +280,21 @@ def test_a_patched_kustomization_is_reported_not_deployed_unseen(flow: Flow) -> 
     assert code == 1, (out, err)
     rows = [r for r in json.loads(out)["placements"] if r["stage"] == "prod" and r["allowed"] is False]
     assert rows and "kustomization.yaml is not what promote writes (it adds patches)" in rows[0]["verdict"], out
+
+
+@pytest.mark.parametrize("name", ["aaa\x01zzz", "PARENT", "a\nb", 'q"uote', "caf\u00e9 \\ \t"])
+def test_a_file_name_cannot_hide_the_stage_files_changed_beside_it(flow: Flow, name: str) -> None:
+    """`history` reads every commit's files from one `git log`. A file named with the stream's own separator (a
+    control character), or after the parent commit's hash, changed beside a hand edit must not cut the edit off its
+    commit: with `-z` and a \\x01 marker, `aaa\\x01zzz` hid it and `history` exited 0."""
+    root = flow.ctx.env.root
+    if name == "PARENT":
+        name = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True, capture_output=True,
+                              text=True).stdout.strip()
+    (root / name).write_text("decoy\n")
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    edit = _forge(flow, "tidy", touch="prod")
+    code, out, err = _cli(flow, "history", "--json")
+    assert code == 1, (out, err)
+    flagged = {u["commit"]: u for u in json.loads(out)["unattested"]}
+    assert edit in flagged and "deploy/envs/prod/kustomization.yaml" in flagged[edit]["paths"], flagged
